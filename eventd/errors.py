@@ -1,0 +1,99 @@
+"""The exception tree of eventd: one base class, context in attributes.
+
+    EventdError
+    ├── ConfigError                 bad settings or command line (exit 2)
+    │   ├── CredentialsMissing      no credential source found (exit 2)
+    │   └── RuleError               a rule file that does not load (exit 2 / `check` exit 1)
+    ├── StreamError                 the websocket could not be used
+    │   ├── AuthRejected            the server refused the credentials (exit 3)
+    │   └── HandshakeFailed         a non-101 answer other than 401/403 (retried)
+    ├── MalformedEvent              a frame that is not a usable event (counted, skipped)
+    ├── TemplateError               a template failed to render for one event
+    ├── ActionError                 an action attempt failed
+    │   ├── RetryableActionError    connection error, timeout, 5xx, 429: try again later
+    │   └── PermanentActionError    other 4xx, bad options: dead-letter
+    └── ScenarioError               an emulator scenario file that does not load
+"""
+
+from __future__ import annotations
+
+
+class EventdError(Exception):
+    """Base class of every error eventd raises on purpose."""
+
+
+class ConfigError(EventdError):
+    """Invalid configuration: a setting, a flag or a file."""
+
+
+class CredentialsMissing(ConfigError):
+    """No credential source was found."""
+
+
+class RuleError(ConfigError):
+    """A rule set failed to load; `problems` holds every problem found."""
+
+    def __init__(self, message: str, problems: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class StreamError(EventdError):
+    """The stream connection failed."""
+
+
+class AuthRejected(StreamError):
+    """The server rejected the credentials (HTTP 401/403 or an UNAUTHORIZED error message)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class HandshakeFailed(StreamError):
+    """The websocket handshake got an answer other than 101, 401 or 403."""
+
+    def __init__(self, message: str, status_code: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class MalformedEvent(EventdError):
+    """A frame that is not a JSON object with a `type`; `reason` is a bounded metric label."""
+
+    def __init__(self, reason: str, sample: str = "") -> None:
+        super().__init__(f"{reason}: {sample[:200]!r}")
+        self.reason = reason
+        self.sample = sample[:200]
+
+
+class TemplateError(EventdError):
+    """A template failed to render; `rule` names the rule whose template it was."""
+
+    def __init__(self, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class ActionError(EventdError):
+    """One attempt of an action failed."""
+
+    def __init__(self, message: str, status_code: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class RetryableActionError(ActionError):
+    """A failure worth retrying: connection error, timeout, 5xx, 429."""
+
+
+class PermanentActionError(ActionError):
+    """A failure that retrying cannot fix: 4xx other than 429, invalid options."""
+
+
+class ScenarioError(EventdError):
+    """An emulator scenario file that does not load; the message names file and line."""
