@@ -1,0 +1,39 @@
+"""Shared fixtures: real servers on 127.0.0.1, fresh metric registries, the internal-error guard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from eventd.metrics import Metrics
+from tests.receiver import WebhookReceiver
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    """A Metrics object on a fresh registry: assert with `metrics.registry.get_sample_value`."""
+    return Metrics()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A real HTTP receiver that records requests and answers as scripted."""
+    receiver = WebhookReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture
+def emulator() -> Iterator[object]:
+    """The Docker Cloud emulator on ephemeral ports, with fast world ticks."""
+    from eventd.emulator import Emulator
+
+    emu = Emulator(tick=0.02)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()

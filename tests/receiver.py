@@ -1,0 +1,136 @@
+"""A real HTTP receiver on 127.0.0.1 that records what arrives and answers as scripted.
+
+Stands in for Slack, Alertmanager or any JSON endpoint. It can be stopped and started
+again on the same port, to test a receiver that is down and then comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the receiver saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+class WebhookReceiver:
+    """Records requests; `respond_with(status, count, headers)` scripts the next answers."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._lock = threading.Lock()
+        self._requests: list[Received] = []
+        self._script: list[tuple[int, dict[str, str], bytes]] = []
+        self._hold = threading.Event()  # set: answers wait (a stalled endpoint)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # silence access logs
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                while receiver._hold.is_set() and receiver._server is not None:
+                    receiver._hold.wait(0.05)
+                    if not receiver._hold.is_set():
+                        break
+                    threading.Event().wait(0.05)
+                status, headers, payload = receiver._next_answer()
+                with receiver._lock:
+                    receiver._requests.append(Received(
+                        self.command, self.path, dict(self.headers.items()), body))
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_POST = do_PUT = do_GET = do_PATCH = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True,
+                                        name=f"receiver-{self.port}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening (connections are refused until `start()` again, same port)."""
+        server, self._server = self._server, None
+        self._hold.clear()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- script and records ----------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def respond_with(self, status: int, count: int = 1, headers: dict[str, str] | None = None,
+                     body: Any = None) -> None:
+        payload = json.dumps(body if body is not None else {"status": status}).encode()
+        with self._lock:
+            self._script.extend([(status, dict(headers or {}), payload)] * count)
+
+    def stall(self, stalled: bool = True) -> None:
+        """Hold every answer until `stall(False)`: an endpoint that accepts but never replies."""
+        if stalled:
+            self._hold.set()
+        else:
+            self._hold.clear()
+
+    def _next_answer(self) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            if self._script:
+                return self._script.pop(0)
+        return 200, {}, b'{"ok": true}'
+
+    @property
+    def requests(self) -> list[Received]:
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
