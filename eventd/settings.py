@@ -80,6 +80,7 @@ class Settings:
     healthy_after: float = 30.0
     queue_size: int = 10000
     dedupe_window: int = 100000
+    max_event_age: float = 900.0
     user_agent: str = "eventd"
 
     @classmethod

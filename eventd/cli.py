@@ -1,0 +1,269 @@
+"""The command line: run, check, schema, replay, emulate, demo, deadletter.
+
+Exit codes (pinned): 0 success or stopped by SIGTERM/SIGINT; 1 `check` found problems
+(or replay had failures); 2 configuration or rules error; 3 credentials rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from eventd import __version__
+from eventd.errors import ConfigError, CredentialsMissing, RuleError
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_CONFIG = 2
+EXIT_AUTH = 3
+
+log = logging.getLogger("eventd.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; tests and deploy checks read flags from here."""
+    parser = argparse.ArgumentParser(
+        prog="eventd", description="Event-stream automation for the Docker Cloud API.")
+    parser.add_argument("--version", action="version", version=f"eventd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="consume the Stream API and run rules (the daemon)")
+    _add_rules(run)
+    _add_logging(run)
+    run.add_argument("--metrics-addr", metavar="HOST:PORT",
+                     help="serve /metrics, /healthz, /readyz here (env EVENTD_METRICS_ADDR)")
+    _add_state_dir(run)
+    run.add_argument("--record", metavar="FILE", type=Path,
+                     help="append every event received, as received, one JSON per line")
+    run.add_argument("--on-auth-error", choices=("exit", "wait"), default=None,
+                     help="credentials rejected: exit 3 (default) or wait and try once more")
+    run.add_argument("--auth-error-wait", metavar="DURATION", default=None,
+                     help="with --on-auth-error wait: how long (default 1h)")
+    run.add_argument("--shutdown-timeout", metavar="DURATION", default=None,
+                     help="time to finish in-flight work on SIGTERM (default 10s)")
+    run.add_argument("--ping-interval", metavar="DURATION", default=None,
+                     help="websocket ping period (default 10s)")
+    run.add_argument("--pong-timeout", metavar="DURATION", default=None,
+                     help="reconnect when a pong is this late (default 10s)")
+    run.add_argument("--idle-timeout", metavar="DURATION", default=None,
+                     help="reconnect after this long without any frame (default 5m)")
+    run.add_argument("--backoff-max", metavar="DURATION", default=None,
+                     help="longest wait between reconnects (default 60s)")
+    run.add_argument("--max-event-age", metavar="DURATION", default=None,
+                     help="older events trigger no REST action (default 15m)")
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser("check", help="validate rule files (needs no credentials)")
+    check.add_argument("paths", nargs="+", metavar="PATH")
+    check.set_defaults(handler=cmd_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of rule files")
+    schema.set_defaults(handler=cmd_schema)
+
+    replay = sub.add_parser("replay", help="run recorded events (JSON lines) through the rules")
+    replay.add_argument("file", type=Path, metavar="FILE")
+    _add_rules(replay)
+    replay.add_argument("--dry-run", action="store_true",
+                        help="call nothing, write nothing: print what would run")
+    _add_state_dir(replay)
+    _add_logging(replay)
+    replay.set_defaults(handler=cmd_replay)
+
+    emulate = sub.add_parser("emulate", help="run a local Docker Cloud emulator")
+    from eventd.emulator import cli as emulator_cli
+
+    emulator_cli.add_arguments(emulate)
+    emulate.set_defaults(handler=emulator_cli.run)
+
+    demo = sub.add_parser("demo", help="see eventd work against the emulator, in one command")
+    from eventd import demo as demo_module
+
+    demo_module.add_arguments(demo)
+    demo.set_defaults(handler=demo_module.run)
+
+    deadletter = sub.add_parser("deadletter", help="list, retry or purge dead letters")
+    from eventd import deadletter_cli
+
+    deadletter_cli.add_arguments(deadletter)
+    deadletter.set_defaults(handler=deadletter_cli.run)
+    return parser
+
+
+def _add_rules(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", nargs="+", action="extend", type=Path, metavar="PATH",
+                        help="rule file or directory (repeatable; default ./rules, env EVENTD_RULES)")
+
+
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path, metavar="DIR",
+                        help="spool, throttle state, dead letters (default ./state, env EVENTD_STATE_DIR)")
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="text (default) or json (env EVENTD_LOG_FORMAT)")
+    parser.add_argument("--log-level", default=None, metavar="LEVEL",
+                        help="DEBUG, INFO (default), WARNING, ERROR (env EVENTD_LOG_LEVEL)")
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the `eventd` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = dict(os.environ if environ is None else environ)
+    try:
+        return int(args.handler(args, env) if _takes_env(args.handler) else args.handler(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _takes_env(handler: Any) -> bool:
+    return getattr(handler, "__module__", "") == __name__
+
+
+# -- run ---------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
+    from eventd.settings import Settings, parse_addr, parse_duration
+
+    def duration(value: str | None, name: str) -> float | None:
+        return None if value is None else parse_duration(value, name)
+
+    rules = args.rules or [Path(p) for p in env.get("EVENTD_RULES", "").split(os.pathsep) if p]
+    metrics_addr = getattr(args, "metrics_addr", None) or env.get("EVENTD_METRICS_ADDR")
+    overrides: dict[str, Any] = {
+        "rules": tuple(rules) if rules else None,
+        "state_dir": args.state_dir or (Path(env["EVENTD_STATE_DIR"]) if env.get("EVENTD_STATE_DIR") else None),
+        "log_format": args.log_format or env.get("EVENTD_LOG_FORMAT"),
+        "log_level": (args.log_level or env.get("EVENTD_LOG_LEVEL") or "INFO").upper(),
+    }
+    if hasattr(args, "record"):
+        overrides.update({
+            "metrics_addr": parse_addr(metrics_addr) if metrics_addr else None,
+            "record": args.record,
+            "on_auth_error": args.on_auth_error,
+            "auth_error_wait": duration(args.auth_error_wait, "--auth-error-wait"),
+            "shutdown_timeout": duration(args.shutdown_timeout, "--shutdown-timeout"),
+            "ping_interval": duration(args.ping_interval, "--ping-interval"),
+            "pong_timeout": duration(args.pong_timeout, "--pong-timeout"),
+            "idle_timeout": duration(args.idle_timeout, "--idle-timeout"),
+            "backoff_max": duration(args.backoff_max, "--backoff-max"),
+            "max_event_age": duration(args.max_event_age, "--max-event-age"),
+        })
+    if overrides["log_format"] not in (None, "text", "json"):
+        raise ConfigError(f"EVENTD_LOG_FORMAT must be text or json, got {overrides['log_format']!r}")
+    if overrides["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {overrides['log_level']!r}")
+    return Settings.from_env(env, **overrides)
+
+
+def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """`eventd run`: the daemon, until SIGTERM/SIGINT (0) or rejected credentials (3)."""
+    from eventd.auth import load_credentials
+    from eventd.logconfig import configure
+
+    try:
+        settings = _settings(args, env)
+    except ConfigError as exc:
+        print(f"eventd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        credentials = load_credentials(env)
+    except CredentialsMissing as exc:
+        print(f"eventd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure(settings.log_format, settings.log_level, secrets=credentials.secrets())
+    from eventd.daemon import Daemon
+
+    daemon = Daemon(settings, credentials, env)
+    stop_requested = threading.Event()
+    reload_requested = threading.Event()
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    def on_hup(_signum: int, _frame: Any) -> None:
+        reload_requested.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        daemon.start()
+    except RuleError as exc:
+        _print_rule_problems(exc)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        print(f"eventd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    while not daemon.stopped.is_set():
+        if stop_requested.wait(0.2):
+            break
+        if reload_requested.is_set():
+            reload_requested.clear()
+            log.info("SIGHUP: reloading rules")
+            daemon.reload()
+    return daemon.stop()
+
+
+def _print_rule_problems(exc: RuleError) -> None:
+    problems = exc.problems or [exc]
+    print(f"eventd: rules not loaded ({len(problems)} problem{'s' if len(problems) != 1 else ''}):",
+          file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+# -- check, schema -----------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """`eventd check PATH ...`: one line per problem, exit 1 if any."""
+    from eventd.rules import check_paths
+
+    problems = check_paths(args.paths, env)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """`eventd schema`: the JSON Schema that editors can validate rule files with."""
+    from eventd.rules import schema
+
+    print(json.dumps(schema(), indent=2))
+    return EXIT_OK
+
+
+# -- replay ------------------------------------------------------------------------------
+def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """`eventd replay FILE --rules PATH [--dry-run]`."""
+    from eventd import replay
+
+    try:
+        settings = _settings(args, env)
+    except ConfigError as exc:
+        print(f"eventd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not args.dry_run:
+        from eventd.logconfig import configure
+
+        configure(settings.log_format, settings.log_level)
+    try:
+        return replay.run(args.file, settings, env, dry_run=args.dry_run, out=sys.stdout)
+    except RuleError as exc:
+        _print_rule_problems(exc)
+        return EXIT_CONFIG
+    except (ConfigError, OSError) as exc:
+        print(f"eventd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG

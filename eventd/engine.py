@@ -1,0 +1,296 @@
+"""The rule engine: one event in, accepted actions out.
+
+It de-duplicates, marks events eventd caused itself, matches rules, enriches, applies
+`when`, throttles, renders actions and hands jobs to a submit function (the dispatcher, or
+a printer in `replay --dry-run`). It runs on one thread; the rule set is swapped between
+two events, never in the middle of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from eventd.actions.base import ActionJob
+from eventd.errors import TemplateError
+from eventd.events import Event, Received, object_ref, parse_datetime
+from eventd.guard import report_internal_error
+from eventd.metrics import Metrics
+from eventd.templates import build_context
+
+log = logging.getLogger(__name__)
+
+#: An event older than this (by its `datetime`) is audited but triggers no REST action.
+DEFAULT_MAX_EVENT_AGE = 900.0
+
+
+class EngineStore(Protocol):
+    """What the engine needs of the store: de-duplication and throttling."""
+
+    def dedupe_seen(self, uuid: str) -> bool: ...
+    def dedupe_add(self, uuid: str) -> None: ...
+    def throttle_acquire(self, key: str, window: float, now: float) -> bool: ...
+
+
+class MemoryStore:
+    """An in-memory EngineStore: for `replay --dry-run`, which must write nothing."""
+
+    def __init__(self, window: int = 100_000) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._window = window
+        self._throttle: dict[str, float] = {}
+
+    def dedupe_seen(self, uuid: str) -> bool:
+        return uuid in self._seen
+
+    def dedupe_add(self, uuid: str) -> None:
+        self._seen[uuid] = None
+        if len(self._seen) > self._window:
+            self._seen.popitem(last=False)
+
+    def throttle_acquire(self, key: str, window: float, now: float) -> bool:
+        last = self._throttle.get(key)
+        if last is not None and now - last < window:
+            return False
+        self._throttle[key] = now
+        return True
+
+
+@dataclass
+class Decision:
+    """What happened to one action of one matched rule (for the audit record and dry runs)."""
+
+    rule: str
+    kind: str
+    status: str  # accepted | throttled | skipped | failed
+    options: dict[str, Any] | None = None
+    reason: str = ""
+
+
+@dataclass
+class Outcome:
+    """Everything the engine decided for one event."""
+
+    event: Event
+    rules: list[str] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    duplicate: bool = False
+
+
+def job_id(rule: str, event: Event, index: int) -> str:
+    """Stable per (rule, event, action): the Idempotency-Key a receiver can drop repeats by."""
+    basis = f"{rule}\0{event.get('uuid', '')}\0{event.get('resource_uri', '')}\0{index}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:32]
+
+
+class Engine:
+    """Turns events into accepted action jobs according to the active rule set."""
+
+    def __init__(self, rules: Any, submit: Callable[[ActionJob], object], kinds: dict[str, Any],
+                 store: EngineStore, metrics: Metrics, *, enricher: Any = None,
+                 loop_guard: Any = None, action_waiter: Any = None,
+                 max_event_age: float = DEFAULT_MAX_EVENT_AGE, action_window: int = 100_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.rules = rules
+        self._submit = submit
+        self._kinds = kinds
+        self._store = store
+        self._metrics = metrics
+        self._enricher = enricher
+        self._loop_guard = loop_guard
+        self._action_waiter = action_waiter
+        self._max_event_age = max_event_age
+        self._clock = clock
+        self._action_states: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        self._action_window = action_window
+        self._match_children: dict[str, Any] = {}
+        self._action_children: dict[tuple[str, str], Any] = {}
+        self._duplicate = metrics.events_duplicate
+        self.processed = 0
+
+    # -- the rule set ----------------------------------------------------------------
+    def swap_rules(self, rules: Any) -> None:
+        """Replace the rule set; takes effect at the next event (the engine reads it once each)."""
+        self.rules = rules
+
+    # -- processing ------------------------------------------------------------------
+    def process_batch(self, batch: list[Received]) -> None:
+        """Process a batch in order; one bad event never stops the rest."""
+        for received in batch:
+            try:
+                self.process(received)
+            except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
+                report_internal_error("engine", exc, self._metrics)
+
+    def process(self, received: Received) -> Outcome | None:
+        """Process one event; returns what was decided (None for a duplicate or no match)."""
+        event = received.event
+        kind = event.get("type")
+        self._metrics.count_received(kind)
+        if self._is_duplicate(received, event, kind):
+            self._duplicate.inc()
+            return None
+        if kind == "action" and self._action_waiter is not None and not received.internal:
+            self._action_waiter.observe(event)
+        if self._loop_guard is not None and self._loop_guard.is_self_caused(event):
+            event["caused_by_eventd"] = True
+        self.processed += 1
+        rules = self.rules  # read once: a reload never lands in the middle of an event
+        matched = rules.match(event)
+        if not matched:
+            return None
+        return self._run_rules(received, event, matched)
+
+    def _is_duplicate(self, received: Received, event: Event, kind: object) -> bool:
+        """By uuid over a bounded window; backfilled actions by (action uuid, state)."""
+        if not received.internal:
+            uid = event.get("uuid")
+            if isinstance(uid, str) and uid:
+                if self._store.dedupe_seen(uid):
+                    return True
+                self._store.dedupe_add(uid)
+        if kind != "action":
+            return False
+        ref = object_ref(event.get("resource_uri"))
+        if ref is None:
+            return False
+        key = (ref.uuid, str(event.get("state", "")))
+        backfilled = bool(event.get("backfilled"))
+        seen_backfilled = self._action_states.get(key)
+        if seen_backfilled is not None and (backfilled or seen_backfilled):
+            return True
+        if seen_backfilled is None:
+            self._action_states[key] = backfilled
+            if len(self._action_states) > self._action_window:
+                self._action_states.popitem(last=False)
+        return False
+
+    def _run_rules(self, received: Received, event: Event, matched: list[Any]) -> Outcome:
+        now = self._clock()
+        outcome = Outcome(event=event)
+        per_event: dict[tuple[str, str], ActionJob] = {}
+        resource: Any = _UNSET
+        self_caused = bool(event.get("caused_by_eventd"))
+        too_old = self._too_old(event, received.received_at)
+        for rule in matched:
+            kinds = rule.kinds
+            if self_caused and "dockercloud" in kinds and not rule.allow_self_caused:
+                self._decide_all(outcome, rule, "skipped", "caused by eventd's own REST action")
+                continue
+            if rule.enrich and resource is _UNSET:
+                resource = self._enrich(event)
+            context = build_context(event, rule.name, now, None if resource is _UNSET else resource)
+            try:
+                if rule.when is not None and not rule.when_holds(context):
+                    continue
+                throttle_key = rule.throttle_key(context) if rule.throttle is not None else None
+            except TemplateError as exc:
+                self._template_failed(outcome, rule, None, exc)
+                continue
+            self._count_match(rule.name)
+            outcome.rules.append(rule.name)
+            if throttle_key is not None and not self._store.throttle_acquire(
+                    f"{rule.name}\0{throttle_key}", rule.throttle.window, now):
+                self._decide_all(outcome, rule, "throttled", f"throttled (key {throttle_key!r})")
+                continue
+            for spec in rule.actions:
+                self._accept(outcome, per_event, received, rule, spec, context, now, too_old)
+        for job in per_event.values():
+            job.context["rules"] = list(outcome.rules)
+            job.context["actions"] = [
+                {"rule": d.rule, "kind": d.kind, "status": d.status} for d in outcome.decisions]
+            job.context["received_at"] = received.received_at
+            self._submit(job)
+        return outcome
+
+    def _accept(self, outcome: Outcome, per_event: dict[tuple[str, str], ActionJob],
+                received: Received, rule: Any, spec: Any, context: dict[str, Any], now: float,
+                too_old: bool) -> None:
+        if too_old and spec.kind == "dockercloud":
+            self._decide(outcome, rule.name, spec.kind, "skipped",
+                         f"event older than max_event_age ({self._max_event_age:.0f} s)")
+            return
+        try:
+            options = spec.render(context)
+        except TemplateError as exc:
+            self._template_failed(outcome, rule, spec, exc)
+            return
+        kind = self._kinds.get(spec.kind)
+        if kind is None:
+            self._decide(outcome, rule.name, spec.kind, "failed", "action kind not available")
+            return
+        target = kind.target(options)
+        if getattr(kind, "per_event", False):
+            key = (spec.kind, target)
+            if key not in per_event:
+                per_event[key] = ActionJob(
+                    id=job_id("\0".join(outcome.rules), received.event, spec.index), rule=rule.name,
+                    kind=spec.kind, options=options, event=received.event, target=target,
+                    created_at=now)
+            self._decide(outcome, rule.name, spec.kind, "accepted", options=options)
+            return
+        job = ActionJob(id=job_id(rule.name, received.event, spec.index), rule=rule.name,
+                        kind=spec.kind, options=options, event=received.event, target=target,
+                        created_at=now)
+        self._decide(outcome, rule.name, spec.kind, "accepted", options=options)
+        self._submit(job)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _too_old(self, event: Event, received_at: float) -> bool:
+        when = parse_datetime(event.get("datetime"))
+        return when is not None and received_at - when > self._max_event_age
+
+    def _enrich(self, event: Event) -> Any:
+        if self._enricher is None:
+            return None
+        try:
+            return self._enricher.resource(event)
+        except Exception as exc:  # noqa: BLE001 - enrichment failure must not stop the rule
+            report_internal_error("enrich", exc, self._metrics)
+            return None
+
+    def _template_failed(self, outcome: Outcome, rule: Any, spec: Any, exc: TemplateError) -> None:
+        self._metrics.template_errors.labels(rule=rule.name).inc()
+        where = f"action {spec.index + 1} ({spec.kind})" if spec is not None else "rule"
+        log.warning("rule %s: template failed for event %s in %s: %s; skipping it",
+                    rule.name, outcome.event.get("uuid", "?"), where, exc)
+        kinds = [spec.kind] if spec is not None else [s.kind for s in rule.actions]
+        for kind in kinds:
+            self._decide(outcome, rule.name, kind, "failed", f"template error: {exc}")
+
+    def _decide_all(self, outcome: Outcome, rule: Any, status: str, reason: str) -> None:
+        for spec in rule.actions:
+            self._decide(outcome, rule.name, spec.kind, status, reason)
+        if status == "throttled":
+            log.info("rule %s throttled for event %s", rule.name, outcome.event.get("uuid", "?"))
+
+    def _decide(self, outcome: Outcome, rule: str, kind: str, status: str, reason: str = "",
+                options: dict[str, Any] | None = None) -> None:
+        outcome.decisions.append(Decision(rule, kind, status, options, reason))
+        if status in ("throttled", "skipped", "failed"):
+            self._count_action(kind, status)
+
+    def _count_match(self, rule: str) -> None:
+        child = self._match_children.get(rule)
+        if child is None:
+            child = self._match_children[rule] = self._metrics.rule_matches.labels(rule=rule)
+        child.inc()
+
+    def _count_action(self, kind: str, outcome: str) -> None:
+        child = self._action_children.get((kind, outcome))
+        if child is None:
+            child = self._metrics.actions.labels(kind=kind, outcome=outcome)
+            self._action_children[(kind, outcome)] = child
+        child.inc()
+
+
+class _Unset:
+    pass
+
+
+_UNSET: Any = _Unset()
