@@ -37,3 +37,22 @@ def emulator() -> Iterator[object]:
         yield emu
     finally:
         emu.stop()
+
+
+@pytest.fixture(autouse=True)
+def internal_errors() -> Iterator[list[tuple[str, BaseException]]]:
+    """Fail any test during which eventd's keep-running guard caught an unexpected error.
+
+    A test that provokes one on purpose takes this fixture and clears the list.
+    """
+    from eventd.guard import set_test_hook
+
+    caught: list[tuple[str, BaseException]] = []
+    set_test_hook(lambda where, exc: caught.append((where, exc)))
+    try:
+        yield caught
+    finally:
+        set_test_hook(None)
+    if caught:
+        where, exc = caught[0]
+        raise AssertionError(f"internal error in {where}: {exc!r}") from exc
