@@ -1,0 +1,48 @@
+"""Start a real Daemon against the emulator, with timings short enough for tests."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from eventd.auth import load_credentials
+from eventd.daemon import Daemon
+from eventd.metrics import Metrics
+from eventd.settings import Settings
+
+FAST = {
+    "ping_interval": 0.5, "pong_timeout": 0.5, "backoff_initial": 0.05, "backoff_max": 0.3,
+    "healthy_after": 1.0, "shutdown_timeout": 5.0,
+}
+
+
+def emulator_env(emu: Any, **extra: str) -> dict[str, str]:
+    """The environment a user would export after `eventd emulate`."""
+    env = {
+        "DOCKERCLOUD_REST_HOST": emu.rest_url,
+        "DOCKERCLOUD_STREAM_HOST": emu.stream_url,
+        "DOCKERCLOUD_USER": "user",
+        "DOCKERCLOUD_APIKEY": "apikey",
+        "HOME": "/nonexistent",
+    }
+    env.update(extra)
+    return env
+
+
+def write_rules(directory: Path, text: str, name: str = "rules.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def start_daemon(emu: Any, rules: Path, state_dir: Path, env: dict[str, str] | None = None,
+                 **overrides: Any) -> Daemon:
+    environ = env if env is not None else emulator_env(emu)
+    options = dict(FAST)
+    options.update(overrides)
+    settings = Settings.from_env(environ, rules=(rules,), state_dir=state_dir, **options)
+    daemon = Daemon(settings, load_credentials(environ), environ, Metrics())
+    daemon.start()
+    return daemon

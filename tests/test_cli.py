@@ -1,0 +1,135 @@
+"""`eventd` as a user runs it: a real process, real signals, exit codes, logs without secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+
+from tests.daemon_helpers import emulator_env, write_rules
+from tests.waiting import wait_until
+
+RULES = """
+rules:
+  - name: log-containers
+    match: {type: container}
+    actions:
+      - log: {message: "{{ event.type }} {{ event.state }}"}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def eventd(*args: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
+    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"}
+    full_env.update(env)
+    return subprocess.Popen([sys.executable, "-m", "eventd", *args], env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_run_stops_cleanly_on_sigterm(emulator, tmp_path):
+    rules = write_rules(tmp_path / "rules", RULES)
+    port = free_port()
+    proc = eventd("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"),
+                  "--metrics-addr", f"127.0.0.1:{port}", env=emulator_env(emulator))
+    try:
+        def ready():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(ready, 15, interval=0.1, message="eventd ready")
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "apikey" not in err and emulator.auth_header.split()[1] not in err
+    assert emulator.connection_count == 0 or wait_until(lambda: emulator.connection_count == 0, 5)
+
+
+def test_rejected_credentials_exit_3_after_one_attempt(emulator, tmp_path):
+    rules = write_rules(tmp_path / "rules", RULES)
+    env = emulator_env(emulator, DOCKERCLOUD_APIKEY="wrong-key-123")
+    started = time.monotonic()
+    proc = eventd("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"), env=env)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 3, err
+    assert time.monotonic() - started < 15
+    assert len(emulator.handshakes()) == 1
+    assert emulator.handshakes()[0].status == 401
+    assert "wrong-key-123" not in err + out
+    assert "rejected" in err.lower()
+
+
+def test_missing_credentials_exit_2_and_say_what_was_looked_for(tmp_path):
+    rules = write_rules(tmp_path / "rules", RULES)
+    proc = eventd("run", "--rules", str(rules), env={"HOME": str(tmp_path)})
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert "DOCKERCLOUD_AUTH" in err and "DOCKERCLOUD_APIKEY" in err
+
+
+def test_invalid_rules_exit_2_with_the_line(emulator, tmp_path):
+    rules = write_rules(tmp_path / "rules", "rules:\n  - name: x\n    match: {type: container}\n"
+                        "    actions:\n      - lgo: {message: hi}\n")
+    proc = eventd("run", "--rules", str(rules), env=emulator_env(emulator))
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert "rules.yaml:5:" in err and "log" in err
+
+
+def test_check_reports_problems_and_exit_codes(tmp_path):
+    good = write_rules(tmp_path / "good", RULES)
+    bad = write_rules(tmp_path / "bad", "rules:\n  - name: x\n    match: {typ: container}\n"
+                      "    actions:\n      - log: {message: hi}\n")
+    ok = subprocess.run([sys.executable, "-m", "eventd", "check", str(good)], capture_output=True,
+                        text=True, timeout=30)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    failed = subprocess.run([sys.executable, "-m", "eventd", "check", str(bad)],
+                            capture_output=True, text=True, timeout=30)
+    assert failed.returncode == 1
+    assert failed.stdout.startswith(f"{bad}:3:")
+    assert "rule x" in failed.stdout
+
+
+def test_record_then_replay_dry_run(emulator, tmp_path):
+    rules = write_rules(tmp_path / "rules", RULES)
+    record = tmp_path / "events.jsonl"
+    port = free_port()
+    proc = eventd("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"),
+                  "--record", str(record), "--metrics-addr", f"127.0.0.1:{port}",
+                  env=emulator_env(emulator))
+    try:
+        assert emulator.wait_for_connections(1, timeout=15)
+        sent = [emulator.emit_event(type="container", action="update", state=state,
+                                    resource_uri="/api/app/v1/user/container/abc/", parents=[])
+                for state in ("Stopped", "Running")]
+        emulator.emit("not json")
+        wait_until(lambda: record.exists() and len(record.read_text().splitlines()) == 2, 10)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert [e["uuid"] for e in map(__import__("json").loads, record.read_text().splitlines())] == \
+        [e["uuid"] for e in sent]
+    state_dir = tmp_path / "dry-state"
+    dry = subprocess.run([sys.executable, "-m", "eventd", "replay", str(record), "--rules",
+                          str(rules), "--dry-run", "--state-dir", str(state_dir)],
+                         capture_output=True, text=True, timeout=30)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("rule log-containers") == 2
+    assert '"message": "container Stopped"' in dry.stdout
+    assert "summary: 2 events, 2 matched a rule, 2 actions would run" in dry.stdout
+    assert not state_dir.exists()
