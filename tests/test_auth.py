@@ -1,0 +1,128 @@
+"""Credential sources and their precedence, as the SDKs and CLI found them (reference 4.2)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from eventd.auth import Credentials, load_credentials
+from eventd.errors import CredentialsMissing
+
+
+def basic(user: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+def write_docker_config(home: Path, config: dict) -> None:
+    (home / ".docker").mkdir(parents=True, exist_ok=True)
+    (home / ".docker" / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+def test_dockercloud_auth_is_sent_as_is(home):
+    creds = load_credentials({"DOCKERCLOUD_AUTH": "Bearer opaque-token"}, home)
+    assert creds.header == "Bearer opaque-token"
+    assert creds.source == "DOCKERCLOUD_AUTH"
+
+
+def test_user_and_apikey_give_basic_auth(home):
+    creds = load_credentials({"DOCKERCLOUD_USER": "alice", "DOCKERCLOUD_APIKEY": "k3y-value"}, home)
+    assert creds.header == basic("alice", "k3y-value")
+    assert creds.user == "alice"
+
+
+def test_user_and_pass_give_basic_auth(home):
+    creds = load_credentials({"DOCKERCLOUD_USER": "alice", "DOCKERCLOUD_PASS": "pa55word"}, home)
+    assert creds.header == basic("alice", "pa55word")
+    assert creds.source == "DOCKERCLOUD_USER+DOCKERCLOUD_PASS"
+
+
+def test_docker_config_auth_entry(home):
+    token = base64.b64encode(b"bob:hubsecret").decode()
+    write_docker_config(home, {"auths": {"https://index.docker.io/v1/": {"auth": token}}})
+    creds = load_credentials({}, home)
+    assert creds.header == f"Basic {token}"
+    assert creds.user == "bob"
+    assert creds.source == "~/.docker/config.json"
+
+
+def test_home_is_taken_from_the_environment(home):
+    token = base64.b64encode(b"bob:hubsecret").decode()
+    write_docker_config(home, {"auths": {"https://index.docker.io/v1/": {"auth": token}}})
+    assert load_credentials({"HOME": str(home)}).header == f"Basic {token}"
+
+
+def test_precedence_auth_then_apikey_then_pass_then_config(home):
+    token = base64.b64encode(b"bob:hubsecret").decode()
+    write_docker_config(home, {"auths": {"https://index.docker.io/v1/": {"auth": token}}})
+    env = {"DOCKERCLOUD_AUTH": "Basic from-auth", "DOCKERCLOUD_USER": "alice",
+           "DOCKERCLOUD_APIKEY": "the-apikey", "DOCKERCLOUD_PASS": "the-pass"}
+    assert load_credentials(env, home).header == "Basic from-auth"
+    del env["DOCKERCLOUD_AUTH"]
+    assert load_credentials(env, home).header == basic("alice", "the-apikey")
+    del env["DOCKERCLOUD_APIKEY"]
+    assert load_credentials(env, home).header == basic("alice", "the-pass")
+    del env["DOCKERCLOUD_PASS"]
+    assert load_credentials(env, home).header == f"Basic {token}"
+
+
+def test_user_alone_is_not_enough(home):
+    with pytest.raises(CredentialsMissing):
+        load_credentials({"DOCKERCLOUD_USER": "alice"}, home)
+
+
+def test_nothing_found_names_every_source_looked_for(home):
+    with pytest.raises(CredentialsMissing) as info:
+        load_credentials({}, home)
+    message = str(info.value)
+    for name in ("DOCKERCLOUD_AUTH", "DOCKERCLOUD_APIKEY", "DOCKERCLOUD_PASS", "config.json"):
+        assert name in message
+
+
+def test_broken_docker_config_is_treated_as_absent(home):
+    (home / ".docker").mkdir()
+    (home / ".docker" / "config.json").write_text("{not json")
+    with pytest.raises(CredentialsMissing):
+        load_credentials({}, home)
+
+
+def test_creds_store_helper_on_path(home, tmp_path, monkeypatch):
+    """A fake `docker-credential-x` answers like the real helpers do on `get`."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-fake"
+    helper.write_text("#!/bin/sh\nread server\n"
+                      "[ \"$server\" = \"https://index.docker.io/v1/\" ] || exit 1\n"
+                      "echo '{\"ServerURL\":\"'$server'\",\"Username\":\"carol\",\"Secret\":\"st0re-secret\"}'\n")
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    write_docker_config(home, {"credsStore": "fake", "auths": {"https://index.docker.io/v1/": {}}})
+    creds = load_credentials({}, home)
+    assert creds.header == basic("carol", "st0re-secret")
+    assert creds.source == "credsStore fake"
+
+
+def test_missing_creds_store_helper_falls_back_to_the_auths_entry(home):
+    token = base64.b64encode(b"bob:hubsecret").decode()
+    write_docker_config(home, {"credsStore": "does-not-exist-anywhere",
+                               "auths": {"https://index.docker.io/v1/": {"auth": token}}})
+    assert load_credentials({}, home).header == f"Basic {token}"
+
+
+def test_repr_and_str_never_show_the_secret():
+    creds = Credentials.basic("alice", "the-apikey", "DOCKERCLOUD_USER+DOCKERCLOUD_APIKEY")
+    token = creds.header.split()[1]
+    for text in (repr(creds), str(creds), f"{creds}"):
+        assert "the-apikey" not in text and token not in text
+    assert set(creds.secrets()) == {creds.header, token, "the-apikey"}
