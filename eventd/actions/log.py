@@ -1,0 +1,52 @@
+"""The `log` action kind: one log line per match, on logger `eventd.actions.log`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from eventd.actions.base import ActionContext, ActionJob
+
+logger = logging.getLogger(__name__)
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+
+class LogAction:
+    """Write the rendered `message` at `level`; in-memory and cheap, so not durable."""
+
+    name: ClassVar[str] = "log"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "required": ["message"],
+        "additionalProperties": False,
+        "properties": {
+            "message": {"type": "string", "description": "A template."},
+            "level": {"enum": list(LEVELS), "default": "info"},
+        },
+    }
+    durable: ClassVar[bool] = False
+    per_event: ClassVar[bool] = False
+
+    def __init__(self, context: ActionContext | None = None) -> None:
+        self.context = context
+
+    @classmethod
+    def validate(cls, options: dict[str, Any]) -> list[str]:
+        """Nothing beyond the schema."""
+        return []
+
+    def target(self, options: dict[str, Any]) -> str:
+        """Every log line goes through one queue."""
+        return "log"
+
+    def run(self, job: ActionJob) -> str:
+        """Log the message with the rule's name."""
+        level = LEVELS.get(job.options.get("level", "info"), logging.INFO)
+        if logger.isEnabledFor(level):
+            logger.log(level, "rule %s: %s", job.rule, job.options.get("message", ""))
+        return "logged"
+
+    def close(self) -> None:
+        """Nothing to release."""

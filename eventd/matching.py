@@ -1,0 +1,319 @@
+"""Compile a rule's `match:` into closures at load, and find the rules an event matches fast.
+
+Semantics (the rule-file reference):
+- every key of a match mapping must hold (AND); an empty mapping matches every event;
+- `any: [m, ...]`, `all: [m, ...]` and `not: m` combine whole match mappings, so fields
+  named any/all/not cannot be matched directly;
+- on a field: a scalar is equality, a list is "any of", a mapping holds operators (ANDed):
+  glob, regex (re.search), in, gt/gte/lt/lte, exists, not;
+- dotted keys (`data.errorMessage`) reach into nested objects;
+- on a list-valued field (parents) a condition holds when any element matches, `not: X`
+  holds when no element matches X, and `exists` is about the field itself;
+- a missing field fails equality, glob, regex, in and comparisons, but equality with `false`
+  holds (eventd's own flags `backfilled` / `caused_by_eventd` are absent when false);
+- `exists: true` needs the field present and not null; `not: X` holds on a missing field
+  whenever X does not (`action: {not: delete}` holds when there is no action);
+- numbers never equal booleans, and comparisons ignore non-numbers.
+
+RuleSet indexes rules by their fixed `type` and `action` values, so rules that cannot match
+an event are never looked at.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eventd.rules import Rule
+
+Path = tuple[str | int, ...]
+Predicate = Callable[[Mapping[str, Any]], bool]
+FieldTest = Callable[[Any], bool]  # the field's value, or MISSING -> holds?
+
+COMBINATORS = ("any", "all", "not")
+OPERATORS = ("glob", "regex", "not", "exists", "in", "gt", "gte", "lt", "lte")
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+_NUMBERS = (int, float)
+
+
+class MatchProblem(Exception):
+    """A match that does not compile (e.g. a bad regex); `path` points at the value."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledMatch:
+    """A rule's match as closures, plus what the index needs."""
+
+    predicate: Predicate  # the whole match
+    residual: Predicate  # the match minus the conditions the index already guarantees
+    types: frozenset[str] | None  # the event types the rule can match; None = any
+    actions: frozenset[str] | None  # the event actions it can match; None = any
+
+
+def _true(event: Mapping[str, Any]) -> bool:
+    return True
+
+
+def _all(predicates: Sequence[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    if not predicates:
+        return _true
+    if len(predicates) == 1:
+        return predicates[0]
+    if len(predicates) == 2:
+        a, b = predicates
+        return lambda x: a(x) and b(x)
+    preds = tuple(predicates)
+
+    def every(x: Any) -> bool:
+        for p in preds:
+            if not p(x):
+                return False
+        return True
+    return every
+
+
+def _any(predicates: Sequence[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    preds = tuple(predicates)
+
+    def some(x: Any) -> bool:
+        for p in preds:
+            if p(x):
+                return True
+        return False
+    return some
+
+
+def _lift(test: FieldTest) -> FieldTest:
+    """Apply an element test to a field: any element of a list, nothing when missing."""
+    def field(value: Any) -> bool:
+        if type(value) is list:
+            for item in value:
+                if test(item):
+                    return True
+            return False
+        return value is not MISSING and test(value)
+    return field
+
+
+def _element_equals(expected: Any) -> FieldTest:
+    if isinstance(expected, bool) or expected is None:
+        return lambda x: x is expected
+    if isinstance(expected, _NUMBERS):
+        return lambda x: type(x) in _NUMBERS and x == expected
+    return lambda x: x == expected
+
+
+def _equals(expected: Any) -> FieldTest:
+    if isinstance(expected, str):
+        return lambda v: v == expected or (type(v) is list and expected in v)
+    lifted = _lift(_element_equals(expected))
+    if expected is False:
+        return lambda v: v is MISSING or lifted(v)
+    return lifted
+
+
+def _one_of(options: Sequence[Any]) -> FieldTest:
+    if all(isinstance(o, str) for o in options):
+        choices = frozenset(options)
+
+        def is_str_in(x: Any) -> bool:
+            return type(x) is str and x in choices
+        lifted = _lift(is_str_in)
+        return lambda v: (v in choices) if type(v) is str else lifted(v)
+    result = _lift(_any([_element_equals(o) for o in options]))
+    if any(o is False for o in options):
+        inner = result
+        return lambda v: v is MISSING or inner(v)
+    return result
+
+
+def _compare(op: str, bound: float) -> FieldTest:
+    tests: dict[str, FieldTest] = {
+        "gt": lambda x: type(x) in _NUMBERS and x > bound,
+        "gte": lambda x: type(x) in _NUMBERS and x >= bound,
+        "lt": lambda x: type(x) in _NUMBERS and x < bound,
+        "lte": lambda x: type(x) in _NUMBERS and x <= bound,
+    }
+    return _lift(tests[op])
+
+
+def _regex(pattern: str, path: Path) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise MatchProblem(path, f"bad regex {pattern!r}: {exc}") from None
+
+
+def compile_condition(condition: Any, path: Path) -> FieldTest:
+    """Compile one field's condition (scalar, list, or operator mapping) into a field test."""
+    if isinstance(condition, list):
+        return _one_of(condition)
+    if not isinstance(condition, dict):
+        return _equals(condition)
+    tests: list[FieldTest] = []
+    for op, arg in condition.items():
+        where = path + (op,)
+        if op == "glob":
+            rx = re.compile(fnmatch.translate(arg))
+            tests.append(_lift(lambda x, m=rx.match: type(x) is str and m(x) is not None))
+        elif op == "regex":
+            search = _regex(arg, where).search
+            tests.append(_lift(lambda x, s=search: type(x) is str and s(x) is not None))
+        elif op == "in":
+            tests.append(_one_of(arg))
+        elif op in ("gt", "gte", "lt", "lte"):
+            tests.append(_compare(op, arg))
+        elif op == "exists":
+            want = bool(arg)
+            tests.append(lambda v, w=want: (v is not MISSING and v is not None) is w)
+        elif op == "not":
+            inner = compile_condition(arg, where)
+            tests.append(lambda v, i=inner: not i(v))
+        else:
+            raise MatchProblem(where, f"unknown operator {op!r}")
+    return _all(tests)
+
+
+def _getter(field: str) -> Callable[[Mapping[str, Any]], Any]:
+    parts = field.split(".")
+    if len(parts) == 1:
+        return lambda event: event.get(field, MISSING)
+
+    def get(event: Mapping[str, Any]) -> Any:
+        value: Any = event
+        for part in parts:
+            if not isinstance(value, dict):
+                return MISSING
+            value = value.get(part, MISSING)
+            if value is MISSING:
+                return MISSING
+        return value
+    return get
+
+
+def _field(field: str, test: FieldTest) -> Predicate:
+    if "." not in field:
+        return lambda event: test(event.get(field, MISSING))
+    get = _getter(field)
+    return lambda event: test(get(event))
+
+
+def _compile_mapping(match: Mapping[str, Any], path: Path, skip: frozenset[str],
+                     problems: list[MatchProblem]) -> Predicate:
+    predicates: list[Predicate] = []
+    for key, value in match.items():
+        where = path + (key,)
+        try:
+            if key == "any":
+                predicates.append(_any([_compile_mapping(m, where + (i,), frozenset(), problems)
+                                        for i, m in enumerate(value)]))
+            elif key == "all":
+                predicates.append(_all([_compile_mapping(m, where + (i,), frozenset(), problems)
+                                        for i, m in enumerate(value)]))
+            elif key == "not":
+                inner = _compile_mapping(value, where, frozenset(), problems)
+                predicates.append(lambda event, i=inner: not i(event))
+            elif key not in skip:
+                predicates.append(_field(key, compile_condition(value, where)))
+        except MatchProblem as exc:
+            problems.append(exc)
+    return _all(predicates)
+
+
+def _fixed(condition: Any) -> frozenset[str] | None:
+    """The string values a field is pinned to, when its condition is plain equality."""
+    if isinstance(condition, str):
+        return frozenset((condition,))
+    if isinstance(condition, list) and condition and all(isinstance(c, str) for c in condition):
+        return frozenset(condition)
+    return None
+
+
+def compile_match(match: Mapping[str, Any], path: Path = ()) -> CompiledMatch:
+    """Compile a match mapping; raise the first MatchProblem after collecting all of them."""
+    problems = compile_problems(match, path)
+    if problems:
+        raise problems[0]
+    return _compile(match, path, [])
+
+
+def compile_problems(match: Mapping[str, Any], path: Path = ()) -> list[MatchProblem]:
+    """Every problem in a match mapping (bad regexes...)."""
+    problems: list[MatchProblem] = []
+    _compile(match, path, problems)
+    return problems
+
+
+def _compile(match: Mapping[str, Any], path: Path, problems: list[MatchProblem]) -> CompiledMatch:
+    types = _fixed(match.get("type"))
+    actions = _fixed(match.get("action"))
+    skip = frozenset(k for k, pinned in (("type", types), ("action", actions)) if pinned)
+    return CompiledMatch(
+        predicate=_compile_mapping(match, path, frozenset(), problems),
+        residual=_compile_mapping(match, path, skip, []),  # same problems as above
+        types=types, actions=actions,
+    )
+
+
+_OTHER: Any = object()  # the index key for a type/action no rule names
+Candidates = tuple[tuple["Rule", Predicate], ...]
+
+
+class RuleSet:
+    """The enabled rules, in load order, with an index by event type and action."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        loaded = tuple(rules)
+        self.rules: tuple[Rule, ...] = tuple(r for r in loaded if r.enabled)
+        self.disabled: tuple[Rule, ...] = tuple(r for r in loaded if not r.enabled)
+        self.by_name: dict[str, Rule] = {r.name: r for r in self.rules}
+        self._table, self._other_row = self._build_index()
+
+    def _build_index(self) -> tuple[dict[str, dict[Any, Candidates]], dict[Any, Candidates]]:
+        types = {t for r in self.rules if r.compiled.types for t in r.compiled.types}
+        actions = {a for r in self.rules if r.compiled.actions for a in r.compiled.actions}
+
+        def row(event_type: Any) -> dict[Any, Candidates]:
+            result: dict[Any, Candidates] = {}
+            for action in [*actions, _OTHER]:
+                result[action] = tuple(
+                    (r, r.compiled.residual) for r in self.rules
+                    if (r.compiled.types is None or event_type in r.compiled.types)
+                    and (r.compiled.actions is None or action in r.compiled.actions))
+            return result
+        return {t: row(t) for t in types}, row(_OTHER)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self) -> Any:
+        return iter(self.rules)
+
+    def match(self, event: Mapping[str, Any]) -> list[Rule]:
+        """The enabled rules whose match holds for `event`, in load order."""
+        try:
+            row = self._table.get(event.get("type"), self._other_row)
+            candidates = row.get(event.get("action"))
+            if candidates is None:
+                candidates = row[_OTHER]
+        except TypeError:  # an unhashable type/action: no index, check every rule
+            return [r for r in self.rules if r.compiled.predicate(event)]
+        return [rule for rule, residual in candidates if residual(event)]

@@ -1,0 +1,224 @@
+"""Sandboxed Jinja2 for rule templates: checked and compiled once at load, rendered per event.
+
+Rendering uses `ImmutableSandboxedEnvironment` with `StrictUndefined`, so a misspelt field
+fails loudly (as a TemplateError naming the rule) instead of rendering an empty string.
+Output is always text (no native types); `None` renders as the empty string, so a missing
+parent (`{{ parent.stack }}` for a container without a stack) gives "" rather than "None".
+Strings without `{{`, `{%` or `{#` are plain strings and cost nothing at run time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, meta
+from jinja2 import TemplateError as JinjaTemplateError
+from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
+from jinja2.nodes import Template as JinjaAst
+from jinja2.runtime import Context, Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from eventd.errors import TemplateError
+from eventd.events import iso_utc, object_ref, parents_by_type
+
+#: The names a template may use at the top level.
+CONTEXT_NAMES = ("event", "parent", "object", "rule", "now", "resource")
+#: Parent types that are always present in `parent` (None when the event has no such parent).
+PARENT_TYPES = ("service", "stack", "node", "nodecluster")
+
+_MAX_SEQUENCE = 100_000  # `'x' * 10**9` would exhaust memory; refuse it instead
+_MAX_EXPONENT = 1_000
+_FALSE_TEXT = frozenset({"", "false", "0", "none", "no", "off"})
+_WHOLE_EXPRESSION = re.compile(r"\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*", re.S)
+
+Renderer = Callable[[Mapping[str, Any]], Any]
+
+
+def _finalize(value: Any) -> Any:
+    return "" if value is None else value
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """The sandbox, plus limits on `*` and `**`, which the stock sandbox lets run unbounded."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                        and len(seq) * times > _MAX_SEQUENCE:
+                    raise SecurityError(f"a sequence of more than {_MAX_SEQUENCE} items")
+        return super().call_binop(context, operator, left, right)
+
+
+ENV = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_finalize,
+                   keep_trailing_newline=True)
+
+
+def is_template(text: str) -> bool:
+    """True when `text` holds Jinja syntax and so needs rendering."""
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+def _check_names(ast: JinjaAst) -> list[str]:
+    problems = []
+    for name in sorted(meta.find_undeclared_variables(ast)):
+        if name in CONTEXT_NAMES or name in ENV.globals:
+            continue
+        close = difflib.get_close_matches(name, CONTEXT_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"template uses unknown name {name!r}{hint}; "
+                        f"known: {', '.join(CONTEXT_NAMES)}")
+    return problems
+
+
+def _syntax_message(exc: TemplateSyntaxError) -> str:
+    return f"template syntax error: {exc.message} (template line {exc.lineno})"
+
+
+def check(source: str) -> list[str]:
+    """Problems in a template at load time: syntax errors and unknown top-level names."""
+    try:
+        ast = ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        return [_syntax_message(exc)]
+    return _check_names(ast)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line account of why rendering failed."""
+    if isinstance(exc, SecurityError):
+        return f"refused by the sandbox: {exc}"
+    if isinstance(exc, (UndefinedError, JinjaTemplateError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fail(rule: str, where: str, exc: BaseException) -> TemplateError:
+    return TemplateError(f"rule {rule!r}: {where}: {describe(exc)}", rule=rule)
+
+
+class Text:
+    """One compiled string template; render() raises TemplateError naming rule and place."""
+
+    __slots__ = ("source", "rule", "where", "_render")
+
+    def __init__(self, source: str, rule: str, where: str) -> None:
+        self.source = source
+        self.rule = rule
+        self.where = where
+        self._render = ENV.from_string(source).render
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """Render with the given context."""
+        try:
+            return self._render(context)
+        except Exception as exc:  # anything a user's template can raise, e.g. ZeroDivisionError
+            raise _fail(self.rule, self.where, exc) from exc
+
+    def __repr__(self) -> str:
+        return f"Text({self.source!r})"
+
+
+class Condition:
+    """A `when:` condition: `{{ expr }}` or a bare `expr` is evaluated as an expression.
+
+    Any other template is rendered, and the text counts as false when it is empty or one of
+    false/0/none/no/off (case-insensitive).
+    """
+
+    __slots__ = ("source", "rule", "_expression", "_text")
+
+    def __init__(self, source: str, rule: str) -> None:
+        self.source = source
+        self.rule = rule
+        self._expression: Callable[..., Any] | None = None
+        self._text: Text | None = None
+        expr = _expression_of(source)
+        if expr is not None:
+            self._expression = ENV.compile_expression(expr, undefined_to_none=False)
+        else:
+            self._text = Text(source, rule, "when")
+
+    def holds(self, context: Mapping[str, Any]) -> bool:
+        """Evaluate; raise TemplateError when evaluation fails (including an undefined result)."""
+        if self._text is not None:
+            return self._text.render(context).strip().lower() not in _FALSE_TEXT
+        assert self._expression is not None
+        try:
+            value = self._expression(context)
+            if isinstance(value, Undefined):
+                value._fail_with_undefined_error()
+            return bool(value)
+        except Exception as exc:
+            raise _fail(self.rule, "when", exc) from exc
+
+    def __repr__(self) -> str:
+        return f"Condition({self.source!r})"
+
+
+def _expression_of(source: str) -> str | None:
+    whole = _WHOLE_EXPRESSION.fullmatch(source)
+    if whole is not None:
+        return whole.group("expr")
+    if not is_template(source):
+        return source
+    return None
+
+
+def check_condition(source: str) -> list[str]:
+    """Load-time problems of a `when:` condition."""
+    expr = _expression_of(source)
+    return check(source if expr is None else "{{ " + expr + " }}")
+
+
+def compile_tree(value: Any, rule: str, where: str) -> Renderer:
+    """Compile every template string inside `value`; the renderer returns fresh containers."""
+    if isinstance(value, str):
+        if not is_template(value):
+            return lambda context, v=value: v
+        return Text(value, rule, where).render
+    if isinstance(value, dict):
+        items = [(key, compile_tree(sub, rule, f"{where}.{key}")) for key, sub in value.items()]
+        return lambda context: {key: render(context) for key, render in items}
+    if isinstance(value, list):
+        parts = [compile_tree(sub, rule, f"{where}[{i}]") for i, sub in enumerate(value)]
+        return lambda context: [render(context) for render in parts]
+    return lambda context, v=value: v
+
+
+def check_tree(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], str]]:
+    """Load-time problems of every template string inside `value`, with their paths."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    if isinstance(value, str):
+        if is_template(value):
+            found.extend((path, message) for message in check(value))
+    elif isinstance(value, dict):
+        for key, sub in value.items():
+            found.extend(check_tree(sub, path + (key,)))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            found.extend(check_tree(sub, path + (i,)))
+    return found
+
+
+def build_context(event: Mapping[str, Any], rule_name: str, now: float,
+                  resource: Any = None) -> dict[str, Any]:
+    """The names templates see: event, parent, object, rule, now, resource."""
+    parent: dict[str, Any] = dict.fromkeys(PARENT_TYPES)
+    parent.update(parents_by_type(event.get("parents")))
+    ref = object_ref(event.get("resource_uri"))
+    return {
+        "event": event,
+        "parent": parent,
+        "object": {"type": ref.type, "uuid": ref.uuid} if ref else {"type": None, "uuid": None},
+        "rule": rule_name,
+        "now": iso_utc(now),
+        "resource": resource,
+    }
