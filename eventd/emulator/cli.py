@@ -1,0 +1,115 @@
+"""`eventd emulate`: run the emulator in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import TextIO
+
+from eventd.errors import ScenarioError
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's options to a (sub)command parser."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--rest-port", type=int, default=8080,
+                        help="REST API port, 0 picks a free one (default 8080)")
+    parser.add_argument("--stream-port", type=int, default=8081,
+                        help="Stream API port, 0 picks a free one (default 8081)")
+    parser.add_argument("--user", default="user", help="accepted user name (default user)")
+    parser.add_argument("--apikey", default="apikey", help="accepted API key (default apikey)")
+    parser.add_argument("--token", default=None,
+                        help="an opaque Authorization value accepted as well (DOCKERCLOUD_AUTH)")
+    parser.add_argument("--namespace", default=None, help="namespace (default: the user)")
+    parser.add_argument("--scenario", default=None, metavar="FILE",
+                        help="scenario YAML: a world and a timeline of faults and events")
+    parser.add_argument("--tick", type=float, default=0.5,
+                        help="seconds per step of a running action (default 0.5)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible uuids")
+
+
+def export_lines(rest_url: str, stream_url: str, user: str, apikey: str, auth: str,
+                 namespace: str) -> list[str]:
+    """The shell lines that point a client at the emulator."""
+    lines = [f"export DOCKERCLOUD_REST_HOST={shlex.quote(rest_url)}",
+             f"export DOCKERCLOUD_STREAM_HOST={shlex.quote(stream_url)}",
+             f"export DOCKERCLOUD_USER={shlex.quote(user)}",
+             f"export DOCKERCLOUD_APIKEY={shlex.quote(apikey)}",
+             f"export DOCKERCLOUD_AUTH={shlex.quote(auth)}"]
+    if namespace != user:
+        lines.append(f"export DOCKERCLOUD_NAMESPACE={shlex.quote(namespace)}")
+    return lines
+
+
+def _configure_logging() -> None:
+    """Readable lines on stderr, unless the caller already set logging up."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    emulator_logger = logging.getLogger("eventd.emulator")
+    if emulator_logger.level == logging.NOTSET:
+        emulator_logger.setLevel(logging.INFO)
+    protocol_logger = logging.getLogger("eventd.emulator.stream_server.protocol")
+    if protocol_logger.level == logging.NOTSET:
+        protocol_logger.setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Start the emulator, print the export lines, serve until SIGINT/SIGTERM; exit code."""
+    from eventd.emulator.core import Emulator
+
+    out = out or sys.stdout
+    _configure_logging()
+    namespace = args.namespace or args.user
+    try:
+        emulator = Emulator(user=args.user, apikey=args.apikey, token=args.token,
+                            namespace=namespace, scenario=args.scenario, host=args.host,
+                            rest_port=args.rest_port, stream_port=args.stream_port,
+                            tick=args.tick, seed=getattr(args, "seed", None))
+    except ScenarioError as exc:
+        print(f"eventd emulate: {exc}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            emulator.start()
+        except OSError as exc:
+            print(f"eventd emulate: cannot listen: {exc}", file=sys.stderr)
+            emulator.stop()
+            return 1
+        try:
+            auth = args.token or emulator.auth_header
+            for line in export_lines(emulator.rest_url, emulator.stream_url, args.user,
+                                     args.apikey, auth, namespace):
+                print(line, file=out)
+            out.flush()
+            while not stopping.wait(0.5):
+                pass
+        finally:
+            emulator.stop()
+        logger.info("emulator stopped")
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m eventd.emulator`."""
+    parser = argparse.ArgumentParser(prog="python -m eventd.emulator",
+                                     description="Run a Docker Cloud emulator (Stream + REST).")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

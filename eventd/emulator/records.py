@@ -1,0 +1,64 @@
+"""What the emulator saw: recorded REST calls and stream handshakes, for tests to assert on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Headers(dict[str, str]):
+    """A dict keeping the original header names, with case-insensitive lookup."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
+        super().__init__(items.items() if isinstance(items, Mapping) else items)
+
+    def _key(self, name: object) -> object:
+        if isinstance(name, str) and not dict.__contains__(self, name):
+            lowered = name.lower()
+            for key in self:
+                if key.lower() == lowered:
+                    return key
+        return name
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, self._key(name))  # type: ignore[index]
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, self._key(name))
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, self._key(name), default)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One REST call the emulator answered (control calls excluded)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Headers
+    json: Any
+    status: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The call as JSON for the control endpoint."""
+        return {"method": self.method, "path": self.path, "query": dict(self.query),
+                "headers": dict(self.headers), "json": self.json, "status": self.status}
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """One websocket handshake attempt and the status it got (101 when accepted)."""
+
+    path: str
+    query: dict[str, str]
+    headers: Headers
+    status: int
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The handshake as JSON for the control endpoint."""
+        return {"path": self.path, "query": dict(self.query), "headers": dict(self.headers),
+                "status": self.status}

@@ -1,0 +1,301 @@
+"""The Stream API websocket server: handshake checks, filters, per-connection queues, faults.
+
+It runs on its own thread with its own event loop; other threads hand it events through
+`loop.call_soon_threadsafe`, so a slow client never blocks the emitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from eventd.emulator.faults import Faults
+from eventd.emulator.records import Handshake, Headers
+from eventd.emulator.world import uri_key
+
+logger = logging.getLogger(__name__)
+
+AUTH_MESSAGE = json.dumps({"type": "auth"}, separators=(",", ":"))
+QUEUE_SIZE = 10_000
+_PATH = re.compile(r"^/(?:api/audit/v1/(?:(?P<ns>[^/]+)/)?events|v1/events)/?$")
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """A connection's query filters (`type`, `object`, `parent`/`parents`), each a set or None."""
+
+    types: frozenset[str] | None = None
+    objects: frozenset[str] | None = None
+    parents: frozenset[str] | None = None
+
+    @classmethod
+    def from_query(cls, pairs: list[tuple[str, str]]) -> Filters:
+        """Parse repeated and comma-separated values; URIs are compared by `<type>/<uuid>`."""
+        values: dict[str, set[str]] = {}
+        for key, value in pairs:
+            key = "parents" if key == "parent" else key
+            items = {item.strip() for item in value.split(",") if item.strip()}
+            values.setdefault(key, set()).update(items)
+
+        def pick(key: str, convert: Callable[[str], str]) -> frozenset[str] | None:
+            return frozenset(convert(v) for v in values[key]) if key in values else None
+
+        return cls(types=pick("type", str.lower), objects=pick("object", uri_key),
+                   parents=pick("parents", uri_key))
+
+    def match(self, event: dict[str, Any]) -> bool:
+        """Whether the event passes every filter present."""
+        if self.types is not None and str(event.get("type", "")).lower() not in self.types:
+            return False
+        if self.objects is not None and uri_key(str(event.get("resource_uri", ""))) \
+                not in self.objects:
+            return False
+        if self.parents is not None:
+            parents = event.get("parents") or []
+            if not any(uri_key(str(p)) in self.parents for p in parents):
+                return False
+        return True
+
+
+@dataclass(eq=False)
+class _Connection:
+    ws: ServerConnection
+    filters: Filters
+    queue: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+
+
+class StreamServer:
+    """A websocket server for `/api/audit/v1/[ns/]events[/]` (and legacy `/v1/events`)."""
+
+    def __init__(self, *, host: str, port: int, namespace: str,
+                 authorized: Callable[[str | None], bool], faults: Faults,
+                 record: Callable[[Handshake], None]) -> None:
+        self.host = host
+        self.port = port
+        self.namespace = namespace
+        self._authorized = authorized
+        self._faults = faults
+        self._record = record
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._talking: asyncio.Event | None = None
+        self._connections: set[_Connection] = set()
+        self._changed = threading.Condition()
+        self._count = 0
+
+    # -- lifecycle (any thread) ---------------------------------------------------------------
+    def start(self) -> None:
+        """Listen on host:port (port 0 picks one, kept for restarts) and serve on a thread."""
+        ready = threading.Event()
+        errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._thread_main, args=(ready, errors),
+                                        name="emulator-stream", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            self._thread.join(5)
+            self._thread = None
+            raise errors[0]
+        logger.info("stream server listening on ws://%s:%d/", self.host, self.port)
+
+    def stop(self) -> None:
+        """Drop every connection, stop listening and join the thread."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:  # the loop closed in between
+                pass
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self._loop = None
+        logger.info("stream server on port %d stopped", self.port)
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is listening."""
+        return self._thread is not None
+
+    @property
+    def connection_count(self) -> int:
+        """Open stream connections now."""
+        return self._count
+
+    def wait_for_connections(self, n: int, timeout: float = 5.0) -> bool:
+        """Block until exactly `n` connections are open (or the timeout passes)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count == n, timeout)
+
+    def broadcast(self, text: str | bytes, event: dict[str, Any] | None) -> None:
+        """Queue a text frame for every matching connection (raw text goes to all)."""
+        self._call(self._broadcast, text, event)
+
+    def drop_all(self) -> None:
+        """Abort every connection's TCP socket without a close frame."""
+        self._call(self._drop_all)
+
+    def set_silent(self, silent: bool) -> None:
+        """Stop or resume reading and writing on every connection."""
+        self._call(self._apply_silence, silent)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closing: nobody is connected any more
+            pass
+
+    # -- the loop thread ----------------------------------------------------------------------
+    def _thread_main(self, ready: threading.Event, errors: list[BaseException]) -> None:
+        try:
+            asyncio.run(self._main(ready))
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
+            errors.append(exc)
+            ready.set()
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._talking = asyncio.Event()
+        if not self._faults.silent:
+            self._talking.set()
+        async with serve(self._handler, self.host, self.port,
+                         process_request=self._process_request, ping_interval=None,
+                         close_timeout=1, max_queue=64,
+                         logger=logging.getLogger(__name__ + ".protocol")) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            await self._stop.wait()
+            self._drop_all()
+        self._connections.clear()
+        self._set_count(0)
+
+    async def _process_request(self, connection: ServerConnection,
+                               request: Request) -> Response | None:
+        delay = self._faults.handshake_delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        split = urlsplit(request.path)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        status = 101
+        retry_after: str | None = None
+        failure = self._faults.take_handshake_failure()
+        match = _PATH.match(split.path)
+        if failure is not None:
+            status, retry_after = failure.status, failure.retry_after
+        elif match is None or (match.group("ns") not in (None, self.namespace)):
+            status = 404
+        elif self._faults.rejecting_auth or not self._authorized(request.headers.get("Authorization")):
+            status = 401
+        headers = Headers(request.headers.raw_items())
+        self._record(Handshake(path=split.path, query=query, headers=headers, status=status))
+        peer = connection.remote_address
+        if status == 101:
+            return None
+        logger.info("stream handshake %s from %s refused with %d", split.path,
+                    _peer(peer), status)
+        reason = _REASONS.get(status, "Error")
+        response = connection.respond(status, reason + "\n")
+        if retry_after is not None:
+            response.headers["Retry-After"] = retry_after
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="Docker Cloud"'
+        return response
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        split = urlsplit(ws.request.path)
+        conn = _Connection(ws, Filters.from_query(parse_qsl(split.query)))
+        self._connections.add(conn)
+        self._set_count(len(self._connections))
+        logger.info("stream connection opened from %s on %s; %d open",
+                    _peer(ws.remote_address), ws.request.path, len(self._connections))
+        if self._faults.silent:
+            ws.transport.pause_reading()
+        conn.queue.put_nowait(AUTH_MESSAGE)
+        pump = asyncio.create_task(self._pump(conn))
+        try:
+            async for _ in ws:  # what clients send is read (so control frames flow) and ignored
+                pass
+        except ConnectionClosed:
+            pass
+        finally:
+            pump.cancel()
+            self._connections.discard(conn)
+            self._set_count(len(self._connections))
+            try:
+                await pump
+            except (asyncio.CancelledError, ConnectionClosed):
+                pass
+            logger.info("stream connection from %s closed (code %s); %d open",
+                        _peer(ws.remote_address), ws.close_code, len(self._connections))
+
+    async def _pump(self, conn: _Connection) -> None:
+        assert self._talking is not None
+        while True:
+            text = await conn.queue.get()
+            await self._talking.wait()
+            await conn.ws.send(text, text=True)  # bytes too: malformed-frame tests
+
+    def _broadcast(self, text: str | bytes, event: dict[str, Any] | None) -> None:
+        if self._faults.silent:
+            return  # a silent server loses what happens meanwhile
+        for conn in list(self._connections):
+            if event is not None and not conn.filters.match(event):
+                continue
+            try:
+                conn.queue.put_nowait(text)
+            except asyncio.QueueFull:
+                logger.warning("stream client %s is too slow: event dropped",
+                               _peer(conn.ws.remote_address))
+
+    def _drop_all(self) -> None:
+        for conn in list(self._connections):
+            conn.ws.transport.abort()
+
+    def _apply_silence(self, silent: bool) -> None:
+        assert self._talking is not None
+        for conn in list(self._connections):
+            transport = conn.ws.transport
+            if transport.is_closing():
+                continue
+            if silent:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+        if silent:
+            self._talking.clear()
+        else:
+            self._talking.set()
+
+    def _set_count(self, count: int) -> None:
+        with self._changed:
+            self._count = count
+            self._changed.notify_all()
+
+
+def _peer(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+__all__ = ["StreamServer", "Filters", "AUTH_MESSAGE"]
