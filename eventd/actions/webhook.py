@@ -1,0 +1,169 @@
+"""The `webhook` action: one HTTP request per event to any JSON or text endpoint.
+
+Every request carries `Idempotency-Key: <job id>`, stable for one rule, event and action, so
+a receiver can drop the repeats that at-least-once delivery may cause. Logs and queue names
+hold only scheme://host:port: a webhook URL's path or query is often its secret.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import requests
+
+from eventd.actions.base import ActionContext, ActionJob
+from eventd.errors import PermanentActionError
+from eventd.http import new_session, send
+
+METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
+DEFAULT_TIMEOUT = 10.0
+
+
+def origin(url: str) -> str:
+    """`scheme://host:port` of a URL (never user info, path or query); `invalid` if unparsable."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "invalid"
+    if parts.scheme not in ("http", "https") or not host:
+        return "invalid"
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def is_template(value: object) -> bool:
+    """Whether a string option still holds a template (it is checked again after rendering)."""
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def check_url(value: object, name: str = "url") -> list[str]:
+    """Problems with a URL option (none for a template)."""
+    if not isinstance(value, str) or not value.strip():
+        return [f"{name} is required"]
+    if is_template(value):
+        return []
+    if origin(value) == "invalid":
+        return [f"{name} must be an http:// or https:// URL"]
+    return []
+
+
+def check_timeout(value: object) -> list[str]:
+    """Problems with a timeout option."""
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return ["timeout must be a positive number of seconds"]
+    return []
+
+
+class SessionPool:
+    """One requests Session per worker thread (Sessions are not thread-safe), all closable."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[requests.Session] = []
+
+    def get(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = new_session()
+            self._local.session = session
+            with self._lock:
+                self._all.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._all = self._all, []
+        for session in sessions:
+            session.close()
+
+
+class WebhookAction:
+    """POST (or another method) a JSON or text body to a URL."""
+
+    name: ClassVar[str] = "webhook"
+    durable: ClassVar[bool] = True
+    per_event: ClassVar[bool] = False
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "required": ["url"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "minLength": 1},
+            "method": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "json": {},
+            "body": {"type": "string"},
+            "timeout": {"type": "number", "exclusiveMinimum": 0},
+        },
+    }
+
+    def __init__(self, context: ActionContext) -> None:
+        self.context = context
+        self._sessions = SessionPool()
+
+    @classmethod
+    def validate(cls, options: dict[str, Any]) -> list[str]:
+        """url is an http(s) URL, json and body exclude each other, the method is known."""
+        problems = check_url(options.get("url"))
+        if "json" in options and "body" in options:
+            problems.append("give either json or body, not both")
+        method = options.get("method", "POST")
+        if not isinstance(method, str) or (not is_template(method)
+                                            and method.upper() not in METHODS):
+            problems.append(f"method must be one of {', '.join(METHODS)}")
+        headers = options.get("headers", {})
+        if not isinstance(headers, dict):
+            problems.append("headers must be a mapping of names to strings")
+        problems.extend(check_timeout(options.get("timeout")))
+        return problems
+
+    def target(self, options: dict[str, Any]) -> str:
+        """One queue per receiving host."""
+        return f"webhook:{origin(str(options.get('url', '')))}"
+
+    def describe(self, job: ActionJob) -> str:
+        """Where the job goes, safe to log."""
+        return origin(str(job.options.get("url", "")))
+
+    def run(self, job: ActionJob) -> str:
+        """Send the request once; 2xx is success, 5xx/429/connection errors are retryable."""
+        options = job.options
+        url = str(options.get("url", ""))
+        where = origin(url)
+        problems = self.validate(options) if where == "invalid" else []
+        if problems:
+            raise PermanentActionError(f"webhook: {'; '.join(problems)}")
+        method = str(options.get("method") or "POST").upper()
+        headers = {str(k): str(v) for k, v in (options.get("headers") or {}).items()}
+        headers["Idempotency-Key"] = job.id
+        kwargs: dict[str, Any] = {}
+        if "json" in options:
+            kwargs["data"] = json.dumps(options["json"], separators=(",", ":")).encode()
+            _default_header(headers, "Content-Type", "application/json")
+        elif "body" in options:
+            kwargs["data"] = str(options["body"]).encode("utf-8")
+            _default_header(headers, "Content-Type", "text/plain; charset=utf-8")
+        response = send(self._sessions.get(), method, url, f"webhook {where}",
+                        timeout=float(options.get("timeout") or DEFAULT_TIMEOUT),
+                        headers=headers, **kwargs)
+        return f"{method} {where}: HTTP {response.status_code}"
+
+    def close(self) -> None:
+        """Close the HTTP sessions."""
+        self._sessions.close()
+
+
+def _default_header(headers: dict[str, str], name: str, value: str) -> None:
+    if not any(key.lower() == name.lower() for key in headers):
+        headers[name] = value
