@@ -355,26 +355,33 @@ class _Checker:
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             self.problems.append(Problem(label, 1, 1, None, f"cannot read: {exc}"))
             return
-        errors = [i for e in _validator().iter_errors(doc.data) for i in _schema_issues(e)]
-        doc.issues.extend(errors)
+        if doc.data is None:  # an empty file, or only comments
+            doc.data = {}
+        unexpanded = {i.path for i in doc.issues}
+        doc.issues.extend(i for e in _validator().iter_errors(doc.data) for i in _schema_issues(e))
         bad = {i.path for i in doc.issues}
         rules = doc.data.get("rules") if isinstance(doc.data, dict) else None
         for index, raw in enumerate(rules if isinstance(rules, list) else []):
             if isinstance(raw, dict):
-                self._rule(doc, index, raw, bad)
+                self._rule(doc, index, raw, bad, unexpanded)
         seen: set[tuple[JsonPath, bool, str]] = set()
         for issue in doc.issues:
             if issue not in seen:
                 seen.add(issue)
                 self.problems.append(doc.problem(issue))
 
-    def _rule(self, doc: _Doc, index: int, raw: dict[str, Any], bad: set[JsonPath]) -> None:
+    def _rule(self, doc: _Doc, index: int, raw: dict[str, Any], bad: set[JsonPath],
+              unexpanded: set[JsonPath]) -> None:
         base: JsonPath = ("rules", index)
         start = len(doc.issues)
 
         def clean(*part: str | int) -> bool:
             prefix = base + part
             return not any(p[:len(prefix)] == prefix for p in bad)
+
+        def clean_schema(*part: str | int) -> bool:
+            prefix = base + part
+            return not any(p[:len(prefix)] == prefix for p in bad - unexpanded)
 
         name = raw.get("name")
         if isinstance(name, str) and name:
@@ -414,10 +421,10 @@ class _Checker:
         actions = raw.get("actions")
         kinds: list[str] = []
         for i, item in enumerate(actions if isinstance(actions, list) else []):
-            if clean("actions", i) and isinstance(item, dict) and len(item) == 1:
+            if clean_schema("actions", i) and isinstance(item, dict) and len(item) == 1:
                 kind, options = next(iter(item.items()))
                 kinds.append(kind)
-                self._action(doc, base + ("actions", i, kind), kind, options)
+                self._action(doc, base + ("actions", i, kind), kind, options, unexpanded)
         if len(doc.issues) > start or any(p[:2] == base for p in bad) or compiled is None:
             return
         self.rules.append(Rule(
@@ -439,7 +446,15 @@ class _Checker:
         doc.issues.extend(_Issue(path + sub, False, _at(_label(path + sub), message))
                           for sub, message in templates.check_tree(value))
 
-    def _action(self, doc: _Doc, path: JsonPath, kind: str, options: dict[str, Any]) -> None:
+    def _action(self, doc: _Doc, path: JsonPath, kind: str, options: dict[str, Any],
+                unexpanded: set[JsonPath]) -> None:
+        """Check one action: its kind, its options (kind schema + validate()), its templates.
+
+        Options holding a `${VAR}` that could not be expanded were already reported: schema
+        errors at those values are left out, and validate() (whose messages have no exact
+        position) is skipped for that action.
+        """
+        expansion_failed = any(p[:len(path)] == path for p in unexpanded)
         try:
             cls = resolve(kind)
         except UnknownActionKind as exc:
@@ -456,8 +471,10 @@ class _Checker:
                 if isinstance(kind_schema, dict):
                     validator = jsonschema.Draft202012Validator(kind_schema)
                     for error in validator.iter_errors(options):
-                        doc.issues.extend(_schema_issues(error, path))
-                messages = cls.validate(options) if hasattr(cls, "validate") else []
+                        doc.issues.extend(i for i in _schema_issues(error, path)
+                                          if i.path not in unexpanded)
+                messages = cls.validate(options) \
+                    if hasattr(cls, "validate") and not expansion_failed else []
             except Exception as exc:  # a broken kind must not hide the other problems
                 doc.issues.append(_Issue(path, True,
                                          f"action kind {kind!r} could not check options: {exc!r}"))
