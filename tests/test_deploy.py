@@ -265,11 +265,13 @@ def test_every_dockercloud_name_in_deploy_is_one_eventd_reads() -> None:
     assert not unknown, f"names eventd does not read: {unknown}"
 
 
-def test_every_eventd_name_in_deploy_is_one_the_cli_reads() -> None:
+def test_every_eventd_name_in_deploy_is_one_the_cli_or_the_rules_read() -> None:
     cli_source = (ROOT / "eventd" / "cli.py")
     if not cli_source.exists():
         pytest.skip("eventd/cli.py not written yet")
     read = set(re.findall(r"[\"'](EVENTD_[A-Z_]+)[\"']", cli_source.read_text()))
+    for rule_file in (ROOT / "rules").glob("*.yaml"):
+        read |= set(re.findall(r"\$\{(EVENTD_[A-Z_]+)", rule_file.read_text()))
     used = {name for path in DEPLOY.rglob("*") if path.is_file()
             for name in re.findall(r"\bEVENTD_[A-Z_]+", path.read_text())}
     assert used and used <= read, used - read
@@ -303,6 +305,9 @@ def test_compose_points_eventd_at_the_emulator_with_its_credentials() -> None:
     settings = Settings.from_env(env)
     assert settings.rest_host == f"http://emulator:{flag(emulator_cmd, '--rest-port')}/"
     assert settings.stream_host == f"ws://emulator:{flag(emulator_cmd, '--stream-port')}/"
+    scenario = flag(emulator_cmd, "--scenario")
+    assert scenario.startswith("/usr/local/lib/python3.11/site-packages/")  # python:3.11-slim
+    assert (ROOT / scenario.split("site-packages/", 1)[1]).is_file()
     receiver_port = re.search(r'"0\.0\.0\.0", (\d+)', services["receiver"]["command"][-1])
     assert receiver_port is not None
     assert env["ALERT_WEBHOOK_URL"].startswith(f"http://receiver:{receiver_port.group(1)}/")
@@ -373,6 +378,13 @@ def test_configmap_sample_rules_load(tmp_path: Path) -> None:
     rules = pytest.importorskip("eventd.rules")
     for name, text in k8s("ConfigMap")["data"].items():
         (tmp_path / name).write_text(text)
-    env = {"ALERT_WEBHOOK_URL": "https://alerts.example/hook"}
-    ruleset = rules.load_rules((tmp_path,), env)
-    assert len(ruleset) >= 1
+    env = {item["name"]: item.get("value", "https://alerts.example/hook")
+           for item in container()["env"]}
+    assert rules.check_paths([tmp_path], env) == []
+    assert len(rules.load_rules((tmp_path,), env)) >= 1
+
+
+def test_image_rules_load_with_the_image_environment() -> None:
+    rules = pytest.importorskip("eventd.rules")
+    env = {**docker_env(), "ALERT_WEBHOOK_URL": "https://alerts.example/hook"}
+    assert rules.check_paths([ROOT / "rules"], env) == []
