@@ -1,0 +1,489 @@
+"""StreamConsumer against the emulator over real sockets: delivery, gaps, faults, auth, stop."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from eventd.auth import Credentials
+from eventd.backfill import Backfiller
+from eventd.emulator import Emulator
+from eventd.errors import AuthRejected
+from eventd.events import Received
+from eventd.metrics import Metrics
+from eventd.recorder import Recorder
+from eventd.rest import RestClient
+from eventd.settings import Settings
+from eventd.stream import StreamConsumer, StreamOptions
+from tests.waiting import wait_until
+
+FAST = dict(ping_interval=0.2, pong_timeout=0.3, idle_timeout=5.0, backoff_initial=0.05,
+            backoff_max=0.2, healthy_after=0.5, handshake_timeout=2.0)
+
+
+class Run:
+    """One consumer on its own thread, with a sink that records every batch."""
+
+    def __init__(self, url: str, credentials: Credentials, metrics: Metrics,
+                 recorder: Recorder | None = None,
+                 backfill: Callable[[float], None] | None = None,
+                 sleep: Callable[[float], object] | None = None, **options: Any) -> None:
+        self.batches: list[list[Received]] = []
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.consumer = StreamConsumer(
+            url=url, credentials=credentials, sink=self.sink, metrics=metrics,
+            stopping=self.stopping, options=StreamOptions(**{**FAST, **options}),
+            recorder=recorder, backfill=backfill, sleep=sleep)
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def sink(self, batch: list[Received]) -> None:
+        with self._lock:
+            self.batches.append(batch)
+
+    def _main(self) -> None:
+        try:
+            self.consumer.run()
+        except BaseException as exc:  # handed to the test
+            self.error = exc
+
+    def start(self) -> Run:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> float:
+        """Set stopping, join; return how long run() took to return."""
+        began = time.monotonic()
+        self.stopping.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "run() did not return after stopping was set"
+        return time.monotonic() - began
+
+    def received(self) -> list[Received]:
+        with self._lock:
+            return [r for batch in self.batches for r in batch]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Stream events (not eventd's own)."""
+        return [r.event for r in self.received() if not r.internal]
+
+    def gaps(self) -> list[dict[str, Any]]:
+        """eventd's own gap events, in order."""
+        return [r.event for r in self.received() if r.internal and r.event["type"] == "eventd"]
+
+    def backfilled(self) -> list[dict[str, Any]]:
+        return [r.event for r in self.received() if r.internal and r.event.get("backfilled")]
+
+
+@pytest.fixture
+def start(emulator: Emulator, metrics: Metrics) -> Iterator[Callable[..., Run]]:
+    runs: list[Run] = []
+
+    def make(credentials: Credentials | None = None, url: str | None = None, **kwargs: Any) -> Run:
+        creds = credentials or Credentials(header=emulator.auth_header, source="test")
+        run = Run(url or stream_url(emulator), creds, metrics, **kwargs).start()
+        runs.append(run)
+        return run
+
+    yield make
+    emulator.faults.clear()
+    for run in runs:
+        run.stop(timeout=5)
+
+
+def stream_url(emu: Emulator, host: str | None = None, namespace: str | None = None) -> str:
+    env = {"DOCKERCLOUD_STREAM_HOST": host or emu.stream_url}
+    if namespace:
+        env["DOCKERCLOUD_NAMESPACE"] = namespace
+    return Settings.from_env(env).stream_url
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def reconnects(metrics: Metrics, reason: str) -> float:
+    return sample(metrics, "eventd_stream_reconnects_total", reason=reason)
+
+
+def connected(run: Run, n: int = 1) -> Callable[[], bool]:
+    return lambda: run.consumer.connected and \
+        sum(1 for e in run.gaps() if e["state"] == "connected") >= n
+
+
+# -- delivery -----------------------------------------------------------------------------------
+
+def test_events_arrive_as_sent_with_raw_frame_and_headers(emulator, metrics, start):
+    run = start()
+    wait_until(connected(run))
+    sent = [emulator.emit_event(type="container", state=s) for s in ("Stopped", "Starting", "Running")]
+    wait_until(lambda: len(run.events()) == 3)
+    assert run.events() == sent
+    got = [r for r in run.received() if not r.internal]
+    assert [json.loads(r.raw) for r in got] == sent
+    assert all(abs(r.received_at - time.time()) < 5 for r in got)
+    assert [e["state"] for e in run.gaps()] == ["connected"]
+    assert run.gaps()[0]["gap_seconds"] is None
+    hs = emulator.handshakes()
+    assert len(hs) == 1 and hs[0].status == 101
+    assert hs[0].headers.get("Authorization") == emulator.auth_header
+    assert hs[0].headers.get("User-Agent").startswith("eventd/")
+    assert sample(metrics, "eventd_stream_connected") == 1
+    assert sample(metrics, "eventd_stream_last_event_timestamp_seconds") > time.time() - 5
+
+
+@pytest.mark.parametrize("host_suffix", ["", "/"])
+def test_namespace_in_path_with_both_host_forms(emulator, start, host_suffix):
+    host = emulator.stream_url.rstrip("/") + host_suffix
+    run = start(url=stream_url(emulator, host=host, namespace=emulator.namespace))
+    wait_until(connected(run))
+    sent = emulator.emit_event(type="service", state="Running")
+    wait_until(lambda: run.events() == [sent])
+    assert [h.path for h in emulator.handshakes()] == [f"/api/audit/v1/{emulator.namespace}/events/"]
+
+
+def test_malformed_frames_are_counted_by_reason_and_good_ones_delivered(emulator, metrics, start,
+                                                                        caplog):
+    caplog.set_level(logging.WARNING, logger="eventd.stream")
+    run = start()
+    wait_until(connected(run))
+    good = []
+    good.append(emulator.emit_event(state="Running"))
+    for frame in ("not json", "{broken", "[1, 2]", '"text"', '{"no": "type"}', '{"type": ""}',
+                  '{"type": 5}', b"\xff\xfe binary junk"):
+        emulator.emit(frame)
+    good.append(emulator.emit_event(state="Stopped"))
+    emulator.emit('{"type": "image", "new_field": 1}')  # unknown type, extra field: passes
+    wait_until(lambda: len(run.events()) == 3)
+    assert run.events()[:2] == good
+    assert run.events()[2] == {"type": "image", "new_field": 1}
+    assert sample(metrics, "eventd_events_invalid_total", reason="not_json") == 3
+    assert sample(metrics, "eventd_events_invalid_total", reason="not_object") == 2
+    assert sample(metrics, "eventd_events_invalid_total", reason="missing_type") == 3
+    logged = [r for r in caplog.records if "not events" in r.getMessage()]
+    assert sorted(r.getMessage().split("(")[1].split(")")[0] for r in logged) == \
+        ["missing_type", "not_json", "not_object"]
+    assert run.consumer.connected  # never dies on input
+
+
+def test_auth_and_error_messages_are_not_events(emulator, metrics, start, caplog):
+    caplog.set_level(logging.WARNING, logger="eventd.stream")
+    run = start()
+    wait_until(connected(run))
+    emulator.emit({"type": "auth"})
+    emulator.emit({"type": "error", "data": {"errorMessage": "Something broke"}})
+    sent = emulator.emit_event(state="Running")
+    wait_until(lambda: len(run.events()) == 1)
+    assert run.events() == [sent]
+    assert sample(metrics, "eventd_stream_error_messages_total") == 1
+    assert any("Something broke" in r.getMessage() for r in caplog.records)
+    assert run.consumer.connected
+
+
+def test_recorder_writes_exactly_the_good_frames(emulator, start, tmp_path):
+    recorder = Recorder(tmp_path / "rec" / "stream.jsonl")
+    run = start(recorder=recorder)
+    wait_until(connected(run))
+    first = emulator.emit_event(state="Stopped")
+    emulator.emit("junk")
+    emulator.emit({"type": "error", "data": {"errorMessage": "x"}})
+    emulator.emit('{"type":"container",\n "state":"Running"}')  # a frame with a line break
+    second = emulator.emit_event(state="Starting")
+    wait_until(lambda: len(run.events()) == 3)
+    run.stop()
+    recorder.close()
+    lines = (tmp_path / "rec" / "stream.jsonl").read_bytes().splitlines()
+    assert lines == [json.dumps(first, separators=(",", ":")).encode(),
+                     b'{"type":"container","state":"Running"}',
+                     json.dumps(second, separators=(",", ":")).encode()]
+
+
+# -- losing and finding the connection ----------------------------------------------------------
+
+def test_server_restart_mid_stream_gives_gap_events_and_resumes(emulator, metrics, start):
+    run = start()
+    wait_until(connected(run))
+    before = emulator.emit_event(state="Stopped")
+    wait_until(lambda: len(run.events()) == 1)
+    emulator.restart_stream()
+    wait_until(connected(run, 2))
+    after = emulator.emit_event(state="Running")
+    wait_until(lambda: len(run.events()) == 2)
+    assert run.events() == [before, after]
+    gaps = run.gaps()
+    assert [e["state"] for e in gaps] == ["connected", "disconnected", "connected"]
+    assert gaps[0]["gap_seconds"] is None
+    assert 0 <= gaps[2]["gap_seconds"] < 5
+    assert reconnects(metrics, "dropped") == 1
+    assert [h.status for h in emulator.handshakes()].count(101) == 2
+
+
+def test_dropped_connection_backfills_actions_done_during_the_gap(emulator, metrics, start):
+    creds = Credentials(header=emulator.auth_header, source="test")
+    backfill_sink: list[list[Received]] = []
+    rest = RestClient(emulator.rest_url, creds)
+    holder: dict[str, Run] = {}
+
+    def backfill(gap_start: float) -> None:
+        Backfiller(rest, holder["run"].sink, metrics)(gap_start)
+        backfill_sink.append([])
+
+    run = holder["run"] = start(backfill=backfill)
+    wait_until(connected(run))
+    emulator.faults.fail_handshake(503, count=10**6)  # keep eventd out while the action runs
+    emulator.faults.drop_connections()
+    wait_until(lambda: not run.consumer.connected)
+    service = emulator.world.objects("service")[0]
+    answer = rest.request("POST", f"/api/app/v1/{emulator.namespace}/service/{service.uuid}/redeploy/")
+    action_uri = answer.headers["X-DockerCloud-Action-URI"]
+    wait_until(lambda: rest.get(action_uri)["state"] == "Success", timeout=5)
+    emulator.faults.clear()
+    wait_until(connected(run, 2))
+    wait_until(lambda: backfill_sink, timeout=5)
+    gaps = run.gaps()
+    assert [e["state"] for e in gaps] == ["connected", "disconnected", "connected"]
+    assert gaps[2]["gap_seconds"] > 0
+    recovered = run.backfilled()
+    assert action_uri in [e["resource_uri"] for e in recovered]
+    mine = [e for e in recovered if e["resource_uri"] == action_uri][0]
+    assert mine["type"] == "action" and mine["state"] == "Success"
+    assert mine["parents"] == [emulator.world.resource_uri("service", service.uuid)]
+    assert sample(metrics, "eventd_stream_backfilled_events_total") == len(recovered)
+    calls = [c for c in emulator.rest_calls() if c.path == "/api/audit/v1/action/"]
+    assert len(calls) == 1
+    disconnected_at = gaps[1]["datetime"]
+    assert calls[0].query["start_date__gte"] == disconnected_at
+    assert reconnects(metrics, "dropped") == 1
+
+
+def test_first_connection_does_not_backfill(emulator, start):
+    calls: list[float] = []
+    run = start(backfill=calls.append)
+    wait_until(connected(run))
+    emulator.emit_event()
+    wait_until(lambda: len(run.events()) == 1)
+    assert calls == []
+
+
+def test_silent_server_is_detected_within_ping_interval_plus_pong_timeout(emulator, metrics, start):
+    run = start(ping_interval=0.2, pong_timeout=0.3)
+    wait_until(connected(run))
+    began = time.monotonic()
+    emulator.faults.set_silent(True)
+    wait_until(lambda: reconnects(metrics, "pong_timeout") >= 1, timeout=3)
+    took = time.monotonic() - began
+    assert took < 0.2 + 0.3 + 0.35, f"silence noticed after {took:.2f} s"
+    assert [e["state"] for e in run.gaps()][:2] == ["connected", "disconnected"]
+    emulator.faults.clear()
+    wait_until(lambda: run.consumer.connected)
+
+
+def test_idle_watchdog_reconnects_when_no_frame_arrives(emulator, metrics, start):
+    run = start(ping_interval=30, pong_timeout=30, idle_timeout=0.4)
+    wait_until(connected(run))
+    emulator.faults.set_silent(True)
+    wait_until(lambda: reconnects(metrics, "idle") >= 1, timeout=3)
+    assert reconnects(metrics, "pong_timeout") == 0
+
+
+def test_stream_keeps_running_with_pings_answered(emulator, metrics, start):
+    run = start(ping_interval=0.05, pong_timeout=0.2)
+    wait_until(connected(run))
+    deadline = time.monotonic() + 0.6
+    wait_until(lambda: time.monotonic() > deadline, timeout=2)  # many ping rounds pass
+    sent = emulator.emit_event()
+    wait_until(lambda: run.events() == [sent])
+    assert len(emulator.handshakes()) == 1
+    assert reconnects(metrics, "pong_timeout") == 0
+
+
+# -- refused handshakes -------------------------------------------------------------------------
+
+def test_handshake_401_raises_auth_rejected_after_exactly_one_attempt(emulator, metrics, start,
+                                                                     caplog):
+    caplog.set_level(logging.ERROR, logger="eventd.stream")
+    run = start(credentials=Credentials.basic("user", "wrong-key", "test"))
+    run.thread.join(5)
+    assert isinstance(run.error, AuthRejected) and run.error.status_code == 401
+    assert [h.status for h in emulator.handshakes()] == [401]
+    assert reconnects(metrics, "auth_rejected") == 1
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    assert run.gaps() == []
+
+
+def test_handshake_403_raises_auth_rejected_after_exactly_one_attempt(emulator, metrics, start):
+    emulator.faults.fail_handshake(403, count=5)
+    run = start()
+    run.thread.join(5)
+    assert isinstance(run.error, AuthRejected) and run.error.status_code == 403
+    assert [h.status for h in emulator.handshakes()] == [403]
+
+
+def test_unauthorized_error_message_raises_auth_rejected(emulator, metrics, start):
+    run = start()
+    wait_until(connected(run))
+    before = emulator.emit_event()
+    emulator.emit({"type": "error", "data": {"errorMessage": "UNAUTHORIZED"}})
+    run.thread.join(5)
+    assert isinstance(run.error, AuthRejected)
+    assert run.events() == [before]
+    assert [e["state"] for e in run.gaps()] == ["connected", "disconnected"]
+    assert sample(metrics, "eventd_stream_error_messages_total") == 1
+    assert len(emulator.handshakes()) == 1
+    assert not run.consumer.connected
+    assert sample(metrics, "eventd_stream_connected") == 0
+
+
+def test_on_auth_error_wait_waits_then_tries_exactly_once_more(emulator, metrics, start):
+    emulator.faults.reject_auth(True)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:
+            assert [h.status for h in emulator.handshakes()] == [401]
+            emulator.faults.reject_auth(False)  # the key was fixed during the long wait
+
+    run = start(sleep=sleep, on_auth_error="wait", auth_error_wait=3600)
+    wait_until(connected(run))
+    assert waits == [3600]
+    assert [h.status for h in emulator.handshakes()] == [401, 101]
+    assert run.error is None
+
+
+def test_on_auth_error_wait_keeps_waiting_while_rejected(emulator, metrics, start):
+    emulator.faults.reject_auth(True)
+    waits: list[float] = []
+    run = start(sleep=waits.append, on_auth_error="wait", auth_error_wait=3600)
+    wait_until(lambda: len(emulator.handshakes()) >= 3)
+    run.stop()
+    assert len(emulator.handshakes()) in (len(waits), len(waits) + 1)  # one try per wait
+    assert set(waits) == {3600}
+
+
+def test_429_retry_after_seconds_is_honoured(emulator, metrics, start):
+    emulator.faults.fail_handshake(429, count=1, retry_after=7)
+    waits: list[float] = []
+    run = start(sleep=waits.append)
+    wait_until(connected(run))
+    assert waits == [7.0]
+    assert [h.status for h in emulator.handshakes()] == [429, 101]
+    assert reconnects(metrics, "handshake_429") == 1
+
+
+def test_429_retry_after_http_date_is_honoured(emulator, start):
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    emulator.faults.fail_handshake(429, count=1, retry_after=when)
+    waits: list[float] = []
+    run = start(sleep=waits.append)
+    wait_until(connected(run))
+    assert len(waits) == 1 and 27 <= waits[0] <= 30
+
+
+def test_503_twice_then_recovery_backs_off_within_bounds(emulator, metrics, start):
+    emulator.faults.fail_handshake(503, count=2)
+    waits: list[float] = []
+    run = start(sleep=waits.append, backoff_initial=0.05, backoff_max=0.2)
+    wait_until(connected(run))
+    assert [h.status for h in emulator.handshakes()] == [503, 503, 101]
+    assert len(waits) == 2
+    assert 0 <= waits[0] <= 0.05 and 0 <= waits[1] <= 0.1  # full jitter, doubling window
+    assert reconnects(metrics, "handshake_503") == 2
+    assert run.gaps()[0]["gap_seconds"] is None  # still the first connection of the run
+    sent = emulator.emit_event()
+    wait_until(lambda: run.events() == [sent])
+
+
+def test_slow_handshake_within_the_timeout_connects(emulator, metrics, start):
+    emulator.faults.set_delay(handshake=0.5)
+    began = time.monotonic()
+    run = start(handshake_timeout=3)
+    wait_until(connected(run), timeout=5)
+    assert time.monotonic() - began >= 0.5
+    assert [h.status for h in emulator.handshakes()] == [101]
+
+
+def test_handshake_slower_than_the_timeout_is_retried(emulator, metrics, start):
+    emulator.faults.set_delay(handshake=1.0)
+    run = start(handshake_timeout=0.3)
+    wait_until(lambda: reconnects(metrics, "connect_timeout") >= 1, timeout=3)
+    emulator.faults.set_delay(handshake=0)
+    wait_until(connected(run), timeout=5)
+
+
+def test_unreachable_server_is_retried_as_connect_error(emulator, metrics, start):
+    emulator.stop_stream()
+    run = start()
+    wait_until(lambda: reconnects(metrics, "connect_error") >= 2)
+    emulator.start_stream()
+    wait_until(connected(run))
+
+
+# -- stopping -----------------------------------------------------------------------------------
+
+def test_stopping_during_a_long_backoff_returns_within_a_second(emulator, start):
+    emulator.faults.fail_handshake(503, count=1, retry_after=60)
+    run = start()
+    wait_until(lambda: emulator.handshakes())
+    wait_until(lambda: run.thread.is_alive() and not run.consumer.connected)
+    assert run.stop() < 1.0
+    assert run.error is None
+    assert len(emulator.handshakes()) == 1
+
+
+def test_stopping_while_connected_closes_with_a_close_frame(emulator, start):
+    run = start()
+    wait_until(connected(run))
+    assert run.stop() < 1.0
+    assert emulator.wait_for_connections(0, timeout=2)
+    assert [e["state"] for e in run.gaps()] == ["connected"]
+    assert not run.consumer.connected
+
+
+def test_close_from_another_thread_ends_run(emulator, start):
+    run = start()
+    wait_until(connected(run))
+    run.consumer.close()
+    run.thread.join(2)
+    assert not run.thread.is_alive() and run.error is None
+    assert emulator.wait_for_connections(0, timeout=2)
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+def test_no_secret_in_logs_over_reconnects_and_auth_failure(metrics, caplog):
+    caplog.set_level(logging.DEBUG)
+    apikey = "zq9-very-secret-apikey-7x"
+    with Emulator(user="someone", apikey=apikey, tick=0.02) as emu:
+        creds = Credentials.basic("someone", apikey, "DOCKERCLOUD_USER+DOCKERCLOUD_APIKEY")
+        run = Run(stream_url(emu), creds, metrics).start()
+        try:
+            wait_until(connected(run))
+            emu.faults.drop_connections()
+            wait_until(connected(run, 2))
+            emu.faults.fail_handshake(503, count=1)
+            emu.restart_stream()
+            wait_until(connected(run, 3))
+            emu.faults.reject_auth(True)
+            emu.faults.drop_connections()
+            run.thread.join(5)
+            assert isinstance(run.error, AuthRejected)
+        finally:
+            emu.faults.clear()
+            run.stop()
+    # The emulator is the server side: its websockets protocol logger prints request headers
+    # at DEBUG, which is not eventd's output. Everything else (eventd.*, websocket-client) counts.
+    ours = [r for r in caplog.records if not r.name.startswith("eventd.emulator")]
+    text = "\n".join(f"{r.getMessage()} {r.args} {r.exc_text or ''}" for r in ours)
+    assert "stream lost" in text and "rejected" in text  # the logs did cover the cycle
+    for secret in creds.secrets():
+        assert secret not in text
+    assert apikey in creds.secrets()
