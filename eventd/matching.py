@@ -113,6 +113,19 @@ def _lift(test: FieldTest) -> FieldTest:
     return field
 
 
+def _text_test(find: Callable[[str], Any]) -> FieldTest:
+    """A pattern test on a string field or on any string element of a list field."""
+    def field(value: Any) -> bool:
+        if type(value) is str:
+            return find(value) is not None
+        if type(value) is list:
+            for item in value:
+                if type(item) is str and find(item) is not None:
+                    return True
+        return False
+    return field
+
+
 def _element_equals(expected: Any) -> FieldTest:
     if isinstance(expected, bool) or expected is None:
         return lambda x: x is expected
@@ -172,11 +185,9 @@ def compile_condition(condition: Any, path: Path) -> FieldTest:
     for op, arg in condition.items():
         where = path + (op,)
         if op == "glob":
-            rx = re.compile(fnmatch.translate(arg))
-            tests.append(_lift(lambda x, m=rx.match: type(x) is str and m(x) is not None))
+            tests.append(_text_test(re.compile(fnmatch.translate(arg)).match))
         elif op == "regex":
-            search = _regex(arg, where).search
-            tests.append(_lift(lambda x, s=search: type(x) is str and s(x) is not None))
+            tests.append(_text_test(_regex(arg, where).search))
         elif op == "in":
             tests.append(_one_of(arg))
         elif op in ("gt", "gte", "lt", "lte"):
@@ -209,7 +220,12 @@ def _getter(field: str) -> Callable[[Mapping[str, Any]], Any]:
     return get
 
 
-def _field(field: str, test: FieldTest) -> Predicate:
+def _field(field: str, test: FieldTest, condition: Any = None) -> Predicate:
+    if "." not in field and isinstance(condition, str):  # the common case, inlined
+        def equals(event: Mapping[str, Any]) -> bool:
+            value = event.get(field)
+            return value == condition or (type(value) is list and condition in value)
+        return equals
     if "." not in field:
         return lambda event: test(event.get(field, MISSING))
     get = _getter(field)
@@ -232,7 +248,7 @@ def _compile_mapping(match: Mapping[str, Any], path: Path, skip: frozenset[str],
                 inner = _compile_mapping(value, where, frozenset(), problems)
                 predicates.append(lambda event, i=inner: not i(event))
             elif key not in skip:
-                predicates.append(_field(key, compile_condition(value, where)))
+                predicates.append(_field(key, compile_condition(value, where), value))
         except MatchProblem as exc:
             problems.append(exc)
     return _all(predicates)
@@ -274,6 +290,7 @@ def _compile(match: Mapping[str, Any], path: Path, problems: list[MatchProblem])
 
 
 _OTHER: Any = object()  # the index key for a type/action no rule names
+_MEMO_SIZE = 4096
 Candidates = tuple[tuple["Rule", Predicate], ...]
 
 
@@ -286,6 +303,7 @@ class RuleSet:
         self.disabled: tuple[Rule, ...] = tuple(r for r in loaded if not r.enabled)
         self.by_name: dict[str, Rule] = {r.name: r for r in self.rules}
         self._table, self._other_row = self._build_index()
+        self._memo: dict[tuple[Any, Any], Candidates] = {}
 
     def _build_index(self) -> tuple[dict[str, dict[Any, Candidates]], dict[Any, Candidates]]:
         types = {t for r in self.rules if r.compiled.types for t in r.compiled.types}
@@ -307,13 +325,21 @@ class RuleSet:
     def __iter__(self) -> Any:
         return iter(self.rules)
 
+    def candidates(self, event_type: Any, action: Any) -> Candidates:
+        """The rules (with their residual predicates) an event of this type/action may match."""
+        row = self._table.get(event_type, self._other_row)
+        found = row.get(action)
+        return row[_OTHER] if found is None else found
+
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The enabled rules whose match holds for `event`, in load order."""
+        key = (event.get("type"), event.get("action"))
         try:
-            row = self._table.get(event.get("type"), self._other_row)
-            candidates = row.get(event.get("action"))
-            if candidates is None:
-                candidates = row[_OTHER]
+            candidates = self._memo[key]
+        except KeyError:
+            candidates = self.candidates(*key)
+            if len(self._memo) < _MEMO_SIZE:  # type/action vocabularies are small; stay bounded
+                self._memo[key] = candidates
         except TypeError:  # an unhashable type/action: no index, check every rule
             return [r for r in self.rules if r.compiled.predicate(event)]
         return [rule for rule, residual in candidates if residual(event)]
