@@ -1,0 +1,86 @@
+"""`python -m eventd.emulator` / `eventd emulate` as a person runs it."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from websocket import create_connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "eventd.emulator", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def process():
+    started: list[subprocess.Popen[str]] = []
+
+    def run(*args: str) -> subprocess.Popen[str]:
+        proc = launch(*args)
+        started.append(proc)
+        return proc
+
+    yield run
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_prints_export_lines_serves_and_exits_0_on_sigterm(process):
+    proc = process("--rest-port", "0", "--stream-port", "0", "--user", "alice",
+                   "--apikey", "k3y")
+    lines = [proc.stdout.readline().rstrip("\n") for _ in range(5)]
+    env = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    assert all(line.startswith("export DOCKERCLOUD_") for line in lines)
+    assert list(env) == ["DOCKERCLOUD_REST_HOST", "DOCKERCLOUD_STREAM_HOST", "DOCKERCLOUD_USER",
+                         "DOCKERCLOUD_APIKEY", "DOCKERCLOUD_AUTH"]
+    assert env["DOCKERCLOUD_USER"] == "alice" and env["DOCKERCLOUD_APIKEY"] == "k3y"
+    auth = env["DOCKERCLOUD_AUTH"].strip("'")
+    assert auth == "Basic " + base64.b64encode(b"alice:k3y").decode()
+    rest_host = env["DOCKERCLOUD_REST_HOST"]
+    assert rest_host.startswith("http://127.0.0.1:") and rest_host.endswith("/")
+    r = requests.get(rest_host + "api/app/v1/alice/service/", headers={"Authorization": auth})
+    assert r.status_code == 200 and r.json()["meta"]["total_count"] == 2
+    ws = create_connection(env["DOCKERCLOUD_STREAM_HOST"].rstrip("/") + "/api/audit/v1/alice/events",
+                           header=["Authorization: " + auth], timeout=5)
+    try:
+        assert ws.recv() == '{"type":"auth"}'
+    finally:
+        ws.close()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "REST GET /api/app/v1/alice/service/ -> 200" in err
+    assert "stream connection opened" in err
+    assert "k3y" not in err and auth.split()[1] not in err
+
+
+def test_sigint_also_stops_cleanly(process):
+    proc = process("--rest-port", "0", "--stream-port", "0", "--token", "opaque")
+    lines = [proc.stdout.readline() for _ in range(5)]
+    assert lines[4].strip() == "export DOCKERCLOUD_AUTH=opaque"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=15)
+    assert proc.returncode == 0
+
+
+def test_a_broken_scenario_exits_2_naming_file_and_line(process, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("timeline:\n  - at: 1\n    node_unreachabel: {index: 0}\n")
+    proc = process("--rest-port", "0", "--stream-port", "0", "--scenario", str(path))
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 2
+    assert out == ""
+    assert f"{path}:3: unknown step 'node_unreachabel' (did you mean 'node_unreachable'?)" in err
