@@ -22,6 +22,7 @@ import tenacity
 
 from eventd.actions.base import ActionContext, ActionJob, ActionKind
 from eventd.errors import ActionError, PermanentActionError, RetryableActionError
+from eventd.guard import report_internal_error
 from eventd.guards import ActionSkipped, CircuitBreaker
 from eventd.retry import Interrupted, RetryPolicy, retrying
 from eventd.store import Store
@@ -221,10 +222,8 @@ class Dispatcher:
                 return
             try:
                 self._deliver(lane, job)
-            except Exception:  # never let one job kill the lane
-                self.metrics.internal_errors.labels(where="dispatch").inc()
-                logger.exception("internal error delivering %s action for rule %s",
-                                 job.kind, job.rule)
+            except Exception as exc:  # never let one job kill the lane
+                report_internal_error("dispatch", exc, self.metrics)
             finally:
                 with lane.cond:
                     lane.known.discard(job.id)
@@ -271,9 +270,8 @@ class Dispatcher:
         if flush is not None:
             try:
                 flush()
-            except Exception:
-                self.metrics.internal_errors.labels(where="dispatch").inc()
-                logger.exception("internal error flushing %s", kind_name)
+            except Exception as exc:
+                report_internal_error("dispatch", exc, self.metrics)
 
     def _deliver(self, lane: _Lane, job: ActionJob) -> None:
         kind = self.kinds.get(job.kind)
@@ -337,10 +335,8 @@ class Dispatcher:
             self.breaker.failure(lane.target)
             raise
         except Exception as exc:
-            self.metrics.internal_errors.labels(where="action").inc()
             self.metrics.action_errors.labels(kind=job.kind, reason="internal").inc()
-            logger.error("internal error in %s action for rule %s: %s: %s", job.kind, job.rule,
-                         type(exc).__name__, str(exc)[:200])
+            report_internal_error("action", exc, self.metrics)
             self.breaker.failure(lane.target)
             raise RetryableActionError(f"internal error ({type(exc).__name__})") from exc
         finally:

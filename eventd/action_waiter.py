@@ -1,0 +1,74 @@
+"""Follow Docker Cloud actions through the stream's `action` events instead of polling.
+
+The engine feeds every `action` event to `observe`; a `dockercloud` action with `wait: true`
+calls `wait(action_uri, timeout)`. Terminal states are remembered for a while, because the
+event may arrive before the caller starts waiting (the REST answer and the stream race).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from eventd.events import object_ref
+
+TERMINAL_STATES = frozenset({"Success", "Failed", "Canceled"})
+
+
+class ActionWaiter:
+    """Terminal states of recently seen actions, by action uuid, with waiting."""
+
+    def __init__(self, remember: float = 600.0, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.remember = remember
+        self.max_entries = max_entries
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._states: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """Note an `action` event's state if it is terminal."""
+        state = event.get("state")
+        if state not in TERMINAL_STATES:
+            return
+        ref = object_ref(event.get("resource_uri"))
+        if ref is None:
+            return
+        now = self._clock()
+        with self._cond:
+            self._states[ref.uuid] = (str(state), now)
+            self._states.move_to_end(ref.uuid)
+            while len(self._states) > self.max_entries:
+                self._states.popitem(last=False)
+            self._cond.notify_all()
+
+    def state(self, action_uri: str) -> str | None:
+        """The terminal state seen for this action, or None."""
+        ref = object_ref(action_uri)
+        if ref is None:
+            return None
+        with self._cond:
+            found = self._states.get(ref.uuid)
+        if found is None or self._clock() - found[1] > self.remember:
+            return None
+        return found[0]
+
+    def wait(self, action_uri: str, timeout: float,
+             stopping: threading.Event | None = None) -> str | None:
+        """Wait for the action to end; its terminal state, or None at the timeout or stop."""
+        ref = object_ref(action_uri)
+        if ref is None:
+            return None
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = self._states.get(ref.uuid)
+                if found is not None:
+                    return found[0]
+                left = deadline - time.monotonic()
+                if left <= 0 or (stopping is not None and stopping.is_set()):
+                    return None
+                self._cond.wait(min(left, 0.2))

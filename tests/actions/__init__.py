@@ -1,0 +1,39 @@
+"""Tests of the action kinds, and helpers shared with the dispatch tests."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+from eventd.actions.base import ActionContext, ActionJob
+from eventd.metrics import Metrics
+from eventd.settings import Settings
+
+_ids = itertools.count(1)
+
+EVENT = {"type": "container", "action": "update", "state": "Stopped",
+         "resource_uri": "/api/app/v1/user/container/c1dd4e1e-1356-411c-8613-e15146633640/",
+         "parents": ["/api/app/v1/user/service/09cbcf8d-a727-40d9-b420-c8e18b7fa55b/"],
+         "uuid": "6a1f0e52-7c1e-4d8e-9a55-0b9c3f1e2a01", "datetime": "2016-06-01T10:15:02Z"}
+
+
+def make_context(metrics: Metrics | None = None, **kwargs: Any) -> ActionContext:
+    """An ActionContext on a fresh registry unless one is given."""
+    return ActionContext(settings=Settings(), metrics=metrics or Metrics(), **kwargs)
+
+
+def make_job(kind_obj: Any, options: dict[str, Any], *, rule: str = "rule-a",
+             job_id: str | None = None, event: dict[str, Any] | None = None,
+             created_at: float | None = None, context: dict[str, Any] | None = None) -> ActionJob:
+    """A job as the engine builds it (target from the kind, a unique id)."""
+    return ActionJob(id=job_id or f"job-{next(_ids):06d}", rule=rule, kind=kind_obj.name,
+                     options=options, event=dict(event or EVENT),
+                     target=kind_obj.target(options),
+                     created_at=time.time() if created_at is None else created_at,
+                     context=dict(context or {}))
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    """A metric sample's value, 0 when absent."""
+    return metrics.registry.get_sample_value(name, labels) or 0.0

@@ -1,0 +1,317 @@
+"""The Dispatcher against real HTTP receivers: retries, order, dead letters, spool, shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from eventd import deadletter_cli
+from eventd.actions.webhook import WebhookAction
+from eventd.dispatch import Dispatcher
+from eventd.guards import CircuitBreaker
+from eventd.store import SqliteStore
+from tests.actions import make_context, make_job, sample
+from tests.receiver import WebhookReceiver
+from tests.waiting import wait_until
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(tmp_path / "state")
+    yield s
+    s.close()
+
+
+def build(metrics, store, **kwargs):
+    context = make_context(metrics)
+    kinds = {"webhook": WebhookAction(context)}
+    kwargs.setdefault("initial_wait", 0.02)
+    kwargs.setdefault("max_wait", 0.1)
+    kwargs.setdefault("breaker", CircuitBreaker(threshold=1000, cooldown=0.1))
+    dispatcher = Dispatcher(context, store, kinds, **kwargs)
+    dispatcher.start()
+    return dispatcher, kinds["webhook"]
+
+
+def keys(receiver):
+    return [r.header("Idempotency-Key") for r in receiver.requests]
+
+
+def test_receiver_down_then_up_delivers_each_once_and_in_order(metrics, store, webhook_receiver):
+    dispatcher, hook = build(metrics, store)
+    webhook_receiver.stop()
+    jobs = [make_job(hook, {"url": webhook_receiver.url + "/hook", "json": {"n": n}})
+            for n in range(20)]
+    try:
+        assert all(dispatcher.submit(job) for job in jobs)
+        wait_until(lambda: sample(metrics, "eventd_actions_total", kind="webhook",
+                                  outcome="retry") >= 3)
+        assert store.spool_count() == 20
+        webhook_receiver.start()
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.close(2)
+    assert keys(webhook_receiver) == [job.id for job in jobs]  # each once, in order
+    assert [r.json()["n"] for r in webhook_receiver.requests] == list(range(20))
+    assert store.spool_count() == 0
+    assert sample(metrics, "eventd_actions_total", kind="webhook", outcome="success") == 20
+    assert sample(metrics, "eventd_spool_pending") == 0
+    assert sample(metrics, "eventd_action_errors_total", kind="webhook", reason="connection") >= 3
+
+
+def test_503_three_times_then_200(metrics, store, webhook_receiver):
+    waits: list[float] = []
+    dispatcher, hook = build(metrics, store, sleep=waits.append, initial_wait=1.0, max_wait=60)
+    webhook_receiver.respond_with(503, count=3)
+    job = make_job(hook, {"url": webhook_receiver.url, "json": {"a": 1}})
+    try:
+        dispatcher.submit(job)
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+    assert keys(webhook_receiver) == [job.id] * 4
+    assert len(waits) == 3
+    assert 1.0 <= waits[0] <= 2.0 and 2.0 <= waits[1] <= 3.0 and 4.0 <= waits[2] <= 5.0
+    assert sample(metrics, "eventd_actions_total", kind="webhook", outcome="retry") == 3
+    assert sample(metrics, "eventd_actions_total", kind="webhook", outcome="success") == 1
+    assert sample(metrics, "eventd_action_errors_total", kind="webhook", reason="http_5xx") == 3
+    assert sample(metrics, "eventd_action_duration_seconds_count", kind="webhook") == 4
+
+
+def test_429_retry_after_is_honoured(metrics, store, webhook_receiver, caplog):
+    waits: list[float] = []
+    dispatcher, hook = build(metrics, store, sleep=waits.append, initial_wait=1.0, max_wait=60)
+    webhook_receiver.respond_with(429, count=1, headers={"Retry-After": "7"})
+    job = make_job(hook, {"url": webhook_receiver.url + "/secret-token?key=s3cr3t", "json": {}})
+    with caplog.at_level(logging.WARNING, logger="eventd"):
+        try:
+            dispatcher.submit(job)
+            assert dispatcher.wait_idle(5)
+        finally:
+            dispatcher.close(2)
+    assert waits == [7.0]
+    assert len(webhook_receiver.requests) == 2
+    [line] = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert line == (f"webhook for rule rule-a to {webhook_receiver.url} failed (HTTP 429); "
+                    f"retry 2 in 7.0 s")
+    assert "s3cr3t" not in caplog.text and "secret-token" not in caplog.text
+
+
+def test_400_goes_to_dead_letters_and_deadletter_retry_resends(metrics, store, webhook_receiver,
+                                                               tmp_path, capsys):
+    dispatcher, hook = build(metrics, store)
+    webhook_receiver.respond_with(400, count=1, body={"error": "bad field"})
+    job = make_job(hook, {"url": webhook_receiver.url, "json": {"x": 1}})
+    try:
+        dispatcher.submit(job)
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+    assert len(webhook_receiver.requests) == 1  # not retried
+    [letter] = store.deadletter_list()
+    assert letter.job.id == job.id and letter.reason == "HTTP 400"
+    assert sample(metrics, "eventd_actions_total", kind="webhook", outcome="failed") == 1
+    assert sample(metrics, "eventd_actions_total", kind="webhook", outcome="deadletter") == 1
+    assert sample(metrics, "eventd_deadletter_total") == 1
+    assert store.spool_count() == 0
+    store.close()
+
+    state = tmp_path / "state"
+    parser = argparse.ArgumentParser()
+    deadletter_cli.add_arguments(parser)
+    assert deadletter_cli.run(parser.parse_args(["list", "--state-dir", str(state)])) == 0
+    out = capsys.readouterr().out
+    assert job.id in out and "kind=webhook" in out and "reason=HTTP 400" in out
+    code = deadletter_cli.run(parser.parse_args(["retry", job.id[:8], "--now",
+                                                 "--state-dir", str(state)]))
+    assert code == 0, capsys.readouterr().out
+    assert keys(webhook_receiver) == [job.id, job.id]  # re-sent, same Idempotency-Key
+    assert deadletter_cli.run(parser.parse_args(["list", "--state-dir", str(state)])) == 0
+    assert "no dead letters" in capsys.readouterr().out
+
+
+def test_deadline_moves_a_job_to_dead_letters(metrics, store, webhook_receiver):
+    now = [time.time()]
+    waits: list[float] = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        now[0] += seconds
+
+    dispatcher, hook = build(metrics, store, sleep=sleep, clock=lambda: now[0],
+                             deadline=30.0, initial_wait=1.0, max_wait=8.0)
+    webhook_receiver.respond_with(503, count=100)
+    job = make_job(hook, {"url": webhook_receiver.url, "json": {}}, created_at=now[0])
+    try:
+        dispatcher.submit(job)
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+    [letter] = store.deadletter_list()
+    assert letter.reason.startswith(f"gave up after {len(waits) + 1} attempt(s)")
+    assert letter.reason.endswith("HTTP 503")
+    assert sum(waits) < 30.0 and max(waits) <= 9.0
+
+
+def test_429_retry_after_beyond_the_deadline_dead_letters_at_once(metrics, store,
+                                                                   webhook_receiver):
+    waits: list[float] = []
+    dispatcher, hook = build(metrics, store, sleep=waits.append, deadline=60.0)
+    webhook_receiver.respond_with(429, headers={"Retry-After": "3600"})
+    try:
+        dispatcher.submit(make_job(hook, {"url": webhook_receiver.url, "json": {}}))
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+    assert waits == [] and len(store.deadletter_list()) == 1
+
+
+def test_full_queue_never_blocks_the_caller_and_loses_nothing(metrics, store, webhook_receiver):
+    dispatcher, hook = build(metrics, store, queue_size=2)
+    webhook_receiver.stop()
+    jobs = [make_job(hook, {"url": webhook_receiver.url, "json": {"n": n}}) for n in range(30)]
+    try:
+        started = time.monotonic()
+        assert all(dispatcher.submit(job) for job in jobs)
+        assert time.monotonic() - started < 2.0
+        assert dispatcher.overflowed >= 27
+        webhook_receiver.start()
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.close(2)
+    assert keys(webhook_receiver) == [job.id for job in jobs]
+
+
+def test_a_stalled_target_does_not_stop_the_others(metrics, store, webhook_receiver):
+    dispatcher, hook = build(metrics, store)
+    with WebhookReceiver() as other:
+        webhook_receiver.stall()
+        stalled = [make_job(hook, {"url": webhook_receiver.url, "json": {"n": n}, "timeout": 5})
+                   for n in range(3)]
+        flowing = [make_job(hook, {"url": other.url, "json": {"n": n}}) for n in range(10)]
+        try:
+            for a, b in zip(stalled, flowing):
+                dispatcher.submit(a)
+                dispatcher.submit(b)
+            for b in flowing[3:]:
+                dispatcher.submit(b)
+            wait_until(lambda: len(other.requests) == 10, timeout=3)
+            assert webhook_receiver.requests == []
+            webhook_receiver.stall(False)
+            assert dispatcher.wait_idle(10)
+        finally:
+            dispatcher.close(2)
+        assert keys(other) == [j.id for j in flowing]
+    assert keys(webhook_receiver) == [j.id for j in stalled]
+
+
+def test_close_interrupts_retry_waits_and_keeps_the_job(metrics, store, webhook_receiver):
+    dispatcher, hook = build(metrics, store, initial_wait=30.0, max_wait=60.0)
+    webhook_receiver.stop()
+    job = make_job(hook, {"url": webhook_receiver.url, "json": {}})
+    dispatcher.submit(job)
+    wait_until(lambda: sample(metrics, "eventd_actions_total", kind="webhook", outcome="retry"))
+    started = time.monotonic()
+    assert dispatcher.close(5) == 1
+    assert time.monotonic() - started < 1.0
+    assert [j.id for j in store.spool_pending()] == [job.id]
+    assert store.spool_pending()[0].attempts == 1
+    assert dispatcher.submit(make_job(hook, {"url": webhook_receiver.url})) is False
+
+
+def test_circuit_breaker_opens_and_closes(metrics, store, webhook_receiver, caplog):
+    breaker = CircuitBreaker(threshold=3, cooldown=0.3)
+    dispatcher, hook = build(metrics, store, breaker=breaker)
+    webhook_receiver.stop()
+    target = f"webhook:{webhook_receiver.url}"
+    with caplog.at_level(logging.INFO, logger="eventd"):
+        try:
+            dispatcher.submit(make_job(hook, {"url": webhook_receiver.url, "json": {}}))
+            wait_until(lambda: breaker.is_open(target), timeout=5)
+            wait_until(lambda: sample(metrics, "eventd_action_errors_total", kind="webhook",
+                                      reason="connection") >= 5, timeout=5)
+            webhook_receiver.start()
+            assert dispatcher.wait_idle(5)
+        finally:
+            dispatcher.close(2)
+    assert not breaker.is_open(target)
+    opened = [r for r in caplog.records if "circuit open" in r.getMessage()]
+    closed = [r for r in caplog.records if "circuit closed" in r.getMessage()]
+    assert len(opened) == 1 and opened[0].levelno == logging.WARNING  # said once, re-probes quiet
+    assert len(closed) == 1 and closed[0].levelno == logging.INFO
+
+
+_CHILD = textwrap.dedent("""
+    import sys, threading, time
+    from pathlib import Path
+    from eventd.actions.base import ActionContext, ActionJob
+    from eventd.actions.webhook import WebhookAction
+    from eventd.dispatch import Dispatcher
+    from eventd.guards import CircuitBreaker
+    from eventd.metrics import Metrics
+    from eventd.settings import Settings
+    from eventd.store import SqliteStore
+
+    state, url, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    context = ActionContext(settings=Settings(), metrics=Metrics())
+    hook = WebhookAction(context)
+    store = SqliteStore(state)
+    dispatcher = Dispatcher(context, store, {"webhook": hook}, initial_wait=0.01, max_wait=0.05,
+                            queue_size=5, breaker=CircuitBreaker(threshold=10**6))
+    dispatcher.start()
+    for n in range(count):
+        options = {"url": url, "json": {"n": n}}
+        dispatcher.submit(ActionJob(id=f"key-{n:04d}", rule="r", kind="webhook",
+                                    options=options, event={}, target=hook.target(options),
+                                    created_at=time.time()))
+        if n == count // 2:
+            print("HALF", flush=True)
+    print("ACCEPTED", flush=True)
+    threading.Event().wait()
+""")
+
+
+def test_sigkill_with_actions_pending_then_restart_delivers_all(metrics, tmp_path,
+                                                                 webhook_receiver):
+    state = tmp_path / "killed"
+    webhook_receiver.stop()  # keeps its port: the child's actions fail until it is back
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    child = subprocess.Popen([sys.executable, str(script), str(state), webhook_receiver.url,
+                              "40"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "HALF"
+        assert child.stdout.readline().strip() == "ACCEPTED"
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+        if child.stdout is not None:
+            child.stdout.close()
+    webhook_receiver.start()
+    store = SqliteStore(state)
+    try:
+        assert store.spool_count() == 40
+        dispatcher, _ = build(metrics, store)
+        try:
+            assert dispatcher.wait_idle(10)
+        finally:
+            dispatcher.close(2)
+        assert store.spool_count() == 0
+    finally:
+        store.close()
+    delivered = keys(webhook_receiver)
+    assert set(delivered) == {f"key-{n:04d}" for n in range(40)}
+    assert delivered == sorted(delivered)  # resumed in the order accepted
