@@ -247,13 +247,16 @@ class StreamConsumer:
             logger.info("connected to %s", self._safe_url)
         else:
             logger.info("connected to %s (gap %.1f s)", self._safe_url, gap)
-        self._sink([Received(stream_event("connected", now, gap), now, None, True)])
-        if gap_start is not None and self._backfill is not None:
-            self._start_backfill(gap_start)
-        reader = FrameReader(ws.sock, on_ping=lambda payload: ws.pong(payload))
+        # A failed pong write is left for the next read to notice as a dead socket.
+        reader = FrameReader(ws.sock, on_ping=lambda payload: _quietly(lambda: ws.pong(payload)))
         auth_error: AuthRejected | None = None
         try:
+            self._sink([Received(stream_event("connected", now, gap), now, None, True)])
+            if gap_start is not None and self._backfill is not None:
+                self._start_backfill(gap_start)
             reason = self._read(ws, reader)
+            if self._stopped():  # close() from another thread: the server's answer ended the read
+                reason = "stopped"
         except AuthRejected as exc:
             reason, auth_error = "auth_rejected", exc
         except BaseException:  # the sink or recorder failed: leave no socket behind

@@ -402,6 +402,20 @@ def test_503_twice_then_recovery_backs_off_within_bounds(emulator, metrics, star
     wait_until(lambda: run.events() == [sent])
 
 
+def test_backoff_window_resets_after_a_healthy_connection(emulator, metrics, start):
+    emulator.faults.fail_handshake(503, count=8)
+    waits: list[float] = []
+    run = start(sleep=waits.append, backoff_initial=0.05, backoff_max=10, healthy_after=0.2)
+    wait_until(connected(run))
+    assert len(waits) == 8 and all(0 <= w <= 10 for w in waits)
+    healthy_at = time.monotonic() + 0.3
+    wait_until(lambda: time.monotonic() > healthy_at)
+    emulator.faults.drop_connections()
+    wait_until(connected(run, 2))
+    assert len(waits) == 9
+    assert waits[8] <= 0.05  # the window starts over (it would be up to 10 s otherwise)
+
+
 def test_slow_handshake_within_the_timeout_connects(emulator, metrics, start):
     emulator.faults.set_delay(handshake=0.5)
     began = time.monotonic()
