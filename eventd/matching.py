@@ -168,6 +168,14 @@ def _compare(op: str, bound: float) -> FieldTest:
     return _lift(tests[op])
 
 
+def _exists(want: bool) -> FieldTest:
+    return lambda value: (value is not MISSING and value is not None) is want
+
+
+def _negate(inner: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda x: not inner(x)
+
+
 def _regex(pattern: str, path: Path) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
@@ -193,11 +201,9 @@ def compile_condition(condition: Any, path: Path) -> FieldTest:
         elif op in ("gt", "gte", "lt", "lte"):
             tests.append(_compare(op, arg))
         elif op == "exists":
-            want = bool(arg)
-            tests.append(lambda v, w=want: (v is not MISSING and v is not None) is w)
+            tests.append(_exists(bool(arg)))
         elif op == "not":
-            inner = compile_condition(arg, where)
-            tests.append(lambda v, i=inner: not i(v))
+            tests.append(_negate(compile_condition(arg, where)))
         else:
             raise MatchProblem(where, f"unknown operator {op!r}")
     return _all(tests)
@@ -245,8 +251,7 @@ def _compile_mapping(match: Mapping[str, Any], path: Path, skip: frozenset[str],
                 predicates.append(_all([_compile_mapping(m, where + (i,), frozenset(), problems)
                                         for i, m in enumerate(value)]))
             elif key == "not":
-                inner = _compile_mapping(value, where, frozenset(), problems)
-                predicates.append(lambda event, i=inner: not i(event))
+                predicates.append(_negate(_compile_mapping(value, where, frozenset(), problems)))
             elif key not in skip:
                 predicates.append(_field(key, compile_condition(value, where), value))
         except MatchProblem as exc:

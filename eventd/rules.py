@@ -14,6 +14,7 @@ import functools
 import importlib.resources
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,7 @@ def _kind_class(name: str) -> Any:
 
 # --- YAML with positions ---------------------------------------------------------------------
 
-class _MarkLoader(yaml.SafeLoader):
+class _MarkLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]
     """A SafeLoader we only use to compose nodes (which carry marks) and construct scalars."""
 
 
@@ -307,17 +308,18 @@ def _schema_issues(error: jsonschema.ValidationError, prefix: JsonPath = ()) -> 
     if kind == "additionalProperties" and isinstance(instance, dict):
         known = list(error.schema.get("properties", {}))
         patterns = list(error.schema.get("patternProperties", {}))
+        where = f" in {label}" if label else ""
         return [_Issue(path + (key,), True, f"unknown key {key!r}{_did_you_mean(key, known)}"
-                       + (f" in {label}" if label else "") + f"; expected one of: {', '.join(known)}")
+                       f"{where}; expected one of: {', '.join(known)}")
                 for key in instance if key not in known
-                and not any(key.startswith(p.lstrip("^")) for p in patterns)]
+                and not any(re.search(p, key) for p in patterns)]
     if kind == "required" and isinstance(instance, dict):
         return [_Issue(path, False, _at(label, f"missing required key {key!r}"))
                 for key in error.validator_value if key not in instance]
     if kind == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) \
             else [error.validator_value]
-        names = " or ".join(_TYPE_NAMES.get(w, w) for w in wanted)
+        names = " or ".join(_TYPE_NAMES.get(str(w), str(w)) for w in wanted)
         return [_Issue(path, False, _at(label, f"expected {names}, got {_describe(instance)}"))]
     if kind == "minItems" and instance == []:
         return [_Issue(path, False, _at(label, "must not be empty"))]
@@ -419,14 +421,13 @@ class _Checker:
             doc.issues.extend(_Issue(base + ("when",), False, f"when: {m}")
                               for m in templates.check_condition(when))
         actions = raw.get("actions")
-        kinds: list[str] = []
         for i, item in enumerate(actions if isinstance(actions, list) else []):
             if clean_schema("actions", i) and isinstance(item, dict) and len(item) == 1:
                 kind, options = next(iter(item.items()))
-                kinds.append(kind)
                 self._action(doc, base + ("actions", i, kind), kind, options, unexpanded)
         if len(doc.issues) > start or any(p[:2] == base for p in bad) or compiled is None:
             return
+        assert isinstance(match, dict) and isinstance(actions, list)
         self.rules.append(Rule(
             name=name, description=raw.get("description", ""), enabled=raw.get("enabled", True),
             throttle=None if throttle is None else ThrottleSpec(
@@ -436,8 +437,8 @@ class _Checker:
             when=None if when is None else templates.Condition(when, name),
             allow_self_caused=raw.get("allow_self_caused", False),
             actions=tuple(
-                ActionSpec(kind, i, options, name,
-                           templates.compile_tree(options, name, f"action {i} ({kind}) option"))
+                ActionSpec(kind, i, options, name, templates.compile_tree(
+                    options, name, f"action {i + 1} ({kind}) options"))
                 for i, (kind, options) in enumerate(next(iter(a.items())) for a in actions)),
             file=doc.label, line=doc.values.get(base, (1, 1))[0], match=match,
             compiled=compiled))

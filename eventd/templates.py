@@ -35,6 +35,7 @@ _FALSE_TEXT = frozenset({"", "false", "0", "none", "no", "off"})
 _WHOLE_EXPRESSION = re.compile(r"\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*", re.S)
 
 Renderer = Callable[[Mapping[str, Any]], Any]
+TreePath = tuple[str | int, ...]
 
 
 def _finalize(value: Any) -> Any:
@@ -181,21 +182,23 @@ def check_condition(source: str) -> list[str]:
 def compile_tree(value: Any, rule: str, where: str) -> Renderer:
     """Compile every template string inside `value`; the renderer returns fresh containers."""
     if isinstance(value, str):
-        if not is_template(value):
-            return lambda context, v=value: v
-        return Text(value, rule, where).render
+        return Text(value, rule, where).render if is_template(value) else _constant(value)
     if isinstance(value, dict):
         items = [(key, compile_tree(sub, rule, f"{where}.{key}")) for key, sub in value.items()]
         return lambda context: {key: render(context) for key, render in items}
     if isinstance(value, list):
         parts = [compile_tree(sub, rule, f"{where}[{i}]") for i, sub in enumerate(value)]
         return lambda context: [render(context) for render in parts]
-    return lambda context, v=value: v
+    return _constant(value)
 
 
-def check_tree(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], str]]:
+def _constant(value: Any) -> Renderer:
+    return lambda context: value
+
+
+def check_tree(value: Any, path: TreePath = ()) -> list[tuple[TreePath, str]]:
     """Load-time problems of every template string inside `value`, with their paths."""
-    found: list[tuple[tuple[str | int, ...], str]] = []
+    found: list[tuple[TreePath, str]] = []
     if isinstance(value, str):
         if is_template(value):
             found.extend((path, message) for message in check(value))

@@ -103,7 +103,7 @@ rules:
     with pytest.raises(TemplateError) as caught:
         rule.actions[0].render(without)
     assert caught.value.rule == "crash"
-    assert str(caught.value) == ("rule 'crash': action 0 (log) option.message: "
+    assert str(caught.value) == ("rule 'crash': action 1 (log) options.message: "
                                  "'dict object' has no attribute 'exit_code'")
     with pytest.raises(TemplateError, match="rule 'crash': when: "):
         rule.when_holds(without)
