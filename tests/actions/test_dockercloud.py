@@ -1,0 +1,203 @@
+"""The dockercloud action against the emulator: exact REST calls, waiting, guards."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from eventd.action_waiter import ActionWaiter
+from eventd.actions.dockercloud import DockerCloudAction
+from eventd.auth import Credentials
+from eventd.dispatch import Dispatcher
+from eventd.errors import PermanentActionError
+from eventd.guards import LoopGuard, TargetLimiter
+from eventd.rest import RestClient
+from eventd.store import SqliteStore
+from tests.actions import make_context, make_job, sample
+from tests.waiting import wait_until
+
+
+@pytest.fixture
+def rest(emulator):
+    client = RestClient(emulator.rest_url, Credentials(header=emulator.auth_header, source="test"))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def action(metrics, rest):
+    context = make_context(metrics, rest=rest)
+    context.extras["action_poll_interval"] = 0.05
+    yield DockerCloudAction(context)
+    context.stopping.set()
+
+
+def calls(emulator):
+    return [(c.method, c.path, dict(c.query)) for c in emulator.rest_calls()]
+
+
+def test_redeploy_makes_exactly_the_documented_call(emulator, action):
+    service = emulator.world.uri("service", "web")
+    result = action.run(make_job(action, {"call": "redeploy", "target": service,
+                                          "reuse_volumes": False}))
+    [call] = emulator.rest_calls()
+    assert (call.method, call.path, dict(call.query)) == \
+        ("POST", f"{service}redeploy/", {"reuse_volumes": "false"})
+    assert call.headers["Authorization"] == emulator.auth_header
+    assert call.headers["Accept"] == "application/json"
+    assert "Content-Type" not in call.headers
+    assert call.status == 202
+    assert "/api/audit/v1/action/" in result
+
+
+def test_redeploy_without_reuse_volumes_sends_no_query_and_target_gets_a_slash(emulator, action):
+    service = emulator.world.uri("service", "web")
+    action.run(make_job(action, {"call": "redeploy", "target": service.rstrip("/"), "wait": True}))
+    action.run(make_job(action, {"call": "redeploy", "target": service, "reuse_volumes": True}))
+    posts = [c for c in calls(emulator) if c[0] == "POST"]
+    assert posts == [("POST", f"{service}redeploy/", {})] * 2
+
+
+def test_scale_is_patch_then_post_scale(emulator, action):
+    service = emulator.world.uri("service", "web")
+    action.run(make_job(action, {"call": "scale", "target": service, "containers": 3}))
+    recorded = emulator.rest_calls()
+    assert [(c.method, c.path) for c in recorded] == [("PATCH", service), ("POST", f"{service}scale/")]
+    assert recorded[0].json == {"target_num_containers": 3}
+    assert recorded[0].headers["Content-Type"] == "application/json"
+
+
+def test_terminate_start_stop_and_raw_calls(emulator, action):
+    container = emulator.world.uri("container", "db-1")
+    stack = emulator.world.uri("stack", "demo")
+    action.run(make_job(action, {"call": "stop", "target": container}))
+    action.run(make_job(action, {"method": "GET", "path": stack}))
+    action.run(make_job(action, {"call": "terminate", "target": container}))
+    assert calls(emulator) == [("POST", f"{container}stop/", {}), ("GET", stack, {}),
+                               ("DELETE", container, {})]
+
+
+def test_un_namespaced_target_is_used_as_given(emulator, action):
+    uuid = emulator.world.uuid("service", "web")
+    action.run(make_job(action, {"call": "stop", "target": f"/api/app/v1/service/{uuid}"}))
+    assert calls(emulator) == [("POST", f"/api/app/v1/service/{uuid}/stop/", {})]
+
+
+def test_wait_follows_the_action_to_success_by_polling(emulator, action):
+    service = emulator.world.uri("service", "web")
+    result = action.run(make_job(action, {"call": "redeploy", "target": service, "wait": True}))
+    assert result.endswith("Success")
+    polls = [c for c in emulator.rest_calls() if c.path.startswith("/api/audit/v1/action/")]
+    assert polls and all(c.method == "GET" for c in polls)
+
+
+def test_wait_follows_the_action_through_stream_events(emulator, action):
+    waiter = ActionWaiter()
+    action.context.extras["action_waiter"] = waiter
+    done = threading.Event()
+
+    def feed():  # what the engine does with every `action` event of the stream
+        seen = 0
+        while not done.wait(0.01):
+            events = emulator.sent_events()
+            for event in events[seen:]:
+                if event.get("type") == "action":
+                    waiter.observe(event)
+            seen = len(events)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        service = emulator.world.uri("service", "web")
+        result = action.run(make_job(action, {"call": "redeploy", "target": service,
+                                              "wait": True}))
+    finally:
+        done.set()
+        feeder.join(2)
+    assert result.endswith("Success")
+    assert calls(emulator) == [("POST", f"{service}redeploy/", {})]  # no polling needed
+
+
+def test_failed_action_is_permanent(emulator, action):
+    emulator.faults.fail_actions(1)
+    service = emulator.world.uri("service", "web")
+    with pytest.raises(PermanentActionError, match="ended Failed"):
+        action.run(make_job(action, {"call": "redeploy", "target": service, "wait": True}))
+
+
+def test_loop_guard_marks_the_redeploys_own_events(emulator, action):
+    guard: LoopGuard = action.context.extras["loop_guard"]
+    service = emulator.world.uri("service", "web")
+    db_event = emulator.emit_event(type="service", resource_uri=emulator.world.uri("service", "db"))
+    before = len(emulator.sent_events())
+    action.run(make_job(action, {"call": "redeploy", "target": service, "wait": True}))
+    caused = emulator.sent_events()[before:]
+    assert {e["type"] for e in caused} >= {"action", "service", "container"}
+    assert all(guard.is_self_caused(e) for e in caused)
+    assert any(e["type"] == "container" and e["state"] == "Running" for e in caused)
+    assert not guard.is_self_caused(db_event)
+
+
+def test_rest_5xx_is_retried_by_the_dispatcher(emulator, action, metrics, tmp_path):
+    emulator.faults.fail_rest(503, count=2)
+    store = SqliteStore(tmp_path)
+    waits: list[float] = []
+    dispatcher = Dispatcher(action.context, store, {"dockercloud": action}, sleep=waits.append)
+    dispatcher.start()
+    try:
+        service = emulator.world.uri("service", "web")
+        dispatcher.submit(make_job(action, {"call": "redeploy", "target": service}))
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+        store.close()
+    assert [c.status for c in emulator.rest_calls()] == [503, 503, 202]
+    assert len(waits) == 2
+    assert sample(metrics, "eventd_actions_total", kind="dockercloud", outcome="success") == 1
+
+
+def test_rate_limit_skips_the_fourth_call_within_the_window(emulator, metrics, rest, tmp_path,
+                                                            caplog):
+    context = make_context(metrics, rest=rest)
+    context.extras["target_limiter"] = TargetLimiter(max_calls=3, per=600.0)
+    action = DockerCloudAction(context)
+    store = SqliteStore(tmp_path)
+    dispatcher = Dispatcher(context, store, {"dockercloud": action})
+    dispatcher.start()
+    service = emulator.world.uri("service", "web")
+    try:
+        for _ in range(5):
+            dispatcher.submit(make_job(action, {"method": "GET", "path": service}))
+        other = emulator.world.uri("service", "db")
+        dispatcher.submit(make_job(action, {"method": "GET", "path": other}))
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+        store.close()
+    assert [c.path for c in emulator.rest_calls()] == [service] * 3 + [other]
+    assert sample(metrics, "eventd_actions_total", kind="dockercloud", outcome="skipped") == 2
+    assert sample(metrics, "eventd_actions_total", kind="dockercloud", outcome="success") == 4
+    assert len([r for r in caplog.records if "rate limit" in r.getMessage()]) == 1
+
+
+def test_validate():
+    v = DockerCloudAction.validate
+    assert v({"call": "redeploy", "target": "/api/app/v1/service/x/"}) == []
+    assert v({"method": "POST", "path": "/api/app/v1/service/x/start/"}) == []
+    assert any("scale needs containers" in p for p in v({"call": "scale", "target": "/x/y/"}))
+    assert any("call must be one of" in p for p in v({"call": "reboot", "target": "/x/y/"}))
+    assert any("target" in p for p in v({"call": "stop"}))
+    assert v({}) != []
+
+
+def test_queue_is_shared(action):
+    assert action.target({"call": "stop", "target": "/api/app/v1/service/x/"}) == "dockercloud"
+
+
+def test_without_a_rest_client_it_fails_permanently(metrics):
+    action = DockerCloudAction(make_context(metrics))
+    with pytest.raises(PermanentActionError):
+        action.run(make_job(action, {"call": "stop", "target": "/api/app/v1/service/x/"}))
+
+
