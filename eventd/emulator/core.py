@@ -21,8 +21,17 @@ from eventd.emulator.scenario import Scenario, Step, load_scenario
 from eventd.emulator.scheduler import Scheduler
 from eventd.emulator.stream_server import StreamServer
 from eventd.emulator.world import (
-    DEFAULT_WORLD, EVENT_FIELDS, Container, Node, Service, World, build_world,
-    exit_code_message, iso8601, utcnow)
+    DEFAULT_WORLD,
+    EVENT_FIELDS,
+    Container,
+    Node,
+    Service,
+    World,
+    build_world,
+    exit_code_message,
+    iso8601,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,18 @@ from typing import Any
 
 from eventd.emulator.scheduler import Scheduler
 from eventd.emulator.world import (
-    Action, ApiError, Container, Node, NodeCluster, Obj, Service, Stack, World,
-    exit_code_message, utcnow)
+    Action,
+    ApiError,
+    Container,
+    Node,
+    NodeCluster,
+    Obj,
+    Service,
+    Stack,
+    World,
+    exit_code_message,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +345,7 @@ class _Job:
             return self._end("Failed")
         return self.operator.tick
 
-    def _end(self, state: str) -> None:
+    def _end(self, state: str) -> float | None:
         w = self.operator.world
         if state != "Success":
             self.steps.close()

@@ -13,8 +13,8 @@ class Headers(dict[str, str]):
     def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
         super().__init__(items.items() if isinstance(items, Mapping) else items)
 
-    def _key(self, name: object) -> object:
-        if isinstance(name, str) and not dict.__contains__(self, name):
+    def _key(self, name: str) -> str:
+        if not dict.__contains__(self, name):
             lowered = name.lower()
             for key in self:
                 if key.lower() == lowered:
@@ -22,13 +22,13 @@ class Headers(dict[str, str]):
         return name
 
     def __getitem__(self, name: str) -> str:
-        return dict.__getitem__(self, self._key(name))  # type: ignore[index]
+        return super().__getitem__(self._key(name))
 
     def __contains__(self, name: object) -> bool:
-        return dict.__contains__(self, self._key(name))
+        return isinstance(name, str) and super().__contains__(self._key(name))
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        return dict.get(self, self._key(name), default)  # type: ignore[call-overload]
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(self._key(name), default)
 
 
 @dataclass(frozen=True)

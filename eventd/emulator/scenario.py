@@ -87,7 +87,8 @@ def _mapping(loc: _Loc, node: Node, what: str) -> list[tuple[ScalarNode, Node]]:
 def _unknown(loc: _Loc, node: Node, kind: str, name: str, choices: list[str] | tuple[str, ...]
              ) -> ScenarioError:
     close = difflib.get_close_matches(name, choices, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else f" (expected one of: {', '.join(choices)})"
+    hint = (f" (did you mean '{close[0]}'?)" if close
+            else f" (expected one of: {', '.join(choices)})")
     return loc.error(node, f"unknown {kind} '{name}'{hint}")
 
 

@@ -46,7 +46,8 @@ class Scheduler:
     def call_later(self, delay: float, step: Step) -> None:
         """Run `step` after `delay` seconds (and again while it returns a delay)."""
         with self._wake:
-            heapq.heappush(self._queue, (time.monotonic() + max(0.0, delay), next(self._counter), step))
+            due = time.monotonic() + max(0.0, delay)
+            heapq.heappush(self._queue, (due, next(self._counter), step))
             self._wake.notify_all()
 
     @property

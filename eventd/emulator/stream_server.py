@@ -203,7 +203,8 @@ class StreamServer:
             status, retry_after = failure.status, failure.retry_after
         elif match is None or (match.group("ns") not in (None, self.namespace)):
             status = 404
-        elif self._faults.rejecting_auth or not self._authorized(request.headers.get("Authorization")):
+        elif (self._faults.rejecting_auth
+              or not self._authorized(request.headers.get("Authorization"))):
             status = 401
         headers = Headers(request.headers.raw_items())
         self._record(Handshake(path=split.path, query=query, headers=headers, status=status))

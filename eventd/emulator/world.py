@@ -1,4 +1,4 @@
-"""The emulator's in-memory Docker Cloud: objects, their URIs and JSON, and the events changes imply.
+"""The emulator's in-memory Docker Cloud: objects, their URIs and JSON, the events of changes.
 
 Every change goes through `World.set_state`/`publish`, which emit the documented event while the
 caller holds `World.lock`, so the REST view and the stream agree at every moment.
@@ -21,7 +21,8 @@ INFRA_KINDS = frozenset({"node", "nodecluster"})
 
 DEFAULT_NAMESPACE = "user"
 DEFAULT_NODECLUSTER_UUID = "4dc88e8f-96e9-474e-ae8d-1beb2070489a"
-DEFAULT_NODE_UUIDS = ("15c0e836-e2bb-4f19-b5eb-e93e27784a9b", "a6bcd809-3025-493a-8e68-8400e2c90176")
+DEFAULT_NODE_UUIDS = ("15c0e836-e2bb-4f19-b5eb-e93e27784a9b",
+                      "a6bcd809-3025-493a-8e68-8400e2c90176")
 DEFAULT_STACK_UUID = "4107132e-6500-46aa-813b-933c14e8f3e1"
 DEFAULT_SERVICE_UUIDS = {"web": "1709048e-d686-414f-9acc-c149de6c3d02",
                          "db": "fd16adc3-24c2-4e6f-9bda-92ea16bf5822"}
@@ -221,10 +222,11 @@ class World:
 
     def uuid(self, kind: str, name_or_uuid: str | int) -> str:
         """Uuid of an object given by name, uuid or index."""
-        return self.find(kind, name_or_uuid).uuid
+        found: Obj = self.find(kind, name_or_uuid)
+        return found.uuid
 
     def find(self, kind: str, name_or_uuid: str | int) -> Any:
-        """The live object by uuid, name (newest non-terminated first) or index; KeyError if none."""
+        """The object by uuid, name (live and newest first) or index; KeyError if none."""
         table = self._objects[kind]
         with self.lock:
             if isinstance(name_or_uuid, int):
@@ -274,11 +276,11 @@ class World:
 
     def containers_on(self, node: Node) -> list[Container]:
         """Live containers placed on a node."""
-        return [c for c in self._objects["container"].values()  # type: ignore[misc]
+        return [c for c in self._objects["container"].values()
                 if isinstance(c, Container) and c.node == node.uuid and c.state != "Terminated"]
 
     def parents(self, obj: Obj) -> list[str]:
-        """The documented parents: container → service, stack, node, cluster; service → stack; ..."""
+        """Documented parents: container → service, stack, node, cluster; service → stack..."""
         uris: list[str] = []
         if isinstance(obj, Container):
             service = self._objects["service"].get(obj.service)
@@ -453,7 +455,8 @@ class World:
     def _json_node(self, obj: Node) -> dict[str, Any]:
         return {**self._common(obj), "nickname": obj.name,
                 "external_fqdn": f"{obj.uuid}.node.dockerapp.io",
-                "node_cluster": self.resource_uri("nodecluster", obj.cluster) if obj.cluster else None,
+                "node_cluster": (self.resource_uri("nodecluster", obj.cluster)
+                                 if obj.cluster else None),
                 "node_type": "/api/infra/v1/nodetype/aws/t2.micro/",
                 "region": "/api/infra/v1/region/aws/us-east-1/",
                 "availability_zone": "/api/infra/v1/az/aws/us-east-1/us-east-1a/",

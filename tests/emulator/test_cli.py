@@ -53,7 +53,8 @@ def test_prints_export_lines_serves_and_exits_0_on_sigterm(process):
     assert rest_host.startswith("http://127.0.0.1:") and rest_host.endswith("/")
     r = requests.get(rest_host + "api/app/v1/alice/service/", headers={"Authorization": auth})
     assert r.status_code == 200 and r.json()["meta"]["total_count"] == 2
-    ws = create_connection(env["DOCKERCLOUD_STREAM_HOST"].rstrip("/") + "/api/audit/v1/alice/events",
+    stream_host = env["DOCKERCLOUD_STREAM_HOST"]
+    ws = create_connection(stream_host.rstrip("/") + "/api/audit/v1/alice/events",
                            header=["Authorization: " + auth], timeout=5)
     try:
         assert ws.recv() == '{"type":"auth"}'

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 from websocket import WebSocketBadStatusException
-import pytest
 
 from eventd.emulator.world import DEFAULT_SERVICE_UUIDS
 from tests.emulator.conftest import read_until

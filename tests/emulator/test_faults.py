@@ -8,8 +8,11 @@ import time
 import pytest
 import requests
 from websocket import (
-    ABNF, WebSocketBadStatusException, WebSocketConnectionClosedException,
-    WebSocketTimeoutException)
+    ABNF,
+    WebSocketBadStatusException,
+    WebSocketConnectionClosedException,
+    WebSocketTimeoutException,
+)
 
 from tests.emulator.conftest import read_until
 from tests.waiting import wait_until

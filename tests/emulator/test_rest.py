@@ -9,13 +9,21 @@ import requests
 
 from eventd.emulator import Emulator
 from eventd.emulator.world import (
-    DEFAULT_CONTAINER_UUIDS, DEFAULT_NODE_UUIDS, DEFAULT_NODECLUSTER_UUID, DEFAULT_SERVICE_UUIDS,
-    DEFAULT_STACK_UUID)
+    DEFAULT_CONTAINER_UUIDS,
+    DEFAULT_NODE_UUIDS,
+    DEFAULT_NODECLUSTER_UUID,
+    DEFAULT_SERVICE_UUIDS,
+    DEFAULT_STACK_UUID,
+)
 from tests.emulator.conftest import steps, tail
 from tests.waiting import wait_until
 
 WEB = DEFAULT_SERVICE_UUIDS["web"]
 DB = DEFAULT_SERVICE_UUIDS["db"]
+WEB1 = DEFAULT_CONTAINER_UUIDS["web-1"]
+DB1 = DEFAULT_CONTAINER_UUIDS["db-1"]
+STACK = DEFAULT_STACK_UUID
+CLUSTER = DEFAULT_NODECLUSTER_UUID
 
 
 def url(emu, path):
@@ -51,7 +59,8 @@ def test_opaque_token_is_accepted_as_well_as_basic():
 
 
 @pytest.mark.parametrize("path", [
-    f"api/app/v1/service/{WEB}/", f"api/app/v1/user/service/{WEB}/", f"api/app/v1/user/service/{WEB}",
+    f"api/app/v1/service/{WEB}/", f"api/app/v1/user/service/{WEB}/",
+    f"api/app/v1/user/service/{WEB}",
 ])
 def test_get_a_service_namespaced_or_not(emu, rest, path):
     r = rest.get(url(emu, path))
@@ -68,7 +77,7 @@ def test_get_a_service_namespaced_or_not(emu, rest, path):
 
 
 def test_objects_of_every_kind_carry_their_key_fields(emu, rest):
-    container = rest.get(url(emu, f"api/app/v1/user/container/{DEFAULT_CONTAINER_UUIDS['db-1']}/")).json()
+    container = rest.get(url(emu, f"api/app/v1/user/container/{DB1}/")).json()
     assert container["image_name"] == "postgres:9.6"
     assert container["exit_code"] is None and container["exit_code_msg"] is None
     assert container["service"] == f"/api/app/v1/user/service/{DB}/"
@@ -76,10 +85,10 @@ def test_objects_of_every_kind_carry_their_key_fields(emu, rest):
     node = rest.get(url(emu, f"api/infra/v1/node/{DEFAULT_NODE_UUIDS[1]}/")).json()
     assert node["state"] == "Deployed"
     assert node["node_cluster"] == f"/api/infra/v1/user/nodecluster/{DEFAULT_NODECLUSTER_UUID}/"
-    cluster = rest.get(url(emu, f"api/infra/v1/user/nodecluster/{DEFAULT_NODECLUSTER_UUID}/")).json()
+    cluster = rest.get(url(emu, f"api/infra/v1/user/nodecluster/{CLUSTER}/")).json()
     assert cluster["name"] == "production" and cluster["state"] == "Deployed"
     assert len(cluster["nodes"]) == 2
-    stack = rest.get(url(emu, f"api/app/v1/stack/{DEFAULT_STACK_UUID}/")).json()
+    stack = rest.get(url(emu, f"api/app/v1/stack/{STACK}/")).json()
     assert stack["name"] == "demo" and stack["state"] == "Running" and len(stack["services"]) == 2
 
 
@@ -103,7 +112,7 @@ def test_list_filters(emu, rest):
         return [o["name"] for o in r.json()["objects"]]
 
     assert names("api/app/v1/service/?name=db") == ["db"]
-    assert names(f"api/app/v1/service/?stack=/api/app/v1/user/stack/{DEFAULT_STACK_UUID}/") == ["web", "db"]
+    assert names(f"api/app/v1/service/?stack=/api/app/v1/user/stack/{STACK}/") == ["web", "db"]
     assert names(f"api/app/v1/container/?service=/api/app/v1/service/{WEB}/") == ["web-1", "web-2"]
     assert names(f"api/app/v1/container/?node={DEFAULT_NODE_UUIDS[0]}") == ["web-1", "db-1"]
     assert names("api/app/v1/container/?state=Stopped") == []
@@ -144,7 +153,8 @@ def test_service_redeploy_answers_202_and_emits_the_real_sequence(emu, rest):
     service = rest.get(url(emu, f"api/app/v1/service/{WEB}/")).json()
     assert service["state"] == "Running" and len(service["containers"]) == 2
     assert not {tail(c).split("/")[1] for c in service["containers"]} & old
-    assert rest.get(url(emu, f"api/app/v1/container/{DEFAULT_CONTAINER_UUIDS['web-1']}/")).json()["state"] == "Terminated"
+    old_web1 = rest.get(url(emu, f"api/app/v1/container/{WEB1}/")).json()
+    assert old_web1["state"] == "Terminated"
     done = rest.get(url(emu, action_uri)).json()
     assert done["state"] == "Success" and done["end_date"] is not None
 
@@ -174,7 +184,7 @@ def test_stop_then_start_a_service_and_the_guards_between(emu, rest):
         ("service", "update", "Stopped"), ("stack", "update", "Partly running"),
         ("action", "update", "Success"),
     ]
-    container = rest.get(url(emu, f"api/app/v1/container/{DEFAULT_CONTAINER_UUIDS['db-1']}/")).json()
+    container = rest.get(url(emu, f"api/app/v1/container/{DB1}/")).json()
     assert container["state"] == "Stopped" and container["exit_code"] == 0
     again = rest.post(url(emu, f"api/app/v1/service/{DB}/stop/"))
     assert again.status_code == 400
@@ -235,7 +245,7 @@ def test_delete_terminates_a_service(emu, rest):
         ("container", "update", "Terminating"), ("container", "delete", "Terminated"),
         ("service", "delete", "Terminated"), ("action", "update", "Success"),
     ]
-    assert rest.get(url(emu, f"api/app/v1/stack/{DEFAULT_STACK_UUID}/")).json()["state"] == "Running"
+    assert rest.get(url(emu, f"api/app/v1/stack/{STACK}/")).json()["state"] == "Running"
     r = rest.post(url(emu, f"api/app/v1/service/{DB}/start/"))
     assert r.status_code == 400 and "Terminated" in r.json()["error"]
 
@@ -325,7 +335,7 @@ def test_a_body_that_is_not_json_gets_415_or_400(emu, rest):
 
 def test_action_list_filters(emu, rest):
     finish(emu, rest.post(url(emu, f"api/app/v1/service/{DB}/redeploy/")))
-    finish(emu, rest.post(url(emu, f"api/app/v1/container/{DEFAULT_CONTAINER_UUIDS['web-1']}/stop/")))
+    finish(emu, rest.post(url(emu, f"api/app/v1/container/{WEB1}/stop/")))
 
     def labels(query):
         r = rest.get(url(emu, "api/audit/v1/action/?" + query))
@@ -338,7 +348,7 @@ def test_action_list_filters(emu, rest):
     assert labels(f"object=/api/app/v1/service/{DB}/") == ["Service Redeploy"]
     assert labels(f"object=/api/app/v1/user/stack/{DEFAULT_STACK_UUID}/&include_related=true") == [
         "Service Redeploy", "Container Stop"]
-    assert labels(f"object=/api/app/v1/user/stack/{DEFAULT_STACK_UUID}/&include_related=false") == []
+    assert labels(f"object=/api/app/v1/user/stack/{STACK}/&include_related=false") == []
     first = rest.get(url(emu, "api/audit/v1/action/")).json()["objects"][0]
     start = email.utils.parsedate_to_datetime(first["start_date"])
     iso = start.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -18,7 +18,8 @@ def running(scenario, **kwargs):
 
 def test_container_exit_reaches_rest_and_the_stream(tmp_path):
     path = tmp_path / "crash.yaml"
-    path.write_text("timeline:\n  - at: 0.2\n    container_exit: {service: web, index: 1, exit_code: 137}\n")
+    path.write_text("timeline:\n  - at: 0.2\n"
+                    "    container_exit: {service: web, index: 1, exit_code: 137}\n")
     with running(path) as emu:
         opened = Streams(emu)
         try:
@@ -108,7 +109,8 @@ BROKEN = [
     ("timeline:\n  - at: 1\n    container_exit: {service: web, index: 5}\n",
      ":3: service 'web' has 2 container(s); index 5 is out of range"),
     ("timeline:\n  - at: 1\n    node_unreachable: {index: 2}\n", ":3: the world has 2 node(s)"),
-    ("world:\n  nodes: 1\n  servics: []\n", ":3: unknown world key 'servics' (did you mean 'services'?)"),
+    ("world:\n  nodes: 1\n  servics: []\n",
+     ":3: unknown world key 'servics' (did you mean 'services'?)"),
     ("timeline: [\n  {at: 1\n", ":3: invalid YAML"),
     ("timline: []\n", ":1: unknown top-level key 'timline' (did you mean 'timeline'?)"),
     ("timeline:\n  - at: 1\n    drop_connections: true\n    silent: true\n", ":4: one step per"),

@@ -12,7 +12,11 @@ from websocket import WebSocketBadStatusException
 
 from eventd.emulator import Emulator
 from eventd.emulator.world import (
-    DEFAULT_CONTAINER_UUIDS, DEFAULT_NODE_UUIDS, DEFAULT_SERVICE_UUIDS, DEFAULT_STACK_UUID)
+    DEFAULT_CONTAINER_UUIDS,
+    DEFAULT_NODE_UUIDS,
+    DEFAULT_SERVICE_UUIDS,
+    DEFAULT_STACK_UUID,
+)
 from tests.emulator.conftest import Streams, read_until
 from tests.waiting import wait_until
 
@@ -117,13 +121,14 @@ def test_filters_type_object_parent_and_parents(emu, streams):
         "combined": f"type=container&parents=/api/app/v1/user/service/{web_svc}/",
     }
     clients = {name: _collect(emu, streams, q) for name, q in queries.items()}
+    uri = emu.world.uri
     emitted = [
-        emu.emit_event(type="container", state="Stopped", resource_uri=emu.world.uri("container", "web-1")),
-        emu.emit_event(type="container", state="Stopped", resource_uri=emu.world.uri("container", "web-2")),
-        emu.emit_event(type="container", state="Stopped", resource_uri=emu.world.uri("container", "db-1")),
-        emu.emit_event(type="service", state="Partly running", resource_uri=emu.world.uri("service", "web")),
-        emu.emit_event(type="service", state="Stopped", resource_uri=emu.world.uri("service", "db")),
-        emu.emit_event(type="node", state="Unreachable", resource_uri=emu.world.uri("node", node2)),
+        emu.emit_event(type="container", state="Stopped", resource_uri=uri("container", "web-1")),
+        emu.emit_event(type="container", state="Stopped", resource_uri=uri("container", "web-2")),
+        emu.emit_event(type="container", state="Stopped", resource_uri=uri("container", "db-1")),
+        emu.emit_event(type="service", state="Partly running", resource_uri=uri("service", "web")),
+        emu.emit_event(type="service", state="Stopped", resource_uri=uri("service", "db")),
+        emu.emit_event(type="node", state="Unreachable", resource_uri=uri("node", node2)),
     ]
     emu.emit("MARKER")  # raw frames ignore filters: each client sees the marker last
     got = {name: [f["uuid"] for f in read_until(ws, lambda f: f == "MARKER")[:-1]]
