@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return int(args.handler(args, env) if _takes_env(args.handler) else args.handler(args))
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:  # `eventd check ... | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return EXIT_OK
 
 
 def _takes_env(handler: Any) -> bool:

@@ -117,8 +117,8 @@ def stream_event(state: str, now: float, gap_seconds: float | None = None) -> Ev
         "uuid": str(_uuid.uuid4()),
         "datetime": iso_utc(now),
     }
-    if state == "connected":
-        event["gap_seconds"] = None if gap_seconds is None else round(gap_seconds, 3)
+    # Present on both states, so one template serves both (null when it does not apply).
+    event["gap_seconds"] = None if gap_seconds is None else round(gap_seconds, 3)
     return event
 
 

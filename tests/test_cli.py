@@ -92,16 +92,18 @@ def test_invalid_rules_exit_2_with_the_line(emulator, tmp_path):
 
 def test_check_reports_problems_and_exit_codes(tmp_path):
     good = write_rules(tmp_path / "good", RULES)
-    bad = write_rules(tmp_path / "bad", "rules:\n  - name: x\n    match: {typ: container}\n"
-                      "    actions:\n      - log: {message: hi}\n")
+    bad = write_rules(tmp_path / "bad", "rules:\n  - name: x\n    match: {type: container}\n"
+                      "    actoins:\n      - log: {message: hi}\n")
     ok = subprocess.run([sys.executable, "-m", "eventd", "check", str(good)], capture_output=True,
                         text=True, timeout=30)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     failed = subprocess.run([sys.executable, "-m", "eventd", "check", str(bad)],
                             capture_output=True, text=True, timeout=30)
     assert failed.returncode == 1
-    assert failed.stdout.startswith(f"{bad}:3:")
-    assert "rule x" in failed.stdout
+    lines = failed.stdout.splitlines()
+    assert f"{bad}:4:5: rule x: unknown key 'actoins' (did you mean 'actions'?)" in \
+        [line.split(";")[0] for line in lines]
+    assert lines[0].startswith(f"{bad}:2:5: rule x: missing required key 'actions'")
 
 
 def test_record_then_replay_dry_run(emulator, tmp_path):

@@ -130,7 +130,7 @@ def test_stream_gap_is_visible_and_readiness_follows(run_daemon, emulator, webho
                message="readiness comes back")
     wait_until(lambda: len(webhook_receiver.requests) >= 3, 5)
     states = [r.json() for r in webhook_receiver.requests]
-    assert states[0] == {"state": "connected", "gap": "None"}
+    assert states[0] == {"state": "connected", "gap": ""}
     assert states[1]["state"] == "disconnected"
     assert states[2]["state"] == "connected" and float(states[2]["gap"]) > 0
     families = {f.name: f for f in text_string_to_metric_families(
