@@ -5,6 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+# Query keys that carry credentials in legacy clients (`?user=&token=`, `?auth=`).
+SECRET_KEYS = frozenset({"token", "auth", "apikey", "api_key", "password"})
+
+
+def redact_target(target: str) -> str:
+    """A request target fit for logs: credential-looking query values replaced."""
+    split = urlsplit(target)
+    if not split.query:
+        return target
+    pairs = [(k, "***" if k.lower() in SECRET_KEYS else v)
+             for k, v in parse_qsl(split.query, keep_blank_values=True)]
+    return f"{split.path}?{urlencode(pairs, safe='/,:*')}"
 
 
 class Headers(dict[str, str]):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from eventd.emulator.api import Reply, error
-from eventd.emulator.records import Headers, RecordedCall
+from eventd.emulator.records import Headers, RecordedCall, redact_target
 
 if TYPE_CHECKING:
     from eventd.emulator.core import Emulator
@@ -116,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
                                         headers.get("User-Agent") or "")
         emulator.record_call(RecordedCall(method=method, path=path, query=query,
                                           headers=headers, json=body, status=reply.status))
-        logger.info("REST %s %s -> %d", method, self.path, reply.status)
+        logger.info("REST %s %s -> %d", method, redact_target(self.path), reply.status)
         self._send(reply)
 
     def _send(self, reply: Reply) -> None:

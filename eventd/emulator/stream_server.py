@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from eventd.emulator.faults import Faults
-from eventd.emulator.records import Handshake, Headers
+from eventd.emulator.records import Handshake, Headers, redact_target
 from eventd.emulator.world import uri_key
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,8 @@ class StreamServer:
         self._connections.add(conn)
         self._set_count(len(self._connections))
         logger.info("stream connection opened from %s on %s; %d open",
-                    _peer(ws.remote_address), ws.request.path, len(self._connections))
+                    _peer(ws.remote_address), redact_target(ws.request.path),
+                    len(self._connections))
         if self._faults.silent:
             ws.transport.pause_reading()
         conn.queue.put_nowait(AUTH_MESSAGE)

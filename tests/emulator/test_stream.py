@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -189,3 +190,12 @@ def test_redeploy_events_reach_the_stream_in_order(emu, streams, rest):
     frames = read_until(ws, lambda f: f["type"] == "action" and f["state"] == "Success")
     assert frames == emu.sent_events()
     wait_until(lambda: emu.scheduler.pending == 0)
+
+
+def test_credentials_in_legacy_query_strings_stay_out_of_the_logs(emu, streams, rest, caplog):
+    caplog.set_level(logging.INFO, logger="eventd.emulator")
+    streams.connect("api/audit/v1/events?user=user&token=s3cret-key&type=service")
+    rest.get(emu.rest_url + "api/app/v1/service/?auth=s3cret-key")
+    assert "token=***" in caplog.text and "auth=***" in caplog.text
+    assert "s3cret-key" not in caplog.text
+    assert emu.auth_header not in caplog.text
