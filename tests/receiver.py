@@ -7,6 +7,7 @@ again on the same port, to test a receiver that is down and then comes back.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,8 @@ class WebhookReceiver:
         self._requests: list[Received] = []
         self._script: list[tuple[int, dict[str, str], bytes]] = []
         self._hold = threading.Event()  # set: answers wait (a stalled endpoint)
+        self._released = threading.Event()  # never set: something to wait on with a timeout
+        self._connections: set[Any] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -59,10 +62,7 @@ class WebhookReceiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 while receiver._hold.is_set() and receiver._server is not None:
-                    receiver._hold.wait(0.05)
-                    if not receiver._hold.is_set():
-                        break
-                    threading.Event().wait(0.05)
+                    receiver._released.wait(0.05)
                 status, headers, payload = receiver._next_answer()
                 with receiver._lock:
                     receiver._requests.append(Received(
@@ -77,7 +77,21 @@ class WebhookReceiver:
 
             do_POST = do_PUT = do_GET = do_PATCH = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                with receiver._lock:
+                    receiver._connections.add(request)
+                super().process_request(request, client_address)
+
+            def shutdown_request(self, request: Any) -> None:
+                with receiver._lock:
+                    receiver._connections.discard(request)
+                super().shutdown_request(request)
+
+        self._server = Server((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
@@ -93,6 +107,14 @@ class WebhookReceiver:
         if server is not None:
             server.shutdown()
             server.server_close()
+            # A stopped receiver must be down for kept-alive clients too.
+            with self._lock:
+                connections, self._connections = self._connections, set()
+            for connection in connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
