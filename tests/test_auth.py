@@ -104,7 +104,8 @@ def test_creds_store_helper_on_path(home, tmp_path, monkeypatch):
     helper = bindir / "docker-credential-fake"
     helper.write_text("#!/bin/sh\nread server\n"
                       "[ \"$server\" = \"https://index.docker.io/v1/\" ] || exit 1\n"
-                      "echo '{\"ServerURL\":\"'$server'\",\"Username\":\"carol\",\"Secret\":\"st0re-secret\"}'\n")
+                      "echo '{\"ServerURL\":\"'$server'\",\"Username\":\"carol\","
+                      "\"Secret\":\"st0re-secret\"}'\n")
     helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     write_docker_config(home, {"credsStore": "fake", "auths": {"https://index.docker.io/v1/": {}}})

@@ -45,10 +45,10 @@ class RawServer:
         key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
                    if line.lower().startswith(b"sec-websocket-key"))
         accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
+        self.conn = conn  # before answering: once answered, the test may close() at any time
         conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
                      + self._first)
-        self.conn = conn
         self._ready.set()
         threading.Thread(target=self._drain, daemon=True).start()
 
