@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from eventd.errors import PermanentActionError, RetryableActionError
 from eventd.events import Received, backfilled_action_event, iso_utc
@@ -43,13 +44,21 @@ class Backfiller:
             else self._stopping.wait
         self._clock = clock if clock is not None else time.time
 
+    def _missed_actions(self, since: str) -> list[Any]:
+        """Actions started during the gap, then those that started before it but ended in it."""
+        found: dict[str, Any] = {}
+        for params in ({"start_date__gte": since}, {"end_date__gte": since}):
+            for action in self._rest.list_objects(ACTIONS_PATH, params):
+                if isinstance(action, dict):
+                    found.setdefault(str(action.get("resource_uri") or id(action)), action)
+        return list(found.values())
+
     def __call__(self, gap_start: float) -> int:
         """Emit the actions started since `gap_start` (POSIX time); return how many."""
         since = iso_utc(gap_start)  # whole seconds, rounded down: never later than the gap
-        params = {"start_date__gte": since}
         for attempt in range(1, self._attempts + 1):
             try:
-                actions = list(self._rest.list_objects(ACTIONS_PATH, params))
+                actions = self._missed_actions(since)
             except RetryableActionError as exc:
                 if attempt < self._attempts and not self._stopping.is_set():
                     wait = self._retry_wait * 2 ** (attempt - 1)

@@ -121,6 +121,7 @@ class Daemon:
             log.info("stopping: finishing in-flight work (at most %.0f s)",
                      max(0.0, deadline - time.monotonic()))
             self.stopping.set()
+            self.consumer.close()  # sends the close frame; aborts a handshake in flight
             stream = self._thread("stream")
             if stream is not None:
                 stream.join(max(0.1, deadline - time.monotonic()))

@@ -11,7 +11,7 @@ import datetime as _dt
 import email.utils
 import re
 import uuid as _uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -41,7 +41,6 @@ class Received:
     received_at: float
     raw: bytes | None = None  # the frame as received; None for eventd's own events
     internal: bool = False  # gap and backfilled events: not recorded, not de-duplicated by uuid
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_event(data: bytes | str) -> Event:

@@ -26,6 +26,7 @@ from eventd.auth import Credentials
 from eventd.errors import AuthRejected, MalformedEvent
 from eventd.events import Received, parse_event, stream_event
 from eventd.framing import ConnectionEnded, FrameReader, FramingError
+from eventd.guard import report_internal_error
 from eventd.http import parse_retry_after
 from eventd.metrics import Metrics
 
@@ -353,7 +354,10 @@ class StreamConsumer:
         self._metrics.stream_last_event.set(now)
         if batch:
             if self._recorder is not None:
-                self._recorder.write_batch([r.raw for r in batch if r.raw is not None])
+                try:
+                    self._recorder.write_batch([r.raw for r in batch if r.raw is not None])
+                except OSError as exc:  # a full disk must not stop the stream
+                    report_internal_error("recorder", exc, self._metrics)
             self._sink(batch)
         if auth_error is not None:
             raise auth_error

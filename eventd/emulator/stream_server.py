@@ -25,6 +25,10 @@ from eventd.emulator.records import Handshake, Headers, redact_target
 from eventd.emulator.world import uri_key
 
 logger = logging.getLogger(__name__)
+# websockets logs whole handshakes (Authorization included) at DEBUG on this logger: keep
+# credentials out of every log, whatever level a user runs at.
+_protocol_logger = logging.getLogger(__name__ + ".protocol")
+_protocol_logger.setLevel(logging.INFO)
 
 AUTH_MESSAGE = json.dumps({"type": "auth"}, separators=(",", ":"))
 QUEUE_SIZE = 10_000
@@ -180,7 +184,7 @@ class StreamServer:
         async with serve(self._handler, self.host, self.port,
                          process_request=self._process_request, ping_interval=None,
                          close_timeout=1, max_queue=64,
-                         logger=logging.getLogger(__name__ + ".protocol")) as server:
+                         logger=_protocol_logger) as server:
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
             await self._stop.wait()
