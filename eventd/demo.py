@@ -14,6 +14,7 @@ import logging
 import queue
 import re
 import secrets
+import signal
 import sys
 import tempfile
 import threading
@@ -102,7 +103,7 @@ def _alert_text(body: bytes) -> str:
     if isinstance(data, dict):
         for key in ("text", "message", "summary", "content"):
             if isinstance(data.get(key), str):
-                return data[key]
+                return str(data[key])
     return json.dumps(data)[:200]
 
 
@@ -135,6 +136,7 @@ class Narrator:
         self._pending: Counter[str] = Counter()
         self._burst_left = 0
         self._burst_hidden = 0
+        self._disconnected = False
         self.counts: Counter[str] = Counter()
 
     def say(self, tag: str, text: str, at: float | None = None) -> None:
@@ -179,22 +181,26 @@ class Narrator:
 
     def _record(self, record: logging.LogRecord, at: float) -> None:
         msg = record.msg if isinstance(record.msg, str) else str(record.msg)
-        args = record.args if isinstance(record.args, tuple) else ()
+        args: tuple[Any, ...] = record.args if isinstance(record.args, tuple) else ()
         name = record.name
         if name == "eventd.emulator.core" and msg.startswith("event ") and len(args) == 4:
             self._event(*args, at=at)
         elif name == "eventd.emulator.core" and msg.startswith("scenario step") and len(args) == 4:
             self._step(str(args[0]), dict(args[3]), at)
-        elif name == "eventd.emulator.rest_server" and msg.startswith("REST %s %s") and len(args) == 3:
+        elif name == "eventd.emulator.rest_server" and msg.startswith("REST ") and len(args) == 3:
             self._call(str(args[0]), str(args[1]), int(args[2]), at)
         elif name.startswith("eventd.emulator"):
             if record.levelno >= logging.WARNING:
                 self.say("cloud", record.getMessage(), at)
         elif msg.startswith("stream lost") and len(args) == 2:
-            self.say("stream", f"connection lost ({args[0]}); eventd reconnects in {args[1]:.1f} s", at)
+            self._disconnected = True
+            self.say("stream", f"connection lost ({args[0]}); eventd reconnects in "
+                               f"{args[1]:.1f} s", at)
         elif msg == "connected to %s":
+            self._disconnected = False
             self.say("stream", f"eventd connected to {args[0]}", at)
         elif msg == "connected to %s (gap %.1f s)":
+            self._disconnected = False
             self.counts["reconnects"] += 1
             self.say("stream", f"reconnected after {args[1]:.1f} s; eventd emitted a `connected` "
                                "event with the gap, for rules to react to", at)
@@ -245,6 +251,8 @@ class Narrator:
 
     def _event(self, kind: Any, action: Any, state: Any, uri: Any, at: float) -> None:
         text = self._describe(str(kind), str(action), str(state), str(uri))
+        if self._disconnected:
+            text += "   (eventd is disconnected: missed, the stream has no replay)"
         if self._burst_left > 0:
             self._burst_left -= 1
             if self._burst_hidden < 0:
@@ -276,7 +284,7 @@ class Narrator:
     def _step(self, step: str, args: dict[str, Any], at: float) -> None:
         stories = {
             "container_exit": "a container of service {service} is killed (exit code {exit_code})",
-            "drop_connections": "the Stream API server drops every connection, without a close frame",
+            "drop_connections": "the Stream API server drops every connection (no close frame)",
             "node_unreachable": "node-{node} stops answering Docker Cloud",
             "failed_action": "a '{action}' of service {service} is started and fails",
             "burst": "a burst of {count} update events",
@@ -361,6 +369,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, apikey: str | None 
         metrics_url = f"http://127.0.0.1:{daemon.health_port}/"
         _intro(out, emulator, receiver, rules, len(ruleset), quiet, workdir, metrics_url, speed)
         deadline = narrator.started + story_end + 1.0
+        previous = _interrupt_on_sigterm()
         try:
             while follow or time.monotonic() < deadline:
                 narrator.poll(daemon.metrics)
@@ -372,6 +381,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None, apikey: str | None 
                 time.sleep(0.02)
         except KeyboardInterrupt:
             print("", file=out)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         daemon.wait_idle(3.0)
         narrator.poll(daemon.metrics)
     except (EventdError, FileNotFoundError) as exc:
@@ -387,7 +399,18 @@ def run(args: argparse.Namespace, out: TextIO | None = None, apikey: str | None 
             root.removeHandler(narrator.handler)
         logger.setLevel(saved_levels[0])
         emulator_logger.setLevel(saved_levels[1])
-    return _summary(out, narrator, daemon, receiver, audit, metrics_url)
+    return _summary(out, narrator, daemon, receiver, audit, metrics_url, follow)
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Make SIGTERM end the demo like Ctrl-C does (with the summary); the old handler or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _intro(out: TextIO, emulator: Any, receiver: AlertReceiver, rules: Path, rule_count: int,
@@ -443,7 +466,7 @@ def _total(metrics: Any, name: str) -> float:
 
 
 def _summary(out: TextIO, narrator: Narrator | None, daemon: Any,
-             receiver: AlertReceiver | None, audit: Path, metrics_url: str) -> int:
+             receiver: AlertReceiver | None, audit: Path, metrics_url: str, follow: bool) -> int:
     if narrator is None or daemon is None or receiver is None:
         return 1
     metrics = daemon.metrics
@@ -458,16 +481,18 @@ def _summary(out: TextIO, narrator: Narrator | None, daemon: Any,
         "",
         f"Summary after {elapsed:.1f} s",
         f"  events received by eventd  {int(_total(metrics, 'eventd_events_received_total'))}",
-        f"  rules matched              {int(sum(narrator.matches.values()))}  ({matches or 'none'})",
+        f"  rules matched              {int(sum(narrator.matches.values()))}  "
+        f"({matches or 'none'})",
         f"  alerts received            {receiver.count}  (about the crash: {crash_alerts})",
         f"  REST calls made by eventd  {len(calls)}  (redeploys: {redeploys})",
         f"  stream reconnects          {narrator.counts['reconnects']}",
         f"  audit file                 {audit}  ({audit_lines} records)",
-        f"  metrics                    were served at {metrics_url}metrics "
-        "(`eventd demo --follow` keeps them up)",
+        f"  metrics                    were served at {metrics_url}metrics"
+        + ("" if follow else " (`eventd demo --follow` keeps them up)"),
         "",
-        "Next: `eventd check rules/` validates rule files; `eventd emulate` runs the emulator alone;",
-        "`eventd run --rules rules/ --metrics-addr 127.0.0.1:9108` runs the daemon (see deploy/).",
+        "Next: `eventd check rules/` validates rule files; `eventd emulate` runs the emulator",
+        "alone; `eventd run --rules rules/ --metrics-addr 127.0.0.1:9108` runs the daemon against",
+        "Docker Cloud or the emulator; deploy/ has a Dockerfile, compose, Kubernetes and systemd.",
     ]
     print(redact("\n".join(lines), narrator.secrets), file=out, flush=True)
     if receiver.count < 1 or redeploys < 1:

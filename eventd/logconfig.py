@@ -30,7 +30,8 @@ MASK = "***"
 FORMATS = ("text", "json")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-_SECRET_KEY = r"[\w.\-]*(?:token|key|secret|passw(?:or)?d|pwd|signature|sig|auth|credential)[\w.\-]*"
+_SECRET_KEY = (r"[\w.\-]*(?:token|key|secret|passw(?:or)?d|pwd|signature|sig|auth|credential)"
+               r"[\w.\-]*")
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Basic xxx / 'Authorization': 'Bearer xxx' / "authorization": "xxx"
     (re.compile(r"""(?i)(\b(?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)"""
@@ -106,7 +107,8 @@ class TextFormatter(logging.Formatter):
     """`2026-11-26T23:59:01Z INFO eventd.stream: connected to ...` (UTC), traceback below."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_utc(record.created, False)} {record.levelname} {record.name}: {record.getMessage()}"
+        stamp = _utc(record.created, False)
+        line = f"{stamp} {record.levelname} {record.name}: {record.getMessage()}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

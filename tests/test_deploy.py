@@ -228,7 +228,7 @@ def test_rules_and_state_paths_agree() -> None:
     assert volumes["rules"]["configMap"]["name"] == k8s("ConfigMap")["metadata"]["name"]
     assert volumes["state"]["persistentVolumeClaim"]["claimName"] == \
         k8s("PersistentVolumeClaim")["metadata"]["name"]
-    # systemd: StateDirectory=eventd is /var/lib/eventd, ConfigurationDirectory=eventd is /etc/eventd.
+    # systemd: StateDirectory=eventd is /var/lib/eventd; ConfigurationDirectory=eventd, /etc/eventd.
     service = unit()["Service"]
     assert STATE_DIR == "/var/lib/" + service["StateDirectory"]
     assert RULES_DIR.startswith("/etc/" + service["ConfigurationDirectory"] + "/")
