@@ -201,8 +201,7 @@ def test_metrics_port_is_the_same_everywhere() -> None:
         assert container()[probe]["httpGet"]["port"] in ("metrics", port)
     service = k8s("Service")
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(port, "metrics")]
-    for metadata in (service["metadata"], k8s("Deployment")["spec"]["template"]["metadata"]):
-        assert metadata["annotations"]["prometheus.io/port"] == str(port)
+    assert service["metadata"]["annotations"]["prometheus.io/port"] == str(port)
     eventd = compose()["services"]["eventd"]
     assert f"127.0.0.1:{port}:{port}" in eventd["ports"]
     assert stackfile()["eventd"]["expose"] == [str(port)]
@@ -211,8 +210,9 @@ def test_metrics_port_is_the_same_everywhere() -> None:
 def test_health_paths_exist_in_eventd_health() -> None:
     assert container()["livenessProbe"]["httpGet"]["path"] == health.HEALTH_PATH
     assert container()["readinessProbe"]["httpGet"]["path"] == health.READY_PATH
-    for metadata in (k8s("Service")["metadata"], k8s("Deployment")["spec"]["template"]["metadata"]):
-        assert metadata["annotations"]["prometheus.io/path"] == health.METRICS_PATH
+    assert k8s("Service")["metadata"]["annotations"]["prometheus.io/path"] == health.METRICS_PATH
+    # Annotated once, on the Service: a pod annotation too would be scraped twice.
+    assert "annotations" not in k8s("Deployment")["spec"]["template"]["metadata"]
     assert f":{health.DEFAULT_PORT}{health.HEALTH_PATH}'" in healthcheck_cmd()[-1]
 
 
