@@ -164,7 +164,7 @@ class Daemon:
                       len(self.engine.rules), "\n".join(str(p) for p in exc.problems) or exc)
             return False
         self.engine.swap_rules(ruleset)
-        self.metrics.rules_loaded.set(len(ruleset))
+        self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)
         self.metrics.rules_reloads.labels(result="success").inc()
         log.info("rules reloaded: %d rules", len(ruleset))
@@ -233,7 +233,7 @@ class Daemon:
     def _load_rules(self) -> Any:
         ruleset = load_rules(self.settings.rules, self.environ)
         self._rules_loaded = True
-        self.metrics.rules_loaded.set(len(ruleset))
+        self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)
         return ruleset
 

@@ -194,6 +194,9 @@ class Engine:
                 continue
             self._count_match(rule.name)
             outcome.rules.append(rule.name)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("rule %s matched event %s (%s %s)", rule.name, event.get("uuid", "?"),
+                          event.get("type"), event.get("state"))
             if throttle_key is not None and not self._store.throttle_acquire(
                     f"{rule.name}\0{throttle_key}", rule.throttle.window, now):
                 self._decide_all(outcome, rule, "throttled", f"throttled (key {throttle_key!r})")

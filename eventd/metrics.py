@@ -18,6 +18,10 @@ KNOWN_TYPES = frozenset(
      "eventd", "image", "buildsetting", "user-notification"}
 )
 OUTCOMES = ("success", "retry", "failed", "deadletter", "throttled", "skipped")
+ACTION_KINDS = ("log", "webhook", "alertmanager", "dockercloud", "audit")
+INVALID_REASONS = ("not_json", "not_object", "missing_type")
+RECONNECT_REASONS = ("dropped", "closed", "pong_timeout", "idle", "protocol_error",
+                     "connect_timeout", "connect_error", "auth_rejected")
 
 
 class Metrics:
@@ -85,10 +89,24 @@ class Metrics:
         self.rules_reload_success.set(0)
         self.stream_connected.set(0)
         self.spool_pending.set(0)
-        for kind in ("log", "webhook", "alertmanager", "dockercloud", "audit"):
+        # Children created up front, so dashboards and alerts see 0 rather than no series.
+        for kind in ACTION_KINDS:
+            self.action_duration.labels(kind=kind)
             for outcome in OUTCOMES:
                 self.actions.labels(kind=kind, outcome=outcome)
+        for reason in INVALID_REASONS:
+            self.events_invalid.labels(reason=reason)
+        for reason in RECONNECT_REASONS:
+            self.stream_reconnects.labels(reason=reason)
+        for event_type in ("stack", "service", "container", "nodecluster", "node", "action", "eventd"):
+            self.events_received.labels(type=event_type)
         self._received_children: dict[str, object] = {}
+
+    def rules_loaded_now(self, names: list[str]) -> None:
+        """A rule set took effect: show its size and a zero match count for each rule."""
+        self.rules_loaded.set(len(names))
+        for name in names:
+            self.rule_matches.labels(rule=name)
 
     def event_type_label(self, event_type: object) -> str:
         """Bound the `type` label to known types."""
