@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import hashlib
 import json
 import socket
@@ -123,14 +124,23 @@ class Connection:
             self.closed.set()
 
     def hang_up(self, abrupt: bool) -> None:
-        """Close the socket; abrupt sends a RST (no close frame, no FIN handshake)."""
+        """Close the socket; abrupt sends a RST (no close frame, no FIN).
+
+        shutdown() first: a plain close() would not reach the kernel while our reader thread
+        sits in recv() on the same socket, and the RST would wait for the client's next ping.
+        """
         self.closed.set()
         try:
             if abrupt:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.sock.close()
+                self.sock.shutdown(socket.SHUT_RD)  # wakes the reader; sends nothing
+            else:
+                self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        if self.reader.is_alive() and self.reader is not threading.current_thread():
+            self.reader.join(2)
+        self.sock.close()
 
 
 class Blaster:
@@ -191,14 +201,17 @@ class Blaster:
     def _blast(self, conn: Connection, segment: int) -> None:
         assert self.stream is not None
         first, last = self.segments[segment]
-        view = memoryview(self.stream.data)[self.stream.offset(first):self.stream.offset(last)]
+        data = memoryview(self.stream.data)
+        cuts = self._chunk_ends(first, last)
         report("blast_start", conn=conn.number, t=time.time(), first=first, last=last)
         start = time.time()
-        for pos in range(0, len(view), CHUNK):
-            conn.send(view[pos:pos + CHUNK])
+        pos = self.stream.offset(first)
+        for cut in cuts:
+            conn.send(data[pos:cut])
+            pos = cut
         end = time.time()
         report("blast_end", conn=conn.number, t=end, t_start=start, events=last - first,
-               bytes=len(view))
+               bytes=pos - self.stream.offset(first))
         if segment < len(self.segments) - 1:
             conn.closed.wait(self.args.drop_delay)
             t = time.time()
@@ -209,6 +222,23 @@ class Blaster:
             conn.closed.wait(2.0)  # let the client answer the close
             conn.hang_up(abrupt=False)
             report("closed", conn=conn.number, t=time.time())
+
+    def _chunk_ends(self, first: int, last: int) -> list[int]:
+        """Byte offsets that cut events [first, last) into ~1 MiB writes on frame boundaries.
+
+        A pong may only go out between two writes, so a write must never end inside a frame.
+        """
+        assert self.stream is not None
+        ends = self.stream.ends
+        cuts = []
+        pos = self.stream.offset(first)
+        stop = self.stream.offset(last)
+        while pos < stop:
+            i = bisect.bisect_left(ends, pos + CHUNK, first, last)
+            cut = ends[i] if i < last else stop
+            cuts.append(cut)
+            pos = cut
+        return cuts
 
     def _steady(self, conn: Connection) -> None:
         live = LiveEvents(self.args.seed)

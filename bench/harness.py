@@ -281,7 +281,7 @@ class EventdProcess:
                 time.sleep(0.05)
 
     def wait_count(self, n: int, timeout: float, condition: Any = None,
-                   on_sample: Any = None) -> tuple[Sample, dict[str, float]]:
+                   on_sample: Any = None, stall: float = 20.0) -> tuple[Sample, dict[str, float]]:
         """Scrape until `n` stream events are counted (and `condition(values)` holds).
 
         The interval is 20 ms near the end; far from it the bench scrapes less often (up to
@@ -289,13 +289,21 @@ class EventdProcess:
         """
         deadline = time.monotonic() + timeout
         last: Sample | None = None
+        progress = (time.monotonic(), -1, -1.0)  # when the count or the condition last moved
         while True:
             s, values = self.sample()
             if on_sample is not None:
                 on_sample(s)
             if s.count >= n and (condition is None or condition(values)):
                 return s, values
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            actions = sum(v for k, v in values.items() if k.startswith("eventd_actions_total{"))
+            if (s.count, actions) != progress[1:]:
+                progress = (now, s.count, actions)
+            elif now - progress[0] > stall:
+                raise BenchError(f"eventd stalled at {s.count} of {n} events for {stall:.0f}s "
+                                 f"(stderr: {self.stderr_tail()[-300:]!r})")
+            if now > deadline:
                 raise BenchError(f"eventd counted {s.count} of {n} events in {timeout:.0f}s")
             interval = 0.02
             if last is not None and s.count > last.count and s.t > last.t:
