@@ -104,8 +104,9 @@ class Daemon:
             self.health_port = self._health[0].server_port
             log.info("metrics and health on http://%s:%d/ (/metrics, /healthz, /readyz)",
                      host, self.health_port)
-        log.info("eventd started: %d rules, stream %s, REST %s, state in %s",
-                 len(ruleset), settings.stream_url, settings.rest_host, settings.state_dir)
+        log.info("eventd started: %d rules, stream %s, REST %s, credentials from %s, state in %s",
+                 len(ruleset), settings.stream_url, settings.rest_host, self.credentials.source,
+                 settings.state_dir)
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the daemon stopped (by stop() or a fatal stream error); the exit code."""
