@@ -13,6 +13,7 @@ import argparse
 import base64
 import datetime as dt
 import json
+import math
 import os
 import platform
 import signal
@@ -35,6 +36,7 @@ from harness import BENCH, PYTHON, ROOT, BenchError  # noqa: E402
 PEER_VENV = BENCH / ".venv-peer"
 PEER_PACKAGES = ("python-dockercloud==1.0.12", "websocket-client==0.37.0")
 MIB = 1024.0
+LATENCY_GRACE = 10.0  # seconds to wait for webhooks after the stream has ended
 
 FIGURES = ("drain", "baseline", "throughput", "peer", "latency", "memory", "recovery")
 
@@ -215,7 +217,7 @@ def run_latency(cfg: Config, work: Path, rest_host: str) -> dict[str, Any]:
             b.wait_for("blast_start", 30)
             end = b.wait_for("blast_end", cfg.latency_seconds * 3 + 30)
             expected = int(end["types"].get("container", 0))
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + LATENCY_GRACE
             while len(hook.hits) < expected and time.monotonic() < deadline:
                 time.sleep(0.05)
             _, values = ev.sample()
@@ -224,13 +226,16 @@ def run_latency(cfg: Config, work: Path, rest_host: str) -> dict[str, Any]:
         for arrived, body in list(hook.hits):
             sent = float(json.loads(body)["sent"])
             delays.append((arrived - sent) * 1000.0)
-    delays.sort()
+    delivered = len(delays)
+    # A webhook still missing LATENCY_GRACE seconds after the stream ended counts as infinitely
+    # late, so a backlog shows in the percentiles instead of being left out of them.
+    delays = sorted(delays) + [math.inf] * max(0, expected - delivered)
 
     def pct(p: float) -> float | None:
         return delays[min(len(delays) - 1, int(p / 100.0 * len(delays)))] if delays else None
 
     return {"p50_ms": pct(50), "p99_ms": pct(99), "max_ms": delays[-1] if delays else None,
-            "webhooks": len(delays), "expected": expected, "events": events,
+            "webhooks": delivered, "expected": expected, "events": events,
             "blaster_max_late_s": end.get("max_late"), "exit_code": exit_code,
             **_sanity(values)}
 
@@ -366,6 +371,14 @@ def _ratio(v: float | None, base: float | None) -> str:
     return "n/a" if v is None or not base else f"{v / base:.2f}x"
 
 
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if math.isinf(v):
+        return f"> {LATENCY_GRACE:g} s after the stream ended (not delivered)"
+    return f"{v:.1f} ms"
+
+
 def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "NOT met")
 
@@ -431,10 +444,10 @@ def table(cfg: Config, res: Results) -> list[dict[str, str]]:
         want = sum(res.values("latency", "expected"))
         what = (f"{cfg.latency_rate:g} ev/s for {cfg.latency_seconds:g} s, webhook on container "
                 f"events ({got:,} of {want:,} delivered; {runs('latency', 'p99_ms')} run(s))")
-        row(f"latency p50 ({what})", "n/a" if p50 is None else f"{p50:.1f} ms", "-", "-", "-")
-        row("latency p99", "n/a" if p99 is None else f"{p99:.1f} ms", "-", "< 20 ms",
+        row(f"latency p50 ({what})", _ms(p50), "-", "-", "-")
+        row("latency p99", _ms(p99), "-", "< 20 ms",
             _met(None if p99 is None else p99 < 20 and got == want))
-        row("latency max", "n/a" if mx is None else f"{mx:.1f} ms", "-", "-", "-")
+        row("latency max", _ms(mx), "-", "-", "-")
     if "memory" in res.runs:
         hwm = res.median("memory", "hwm_kib")
         growth = [r["rss_end_kib"] - r["rss_100k_kib"] for r in res.runs["memory"]
@@ -485,6 +498,17 @@ def markdown(rows: list[dict[str, str]], header: str) -> str:
     return "\n".join(lines)
 
 
+def _json_safe(value: Any) -> Any:
+    """Infinite delays (webhooks never delivered) as the string "inf": JSON has no Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def environment() -> dict[str, Any]:
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
@@ -533,10 +557,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{' (dirty)' if env['dirty'] else ''}, Python {env['python']}, {env['cpus']} CPUs,"
               f" {'quick' if cfg.quick else 'full'} run in {elapsed:.0f} s")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
+    args.output.write_text(json.dumps(_json_safe({
         "started": started.isoformat(), "seconds": round(elapsed, 1), "environment": env,
         "config": cfg.__dict__, "table": rows, "notes": res.notes, "runs": res.runs,
-    }, indent=1, default=str) + "\n")
+    }), indent=1, default=str, allow_nan=False) + "\n")
     print(markdown(rows, header))
     say(f"results written to {args.output}")
     return 0
