@@ -195,6 +195,7 @@ def run_eventd(cfg: Config, work: Path, rules: Path, events: int, rest_host: str
         result: dict[str, Any] = {
             "events_per_s": events / (s.t - start), "seconds": s.t - start,
             "rss_end_kib": s.rss_kib, "hwm_kib": hwm, "scrapes": len(ev.samples),
+            "scrape_ms_mean": 1000 * ev.scrape_seconds / max(1, len(ev.samples)),
             "actions": {k: v for k, v in values.items()
                         if k.startswith("eventd_actions_total{") and v},
             **_sanity(values),
