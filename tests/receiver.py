@@ -54,6 +54,7 @@ class WebhookReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = -1  # one write per answer: no Nagle / delayed-ACK stall of 40 ms
 
             def log_message(self, *args: Any) -> None:  # silence access logs
                 pass

@@ -58,6 +58,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = -1  # one write per answer: avoids the Nagle / delayed-ACK stall of 40 ms
     server: _Server
     timeout = 120
 

@@ -73,6 +73,8 @@ def test_terminate_start_stop_and_raw_calls(emulator, action):
     stack = emulator.world.uri("stack", "demo")
     action.run(make_job(action, {"call": "stop", "target": container}))
     action.run(make_job(action, {"method": "GET", "path": stack}))
+    wait_until(lambda: emulator.world.get("container", emulator.world.uuid("container", "db-1"))
+               ["state"] == "Stopped", 5, message="db-1 stopped: only then may it be terminated")
     action.run(make_job(action, {"call": "terminate", "target": container}))
     assert calls(emulator) == [("POST", f"{container}stop/", {}), ("GET", stack, {}),
                                ("DELETE", container, {})]
