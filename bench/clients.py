@@ -1,4 +1,4 @@
-"""The reference clients, each run as its own process: the websocket-client baseline and a raw drain.
+"""The reference clients, each its own process: the websocket-client baseline and a raw drain.
 
 `baseline` is the bare loop every throughput figure is a ratio to: create_connection, then
 recv() until the server closes. `drain` proves the blaster is not the bottleneck: a raw

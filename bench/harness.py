@@ -1,4 +1,4 @@
-"""The bench's moving parts: the blaster process, eventd under test, a REST stub, a webhook receiver.
+"""The bench's moving parts: the blaster process, eventd, a REST stub and a webhook receiver.
 
 Every process is started by a context manager that kills it on the way out, whatever happened,
 so an interrupted bench leaves nothing running.
@@ -90,7 +90,8 @@ class BlasterProcess:
             except queue.Empty:
                 if self.proc.poll() is not None:
                     err = self.proc.stderr.read() if self.proc.stderr else ""
-                    raise BenchError(f"blaster exited {self.proc.returncode}: {err[-500:]}")
+                    raise BenchError(
+                        f"blaster exited {self.proc.returncode}: {err[-500:]}") from None
                 continue
             self.seen.append(report)
             if report["event"] == kind:
