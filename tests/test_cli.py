@@ -135,3 +135,57 @@ def test_record_then_replay_dry_run(emulator, tmp_path):
     assert '"message": "container Stopped"' in dry.stdout
     assert "summary: 2 events, 2 matched a rule, 2 actions would run" in dry.stdout
     assert not state_dir.exists()
+
+
+def metric(port: int, name: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+    except requests.ConnectionError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return None
+
+
+def test_sigkill_with_actions_pending_loses_nothing(emulator, webhook_receiver, tmp_path):
+    rules = write_rules(tmp_path / "rules", f"""
+rules:
+  - name: hook
+    match: {{type: service}}
+    actions:
+      - webhook: {{url: "{webhook_receiver.url}/k", json: {{uuid: "{{{{ event.uuid }}}}"}}}}
+""")
+    state = tmp_path / "state"
+    webhook_receiver.stop()  # the receiver is down: every accepted action stays pending
+    port = free_port()
+    args = ("run", "--rules", str(rules), "--state-dir", str(state),
+            "--metrics-addr", f"127.0.0.1:{port}")
+    first = eventd(*args, env=emulator_env(emulator))
+    try:
+        assert emulator.wait_for_connections(1, timeout=15)
+        sent = [emulator.emit_event(type="service", state="Running",
+                                    resource_uri="/api/app/v1/user/service/s1/", parents=[])["uuid"]
+                for _ in range(20)]
+        wait_until(lambda: metric(port, "eventd_spool_pending") == 20, 15,
+                   message="20 actions accepted")
+    finally:
+        first.kill()  # SIGKILL: no chance to clean up
+        first.communicate(timeout=10)
+    webhook_receiver.start()
+    second = eventd(*args, env=emulator_env(emulator))
+    try:
+        wait_until(lambda: len({r.json()["uuid"] for r in webhook_receiver.requests}) == 20, 30,
+                   interval=0.1, message="every accepted action delivered after the restart")
+        wait_until(lambda: metric(port, "eventd_spool_pending") == 0, 10)
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=10)
+    finally:
+        second.kill()
+    delivered = list(dict.fromkeys(r.json()["uuid"] for r in webhook_receiver.requests))
+    assert delivered == sent  # all of them, in the order they were accepted
+    keys = {r.header("Idempotency-Key") for r in webhook_receiver.requests}
+    assert len(keys) == 20
