@@ -357,7 +357,7 @@ def _one(res: Results, series: str, fn: Callable[[], dict[str, Any]]) -> None:
     t0 = time.monotonic()
     try:
         value = fn()
-    except (BenchError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - one failed run is reported, the rest still run
         value = {"error": f"{type(exc).__name__}: {exc}"}
     value["wall_s"] = round(time.monotonic() - t0, 2)
     res.add(series, value)
