@@ -29,6 +29,8 @@ from eventd.store import Store
 
 logger = logging.getLogger(__name__)
 
+_BATCH = 512  # most jobs an in-memory lane's worker takes at once
+
 
 class _Lane:
     """One delivery target: its backlog, its workers, and whether the spool holds more of it."""
@@ -101,6 +103,31 @@ class Dispatcher:
             self._start_workers(lane)
         if pending:
             logger.info("resuming %d spooled action(s) on %d target(s)", len(pending), len(targets))
+
+    def submit_many(self, jobs: list[ActionJob]) -> None:
+        """Accept several jobs; in-memory lanes take each lane's share under one lock."""
+        by_lane: dict[str, list[ActionJob]] = {}
+        for job in jobs:
+            kind = self.kinds.get(job.kind)
+            if kind is not None and not kind.durable and not self._closing:
+                by_lane.setdefault(job.target, []).append(job)
+            else:
+                self.submit(job)
+        for target, lane_jobs in by_lane.items():
+            self._submit_blocking_many(self._lane(target, durable=False), lane_jobs)
+
+    def _submit_blocking_many(self, lane: _Lane, jobs: list[ActionJob]) -> None:
+        with lane.cond:
+            for job in jobs:
+                while len(lane.backlog) >= lane.size:
+                    if self._closing:
+                        return
+                    lane.cond.notify_all()
+                    lane.cond.wait(0.1)
+                with self._lock:
+                    self._outstanding += 1
+                lane.backlog.append(job)
+            lane.cond.notify_all()
 
     def submit(self, job: ActionJob) -> bool:
         """Accept a job: durable kinds are committed to the spool first. False if not accepted."""
@@ -189,7 +216,8 @@ class Dispatcher:
             with self._lock:
                 self._outstanding += 1
             lane.backlog.append(job)
-            lane.cond.notify_all()
+            if len(lane.backlog) == 1:  # only an empty lane has a worker waiting for work
+                lane.cond.notify_all()
         return True
 
     def _lane(self, target: str, durable: bool) -> _Lane:
@@ -220,14 +248,24 @@ class Dispatcher:
             job = self._next(lane)
             if job is None:
                 return
-            try:
-                self._deliver(lane, job)
-            except Exception as exc:  # never let one job kill the lane
-                report_internal_error("dispatch", exc, self.metrics)
-            finally:
+            jobs = [job]
+            if not lane.durable:
+                # In-memory lanes (audit, log) take what is queued in one go: one lock round
+                # per batch instead of per job, which is what two threads under one GIL need.
                 with lane.cond:
+                    while lane.backlog and len(jobs) < _BATCH:
+                        jobs.append(lane.backlog.popleft())
+                    lane.cond.notify_all()
+            for job in jobs:
+                try:
+                    self._deliver(lane, job)
+                except Exception as exc:  # never let one job kill the lane
+                    report_internal_error("dispatch", exc, self.metrics)
+            with lane.cond:
+                for job in jobs:
                     lane.known.discard(job.id)
-                    empty = not lane.backlog
+                empty = not lane.backlog
+                if empty:  # someone may be waiting for this lane to drain
                     lane.cond.notify_all()
             if empty:
                 self._flush(job.kind)
@@ -238,9 +276,11 @@ class Dispatcher:
                 if self._closing and (lane.durable or time.monotonic() >= self._close_deadline):
                     return None
                 if lane.backlog:
+                    full = len(lane.backlog) >= lane.size
                     job = lane.backlog.popleft()
                     lane.known.add(job.id)
-                    lane.cond.notify_all()
+                    if full:  # a submitter may be waiting for room
+                        lane.cond.notify_all()
                     return job
                 if lane.spilled:
                     self._refill(lane)

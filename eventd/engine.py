@@ -85,7 +85,7 @@ class Outcome:
 def job_id(rule: str, event: Event, index: int) -> str:
     """Stable per (rule, event, action): the Idempotency-Key a receiver can drop repeats by."""
     basis = f"{rule}\0{event.get('uuid', '')}\0{event.get('resource_uri', '')}\0{index}"
-    return hashlib.sha256(basis.encode()).hexdigest()[:32]
+    return hashlib.blake2b(basis.encode(), digest_size=16).hexdigest()
 
 
 class Engine:
@@ -95,9 +95,13 @@ class Engine:
                  store: EngineStore, metrics: Metrics, *, enricher: Any = None,
                  loop_guard: Any = None, action_waiter: Any = None,
                  max_event_age: float = DEFAULT_MAX_EVENT_AGE, action_window: int = 100_000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 submit_many: Callable[[list[ActionJob]], object] | None = None) -> None:
         self.rules = rules
         self._submit = submit
+        self._submit_many: Callable[[list[ActionJob]], object] = submit_many or (
+            lambda jobs: [submit(job) for job in jobs])
+        self._held: list[ActionJob] | None = None  # per-event jobs of the batch in progress
         self._kinds = kinds
         self._store = store
         self._metrics = metrics
@@ -120,12 +124,21 @@ class Engine:
 
     # -- processing ------------------------------------------------------------------
     def process_batch(self, batch: list[Received]) -> None:
-        """Process a batch in order; one bad event never stops the rest."""
-        for received in batch:
-            try:
-                self.process(received)
-            except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
-                report_internal_error("engine", exc, self._metrics)
+        """Process a batch in order; one bad event never stops the rest.
+
+        Per-event jobs (audit lines) of the whole batch are handed over together at the end.
+        """
+        self._held = []
+        try:
+            for received in batch:
+                try:
+                    self.process(received)
+                except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
+                    report_internal_error("engine", exc, self._metrics)
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._submit_many(held)
 
     def process(self, received: Received) -> Outcome | None:
         """Process one event; returns what was decided (None for a duplicate or no match)."""
@@ -176,7 +189,7 @@ class Engine:
         per_event: dict[tuple[str, str], ActionJob] = {}
         resource: Any = _UNSET
         self_caused = bool(event.get("caused_by_eventd"))
-        too_old = self._too_old(event, received.received_at)
+        base: dict[str, Any] | None = None  # the template context, built once per event
         for rule in matched:
             kinds = rule.kinds
             if self_caused and "dockercloud" in kinds and not rule.allow_self_caused:
@@ -184,7 +197,12 @@ class Engine:
                 continue
             if rule.enrich and resource is _UNSET:
                 resource = self._enrich(event)
-            context = build_context(event, rule.name, now, None if resource is _UNSET else resource)
+                if base is not None:
+                    base["resource"] = resource
+            if base is None:
+                base = build_context(event, "", now, None if resource is _UNSET else resource)
+            context = base.copy()
+            context["rule"] = rule.name
             try:
                 if rule.when is not None and not rule.when_holds(context):
                     continue
@@ -202,30 +220,37 @@ class Engine:
                 self._decide_all(outcome, rule, "throttled", f"throttled (key {throttle_key!r})")
                 continue
             for spec in rule.actions:
-                self._accept(outcome, per_event, received, rule, spec, context, now, too_old)
+                self._accept(outcome, per_event, received, rule, spec, context, now)
         for job in per_event.values():
             job.context["rules"] = list(outcome.rules)
             job.context["actions"] = [
                 {"rule": d.rule, "kind": d.kind, "status": d.status} for d in outcome.decisions]
             job.context["received_at"] = received.received_at
-            self._submit(job)
+            if self._held is not None:
+                self._held.append(job)
+            else:
+                self._submit(job)
         return outcome
 
     def _accept(self, outcome: Outcome, per_event: dict[tuple[str, str], ActionJob],
-                received: Received, rule: Any, spec: Any, context: dict[str, Any], now: float,
-                too_old: bool) -> None:
-        if too_old and spec.kind == "dockercloud":
+                received: Received, rule: Any, spec: Any, context: dict[str, Any],
+                now: float) -> None:
+        if spec.kind == "dockercloud" and self._too_old(received.event, received.received_at):
             self._decide(outcome, rule.name, spec.kind, "skipped",
                          f"event older than max_event_age ({self._max_event_age:.0f} s)")
+            return
+        kind = self._kinds.get(spec.kind)
+        if kind is None:
+            self._decide(outcome, rule.name, spec.kind, "failed", "action kind not available")
+            return
+        inactive = getattr(kind, "inactive", None)
+        if inactive is not None and inactive(spec.options):
+            outcome.decisions.append(Decision(rule.name, spec.kind, "skipped", None, "inactive"))
             return
         try:
             options = spec.render(context)
         except TemplateError as exc:
             self._template_failed(outcome, rule, spec, exc)
-            return
-        kind = self._kinds.get(spec.kind)
-        if kind is None:
-            self._decide(outcome, rule.name, spec.kind, "failed", "action kind not available")
             return
         target = kind.target(options)
         if getattr(kind, "per_event", False):

@@ -62,14 +62,24 @@ def _sample(data: bytes | str) -> str:
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
 
 
+_REF_CACHE: dict[str, ObjectRef | None] = {}
+_REF_CACHE_SIZE = 65536
+
+
 def object_ref(uri: object) -> ObjectRef | None:
     """Take `<type>/<uuid>` from the tail of a resource URI (namespaced or not)."""
-    if not isinstance(uri, str):
+    if type(uri) is not str:
         return None
+    try:
+        return _REF_CACHE[uri]  # the same URIs come back again and again
+    except KeyError:
+        pass
     match = _TAIL.search(uri)
-    if match is None:
-        return None
-    return ObjectRef(match.group(1), match.group(2))
+    ref = None if match is None else ObjectRef(match.group(1), match.group(2))
+    if len(_REF_CACHE) >= _REF_CACHE_SIZE:
+        _REF_CACHE.clear()
+    _REF_CACHE[uri] = ref
+    return ref
 
 
 def parents_by_type(parents: object) -> dict[str, str]:
@@ -83,9 +93,19 @@ def parents_by_type(parents: object) -> dict[str, str]:
     return result
 
 
+_last_iso: tuple[int, str] = (-1, "")
+
+
 def iso_utc(timestamp: float) -> str:
     """Format a POSIX time as the stream does: ISO 8601, whole seconds, `Z`."""
-    return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    global _last_iso
+    second = int(timestamp // 1)
+    cached = _last_iso
+    if cached[0] == second:  # many events share a second: format it once
+        return cached[1]
+    text = _dt.datetime.fromtimestamp(second, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _last_iso = (second, text)
+    return text
 
 
 def parse_datetime(value: object) -> float | None:

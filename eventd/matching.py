@@ -15,8 +15,9 @@ Semantics (the rule-file reference):
   whenever X does not (`action: {not: delete}` holds when there is no action);
 - numbers never equal booleans, and comparisons ignore non-numbers.
 
-RuleSet indexes rules by their fixed `type` and `action` values, so rules that cannot match
-an event are never looked at.
+RuleSet indexes rules by their fixed `type`, `action` and `state` values, and groups the
+rest of the candidates' required conditions (eventd.prefilter), so rules that cannot match
+an event cost it next to nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from eventd.prefilter import MIN_CANDIDATES, Plan
 
 if TYPE_CHECKING:
     from eventd.rules import Rule
@@ -66,6 +69,7 @@ class CompiledMatch:
     residual: Predicate  # the match minus the conditions the index already guarantees
     types: frozenset[str] | None  # the event types the rule can match; None = any
     actions: frozenset[str] | None  # the event actions it can match; None = any
+    states: frozenset[str] | None = None  # the event states it can match; None = any
 
 
 def _true(event: Mapping[str, Any]) -> bool:
@@ -286,11 +290,13 @@ def compile_problems(match: Mapping[str, Any], path: Path = ()) -> list[MatchPro
 def _compile(match: Mapping[str, Any], path: Path, problems: list[MatchProblem]) -> CompiledMatch:
     types = _fixed(match.get("type"))
     actions = _fixed(match.get("action"))
-    skip = frozenset(k for k, pinned in (("type", types), ("action", actions)) if pinned)
+    states = _fixed(match.get("state"))
+    skip = frozenset(k for k, pinned in (("type", types), ("action", actions), ("state", states))
+                     if pinned)
     return CompiledMatch(
         predicate=_compile_mapping(match, path, frozenset(), problems),
         residual=_compile_mapping(match, path, skip, []),  # same problems as above
-        types=types, actions=actions,
+        types=types, actions=actions, states=states,
     )
 
 
@@ -308,7 +314,7 @@ class RuleSet:
         self.disabled: tuple[Rule, ...] = tuple(r for r in loaded if not r.enabled)
         self.by_name: dict[str, Rule] = {r.name: r for r in self.rules}
         self._table, self._other_row = self._build_index()
-        self._memo: dict[tuple[Any, Any], Candidates] = {}
+        self._memo: dict[tuple[Any, Any, Any], Candidates | Plan] = {}
 
     def _build_index(self) -> tuple[dict[str, dict[Any, Candidates]], dict[Any, Candidates]]:
         types = {t for r in self.rules if r.compiled.types for t in r.compiled.types}
@@ -330,21 +336,32 @@ class RuleSet:
     def __iter__(self) -> Any:
         return iter(self.rules)
 
-    def candidates(self, event_type: Any, action: Any) -> Candidates:
-        """The rules (with their residual predicates) an event of this type/action may match."""
+    def candidates(self, event_type: Any, action: Any, state: Any) -> Candidates:
+        """The rules (with their residual predicates) an event of this type/action/state may match.
+
+        A residual leaves out the conditions the index guarantees (fixed type, action and
+        state), so it is only valid for candidates found with all three keys.
+        """
         row = self._table.get(event_type, self._other_row)
         found = row.get(action)
-        return row[_OTHER] if found is None else found
+        by_type_action = row[_OTHER] if found is None else found
+        return tuple((rule, residual) for rule, residual in by_type_action
+                     if rule.compiled.states is None or state in rule.compiled.states)
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The enabled rules whose match holds for `event`, in load order."""
-        key = (event.get("type"), event.get("action"))
+        key = (event.get("type"), event.get("action"), event.get("state"))
         try:
             candidates = self._memo[key]
         except KeyError:
-            candidates = self.candidates(*key)
-            if len(self._memo) < _MEMO_SIZE:  # type/action vocabularies are small; stay bounded
+            if not all(k is None or isinstance(k, str) for k in key):
+                return [r for r in self.rules if r.compiled.predicate(event)]
+            found = self.candidates(*key)
+            candidates = Plan(found) if len(found) >= MIN_CANDIDATES else found
+            if len(self._memo) < _MEMO_SIZE:  # type/action/state vocabularies are small
                 self._memo[key] = candidates
-        except TypeError:  # an unhashable type/action: no index, check every rule
+        except TypeError:  # an unhashable type/action/state: no index, check every rule
             return [r for r in self.rules if r.compiled.predicate(event)]
+        if type(candidates) is Plan:
+            return candidates.match(event)
         return [rule for rule, residual in candidates if residual(event)]

@@ -248,3 +248,25 @@ def test_rules_that_cannot_match_cost_nothing() -> None:
     assert large.match(event) == []
     assert _time_per_event(large, event) < 3 * _time_per_event(small, event) + 1e-6
 
+
+
+def test_state_index_agrees_with_the_full_predicate() -> None:
+    rules = RuleSet([
+        make_rule("pinned", {"type": "container", "state": ["Stopped", "Terminated"]}),
+        make_rule("single", {"state": "Running"}),
+        make_rule("in-op", {"type": "container", "state": {"in": ["Stopped"]}}),
+        make_rule("any", {}),
+    ])
+    events = [
+        {"type": "container", "state": "Stopped"},
+        {"type": "container", "state": "Running"},
+        {"type": "container"},
+        {"type": "container", "state": 5},
+        {"type": "service", "state": "Running", "action": "update"},
+        {"type": "container", "state": ["Stopped"]},  # unhashable: every rule checked
+    ]
+    for event in events:
+        expected = [r.name for r in rules.rules if r.compiled.predicate(event)]
+        assert [r.name for r in rules.match(event)] == expected, event
+        assert [r.name for r in rules.match(event)] == expected, event  # memoised path
+    assert [r.name for r in rules.match(events[0])] == ["pinned", "in-op", "any"]

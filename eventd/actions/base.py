@@ -87,6 +87,9 @@ class ActionKind(Protocol):
         """The delivery queue for these rendered options (bounded cardinality)."""
         ...
 
+    # Optional: `inactive(raw_options) -> bool`. True means running the action would do
+    # nothing (a log line below the log level), so the engine neither renders nor queues it.
+
     def run(self, job: ActionJob) -> str:
         """One attempt. Return a short description of what was done.
 

@@ -37,6 +37,11 @@ class LogAction:
         """Nothing beyond the schema."""
         return []
 
+    def inactive(self, options: dict[str, Any]) -> bool:
+        """True when the line would not be written: the engine then skips rendering it."""
+        level = LEVELS.get(options.get("level", "info"))
+        return level is not None and not logger.isEnabledFor(level)
+
     def target(self, options: dict[str, Any]) -> str:
         """Every log line goes through one queue."""
         return "log"
