@@ -189,3 +189,35 @@ rules:
     assert delivered == sent  # all of them, in the order they were accepted
     keys = {r.header("Idempotency-Key") for r in webhook_receiver.requests}
     assert len(keys) == 20
+
+
+def test_sigterm_during_a_reconnect_backoff_exits_within_a_second(tmp_path):
+    rules = write_rules(tmp_path / "rules", RULES)
+    dead = free_port()  # nothing listens here: every connect fails, eventd backs off
+    port = free_port()
+    env = {"DOCKERCLOUD_STREAM_HOST": f"ws://127.0.0.1:{dead}/",
+           "DOCKERCLOUD_REST_HOST": f"http://127.0.0.1:{dead}/",
+           "DOCKERCLOUD_USER": "user", "DOCKERCLOUD_APIKEY": "apikey", "HOME": str(tmp_path)}
+    proc = eventd("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"),
+                  "--metrics-addr", f"127.0.0.1:{port}", "--backoff-max", "30s", env=env)
+    try:
+        wait_until(lambda: _reconnects(port) >= 3, 20, interval=0.2,
+                   message="a few failed connects, so the backoff has grown")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+        assert time.monotonic() - started < 1.5
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+
+
+def _reconnects(port: int) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+    except requests.ConnectionError:
+        return 0
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "eventd_stream_reconnects_total")
