@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from eventd.actions.base import ActionJob
 from eventd.errors import TemplateError
+from eventd.dedupe import DedupeWindow
 from eventd.events import Event, Received, object_ref, parse_datetime
 from eventd.guard import report_internal_error
 from eventd.metrics import Metrics
@@ -32,8 +33,7 @@ DEFAULT_MAX_EVENT_AGE = 900.0
 class EngineStore(Protocol):
     """What the engine needs of the store: de-duplication and throttling."""
 
-    def dedupe_seen(self, uuid: str) -> bool: ...
-    def dedupe_add(self, uuid: str) -> None: ...
+    def dedupe_check_and_add(self, uuid: str) -> bool: ...
     def throttle_acquire(self, key: str, window: float, now: float) -> bool: ...
 
 
@@ -41,17 +41,11 @@ class MemoryStore:
     """An in-memory EngineStore: for `replay --dry-run`, which must write nothing."""
 
     def __init__(self, window: int = 100_000) -> None:
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._window = window
+        self._seen = DedupeWindow(window)
         self._throttle: dict[str, float] = {}
 
-    def dedupe_seen(self, uuid: str) -> bool:
-        return uuid in self._seen
-
-    def dedupe_add(self, uuid: str) -> None:
-        self._seen[uuid] = None
-        if len(self._seen) > self._window:
-            self._seen.popitem(last=False)
+    def dedupe_check_and_add(self, uuid: str) -> bool:
+        return self._seen.check_and_add(uuid)
 
     def throttle_acquire(self, key: str, window: float, now: float) -> bool:
         last = self._throttle.get(key)
@@ -115,6 +109,11 @@ class Engine:
         self._match_children: dict[str, Any] = {}
         self._action_children: dict[tuple[str, str], Any] = {}
         self._duplicate = metrics.events_duplicate
+        self._check_and_add = store.dedupe_check_and_add
+        # Counts gathered during a batch and added to the metrics once at its end: a
+        # prometheus counter takes a lock on every inc().
+        self._counts: dict[Any, int] = {}
+        self._received_children: dict[Any, Any] = {}
         self.processed = 0
 
     # -- the rule set ----------------------------------------------------------------
@@ -132,21 +131,34 @@ class Engine:
         try:
             for received in batch:
                 try:
-                    self.process(received)
+                    self._process(received)
                 except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
                     report_internal_error("engine", exc, self._metrics)
         finally:
+            self.flush_counts()
             held, self._held = self._held, None
             if held:
                 self._submit_many(held)
 
     def process(self, received: Received) -> Outcome | None:
         """Process one event; returns what was decided (None for a duplicate or no match)."""
+        if self._held is not None:  # inside process_batch, which flushes at its end
+            return self._process(received)
+        try:
+            return self._process(received)
+        finally:
+            self.flush_counts()
+
+    def _process(self, received: Received) -> Outcome | None:
         event = received.event
         kind = event.get("type")
-        self._metrics.count_received(kind)
+        child = self._received_children.get(kind)
+        if child is None:
+            child = self._received_child(kind)
+        counts = self._counts
+        counts[child] = counts.get(child, 0) + 1
         if self._is_duplicate(received, event, kind):
-            self._duplicate.inc()
+            counts[self._duplicate] = counts.get(self._duplicate, 0) + 1
             return None
         if kind == "action" and self._action_waiter is not None and not received.internal:
             self._action_waiter.observe(event)
@@ -163,10 +175,8 @@ class Engine:
         """By uuid over a bounded window; backfilled actions by (action uuid, state)."""
         if not received.internal:
             uid = event.get("uuid")
-            if isinstance(uid, str) and uid:
-                if self._store.dedupe_seen(uid):
-                    return True
-                self._store.dedupe_add(uid)
+            if type(uid) is str and uid and self._check_and_add(uid):
+                return True
         if kind != "action":
             return False
         ref = object_ref(event.get("resource_uri"))
@@ -194,6 +204,15 @@ class Engine:
             kinds = rule.kinds
             if self_caused and "dockercloud" in kinds and not rule.allow_self_caused:
                 self._decide_all(outcome, rule, "skipped", "caused by eventd's own REST action")
+                continue
+            if rule.when is None and rule.throttle is None and self._quiet(rule):
+                # Every action would do nothing (log lines below the level): no context,
+                # no rendering, only the match is counted.
+                self._count_match(rule.name)
+                outcome.rules.append(rule.name)
+                for spec in rule.actions:
+                    outcome.decisions.append(Decision(rule.name, spec.kind, "skipped", None,
+                                                      "inactive"))
                 continue
             if rule.enrich and resource is _UNSET:
                 resource = self._enrich(event)
@@ -269,6 +288,15 @@ class Engine:
         self._submit(job)
 
     # -- helpers ---------------------------------------------------------------------
+    def _quiet(self, rule: Any) -> bool:
+        """True when every action of the rule is inactive right now (checked per event:
+        log levels can change)."""
+        for spec in rule.actions:
+            inactive = getattr(self._kinds.get(spec.kind), "inactive", None)
+            if inactive is None or not inactive(spec.options):
+                return False
+        return True
+
     def _too_old(self, event: Event, received_at: float) -> bool:
         when = parse_datetime(event.get("datetime"))
         return when is not None and received_at - when > self._max_event_age
@@ -307,7 +335,24 @@ class Engine:
         child = self._match_children.get(rule)
         if child is None:
             child = self._match_children[rule] = self._metrics.rule_matches.labels(rule=rule)
-        child.inc()
+        counts = self._counts
+        counts[child] = counts.get(child, 0) + 1
+
+    def _received_child(self, kind: Any) -> Any:
+        label = self._metrics.event_type_label(kind)
+        child = self._metrics.events_received.labels(type=label)
+        try:
+            if len(self._received_children) < 1000:
+                self._received_children[kind] = child
+        except TypeError:  # an unhashable type: count it, don't cache it
+            pass
+        return child
+
+    def flush_counts(self) -> None:
+        """Add the counts gathered so far to the metrics."""
+        counts, self._counts = self._counts, {}
+        for child, amount in counts.items():
+            child.inc(amount)
 
     def _count_action(self, kind: str, outcome: str) -> None:
         child = self._action_children.get((kind, outcome))

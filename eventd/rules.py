@@ -102,6 +102,7 @@ class Rule:
     line: int
     match: Mapping[str, Any] = field(default_factory=dict, repr=False)
     compiled: CompiledMatch = field(default=None, repr=False)  # type: ignore[assignment]
+    _kinds: frozenset[str] = field(init=False, repr=False, default=frozenset())
 
     def matches(self, event: Mapping[str, Any]) -> bool:
         """Whether the rule's `match` holds for `event`."""
@@ -117,8 +118,11 @@ class Rule:
 
     @property
     def kinds(self) -> frozenset[str]:
-        """The action kinds this rule uses."""
-        return frozenset(a.kind for a in self.actions)
+        """The action kinds this rule uses (computed once: the engine asks on every match)."""
+        return self._kinds
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_kinds", frozenset(a.kind for a in self.actions))
 
 
 # --- the schema ------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class Settings:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     healthy_after: float = 30.0
-    queue_size: int = 10000
+    queue_size: int = 2048  # events between reader and engine (backpressure beyond)
     dedupe_window: int = 100000
     max_event_age: float = 900.0
     #: SQLite `synchronous` for the spool. In WAL mode "NORMAL" keeps every committed action

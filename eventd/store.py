@@ -12,13 +12,13 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from eventd.actions.base import ActionJob
+from eventd.dedupe import DedupeWindow
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class DeadLetter:
 class Store(Protocol):
     """What the dispatcher, the engine and the dead-letter CLI need from durable state."""
 
+    def dedupe_check_and_add(self, uuid: str) -> bool: ...
     def spool_add(self, job: ActionJob) -> bool: ...
     def spool_done(self, job_id: str) -> None: ...
     def spool_pending(self, target: str | None = None,
@@ -106,12 +107,8 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
         self._closed = False
-        self._dedupe_lock = threading.Lock()
-        self._dedupe_window = max(1, int(dedupe_window))
-        self._dedupe: OrderedDict[str, None] = OrderedDict(
-            (row[0], None) for row in self._db.execute("SELECT uuid FROM dedupe ORDER BY seq"))
-        while len(self._dedupe) > self._dedupe_window:
-            self._dedupe.popitem(last=False)
+        self._dedupe = DedupeWindow(dedupe_window, (
+            row[0] for row in self._db.execute("SELECT uuid FROM dedupe ORDER BY seq")))
 
     # -- spool ----------------------------------------------------------------------------------
     def spool_add(self, job: ActionJob) -> bool:
@@ -219,14 +216,14 @@ class SqliteStore:
 
     def dedupe_add(self, uuid: str) -> None:
         """Add an event uuid, evicting the oldest beyond the window."""
-        with self._dedupe_lock:
-            self._dedupe[uuid] = None
-            if len(self._dedupe) > self._dedupe_window:
-                self._dedupe.popitem(last=False)
+        self._dedupe.check_and_add(uuid)
+
+    def dedupe_check_and_add(self, uuid: str) -> bool:
+        """True if the uuid was seen already; otherwise remember it (one call per event)."""
+        return self._dedupe.check_and_add(uuid)
 
     def _save_dedupe(self) -> None:
-        with self._dedupe_lock:
-            uuids = list(self._dedupe)
+        uuids = self._dedupe.snapshot()
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM dedupe")
             self._db.executemany("INSERT INTO dedupe (seq, uuid) VALUES (?, ?)", enumerate(uuids))
