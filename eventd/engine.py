@@ -88,7 +88,7 @@ class Engine:
     def __init__(self, rules: Any, submit: Callable[[ActionJob], object], kinds: dict[str, Any],
                  store: EngineStore, metrics: Metrics, *, enricher: Any = None,
                  loop_guard: Any = None, action_waiter: Any = None,
-                 max_event_age: float = DEFAULT_MAX_EVENT_AGE, action_window: int = 100_000,
+                 max_event_age: float = DEFAULT_MAX_EVENT_AGE, action_window: int = 10_000,
                  clock: Callable[[], float] = time.time,
                  submit_many: Callable[[list[ActionJob]], object] | None = None) -> None:
         self.rules = rules

@@ -63,7 +63,7 @@ def _sample(data: bytes | str) -> str:
 
 
 _REF_CACHE: dict[str, ObjectRef | None] = {}
-_REF_CACHE_SIZE = 65536
+_REF_CACHE_SIZE = 4096  # parents and services repeat; action URIs do not: keep it small
 
 
 def object_ref(uri: object) -> ObjectRef | None:
