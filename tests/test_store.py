@@ -98,18 +98,18 @@ def test_throttle_acquire_persists_across_reopen(tmp_path):
 
 
 def test_dedupe_window_persists_across_reopen_and_is_bounded(tmp_path):
-    store = SqliteStore(tmp_path, dedupe_window=3)
-    for uuid in ("a", "b", "c", "d"):
+    store = SqliteStore(tmp_path, dedupe_window=4)
+    for uuid in ("a", "b", "c", "d", "e"):
         store.dedupe_add(uuid)
-    assert not store.dedupe_seen("a")  # evicted: the window holds 3
-    assert all(store.dedupe_seen(u) for u in ("b", "c", "d"))
+    # generations of two: "a", "b" were forgotten together when "c", "d" filled the next
+    assert [store.dedupe_seen(u) for u in "abcde"] == [False, False, True, True, True]
     store.close()
 
-    store = SqliteStore(tmp_path, dedupe_window=3)
+    store = SqliteStore(tmp_path, dedupe_window=4)
     try:
-        assert [store.dedupe_seen(u) for u in ("a", "b", "c", "d")] == [False, True, True, True]
-        store.dedupe_add("e")
-        assert not store.dedupe_seen("b")
+        assert [store.dedupe_seen(u) for u in "abcde"] == [False, False, True, True, True]
+        store.dedupe_add("f")
+        assert not store.dedupe_seen("c")
     finally:
         store.close()
 
@@ -123,7 +123,7 @@ def test_default_dedupe_window_of_100k_reloads_quickly(tmp_path):
     store = SqliteStore(tmp_path)
     elapsed = time.perf_counter() - started
     try:
-        assert store.dedupe_seen("uuid-0") and store.dedupe_seen("uuid-99999")
+        assert store.dedupe_seen("uuid-50000") and store.dedupe_seen("uuid-99999")
         assert elapsed < 2.0
     finally:
         store.close()
