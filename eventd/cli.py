@@ -144,7 +144,8 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
     metrics_addr = getattr(args, "metrics_addr", None) or env.get("EVENTD_METRICS_ADDR")
     overrides: dict[str, Any] = {
         "rules": tuple(rules) if rules else None,
-        "state_dir": args.state_dir or (Path(env["EVENTD_STATE_DIR"]) if env.get("EVENTD_STATE_DIR") else None),
+        "state_dir": args.state_dir or (
+            Path(env["EVENTD_STATE_DIR"]) if env.get("EVENTD_STATE_DIR") else None),
         "log_format": args.log_format or env.get("EVENTD_LOG_FORMAT"),
         "log_level": (args.log_level or env.get("EVENTD_LOG_LEVEL") or "INFO").upper(),
     }
@@ -164,7 +165,8 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
     if overrides["log_format"] not in (None, "text", "json"):
         raise ConfigError(f"EVENTD_LOG_FORMAT must be text or json, got {overrides['log_format']!r}")
     if overrides["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {overrides['log_level']!r}")
+        raise ConfigError("--log-level must be DEBUG, INFO, WARNING or ERROR, "
+                          f"got {overrides['log_level']!r}")
     return Settings.from_env(env, **overrides)
 
 

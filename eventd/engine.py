@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from eventd.actions.base import ActionJob
-from eventd.errors import TemplateError
 from eventd.dedupe import DedupeWindow
+from eventd.errors import TemplateError
 from eventd.events import Event, Received, object_ref, parse_datetime
 from eventd.guard import report_internal_error
 from eventd.metrics import Metrics

@@ -111,53 +111,58 @@ class Plan:
             else:
                 present.setdefault(guard[1], []).append((position, candidate))
         self._unguarded = unguarded
-        self._equal = [(_getter(f), {v: tuple(c) for v, c in by_value.items()})
+        # (field, getter for dotted fields or None, ...): plain fields are read inline.
+        self._equal = [(f, _getter(f) if "." in f else None,
+                        {v: tuple(c) for v, c in by_value.items()})
                        for f, by_value in equal.items()]
-        self._patterns: list[tuple[Callable[[Mapping[str, Any]], Any], re.Pattern[str],
+        self._patterns: list[tuple[str, Any, Callable[[str], Any],
                                    tuple[tuple[int, Candidate], ...]]] = []
         for field, members in patterns.items():
             joined = _joined([source for _, _, source in members])
             if joined is None:
                 unguarded.extend((p, c) for p, c, _ in members)
             else:
-                self._patterns.append((_getter(field), joined,
-                                       tuple((p, c) for p, c, _ in members)))
-        self._present = [(_getter(f), tuple(c)) for f, c in present.items()]
+                self._patterns.append((field, _getter(field) if "." in field else None,
+                                       joined.search, tuple((p, c) for p, c, _ in members)))
+        self._present = [(f, _getter(f) if "." in f else None, tuple(c))
+                         for f, c in present.items()]
         unguarded.sort(key=_position)  # patterns that would not join were appended last
+        self._unguarded_candidates = tuple(c for _, c in unguarded)
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The rules whose match holds, in load order."""
-        extra: list[tuple[int, Candidate]] = []
+        extra: list[tuple[int, Candidate]] | None = None
         repeats = False  # a list field may hit the same rule through two elements
-        for get, by_value in self._equal:
-            value = get(event)
+        get = event.get
+        for field, getter, by_value in self._equal:
+            value = get(field, _MISSING) if getter is None else getter(event)
             if type(value) is str:
                 hits = by_value.get(value)
                 if hits:
-                    extra.extend(hits)
+                    extra = [*(extra or ()), *hits]
             elif type(value) is list:
                 for item in value:
                     if type(item) is str:
                         hits = by_value.get(item)
                         if hits:
-                            extra.extend(hits)
+                            extra = [*(extra or ()), *hits]
                             repeats = True
-        for get, joined, members in self._patterns:
-            value = get(event)
+        for field, getter, search, members in self._patterns:
+            value = get(field, _MISSING) if getter is None else getter(event)
             if type(value) is str:
-                hit = joined.search(value) is not None
+                hit = search(value) is not None
             elif type(value) is list:
-                hit = any(type(item) is str and joined.search(item) is not None for item in value)
+                hit = any(type(item) is str and search(item) is not None for item in value)
             else:
-                hit = False
+                continue
             if hit:
-                extra.extend(members)
-        for get, members in self._present:
-            value = get(event)
+                extra = [*(extra or ()), *members]
+        for field, getter, members in self._present:
+            value = get(field, _MISSING) if getter is None else getter(event)
             if value is not _MISSING and value is not None:
-                extra.extend(members)
-        if not extra:  # the common case: only the unguarded rules are left, already in order
-            return [rule for _, (rule, residual) in self._unguarded if residual(event)]
+                extra = [*(extra or ()), *members]
+        if extra is None:  # the common case: only the unguarded rules are left, in order
+            return [rule for rule, residual in self._unguarded_candidates if residual(event)]
         if repeats:
             extra = list({position: item for position, item in ((i[0], i) for i in extra)}
                          .values())

@@ -22,7 +22,8 @@ def _host(value: str, schemes: tuple[str, ...], variable: str) -> str:
     """Normalise a host URL to end in exactly one slash; reject other schemes."""
     parts = urlsplit(value.strip())
     if parts.scheme not in schemes or not parts.netloc:
-        raise ConfigError(f"{variable} must be a {' or '.join(s + '://' for s in schemes)} URL, got {value!r}")
+        wanted = " or ".join(s + "://" for s in schemes)
+        raise ConfigError(f"{variable} must be a {wanted} URL, got {value!r}")
     return value.strip().rstrip("/") + "/"
 
 

@@ -10,6 +10,7 @@ Strings without `{{`, `{%` or `{#` are plain strings and cost nothing at run tim
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -105,6 +106,14 @@ def _fail(rule: str, where: str, exc: BaseException) -> TemplateError:
     return TemplateError(f"rule {rule!r}: {where}: {describe(exc)}", rule=rule)
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str) -> Any:
+    """Compile each distinct source once: rule sets repeat the same messages many times,
+    and a compiled template costs tens of kilobytes. Templates are immutable, so sharing
+    is safe."""
+    return ENV.from_string(source)
+
+
 class Text:
     """One compiled string template; render() raises TemplateError naming rule and place."""
 
@@ -114,7 +123,7 @@ class Text:
         self.source = source
         self.rule = rule
         self.where = where
-        self._render = ENV.from_string(source).render
+        self._render = _compiled(source).render
 
     def render(self, context: Mapping[str, Any]) -> str:
         """Render with the given context."""

@@ -116,7 +116,9 @@ def test_stream_gap_is_visible_and_readiness_follows(run_daemon, emulator, webho
           - name: stream-gap
             match: {{type: eventd}}
             actions:
-              - webhook: {{url: "{webhook_receiver.url}/gap", json: {{state: "{{{{ event.state }}}}", gap: "{{{{ event.gap_seconds }}}}"}}}}
+              - webhook:
+                  url: "{webhook_receiver.url}/gap"
+                  json: {{state: "{{{{ event.state }}}}", gap: "{{{{ event.gap_seconds }}}}"}}
     """, metrics_addr=("127.0.0.1", 0))
     base = f"http://127.0.0.1:{daemon.health_port}"
     wait_until(lambda: requests.get(base + "/readyz", timeout=2).status_code == 200, 5)

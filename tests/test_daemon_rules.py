@@ -78,12 +78,13 @@ def test_throttle_survives_a_restart(emulator, webhook_receiver, tmp_path):
     state = tmp_path / "state"
     for round_ in range(2):
         daemon = start_daemon(emulator, rules, state)
+        sample = daemon.metrics.registry.get_sample_value
         try:
-            wait_until(lambda: daemon.consumer.connected, 5)
+            wait_until(lambda consumer=daemon.consumer: consumer.connected, 5)
             emulator.emit_event(type="service", state="Stopped", resource_uri=service_uri(emulator),
                                 parents=[])
-            wait_until(lambda: daemon.metrics.registry.get_sample_value(
-                "eventd_events_received_total", {"type": "service"}) == 1, 5)
+            wait_until(lambda s=sample: s("eventd_events_received_total", {"type": "service"}) == 1,
+                       5)
             assert daemon.wait_idle(5)
             outcome = "success" if round_ == 0 else "throttled"
             assert daemon.metrics.registry.get_sample_value(

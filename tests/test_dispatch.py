@@ -198,7 +198,7 @@ def test_a_stalled_target_does_not_stop_the_others(metrics, store, webhook_recei
                    for n in range(3)]
         flowing = [make_job(hook, {"url": other.url, "json": {"n": n}}) for n in range(10)]
         try:
-            for a, b in zip(stalled, flowing):
+            for a, b in zip(stalled, flowing, strict=False):
                 dispatcher.submit(a)
                 dispatcher.submit(b)
             for b in flowing[3:]:

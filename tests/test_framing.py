@@ -12,8 +12,16 @@ import pytest
 import websocket
 
 from eventd.framing import (
-    OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, ConnectionEnded,
-    FrameReader, FramingError, encode_frame,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    ConnectionEnded,
+    FrameReader,
+    FramingError,
+    encode_frame,
 )
 from tests.waiting import wait_until
 
