@@ -7,7 +7,8 @@ match requires anyway:
 
 - `field: "value"`            one dict lookup for every rule pinning that field to a string;
 - `field: {regex|glob: ...}`  one search with all the rules' regexes (a glob: its longest
-                              literal part) joined in a single regex;
+                              literal part) joined in a single regex, then halves of it
+                              to find which rules a hit concerns;
 - `field: {exists: true}`     one presence check for all of them.
 
 A guard only ever rules a candidate *out* when the rule's own predicate would fail too; the
@@ -87,6 +88,41 @@ def _joined(sources: Sequence[str]) -> re.Pattern[str] | None:
         return None
 
 
+class _PatternTree:
+    """Patterns of one field, joined by halves, so a hit narrows down in log(n) searches.
+
+    One joined regex answers "does any pattern match?", but a single common pattern (say
+    `*/stack/*`) would then unlock every rule of the group. Splitting the group in halves,
+    each with its own joined regex, finds the rules whose patterns match in about
+    2 * log2(n) searches per matching pattern.
+    """
+
+    __slots__ = ("search", "left", "right", "members")
+
+    def __init__(self, search: Callable[[str], Any],
+                 members: Sequence[tuple[int, Candidate, str]]) -> None:
+        self.search = search
+        self.left: _PatternTree | None = None
+        self.right: _PatternTree | None = None
+        self.members = tuple((p, c) for p, c, _ in members)
+        if len(members) > 2:
+            half = len(members) // 2
+            left, right = _joined([m[2] for m in members[:half]]), _joined(
+                [m[2] for m in members[half:]])
+            if left is not None and right is not None:
+                self.left = _PatternTree(left.search, members[:half])
+                self.right = _PatternTree(right.search, members[half:])
+
+    def collect(self, value: str, out: list[tuple[int, Candidate]]) -> None:
+        """Add the members whose pattern may match `value` (the root already matched)."""
+        if self.left is None or self.right is None:
+            out.extend(self.members)
+            return
+        for child in (self.left, self.right):
+            if child.search(value) is not None:
+                child.collect(value, out)
+
+
 class Plan:
     """The candidates for one (type, action, state), with their guards grouped."""
 
@@ -115,15 +151,14 @@ class Plan:
         self._equal = [(f, _getter(f) if "." in f else None,
                         {v: tuple(c) for v, c in by_value.items()})
                        for f, by_value in equal.items()]
-        self._patterns: list[tuple[str, Any, Callable[[str], Any],
-                                   tuple[tuple[int, Candidate], ...]]] = []
+        self._patterns: list[tuple[str, Any, Callable[[str], Any], _PatternTree]] = []
         for field, members in patterns.items():
             joined = _joined([source for _, _, source in members])
             if joined is None:
                 unguarded.extend((p, c) for p, c, _ in members)
             else:
                 self._patterns.append((field, _getter(field) if "." in field else None,
-                                       joined.search, tuple((p, c) for p, c, _ in members)))
+                                       joined.search, _PatternTree(joined.search, members)))
         self._present = [(f, _getter(f) if "." in f else None, tuple(c))
                          for f, c in present.items()]
         unguarded.sort(key=_position)  # patterns that would not join were appended last
@@ -147,16 +182,21 @@ class Plan:
                         if hits:
                             extra = [*(extra or ()), *hits]
                             repeats = True
-        for field, getter, search, members in self._patterns:
+        for field, getter, search, tree in self._patterns:
             value = get(field, _MISSING) if getter is None else getter(event)
             if type(value) is str:
-                hit = search(value) is not None
+                if search(value) is not None:
+                    found: list[tuple[int, Candidate]] = []
+                    tree.collect(value, found)
+                    extra = [*(extra or ()), *found]
             elif type(value) is list:
-                hit = any(type(item) is str and search(item) is not None for item in value)
-            else:
-                continue
-            if hit:
-                extra = [*(extra or ()), *members]
+                found = []
+                for item in value:
+                    if type(item) is str and search(item) is not None:
+                        tree.collect(item, found)
+                if found:
+                    extra = [*(extra or ()), *found]
+                    repeats = True
         for field, getter, members in self._present:
             value = get(field, _MISSING) if getter is None else getter(event)
             if value is not _MISSING and value is not None:
