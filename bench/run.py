@@ -67,7 +67,7 @@ class Config:
         quick = args.quick
         return cls(
             runs=args.runs or (3 if quick else 5),
-            events=args.events or (20_000 if quick else 100_000),
+            events=args.events or (20_000 if quick else 200_000),
             memory_events=args.memory_events or (300_000 if quick else 1_000_000),
             memory_runs=args.memory_runs or 1,
             latency_seconds=args.latency_seconds or (5.0 if quick else 30.0),
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="3 runs, 20k events, 5 s latency, 300k for memory")
     parser.add_argument("--runs", type=int, default=0, help="runs per figure (default 5)")
     parser.add_argument("--events", type=int, default=0,
-                        help="events per throughput run (default 100,000; brief: 200,000)")
+                        help="events per throughput run (default 200,000)")
     parser.add_argument("--memory-events", type=int, default=0, help="default 1,000,000")
     parser.add_argument("--memory-runs", type=int, default=0, help="default 1")
     parser.add_argument("--latency-seconds", type=float, default=0, help="default 30")
