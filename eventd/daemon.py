@@ -73,7 +73,8 @@ class Daemon:
         settings = self.settings
         ruleset = self._load_rules()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore(settings.state_dir, synchronous=settings.spool_sync)
+        self.store = SqliteStore(settings.state_dir, synchronous=settings.spool_sync,
+                                 dedupe_window=settings.dedupe_window)
         self.rest = RestClient(settings.rest_host, self.credentials, user_agent=settings.user_agent,
                                reconnection_interval=_float(
                                    self.environ.get("DOCKERCLOUD_RECONNECTION_INTERVAL"), -1.0))

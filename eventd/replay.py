@@ -121,7 +121,8 @@ def _real_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str
         if any("dockercloud" in rule.kinds or rule.enrich for rule in ruleset.rules):
             log.warning("no Docker Cloud credentials: dockercloud actions and enrichment will fail")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(settings.state_dir, synchronous=settings.spool_sync)
+    store = SqliteStore(settings.state_dir, synchronous=settings.spool_sync,
+                                 dedupe_window=settings.dedupe_window)
     rest = RestClient(settings.rest_host, credentials) if credentials is not None else None
     stopping = threading.Event()
     loop_guard, waiter = LoopGuard(), ActionWaiter()

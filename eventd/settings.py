@@ -80,7 +80,7 @@ class Settings:
     backoff_max: float = 60.0
     healthy_after: float = 30.0
     queue_size: int = 2048  # events between reader and engine (backpressure beyond)
-    dedupe_window: int = 100000
+    dedupe_window: int = 50_000  # event uuids remembered: between half of it and all of it
     max_event_age: float = 900.0
     #: SQLite `synchronous` for the spool. In WAL mode "NORMAL" keeps every committed action
     #: through a crash or SIGKILL of eventd (the WAL is in the OS page cache); "FULL" also

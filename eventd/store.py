@@ -23,7 +23,7 @@ from eventd.dedupe import DedupeWindow
 logger = logging.getLogger(__name__)
 
 DB_NAME = "eventd.sqlite3"
-DEFAULT_DEDUPE_WINDOW = 100_000
+DEFAULT_DEDUPE_WINDOW = 50_000  # remembers the last 25k to 50k event uuids
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
