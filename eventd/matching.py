@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from eventd.fields import MISSING
+from eventd.fields import field_getter as _getter
 from eventd.prefilter import MIN_CANDIDATES, Plan
 
 if TYPE_CHECKING:
@@ -41,14 +43,6 @@ COMBINATORS = ("any", "all", "not")
 OPERATORS = ("glob", "regex", "not", "exists", "in", "gt", "gte", "lt", "lte")
 
 
-class _Missing:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()
 _NUMBERS = (int, float)
 
 
@@ -211,23 +205,6 @@ def compile_condition(condition: Any, path: Path) -> FieldTest:
         else:
             raise MatchProblem(where, f"unknown operator {op!r}")
     return _all(tests)
-
-
-def _getter(field: str) -> Callable[[Mapping[str, Any]], Any]:
-    parts = field.split(".")
-    if len(parts) == 1:
-        return lambda event: event.get(field, MISSING)
-
-    def get(event: Mapping[str, Any]) -> Any:
-        value: Any = event
-        for part in parts:
-            if not isinstance(value, dict):
-                return MISSING
-            value = value.get(part, MISSING)
-            if value is MISSING:
-                return MISSING
-        return value
-    return get
 
 
 def _field(field: str, test: FieldTest, condition: Any = None) -> Predicate:

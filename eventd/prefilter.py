@@ -22,6 +22,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from eventd.fields import MISSING
+from eventd.fields import field_getter as _getter
+
 if TYPE_CHECKING:
     from eventd.rules import Rule
 
@@ -30,24 +33,6 @@ Candidate = tuple["Rule", Predicate]
 
 #: Below this many candidates a plain scan is as fast as any plan.
 MIN_CANDIDATES = 8
-_MISSING = object()
-
-
-def _getter(field: str) -> Callable[[Mapping[str, Any]], Any]:
-    if "." not in field:
-        return lambda event: event.get(field, _MISSING)
-    parts = field.split(".")
-
-    def get(event: Mapping[str, Any]) -> Any:
-        value: Any = event
-        for part in parts:
-            if not isinstance(value, dict):
-                return _MISSING
-            value = value.get(part, _MISSING)
-            if value is _MISSING:
-                return _MISSING
-        return value
-    return get
 
 
 def _guard(match: Mapping[str, Any], pinned: frozenset[str]) -> tuple[str, str, Any] | None:
@@ -170,7 +155,7 @@ class Plan:
         repeats = False  # a list field may hit the same rule through two elements
         get = event.get
         for field, getter, by_value in self._equal:
-            value = get(field, _MISSING) if getter is None else getter(event)
+            value = get(field, MISSING) if getter is None else getter(event)
             if type(value) is str:
                 hits = by_value.get(value)
                 if hits:
@@ -183,7 +168,7 @@ class Plan:
                             extra = [*(extra or ()), *hits]
                             repeats = True
         for field, getter, search, tree in self._patterns:
-            value = get(field, _MISSING) if getter is None else getter(event)
+            value = get(field, MISSING) if getter is None else getter(event)
             if type(value) is str:
                 if search(value) is not None:
                     found: list[tuple[int, Candidate]] = []
@@ -198,8 +183,8 @@ class Plan:
                     extra = [*(extra or ()), *found]
                     repeats = True
         for field, getter, members in self._present:
-            value = get(field, _MISSING) if getter is None else getter(event)
-            if value is not _MISSING and value is not None:
+            value = get(field, MISSING) if getter is None else getter(event)
+            if value is not MISSING and value is not None:
                 extra = [*(extra or ()), *members]
         if extra is None:  # the common case: only the unguarded rules are left, in order
             return [rule for rule, residual in self._unguarded_candidates if residual(event)]
