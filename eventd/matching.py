@@ -339,6 +339,6 @@ class RuleSet:
                 self._memo[key] = candidates
         except TypeError:  # an unhashable type/action/state: no index, check every rule
             return [r for r in self.rules if r.compiled.predicate(event)]
-        if type(candidates) is Plan:
+        if isinstance(candidates, Plan):
             return candidates.match(event)
         return [rule for rule, residual in candidates if residual(event)]

@@ -103,7 +103,7 @@ class StreamConsumer:
     def __init__(self, url: str, credentials: Credentials, sink: Sink, metrics: Metrics,
                  stopping: threading.Event, options: StreamOptions | None = None,
                  recorder: Recorder | None = None,
-                 backfill: Callable[[float], None] | None = None,
+                 backfill: Callable[[float], object] | None = None,
                  sleep: Callable[[float], object] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self.url = url
@@ -215,7 +215,7 @@ class StreamConsumer:
             self._ws = ws
             self._close_sent = False
         try:
-            ws.connect(self.url, timeout=opts.handshake_timeout, header=[
+            ws.connect(self.url, timeout=opts.handshake_timeout, header=[  # type: ignore[no-untyped-call]
                 f"Authorization: {self._credentials.header}", f"User-Agent: {opts.user_agent}"])
         except websocket.WebSocketBadStatusException as exc:
             _quietly(ws.shutdown)
@@ -249,6 +249,7 @@ class StreamConsumer:
         else:
             logger.info("connected to %s (gap %.1f s)", self._safe_url, gap)
         # A failed pong write is left for the next read to notice as a dead socket.
+        assert ws.sock is not None  # connect() succeeded
         reader = FrameReader(ws.sock, on_ping=lambda payload: _quietly(lambda: ws.pong(payload)))
         auth_error: AuthRejected | None = None
         try:

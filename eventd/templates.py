@@ -128,7 +128,7 @@ class Text:
     def render(self, context: Mapping[str, Any]) -> str:
         """Render with the given context."""
         try:
-            return self._render(context)
+            return str(self._render(context))
         except Exception as exc:  # anything a user's template can raise, e.g. ZeroDivisionError
             raise _fail(self.rule, self.where, exc) from exc
 

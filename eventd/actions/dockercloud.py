@@ -20,6 +20,7 @@ from eventd.actions.base import ActionContext, ActionJob
 from eventd.errors import ActionError, PermanentActionError
 from eventd.events import object_ref
 from eventd.guards import ActionSkipped, LoopGuard, TargetLimiter
+from eventd.rest import RestClient
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class DockerCloudAction:
             raise PermanentActionError(f"{what} {target}: action {action_uri} ended {state}")
         return f"{what} {target}: action {action_uri} {state}"
 
-    def _call(self, rest: Any, call: str | None, target: str,
+    def _call(self, rest: RestClient, call: str | None, target: str,
               options: dict[str, Any]) -> requests.Response:
         if call is None:
             return rest.request(str(options["method"]).upper(), target, json=options.get("json"))
