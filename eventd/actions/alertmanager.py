@@ -11,8 +11,8 @@ import json
 import time
 from typing import Any, ClassVar
 
-from eventd.actions.base import ActionContext, ActionJob
-from eventd.actions.webhook import DEFAULT_TIMEOUT, SessionPool, check_timeout, check_url, origin
+from eventd.actions.base import ActionJob
+from eventd.actions.webhook import DEFAULT_TIMEOUT, HttpPostAction, check_timeout, check_url, origin
 from eventd.errors import PermanentActionError
 from eventd.events import parse_datetime
 from eventd.http import send
@@ -25,7 +25,7 @@ def rfc3339(timestamp: float) -> str:
     return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class AlertmanagerAction:
+class AlertmanagerAction(HttpPostAction):
     """POST `[alert]` to `<url>/api/v2/alerts`."""
 
     name: ClassVar[str] = "alertmanager"
@@ -44,10 +44,6 @@ class AlertmanagerAction:
         },
     }
 
-    def __init__(self, context: ActionContext) -> None:
-        self.context = context
-        self._sessions = SessionPool()
-
     @classmethod
     def validate(cls, options: dict[str, Any]) -> list[str]:
         """url is an http(s) base URL; labels and annotations are mappings."""
@@ -57,14 +53,6 @@ class AlertmanagerAction:
                 problems.append(f"{key} must be a mapping of names to strings")
         problems.extend(check_timeout(options.get("timeout")))
         return problems
-
-    def target(self, options: dict[str, Any]) -> str:
-        """One queue per Alertmanager host."""
-        return f"alertmanager:{origin(str(options.get('url', '')))}"
-
-    def describe(self, job: ActionJob) -> str:
-        """Where the job goes, safe to log."""
-        return origin(str(job.options.get("url", "")))
 
     def alert(self, job: ActionJob) -> dict[str, Any]:
         """The one alert this job posts."""
@@ -94,7 +82,3 @@ class AlertmanagerAction:
                         timeout=float(job.options.get("timeout") or DEFAULT_TIMEOUT),
                         headers=headers, data=body)
         return f"alert {job.rule} to {where}: HTTP {response.status_code}"
-
-    def close(self) -> None:
-        """Close the HTTP sessions."""
-        self._sessions.close()

@@ -88,7 +88,30 @@ class SessionPool:
             session.close()
 
 
-class WebhookAction:
+class HttpPostAction:
+    """What every HTTP-delivered kind shares: a session pool, one queue per host, logs that
+    name only scheme://host:port. Subclasses set `name` and implement `run`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, context: ActionContext) -> None:
+        self.context = context
+        self._sessions = SessionPool()
+
+    def target(self, options: dict[str, Any]) -> str:
+        """One queue per receiving host."""
+        return f"{self.name}:{origin(str(options.get('url', '')))}"
+
+    def describe(self, job: ActionJob) -> str:
+        """Where the job goes, safe to log."""
+        return origin(str(job.options.get("url", "")))
+
+    def close(self) -> None:
+        """Close the HTTP sessions."""
+        self._sessions.close()
+
+
+class WebhookAction(HttpPostAction):
     """POST (or another method) a JSON or text body to a URL."""
 
     name: ClassVar[str] = "webhook"
@@ -108,10 +131,6 @@ class WebhookAction:
         },
     }
 
-    def __init__(self, context: ActionContext) -> None:
-        self.context = context
-        self._sessions = SessionPool()
-
     @classmethod
     def validate(cls, options: dict[str, Any]) -> list[str]:
         """url is an http(s) URL, json and body exclude each other, the method is known."""
@@ -127,14 +146,6 @@ class WebhookAction:
             problems.append("headers must be a mapping of names to strings")
         problems.extend(check_timeout(options.get("timeout")))
         return problems
-
-    def target(self, options: dict[str, Any]) -> str:
-        """One queue per receiving host."""
-        return f"webhook:{origin(str(options.get('url', '')))}"
-
-    def describe(self, job: ActionJob) -> str:
-        """Where the job goes, safe to log."""
-        return origin(str(job.options.get("url", "")))
 
     def run(self, job: ActionJob) -> str:
         """Send the request once; 2xx is success, 5xx/429/connection errors are retryable."""
@@ -158,10 +169,6 @@ class WebhookAction:
                         timeout=float(options.get("timeout") or DEFAULT_TIMEOUT),
                         headers=headers, **kwargs)
         return f"{method} {where}: HTTP {response.status_code}"
-
-    def close(self) -> None:
-        """Close the HTTP sessions."""
-        self._sessions.close()
 
 
 def _default_header(headers: dict[str, str], name: str, value: str) -> None:
