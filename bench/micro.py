@@ -23,13 +23,13 @@ import streamgen  # noqa: E402
 
 from eventd.actions import ACTIONS, resolve  # noqa: E402
 from eventd.actions.base import ActionContext  # noqa: E402
-from eventd.dispatch import Dispatcher  # noqa: E402
+from eventd.delivery.dispatcher import Dispatcher  # noqa: E402
 from eventd.engine import Engine  # noqa: E402
 from eventd.events import Received, parse_event  # noqa: E402
-from eventd.metrics import Metrics  # noqa: E402
-from eventd.rules import load_rules  # noqa: E402
+from eventd.ops.metrics import Metrics  # noqa: E402
+from eventd.ruleset.loader import load_rules  # noqa: E402
 from eventd.settings import Settings  # noqa: E402
-from eventd.store import SqliteStore  # noqa: E402
+from eventd.stores.sqlite import SqliteStore  # noqa: E402
 
 EVENTS = 50_000
 

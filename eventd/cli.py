@@ -85,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.set_defaults(handler=emulator_cli.run)
 
     demo = sub.add_parser("demo", help="see eventd work against the emulator, in one command")
-    from eventd import demo as demo_module
+    from eventd.commands import demo as demo_module
 
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=demo_module.run)
 
     deadletter = sub.add_parser("deadletter", help="list, retry or purge dead letters")
-    from eventd import deadletter_cli
+    from eventd.commands import deadletter as deadletter_cli
 
     deadletter_cli.add_arguments(deadletter)
     deadletter.set_defaults(handler=deadletter_cli.run)
@@ -172,8 +172,8 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
 
 def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """`eventd run`: the daemon, until SIGTERM/SIGINT (0) or rejected credentials (3)."""
-    from eventd.auth import load_credentials
-    from eventd.logconfig import configure
+    from eventd.ops.logconfig import configure
+    from eventd.sources.dockercloud.auth import load_credentials
 
     try:
         settings = _settings(args, env)
@@ -231,7 +231,7 @@ def _print_rule_problems(exc: RuleError) -> None:
 # -- check, schema -----------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """`eventd check PATH ...`: one line per problem, exit 1 if any."""
-    from eventd.rules import check_paths
+    from eventd.ruleset.loader import check_paths
 
     problems = check_paths(args.paths, env)
     for problem in problems:
@@ -244,7 +244,7 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_schema(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """`eventd schema`: the JSON Schema that editors can validate rule files with."""
-    from eventd.rules import schema
+    from eventd.ruleset.loader import schema
 
     print(json.dumps(schema(), indent=2))
     return EXIT_OK
@@ -253,7 +253,7 @@ def cmd_schema(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 # -- replay ------------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """`eventd replay FILE --rules PATH [--dry-run]`."""
-    from eventd import replay
+    from eventd.commands import replay
 
     try:
         settings = _settings(args, env)
@@ -261,7 +261,7 @@ def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"eventd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if not args.dry_run:
-        from eventd.logconfig import configure
+        from eventd.ops.logconfig import configure
 
         configure(settings.log_format, settings.log_level)
     try:

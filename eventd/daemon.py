@@ -19,26 +19,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from eventd.action_waiter import ActionWaiter
 from eventd.actions import ACTIONS, resolve
 from eventd.actions.base import ActionContext, ActionJob
-from eventd.auth import Credentials
-from eventd.backfill import Backfiller
-from eventd.dispatch import Dispatcher
+from eventd.delivery.dispatcher import Dispatcher
+from eventd.delivery.guards import LoopGuard
 from eventd.engine import Engine
-from eventd.enrich import Enricher
 from eventd.errors import AuthRejected, RuleError
 from eventd.events import Received
-from eventd.guard import report_internal_error
-from eventd.guards import LoopGuard
 from eventd.handoff import EventQueue
-from eventd.metrics import Metrics
-from eventd.recorder import Recorder
-from eventd.rest import RestClient
-from eventd.rules import load_rules
+from eventd.ops.internal import report_internal_error
+from eventd.ops.metrics import Metrics
+from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
-from eventd.store import SqliteStore
-from eventd.stream import StreamConsumer, StreamOptions
+from eventd.sources.dockercloud.action_waiter import ActionWaiter
+from eventd.sources.dockercloud.auth import Credentials
+from eventd.sources.dockercloud.backfill import Backfiller
+from eventd.sources.dockercloud.enrich import Enricher
+from eventd.sources.dockercloud.recorder import Recorder
+from eventd.sources.dockercloud.rest import RestClient
+from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
+from eventd.stores.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Daemon:
         self._spawn("engine", self._engine_loop)
         self._spawn("stream", self._stream_loop)
         if settings.metrics_addr is not None:
-            from eventd.health import serve
+            from eventd.ops.health import serve
 
             host, port = settings.metrics_addr
             self._health = serve(host, port, self.metrics.registry, self.ready)
@@ -153,7 +153,7 @@ class Daemon:
                 except Exception as exc:  # noqa: BLE001
                     report_internal_error("shutdown", exc, self.metrics)
             if self._health is not None:
-                from eventd.health import shutdown
+                from eventd.ops.health import shutdown
 
                 shutdown(*self._health, timeout=1.0)
             self.metrics.stream_connected.set(0)

@@ -20,9 +20,9 @@ from eventd.actions.base import ActionJob
 from eventd.dedupe import DedupeWindow
 from eventd.errors import TemplateError
 from eventd.events import Event, Received, object_ref, parse_datetime
-from eventd.guard import report_internal_error
-from eventd.metrics import Metrics
-from eventd.templates import build_context
+from eventd.ops.internal import report_internal_error
+from eventd.ops.metrics import Metrics
+from eventd.ruleset.templates import build_context
 
 log = logging.getLogger(__name__)
 

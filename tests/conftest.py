@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventd.metrics import Metrics
+from eventd.ops.metrics import Metrics
 from tests.receiver import WebhookReceiver
 
 
@@ -45,7 +45,7 @@ def internal_errors() -> Iterator[list[tuple[str, BaseException]]]:
 
     A test that provokes one on purpose takes this fixture and clears the list.
     """
-    from eventd.guard import set_test_hook
+    from eventd.ops.internal import set_test_hook
 
     caught: list[tuple[str, BaseException]] = []
     set_test_hook(lambda where, exc: caught.append((where, exc)))

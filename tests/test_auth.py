@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from eventd.auth import Credentials, load_credentials
 from eventd.errors import CredentialsMissing
+from eventd.sources.dockercloud.auth import Credentials, load_credentials
 
 
 def basic(user: str, secret: str) -> str:

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from eventd.auth import Credentials
-from eventd.backfill import Backfiller
 from eventd.events import Received, iso_utc
-from eventd.rest import RestClient
+from eventd.sources.dockercloud.auth import Credentials
+from eventd.sources.dockercloud.backfill import Backfiller
+from eventd.sources.dockercloud.rest import RestClient
 from tests.waiting import wait_until
 
 
@@ -76,7 +76,7 @@ def test_server_errors_are_retried_with_a_short_backoff(emulator, rest, metrics)
 
 
 def test_gives_up_after_the_last_attempt_and_says_so(emulator, rest, metrics, caplog):
-    caplog.set_level(logging.WARNING, logger="eventd.backfill")
+    caplog.set_level(logging.WARNING, logger="eventd.sources.dockercloud.backfill")
     emulator.faults.fail_rest(500, count=10)
     batches: list[list[Received]] = []
     assert Backfiller(rest, batches.append, metrics, attempts=3, sleep=lambda s: None)(time.time()) == 0
@@ -86,7 +86,7 @@ def test_gives_up_after_the_last_attempt_and_says_so(emulator, rest, metrics, ca
 
 
 def test_rejected_credentials_are_not_retried(emulator, metrics, caplog):
-    caplog.set_level(logging.WARNING, logger="eventd.backfill")
+    caplog.set_level(logging.WARNING, logger="eventd.sources.dockercloud.backfill")
     bad = RestClient(emulator.rest_url, Credentials.basic("user", "wrong-key", "test"))
     batches: list[list[Received]] = []
     assert Backfiller(bad, batches.append, metrics, sleep=lambda s: None)(time.time()) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from eventd.errors import RuleError
-from eventd.rules import Problem, check_paths, load_rules
+from eventd.ruleset.loader import Problem, check_paths, load_rules
 
 DATA = Path(__file__).parent / "data" / "rules"
 BROKEN = DATA / "broken"

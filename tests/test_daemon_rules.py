@@ -8,10 +8,10 @@ import json
 import threading
 import time
 
+from eventd.commands.replay import run as replay_run
 from eventd.emulator.world import DEFAULT_SERVICE_UUIDS
 from eventd.events import iso_utc
-from eventd.metrics import Metrics
-from eventd.replay import run as replay_run
+from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
 from tests.daemon_helpers import emulator_env, start_daemon, write_rules
 from tests.waiting import wait_until

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eventd.dedupe import DedupeWindow
-from eventd.store import SqliteStore
+from eventd.stores.sqlite import SqliteStore
 
 
 def test_window_remembers_at_least_half_and_at_most_its_size() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eventd import demo
+from eventd.commands import demo
 
 APIKEY = "demo-test-apikey-5f1c0ffee"
 

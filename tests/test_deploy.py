@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from eventd import health
+from eventd.ops import health
 from eventd.settings import Settings, parse_addr, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,7 +290,7 @@ def test_kubernetes_secret_keys_and_references_agree() -> None:
     referenced = {item["name"] for item in container()["env"]}
     assert {"DOCKERCLOUD_USER", "DOCKERCLOUD_APIKEY", "DOCKERCLOUD_AUTH"} <= referenced
     # The placeholder secret is a complete set: USER+APIKEY load as credentials.
-    from eventd.auth import load_credentials
+    from eventd.sources.dockercloud.auth import load_credentials
 
     creds = load_credentials(secret["stringData"], home=Path("/nonexistent"))
     assert creds.source == "DOCKERCLOUD_USER+DOCKERCLOUD_APIKEY"
@@ -375,7 +375,7 @@ def test_shutdown_timeouts_fit_inside_each_grace_period() -> None:
 
 
 def test_configmap_sample_rules_load(tmp_path: Path) -> None:
-    rules = pytest.importorskip("eventd.rules")
+    rules = pytest.importorskip("eventd.ruleset.loader")
     for name, text in k8s("ConfigMap")["data"].items():
         (tmp_path / name).write_text(text)
     env = {item["name"]: item.get("value", "https://alerts.example/hook")
@@ -385,6 +385,6 @@ def test_configmap_sample_rules_load(tmp_path: Path) -> None:
 
 
 def test_image_rules_load_with_the_image_environment() -> None:
-    rules = pytest.importorskip("eventd.rules")
+    rules = pytest.importorskip("eventd.ruleset.loader")
     env = {**docker_env(), "ALERT_WEBHOOK_URL": "https://alerts.example/hook"}
     assert rules.check_paths([ROOT / "rules"], env) == []

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from eventd import deadletter_cli
 from eventd.actions.webhook import WebhookAction
-from eventd.dispatch import Dispatcher
-from eventd.guards import CircuitBreaker
-from eventd.store import SqliteStore
+from eventd.commands import deadletter as deadletter_cli
+from eventd.delivery.dispatcher import Dispatcher
+from eventd.delivery.guards import CircuitBreaker
+from eventd.stores.sqlite import SqliteStore
 from tests.actions import make_context, make_job, sample
 from tests.receiver import WebhookReceiver
 from tests.waiting import wait_until
@@ -254,11 +254,11 @@ _CHILD = textwrap.dedent("""
     from pathlib import Path
     from eventd.actions.base import ActionContext, ActionJob
     from eventd.actions.webhook import WebhookAction
-    from eventd.dispatch import Dispatcher
-    from eventd.guards import CircuitBreaker
-    from eventd.metrics import Metrics
+    from eventd.delivery.dispatcher import Dispatcher
+    from eventd.delivery.guards import CircuitBreaker
+    from eventd.ops.metrics import Metrics
     from eventd.settings import Settings
-    from eventd.store import SqliteStore
+    from eventd.stores.sqlite import SqliteStore
 
     state, url, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     context = ActionContext(settings=Settings(), metrics=Metrics())

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from eventd.auth import Credentials
-from eventd.enrich import Enricher
-from eventd.rest import RestClient
+from eventd.sources.dockercloud.auth import Credentials
+from eventd.sources.dockercloud.enrich import Enricher
+from eventd.sources.dockercloud.rest import RestClient
 
 
 class Clock:
@@ -82,7 +82,7 @@ def test_failures_are_retried_then_none_with_a_warning(emulator, rest, caplog):
     with caplog.at_level(logging.WARNING):
         assert enricher.resource(other) is None
     assert len(waits) == 4
-    [record] = [r for r in caplog.records if r.name == "eventd.enrich"]
+    [record] = [r for r in caplog.records if r.name == "eventd.sources.dockercloud.enrich"]
     assert record.levelno == logging.WARNING and "HTTP 503" in record.getMessage()
     missing = {"type": "container", "resource_uri": "/api/app/v1/user/container/nope/"}
     assert enricher.resource(missing) is None  # 404: not retried

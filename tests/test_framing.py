@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import websocket
 
-from eventd.framing import (
+from eventd.sources.dockercloud.framing import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,

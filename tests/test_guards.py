@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from eventd.guards import CircuitBreaker, LoopGuard, TargetLimiter
+from eventd.delivery.guards import CircuitBreaker, LoopGuard, TargetLimiter
 
 SVC = "09cbcf8d-a727-40d9-b420-c8e18b7fa55b"
 

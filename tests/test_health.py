@@ -9,8 +9,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventd import __version__, health
-from eventd.metrics import Metrics
+from eventd import __version__
+from eventd.ops import health
+from eventd.ops.metrics import Metrics
 
 
 class Readiness:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventd import logconfig
-from eventd.auth import Credentials
 from eventd.errors import ConfigError
+from eventd.ops import logconfig
+from eventd.sources.dockercloud.auth import Credentials
 
 CREDS = Credentials.basic("alice", "s3cr3t-apikey-0123456789", "test")
 SECRETS = CREDS.secrets()
@@ -39,10 +39,10 @@ def configured(log_format: str = "text", level: str = "INFO") -> io.StringIO:
 
 def test_text_line_shape() -> None:
     out = configured("text")
-    logging.getLogger("eventd.stream").info("connected to %s", "wss://ws.example/")
+    logging.getLogger("eventd.sources.dockercloud.stream").info("connected to %s", "wss://ws.example/")
     line = out.getvalue()
     assert re.fullmatch(
-        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO eventd\.stream: connected to wss://ws\.example/\n",
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO eventd\.sources\.dockercloud\.stream: connected to wss://ws\.example/\n",
         line), line
 
 
@@ -95,7 +95,7 @@ def test_bad_format_or_level_is_a_config_error(fmt: str, level: str) -> None:
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_credentials_never_reach_the_output(log_format: str) -> None:
     out = configured(log_format)
-    log = logging.getLogger("eventd.http")
+    log = logging.getLogger("eventd.delivery.http")
     header = CREDS.header
     token = header.split()[1]
     log.info("sending headers %s", {"Authorization": header, "Accept": "application/json"})

@@ -12,9 +12,9 @@ import yaml
 from eventd.actions.base import ActionJob
 from eventd.actions.log import LogAction
 from eventd.errors import RuleError, TemplateError
-from eventd.interpolate import InterpolationError, expand
-from eventd.rules import ActionSpec, Rule, ThrottleSpec, check_paths, load_rules, schema
-from eventd.templates import build_context
+from eventd.ruleset.interpolate import InterpolationError, expand
+from eventd.ruleset.loader import ActionSpec, Rule, ThrottleSpec, check_paths, load_rules, schema
+from eventd.ruleset.templates import build_context
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "rules"

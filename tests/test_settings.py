@@ -6,7 +6,7 @@ import pytest
 
 from eventd.errors import ConfigError
 from eventd.settings import Settings, parse_duration
-from eventd.stream import StreamOptions
+from eventd.sources.dockercloud.stream import StreamOptions
 
 
 def test_defaults_point_at_docker_cloud():

@@ -6,7 +6,7 @@ import sqlite3
 import time
 
 from eventd.actions.base import ActionJob
-from eventd.store import SqliteStore
+from eventd.stores.sqlite import SqliteStore
 
 
 def job(n: int, target: str = "webhook:http://127.0.0.1:9", **kw) -> ActionJob:

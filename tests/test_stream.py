@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from eventd.auth import Credentials
-from eventd.backfill import Backfiller
 from eventd.emulator import Emulator
 from eventd.errors import AuthRejected
 from eventd.events import Received
-from eventd.metrics import Metrics
-from eventd.recorder import Recorder
-from eventd.rest import RestClient
+from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
-from eventd.stream import StreamConsumer, StreamOptions
+from eventd.sources.dockercloud.auth import Credentials
+from eventd.sources.dockercloud.backfill import Backfiller
+from eventd.sources.dockercloud.recorder import Recorder
+from eventd.sources.dockercloud.rest import RestClient
+from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
 from tests.waiting import wait_until
 
 FAST = dict(ping_interval=0.2, pong_timeout=0.3, idle_timeout=5.0, backoff_initial=0.05,
@@ -152,7 +152,7 @@ def test_namespace_in_path_with_both_host_forms(emulator, start, host_suffix):
 
 def test_malformed_frames_are_counted_by_reason_and_good_ones_delivered(emulator, metrics, start,
                                                                         caplog):
-    caplog.set_level(logging.WARNING, logger="eventd.stream")
+    caplog.set_level(logging.WARNING, logger="eventd.sources.dockercloud.stream")
     run = start()
     wait_until(connected(run))
     good = []
@@ -175,7 +175,7 @@ def test_malformed_frames_are_counted_by_reason_and_good_ones_delivered(emulator
 
 
 def test_auth_and_error_messages_are_not_events(emulator, metrics, start, caplog):
-    caplog.set_level(logging.WARNING, logger="eventd.stream")
+    caplog.set_level(logging.WARNING, logger="eventd.sources.dockercloud.stream")
     run = start()
     wait_until(connected(run))
     emulator.emit({"type": "auth"})
@@ -311,7 +311,7 @@ def test_stream_keeps_running_with_pings_answered(emulator, metrics, start):
 
 def test_handshake_401_raises_auth_rejected_after_exactly_one_attempt(emulator, metrics, start,
                                                                      caplog):
-    caplog.set_level(logging.ERROR, logger="eventd.stream")
+    caplog.set_level(logging.ERROR, logger="eventd.sources.dockercloud.stream")
     run = start(credentials=Credentials.basic("user", "wrong-key", "test"))
     run.thread.join(5)
     assert isinstance(run.error, AuthRejected) and run.error.status_code == 401

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eventd.errors import TemplateError
-from eventd.templates import Condition, Text, build_context, check, check_condition, compile_tree
+from eventd.ruleset.templates import Condition, Text, build_context, check, check_condition, compile_tree
 
 SERVICE = "/api/app/v1/acme/service/09cbcf8d-a727-40d9-b420-c8e18b7fa55b/"
 STACK = "/api/app/v1/acme/stack/46aca402-2109-4a70-a378-760cfed43816/"

@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 from eventd.actions.base import ActionJob
 from eventd.actions.webhook import DEFAULT_TIMEOUT, HttpPostAction, check_timeout, check_url, origin
+from eventd.delivery.http import send
 from eventd.errors import PermanentActionError
 from eventd.events import parse_datetime
-from eventd.http import send
 
 ALERTS_PATH = "/api/v2/alerts"
 

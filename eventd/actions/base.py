@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from eventd.auth import Credentials
-    from eventd.metrics import Metrics
-    from eventd.rest import RestClient
+    from eventd.ops.metrics import Metrics
     from eventd.settings import Settings
+    from eventd.sources.dockercloud.auth import Credentials
+    from eventd.sources.dockercloud.rest import RestClient
 
 
 @dataclass(slots=True)

@@ -15,12 +15,12 @@ from typing import Any, ClassVar
 
 import requests
 
-from eventd.action_waiter import TERMINAL_STATES, ActionWaiter
 from eventd.actions.base import ActionContext, ActionJob
+from eventd.delivery.guards import ActionSkipped, LoopGuard, TargetLimiter
 from eventd.errors import ActionError, PermanentActionError
 from eventd.events import object_ref
-from eventd.guards import ActionSkipped, LoopGuard, TargetLimiter
-from eventd.rest import RestClient
+from eventd.sources.dockercloud.action_waiter import TERMINAL_STATES, ActionWaiter
+from eventd.sources.dockercloud.rest import RestClient
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import requests
 
 from eventd.actions.base import ActionContext, ActionJob
+from eventd.delivery.http import new_session, send
 from eventd.errors import PermanentActionError
-from eventd.http import new_session, send
 
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
 DEFAULT_TIMEOUT = 10.0

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from eventd.actions.base import ActionContext, ActionJob
-from eventd.metrics import Metrics
+from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
 
 _ids = itertools.count(1)

@@ -6,8 +6,8 @@ import json
 import time
 
 from eventd.actions.audit import AuditAction
-from eventd.dispatch import Dispatcher
-from eventd.store import SqliteStore
+from eventd.delivery.dispatcher import Dispatcher
+from eventd.stores.sqlite import SqliteStore
 from tests.actions import EVENT, make_context, make_job, sample
 
 

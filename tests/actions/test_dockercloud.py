@@ -6,14 +6,14 @@ import threading
 
 import pytest
 
-from eventd.action_waiter import ActionWaiter
 from eventd.actions.dockercloud import DockerCloudAction
-from eventd.auth import Credentials
-from eventd.dispatch import Dispatcher
+from eventd.delivery.dispatcher import Dispatcher
+from eventd.delivery.guards import LoopGuard, TargetLimiter
 from eventd.errors import PermanentActionError
-from eventd.guards import LoopGuard, TargetLimiter
-from eventd.rest import RestClient
-from eventd.store import SqliteStore
+from eventd.sources.dockercloud.action_waiter import ActionWaiter
+from eventd.sources.dockercloud.auth import Credentials
+from eventd.sources.dockercloud.rest import RestClient
+from eventd.stores.sqlite import SqliteStore
 from tests.actions import make_context, make_job, sample
 from tests.waiting import wait_until
 

@@ -20,8 +20,8 @@ from eventd.actions.base import ActionContext, ActionJob
 from eventd.engine import Engine, MemoryStore, Outcome
 from eventd.errors import CredentialsMissing, MalformedEvent
 from eventd.events import Received, parse_event
-from eventd.metrics import Metrics
-from eventd.rules import load_rules
+from eventd.ops.metrics import Metrics
+from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,13 @@ def _print_outcome(out: IO[str], received: Received, outcome: Outcome) -> None:
 
 def _real_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str, str],
               metrics: Metrics, out: IO[str]) -> int:
-    from eventd.action_waiter import ActionWaiter
-    from eventd.auth import load_credentials
-    from eventd.dispatch import Dispatcher
-    from eventd.enrich import Enricher
-    from eventd.guards import LoopGuard
-    from eventd.rest import RestClient
-    from eventd.store import SqliteStore
+    from eventd.delivery.dispatcher import Dispatcher
+    from eventd.delivery.guards import LoopGuard
+    from eventd.sources.dockercloud.action_waiter import ActionWaiter
+    from eventd.sources.dockercloud.auth import load_credentials
+    from eventd.sources.dockercloud.enrich import Enricher
+    from eventd.sources.dockercloud.rest import RestClient
+    from eventd.stores.sqlite import SqliteStore
 
     try:
         credentials = load_credentials(environ)

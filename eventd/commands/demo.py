@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import eventd
-from eventd.logconfig import redact
+from eventd.ops.logconfig import redact
 
 USER = "demo"
 LEAD = 1.0  # seconds between start and the story's first step, for eventd to connect
@@ -210,7 +210,7 @@ class Narrator:
         elif name == "eventd.actions.log" and msg == "rule %s: %s":
             self._flush_matches(str(args[0]), at)
             self.say("log", str(args[1]), at)
-        elif name == "eventd.dispatch" and msg == "%s for rule %s: %s":
+        elif name == "eventd.delivery.dispatcher" and msg == "%s for rule %s: %s":
             kind, rule, result = args
             self._flush_matches(str(rule), at)
             if kind in ("webhook", "alertmanager"):
@@ -220,7 +220,8 @@ class Narrator:
         elif msg == "rule %s throttled for event %s":
             self._pending.pop(str(args[0]), None)
             self.say("match", f"rule {args[0]} again, but throttled: no actions this time", at)
-        elif name in ("eventd.daemon", "eventd.health", "eventd.stream", "eventd.dispatch") \
+        elif name in ("eventd.daemon", "eventd.ops.health", "eventd.sources.dockercloud.stream",
+                      "eventd.delivery.dispatcher") \
                 and record.levelno < logging.WARNING:
             pass  # start-up and shutdown chatter: the intro and the summary say it better
         elif record.levelno >= logging.INFO:
@@ -325,12 +326,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, apikey: str | None 
 
     `apikey` is for tests that check it never shows; by default each run makes a fresh one.
     """
-    from eventd.auth import load_credentials
     from eventd.daemon import Daemon
     from eventd.emulator import Emulator
     from eventd.errors import EventdError
-    from eventd.rules import load_rules
+    from eventd.ruleset.loader import load_rules
     from eventd.settings import Settings
+    from eventd.sources.dockercloud.auth import load_credentials
 
     out = out or sys.stdout
     speed = max(0.1, float(getattr(args, "speed", 1.5) or 1.5))
@@ -362,7 +363,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, apikey: str | None 
         settings = Settings.from_env(env, rules=(rules,), state_dir=workdir / "state",
                                      metrics_addr=("127.0.0.1", 0), shutdown_timeout=5.0)
         root.addHandler(narrator.handler)
-        logger.setLevel(logging.DEBUG)  # eventd.dispatch says each action's result at DEBUG
+        logger.setLevel(logging.DEBUG)  # eventd.delivery.dispatcher says each action's result at DEBUG
         emulator_logger.setLevel(logging.INFO)  # not every websocket frame
         daemon = Daemon(settings, credentials, environ=env)
         daemon.start()

@@ -16,7 +16,7 @@ Semantics (the rule-file reference):
 - numbers never equal booleans, and comparisons ignore non-numbers.
 
 RuleSet indexes rules by their fixed `type`, `action` and `state` values, and groups the
-rest of the candidates' required conditions (eventd.prefilter), so rules that cannot match
+rest of the candidates' required conditions (eventd.ruleset.prefilter), so rules that cannot match
 an event cost it next to nothing.
 """
 
@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from eventd.fields import MISSING
 from eventd.fields import field_getter as _getter
-from eventd.prefilter import MIN_CANDIDATES, Plan
+from eventd.ruleset.prefilter import MIN_CANDIDATES, Plan
 
 if TYPE_CHECKING:
-    from eventd.rules import Rule
+    from eventd.ruleset.loader import Rule
 
 Path = tuple[str | int, ...]
 Predicate = Callable[[Mapping[str, Any]], bool]

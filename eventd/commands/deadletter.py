@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from eventd.actions import resolve
 from eventd.actions.base import ActionContext
-from eventd.store import SqliteStore
+from eventd.stores.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,15 @@ def _line(letter: Any) -> str:
 
 def _deliver_now(store: SqliteStore, state_dir: Path, timeout: float, out: IO[str]) -> int:
     """Deliver the whole spool with a Dispatcher and exit when it is done."""
-    from eventd.auth import load_credentials
-    from eventd.dispatch import Dispatcher
+    from eventd.delivery.dispatcher import Dispatcher
     from eventd.errors import CredentialsMissing
-    from eventd.metrics import Metrics
-    from eventd.rest import RestClient
+    from eventd.ops.metrics import Metrics
     from eventd.settings import Settings
+    from eventd.sources.dockercloud.auth import load_credentials
+    from eventd.sources.dockercloud.rest import RestClient
 
     if not logging.getLogger().handlers:
-        from eventd.logconfig import configure
+        from eventd.ops.logconfig import configure
 
         configure("text", "INFO")
     settings = Settings.from_env(os.environ, state_dir=state_dir)

@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 
 import requests
 
-from eventd.auth import Credentials
-from eventd.http import DEFAULT_TIMEOUT, USER_AGENT, new_session, send
+from eventd.delivery.http import DEFAULT_TIMEOUT, USER_AGENT, new_session, send
+from eventd.sources.dockercloud.auth import Credentials
 
 
 class RestClient:

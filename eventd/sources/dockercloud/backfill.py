@@ -16,8 +16,8 @@ from typing import Any
 
 from eventd.errors import PermanentActionError, RetryableActionError
 from eventd.events import Received, backfilled_action_event, iso_utc
-from eventd.metrics import Metrics
-from eventd.rest import RestClient
+from eventd.ops.metrics import Metrics
+from eventd.sources.dockercloud.rest import RestClient
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+from eventd.delivery.guards import ActionSkipped
 from eventd.errors import PermanentActionError
-from eventd.guards import ActionSkipped
 
 DEFAULT_DEADLINE = 600.0
 DEFAULT_MAX_WAIT = 60.0

@@ -21,11 +21,11 @@ import requests
 import tenacity
 
 from eventd.actions.base import ActionContext, ActionJob, ActionKind
+from eventd.delivery.guards import ActionSkipped, CircuitBreaker
+from eventd.delivery.retry import Interrupted, RetryPolicy, retrying
 from eventd.errors import ActionError, PermanentActionError, RetryableActionError
-from eventd.guard import report_internal_error
-from eventd.guards import ActionSkipped, CircuitBreaker
-from eventd.retry import Interrupted, RetryPolicy, retrying
-from eventd.store import Store
+from eventd.ops.internal import report_internal_error
+from eventd.stores.sqlite import Store
 
 logger = logging.getLogger(__name__)
 

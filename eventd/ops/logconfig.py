@@ -104,7 +104,10 @@ def _utc(created: float, millis: bool) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-11-26T23:59:01Z INFO eventd.stream: connected to ...` (UTC), traceback below."""
+    """`2026-11-26T23:59:01Z INFO eventd.sources.dockercloud.stream: connected to ...` (UTC).
+
+    A traceback, if any, follows on the next lines.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = _utc(record.created, False)

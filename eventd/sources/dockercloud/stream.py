@@ -1,7 +1,7 @@
 """StreamConsumer: connect, read, detect dead links, reconnect with backoff, and mark gaps.
 
-One thread runs `run()`. It reads frames with `eventd.framing.FrameReader` (many per socket
-read), turns them into `Received` batches and hands each batch to the sink, which may block
+One thread runs `run()`. It reads frames with `framing.FrameReader` (many per socket read),
+turns them into `Received` batches and hands each batch to the sink, which may block
 (backpressure). Between reads it sends pings, checks the pong deadline and the idle watchdog,
 and watches `stopping`. Every lost connection becomes a `disconnected` gap event, every
 connection a `connected` one; after a re-connect the missed actions are backfilled on a
@@ -22,17 +22,17 @@ import websocket
 from tenacity import RetryCallState, wait_random_exponential
 
 from eventd import __version__
-from eventd.auth import Credentials
+from eventd.delivery.http import parse_retry_after
 from eventd.errors import AuthRejected, MalformedEvent
 from eventd.events import Received, parse_event, stream_event
-from eventd.framing import ConnectionEnded, FrameReader, FramingError
-from eventd.guard import report_internal_error
-from eventd.http import parse_retry_after
-from eventd.metrics import Metrics
+from eventd.ops.internal import report_internal_error
+from eventd.ops.metrics import Metrics
+from eventd.sources.dockercloud.auth import Credentials
+from eventd.sources.dockercloud.framing import ConnectionEnded, FrameReader, FramingError
 
 if TYPE_CHECKING:
-    from eventd.recorder import Recorder
     from eventd.settings import Settings
+    from eventd.sources.dockercloud.recorder import Recorder
 
 logger = logging.getLogger(__name__)
 

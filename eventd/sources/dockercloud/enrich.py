@@ -14,7 +14,7 @@ from typing import Any
 
 from eventd.errors import ActionError, PermanentActionError
 from eventd.events import ObjectRef, object_ref
-from eventd.rest import RestClient
+from eventd.sources.dockercloud.rest import RestClient
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Every problem in every file is collected before anything is reported, and each names
 `FILE:LINE:COL` of the offending key or value, so `eventd check` can list them all at once.
 The rule format itself is described in `rules_schema.json` (printed by `eventd schema`) and,
-for matching, in `eventd.matching`.
+for matching, in `eventd.ruleset.matching`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any, NamedTuple
 import jsonschema
 import yaml
 
-from eventd import templates
 from eventd.actions import ACTIONS, UnknownActionKind, resolve
 from eventd.errors import ConfigError, RuleError
-from eventd.interpolate import InterpolationError, expand
-from eventd.matching import CompiledMatch, RuleSet, compile_match, compile_problems
+from eventd.ruleset import templates
+from eventd.ruleset.interpolate import InterpolationError, expand
+from eventd.ruleset.matching import CompiledMatch, RuleSet, compile_match, compile_problems
 from eventd.settings import parse_duration
 
 __all__ = ["ActionSpec", "Problem", "Rule", "RuleSet", "ThrottleSpec", "check_paths",
@@ -129,7 +129,7 @@ class Rule:
 
 @functools.cache
 def _base_schema() -> dict[str, Any]:
-    text = importlib.resources.files("eventd").joinpath("rules_schema.json").read_text("utf-8")
+    text = importlib.resources.files("eventd.ruleset").joinpath("schema.json").read_text("utf-8")
     result: dict[str, Any] = json.loads(text)
     return result
 
