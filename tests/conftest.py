@@ -1,4 +1,7 @@
-"""Shared fixtures: real servers on 127.0.0.1, fresh metric registries, the internal-error guard."""
+"""Shared fixtures: real servers on 127.0.0.1, fresh metric registries, the internal-error guard.
+
+Real Prometheus and Alertmanager fixtures live in tests/external.py and are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,14 @@ from collections.abc import Iterator
 import pytest
 
 from eventd.ops.metrics import Metrics
+from tests.external import (  # noqa: F401  (fixtures, found by pytest under these names)
+    alertmanager,
+    alertmanager_webhook_url,
+    prometheus,
+    prometheus_alertmanager_url,
+    prometheus_rule_files,
+    prometheus_targets,
+)
 from tests.receiver import WebhookReceiver
 
 
