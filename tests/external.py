@@ -29,7 +29,7 @@ import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import pytest
@@ -112,7 +112,7 @@ class ExternalServer:
     def config_path(self) -> Path:
         return self.workdir / self.config_name
 
-    def start(self, timeout: float = START_TIMEOUT) -> ExternalServer:
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
         """Write the configuration, start the binary, and wait until `/-/ready` answers 200."""
         binary = self.binary()
         for attempt in range(3):  # another process may take the free port before we bind it
@@ -163,7 +163,7 @@ class ExternalServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def __enter__(self) -> ExternalServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
