@@ -7,6 +7,10 @@ The reader never waits on actions: it only blocks when the engine's queue is ful
 (backpressure, never a drop). `stop()` stops reading first, lets the engine drain what
 was received and the dispatcher finish or keep (spool) what was accepted, within the
 shutdown timeout.
+
+`build_pipeline(settings)` is the one place that opens the store (by name, through the
+stores registry) and wires it to the engine, the dispatcher and the action kinds; the
+daemon, `replay` and `deadletter retry --now` all run what it builds.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from eventd.actions import ACTIONS, resolve
-from eventd.actions.base import ActionContext, ActionJob
+from eventd.actions.base import ActionContext, ActionJob, ActionKind
+from eventd.dedupe import DedupeSaver
 from eventd.delivery.dispatcher import Dispatcher
 from eventd.delivery.guards import LoopGuard
 from eventd.engine import Engine
@@ -38,7 +43,8 @@ from eventd.sources.dockercloud.enrich import Enricher
 from eventd.sources.dockercloud.recorder import Recorder
 from eventd.sources.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
-from eventd.stores.sqlite import SqliteStore
+from eventd.stores import open_store
+from eventd.stores.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,91 @@ EXIT_OK = 0
 EXIT_AUTH = 3
 
 _STOP = object()
+
+#: where the sample audit rule writes when EVENTD_AUDIT_PATH is not set: inside the state
+#: directory (private), not a `./state/` folder wherever eventd was started.
+AUDIT_FILE = "audit.jsonl"
+
+
+@dataclass
+class Pipeline:
+    """The store, the de-dup window's saver, the action kinds, the dispatcher and (when rules
+    were given) the engine, built together and closed together."""
+
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    dedupe: DedupeSaver
+    context: ActionContext
+    kinds: dict[str, ActionKind]
+    dispatcher: Dispatcher
+    engine: Engine | None
+    rest: RestClient | None
+    loop_guard: LoopGuard
+    action_waiter: ActionWaiter
+
+    def start(self) -> None:
+        """Resume the spool and start saving the de-dup window."""
+        self.dispatcher.start()
+        self.dedupe.start()
+
+    def close(self, timeout: float) -> int:
+        """Stop delivering within `timeout`, close kinds and clients, save the de-dup window,
+        close the store; how many accepted actions stay in the spool."""
+        left = self.dispatcher.close(timeout)
+        for kind in self.kinds.values():
+            _close(kind, self.metrics)
+        _close(self.rest, self.metrics)
+        self.dedupe.close()
+        _close(self.store, self.metrics)
+        return left
+
+
+def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credentials | None,
+                   environ: Mapping[str, str], ruleset: Any = None,
+                   stopping: threading.Event | None = None, store: Store | None = None,
+                   kinds: Iterable[str] | None = None, exclusive: bool = True) -> Pipeline:
+    """Open the store `settings` name (unless given) and wire everything that runs on it.
+
+    `exclusive`: this process delivers the spool, so it takes the state directory (a
+    StateDirError names the process holding it). `kinds`: the action kinds to build (all by
+    default). Without `ruleset` there is no engine (delivering a spool needs none).
+    """
+    if store is None:
+        store = open_store(settings, exclusive=exclusive)
+    try:
+        rest = RestClient(settings.rest_host, credentials, user_agent=settings.user_agent,
+                          reconnection_interval=_float(
+                              environ.get("DOCKERCLOUD_RECONNECTION_INTERVAL"), -1.0)) \
+            if credentials is not None else None
+        loop_guard, action_waiter = LoopGuard(), ActionWaiter()
+        context = ActionContext(
+            settings=settings, metrics=metrics, credentials=credentials, rest=rest,
+            state_dir=settings.state_dir, stopping=stopping or threading.Event(),
+            extras={"loop_guard": loop_guard, "action_waiter": action_waiter})
+        built: dict[str, ActionKind] = {name: resolve(name)(context)
+                                        for name in (ACTIONS if kinds is None else kinds)}
+        dispatcher = Dispatcher(context, store, built)
+        dedupe = DedupeSaver.load(store, settings.dedupe_window)
+        engine = None if ruleset is None else Engine(
+            ruleset, dispatcher.submit, built, store, metrics,
+            enricher=Enricher(rest) if rest is not None else None, loop_guard=loop_guard,
+            action_waiter=action_waiter, max_event_age=settings.max_event_age,
+            submit_many=dispatcher.submit_many, dedupe=dedupe.window)
+    except BaseException:
+        store.close()
+        raise
+    return Pipeline(settings, metrics, store, dedupe, context, built, dispatcher, engine, rest,
+                    loop_guard, action_waiter)
+
+
+def rules_environ(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment rules are interpolated from: EVENTD_AUDIT_PATH defaults to a file in
+    the state directory."""
+    env = dict(environ)
+    if not env.get("EVENTD_AUDIT_PATH"):
+        env["EVENTD_AUDIT_PATH"] = str(settings.state_dir / AUDIT_FILE)
+    return env
 
 
 class Daemon:
@@ -69,40 +160,39 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        """Load rules (RuleError if invalid), open the state, start every thread."""
+        """Load rules (RuleError if invalid), open the state, start every thread.
+
+        ConfigError (StateDirError among them) if the state cannot be used.
+        """
         settings = self.settings
         ruleset = self._load_rules()
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore(settings.state_dir, synchronous=settings.spool_sync,
-                                 dedupe_window=settings.dedupe_window)
-        self.rest = RestClient(settings.rest_host, self.credentials, user_agent=settings.user_agent,
-                               reconnection_interval=_float(
-                                   self.environ.get("DOCKERCLOUD_RECONNECTION_INTERVAL"), -1.0))
-        self.loop_guard = LoopGuard()
-        self.action_waiter = ActionWaiter()
-        context = ActionContext(
-            settings=settings, metrics=self.metrics, credentials=self.credentials, rest=self.rest,
-            state_dir=settings.state_dir, stopping=self.stopping,
-            extras={"loop_guard": self.loop_guard, "action_waiter": self.action_waiter})
-        self.kinds = {name: resolve(name)(context) for name in ACTIONS}
-        self.dispatcher = Dispatcher(context, self.store, self.kinds)
-        self.engine = Engine(ruleset, self._submit, self.kinds, self.store, self.metrics,
-                             enricher=Enricher(self.rest), loop_guard=self.loop_guard,
-                             action_waiter=self.action_waiter,
-                             max_event_age=settings.max_event_age,
-                             submit_many=self.dispatcher.submit_many)
+        self.pipeline = pipeline = build_pipeline(
+            settings, metrics=self.metrics, credentials=self.credentials, environ=self.environ,
+            ruleset=ruleset, stopping=self.stopping, exclusive=True)
+        try:
+            self._start(pipeline, ruleset)
+        except BaseException:  # nothing spawned yet: close what was opened, free the state
+            self.stopping.set()
+            pipeline.close(1.0)
+            _close(getattr(self, "recorder", None), self.metrics)
+            raise
+
+    def _start(self, pipeline: Pipeline, ruleset: Any) -> None:
+        settings = self.settings
+        self.store, self.rest, self.kinds = pipeline.store, pipeline.rest, pipeline.kinds
+        self.loop_guard, self.action_waiter = pipeline.loop_guard, pipeline.action_waiter
+        self.dispatcher = pipeline.dispatcher
+        assert pipeline.engine is not None
+        self.engine = pipeline.engine
+        rest = self.rest
+        assert rest is not None  # the daemon always has credentials
         self.recorder = Recorder(settings.record) if settings.record else None
         self.consumer = StreamConsumer(
             url=settings.stream_url, credentials=self.credentials, sink=self._sink,
             metrics=self.metrics, stopping=self.stopping,
             options=StreamOptions.from_settings(settings), recorder=self.recorder,
-            backfill=Backfiller(self.rest, self._sink, self.metrics))
-        self.dispatcher.start()
-        # Everything loaded so far lives as long as the process: keep it out of the cyclic
-        # GC's full passes, which otherwise cost more per event the larger the rule set.
-        gc.freeze()
-        self._spawn("engine", self._engine_loop)
-        self._spawn("stream", self._stream_loop)
+            backfill=Backfiller(rest, self._sink, self.metrics))
+        pipeline.start()
         if settings.metrics_addr is not None:
             from eventd.ops.health import serve
 
@@ -111,6 +201,11 @@ class Daemon:
             self.health_port = self._health[0].server_port
             log.info("metrics and health on http://%s:%d/ (/metrics, /healthz, /readyz)",
                      host, self.health_port)
+        # Everything loaded so far lives as long as the process: keep it out of the cyclic
+        # GC's full passes, which otherwise cost more per event the larger the rule set.
+        gc.freeze()
+        self._spawn("engine", self._engine_loop)
+        self._spawn("stream", self._stream_loop)
         log.info("eventd started: %d rules, stream %s, REST %s, credentials from %s, state in %s",
                  len(ruleset), settings.stream_url, settings.rest_host, self.credentials.source,
                  settings.state_dir)
@@ -137,21 +232,11 @@ class Daemon:
             engine = self._thread("engine")
             if engine is not None:
                 engine.join(max(0.1, deadline - time.monotonic()))
-            left = self.dispatcher.close(max(0.1, deadline - time.monotonic()))
+            left = self.pipeline.close(max(0.1, deadline - time.monotonic()))
             if left:
                 log.warning("%d accepted actions not finished; they stay in the spool for the next start",
                             left)
-            for closeable in (self.recorder, self.rest, self.store):
-                if closeable is not None:
-                    try:
-                        closeable.close()
-                    except Exception as exc:  # noqa: BLE001
-                        report_internal_error("shutdown", exc, self.metrics)
-            for kind in self.kinds.values():
-                try:
-                    kind.close()
-                except Exception as exc:  # noqa: BLE001
-                    report_internal_error("shutdown", exc, self.metrics)
+            _close(self.recorder, self.metrics)
             if self._health is not None:
                 from eventd.ops.health import shutdown
 
@@ -164,7 +249,7 @@ class Daemon:
     def reload(self) -> bool:
         """Reload rules; an invalid set keeps the old one running and says why."""
         try:
-            ruleset = load_rules(self.settings.rules, self.environ)
+            ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ))
         except RuleError as exc:
             self.metrics.rules_reload_success.set(0)
             self.metrics.rules_reloads.labels(result="failure").inc()
@@ -183,7 +268,7 @@ class Daemon:
         checks = {
             "stream": "ok" if self.consumer.connected else "disconnected",
             "rules": "ok" if self._rules_loaded else "not loaded",
-            "spool": "ok" if self._spool_writable() else "not writable",
+            "spool": "ok" if self.store.healthy() else "not writable",
         }
         return all(v == "ok" for v in checks.values()), checks
 
@@ -234,21 +319,11 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------
     def _load_rules(self) -> Any:
-        ruleset = load_rules(self.settings.rules, self.environ)
+        ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ))
         self._rules_loaded = True
         self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)
         return ruleset
-
-    def _spool_writable(self) -> bool:
-        path = Path(self.settings.state_dir)
-        try:
-            probe = path / ".ready-probe"
-            probe.write_bytes(b"")
-            probe.unlink()
-            return True
-        except OSError:
-            return False
 
     def _spawn(self, name: str, target: Any) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -257,6 +332,16 @@ class Daemon:
 
     def _thread(self, name: str) -> threading.Thread | None:
         return next((t for t in self._threads if t.name == name), None)
+
+
+def _close(closeable: Any, metrics: Metrics) -> None:
+    """Close one part at shutdown; a failure is reported and the rest still close."""
+    if closeable is None:
+        return
+    try:
+        closeable.close()
+    except Exception as exc:  # noqa: BLE001
+        report_internal_error("shutdown", exc, metrics)
 
 
 def _float(value: str | None, default: float) -> float:

@@ -31,28 +31,9 @@ DEFAULT_MAX_EVENT_AGE = 900.0
 
 
 class EngineStore(Protocol):
-    """What the engine needs of the store: de-duplication and throttling."""
+    """What the engine needs of the store: throttle windows (the de-dup window is its own)."""
 
-    def dedupe_check_and_add(self, uuid: str) -> bool: ...
     def throttle_acquire(self, key: str, window: float, now: float) -> bool: ...
-
-
-class MemoryStore:
-    """An in-memory EngineStore: for `replay --dry-run`, which must write nothing."""
-
-    def __init__(self, window: int = 100_000) -> None:
-        self._seen = DedupeWindow(window)
-        self._throttle: dict[str, float] = {}
-
-    def dedupe_check_and_add(self, uuid: str) -> bool:
-        return self._seen.check_and_add(uuid)
-
-    def throttle_acquire(self, key: str, window: float, now: float) -> bool:
-        last = self._throttle.get(key)
-        if last is not None and now - last < window:
-            return False
-        self._throttle[key] = now
-        return True
 
 
 @dataclass
@@ -90,7 +71,8 @@ class Engine:
                  loop_guard: Any = None, action_waiter: Any = None,
                  max_event_age: float = DEFAULT_MAX_EVENT_AGE, action_window: int = 10_000,
                  clock: Callable[[], float] = time.time,
-                 submit_many: Callable[[list[ActionJob]], object] | None = None) -> None:
+                 submit_many: Callable[[list[ActionJob]], object] | None = None,
+                 dedupe: DedupeWindow | None = None) -> None:
         self.rules = rules
         self._submit = submit
         self._submit_many: Callable[[list[ActionJob]], object] = submit_many or (
@@ -109,7 +91,8 @@ class Engine:
         self._match_children: dict[str, Any] = {}
         self._action_children: dict[tuple[str, str], Any] = {}
         self._duplicate = metrics.events_duplicate
-        self._check_and_add = store.dedupe_check_and_add
+        self.dedupe = dedupe if dedupe is not None else DedupeWindow()
+        self._check_and_add = self.dedupe.check_and_add
         # Counts gathered during a batch and added to the metrics once at its end: a
         # prometheus counter takes a lock on every inc().
         self._counts: dict[Any, int] = {}

@@ -3,10 +3,12 @@
     EventdError
     ├── ConfigError                 bad settings or command line (exit 2)
     │   ├── CredentialsMissing      no credential source found (exit 2)
-    │   └── RuleError               a rule file that does not load (exit 2 / `check` exit 1)
+    │   ├── RuleError               a rule file that does not load (exit 2 / `check` exit 1)
+    │   └── StateDirError           --state-dir unusable: a file, or held by another eventd (exit 2)
     ├── StreamError                 the websocket could not be used
     │   ├── AuthRejected            the server refused the credentials (exit 3)
     │   └── HandshakeFailed         a non-101 answer other than 401/403 (retried)
+    ├── StoreError                  a store operation failed (`op`); drivers' errors become this
     ├── MalformedEvent              a frame that is not a usable event (counted, skipped)
     ├── TemplateError               a template failed to render for one event
     ├── ActionError                 an action attempt failed
@@ -36,6 +38,27 @@ class RuleError(ConfigError):
     def __init__(self, message: str, problems: list[object] | None = None) -> None:
         super().__init__(message)
         self.problems = list(problems or [])
+
+
+class StateDirError(ConfigError):
+    """The state directory cannot be used: it names a file, or another eventd holds it (`pid`)."""
+
+    def __init__(self, message: str, path: object = None, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pid = pid
+
+
+class StoreError(EventdError):
+    """A store operation failed; `op` names it (a bounded label). The driver's error is the cause.
+
+    Stores convert their driver's errors (sqlite3.Error, redis' ConnectionError) into this at
+    their boundary, so nothing else in eventd imports a driver to catch its errors.
+    """
+
+    def __init__(self, message: str, op: str = "") -> None:
+        super().__init__(message)
+        self.op = op
 
 
 class StreamError(EventdError):

@@ -86,6 +86,9 @@ class Settings:
     #: through a crash or SIGKILL of eventd (the WAL is in the OS page cache); "FULL" also
     #: through a power loss, at about 5x the cost per accepted action.
     spool_sync: str = "NORMAL"
+    #: which store keeps that state: a name of `eventd.stores.STORES` ("sqlite", in
+    #: `state_dir`; "memory": nothing kept across a restart), or a store URL.
+    store: str = "sqlite"
     user_agent: str = "eventd"
 
     @classmethod

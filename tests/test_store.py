@@ -1,12 +1,25 @@
-"""SqliteStore: the spool, dead letters, throttles and the dedupe window survive a reopen."""
+"""The store contract: every store in the registry passes these (memory and SQLite today).
+
+A store keeps what it is given across handles: "reopen" closes a durable store and opens it
+again (a restart), and hands back the same object for the memory store (its handles end
+with the process). Store-specific behaviour (files, locks) is tested in test_store_sqlite.py.
+"""
 
 from __future__ import annotations
 
-import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 from eventd.actions.base import ActionJob
-from eventd.stores.sqlite import SqliteStore
+from eventd.errors import ConfigError, StoreError
+from eventd.settings import Settings
+from eventd.stores import STORES, open_store, resolve_store, store_name
+from eventd.stores.base import Store
+
+Reopen = Callable[[Store], Store]
 
 
 def job(n: int, target: str = "webhook:http://127.0.0.1:9", **kw) -> ActionJob:
@@ -15,117 +28,205 @@ def job(n: int, target: str = "webhook:http://127.0.0.1:9", **kw) -> ActionJob:
                      created_at=1000.0 + n, **kw)
 
 
-def test_spool_keeps_jobs_in_order_across_reopen(tmp_path):
-    store = SqliteStore(tmp_path)
+@pytest.fixture(params=sorted(STORES))
+def store_and_reopen(request, tmp_path: Path) -> Iterator[tuple[Store, Reopen]]:
+    settings = Settings(store=request.param, state_dir=tmp_path / "state")
+    opened: list[Store] = [open_store(settings)]
+
+    def reopen(store: Store) -> Store:
+        if store.name == "memory":
+            return store
+        store.close()
+        opened.append(open_store(settings))
+        return opened[-1]
+
+    try:
+        yield opened[0], reopen
+    finally:
+        for store in opened:
+            store.close()
+
+
+@pytest.fixture
+def store(store_and_reopen) -> Store:
+    return store_and_reopen[0]
+
+
+def test_registry_names_every_store_and_suggests_on_a_typo() -> None:
+    assert {"sqlite", "memory"} <= set(STORES)
+    assert resolve_store("sqlite").name == "sqlite"
+    assert store_name("redis://:secret@127.0.0.1:6379/0") == "redis"
+    assert store_name("rediss://h:1/0") == store_name("redis+sentinel://h:26379/m/0") == "redis"
+    with pytest.raises(ConfigError, match="unknown store 'sqlit' .did you mean 'sqlite'"):
+        resolve_store("sqlit")
+    with pytest.raises(ConfigError) as info:
+        resolve_store("mongodb://user:hunter2@db/")
+    assert "hunter2" not in str(info.value)
+
+
+def test_spool_keeps_jobs_in_order_across_reopen(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
     for n in range(5):
         assert store.spool_add(job(n, target="a" if n % 2 else "b"))
     assert store.spool_add(job(0)) is False  # already accepted
     store.spool_update_attempts("id-3", 4)
     store.spool_done("id-0")
-    store.close()
-
-    store = SqliteStore(tmp_path)
-    try:
-        assert [j.id for j in store.spool_pending()] == ["id-1", "id-2", "id-3", "id-4"]
-        assert [j.id for j in store.spool_pending(target="a")] == ["id-1", "id-3"]
-        assert [j.id for j in store.spool_pending(limit=2)] == ["id-1", "id-2"]
-        assert store.spool_count() == 4
-        again = {j.id: j for j in store.spool_pending()}
-        assert again["id-3"].attempts == 4
-        assert again["id-1"].event == {"type": "container", "uuid": "e1"}
-        assert again["id-1"].created_at == 1001.0
-    finally:
-        store.close()
+    store = reopen(store)
+    assert [j.id for j in store.spool_pending()] == ["id-1", "id-2", "id-3", "id-4"]
+    assert [j.id for j in store.spool_pending(target="a")] == ["id-1", "id-3"]
+    assert [j.id for j in store.spool_pending(limit=2)] == ["id-1", "id-2"]
+    assert [j.id for j in store.spool_pending(target="b", limit=1)] == ["id-2"]
+    assert store.spool_count() == 4
+    again = {j.id: j for j in store.spool_pending()}
+    assert again["id-3"].attempts == 4
+    assert again["id-1"].event == {"type": "container", "uuid": "e1"}
+    assert again["id-1"].created_at == 1001.0
 
 
-def test_database_is_in_wal_mode(tmp_path):
-    SqliteStore(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "eventd.sqlite3")
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    db.close()
+@pytest.mark.parametrize("page", [1, 2, 3, 500])
+def test_spool_iter_pages_through_every_job_in_order(store, page) -> None:
+    for n in range(7):
+        store.spool_add(job(n, target="a" if n in (1, 2, 5) else "b"))
+    store.spool_done("id-3")
+    assert [j.id for j in store.spool_iter(page=page)] == ["id-0", "id-1", "id-2", "id-4",
+                                                           "id-5", "id-6"]
+    assert [j.id for j in store.spool_iter(target="a", page=page)] == ["id-1", "id-2", "id-5"]
+    assert list(store.spool_iter(target="nobody", page=page)) == []
 
 
-def test_deadletter_moves_out_of_spool_and_back(tmp_path):
-    store = SqliteStore(tmp_path)
-    try:
-        for n in range(3):
-            store.spool_add(job(n))
-        failing = store.spool_pending()[1]
-        failing.attempts = 3
-        store.deadletter_add(failing, "HTTP 400")
-        assert [j.id for j in store.spool_pending()] == ["id-0", "id-2"]
-        [letter] = store.deadletter_list()
-        assert (letter.job.id, letter.reason, letter.job.attempts) == ("id-1", "HTTP 400", 3)
-        assert abs(letter.at - time.time()) < 5
-
-        before = time.time()
-        [moved] = store.deadletter_take(["id-1"])
-        assert moved.attempts == 0 and moved.created_at >= before  # a fresh deadline
-        assert store.deadletter_list() == []
-        assert [j.id for j in store.spool_pending()] == ["id-0", "id-2", "id-1"]
-        assert store.deadletter_take(None) == []
-    finally:
-        store.close()
+def test_spool_targets_counts_per_target_oldest_first(store) -> None:
+    assert store.spool_targets() == {}
+    for n, target in enumerate(["b", "a", "b", "c", "a", "b"]):
+        store.spool_add(job(n, target=target))
+    store.spool_done("id-0")
+    targets = store.spool_targets()
+    assert targets == {"a": 2, "b": 2, "c": 1}
+    assert list(targets) == ["a", "b", "c"]  # "a" now holds the oldest job
 
 
-def test_deadletter_purge(tmp_path):
-    store = SqliteStore(tmp_path)
-    try:
-        for n in range(3):
-            store.deadletter_add(job(n), "gave up")
-        assert store.deadletter_purge(["id-1", "nope"]) == 1
-        assert [d.job.id for d in store.deadletter_list()] == ["id-0", "id-2"]
-        assert store.deadletter_purge(None) == 2
-        assert store.deadletter_list() == []
-    finally:
-        store.close()
+def test_spool_update_keeps_a_jobs_context_across_reopen(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
+    first = job(1)
+    store.spool_add(first)
+    first.attempts = 2
+    first.context["action_uri"] = "/api/audit/v1/action/abc/"
+    store.spool_update(first)
+    store.spool_update(job(99))  # not spooled: nothing happens
+    store = reopen(store)
+    [back] = store.spool_pending()
+    assert back.attempts == 2 and back.context == {"action_uri": "/api/audit/v1/action/abc/"}
+    assert store.spool_count() == 1
 
 
-def test_throttle_acquire_persists_across_reopen(tmp_path):
-    store = SqliteStore(tmp_path)
+def test_jobs_handed_out_are_copies(store) -> None:
+    original = job(1)
+    store.spool_add(original)
+    original.options["url"] = "http://changed/"
+    [read] = store.spool_pending()
+    read.event["uuid"] = "mutated"
+    read.attempts = 7
+    [again] = store.spool_pending()
+    assert again.options == {"url": "http://x/"} and again.event["uuid"] == "e1"
+    assert again.attempts == 0
+
+
+def test_deadletter_moves_out_of_spool_and_back(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
+    for n in range(3):
+        store.spool_add(job(n))
+    failing = store.spool_pending()[1]
+    failing.attempts = 3
+    store.deadletter_add(failing, "HTTP 400")
+    assert [j.id for j in store.spool_pending()] == ["id-0", "id-2"]
+    store = reopen(store)
+    [letter] = store.deadletter_list()
+    assert (letter.job.id, letter.reason, letter.job.attempts) == ("id-1", "HTTP 400", 3)
+    assert abs(letter.at - time.time()) < 5
+    assert store.deadletter_count() == 1
+
+    before = time.time()
+    [moved] = store.deadletter_take(["id-1"])
+    assert moved.attempts == 0 and moved.created_at >= before  # a fresh deadline
+    assert store.deadletter_list() == [] and store.deadletter_count() == 0
+    assert [j.id for j in store.spool_pending()] == ["id-0", "id-2", "id-1"]
+    assert store.spool_pending()[2].created_at >= before
+    assert store.deadletter_take(None) == []
+
+
+def test_deadletter_add_keeps_the_given_time_and_replaces_an_earlier_letter(store) -> None:
+    store.deadletter_add(job(1), "first", at=1234.5)
+    store.deadletter_add(job(1), "second", at=2000.0)
+    [letter] = store.deadletter_list()
+    assert (letter.reason, letter.at) == ("second", 2000.0)
+
+
+def test_deadletter_purge(store) -> None:
+    for n in range(3):
+        store.deadletter_add(job(n), "gave up")
+    assert store.deadletter_purge(["id-1", "nope"]) == 1
+    assert [d.job.id for d in store.deadletter_list()] == ["id-0", "id-2"]
+    assert store.deadletter_purge(None) == 2
+    assert store.deadletter_list() == []
+
+
+def test_throttle_acquire_persists_across_reopen(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
     assert store.throttle_acquire("rule-a|svc", 60.0, now=100.0)
     assert not store.throttle_acquire("rule-a|svc", 60.0, now=130.0)
     assert store.throttle_acquire("rule-b|svc", 60.0, now=130.0)
+    store = reopen(store)
+    assert not store.throttle_acquire("rule-a|svc", 60.0, now=159.0)  # no re-alert on restart
+    assert store.throttle_acquire("rule-a|svc", 60.0, now=160.0)
+    assert not store.throttle_acquire("rule-a|svc", 60.0, now=161.0)
+
+
+def test_expired_throttle_keys_are_pruned(store) -> None:
+    # One key per distinct value (a container name...): they must not pile up for ever.
+    for n in range(3000):
+        assert store.throttle_acquire(f"rule\0key-{n}", 10.0, now=1000.0 + n)
+    assert store.throttle_count() < 1100
+    assert not store.throttle_acquire("rule\0key-2999", 10.0, now=4000.0)  # still in its window
+
+
+def test_marks_expire_and_survive_reopen(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
+    now = time.time()
+    assert not store.marked(["service/a"], now)
+    store.mark("service/a", now + 300)
+    store.mark("service/old", now - 1)
+    assert store.marked(["container/x", "service/a"], now)
+    assert not store.marked(["service/old"], now)
+    assert not store.marked(["service/a"], now + 301)
+    store = reopen(store)
+    assert store.marked(["service/a"], now)
+
+
+def test_dedupe_snapshot_roundtrip_keeps_order(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
+    assert store.dedupe_load() == []
+    store.dedupe_save(["u1", "u2", "u3"])
+    store.dedupe_save(["u2", "u3", "u4", "with\nnewline"])
+    store = reopen(store)
+    assert store.dedupe_load() == ["u2", "u3", "u4", "with\nnewline"]
+
+
+def test_a_full_default_dedupe_window_roundtrips(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
+    uuids = [f"0f7c2c1e-8d2a-4c7b-9a55-{n:012d}" for n in range(50_000)]
+    store.dedupe_save(uuids)
+    store = reopen(store)
+    assert store.dedupe_load() == uuids
+
+
+def test_health_and_close(store) -> None:
+    assert store.healthy()
+    store.spool_add(job(1))
     store.close()
-
-    store = SqliteStore(tmp_path)
-    try:
-        assert not store.throttle_acquire("rule-a|svc", 60.0, now=159.0)  # no re-alert on restart
-        assert store.throttle_acquire("rule-a|svc", 60.0, now=160.0)
-        assert not store.throttle_acquire("rule-a|svc", 60.0, now=161.0)
-    finally:
-        store.close()
-
-
-def test_dedupe_window_persists_across_reopen_and_is_bounded(tmp_path):
-    store = SqliteStore(tmp_path, dedupe_window=4)
-    for uuid in ("a", "b", "c", "d", "e"):
-        store.dedupe_add(uuid)
-    # generations of two: "a", "b" were forgotten together when "c", "d" filled the next
-    assert [store.dedupe_seen(u) for u in "abcde"] == [False, False, True, True, True]
-    store.close()
-
-    store = SqliteStore(tmp_path, dedupe_window=4)
-    try:
-        assert [store.dedupe_seen(u) for u in "abcde"] == [False, False, True, True, True]
-        store.dedupe_add("f")
-        assert not store.dedupe_seen("c")
-    finally:
-        store.close()
-
-
-def test_a_full_default_dedupe_window_reloads_quickly(tmp_path):
-    store = SqliteStore(tmp_path)
-    for n in range(100_000):
-        store.dedupe_add(f"uuid-{n}")
-    started = time.perf_counter()
-    store.close()
-    store = SqliteStore(tmp_path)
-    elapsed = time.perf_counter() - started
-    try:
-        # the default window (50k) remembers at least the last 25k uuids
-        assert store.dedupe_seen("uuid-75000") and store.dedupe_seen("uuid-99999")
-        assert not store.dedupe_seen("uuid-0")
-        assert elapsed < 2.0
-    finally:
-        store.close()
+    store.close()  # idempotent
+    assert not store.healthy()
+    # Whatever the driver says about a closed store, callers see a StoreError naming the call.
+    with pytest.raises(StoreError) as info:
+        store.spool_add(job(2))
+    assert info.value.op == "spool_add"
+    with pytest.raises(StoreError):
+        store.deadletter_list()

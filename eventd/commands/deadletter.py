@@ -1,8 +1,8 @@
 """`eventd deadletter list|retry|purge`: look at, re-queue or delete actions that gave up.
 
 `retry` moves dead letters back to the spool: a daemon delivers them on its next start, or
-this command does it at once with `--now` (do not use `--now` while a daemon runs on the
-same state directory: both would deliver the spool).
+this command does it at once with `--now`, which takes the state directory as a daemon does
+(exit 2, naming the process, while a daemon runs on it: both would deliver the spool).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import datetime as _dt
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import IO, Any
 
-from eventd.actions import resolve
-from eventd.actions.base import ActionContext
-from eventd.stores.sqlite import SqliteStore
+from eventd.errors import ConfigError
+from eventd.settings import Settings
+from eventd.stores import open_store, store_exists
+from eventd.stores.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,17 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """Run `deadletter <command>`; 0 on success, 1 if something failed, 2 on bad usage."""
     out = out or sys.stdout
     state_dir = args.state_dir or Path(os.environ.get("EVENTD_STATE_DIR") or "state")
-    if not (state_dir / "eventd.sqlite3").exists():
-        print(f"no eventd state in {state_dir}", file=out)
-        return EXIT_OK if args.command == "list" else EXIT_FAILED
-    store = SqliteStore(state_dir)
+    deliver = args.command == "retry" and args.now
+    try:
+        settings = Settings.from_env(os.environ, state_dir=state_dir)
+        if not store_exists(settings):
+            print(f"no eventd state in {state_dir}", file=out)
+            return EXIT_OK if args.command == "list" else EXIT_FAILED
+        # Only delivering needs the state to itself; looking and purging work beside a daemon.
+        store = open_store(settings, exclusive=deliver)
+    except ConfigError as exc:
+        print(f"eventd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         letters = store.deadletter_list()
         ids = _resolve_ids(args.ids, [letter.job.id for letter in letters], out)
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
             if moved:
                 print("they are delivered when the daemon next starts (or use --now)", file=out)
             return EXIT_OK
-        return _deliver_now(store, state_dir, args.timeout, out)
+        return _deliver_now(store, settings, args.timeout, out)
     finally:
         store.close()
 
@@ -97,44 +104,35 @@ def _line(letter: Any) -> str:
            f"attempts={job.attempts}  at={when}  reason={letter.reason}"
 
 
-def _deliver_now(store: SqliteStore, state_dir: Path, timeout: float, out: IO[str]) -> int:
-    """Deliver the whole spool with a Dispatcher and exit when it is done."""
-    from eventd.delivery.dispatcher import Dispatcher
+def _deliver_now(store: Store, settings: Settings, timeout: float, out: IO[str]) -> int:
+    """Deliver the whole spool with the daemon's pipeline (no engine) and exit when done."""
+    from eventd.daemon import build_pipeline
     from eventd.errors import CredentialsMissing
     from eventd.ops.metrics import Metrics
-    from eventd.settings import Settings
     from eventd.sources.dockercloud.auth import load_credentials
-    from eventd.sources.dockercloud.rest import RestClient
 
     if not logging.getLogger().handlers:
         from eventd.ops.logconfig import configure
 
         configure("text", "INFO")
-    settings = Settings.from_env(os.environ, state_dir=state_dir)
-    pending = store.spool_pending()
+    pending = store.spool_count()
+    needed = {job.kind for job in store.spool_iter()}  # paged: a deep spool costs no memory
     credentials = None
-    if any(job.kind == "dockercloud" for job in pending):
+    if "dockercloud" in needed:
         try:
             credentials = load_credentials(os.environ)
         except CredentialsMissing as exc:
             log.warning("%s: dockercloud actions will fail", exc)
-    rest = RestClient(settings.rest_host, credentials) if credentials is not None else None
     metrics = Metrics()
-    context = ActionContext(settings=settings, metrics=metrics, credentials=credentials,
-                            rest=rest, state_dir=state_dir, stopping=threading.Event())
-    kinds = {name: resolve(name)(context) for name in sorted({job.kind for job in pending})}
-    dead_before = len(store.deadletter_list())
-    dispatcher = Dispatcher(context, store, kinds)
-    dispatcher.start()
+    pipeline = build_pipeline(settings, metrics=metrics, credentials=credentials,
+                              environ=os.environ, store=store, kinds=sorted(needed))
+    finished = False
     try:
-        finished = dispatcher.wait_idle(timeout)
+        pipeline.start()
+        finished = pipeline.dispatcher.wait_idle(timeout)
     finally:
-        left = dispatcher.close(5.0)
-        for kind in kinds.values():
-            kind.close()
-        if rest is not None:
-            rest.close()
-    dead = len(store.deadletter_list()) - dead_before
-    delivered = len(pending) - dead - left
+        left = pipeline.close(5.0)
+    dead = int(metrics.registry.get_sample_value("eventd_deadletter_total") or 0)
+    delivered = pending - dead - left
     print(f"delivered {delivered}, dead-lettered again {dead}, left in the spool {left}", file=out)
     return EXIT_OK if finished and not dead and not left else EXIT_FAILED

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from eventd.actions import ACTIONS, resolve
-from eventd.actions.base import ActionContext, ActionJob
-from eventd.engine import Engine, MemoryStore, Outcome
+from eventd.actions.base import ActionJob
+from eventd.engine import Engine, Outcome
 from eventd.errors import CredentialsMissing, MalformedEvent
 from eventd.events import Received, parse_event
 from eventd.ops.metrics import Metrics
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
+from eventd.stores import open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ class _DryKind:
 def run(path: Path, settings: Settings, environ: Mapping[str, str], *, dry_run: bool,
         out: IO[str]) -> int:
     """Replay a file; 0 when everything ran (or would run), 1 if an action failed for good."""
-    ruleset = load_rules(settings.rules, environ)
+    from eventd.daemon import rules_environ
+
+    ruleset = load_rules(settings.rules, rules_environ(settings, environ))
     metrics = Metrics()
     if dry_run:
         return _dry_run(path, ruleset, metrics, out)
@@ -73,7 +75,8 @@ def run(path: Path, settings: Settings, environ: Mapping[str, str], *, dry_run: 
 def _dry_run(path: Path, ruleset: Any, metrics: Metrics, out: IO[str]) -> int:
     jobs: list[ActionJob] = []
     kinds = {name: _DryKind(name) for name in ACTIONS}
-    engine = Engine(ruleset, jobs.append, kinds, MemoryStore(), metrics)
+    store = open_store(Settings(store="memory"))  # throttles as live, and nothing written
+    engine = Engine(ruleset, jobs.append, kinds, store, metrics)
     events = matched = actions = 0
     for received in read_events(path, metrics, out):
         events += 1
@@ -106,13 +109,8 @@ def _print_outcome(out: IO[str], received: Received, outcome: Outcome) -> None:
 
 def _real_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str, str],
               metrics: Metrics, out: IO[str]) -> int:
-    from eventd.delivery.dispatcher import Dispatcher
-    from eventd.delivery.guards import LoopGuard
-    from eventd.sources.dockercloud.action_waiter import ActionWaiter
+    from eventd.daemon import build_pipeline
     from eventd.sources.dockercloud.auth import load_credentials
-    from eventd.sources.dockercloud.enrich import Enricher
-    from eventd.sources.dockercloud.rest import RestClient
-    from eventd.stores.sqlite import SqliteStore
 
     try:
         credentials = load_credentials(environ)
@@ -120,33 +118,20 @@ def _real_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str
         credentials = None
         if any("dockercloud" in rule.kinds or rule.enrich for rule in ruleset.rules):
             log.warning("no Docker Cloud credentials: dockercloud actions and enrichment will fail")
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(settings.state_dir, synchronous=settings.spool_sync,
-                                 dedupe_window=settings.dedupe_window)
-    rest = RestClient(settings.rest_host, credentials) if credentials is not None else None
-    stopping = threading.Event()
-    loop_guard, waiter = LoopGuard(), ActionWaiter()
-    context = ActionContext(settings=settings, metrics=metrics, credentials=credentials, rest=rest,
-                            state_dir=settings.state_dir, stopping=stopping,
-                            extras={"loop_guard": loop_guard, "action_waiter": waiter})
-    kinds = {name: resolve(name)(context) for name in ACTIONS}
-    dispatcher = Dispatcher(context, store, kinds)
-    dispatcher.start()
-    engine = Engine(ruleset, dispatcher.submit, kinds, store, metrics,
-                    enricher=Enricher(rest) if rest is not None else None,
-                    loop_guard=loop_guard, action_waiter=waiter)
+    # Replay delivers through the spool, as the daemon does: it takes the state directory.
+    pipeline = build_pipeline(settings, metrics=metrics, credentials=credentials,
+                              environ=environ, ruleset=ruleset, exclusive=True)
+    engine, dispatcher = pipeline.engine, pipeline.dispatcher
+    assert engine is not None
     events = 0
     try:
+        pipeline.start()
         for received in read_events(path, metrics):
             events += 1
             engine.process(received)
         dispatcher.wait_idle(None)
     finally:
-        stopping.set()
-        dispatcher.close(5.0)
-        for kind in kinds.values():
-            kind.close()
-        store.close()
+        pipeline.close(5.0)
     sample = metrics.registry.get_sample_value
     delivered = sum(sample("eventd_actions_total", {"kind": k, "outcome": "success"}) or 0
                     for k in ACTIONS)

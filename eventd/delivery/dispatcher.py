@@ -10,7 +10,6 @@ Non-durable kinds (log, audit) block the caller when their backlog is full.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -23,9 +22,9 @@ import tenacity
 from eventd.actions.base import ActionContext, ActionJob, ActionKind
 from eventd.delivery.guards import ActionSkipped, CircuitBreaker
 from eventd.delivery.retry import Interrupted, RetryPolicy, retrying
-from eventd.errors import ActionError, PermanentActionError, RetryableActionError
+from eventd.errors import ActionError, PermanentActionError, RetryableActionError, StoreError
 from eventd.ops.internal import report_internal_error
-from eventd.stores.sqlite import Store
+from eventd.stores.base import Store
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +294,7 @@ class Dispatcher:
         limit = lane.size + len(lane.known)
         try:
             jobs = self.store.spool_pending(target=lane.target, limit=limit)
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             logger.error("could not read the spool for %s (%s); trying again", lane.target, exc)
             lane.cond.wait(1.0)
             return
@@ -458,7 +457,7 @@ class Dispatcher:
     def _store_call(self, call: Callable[[], None]) -> None:
         try:
             call()
-        except (sqlite3.Error, ValueError) as exc:  # closed after a timed-out shutdown
+        except (StoreError, ValueError) as exc:  # closed after a timed-out shutdown
             logger.warning("could not record an action's outcome (%s); it may run again "
                            "(same Idempotency-Key)", exc)
 

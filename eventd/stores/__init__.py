@@ -1,5 +1,59 @@
 """Durable state: the spool, dead letters, throttle windows, loop-guard marks, de-dup snapshot.
 
-Imports only `eventd.errors`, `eventd.events` and the standard library (plus each driver);
-never the pipeline, `commands` or `emulator`.
+`base` holds the role protocols every store implements; this registry maps a store's name
+(the scheme of `--store`, later `redis://...`) to its class, imported lazily so that the
+SQLite default never imports a network client. Imports only `eventd.errors`,
+`eventd.actions.base` (the job record), `eventd.settings` (types) and the standard library
+plus each driver; never the pipeline, `commands` or `emulator`.
 """
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import TYPE_CHECKING, cast
+
+from eventd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eventd.settings import Settings
+    from eventd.stores.base import Store, StoreFactory
+
+STORES: dict[str, str] = {
+    "sqlite": "eventd.stores.sqlite:SqliteStore",
+    "memory": "eventd.stores.memory:MemoryStore",
+}
+
+
+def store_name(spec: str) -> str:
+    """The registry name in a `--store` value: `sqlite`, or a URL's scheme (`redis+sentinel`
+    and `rediss` name the `redis` store)."""
+    scheme = spec.partition("://")[0] if "://" in spec else spec
+    scheme = scheme.strip().lower()
+    base = scheme.partition("+")[0]
+    return "redis" if base == "rediss" else base
+
+
+def resolve_store(spec: str) -> StoreFactory:
+    """The store class for a `--store` value; ConfigError with a did-you-mean if unknown."""
+    name = store_name(spec)
+    try:
+        path = STORES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, STORES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown store {name!r}{hint}; known: {', '.join(sorted(STORES))}") \
+            from None
+    module_name, _, attribute = path.partition(":")
+    return cast("StoreFactory", getattr(importlib.import_module(module_name), attribute))
+
+
+def open_store(settings: Settings, *, exclusive: bool = False) -> Store:
+    """Open the store `settings.store` names. `exclusive`: this process delivers the spool, so
+    no other may (StateDirError if one does)."""
+    return resolve_store(settings.store).open(settings, exclusive=exclusive)
+
+
+def store_exists(settings: Settings) -> bool:
+    """Whether the store `settings` name holds any eventd state yet (without creating it)."""
+    return resolve_store(settings.store).exists(settings)

@@ -1,0 +1,166 @@
+"""The store boundary: small role protocols that the pipeline uses, and what a store must add.
+
+Each role is what one part of the pipeline needs, so a part can be typed against exactly
+that (the dispatcher a `Spool` + `DeadLetters`, the engine `Throttles`, the loop guard
+`Marks`, the de-dup window `DedupeSnapshots`). A store implements every role, converts its
+driver's errors into `StoreError` before they leave it (as httpx maps transport errors),
+and says whether it can be used right now (`healthy()`, behind `/readyz`).
+
+Times are POSIX seconds (`time.time()`): a store may be shared by several processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from eventd.actions.base import ActionJob
+
+if TYPE_CHECKING:
+    from eventd.settings import Settings
+
+__all__ = ["DeadLetter", "DeadLetters", "DedupeSnapshots", "Marks", "Spool", "Store",
+           "StoreFactory", "Throttles"]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An action that will not be retried on its own: the job, why, and when (POSIX time)."""
+
+    job: ActionJob
+    reason: str
+    at: float
+
+
+class Spool(Protocol):
+    """Accepted actions not yet finished, in acceptance order, per delivery target.
+
+    An action is accepted once `spool_add` returned; it leaves only through `spool_done` or
+    `deadletter_add`. Readers page (`limit`, `spool_iter`): a deep spool must not cost memory.
+    """
+
+    def spool_add(self, job: ActionJob) -> bool:
+        """Accept a job durably; False if a job with that id is already spooled."""
+        ...
+
+    def spool_done(self, job_id: str) -> None:
+        """Forget a finished job (delivered, or skipped on purpose)."""
+        ...
+
+    def spool_update_attempts(self, job_id: str, attempts: int) -> None:
+        """Remember how many attempts a job has had."""
+        ...
+
+    def spool_update(self, job: ActionJob) -> None:
+        """Save a spooled job's attempts and context (e.g. a REST action's URI to follow)."""
+        ...
+
+    def spool_pending(self, target: str | None = None,
+                      limit: int | None = None) -> list[ActionJob]:
+        """The oldest spooled jobs (of one target), at most `limit` of them."""
+        ...
+
+    def spool_iter(self, target: str | None = None, page: int = 500) -> Iterator[ActionJob]:
+        """Every spooled job (of one target) oldest first, read `page` at a time."""
+        ...
+
+    def spool_targets(self) -> dict[str, int]:
+        """How many jobs each target has waiting (what a restart must resume)."""
+        ...
+
+    def spool_count(self) -> int:
+        """How many jobs are spooled."""
+        ...
+
+
+class DeadLetters(Protocol):
+    """Jobs that gave up, kept until a person retries or purges them."""
+
+    def deadletter_add(self, job: ActionJob, reason: str, at: float | None = None) -> None:
+        """Move a job to dead letters; it leaves the spool in the same step."""
+        ...
+
+    def deadletter_list(self) -> list[DeadLetter]:
+        """Every dead letter, oldest first."""
+        ...
+
+    def deadletter_count(self) -> int:
+        """How many dead letters there are."""
+        ...
+
+    def deadletter_take(self, ids: Iterable[str] | None = None) -> list[ActionJob]:
+        """Move dead letters (all, or these ids) back to the spool with a fresh deadline."""
+        ...
+
+    def deadletter_purge(self, ids: Iterable[str] | None = None) -> int:
+        """Delete dead letters (all, or these ids); how many were deleted."""
+        ...
+
+
+class Throttles(Protocol):
+    """Per-key windows of a rule's `throttle`, shared by everything using the store."""
+
+    def throttle_acquire(self, key: str, window: float, now: float) -> bool:
+        """True (and remember `now`) unless `key` was acquired less than `window` s before."""
+        ...
+
+    def throttle_count(self) -> int:
+        """How many keys are kept (expired ones are pruned as new ones are acquired)."""
+        ...
+
+
+class Marks(Protocol):
+    """Short-lived marks on keys: the loop guard's "eventd acted on this object until T"."""
+
+    def mark(self, key: str, until: float) -> None:
+        """Mark `key` until the POSIX time `until`."""
+        ...
+
+    def marked(self, keys: Iterable[str], now: float) -> bool:
+        """Whether any of `keys` is marked at `now`."""
+        ...
+
+
+class DedupeSnapshots(Protocol):
+    """Where the engine's de-dup window is saved; the window itself lives in the engine."""
+
+    def dedupe_load(self) -> list[str]:
+        """The last saved uuids, oldest first (empty if none)."""
+        ...
+
+    def dedupe_save(self, uuids: Sequence[str]) -> None:
+        """Replace the saved uuids with these (oldest first)."""
+        ...
+
+
+class Store(Spool, DeadLetters, Throttles, Marks, DedupeSnapshots, Protocol):
+    """Every role, plus a health check and a close."""
+
+    #: the registry name ("sqlite", "memory", ...)
+    name: ClassVar[str]
+
+    def healthy(self) -> bool:
+        """Whether the store can be written now (readiness)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store (idempotent); later calls raise StoreError."""
+        ...
+
+
+class StoreFactory(Protocol):
+    """A store class as the registry sees it."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def open(cls, settings: Settings, *, exclusive: bool = False) -> Store:
+        """Open the store `settings` describe; `exclusive`: this process is the one that
+        delivers its spool (StateDirError if another holds it)."""
+        ...
+
+    @classmethod
+    def exists(cls, settings: Settings) -> bool:
+        """Whether there is any state to open (looking creates nothing)."""
+        ...
