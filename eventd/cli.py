@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eventd import __version__
-from eventd.errors import ConfigError, CredentialsMissing, RuleError
+from eventd.errors import ConfigError, CredentialsMissing, RuleError, StateDirError, StoreError
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -207,6 +207,9 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except RuleError as exc:
         _print_rule_problems(exc)
         return EXIT_CONFIG
+    except (StateDirError, StoreError) as exc:  # the state cannot be used: one line, exit 2
+        print(f"eventd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except ConfigError as exc:
         print(f"eventd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -269,6 +272,6 @@ def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except RuleError as exc:
         _print_rule_problems(exc)
         return EXIT_CONFIG
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, StoreError, OSError) as exc:
         print(f"eventd: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -46,3 +46,34 @@ def start_daemon(emu: Any, rules: Path, state_dir: Path, env: dict[str, str] | N
     daemon = Daemon(settings, load_credentials(environ), environ, Metrics())
     daemon.start()
     return daemon
+
+
+# -- eventd as a process ------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def eventd_process(*args: str, env: dict[str, str], **kwargs: Any) -> Any:
+    """`python -m eventd ARGS` with only `env` (plus PATH), output captured as text."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"}
+    full_env.update(env)
+    return subprocess.Popen([sys.executable, "-m", "eventd", *args], env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def is_ready(port: int) -> bool:
+    """Whether eventd's /readyz on `port` answers 200 (connected, rules loaded, state usable)."""
+    import requests
+
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False

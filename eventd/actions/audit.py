@@ -20,6 +20,7 @@ import orjson
 
 from eventd.actions.base import ActionContext, ActionJob
 from eventd.errors import PermanentActionError, RetryableActionError
+from eventd.stores.files import open_append
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class AuditFile:
 
     def _open(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "ab", buffering=BUFFER_BYTES)  # noqa: SIM115 (kept open)
+        handle = open_append(self.path, buffering=BUFFER_BYTES)  # 0600, whatever the umask
         self.size = os.fstat(handle.fileno()).st_size
         self._file = handle
         return handle

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import orjson
 
+from eventd.stores.files import open_append
+
 
 class Recorder:
     """Thread-safe appender of one JSON object per line, flushed after every batch."""
@@ -19,7 +21,7 @@ class Recorder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("ab")
+        self._file = open_append(self.path)  # 0600: events can hold what others must not read
         self._lock = threading.Lock()
 
     def write(self, raw: bytes) -> None:

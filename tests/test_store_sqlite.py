@@ -1,0 +1,149 @@
+"""The SQLite store's own promises: private files, one delivering process per state directory,
+driver errors as StoreError, and state directories written by an older eventd still open."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from eventd.actions.base import ActionJob
+from eventd.errors import StateDirError, StoreError
+from eventd.settings import Settings
+from eventd.stores import open_store, store_exists
+from eventd.stores.sqlite import DB_NAME, SqliteStore
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def job(n: int) -> ActionJob:
+    return ActionJob(id=f"id-{n}", rule="r", kind="webhook",
+                     options={"url": "https://hooks.example/T0/B0/secret-token"},
+                     event={"uuid": f"e{n}"}, target="webhook:https://hooks.example", created_at=1.0)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_database_is_in_wal_mode(tmp_path) -> None:
+    SqliteStore(tmp_path).close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_state_is_private_whatever_the_umask(tmp_path, umask_022) -> None:
+    state = tmp_path / "a" / "state"
+    store = SqliteStore(state, exclusive=True)
+    try:
+        store.spool_add(job(1))  # the -wal and -shm files exist while the store is open
+        store.deadletter_add(job(2), "HTTP 400")
+        assert mode(state) == 0o700
+        files = sorted(p.name for p in state.iterdir())
+        assert files == sorted([DB_NAME, f"{DB_NAME}-shm", f"{DB_NAME}-wal", "eventd.lock"])
+        assert {p.name: mode(p) for p in state.iterdir()} == dict.fromkeys(files, 0o600)
+    finally:
+        store.close()
+
+
+def test_files_an_older_eventd_left_readable_are_made_private(tmp_path, umask_022) -> None:
+    SqliteStore(tmp_path).close()
+    (tmp_path / DB_NAME).chmod(0o644)
+    store = SqliteStore(tmp_path)
+    try:
+        store.spool_add(job(1))
+        assert mode(tmp_path / DB_NAME) == 0o600
+        assert mode(tmp_path / f"{DB_NAME}-wal") == 0o600
+    finally:
+        store.close()
+
+
+def test_a_state_dir_that_is_a_file_is_refused_in_one_line(tmp_path) -> None:
+    path = tmp_path / "state"
+    path.write_text("not a directory")
+    with pytest.raises(StateDirError, match=f"^state directory {path} is not a directory$"):
+        SqliteStore(path)
+    with pytest.raises(StateDirError):
+        store_exists(Settings(state_dir=path))
+    with pytest.raises(StateDirError, match="a parent is not a directory"):
+        SqliteStore(path / "below")
+
+
+def test_one_delivering_process_per_state_dir(tmp_path) -> None:
+    first = SqliteStore(tmp_path, exclusive=True)
+    try:
+        with pytest.raises(StateDirError) as info:
+            open_store(Settings(state_dir=tmp_path), exclusive=True)
+        assert info.value.pid == os.getpid()
+        assert f"in use by eventd (process {os.getpid()})" in str(info.value)
+        beside = SqliteStore(tmp_path)  # looking at dead letters needs no lock
+        assert beside.deadletter_list() == []
+        beside.close()
+    finally:
+        first.close()
+    second = SqliteStore(tmp_path, exclusive=True)  # released at close
+    second.close()
+
+
+def test_the_lock_is_released_when_its_holder_is_killed(tmp_path) -> None:
+    with subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from eventd.stores.sqlite import SqliteStore
+        SqliteStore({str(tmp_path)!r}, exclusive=True)
+        print("locked", flush=True)
+        sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            with pytest.raises(StateDirError) as info:
+                SqliteStore(tmp_path, exclusive=True)
+            assert info.value.pid == holder.pid
+        finally:
+            holder.kill()  # SIGKILL: no cleanup runs
+            holder.wait(10)
+    store = SqliteStore(tmp_path, exclusive=True)
+    store.close()
+
+
+def test_driver_errors_leave_the_store_as_store_error(tmp_path) -> None:
+    (tmp_path / DB_NAME).write_bytes(b"this is not an SQLite database, but it is long enough" * 40)
+    with pytest.raises(StoreError) as info:
+        SqliteStore(tmp_path, exclusive=True)
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+    assert str(tmp_path / DB_NAME) in str(info.value)
+    with pytest.raises(StoreError):  # not StateDirError: the failed open released the lock
+        SqliteStore(tmp_path, exclusive=True)
+
+
+def test_state_written_by_the_previous_schema_still_opens(tmp_path) -> None:
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript("""
+        CREATE TABLE throttle (key TEXT PRIMARY KEY, at REAL NOT NULL);
+        CREATE TABLE dedupe (seq INTEGER PRIMARY KEY, uuid TEXT NOT NULL);
+        INSERT INTO throttle VALUES ('rule|key', 100.0);
+        INSERT INTO dedupe VALUES (0, 'old-1'), (1, 'old-2');
+    """)
+    db.close()
+    store = SqliteStore(tmp_path)
+    try:
+        assert store.dedupe_load() == ["old-1", "old-2"]
+        assert not store.throttle_acquire("rule|key", 60.0, now=130.0)
+        assert store.throttle_acquire("rule|key", 60.0, now=160.0)
+        store.dedupe_save(["new"])
+        assert store.dedupe_load() == ["new"]
+    finally:
+        store.close()
