@@ -187,3 +187,17 @@ def test_a_state_dir_naming_a_file_is_one_line_and_exit_2(emulator, tmp_path, co
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2, out + err
     assert err.strip().splitlines() == [f"eventd: state directory {path} is not a directory"]
+
+
+def test_readiness_asks_the_store(emulator, tmp_path):
+    from tests.daemon_helpers import start_daemon
+
+    rules = write_rules(tmp_path / "rules", hook_rules("http://127.0.0.1:9"))
+    daemon = start_daemon(emulator, rules, tmp_path / "state")
+    try:
+        wait_until(lambda: daemon.ready()[0], 10, message="ready")
+        daemon.store.close()  # what a store that cannot be written looks like from outside
+        ready, checks = daemon.ready()
+        assert not ready and checks["spool"] == "not writable"
+    finally:
+        daemon.stop(5)

@@ -380,7 +380,10 @@ class SqliteStore:
             if self._closed:
                 return
             try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # Only the holder of the state directory empties the WAL: a `deadletter list`
+                # beside a running daemon must neither wait for its writers nor stall them.
+                mode = "TRUNCATE" if self._dirlock.held else "PASSIVE"
+                self._db.execute(f"PRAGMA wal_checkpoint({mode})")
             except sqlite3.Error as exc:
                 logger.warning("spool checkpoint at close failed: %s", exc)
             finally:
