@@ -28,9 +28,15 @@ def job(n: int, target: str = "webhook:http://127.0.0.1:9", **kw) -> ActionJob:
                      created_at=1000.0 + n, **kw)
 
 
+def settings_for(name: str, tmp_path: Path) -> Settings:
+    """Settings that open a fresh, empty store of this kind (a networked store gets a URL
+    with a database or key prefix of its own here)."""
+    return Settings(store=name, state_dir=tmp_path / "state")
+
+
 @pytest.fixture(params=sorted(STORES))
 def store_and_reopen(request, tmp_path: Path) -> Iterator[tuple[Store, Reopen]]:
-    settings = Settings(store=request.param, state_dir=tmp_path / "state")
+    settings = settings_for(request.param, tmp_path)
     opened: list[Store] = [open_store(settings)]
 
     def reopen(store: Store) -> Store:
