@@ -175,6 +175,7 @@ class Daemon:
             self.stopping.set()
             pipeline.close(1.0)
             _close(getattr(self, "recorder", None), self.metrics)
+            self.stopped.set()  # a later stop() has nothing left to do
             raise
 
     def _start(self, pipeline: Pipeline, ruleset: Any) -> None:

@@ -203,3 +203,23 @@ def test_readiness_asks_the_store(emulator, tmp_path):
         assert not ready and checks["spool"] == "not writable"
     finally:
         daemon.stop(5)
+
+
+def test_a_failed_start_frees_the_state_dir(emulator, tmp_path):
+    import socket
+
+    from eventd.errors import ConfigError
+    from tests.daemon_helpers import start_daemon
+
+    rules = write_rules(tmp_path / "rules", hook_rules("http://127.0.0.1:9"))
+    state = tmp_path / "state"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises((OSError, ConfigError)):  # the metrics port is taken
+            start_daemon(emulator, rules, state, metrics_addr=busy.getsockname())
+    daemon = start_daemon(emulator, rules, state)  # not "in use": the failed start let go of it
+    try:
+        wait_until(lambda: daemon.ready()[0], 10, message="ready")
+    finally:
+        daemon.stop(5)
