@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,28 @@ def test_repr_and_str_never_show_the_secret():
     for text in (repr(creds), str(creds), f"{creds}"):
         assert "the-apikey" not in text and token not in text
     assert set(creds.secrets()) == {creds.header, token, "the-apikey"}
+
+
+# -- rejected credentials, as a user meets them ----------------------------------------------
+
+def _eventd(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    full = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", **env}
+    return subprocess.Popen([sys.executable, "-m", "eventd", *args], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_on_auth_error_wait_tries_exactly_once_more_then_exits_3(emulator, tmp_path):
+    from tests.daemon_helpers import emulator_env, write_rules
+
+    rules = write_rules(tmp_path / "rules", "rules: []\n")
+    emulator.faults.reject_auth(True)
+    proc = _eventd("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"),
+                   "--on-auth-error", "wait", "--auth-error-wait", "1s", env=emulator_env(emulator))
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, err
+    assert [h.status for h in emulator.handshakes()] == [401, 401]
+    assert "rejected again" in err
+    assert emulator.auth_header.split()[1] not in out + err

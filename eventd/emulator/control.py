@@ -22,7 +22,7 @@ def _faults(emulator: Emulator, body: Any) -> Reply:
             return {"status": value}
         if not isinstance(value, dict) or "status" not in value:
             raise ValueError("needs {\"status\": N, \"count\": N, \"retry_after\": S}")
-        return {k: value[k] for k in ("status", "count", "retry_after") if k in value}
+        return {k: value[k] for k in ("status", "count", "retry_after", "location") if k in value}
 
     actions: dict[str, Callable[[Any], None]] = {
         "clear": lambda v: faults.clear() if v else None,

@@ -17,6 +17,7 @@ class Failure:
 
     status: int
     retry_after: str | None = None
+    location: str | None = None  # a redirect's target (3xx handshakes)
 
 
 class _Budget:
@@ -63,11 +64,17 @@ class Faults:
         logger.info("fault: reject stream auth=%s", bool(reject))
 
     def fail_handshake(self, status: int, count: int = 1,
-                       retry_after: str | int | float | None = None) -> None:
-        """Answer the next `count` stream handshakes with HTTP `status`."""
+                       retry_after: str | int | float | None = None,
+                       location: str | None = None) -> None:
+        """Answer the next `count` stream handshakes with HTTP `status` (and `Location`)."""
         with self._lock:
-            self._handshake = _Budget(Failure(int(status), _text(retry_after)), int(count))
+            self._handshake = _Budget(Failure(int(status), _text(retry_after), location),
+                                      int(count))
         logger.info("fault: next %d handshake(s) answer %d", count, status)
+
+    def redirect_handshake(self, location: str, status: int = 302, count: int = 1) -> None:
+        """Answer the next `count` stream handshakes with a redirect to `location`."""
+        self.fail_handshake(status, count, location=location)
 
     def fail_rest(self, status: int, count: int = 1,
                   retry_after: str | int | float | None = None) -> None:
@@ -166,8 +173,11 @@ def _take(faults: Faults, attr: str) -> Failure | None:
 def _budget_json(budget: _Budget | None) -> dict[str, Any] | None:
     if budget is None:
         return None
-    return {"status": budget.failure.status, "count": budget.remaining,
-            "retry_after": budget.failure.retry_after}
+    found = {"status": budget.failure.status, "count": budget.remaining,
+             "retry_after": budget.failure.retry_after}
+    if budget.failure.location is not None:
+        found["location"] = budget.failure.location
+    return found
 
 
 def _text(value: str | int | float | None) -> str | None:

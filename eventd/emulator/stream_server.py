@@ -33,7 +33,8 @@ _protocol_logger.setLevel(logging.INFO)
 AUTH_MESSAGE = json.dumps({"type": "auth"}, separators=(",", ":"))
 QUEUE_SIZE = 10_000
 _PATH = re.compile(r"^/(?:api/audit/v1/(?:(?P<ns>[^/]+)/)?events|v1/events)/?$")
-_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+_REASONS = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
+            308: "Permanent Redirect", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}
 
@@ -201,10 +202,11 @@ class StreamServer:
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         status = 101
         retry_after: str | None = None
+        location: str | None = None
         failure = self._faults.take_handshake_failure()
         match = _PATH.match(split.path)
         if failure is not None:
-            status, retry_after = failure.status, failure.retry_after
+            status, retry_after, location = failure.status, failure.retry_after, failure.location
         elif match is None or (match.group("ns") not in (None, self.namespace)):
             status = 404
         elif (self._faults.rejecting_auth
@@ -221,6 +223,8 @@ class StreamServer:
         response = connection.respond(status, reason + "\n")
         if retry_after is not None:
             response.headers["Retry-After"] = retry_after
+        if location is not None:
+            response.headers["Location"] = location
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="Docker Cloud"'
         return response

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import websocket
 from tenacity import RetryCallState, wait_random_exponential
@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 Sink = Callable[[list[Received]], None]
 
 AUTH_STATUSES = frozenset({401, 403})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: same-origin redirects followed per handshake (websocket-client's own default is 3)
+MAX_REDIRECTS = 3
+#: consecutive 404 handshakes after which the log says the host serves no Stream API
+NOT_FOUND_HINT_AFTER = 3
 _CLOSE_WAIT = 0.25  # how long a graceful stop waits for the server's close frame
 
 
@@ -86,6 +91,15 @@ class StreamOptions:
                              self.idle_timeout / 2))
 
 
+class _RedirectRefused(Exception):
+    """A handshake redirected somewhere eventd will not send the credentials."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
 @dataclass(frozen=True)
 class _Outcome:
     """Why one connection attempt or connection ended."""
@@ -109,6 +123,8 @@ class StreamConsumer:
         self.url = url
         self.options = options or StreamOptions()
         self.connected = False
+        self.pongs = 0  # pongs received over the consumer's life (tests wait on it)
+        self._connected_at: float | None = None  # monotonic time of the current connection
         self._credentials = credentials
         self._sink = sink
         self._metrics = metrics
@@ -122,6 +138,8 @@ class StreamConsumer:
                                              max=self.options.backoff_max)
         self._retry_state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         self._failures = 0  # consecutive failed or short-lived connections
+        self._not_found = 0  # consecutive handshakes answered 404
+        self._auth_waited = False  # `wait` mode: the one more try was used
         self._gap_start: float | None = None  # wall time of the last disconnect
         self._invalid_logged: set[str] = set()
         self._ws: websocket.WebSocket | None = None
@@ -160,6 +178,12 @@ class StreamConsumer:
             _quietly(ws.shutdown)
 
     @property
+    def healthy(self) -> bool:
+        """Connected for at least `healthy_after` (the backoff window starts over after it)."""
+        since = self._connected_at
+        return since is not None and time.monotonic() - since >= self.options.healthy_after
+
+    @property
     def backfill_threads(self) -> list[threading.Thread]:
         """Backfill threads started so far (so a caller can join them at shutdown)."""
         return list(self._backfills)
@@ -179,6 +203,7 @@ class StreamConsumer:
     def _retry_later(self, outcome: _Outcome) -> None:
         """Count the loss, pick the backoff (Retry-After wins when longer), log it, sleep."""
         self._metrics.stream_reconnects.labels(reason=outcome.reason).inc()
+        self._count_not_found(outcome)
         if outcome.healthy:
             self._failures = 0
         self._failures += 1
@@ -193,6 +218,19 @@ class StreamConsumer:
                            outcome.reason, f": {outcome.detail}" if outcome.detail else "", delay)
         self._sleep(delay)
 
+    def _count_not_found(self, outcome: _Outcome) -> None:
+        """After a few 404s in a row, say plainly that this host is not a Stream API host."""
+        if outcome.reason != "handshake_404":
+            self._not_found = 0
+            return
+        self._not_found += 1
+        if self._not_found == NOT_FOUND_HINT_AFTER:
+            logger.error("%s answered 404 Not Found to %d stream handshakes in a row: this host "
+                         "does not serve the Docker Cloud Stream API. Check DOCKERCLOUD_STREAM_HOST "
+                         "(the stream host, e.g. wss://ws.cloud.docker.com/, not the REST host) "
+                         "and DOCKERCLOUD_NAMESPACE; still retrying with backoff",
+                         self._safe_url, self._not_found)
+
     def _auth_rejected(self, exc: AuthRejected) -> None:
         """Never hot-loop on bad credentials: exit, or wait long and try exactly once more."""
         self._metrics.stream_reconnects.labels(reason="auth_rejected").inc()
@@ -201,6 +239,12 @@ class StreamConsumer:
             logger.error("stream credentials from %s rejected by %s (%s); giving up",
                          source, self._safe_url, exc)
             raise exc
+        if self._auth_waited:
+            logger.error("stream credentials from %s rejected again by %s (%s) after waiting "
+                         "%.0f s; giving up", source, self._safe_url, exc,
+                         self.options.auth_error_wait)
+            raise exc
+        self._auth_waited = True
         wait = self.options.auth_error_wait
         logger.error("stream credentials from %s rejected by %s (%s); trying again in %.0f s",
                      source, self._safe_url, exc, wait)
@@ -215,8 +259,10 @@ class StreamConsumer:
             self._ws = ws
             self._close_sent = False
         try:
-            ws.connect(self.url, timeout=opts.handshake_timeout, header=[  # type: ignore[no-untyped-call]
-                f"Authorization: {self._credentials.header}", f"User-Agent: {opts.user_agent}"])
+            self._handshake(ws)
+        except _RedirectRefused as exc:
+            _quietly(ws.shutdown)
+            return _Outcome(f"handshake_{exc.status}", detail=exc.detail)
         except websocket.WebSocketBadStatusException as exc:
             _quietly(ws.shutdown)
             status = int(exc.status_code)
@@ -233,6 +279,43 @@ class StreamConsumer:
             _quietly(ws.shutdown)
             return self._outcome_or_stop("connect_error", _describe(exc))
         return self._connected(ws)
+
+    def _handshake(self, ws: websocket.WebSocket) -> None:
+        """Connect; follow a redirect only within the configured scheme, host and port.
+
+        websocket-client would follow up to 3 redirects anywhere, re-sending `Authorization`
+        (even from wss:// to ws://), so eventd follows them itself, and never off-origin.
+        """
+        opts = self.options
+        header = [f"Authorization: {self._credentials.header}", f"User-Agent: {opts.user_agent}"]
+        url = self.url
+        status = 0
+        for _ in range(MAX_REDIRECTS + 1):
+            ws.handshake_response = None
+            try:
+                ws.connect(url, timeout=opts.handshake_timeout,  # type: ignore[no-untyped-call]
+                           header=header, redirect_limit=0)
+                return
+            except websocket.WebSocketBadStatusException:
+                raise
+            except websocket.WebSocketException:
+                response = ws.handshake_response
+                if response is None or response.status not in REDIRECT_STATUSES:
+                    raise
+                status = int(response.status)
+            location = (response.headers or {}).get("location")
+            target = urljoin(url, location) if isinstance(location, str) and location else ""
+            if not target:
+                raise _RedirectRefused(status, f"HTTP {status} without a Location")
+            if _origin(target) != _origin(self.url):
+                raise _RedirectRefused(status, (
+                    f"HTTP {status} redirect to {_safe_url(target)}, another scheme, host or port: "
+                    "not followed (eventd sends the credentials only to DOCKERCLOUD_STREAM_HOST; "
+                    "if the stream moved, point DOCKERCLOUD_STREAM_HOST there)"))
+            logger.info("stream handshake redirected (HTTP %d) to %s: same host, following",
+                        status, _safe_url(target))
+            url = target
+        raise _RedirectRefused(status, f"more than {MAX_REDIRECTS} redirects")
 
     def _outcome_or_stop(self, reason: str, detail: str) -> _Outcome:
         return _Outcome("stopped" if self._stopped() else reason, detail=detail)
@@ -277,9 +360,11 @@ class StreamConsumer:
         lost_at = self._clock()
         self._gap_start = lost_at
         self._sink([Received(stream_event("disconnected", lost_at), lost_at, None, True)])
+        healthy = time.monotonic() - began >= self.options.healthy_after
+        if healthy:
+            self._auth_waited = False  # a later rejection is a new episode: one more wait
         if auth_error is not None:
             raise auth_error
-        healthy = time.monotonic() - began >= self.options.healthy_after
         return _Outcome(reason, connected=True, healthy=healthy)
 
     def _read(self, ws: websocket.WebSocket, reader: FrameReader) -> str:
@@ -321,6 +406,7 @@ class StreamConsumer:
                     deliver(messages)
                 now = last_data = monotonic()
                 if reader.pongs != pongs:
+                    self.pongs += reader.pongs - pongs
                     pongs = reader.pongs
                     pong_due = None
                 if reader.close_frame is not None:
@@ -382,6 +468,7 @@ class StreamConsumer:
 
     # -- helpers ------------------------------------------------------------------------------
     def _set_connected(self, value: bool) -> None:
+        self._connected_at = time.monotonic() if value else None
         self.connected = value
         self._metrics.stream_connected.set(1 if value else 0)
 
@@ -439,10 +526,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the default port made explicit), to compare redirect targets."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is None:
+        port = {"ws": 80, "wss": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
 def _safe_url(url: str) -> str:
     """The URL without user info or query, for logs."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port:
+        host = f"{host}:{port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
