@@ -34,7 +34,8 @@ AUTH_MESSAGE = json.dumps({"type": "auth"}, separators=(",", ":"))
 QUEUE_SIZE = 10_000
 _PATH = re.compile(r"^/(?:api/audit/v1/(?:(?P<ns>[^/]+)/)?events|v1/events)/?$")
 _REASONS = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
-            308: "Permanent Redirect", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+            308: "Permanent Redirect", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}
 

@@ -253,7 +253,6 @@ class StreamConsumer:
     # -- one connection -----------------------------------------------------------------------
     def _connection(self) -> _Outcome:
         """Connect once and read until the connection ends; say why it ended."""
-        opts = self.options
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
         with self._lock:
             self._ws = ws
