@@ -104,3 +104,52 @@ def test_stopping_cuts_the_retries_short(emulator, rest, metrics):
 
     assert Backfiller(rest, lambda b: None, metrics, stopping=stopping, sleep=sleep)(time.time()) == 0
     assert len(action_calls(emulator)) == 1
+
+
+def age_action(emulator, uri: str, days: float) -> None:
+    """Move an action's dates `days` into the past, as old history on a real server."""
+    from datetime import timedelta
+
+    uuid = uri.rstrip("/").rsplit("/", 1)[1]
+    world = emulator.world
+    with world.lock:
+        action = world.lookup("action", uuid)
+        action.created -= timedelta(days=days)
+        action.end -= timedelta(days=days)
+
+
+def test_a_server_ignoring_the_date_filter_cannot_backfill_old_actions(emulator, rest, metrics,
+                                                                      caplog):
+    caplog.set_level(logging.DEBUG, logger="eventd.sources.dockercloud.backfill")
+    old = [redeploy(emulator, rest, 0), redeploy(emulator, rest, 1)]
+    for uri in old:
+        age_action(emulator, uri, days=90)
+    gap_start = time.time() - 1
+    fresh = redeploy(emulator, rest, 0)
+    emulator.faults.ignore_date_filters(True)
+    batches: list[list[Received]] = []
+    backfill = Backfiller(rest, batches.append, metrics)
+    assert backfill(gap_start) == 1
+    assert [r.event["resource_uri"] for r in batches[0]] == [fresh]
+    assert len(action_calls(emulator)) == 2 and all(  # the server did answer with everything
+        c.status == 200 for c in action_calls(emulator))
+    value = metrics.registry.get_sample_value
+    assert value("eventd_stream_backfill_outside_gap_total") == 2  # both listings, de-duplicated
+    assert value("eventd_stream_backfilled_events_total") == 1
+    assert backfill(gap_start) == 1  # a second gap: counted again, logged at WARNING once
+    assert value("eventd_stream_backfill_outside_gap_total") == 4
+    warned = [r for r in caplog.records if "ignore the date filter" in r.getMessage()]
+    assert [r.levelno for r in warned] == [logging.WARNING, logging.DEBUG]
+
+
+def test_an_action_that_ended_in_the_gap_is_kept_with_one_second_of_slack(emulator, rest, metrics):
+    emulator.faults.ignore_date_filters(True)
+    uri = redeploy(emulator, rest)
+    action = rest.get(uri)
+    from eventd.events import parse_datetime
+
+    ended = parse_datetime(action["end_date"])
+    batches: list[list[Received]] = []
+    # the gap began just after the action ended (whole seconds on the wire): within the slack
+    assert Backfiller(rest, batches.append, metrics)(ended + 0.9) == 1
+    assert Backfiller(rest, batches.append, metrics)(ended + 1.5) == 0

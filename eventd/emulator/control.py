@@ -34,6 +34,7 @@ def _faults(emulator: Emulator, body: Any) -> Reply:
         "delay": lambda v: faults.set_delay(**{k: float(v[k]) for k in ("handshake", "rest")
                                                if k in v}),
         "fail_actions": lambda v: faults.fail_actions(int(v)),
+        "ignore_date_filters": lambda v: faults.ignore_date_filters(bool(v)),
         "restart_stream": lambda v: emulator.restart_stream() if v else None,
     }
     unknown = sorted(set(body) - set(actions))

@@ -70,7 +70,8 @@ class Emulator:
         self.scheduler = Scheduler(self.world.lock)
         self.operator = Operator(self.world, self.scheduler, tick,
                                  should_fail=self.faults.take_action_failure)
-        self.api = RestApi(self.world, self.operator)
+        self.api = RestApi(self.world, self.operator,
+                           ignore_dates=lambda: self.faults.ignoring_dates)
         self._rest_port = rest_port
         self._stream = StreamServer(host=host, port=stream_port, namespace=namespace,
                                     authorized=self.authorized, faults=self.faults,

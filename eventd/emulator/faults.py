@@ -40,6 +40,7 @@ class Faults:
         self._handshake_delay = 0.0
         self._rest_delay = 0.0
         self._failing_actions = 0
+        self._ignore_dates = False
         # Wired by the Emulator to the stream server.
         self.on_drop: Callable[[], None] = lambda: None
         self.on_silent: Callable[[bool], None] = lambda silent: None
@@ -96,6 +97,12 @@ class Faults:
             self._failing_actions = int(count)
         logger.info("fault: next %d action(s) fail", count)
 
+    def ignore_date_filters(self, ignore: bool = True) -> None:
+        """Answer action lists as a server that ignores `*_date__gte` would: everything."""
+        with self._lock:
+            self._ignore_dates = bool(ignore)
+        logger.info("fault: ignore date filters=%s", bool(ignore))
+
     def clear(self) -> None:
         """Switch every fault off (and resume silent connections)."""
         with self._lock:
@@ -104,6 +111,7 @@ class Faults:
             self._handshake = self._rest = None
             self._handshake_delay = self._rest_delay = 0.0
             self._failing_actions = 0
+            self._ignore_dates = False
         logger.info("fault: cleared")
         if was_silent:
             self.on_silent(False)
@@ -118,6 +126,11 @@ class Faults:
     def rejecting_auth(self) -> bool:
         """Whether every handshake gets 401."""
         return self._reject_auth
+
+    @property
+    def ignoring_dates(self) -> bool:
+        """Whether action lists ignore their date filters."""
+        return self._ignore_dates
 
     @property
     def handshake_delay(self) -> float:
@@ -156,6 +169,7 @@ class Faults:
                 "fail_rest": _budget_json(self._rest),
                 "delay": {"handshake": self._handshake_delay, "rest": self._rest_delay},
                 "fail_actions": self._failing_actions,
+                "ignore_date_filters": self._ignore_dates,
             }
 
 

@@ -52,6 +52,9 @@ class Metrics:
         self.stream_backfilled = Counter(
             "eventd_stream_backfilled_events", "Action events recovered over REST after a gap",
             registry=r)
+        self.stream_backfill_outside_gap = Counter(
+            "eventd_stream_backfill_outside_gap",
+            "Actions a backfill listing returned from outside the gap, discarded", registry=r)
         self.rule_matches = Counter(
             "eventd_rule_matches", "Events matched, by rule", ["rule"], registry=r)
         self.actions = Counter(

@@ -2,8 +2,10 @@
 
 The stream has no replay (reference 1.2), so what happened while eventd was disconnected
 is read from `/api/audit/v1/action/?start_date__gte=<gap start>` and sent to the sink as
-backfilled action events. Duplicates with events that did arrive are removed downstream
-(by action uuid and state), not here.
+backfilled action events. The reference does not document the date format of that filter,
+and a server that ignores it returns every action in history: so the dates are checked here
+too, and only actions that started or ended inside the gap (1 s slack) are kept.
+Duplicates with events that did arrive are removed downstream (by action uuid and state).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from eventd.errors import PermanentActionError, RetryableActionError
-from eventd.events import Received, backfilled_action_event, iso_utc
+from eventd.events import Received, backfilled_action_event, iso_utc, parse_datetime
 from eventd.ops.metrics import Metrics
 from eventd.sources.dockercloud.rest import RestClient
 
 logger = logging.getLogger(__name__)
 
 ACTIONS_PATH = "/api/audit/v1/action/"
+#: how far outside the gap a date may be and still count (the filter has whole seconds)
+SLACK = 1.0
 
 Sink = Callable[[list[Received]], None]
 
@@ -43,6 +47,7 @@ class Backfiller:
         self._sleep: Callable[[float], object] = sleep if sleep is not None \
             else self._stopping.wait
         self._clock = clock if clock is not None else time.time
+        self._outside_logged = False
 
     def _missed_actions(self, since: str) -> list[Any]:
         """Actions started during the gap, then those that started before it but ended in it."""
@@ -52,6 +57,29 @@ class Backfiller:
                 if isinstance(action, dict):
                     found.setdefault(str(action.get("resource_uri") or id(action)), action)
         return list(found.values())
+
+    def _inside(self, actions: list[Any], gap_start: float, gap_end: float, since: str
+                ) -> list[dict[str, Any]]:
+        """Keep the actions that started or ended inside the gap; count and report the rest."""
+        low, high = gap_start - SLACK, gap_end + SLACK
+        kept: list[dict[str, Any]] = []
+        outside: list[Any] = []
+        for action in actions:
+            if isinstance(action, dict) and any(
+                    moment is not None and low <= moment <= high
+                    for moment in (parse_datetime(action.get("start_date")),
+                                   parse_datetime(action.get("end_date")))):
+                kept.append(action)
+            else:
+                outside.append(action)
+        if outside:
+            self._metrics.stream_backfill_outside_gap.inc(len(outside))
+            level = logging.DEBUG if self._outside_logged else logging.WARNING
+            self._outside_logged = True
+            logger.log(level, "backfill since %s: the server returned %d action(s) that neither "
+                       "started nor ended in the gap (it may ignore the date filter); discarded, "
+                       "further ones are only counted", since, len(outside))
+        return kept
 
     def __call__(self, gap_start: float) -> int:
         """Emit the actions started since `gap_start` (POSIX time); return how many."""
@@ -77,7 +105,7 @@ class Backfiller:
             break
         now = self._clock()
         batch = [Received(backfilled_action_event(action), now, None, True)
-                 for action in actions if isinstance(action, dict)]
+                 for action in self._inside(actions, gap_start, now, since)]
         if batch:
             self._sink(batch)
             self._metrics.stream_backfilled.inc(len(batch))
