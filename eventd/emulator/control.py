@@ -1,7 +1,14 @@
-"""The `/_emulator/...` control endpoint: recordings, events and faults over HTTP, no auth."""
+"""The `/_emulator/...` control endpoint: recordings, events and faults over HTTP.
+
+It needs no credentials, so it answers only clients on the loopback interface (even when the
+REST API listens on 0.0.0.0), takes POST bodies only as `Content-Type: application/json` (a
+web page cannot send that cross-origin without a preflight), and lists recorded credentials
+redacted unless `?reveal=1` asks for them.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -66,8 +73,15 @@ def _events(emulator: Emulator, body: Any) -> Reply:
     return Reply(200, {"sent": sent})
 
 
-def handle_control(emulator: Emulator, method: str, path: str, raw: bytes) -> Reply:
+def handle_control(emulator: Emulator, method: str, path: str, raw: bytes,
+                   query: dict[str, str] | None = None, content_type: str = "",
+                   client: str = "127.0.0.1") -> Reply:
     """Answer one control call."""
+    if not _loopback(client):
+        return error(403, "the /_emulator control endpoint answers only clients on 127.0.0.1")
+    if method == "POST" and content_type != "application/json":
+        return error(415, "send the body as Content-Type: application/json")
+    reveal = (query or {}).get("reveal", "").lower() in ("1", "true", "yes")
     route = path.rstrip("/")
     body: Any = None
     if raw:
@@ -77,13 +91,13 @@ def handle_control(emulator: Emulator, method: str, path: str, raw: bytes) -> Re
             return error(400, "the body is not valid JSON")
     if route == "/_emulator/calls":
         if method == "GET":
-            return Reply(200, [call.to_json() for call in emulator.rest_calls()])
+            return Reply(200, [call.to_json(reveal) for call in emulator.rest_calls()])
         if method == "DELETE":
             emulator.clear_rest_calls()
             return Reply(200, {"cleared": True})
     elif route == "/_emulator/handshakes":
         if method == "GET":
-            return Reply(200, [h.to_json() for h in emulator.handshakes()])
+            return Reply(200, [h.to_json(reveal) for h in emulator.handshakes()])
         if method == "DELETE":
             emulator.clear_handshakes()
             return Reply(200, {"cleared": True})
@@ -103,3 +117,13 @@ def handle_control(emulator: Emulator, method: str, path: str, raw: bytes) -> Re
     else:
         return error(404, f"no control endpoint {path}")
     return error(405, f"{method} is not allowed on {route}")
+
+
+def _loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback

@@ -13,10 +13,11 @@ from types import TracebackType
 from typing import Any
 
 from eventd.emulator.api import RestApi
+from eventd.emulator.control import handle_control
 from eventd.emulator.faults import Faults
 from eventd.emulator.operations import Operator
 from eventd.emulator.records import Handshake, RecordedCall
-from eventd.emulator.rest_server import RestServer
+from eventd.emulator.rest_server import Backend, RestServer
 from eventd.emulator.scenario import Scenario, Step, load_scenario
 from eventd.emulator.scheduler import Scheduler
 from eventd.emulator.stream_server import StreamServer
@@ -83,7 +84,12 @@ class Emulator:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Emulator:
         """Start both servers, the world clock and the scenario timeline."""
-        self._rest = RestServer(self, self.host, self._rest_port)
+        backend = Backend(
+            api=self.api.handle, authorized=self.authorized, record=self.record_call,
+            control=lambda method, path, raw, query, content_type, client: handle_control(
+                self, method, path, raw, query, content_type, client),
+            faults=self.faults)
+        self._rest = RestServer(backend, self.host, self._rest_port)
         self._stream.start()
         self._rest.start()
         self.scheduler.start()

@@ -9,6 +9,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 # Query keys that carry credentials in legacy clients (`?user=&token=`, `?auth=`).
 SECRET_KEYS = frozenset({"token", "auth", "apikey", "api_key", "password"})
+# Headers whose values are credentials: shown as `<scheme> ***` unless revealed on purpose.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers for a listing: credential values replaced, their scheme (`Basic`) kept."""
+    shown: dict[str, str] = {}
+    for name, value in headers.items():
+        if name.lower() in SECRET_HEADERS:
+            scheme, sep, _ = value.partition(" ")
+            value = f"{scheme} ***" if sep else "***"
+        shown[name] = value
+    return shown
 
 
 def redact_target(target: str) -> str:
@@ -56,10 +69,11 @@ class RecordedCall:
     json: Any
     status: int
 
-    def to_json(self) -> dict[str, Any]:
-        """The call as JSON for the control endpoint."""
+    def to_json(self, reveal: bool = False) -> dict[str, Any]:
+        """The call as JSON for the control endpoint (credentials redacted unless `reveal`)."""
+        headers = dict(self.headers) if reveal else redact_headers(self.headers)
         return {"method": self.method, "path": self.path, "query": dict(self.query),
-                "headers": dict(self.headers), "json": self.json, "status": self.status}
+                "headers": headers, "json": self.json, "status": self.status}
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,8 @@ class Handshake:
     status: int
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
-        """The handshake as JSON for the control endpoint."""
-        return {"path": self.path, "query": dict(self.query), "headers": dict(self.headers),
+    def to_json(self, reveal: bool = False) -> dict[str, Any]:
+        """The handshake as JSON for the control endpoint (credentials redacted unless `reveal`)."""
+        headers = dict(self.headers) if reveal else redact_headers(self.headers)
+        return {"path": self.path, "query": dict(self.query), "headers": headers,
                 "status": self.status}

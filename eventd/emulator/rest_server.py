@@ -1,4 +1,7 @@
-"""The REST API's HTTP plumbing: a real threaded HTTP/1.1 server with faults and recording."""
+"""The REST API's HTTP plumbing: a real threaded HTTP/1.1 server with faults and recording.
+
+It knows nothing of the Emulator: it is handed the few callables it needs (`Backend`).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,32 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from eventd.emulator.api import Reply, error
+from eventd.emulator.faults import Faults
 from eventd.emulator.records import Headers, RecordedCall, redact_target
-
-if TYPE_CHECKING:
-    from eventd.emulator.core import Emulator
 
 logger = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_emulator"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the REST server calls: the API, the credential check, recording, control, faults."""
+
+    #: (method, path, query, body, user agent) -> reply
+    api: Callable[[str, str, dict[str, str], Any, str], Reply]
+    authorized: Callable[[str | None], bool]
+    record: Callable[[RecordedCall], None]
+    #: (method, path, raw body, query, content type, client address) -> reply
+    control: Callable[[str, str, bytes, dict[str, str], str, str], Reply]
+    faults: Faults
 
 
 class _Server(ThreadingHTTPServer):
@@ -29,8 +45,8 @@ class _Server(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
-        self.emulator = emulator
+    def __init__(self, address: tuple[str, int], backend: Backend) -> None:
+        self.backend = backend
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -81,17 +97,18 @@ class _Handler(BaseHTTPRequestHandler):
         """Access lines are replaced by one line per call from _handle."""
 
     def _handle(self, method: str) -> None:
-        emulator = self.server.emulator
+        backend = self.server.backend
         split = urlsplit(self.path)
         path, query = split.path, dict(parse_qsl(split.query, keep_blank_values=True))
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
         if path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/"):
-            from eventd.emulator.control import handle_control
-            self._send(handle_control(emulator, method, path, raw))
+            self._send(backend.control(method, path, raw, query,
+                                       _media_type(self.headers.get("Content-Type")),
+                                       str(self.client_address[0])))
             return
         headers = Headers(self.headers.items())
-        faults = emulator.faults
+        faults = backend.faults
         if faults.rest_delay > 0:
             time.sleep(faults.rest_delay)
         body: Any = None
@@ -106,16 +123,15 @@ class _Handler(BaseHTTPRequestHandler):
             reply = error(failure.status, f"emulated failure: HTTP {failure.status}")
             if failure.retry_after is not None:
                 reply.headers["Retry-After"] = failure.retry_after
-        elif not emulator.authorized(headers.get("Authorization")):
+        elif not backend.authorized(headers.get("Authorization")):
             reply = error(401, "Unauthorized")
         elif raw and _media_type(headers.get("Content-Type")) != "application/json":
             reply = error(415, "Unsupported Media Type: send Content-Type: application/json")
         elif raw and body is None and raw.strip() != b"null":
             reply = error(400, "the request body is not valid JSON")
         else:
-            reply = emulator.api.handle(method, path, query, body,
-                                        headers.get("User-Agent") or "")
-        emulator.record_call(RecordedCall(method=method, path=path, query=query,
+            reply = backend.api(method, path, query, body, headers.get("User-Agent") or "")
+        backend.record(RecordedCall(method=method, path=path, query=query,
                                           headers=headers, json=body, status=reply.status))
         logger.info("REST %s %s -> %d", method, redact_target(self.path), reply.status)
         self._send(reply)
@@ -138,8 +154,8 @@ def _media_type(value: str | None) -> str:
 class RestServer:
     """Serves the REST API (and the control endpoint) on a background thread."""
 
-    def __init__(self, emulator: Emulator, host: str, port: int) -> None:
-        self._server = _Server((host, port), emulator)
+    def __init__(self, backend: Backend, host: str, port: int) -> None:
+        self._server = _Server((host, port), backend)
         self.host = host
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None

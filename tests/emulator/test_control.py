@@ -19,7 +19,10 @@ def test_calls_are_listed_and_cleared_without_auth(emu, rest):
     calls = control(emu, "GET", "calls").json()
     assert calls == [{"method": "GET", "path": "/api/app/v1/service/", "query": {"name": "web"},
                       "headers": calls[0]["headers"], "json": None, "status": 200}]
-    assert calls[0]["headers"]["Authorization"] == emu.auth_header
+    assert calls[0]["headers"]["Authorization"] == "Basic ***"  # redacted unless asked for
+    assert emu.auth_header.split()[1] not in control(emu, "GET", "calls").text
+    revealed = control(emu, "GET", "calls?reveal=1").json()
+    assert revealed[0]["headers"]["Authorization"] == emu.auth_header
     assert control(emu, "DELETE", "calls").status_code == 200
     assert control(emu, "GET", "calls").json() == []
     assert emu.rest_calls() == []
@@ -31,6 +34,58 @@ def test_handshakes_are_listed(emu, streams):
     assert handshake["path"] == "/api/audit/v1/events"
     assert handshake["query"] == {"type": "service"}
     assert handshake["status"] == 101
+    assert handshake["headers"]["Authorization"] == "Basic ***"
+    [revealed] = control(emu, "GET", "handshakes?reveal=true").json()
+    assert revealed["headers"]["Authorization"] == emu.auth_header
+
+
+def test_posts_need_a_json_content_type(emu, streams):
+    ws = streams.connect()
+    for headers in ({}, {"Content-Type": "text/plain"},
+                    {"Content-Type": "application/x-www-form-urlencoded"}):
+        r = control(emu, "POST", "events", data=b'{"type": "container"}', headers=headers)
+        assert r.status_code == 415, headers
+        assert "application/json" in r.json()["error"]
+        r = control(emu, "POST", "faults", data=b'{"drop": true}', headers=headers)
+        assert r.status_code == 415
+    assert emu.sent_events() == [] and emu.wait_for_connections(1)
+    r = control(emu, "POST", "events", data=b'{"type": "container", "state": "A"}',
+                headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+    assert read_until(ws, lambda f: True)[0]["state"] == "A"
+
+
+def _outside_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent by connect()
+        except OSError:
+            return None
+        address = sock.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_control_answers_only_loopback_clients_even_on_all_interfaces():
+    from eventd.emulator import Emulator
+
+    outside = _outside_address()
+    if outside is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    with Emulator(host="0.0.0.0", tick=0.01) as emu:
+        port = emu.rest_port
+        far = requests.get(f"http://{outside}:{port}/_emulator/calls", timeout=5)
+        assert far.status_code == 403 and "127.0.0.1" in far.json()["error"]
+        far = requests.post(f"http://{outside}:{port}/_emulator/faults", json={"drop": True},
+                            timeout=5)
+        assert far.status_code == 403
+        api = requests.get(f"http://{outside}:{port}/api/app/v1/service/", timeout=5,
+                           headers={"Authorization": emu.auth_header})
+        assert api.status_code == 200  # the REST API itself does answer there
+        near = requests.get(f"http://127.0.0.1:{port}/_emulator/calls", timeout=5)
+        assert near.status_code == 200 and len(near.json()) == 1
 
 
 def test_posted_events_are_completed_and_broadcast(emu, streams):
