@@ -1,11 +1,10 @@
-"""StreamConsumer: connect, read, detect dead links, reconnect with backoff, and mark gaps.
+"""StreamConsumer: the Docker Cloud Stream API as a source (what is only Docker Cloud's).
 
-One thread runs `run()`. It reads frames with `framing.FrameReader` (many per socket read),
-turns them into `Received` batches and hands each batch to the sink, which may block
-(backpressure). Between reads it sends pings, checks the pong deadline and the idle watchdog,
-and watches `stopping`. Every lost connection becomes a `disconnected` gap event, every
-connection a `connected` one; after a re-connect the missed actions are backfilled on a
-separate thread.
+The loop itself (stop, backoff, gap events, backfill thread, credentials policy) is
+`eventd.sources.base.ConsumerLoop`. Here: the websocket handshake (credentials, redirects
+kept on the configured host, 401/403 and the other statuses), the hot read loop with
+`framing.FrameReader` (many frames per socket read), pings, the pong deadline and the idle
+watchdog, `auth`/`error` messages, the recorder, and the close handshake.
 """
 
 from __future__ import annotations
@@ -19,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import websocket
-from tenacity import RetryCallState, wait_random_exponential
 
 from eventd import __version__
 from eventd.delivery.http import parse_retry_after
 from eventd.errors import AuthRejected, MalformedEvent
-from eventd.events import Received, parse_event, stream_event
+from eventd.events import Received, parse_event
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
+from eventd.sources.base import ConsumerLoop, Disconnected, LoopOptions
 from eventd.sources.dockercloud.auth import Credentials
 from eventd.sources.dockercloud.framing import ConnectionEnded, FrameReader, FramingError
 
@@ -85,6 +84,13 @@ class StreamOptions:
         )
 
     @property
+    def loop_options(self) -> LoopOptions:
+        """The part the generic consumer loop needs."""
+        return LoopOptions(backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
+                           healthy_after=self.healthy_after, on_auth_error=self.on_auth_error,
+                           auth_error_wait=self.auth_error_wait)
+
+    @property
     def tick(self) -> float:
         """The socket read timeout: short enough to meet every deadline on time."""
         return max(0.01, min(self.read_tick, self.ping_interval / 2, self.pong_timeout / 2,
@@ -100,18 +106,7 @@ class _RedirectRefused(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    """Why one connection attempt or connection ended."""
-
-    reason: str  # a bounded metric label, or "stopped"
-    connected: bool = False  # whether the handshake had succeeded
-    retry_after: float | None = None
-    detail: str = ""
-    healthy: bool = False  # connected for at least healthy_after
-
-
-class StreamConsumer:
+class StreamConsumer(ConsumerLoop):
     """Consumes the Docker Cloud event stream until `stopping` is set."""
 
     def __init__(self, url: str, credentials: Credentials, sink: Sink, metrics: Metrics,
@@ -120,55 +115,33 @@ class StreamConsumer:
                  backfill: Callable[[float], object] | None = None,
                  sleep: Callable[[float], object] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
-        self.url = url
         self.options = options or StreamOptions()
-        self.connected = False
+        super().__init__(sink=sink, metrics=metrics, stopping=stopping,
+                         loop_options=self.options.loop_options,
+                         credentials_source=credentials.source, replay=backfill, sleep=sleep,
+                         clock=clock)
+        self.url = url
         self.pongs = 0  # pongs received over the consumer's life (tests wait on it)
-        self._connected_at: float | None = None  # monotonic time of the current connection
         self._credentials = credentials
-        self._sink = sink
-        self._metrics = metrics
-        self._stopping = stopping
         self._recorder = recorder
-        self._backfill = backfill
-        self._sleep: Callable[[float], object] = sleep if sleep is not None else self._wait_or_stop
-        self._clock = clock if clock is not None else time.time
         self._safe_url = _safe_url(url)
-        self._wait = wait_random_exponential(multiplier=self.options.backoff_initial,
-                                             max=self.options.backoff_max)
-        self._retry_state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        self._failures = 0  # consecutive failed or short-lived connections
         self._not_found = 0  # consecutive handshakes answered 404
-        self._auth_waited = False  # `wait` mode: the one more try was used
-        self._gap_start: float | None = None  # wall time of the last disconnect
-        self._invalid_logged: set[str] = set()
         self._ws: websocket.WebSocket | None = None
+        self._reader: FrameReader | None = None
         self._lock = threading.Lock()
-        self._close_requested = False
         self._close_sent = False
-        self._backfills: list[threading.Thread] = []
 
-    # -- public -------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Consume until `stopping` is set; raise AuthRejected if credentials are refused in exit mode."""
-        try:
-            while not self._stopped():
-                try:
-                    outcome = self._connection()
-                except AuthRejected as exc:
-                    self._auth_rejected(exc)
-                    continue
-                if outcome.reason == "stopped" or self._stopped():
-                    break
-                self._retry_later(outcome)
-        finally:
-            self._set_connected(False)
-            self._ws = None
-        logger.info("stream consumer stopped")
+    @property
+    def backfill_threads(self) -> list[threading.Thread]:
+        """Backfill threads started so far (so a caller can join them at shutdown)."""
+        return self.replay_threads
 
-    def close(self) -> None:
-        """Close the socket with a close frame (or abort a handshake in progress) and stop."""
-        self._close_requested = True
+    def describe(self) -> str:
+        """The stream URL without credentials or query."""
+        return self._safe_url
+
+    def interrupt(self) -> None:
+        """Close the socket with a close frame, or abort a handshake in progress."""
         ws = self._ws
         if ws is None:
             return
@@ -177,82 +150,16 @@ class StreamConsumer:
         else:
             _quietly(ws.shutdown)
 
-    @property
-    def healthy(self) -> bool:
-        """Connected for at least `healthy_after` (the backoff window starts over after it)."""
-        since = self._connected_at
-        return since is not None and time.monotonic() - since >= self.options.healthy_after
+    def run(self) -> None:
+        """Consume until `stopping` is set; raise AuthRejected if credentials are refused for good."""
+        try:
+            super().run()
+        finally:
+            self._ws = None
 
-    @property
-    def backfill_threads(self) -> list[threading.Thread]:
-        """Backfill threads started so far (so a caller can join them at shutdown)."""
-        return list(self._backfills)
-
-    # -- the reconnect loop -------------------------------------------------------------------
-    def _stopped(self) -> bool:
-        return self._close_requested or self._stopping.is_set()
-
-    def _wait_or_stop(self, seconds: float) -> None:
-        """Sleep, but wake within 0.1 s of `stopping` being set or `close()` being called."""
-        deadline = time.monotonic() + seconds
-        while not self._close_requested:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._stopping.wait(min(left, 0.1)):
-                return
-
-    def _retry_later(self, outcome: _Outcome) -> None:
-        """Count the loss, pick the backoff (Retry-After wins when longer), log it, sleep."""
-        self._metrics.stream_reconnects.labels(reason=outcome.reason).inc()
-        self._count_not_found(outcome)
-        if outcome.healthy:
-            self._failures = 0
-        self._failures += 1
-        self._retry_state.attempt_number = self._failures
-        delay = float(self._wait(self._retry_state))
-        if outcome.retry_after is not None:
-            delay = max(delay, outcome.retry_after)
-        if outcome.connected:
-            logger.warning("stream lost (%s); reconnecting in %.1f s", outcome.reason, delay)
-        else:
-            logger.warning("cannot connect to %s (%s%s); retrying in %.1f s", self._safe_url,
-                           outcome.reason, f": {outcome.detail}" if outcome.detail else "", delay)
-        self._sleep(delay)
-
-    def _count_not_found(self, outcome: _Outcome) -> None:
-        """After a few 404s in a row, say plainly that this host is not a Stream API host."""
-        if outcome.reason != "handshake_404":
-            self._not_found = 0
-            return
-        self._not_found += 1
-        if self._not_found == NOT_FOUND_HINT_AFTER:
-            logger.error("%s answered 404 Not Found to %d stream handshakes in a row: this host "
-                         "does not serve the Docker Cloud Stream API. Check DOCKERCLOUD_STREAM_HOST "
-                         "(the stream host, e.g. wss://ws.cloud.docker.com/, not the REST host) "
-                         "and DOCKERCLOUD_NAMESPACE; still retrying with backoff",
-                         self._safe_url, self._not_found)
-
-    def _auth_rejected(self, exc: AuthRejected) -> None:
-        """Never hot-loop on bad credentials: exit, or wait long and try exactly once more."""
-        self._metrics.stream_reconnects.labels(reason="auth_rejected").inc()
-        source = self._credentials.source
-        if self.options.on_auth_error == "exit":
-            logger.error("stream credentials from %s rejected by %s (%s); giving up",
-                         source, self._safe_url, exc)
-            raise exc
-        if self._auth_waited:
-            logger.error("stream credentials from %s rejected again by %s (%s) after waiting "
-                         "%.0f s; giving up", source, self._safe_url, exc,
-                         self.options.auth_error_wait)
-            raise exc
-        self._auth_waited = True
-        wait = self.options.auth_error_wait
-        logger.error("stream credentials from %s rejected by %s (%s); trying again in %.0f s",
-                     source, self._safe_url, exc, wait)
-        self._sleep(wait)
-
-    # -- one connection -----------------------------------------------------------------------
-    def _connection(self) -> _Outcome:
-        """Connect once and read until the connection ends; say why it ended."""
+    # -- connect ----------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """The websocket handshake; Disconnected says why it failed, AuthRejected on 401/403."""
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
         with self._lock:
             self._ws = ws
@@ -261,7 +168,8 @@ class StreamConsumer:
             self._handshake(ws)
         except _RedirectRefused as exc:
             _quietly(ws.shutdown)
-            return _Outcome(f"handshake_{exc.status}", detail=exc.detail)
+            self._not_found = 0
+            raise Disconnected(f"handshake_{exc.status}", detail=exc.detail) from None
         except websocket.WebSocketBadStatusException as exc:
             _quietly(ws.shutdown)
             status = int(exc.status_code)
@@ -269,15 +177,24 @@ class StreamConsumer:
                 raise AuthRejected(f"handshake answered HTTP {status}", status_code=status) from None
             headers: dict[str, Any] = exc.resp_headers or {}
             retry_after = parse_retry_after(headers.get("retry-after"))
-            return _Outcome(f"handshake_{status}", retry_after=retry_after,
-                            detail=f"HTTP {status}")
+            self._count_not_found(status)
+            raise Disconnected(f"handshake_{status}", retry_after=retry_after,
+                               detail=f"HTTP {status}") from None
         except (websocket.WebSocketTimeoutException, TimeoutError):
             _quietly(ws.shutdown)
-            return self._outcome_or_stop("connect_timeout", "handshake timed out")
+            raise self._failed("connect_timeout", "handshake timed out") from None
         except (websocket.WebSocketException, OSError) as exc:
             _quietly(ws.shutdown)
-            return self._outcome_or_stop("connect_error", _describe(exc))
-        return self._connected(ws)
+            raise self._failed("connect_error", _describe(exc)) from None
+        self._not_found = 0
+        # A failed pong write is left for the next read to notice as a dead socket.
+        assert ws.sock is not None  # connect() succeeded
+        self._reader = FrameReader(ws.sock,
+                                   on_ping=lambda payload: _quietly(lambda: ws.pong(payload)))
+
+    def _failed(self, reason: str, detail: str) -> Disconnected:
+        self._not_found = 0
+        return Disconnected("stopped" if self.stopped() else reason, detail=detail)
 
     def _handshake(self, ws: websocket.WebSocket) -> None:
         """Connect; follow a redirect only within the configured scheme, host and port.
@@ -311,63 +228,29 @@ class StreamConsumer:
                     f"HTTP {status} redirect to {_safe_url(target)}, another scheme, host or port: "
                     "not followed (eventd sends the credentials only to DOCKERCLOUD_STREAM_HOST; "
                     "if the stream moved, point DOCKERCLOUD_STREAM_HOST there)"))
-            logger.info("stream handshake redirected (HTTP %d) to %s: same host, following",
-                        status, _safe_url(target))
+            self.log.info("stream handshake redirected (HTTP %d) to %s: same host, following",
+                          status, _safe_url(target))
             url = target
         raise _RedirectRefused(status, f"more than {MAX_REDIRECTS} redirects")
 
-    def _outcome_or_stop(self, reason: str, detail: str) -> _Outcome:
-        return _Outcome("stopped" if self._stopped() else reason, detail=detail)
+    def _count_not_found(self, status: int) -> None:
+        """After a few 404s in a row, say plainly that this host is not a Stream API host."""
+        if status != 404:
+            self._not_found = 0
+            return
+        self._not_found += 1
+        if self._not_found == NOT_FOUND_HINT_AFTER:
+            logger.error("%s answered 404 Not Found to %d stream handshakes in a row: this host "
+                         "does not serve the Docker Cloud Stream API. Check DOCKERCLOUD_STREAM_HOST "
+                         "(the stream host, e.g. wss://ws.cloud.docker.com/, not the REST host) "
+                         "and DOCKERCLOUD_NAMESPACE; still retrying with backoff",
+                         self._safe_url, self._not_found)
 
-    def _connected(self, ws: websocket.WebSocket) -> _Outcome:
-        """Announce the connection (gap event, backfill), read, then announce the loss."""
-        began = time.monotonic()
-        now = self._clock()
-        gap_start = self._gap_start
-        gap = None if gap_start is None else max(0.0, now - gap_start)
-        self._set_connected(True)
-        if gap is None:
-            logger.info("connected to %s", self._safe_url)
-        else:
-            logger.info("connected to %s (gap %.1f s)", self._safe_url, gap)
-        # A failed pong write is left for the next read to notice as a dead socket.
-        assert ws.sock is not None  # connect() succeeded
-        reader = FrameReader(ws.sock, on_ping=lambda payload: _quietly(lambda: ws.pong(payload)))
-        auth_error: AuthRejected | None = None
-        try:
-            self._sink([Received(stream_event("connected", now, gap), now, None, True)])
-            if gap_start is not None and self._backfill is not None:
-                self._start_backfill(gap_start)
-            reason = self._read(ws, reader)
-            if self._stopped():  # close() from another thread: the server's answer ended the read
-                reason = "stopped"
-        except AuthRejected as exc:
-            reason, auth_error = "auth_rejected", exc
-        except BaseException:  # the sink or recorder failed: leave no socket behind
-            _quietly(ws.shutdown)
-            raise
-        finally:
-            self._set_connected(False)
-        if reason == "stopped":
-            self._finish(ws, reader)
-            return _Outcome("stopped", connected=True)
-        if reason == "closed":
-            self._send_close(ws, reader.close_frame[0] if reader.close_frame else None)
-        elif auth_error is not None:
-            self._send_close(ws)
-        _quietly(ws.shutdown)
-        lost_at = self._clock()
-        self._gap_start = lost_at
-        self._sink([Received(stream_event("disconnected", lost_at), lost_at, None, True)])
-        healthy = time.monotonic() - began >= self.options.healthy_after
-        if healthy:
-            self._auth_waited = False  # a later rejection is a new episode: one more wait
-        if auth_error is not None:
-            raise auth_error
-        return _Outcome(reason, connected=True, healthy=healthy)
-
-    def _read(self, ws: websocket.WebSocket, reader: FrameReader) -> str:
+    # -- read -------------------------------------------------------------------------------------
+    def consume(self) -> str:
         """The hot loop: read, deliver, keep the link checked; return why it ended."""
+        ws, reader = self._ws, self._reader
+        assert ws is not None and reader is not None
         opts = self.options
         ping_interval, pong_timeout, idle_timeout = (
             opts.ping_interval, opts.pong_timeout, opts.idle_timeout)
@@ -429,7 +312,7 @@ class StreamConsumer:
             try:
                 event = parse_event(payload)
             except MalformedEvent as exc:
-                self._invalid(exc)
+                self.on_decode_error(exc)
                 continue
             kind = event["type"]
             if kind == "auth" or kind == "error":
@@ -457,19 +340,21 @@ class StreamConsumer:
         logger.warning("stream error message from %s: %s", self._safe_url, text)
         return text == "UNAUTHORIZED"
 
-    def _invalid(self, exc: MalformedEvent) -> None:
-        """Count a frame that is not an event; log the first of each kind with a sample."""
-        self._metrics.events_invalid.labels(reason=exc.reason).inc()
-        if exc.reason not in self._invalid_logged:
-            self._invalid_logged.add(exc.reason)
-            logger.warning("skipping stream frames that are not events (%s), e.g. %r; "
-                           "further ones are only counted", exc.reason, exc.sample[:120])
-
-    # -- helpers ------------------------------------------------------------------------------
-    def _set_connected(self, value: bool) -> None:
-        self._connected_at = time.monotonic() if value else None
-        self.connected = value
-        self._metrics.stream_connected.set(1 if value else 0)
+    # -- let go -----------------------------------------------------------------------------------
+    def disconnect(self, reason: str) -> None:
+        """Close frame and a brief wait when stopping; echo a close; else just shut the socket."""
+        ws, reader = self._ws, self._reader
+        self._reader = None
+        if ws is None:
+            return
+        if reason == "stopped" and reader is not None:
+            self._finish(ws, reader)
+            return
+        if reason == "closed" and reader is not None:
+            self._send_close(ws, reader.close_frame[0] if reader.close_frame else None)
+        elif reason == "auth_rejected":
+            self._send_close(ws)
+        _quietly(ws.shutdown)
 
     def _send_close(self, ws: websocket.WebSocket, code: int | None = None) -> None:
         """Send one close frame per connection, from whichever thread gets here first."""
@@ -496,19 +381,6 @@ class StreamConsumer:
             pass
         _quietly(ws.shutdown)
         logger.info("stream to %s closed", self._safe_url)
-
-    def _start_backfill(self, gap_start: float) -> None:
-        thread = threading.Thread(target=self._run_backfill, args=(gap_start,),
-                                  name="eventd-backfill", daemon=True)
-        self._backfills = [t for t in self._backfills if t.is_alive()] + [thread]
-        thread.start()
-
-    def _run_backfill(self, gap_start: float) -> None:
-        assert self._backfill is not None
-        try:
-            self._backfill(gap_start)
-        except Exception:  # noqa: BLE001 - a failed backfill must not end anything else
-            logger.warning("backfill after the stream gap failed", exc_info=True)
 
 
 def _quietly(fn: Callable[[], object]) -> None:
