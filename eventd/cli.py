@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="longest wait between reconnects (default 60s)")
     run.add_argument("--max-event-age", metavar="DURATION", default=None,
                      help="older events trigger no REST action (default 15m)")
+    run.add_argument("--ca-file", metavar="FILE", default=None,
+                     help="also trust these CA certificates (PEM) for the stream, REST and "
+                          "webhook hosts (env EVENTD_CA_FILE)")
+    run.add_argument("--client-cert", metavar="FILE", default=None,
+                     help="client certificate (PEM) for TLS servers that ask for one "
+                          "(env EVENTD_CLIENT_CERT)")
+    run.add_argument("--client-key", metavar="FILE", default=None,
+                     help="its private key, if not in the --client-cert file (env EVENTD_CLIENT_KEY)")
     run.set_defaults(handler=cmd_run)
 
     check = sub.add_parser("check", help="validate rule files (needs no credentials)")
@@ -135,7 +143,7 @@ def _takes_env(handler: Any) -> bool:
 
 # -- run ---------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
-    from eventd.settings import Settings, parse_addr, parse_duration
+    from eventd.settings import Settings, parse_addr, parse_duration, tls_from_env
 
     def duration(value: str | None, name: str) -> float | None:
         return None if value is None else parse_duration(value, name)
@@ -161,6 +169,7 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
             "idle_timeout": duration(args.idle_timeout, "--idle-timeout"),
             "backoff_max": duration(args.backoff_max, "--backoff-max"),
             "max_event_age": duration(args.max_event_age, "--max-event-age"),
+            "tls": tls_from_env(env, args.ca_file, args.client_cert, args.client_key),
         })
     if overrides["log_format"] not in (None, "text", "json"):
         raise ConfigError(f"EVENTD_LOG_FORMAT must be text or json, got {overrides['log_format']!r}")

@@ -106,7 +106,7 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
         store = open_store(settings, exclusive=exclusive)
     try:
         rest = RestClient(settings.rest_host, credentials, user_agent=settings.user_agent,
-                          reconnection_interval=_float(
+                          tls=settings.tls, reconnection_interval=_float(
                               environ.get("DOCKERCLOUD_RECONNECTION_INTERVAL"), -1.0)) \
             if credentials is not None else None
         loop_guard, action_waiter = LoopGuard(), ActionWaiter()

@@ -1,18 +1,27 @@
 """Typed, frozen settings built from an injected environment mapping and the command line.
 
 Nothing here reads os.environ at import time; `Settings.from_env(environ)` is the one door.
+Also here, as httpx keeps its SSL configuration in `_config.py`: `TlsOptions` (the CA file and
+client certificate every outbound TLS connection uses) and `read_secret_files` (the `_FILE`
+convention of Docker secrets and Kubernetes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from eventd.errors import ConfigError
+
+if TYPE_CHECKING:
+    import requests
 
 DEFAULT_STREAM_HOST = "wss://ws.cloud.docker.com/"
 DEFAULT_REST_HOST = "https://cloud.docker.com/"
@@ -25,6 +34,161 @@ def _host(value: str, schemes: tuple[str, ...], variable: str) -> str:
         wanted = " or ".join(s + "://" for s in schemes)
         raise ConfigError(f"{variable} must be a {wanted} URL, got {value!r}")
     return value.strip().rstrip("/") + "/"
+
+
+#: secrets that may come from a file named by `<NAME>_FILE` (Docker secrets, Kubernetes)
+SECRET_FILE_VARIABLES = ("DOCKERCLOUD_AUTH", "DOCKERCLOUD_APIKEY", "DOCKERCLOUD_PASS",
+                         "EVENTD_STORE_PASSWORD")
+_SECRET_FILE_LIMIT = 64 * 1024
+
+
+def read_secret_files(environ: Mapping[str, str],
+                      names: tuple[str, ...] = SECRET_FILE_VARIABLES) -> dict[str, str]:
+    """The environment with each `NAME` filled from the file `NAME_FILE` names.
+
+    Setting both is an error, as is a file that cannot be read or is empty; messages name the
+    variable and the path, never the content. Surrounding whitespace (the trailing newline of
+    `echo secret > file`) is dropped.
+    """
+    found = dict(environ)
+    for name in names:
+        path = environ.get(f"{name}_FILE", "")
+        if not path:
+            continue
+        if environ.get(name):
+            raise ConfigError(f"set {name} or {name}_FILE, not both")
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(_SECRET_FILE_LIMIT + 1)
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror or exc}") from None
+        if len(data) > _SECRET_FILE_LIMIT:
+            raise ConfigError(f"{name}_FILE: {path} is larger than {_SECRET_FILE_LIMIT} bytes")
+        try:
+            value = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+        if not value:
+            raise ConfigError(f"{name}_FILE: {path} is empty")
+        found[name] = value
+    return found
+
+
+def is_loopback_host(url: str) -> bool:
+    """Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_warning(url: str, variable: str) -> str | None:
+    """A warning when credentials would travel unencrypted to another machine, else None."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("ws", "http") and not is_loopback_host(url):
+        secure = "wss" if scheme == "ws" else "https"
+        return (f"{variable} is {scheme}://{urlsplit(url).netloc}: the credentials go to another "
+                f"machine unencrypted, readable by anyone on the way; use {secure}://")
+    return None
+
+
+def _readable_file(value: str | Path, variable: str) -> Path:
+    path = Path(value)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """Extra trust and a client certificate for every outbound TLS connection.
+
+    `ca_file` adds CAs to those already trusted (the system's and certifi's, which requests
+    uses), so a private CA for one host never breaks a public webhook. `client_cert` (with
+    `client_key` unless the key is in the same PEM file) is presented to servers that ask.
+    """
+
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    @property
+    def custom(self) -> bool:
+        """Whether any option is set (otherwise the libraries' defaults apply untouched)."""
+        return bool(self.ca_file or self.client_cert)
+
+    @cached_property
+    def context(self) -> ssl.SSLContext:
+        """One verifying client context for websocket-client and requests alike."""
+        try:
+            context = ssl.create_default_context()
+            try:
+                import certifi
+
+                context.load_verify_locations(cafile=certifi.where())
+            except ImportError:  # requests normally brings certifi; the system's CAs remain
+                pass
+            if self.ca_file is not None:
+                context.load_verify_locations(cafile=str(self.ca_file))
+            if self.client_cert is not None:
+                context.load_cert_chain(str(self.client_cert),
+                                        str(self.client_key) if self.client_key else None)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"TLS files (--ca-file, --client-cert, --client-key): {exc}") from None
+        return context
+
+    def sslopt(self) -> dict[str, Any]:
+        """websocket-client's `sslopt` (empty: its defaults)."""
+        return {"context": self.context} if self.custom else {}
+
+    def configure(self, session: requests.Session) -> requests.Session:
+        """Make a requests Session verify (and present a certificate) with `context`."""
+        if self.custom:
+            session.mount("https://", _context_adapter(self.context))
+        return session
+
+
+def _context_adapter(context: ssl.SSLContext) -> Any:
+    """A requests HTTPAdapter whose connections use `context` for trust and certificates."""
+    from requests.adapters import HTTPAdapter
+
+    class ContextAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["ssl_context"] = context
+            super().init_poolmanager(*args, **kwargs)
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            kwargs["ssl_context"] = context
+            return super().proxy_manager_for(proxy, **kwargs)
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            super().cert_verify(conn, url, verify, cert)
+            if verify is True:  # the context already trusts certifi's CAs and ca_file's
+                conn.ca_certs = None
+                conn.ca_cert_dir = None
+
+    return ContextAdapter()
+
+
+def tls_from_env(environ: Mapping[str, str], ca_file: str | Path | None = None,
+                 client_cert: str | Path | None = None,
+                 client_key: str | Path | None = None) -> TlsOptions:
+    """TLS options from flags (given here) or EVENTD_CA_FILE / EVENTD_CLIENT_CERT / _KEY."""
+    ca = ca_file or environ.get("EVENTD_CA_FILE") or None
+    cert = client_cert or environ.get("EVENTD_CLIENT_CERT") or None
+    key = client_key or environ.get("EVENTD_CLIENT_KEY") or None
+    if key and not cert:
+        raise ConfigError("EVENTD_CLIENT_KEY (--client-key) needs EVENTD_CLIENT_CERT (--client-cert)")
+    return TlsOptions(
+        ca_file=_readable_file(ca, "EVENTD_CA_FILE (--ca-file)") if ca else None,
+        client_cert=_readable_file(cert, "EVENTD_CLIENT_CERT (--client-cert)") if cert else None,
+        client_key=_readable_file(key, "EVENTD_CLIENT_KEY (--client-key)") if key else None)
 
 
 def parse_duration(value: str | int | float, name: str = "duration") -> float:
@@ -90,10 +254,15 @@ class Settings:
     #: `state_dir`; "memory": nothing kept across a restart), or a store URL.
     store: str = "sqlite"
     user_agent: str = "eventd"
+    tls: TlsOptions = TlsOptions()
+    #: for the Redis store to come: EVENTD_STORE_PASSWORD or EVENTD_STORE_PASSWORD_FILE
+    store_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Build settings from DOCKERCLOUD_* variables, then apply explicit overrides."""
+        password = read_secret_files(environ, ("EVENTD_STORE_PASSWORD",)).get(
+            "EVENTD_STORE_PASSWORD") or None
         stream = environ.get("DOCKERCLOUD_STREAM_HOST") or environ.get("DOCKERCLOUD_STREAM_URL") \
             or DEFAULT_STREAM_HOST
         rest = environ.get("DOCKERCLOUD_REST_HOST") or DEFAULT_REST_HOST
@@ -101,7 +270,10 @@ class Settings:
             "stream_host": _host(stream, ("ws", "wss"), "DOCKERCLOUD_STREAM_HOST"),
             "rest_host": _host(rest, ("http", "https"), "DOCKERCLOUD_REST_HOST"),
             "namespace": (environ.get("DOCKERCLOUD_NAMESPACE") or "").strip("/ ") or None,
+            "store_password": password,
         }
+        if "tls" not in overrides or overrides["tls"] is None:
+            values["tls"] = tls_from_env(environ)
         sync = environ.get("EVENTD_SPOOL_SYNC", "").strip().upper()
         if sync:
             if sync not in ("NORMAL", "FULL"):

@@ -67,7 +67,8 @@ def check_timeout(value: object) -> list[str]:
 class SessionPool:
     """One requests Session per worker thread (Sessions are not thread-safe), all closable."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Any = None) -> None:
+        self._tls = tls  # settings.TlsOptions
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[requests.Session] = []
@@ -75,7 +76,7 @@ class SessionPool:
     def get(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = new_session()
+            session = new_session(tls=self._tls)
             self._local.session = session
             with self._lock:
                 self._all.append(session)
@@ -96,7 +97,7 @@ class HttpPostAction:
 
     def __init__(self, context: ActionContext) -> None:
         self.context = context
-        self._sessions = SessionPool()
+        self._sessions = SessionPool(context.settings.tls)
 
     def target(self, options: dict[str, Any]) -> str:
         """One queue per receiving host."""

@@ -20,10 +20,15 @@ DEFAULT_TIMEOUT = 10.0
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-def new_session(user_agent: str = USER_AGENT) -> requests.Session:
-    """A requests Session that never reads proxy settings for loopback and sends our UA."""
+def new_session(user_agent: str = USER_AGENT, tls: Any = None) -> requests.Session:
+    """A requests Session that never reads proxy settings for loopback and sends our UA.
+
+    `tls` (settings.TlsOptions: --ca-file, --client-cert) configures its HTTPS connections.
+    """
     session = requests.Session()
     session.headers["User-Agent"] = user_agent
+    if tls is not None:
+        tls.configure(session)
     return session
 
 

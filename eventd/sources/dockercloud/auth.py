@@ -2,6 +2,8 @@
 
 Precedence (reference 4.2, python SDK and CLI): DOCKERCLOUD_AUTH, then DOCKERCLOUD_USER +
 DOCKERCLOUD_APIKEY, then DOCKERCLOUD_USER + DOCKERCLOUD_PASS, then ~/.docker/config.json.
+Each secret variable may instead name a file (`DOCKERCLOUD_AUTH_FILE`, `DOCKERCLOUD_APIKEY_FILE`,
+`DOCKERCLOUD_PASS_FILE`), as Docker secrets and Kubernetes mount them.
 The secret never leaves this object except through `header`; its repr is redacted.
 """
 
@@ -15,13 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventd.errors import CredentialsMissing
+from eventd.errors import ConfigError, CredentialsMissing
+from eventd.settings import read_secret_files
 
 DOCKER_HUB = "https://index.docker.io/v1/"
 
 LOOKED_FOR = (
-    "DOCKERCLOUD_AUTH, DOCKERCLOUD_USER with DOCKERCLOUD_APIKEY, DOCKERCLOUD_USER with "
-    "DOCKERCLOUD_PASS, or an auth for https://index.docker.io/v1/ in ~/.docker/config.json"
+    "DOCKERCLOUD_AUTH (or _FILE), DOCKERCLOUD_USER with DOCKERCLOUD_APIKEY (or _FILE), "
+    "DOCKERCLOUD_USER with DOCKERCLOUD_PASS (or _FILE), or an auth for "
+    "https://index.docker.io/v1/ in ~/.docker/config.json"
 )
 
 
@@ -61,15 +65,32 @@ class Credentials:
 
 
 def load_credentials(environ: Mapping[str, str], home: Path | None = None) -> Credentials:
-    """Find credentials in the SDKs' order; raise CredentialsMissing naming what was looked for."""
+    """Find credentials in the SDKs' order; raise CredentialsMissing naming what was looked for.
+
+    A `_FILE` variable that cannot be used is CredentialsMissing too (exit 2), naming the
+    variable and the path, never the content.
+    """
+    original = environ
+    try:
+        environ = read_secret_files(environ, ("DOCKERCLOUD_AUTH", "DOCKERCLOUD_APIKEY",
+                                              "DOCKERCLOUD_PASS"))
+    except ConfigError as exc:
+        raise CredentialsMissing(str(exc)) from None
+
+    def name(variable: str) -> str:
+        return f"{variable}_FILE" if original.get(f"{variable}_FILE") else variable
+
     auth = environ.get("DOCKERCLOUD_AUTH", "").strip()
     if auth:
-        return Credentials(header=auth, source="DOCKERCLOUD_AUTH", user=environ.get("DOCKERCLOUD_USER"))
+        return Credentials(header=auth, source=name("DOCKERCLOUD_AUTH"),
+                           user=environ.get("DOCKERCLOUD_USER"))
     user = environ.get("DOCKERCLOUD_USER", "").strip()
     if user and environ.get("DOCKERCLOUD_APIKEY"):
-        return Credentials.basic(user, environ["DOCKERCLOUD_APIKEY"], "DOCKERCLOUD_USER+DOCKERCLOUD_APIKEY")
+        return Credentials.basic(user, environ["DOCKERCLOUD_APIKEY"],
+                                 f"DOCKERCLOUD_USER+{name('DOCKERCLOUD_APIKEY')}")
     if user and environ.get("DOCKERCLOUD_PASS"):
-        return Credentials.basic(user, environ["DOCKERCLOUD_PASS"], "DOCKERCLOUD_USER+DOCKERCLOUD_PASS")
+        return Credentials.basic(user, environ["DOCKERCLOUD_PASS"],
+                                 f"DOCKERCLOUD_USER+{name('DOCKERCLOUD_PASS')}")
     found = _from_docker_config(home if home is not None else _home(environ))
     if found is not None:
         return found

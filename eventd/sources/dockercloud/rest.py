@@ -6,6 +6,7 @@ stream carries them (`/api/app/v1/<ns>/service/<uuid>/`), joined to the REST hos
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from urllib.parse import urlencode
 import requests
 
 from eventd.delivery.http import DEFAULT_TIMEOUT, USER_AGENT, new_session, send
+from eventd.settings import TlsOptions, plaintext_warning
 from eventd.sources.dockercloud.auth import Credentials
+
+logger = logging.getLogger(__name__)
 
 
 class RestClient:
@@ -23,8 +27,12 @@ class RestClient:
 
     def __init__(self, rest_host: str, credentials: Credentials, *,
                  timeout: float = DEFAULT_TIMEOUT, user_agent: str = USER_AGENT,
-                 reconnection_interval: float = -1.0) -> None:
+                 reconnection_interval: float = -1.0, tls: TlsOptions | None = None) -> None:
         self.rest_host = rest_host.rstrip("/") + "/"
+        self.tls = tls if tls is not None else TlsOptions()
+        warning = plaintext_warning(self.rest_host, "DOCKERCLOUD_REST_HOST")
+        if warning is not None:
+            logger.warning("%s", warning)
         self._credentials = credentials
         self.timeout = timeout
         self.user_agent = user_agent
@@ -48,7 +56,7 @@ class RestClient:
             session.close()
             session = None
         if session is None:
-            session = new_session(self.user_agent)
+            session = self.tls.configure(new_session(self.user_agent))
             self._local.session = session
         self._local.last_used = now
         return session

@@ -25,6 +25,7 @@ from eventd.errors import AuthRejected, MalformedEvent
 from eventd.events import Received, parse_event
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
+from eventd.settings import TlsOptions, plaintext_warning
 from eventd.sources.base import ConsumerLoop, Disconnected, LoopOptions
 from eventd.sources.dockercloud.auth import Credentials
 from eventd.sources.dockercloud.framing import ConnectionEnded, FrameReader, FramingError
@@ -62,6 +63,7 @@ class StreamOptions:
     handshake_timeout: float = 10.0
     #: longest blocking socket read, so that stopping and deadlines are checked this often
     read_tick: float = 0.5
+    tls: TlsOptions = TlsOptions()
 
     def __post_init__(self) -> None:
         if self.on_auth_error not in ("exit", "wait"):
@@ -80,7 +82,7 @@ class StreamOptions:
             idle_timeout=settings.idle_timeout, backoff_initial=settings.backoff_initial,
             backoff_max=settings.backoff_max, healthy_after=settings.healthy_after,
             on_auth_error=settings.on_auth_error, auth_error_wait=settings.auth_error_wait,
-            user_agent=agent,
+            user_agent=agent, tls=settings.tls,
         )
 
     @property
@@ -152,6 +154,9 @@ class StreamConsumer(ConsumerLoop):
 
     def run(self) -> None:
         """Consume until `stopping` is set; raise AuthRejected if credentials are refused for good."""
+        warning = plaintext_warning(self.url, "DOCKERCLOUD_STREAM_HOST")
+        if warning is not None:
+            logger.warning("%s", warning)
         try:
             super().run()
         finally:
@@ -210,7 +215,7 @@ class StreamConsumer(ConsumerLoop):
             ws.handshake_response = None
             try:
                 ws.connect(url, timeout=opts.handshake_timeout,  # type: ignore[no-untyped-call]
-                           header=header, redirect_limit=0)
+                           header=header, redirect_limit=0, sslopt=opts.tls.sslopt())
                 return
             except websocket.WebSocketBadStatusException:
                 raise
