@@ -154,3 +154,65 @@ def test_on_auth_error_wait_tries_exactly_once_more_then_exits_3(emulator, tmp_p
     assert [h.status for h in emulator.handshakes()] == [401, 401]
     assert "rejected again" in err
     assert emulator.auth_header.split()[1] not in out + err
+
+
+# -- secrets from files (the _FILE convention of Docker secrets and Kubernetes) --------------
+
+def secret_file(tmp_path: Path, name: str, content: str) -> Path:
+    path = tmp_path / name
+    path.write_text(content)
+    return path
+
+
+def test_auth_file_is_read_and_named_as_the_source(home, tmp_path):
+    path = secret_file(tmp_path, "auth", "Bearer from-a-file\n")
+    creds = load_credentials({"DOCKERCLOUD_AUTH_FILE": str(path)}, home)
+    assert creds.header == "Bearer from-a-file"
+    assert creds.source == "DOCKERCLOUD_AUTH_FILE"
+
+
+def test_apikey_file_with_the_user(home, tmp_path):
+    path = secret_file(tmp_path, "apikey", "k3y-in-file")
+    creds = load_credentials({"DOCKERCLOUD_USER": "alice", "DOCKERCLOUD_APIKEY_FILE": str(path)},
+                             home)
+    assert creds.header == basic("alice", "k3y-in-file")
+    assert creds.source == "DOCKERCLOUD_USER+DOCKERCLOUD_APIKEY_FILE"
+
+
+def test_a_file_keeps_the_precedence_of_its_variable(home, tmp_path):
+    env = {"DOCKERCLOUD_AUTH_FILE": str(secret_file(tmp_path, "auth", "Basic from-file")),
+           "DOCKERCLOUD_USER": "alice", "DOCKERCLOUD_APIKEY": "the-apikey"}
+    assert load_credentials(env, home).header == "Basic from-file"
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "both"])
+def test_unusable_secret_file_names_the_variable_never_the_content(home, tmp_path, case):
+    path = {"missing": tmp_path / "nope",
+            "directory": tmp_path,
+            "empty": secret_file(tmp_path, "empty", " \n"),
+            "both": secret_file(tmp_path, "auth", "Bearer s3cret-token")}[case]
+    env = {"DOCKERCLOUD_AUTH_FILE": str(path)}
+    if case == "both":
+        env["DOCKERCLOUD_AUTH"] = "Bearer other-s3cret"
+    with pytest.raises(CredentialsMissing) as info:
+        load_credentials(env, home)
+    message = str(info.value)
+    assert "DOCKERCLOUD_AUTH" in message
+    assert "s3cret" not in message
+
+
+def test_unreadable_secret_file_is_exit_2_naming_the_variable(tmp_path):
+    path = secret_file(tmp_path, "apikey", "the-secret-apikey-value")
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anything: use a path that cannot be opened
+        path = tmp_path / "missing-apikey"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    proc = _eventd("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"),
+                   env={"HOME": str(tmp_path), "DOCKERCLOUD_USER": "alice",
+                        "DOCKERCLOUD_APIKEY_FILE": str(path)})
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2, err
+    assert "DOCKERCLOUD_APIKEY_FILE" in err and str(path) in err
+    assert "the-secret-apikey-value" not in out + err
+    assert "Traceback" not in err

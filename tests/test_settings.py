@@ -83,3 +83,24 @@ def test_durations(text, seconds):
 def test_bad_durations_are_config_errors(text):
     with pytest.raises(ConfigError):
         parse_duration(text, "--ping-interval")
+
+
+def test_store_password_from_a_file_is_kept_out_of_repr(tmp_path):
+    path = tmp_path / "password"
+    path.write_text("r3dis-pass\n")
+    settings = Settings.from_env({"EVENTD_STORE_PASSWORD_FILE": str(path)})
+    assert settings.store_password == "r3dis-pass"
+    assert "r3dis-pass" not in repr(settings)
+    assert Settings.from_env({"EVENTD_STORE_PASSWORD": "direct"}).store_password == "direct"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"EVENTD_STORE_PASSWORD_FILE": str(tmp_path / "missing")})
+    assert "EVENTD_STORE_PASSWORD_FILE" in str(info.value)
+
+
+def test_tls_options_come_from_the_environment(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = Settings.from_env({"EVENTD_CA_FILE": str(ca)})
+    assert settings.tls.ca_file == ca and settings.tls.client_cert is None
+    assert StreamOptions.from_settings(settings).tls == settings.tls
+    assert not Settings.from_env({}).tls.custom

@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
@@ -33,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tick", type=float, default=0.5,
                         help="seconds per step of a running action (default 0.5)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible uuids")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve https:// and wss:// with a self-signed certificate it writes "
+                             "(its path is printed as EVENTD_CA_FILE)")
+    parser.add_argument("--tls-dir", type=Path, default=None, metavar="DIR",
+                        help="with --tls: write the certificate and key here (default: a new "
+                             "temporary directory)")
 
 
 def export_lines(rest_url: str, stream_url: str, user: str, apikey: str, auth: str,
@@ -72,9 +79,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         emulator = Emulator(user=args.user, apikey=args.apikey, token=args.token,
                             namespace=namespace, scenario=args.scenario, host=args.host,
                             rest_port=args.rest_port, stream_port=args.stream_port,
-                            tick=args.tick, seed=getattr(args, "seed", None))
+                            tick=args.tick, seed=getattr(args, "seed", None),
+                            tls=getattr(args, "tls", False), tls_dir=getattr(args, "tls_dir", None))
     except ScenarioError as exc:
         print(f"eventd emulate: {exc}", file=sys.stderr)
+        return 2
+    except (ImportError, OSError) as exc:  # --tls without `cryptography`, or an unwritable dir
+        print(f"eventd emulate: cannot write the TLS certificate: {exc}", file=sys.stderr)
         return 2
     stopping = threading.Event()
 
@@ -95,6 +106,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             for line in export_lines(emulator.rest_url, emulator.stream_url, args.user,
                                      args.apikey, auth, namespace):
                 print(line, file=out)
+            if emulator.ca_file is not None:
+                print(f"export EVENTD_CA_FILE={shlex.quote(str(emulator.ca_file))}", file=out)
             out.flush()
             while not stopping.wait(0.5):
                 pass

@@ -21,6 +21,7 @@ from eventd.emulator.rest_server import Backend, RestServer
 from eventd.emulator.scenario import Scenario, Step, load_scenario
 from eventd.emulator.scheduler import Scheduler
 from eventd.emulator.stream_server import StreamServer
+from eventd.emulator.tls import Certificate, write_self_signed
 from eventd.emulator.world import (
     DEFAULT_WORLD,
     EVENT_FIELDS,
@@ -48,7 +49,8 @@ class Emulator:
                  namespace: str = "user",
                  scenario: str | Path | Mapping[str, Any] | Scenario | None = None,
                  host: str = "127.0.0.1", rest_port: int = 0, stream_port: int = 0,
-                 tick: float = 0.05, seed: int | None = None) -> None:
+                 tick: float = 0.05, seed: int | None = None, tls: bool = False,
+                 tls_dir: Path | None = None, tls_client_ca: Path | None = None) -> None:
         self.user = user
         self.namespace = namespace
         self.host = host
@@ -74,9 +76,12 @@ class Emulator:
         self.api = RestApi(self.world, self.operator,
                            ignore_dates=lambda: self.faults.ignoring_dates)
         self._rest_port = rest_port
+        #: with tls: the self-signed certificate both servers present (clients' CA file)
+        self.certificate: Certificate | None = write_self_signed(tls_dir, host) if tls else None
+        self._tls = self.certificate.server_context(tls_client_ca) if self.certificate else None
         self._stream = StreamServer(host=host, port=stream_port, namespace=namespace,
                                     authorized=self.authorized, faults=self.faults,
-                                    record=self._record_handshake)
+                                    record=self._record_handshake, tls=self._tls)
         self._rest: RestServer | None = None
         self.faults.on_drop = self._stream.drop_all
         self.faults.on_silent = self._stream.set_silent
@@ -89,7 +94,7 @@ class Emulator:
             control=lambda method, path, raw, query, content_type, client: handle_control(
                 self, method, path, raw, query, content_type, client),
             faults=self.faults)
-        self._rest = RestServer(backend, self.host, self._rest_port)
+        self._rest = RestServer(backend, self.host, self._rest_port, tls=self._tls)
         self._stream.start()
         self._rest.start()
         self.scheduler.start()
@@ -138,13 +143,18 @@ class Emulator:
 
     @property
     def rest_url(self) -> str:
-        """`http://127.0.0.1:PORT/`."""
-        return f"http://{self.host}:{self.rest_port}/"
+        """`http://127.0.0.1:PORT/` (`https://` with tls)."""
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.rest_port}/"
 
     @property
     def stream_url(self) -> str:
-        """`ws://127.0.0.1:PORT/`."""
-        return f"ws://{self.host}:{self.stream_port}/"
+        """`ws://127.0.0.1:PORT/` (`wss://` with tls)."""
+        return f"{'wss' if self._tls else 'ws'}://{self.host}:{self.stream_port}/"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The certificate clients must trust (EVENTD_CA_FILE), with tls; else None."""
+        return self.certificate.cert if self.certificate else None
 
     def authorized(self, header: str | None) -> bool:
         """Whether an Authorization header value is one the emulator accepts."""

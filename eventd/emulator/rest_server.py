@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +62,14 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that failed the TLS handshake (or hung up) is one line, not a traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ssl.SSLError, ConnectionError)):
+            logger.info("REST connection from %s ended: %s", client_address[0], exc)
+            return
+        super().handle_error(request, client_address)
 
     def end_connections(self) -> None:
         """Wake every handler blocked on a kept-alive connection."""
@@ -154,8 +164,13 @@ def _media_type(value: str | None) -> str:
 class RestServer:
     """Serves the REST API (and the control endpoint) on a background thread."""
 
-    def __init__(self, backend: Backend, host: str, port: int) -> None:
+    def __init__(self, backend: Backend, host: str, port: int,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._server = _Server((host, port), backend)
+        if tls is not None:  # the TLS handshake happens on the handler's first read, on its thread
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
+        self.scheme = "https" if tls is not None else "http"
         self.host = host
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None
@@ -166,7 +181,7 @@ class RestServer:
                                         kwargs={"poll_interval": 0.1},
                                         name="emulator-rest", daemon=True)
         self._thread.start()
-        logger.info("REST server listening on http://%s:%d/", self.host, self.port)
+        logger.info("REST server listening on %s://%s:%d/", self.scheme, self.host, self.port)
 
     def stop(self) -> None:
         """Stop serving, end kept-alive connections and join every thread."""

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,8 +90,10 @@ class StreamServer:
 
     def __init__(self, *, host: str, port: int, namespace: str,
                  authorized: Callable[[str | None], bool], faults: Faults,
-                 record: Callable[[Handshake], None]) -> None:
+                 record: Callable[[Handshake], None],
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host = host
+        self._tls = tls
         self.port = port
         self.namespace = namespace
         self._authorized = authorized
@@ -117,7 +120,8 @@ class StreamServer:
             self._thread.join(5)
             self._thread = None
             raise errors[0]
-        logger.info("stream server listening on ws://%s:%d/", self.host, self.port)
+        logger.info("stream server listening on %s://%s:%d/", "wss" if self._tls else "ws",
+                    self.host, self.port)
 
     def stop(self) -> None:
         """Drop every connection, stop listening and join the thread."""
@@ -185,7 +189,7 @@ class StreamServer:
             self._talking.set()
         async with serve(self._handler, self.host, self.port,
                          process_request=self._process_request, ping_interval=None,
-                         close_timeout=1, max_queue=64,
+                         close_timeout=1, max_queue=64, ssl=self._tls,
                          logger=_protocol_logger) as server:
             self.port = server.sockets[0].getsockname()[1]
             ready.set()

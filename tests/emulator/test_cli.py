@@ -85,3 +85,29 @@ def test_a_broken_scenario_exits_2_naming_file_and_line(process, tmp_path):
     assert proc.returncode == 2
     assert out == ""
     assert f"{path}:3: unknown step 'node_unreachabel' (did you mean 'node_unreachable'?)" in err
+
+
+def test_tls_serves_https_and_wss_and_prints_the_certificate_path(process, tmp_path):
+    import ssl
+
+    proc = process("--rest-port", "0", "--stream-port", "0", "--tls", "--tls-dir",
+                   str(tmp_path / "tls"))
+    lines = [proc.stdout.readline().rstrip("\n") for _ in range(6)]
+    env = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    ca_file = env["EVENTD_CA_FILE"]
+    assert ca_file == str(tmp_path / "tls" / "emulator-cert.pem") and Path(ca_file).is_file()
+    assert env["DOCKERCLOUD_REST_HOST"].startswith("https://127.0.0.1:")
+    assert env["DOCKERCLOUD_STREAM_HOST"].startswith("wss://127.0.0.1:")
+    auth = env["DOCKERCLOUD_AUTH"].strip("'")
+    r = requests.get(env["DOCKERCLOUD_REST_HOST"] + "api/app/v1/user/service/",
+                     headers={"Authorization": auth}, verify=ca_file, timeout=5)
+    assert r.status_code == 200
+    ws = create_connection(env["DOCKERCLOUD_STREAM_HOST"] + "api/audit/v1/events/",
+                           header=["Authorization: " + auth], timeout=5,
+                           sslopt={"ca_certs": ca_file, "cert_reqs": ssl.CERT_REQUIRED})
+    try:
+        assert ws.recv() == '{"type":"auth"}'
+    finally:
+        ws.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0

@@ -165,7 +165,8 @@ class StreamConsumer(ConsumerLoop):
     # -- connect ----------------------------------------------------------------------------------
     def connect(self) -> None:
         """The websocket handshake; Disconnected says why it failed, AuthRejected on 401/403."""
-        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
+        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True,
+                                 sslopt=self.options.tls.sslopt())
         with self._lock:
             self._ws = ws
             self._close_sent = False
@@ -215,7 +216,7 @@ class StreamConsumer(ConsumerLoop):
             ws.handshake_response = None
             try:
                 ws.connect(url, timeout=opts.handshake_timeout,  # type: ignore[no-untyped-call]
-                           header=header, redirect_limit=0, sslopt=opts.tls.sslopt())
+                           header=header, redirect_limit=0)
                 return
             except websocket.WebSocketBadStatusException:
                 raise
