@@ -207,3 +207,15 @@ def test_eventd_run_against_the_tls_emulator_with_eventd_ca_file(tls_emulator, t
     assert proc.returncode == 0, err
     assert [h.status for h in tls_emulator.handshakes()] == [101]
     assert "unencrypted" not in err
+
+
+def test_an_unreadable_ca_file_flag_is_exit_2_naming_it(tmp_path):
+    rules = write_rules(tmp_path / "rules", "rules: []\n")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "DOCKERCLOUD_AUTH": "Bearer not-used"}
+    done = subprocess.run([sys.executable, "-m", "eventd", "run", "--rules", str(rules),
+                           "--ca-file", str(tmp_path / "nope.pem")],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--ca-file" in done.stderr and "nope.pem" in done.stderr
+    assert "Traceback" not in done.stderr
