@@ -27,11 +27,11 @@ from eventd.actions import ACTIONS, resolve
 from eventd.actions.base import ActionContext, ActionJob, ActionKind
 from eventd.dedupe import DedupeSaver
 from eventd.delivery.dispatcher import Dispatcher
-from eventd.delivery.guards import LoopGuard
 from eventd.engine import Engine
 from eventd.errors import AuthRejected, RuleError
 from eventd.events import Received
 from eventd.handoff import EventQueue
+from eventd.loopguard import LoopGuard
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 from eventd.ruleset.loader import load_rules
@@ -113,7 +113,7 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
         context = ActionContext(
             settings=settings, metrics=metrics, credentials=credentials, rest=rest,
             state_dir=settings.state_dir, stopping=stopping or threading.Event(),
-            extras={"loop_guard": loop_guard, "action_waiter": action_waiter})
+            loop_guard=loop_guard, action_waiter=action_waiter)
         built: dict[str, ActionKind] = {name: resolve(name)(context)
                                         for name in (ACTIONS if kinds is None else kinds)}
         dispatcher = Dispatcher(context, store, built)

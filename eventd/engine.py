@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,12 +22,49 @@ from eventd.errors import TemplateError
 from eventd.events import Event, Received, object_ref, parse_datetime
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
+from eventd.ruleset.loader import ActionSpec, Rule
 from eventd.ruleset.templates import build_context
 
 log = logging.getLogger(__name__)
 
 #: An event older than this (by its `datetime`) is audited but triggers no REST action.
 DEFAULT_MAX_EVENT_AGE = 900.0
+
+
+class Rules(Protocol):
+    """The active rule set: the rules an event matches, in order."""
+
+    def match(self, event: Event) -> list[Rule]: ...
+    def __len__(self) -> int: ...
+
+
+class Enricher(Protocol):
+    """Reads the object an event is about (`enrich: resource`)."""
+
+    def resource(self, event: Event) -> Any: ...
+
+
+class SelfCausedCheck(Protocol):
+    """Tells whether an event concerns an object eventd itself acted on (the loop guard)."""
+
+    def is_self_caused(self, event: Event) -> bool: ...
+
+
+class ActionObserver(Protocol):
+    """Sees every `action` event of the stream (to follow REST actions to their end)."""
+
+    def observe(self, event: Event) -> None: ...
+
+
+class KindTraits(Protocol):
+    """What the engine reads of an action kind: its capabilities and its target."""
+
+    @property
+    def per_event(self) -> bool: ...
+    @property
+    def acts_on_objects(self) -> bool: ...
+    def inactive(self, options: dict[str, Any]) -> bool: ...
+    def target(self, options: dict[str, Any]) -> str: ...
 
 
 class EngineStore(Protocol):
@@ -66,9 +103,10 @@ def job_id(rule: str, event: Event, index: int) -> str:
 class Engine:
     """Turns events into accepted action jobs according to the active rule set."""
 
-    def __init__(self, rules: Any, submit: Callable[[ActionJob], object], kinds: dict[str, Any],
-                 store: EngineStore, metrics: Metrics, *, enricher: Any = None,
-                 loop_guard: Any = None, action_waiter: Any = None,
+    def __init__(self, rules: Rules, submit: Callable[[ActionJob], object],
+                 kinds: Mapping[str, KindTraits], store: EngineStore, metrics: Metrics, *,
+                 enricher: Enricher | None = None, loop_guard: SelfCausedCheck | None = None,
+                 action_waiter: ActionObserver | None = None,
                  max_event_age: float = DEFAULT_MAX_EVENT_AGE, action_window: int = 10_000,
                  clock: Callable[[], float] = time.time,
                  submit_many: Callable[[list[ActionJob]], object] | None = None,
@@ -79,6 +117,9 @@ class Engine:
             lambda jobs: [submit(job) for job in jobs])
         self._held: list[ActionJob] | None = None  # per-event jobs of the batch in progress
         self._kinds = kinds
+        #: kinds that change objects: not run on self-caused or too old events
+        self._object_kinds = frozenset(name for name, kind in kinds.items()
+                                       if kind.acts_on_objects)
         self._store = store
         self._metrics = metrics
         self._enricher = enricher
@@ -100,7 +141,7 @@ class Engine:
         self.processed = 0
 
     # -- the rule set ----------------------------------------------------------------
-    def swap_rules(self, rules: Any) -> None:
+    def swap_rules(self, rules: Rules) -> None:
         """Replace the rule set; takes effect at the next event (the engine reads it once each)."""
         self.rules = rules
 
@@ -176,7 +217,7 @@ class Engine:
                 self._action_states.popitem(last=False)
         return False
 
-    def _run_rules(self, received: Received, event: Event, matched: list[Any]) -> Outcome:
+    def _run_rules(self, received: Received, event: Event, matched: list[Rule]) -> Outcome:
         now = self._clock()
         outcome = Outcome(event=event)
         per_event: dict[tuple[str, str], ActionJob] = {}
@@ -184,8 +225,8 @@ class Engine:
         self_caused = bool(event.get("caused_by_eventd"))
         base: dict[str, Any] | None = None  # the template context, built once per event
         for rule in matched:
-            kinds = rule.kinds
-            if self_caused and "dockercloud" in kinds and not rule.allow_self_caused:
+            if self_caused and not rule.allow_self_caused \
+                    and not self._object_kinds.isdisjoint(rule.kinds):
                 self._decide_all(outcome, rule, "skipped", "caused by eventd's own REST action")
                 continue
             if rule.when is None and rule.throttle is None and self._quiet(rule):
@@ -217,8 +258,9 @@ class Engine:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("rule %s matched event %s (%s %s)", rule.name, event.get("uuid", "?"),
                           event.get("type"), event.get("state"))
-            if throttle_key is not None and not self._store.throttle_acquire(
-                    f"{rule.name}\0{throttle_key}", rule.throttle.window, now):
+            if throttle_key is not None and rule.throttle is not None \
+                    and not self._store.throttle_acquire(
+                        f"{rule.name}\0{throttle_key}", rule.throttle.window, now):
                 self._decide_all(outcome, rule, "throttled", f"throttled (key {throttle_key!r})")
                 continue
             for spec in rule.actions:
@@ -235,18 +277,20 @@ class Engine:
         return outcome
 
     def _accept(self, outcome: Outcome, per_event: dict[tuple[str, str], ActionJob],
-                received: Received, rule: Any, spec: Any, context: dict[str, Any],
+                received: Received, rule: Rule, spec: ActionSpec, context: dict[str, Any],
                 now: float) -> None:
-        if spec.kind == "dockercloud" and self._too_old(received.event, received.received_at):
-            self._decide(outcome, rule.name, spec.kind, "skipped",
-                         f"event older than max_event_age ({self._max_event_age:.0f} s)")
+        if spec.kind in self._object_kinds and self._too_old(received.event,
+                                                              received.received_at):
+            reason = f"event older than max_event_age ({self._max_event_age:.0f} s)"
+            self._decide(outcome, rule.name, spec.kind, "skipped", reason)
+            log.info("rule %s: %s skipped for event %s: %s", rule.name, spec.kind,
+                     received.event.get("uuid", "?"), reason)
             return
         kind = self._kinds.get(spec.kind)
         if kind is None:
             self._decide(outcome, rule.name, spec.kind, "failed", "action kind not available")
             return
-        inactive = getattr(kind, "inactive", None)
-        if inactive is not None and inactive(spec.options):
+        if kind.inactive(spec.options):
             outcome.decisions.append(Decision(rule.name, spec.kind, "skipped", None, "inactive"))
             return
         try:
@@ -255,7 +299,7 @@ class Engine:
             self._template_failed(outcome, rule, spec, exc)
             return
         target = kind.target(options)
-        if getattr(kind, "per_event", False):
+        if kind.per_event:
             key = (spec.kind, target)
             if key not in per_event:
                 per_event[key] = ActionJob(
@@ -271,12 +315,12 @@ class Engine:
         self._submit(job)
 
     # -- helpers ---------------------------------------------------------------------
-    def _quiet(self, rule: Any) -> bool:
+    def _quiet(self, rule: Rule) -> bool:
         """True when every action of the rule is inactive right now (checked per event:
         log levels can change)."""
         for spec in rule.actions:
-            inactive = getattr(self._kinds.get(spec.kind), "inactive", None)
-            if inactive is None or not inactive(spec.options):
+            kind = self._kinds.get(spec.kind)
+            if kind is None or not kind.inactive(spec.options):
                 return False
         return True
 
@@ -293,7 +337,8 @@ class Engine:
             report_internal_error("enrich", exc, self._metrics)
             return None
 
-    def _template_failed(self, outcome: Outcome, rule: Any, spec: Any, exc: TemplateError) -> None:
+    def _template_failed(self, outcome: Outcome, rule: Rule, spec: ActionSpec | None,
+                         exc: TemplateError) -> None:
         self._metrics.template_errors.labels(rule=rule.name).inc()
         where = f"action {spec.index + 1} ({spec.kind})" if spec is not None else "rule"
         log.warning("rule %s: template failed for event %s in %s: %s; skipping it",
@@ -302,11 +347,14 @@ class Engine:
         for kind in kinds:
             self._decide(outcome, rule.name, kind, "failed", f"template error: {exc}")
 
-    def _decide_all(self, outcome: Outcome, rule: Any, status: str, reason: str) -> None:
+    def _decide_all(self, outcome: Outcome, rule: Rule, status: str, reason: str) -> None:
         for spec in rule.actions:
             self._decide(outcome, rule.name, spec.kind, status, reason)
         if status == "throttled":
             log.info("rule %s throttled for event %s", rule.name, outcome.event.get("uuid", "?"))
+        elif status == "skipped":
+            log.info("rule %s skipped for event %s: %s", rule.name,
+                     outcome.event.get("uuid", "?"), reason)
 
     def _decide(self, outcome: Outcome, rule: str, kind: str, status: str, reason: str = "",
                 options: dict[str, Any] | None = None) -> None:

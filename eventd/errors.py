@@ -13,7 +13,8 @@
     ├── TemplateError               a template failed to render for one event
     ├── ActionError                 an action attempt failed
     │   ├── RetryableActionError    connection error, timeout, 5xx, 429: try again later
-    │   └── PermanentActionError    other 4xx, bad options: dead-letter
+    │   └── PermanentActionError    other 4xx, a redirect, bad or unsafe options: dead-letter
+    ├── ActionSkipped               an action decided not to run (rate limit): done, not retried
     └── ScenarioError               an emulator scenario file that does not load
 """
 
@@ -101,13 +102,14 @@ class TemplateError(EventdError):
 
 
 class ActionError(EventdError):
-    """One attempt of an action failed."""
+    """One attempt of an action failed; `detail` is the server's own explanation, if any."""
 
     def __init__(self, message: str, status_code: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retry_after = retry_after
+        self.detail = detail
 
 
 class RetryableActionError(ActionError):
@@ -116,6 +118,14 @@ class RetryableActionError(ActionError):
 
 class PermanentActionError(ActionError):
     """A failure that retrying cannot fix: 4xx other than 429, invalid options."""
+
+
+class ActionSkipped(EventdError):
+    """An action decided not to run (e.g. rate-limited); finished without a call, not retried."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a bounded label: "rate_limited"
 
 
 class ScenarioError(EventdError):

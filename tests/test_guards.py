@@ -1,10 +1,13 @@
-"""Loop guard, per-target rate limit and circuit breaker, on an injected clock."""
+"""Loop guard, per-target call limit, target health (breaker) and probe waits, on an injected clock."""
 
 from __future__ import annotations
 
 import logging
 
-from eventd.delivery.guards import CircuitBreaker, LoopGuard, TargetLimiter
+from eventd.delivery.breaker import CircuitBreaker
+from eventd.delivery.limits import TargetLimiter
+from eventd.delivery.retry import RetryPolicy
+from eventd.loopguard import LoopGuard
 
 SVC = "09cbcf8d-a727-40d9-b420-c8e18b7fa55b"
 
@@ -50,23 +53,50 @@ def test_target_limiter_allows_three_per_window_and_counts_retries_once(caplog):
     assert limiter.acquire(target, "job-6")
 
 
-def test_circuit_breaker_opens_at_threshold_then_probes_after_cooldown(caplog):
+def test_target_limiter_forgets_targets_whose_window_passed():
     clock = Clock()
-    breaker = CircuitBreaker(threshold=3, cooldown=60, clock=clock)
+    limiter = TargetLimiter(max_calls=1, per=60, clock=clock)
+    for n in range(5000):
+        limiter.acquire(f"/api/app/v1/service/{n:08d}-0000-4000-8000-000000000000/", f"j{n}")
+        clock.now += 1
+    assert limiter.tracked() <= 1100  # bounded by the window, not by every target ever seen
+
+
+def test_probe_waits_grow_with_failures_and_with_how_long_the_target_is_down():
+    policy = RetryPolicy(initial_wait=1.0, max_wait=60.0)
+    top = [policy.probe_wait(n, down_for=10_000, rng=lambda: 1.0) for n in range(1, 9)]
+    assert top == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert policy.probe_wait(6, down_for=5.0, rng=lambda: 1.0) == 5.0  # a 5 s blip: <= 5 s
+    assert policy.probe_wait(9, down_for=10_000, rng=lambda: 0.0) == 0.5  # full jitter, from ~1 s
+    assert policy.told_wait(3600) == 60.0 and policy.told_wait(1) == 1.0
+
+
+def test_circuit_opens_only_after_30_s_of_failures_and_a_success_closes_it(caplog):
+    clock = Clock()
+    breaker = CircuitBreaker(RetryPolicy(), open_after=30, clock=clock, rng=lambda: 1.0)
     with caplog.at_level(logging.INFO):
-        for _ in range(2):
+        for _ in range(20):  # 20 failures within 20 s: retried, but not "open"
             breaker.failure("t")
-        assert breaker.wait_time("t") == 0 and not breaker.is_open("t")
+            clock.now += 1
+        assert breaker.failing("t") and not breaker.is_open("t")
+        clock.now += 10
         breaker.failure("t")
-        assert breaker.is_open("t") and breaker.wait_time("t") == 60
-        assert breaker.wait_time("other") == 0
-        clock.now += 60
-        assert breaker.wait_time("t") == 0  # the probe may go
-        breaker.failure("t")  # the probe failed: paused again, quietly
-        assert breaker.wait_time("t") == 60
+        assert breaker.is_open("t") and not breaker.is_open("other")
+        breaker.failure("t")  # said once
         breaker.success("t")
-        assert not breaker.is_open("t") and breaker.wait_time("t") == 0
-    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert [m for m in messages if "circuit" in m[1]] == [
-        ("WARNING", "circuit open for t after 3 consecutive failures; pausing it, next probe in 60 s"),
-        ("INFO", "circuit closed for t: it answered again")]
+        assert not breaker.failing("t") and not breaker.is_open("t")
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if "circuit" in r.getMessage()]
+    assert [level for level, _ in messages] == ["WARNING", "INFO"]
+    assert messages[0][1].startswith("circuit open for t: failing for 30 s (21 attempts)")
+    assert messages[1][1] == "circuit closed for t: it answered again after 30 s"
+
+
+def test_told_to_come_back_is_not_a_failure():
+    clock = Clock()
+    breaker = CircuitBreaker(RetryPolicy(), open_after=30, clock=clock)
+    for _ in range(100):
+        assert breaker.told("t", 7.0) == 7.0
+        clock.now += 7
+    assert not breaker.failing("t") and not breaker.is_open("t")
+    assert breaker.told("t", 3600) == 60.0  # capped
+    assert 0.5 <= breaker.told("t", None) <= 1.0  # a 429 without Retry-After: the first step

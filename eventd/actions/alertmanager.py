@@ -31,6 +31,7 @@ class AlertmanagerAction(HttpPostAction):
     name: ClassVar[str] = "alertmanager"
     durable: ClassVar[bool] = True
     per_event: ClassVar[bool] = False
+    acts_on_objects: ClassVar[bool] = False
     schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["url"],

@@ -141,6 +141,7 @@ class AuditAction:
     name: ClassVar[str] = "audit"
     durable: ClassVar[bool] = False
     per_event: ClassVar[bool] = True
+    acts_on_objects: ClassVar[bool] = False
     schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["path"],
@@ -186,6 +187,10 @@ class AuditAction:
     def describe(self, job: ActionJob) -> str:
         """The file written."""
         return str(job.options.get("path", ""))
+
+    def inactive(self, options: dict[str, Any]) -> bool:
+        """A line is always written."""
+        return False
 
     def line(self, job: ActionJob) -> bytes:
         """The JSON line for one job."""

@@ -8,6 +8,7 @@ spool can be re-run after a restart without the rule that made it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -49,9 +50,32 @@ class ActionJob:
             if k in data})
 
 
+class CallRecorder(Protocol):
+    """Told about every object eventd is about to act on (the loop guard)."""
+
+    def record(self, target_uri: str) -> None: ...
+
+
+class CallLimiter(Protocol):
+    """Admits at most a few calls per target object per window (the target limiter)."""
+
+    def acquire(self, target: str, job_id: str) -> bool: ...
+
+
+class ActionFollower(Protocol):
+    """Waits for a Docker Cloud action to end, from the stream's action events."""
+
+    def wait(self, action_uri: str, timeout: float,
+             stopping: threading.Event | None = None) -> str | None: ...
+
+
 @dataclass
 class ActionContext:
-    """What action kinds may use: shared clients and settings, built once by the daemon."""
+    """What action kinds may use: shared clients, guards and settings, built once by the daemon.
+
+    A guard left None gets a private default in the kind that needs it (tests build kinds
+    with a bare context); the daemon passes the shared ones.
+    """
 
     settings: Settings
     metrics: Metrics
@@ -59,11 +83,32 @@ class ActionContext:
     rest: RestClient | None = None
     state_dir: Path | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
-    extras: dict[str, Any] = field(default_factory=dict)  # e.g. "loop_guard", "action_waiter"
+    loop_guard: CallRecorder | None = None
+    limiter: CallLimiter | None = None
+    action_waiter: ActionFollower | None = None
+    poll_interval: float = 1.0  # seconds between polls of a followed Docker Cloud action
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """What an attempt left running: the dispatcher finishes it beside the target's queue.
+
+    `follow(stopping)` returns the final description, or raises a PermanentActionError; it
+    must not repeat the call. `progress` is saved with the job in the spool first, so a
+    restart follows the same thing instead of calling again.
+    """
+
+    description: str
+    progress: dict[str, Any]
+    follow: Callable[[threading.Event], str]
 
 
 class ActionKind(Protocol):
-    """One kind of action (`log`, `webhook`, `alertmanager`, `dockercloud`, `audit`)."""
+    """One kind of action (`log`, `webhook`, `alertmanager`, `dockercloud`, `audit`).
+
+    The class attributes are its capabilities; the engine and the dispatcher read them
+    instead of testing kind names.
+    """
 
     #: the name used in rule files
     name: ClassVar[str]
@@ -75,8 +120,24 @@ class ActionKind(Protocol):
     #: True: specs of this kind with the same target are merged into one job per event
     #: (audit writes one line per event, listing every rule that matched).
     per_event: ClassVar[bool]
+    #: True: the kind changes the objects events are about (a REST call): it does not fire on
+    #: events eventd caused itself, nor on events older than --max-event-age.
+    acts_on_objects: ClassVar[bool]
 
     def __init__(self, context: ActionContext) -> None: ...
+
+    def inactive(self, options: dict[str, Any]) -> bool:
+        """True when running these (unrendered) options would do nothing (a log line below
+        the log level): the engine then neither renders nor queues them."""
+        ...
+
+    def describe(self, job: ActionJob) -> str:
+        """Where the job goes, safe to log (no secrets)."""
+        ...
+
+    def flush(self) -> None:
+        """Called when the kind's queue runs empty (audit hands its buffer to the OS)."""
+        ...
 
     @classmethod
     def validate(cls, options: dict[str, Any]) -> list[str]:
@@ -87,11 +148,8 @@ class ActionKind(Protocol):
         """The delivery queue for these rendered options (bounded cardinality)."""
         ...
 
-    # Optional: `inactive(raw_options) -> bool`. True means running the action would do
-    # nothing (a log line below the log level), so the engine neither renders nor queues it.
-
-    def run(self, job: ActionJob) -> str:
-        """One attempt. Return a short description of what was done.
+    def run(self, job: ActionJob) -> str | FollowUp:
+        """One attempt. Return a short description of what was done, or a FollowUp.
 
         Raise RetryableActionError (with retry_after if the server said) or
         PermanentActionError; anything else is treated as retryable and counted as internal.

@@ -1,34 +1,60 @@
 """The `dockercloud` action: a REST call on a Docker Cloud object (redeploy, scale, ...).
 
-Calls go through the shared RestClient (same credentials as the stream). Each target object
-gets at most a few calls per window (TargetLimiter), checked when the job runs so spooled
-jobs respect it too; the loop guard is told before each call so the events the call causes
-are recognised as eventd's own. With `wait: true` the action is followed to its end through
-the stream's action events (ActionWaiter) or, failing that, by polling the action.
+Calls go through the shared RestClient (same credentials as the stream). A rendered target
+must be exactly a resource URI of the reference, of a type the call applies to: event data
+cannot steer the call elsewhere (`..`, `?`, `#`, another path). Each target object gets at
+most a few calls per window (the limiter), checked when the job runs so spooled jobs respect
+it too; the loop guard is told before each call so the events the call causes are recognised
+as eventd's own. With `wait: true` the attempt returns a FollowUp holding the action URI: the
+dispatcher saves it with the job and follows the action beside the REST queue, and a restart
+follows the same action instead of calling again.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from typing import Any, ClassVar
 
 import requests
 
-from eventd.actions.base import ActionContext, ActionJob
-from eventd.delivery.guards import ActionSkipped, LoopGuard, TargetLimiter
-from eventd.errors import ActionError, PermanentActionError
+from eventd.actions.base import ActionContext, ActionFollower, ActionJob, FollowUp
+from eventd.delivery.limits import TargetLimiter
+from eventd.delivery.retry import Interrupted
+from eventd.errors import ActionError, ActionSkipped, PermanentActionError
 from eventd.events import object_ref
-from eventd.sources.dockercloud.action_waiter import TERMINAL_STATES, ActionWaiter
+from eventd.loopguard import LoopGuard
+from eventd.sources.dockercloud.action_waiter import TERMINAL_STATES
 from eventd.sources.dockercloud.rest import RestClient
 
 logger = logging.getLogger(__name__)
 
-CALLS = ("redeploy", "start", "stop", "terminate", "scale", "health-check", "docker-upgrade")
+#: The calls and the object types each applies to (reference 3.3).
+CALL_TYPES: dict[str, frozenset[str]] = {
+    "redeploy": frozenset({"service", "container", "stack"}),
+    "start": frozenset({"service", "container", "stack"}),
+    "stop": frozenset({"service", "container", "stack"}),
+    "terminate": frozenset({"service", "container", "stack", "node", "nodecluster"}),
+    "scale": frozenset({"service"}),
+    "health-check": frozenset({"node"}),
+    "docker-upgrade": frozenset({"node", "nodecluster"}),
+}
+CALLS = tuple(CALL_TYPES)
 METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
 ACTION_HEADER = "X-DockerCloud-Action-URI"
 DEFAULT_WAIT_TIMEOUT = 300.0
 POLL_INTERVAL = 1.0
+
+_API = {"service": "app", "container": "app", "stack": "app", "node": "infra",
+        "nodecluster": "infra"}
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_NAMESPACE = r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*"
+#: `/api/<app|infra>/v1/[<namespace>/]<type>/<uuid>/`, nothing before or after.
+RESOURCE_URI = re.compile(rf"/api/(?P<api>app|infra)/v1/(?:(?P<ns>{_NAMESPACE})/)?"
+                          rf"(?P<type>[a-z]+)/(?P<uuid>{_UUID})/")
+_ACTION_URI = re.compile(rf"/api/audit/v1/action/{_UUID}/")
 
 
 def normalise(uri: str) -> str:
@@ -39,12 +65,36 @@ def normalise(uri: str) -> str:
     return uri.rstrip("/") + "/"
 
 
+def check_target(call: str, target: str) -> str | None:
+    """Why `target` may not receive `call` (None: it may): a reference resource URI only."""
+    match = RESOURCE_URI.fullmatch(target)
+    if match is None:
+        return (f"target {target[:120]!r} is not a resource URI "
+                "(/api/<app|infra>/v1/[<namespace>/]<type>/<uuid>/)")
+    kind = match.group("type")
+    allowed = CALL_TYPES[call]
+    if kind not in allowed or _API[kind] != match.group("api"):
+        return f"{call} does not apply to a {kind} (only to: {', '.join(sorted(allowed))})"
+    return None
+
+
+def check_path(path: str) -> str | None:
+    """Why a raw `path` is refused (None: fine): an API path without `..`, a query or a fragment."""
+    if not path.startswith("/api/"):
+        return f"path {path[:120]!r} must start with /api/"
+    if "?" in path or "#" in path or "\\" in path or any(
+            part in (".", "..") for part in path.split("/")) or "%" in path:
+        return f"path {path[:120]!r} must not hold '..', '.', '?', '#', '%' or '\\\\'"
+    return None
+
+
 class DockerCloudAction:
     """Redeploy, start, stop, terminate, scale, health-check or docker-upgrade an object."""
 
     name: ClassVar[str] = "dockercloud"
     durable: ClassVar[bool] = True
     per_event: ClassVar[bool] = False
+    acts_on_objects: ClassVar[bool] = True
     schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "additionalProperties": False,
@@ -63,10 +113,9 @@ class DockerCloudAction:
 
     def __init__(self, context: ActionContext) -> None:
         self.context = context
-        extras = context.extras
-        self.loop_guard: LoopGuard = extras.setdefault("loop_guard", LoopGuard())
-        self.limiter: TargetLimiter = extras.setdefault("target_limiter", TargetLimiter())
-        self.poll_interval = float(extras.get("action_poll_interval", POLL_INTERVAL))
+        self.loop_guard = context.loop_guard if context.loop_guard is not None else LoopGuard()
+        self.limiter = context.limiter if context.limiter is not None else TargetLimiter()
+        self.poll_interval = context.poll_interval
 
     @classmethod
     def validate(cls, options: dict[str, Any]) -> list[str]:
@@ -94,6 +143,21 @@ class DockerCloudAction:
             problems.append("give either call or method and path, not both")
         return problems
 
+    @classmethod
+    def check_rendered(cls, options: dict[str, Any]) -> list[str]:
+        """Problems of rendered options: what the call would be made on, exactly."""
+        problems = cls.validate(options)
+        if problems:
+            return problems
+        call = options.get("call")
+        if call is None:
+            problem = check_path(str(options.get("path")))
+            return [problem] if problem else []
+        if call not in CALL_TYPES:
+            return [f"call must be one of {', '.join(CALLS)}, got {str(call)[:40]!r}"]
+        problem = check_target(str(call), normalise(str(options.get("target"))))
+        return [problem] if problem else []
+
     def target(self, options: dict[str, Any]) -> str:
         """All REST actions share one queue (one Docker Cloud account)."""
         return "dockercloud"
@@ -101,34 +165,54 @@ class DockerCloudAction:
     def describe(self, job: ActionJob) -> str:
         """The object acted on."""
         options = job.options
-        return str(options.get("target") or options.get("path") or "dockercloud")
+        return str(options.get("target") or options.get("path") or "dockercloud")[:200]
 
-    def run(self, job: ActionJob) -> str:
-        """Make the call (once per attempt); follow the action if `wait` is set."""
+    def inactive(self, options: dict[str, Any]) -> bool:
+        """A call is always made."""
+        return False
+
+    def flush(self) -> None:
+        """Nothing buffered."""
+
+    def run(self, job: ActionJob) -> str | FollowUp:
+        """Make the call (once per attempt); with `wait`, hand back a FollowUp of the action."""
         rest = self.context.rest
         if rest is None:
             raise PermanentActionError("dockercloud: no REST client (credentials) configured")
         options = job.options
-        problems = self.validate(options)
+        problems = self.check_rendered(options)
         if problems:
-            raise PermanentActionError(f"dockercloud: {'; '.join(problems)}")
+            raise PermanentActionError(f"dockercloud: refused, no request made: {'; '.join(problems)}")
         call = options.get("call")
         target = normalise(str(options.get("target") or options.get("path")))
+        what = str(call or str(options.get("method")).upper())
+        timeout = float(options.get("wait_timeout") or DEFAULT_WAIT_TIMEOUT)
+        resumed = job.context.get("action_uri")
+        if isinstance(resumed, str) and _ACTION_URI.fullmatch(resumed):
+            # A restart during a wait: follow the action already started, never call again.
+            return self._follow_up(what, target, resumed, timeout, resumed=True)
         if not self.limiter.acquire(target, job.id):
             raise ActionSkipped(f"rate limit reached for {target}", reason="rate_limited")
         self.loop_guard.record(target)
         response = self._call(rest, str(call) if call else None, target, options)
-        what = call or str(options.get("method")).upper()
         action_uri = response.headers.get(ACTION_HEADER)
         if not action_uri:
             return f"{what} {target}: HTTP {response.status_code}"
         if not _truthy(options.get("wait", False)):
             return f"{what} {target}: HTTP {response.status_code}, action {action_uri}"
-        timeout = float(options.get("wait_timeout") or DEFAULT_WAIT_TIMEOUT)
-        state = self._follow(action_uri, timeout)
-        if state in ("Failed", "Canceled"):
-            raise PermanentActionError(f"{what} {target}: action {action_uri} ended {state}")
-        return f"{what} {target}: action {action_uri} {state}"
+        return self._follow_up(what, target, action_uri, timeout)
+
+    def _follow_up(self, what: str, target: str, action_uri: str, timeout: float,
+                   resumed: bool = False) -> FollowUp:
+        def follow(stopping: threading.Event) -> str:
+            state = self._follow(action_uri, timeout, stopping)
+            if state in ("Failed", "Canceled"):
+                raise PermanentActionError(f"{what} {target}: action {action_uri} ended {state}")
+            return f"{what} {target}: action {action_uri} {state}"
+
+        note = " (resumed after a restart)" if resumed else ""
+        return FollowUp(description=f"{what} {target}: following action {action_uri}{note}",
+                        progress={"action_uri": action_uri}, follow=follow)
 
     def _call(self, rest: RestClient, call: str | None, target: str,
               options: dict[str, Any]) -> requests.Response:
@@ -150,7 +234,7 @@ class DockerCloudAction:
             return rest.request("POST", f"{target}scale/")
         return rest.request("POST", f"{target}{call}/")
 
-    def _follow(self, action_uri: str, timeout: float) -> str:
+    def _follow(self, action_uri: str, timeout: float, stopping: threading.Event) -> str:
         """The action's terminal state; PermanentActionError if it does not end in time.
 
         Never retryable: retrying the job would repeat the call that already started.
@@ -159,8 +243,7 @@ class DockerCloudAction:
         if ref is None:
             raise PermanentActionError(f"unusable action URI {action_uri!r}")
         path = f"/api/audit/v1/action/{ref.uuid}/"
-        waiter: ActionWaiter | None = self.context.extras.get("action_waiter")
-        stopping = self.context.stopping
+        waiter: ActionFollower | None = self.context.action_waiter
         deadline = time.monotonic() + timeout
         # With a waiter, poll only as a safety net (the stream may miss the event).
         interval = self.poll_interval * (5 if waiter is not None else 1)
@@ -172,13 +255,10 @@ class DockerCloudAction:
                     return state
             state = self._poll(path)
             if state in TERMINAL_STATES:
-                return state
+                return str(state)
             left = deadline - time.monotonic()
             if stopping.is_set():
-                # The call was made; repeating it after a restart would be worse than not
-                # knowing how it ended.
-                logger.warning("shutdown: not following action %s to its end", action_uri)
-                return f"{state or 'unknown'} (not followed: shutdown)"
+                raise Interrupted(f"shutdown while following {action_uri}")
             if left <= 0:
                 raise PermanentActionError(
                     f"action {action_uri} still {state or 'unknown'} after {timeout:.0f} s")

@@ -28,6 +28,7 @@ class LogAction:
     }
     durable: ClassVar[bool] = False
     per_event: ClassVar[bool] = False
+    acts_on_objects: ClassVar[bool] = False
 
     def __init__(self, context: ActionContext | None = None) -> None:
         self.context = context
@@ -45,6 +46,13 @@ class LogAction:
     def target(self, options: dict[str, Any]) -> str:
         """Every log line goes through one queue."""
         return "log"
+
+    def describe(self, job: ActionJob) -> str:
+        """The logger written to."""
+        return "log"
+
+    def flush(self) -> None:
+        """Nothing buffered."""
 
     def run(self, job: ActionJob) -> str:
         """Log the message with the rule's name."""

@@ -107,6 +107,13 @@ class HttpPostAction:
         """Where the job goes, safe to log."""
         return origin(str(job.options.get("url", "")))
 
+    def inactive(self, options: dict[str, Any]) -> bool:
+        """A request is always made."""
+        return False
+
+    def flush(self) -> None:
+        """Nothing buffered."""
+
     def close(self) -> None:
         """Close the HTTP sessions."""
         self._sessions.close()
@@ -118,6 +125,7 @@ class WebhookAction(HttpPostAction):
     name: ClassVar[str] = "webhook"
     durable: ClassVar[bool] = True
     per_event: ClassVar[bool] = False
+    acts_on_objects: ClassVar[bool] = False
     schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["url"],

@@ -52,9 +52,13 @@ class _DryKind:
     def __init__(self, name: str) -> None:
         self.name = name
         try:
-            self.per_event = bool(getattr(resolve(name), "per_event", False))
+            kind = resolve(name)
+            self.per_event, self.acts_on_objects = bool(kind.per_event), bool(kind.acts_on_objects)
         except ImportError:
-            self.per_event = False
+            self.per_event = self.acts_on_objects = False
+
+    def inactive(self, options: dict[str, Any]) -> bool:
+        return False
 
     def target(self, options: dict[str, Any]) -> str:
         return self.name

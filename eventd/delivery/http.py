@@ -2,6 +2,8 @@
 
 Every outbound HTTP call (REST actions, webhooks, Alertmanager, enrichment, backfill) goes
 through here, so 5xx/429/connection errors are retried and other 4xx are not, everywhere.
+Redirects are never followed: a 3xx is a permanent failure that names where it pointed (its
+origin only), because following one would send the headers and body to another host.
 """
 
 from __future__ import annotations
@@ -9,15 +11,20 @@ from __future__ import annotations
 import email.utils
 import time
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from eventd import __version__
-from eventd.errors import PermanentActionError, RetryableActionError
+from eventd.errors import ActionError, PermanentActionError, RetryableActionError
+from eventd.ops.logconfig import redact
 
 USER_AGENT = f"eventd/{__version__}"
 DEFAULT_TIMEOUT = 10.0
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Statuses whose Retry-After means "alive, come back at T" (not counted as a failure).
+TOLD_STATUS = frozenset({429, 503})
+DETAIL_CHARS = 300  # how much of a server's explanation a dead letter or log line keeps
 
 
 def new_session(user_agent: str = USER_AGENT, tls: Any = None) -> requests.Session:
@@ -53,32 +60,54 @@ def raise_for_status(response: requests.Response, what: str) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
+    if 300 <= status < 400:
+        location = response.headers.get("Location")
+        where = _origin(urljoin(response.url or "", location)) if location else "nowhere"
+        detail = f"redirect to {where} not followed (eventd never follows redirects)"
+        raise PermanentActionError(f"{what}: HTTP {status}: {detail}", status_code=status,
+                                   detail=detail)
     detail = _error_detail(response)
     message = f"{what}: HTTP {status}{': ' + detail if detail else ''}"
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status in RETRYABLE_STATUS or status >= 500:
-        raise RetryableActionError(message, status_code=status, retry_after=retry_after)
-    raise PermanentActionError(message, status_code=status)
+        raise RetryableActionError(message, status_code=status, retry_after=retry_after,
+                                   detail=detail)
+    raise PermanentActionError(message, status_code=status, detail=detail)
+
+
+def _origin(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.netloc else "?"
+    except ValueError:
+        return "?"
 
 
 def _error_detail(response: requests.Response) -> str:
-    """The API's own words (`{"error": ...}` or `{"detail": ...}`), cut short."""
+    """The API's own words (`{"error": ...}` or `{"detail": ...}`), cut short and redacted."""
     try:
         body: Any = response.json()
     except ValueError:
-        return response.text[:200].strip()
+        return _clean(response.text)
     if isinstance(body, dict):
         for key in ("error", "detail", "message"):
             if isinstance(body.get(key), str):
-                return str(body[key])[:200]
+                return _clean(str(body[key]))
     return ""
+
+
+def _clean(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > DETAIL_CHARS:
+        text = text[:DETAIL_CHARS] + "..."
+    return redact(text)
 
 
 def send(session: requests.Session, method: str, url: str, what: str, *,
          timeout: float = DEFAULT_TIMEOUT, **kwargs: Any) -> requests.Response:
     """One HTTP attempt whose failures come out as ActionErrors (connection errors retryable)."""
     try:
-        response = session.request(method, url, timeout=timeout, **kwargs)
+        response = session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)
     except requests.Timeout as exc:
         raise RetryableActionError(f"{what}: timed out after {timeout}s") from exc
     except requests.ConnectionError as exc:
@@ -87,3 +116,38 @@ def send(session: requests.Session, method: str, url: str, what: str, *,
         raise PermanentActionError(f"{what}: {type(exc).__name__}") from exc
     raise_for_status(response, what)
     return response
+
+
+# -- failure classification ---------------------------------------------------------------------
+def error_reason(exc: BaseException | None) -> str:
+    """A bounded label for a failure: http_429, http_5xx, http_4xx, timeout, connection..."""
+    status = getattr(exc, "status_code", None) if isinstance(exc, ActionError) else None
+    if isinstance(status, int):
+        return "http_429" if status == 429 else f"http_{status // 100}xx"
+    cause = exc.__cause__ if exc is not None else None
+    if isinstance(cause, requests.Timeout):
+        return "timeout"
+    if isinstance(cause, requests.ConnectionError):
+        return "connection"
+    if isinstance(cause, OSError):
+        return "os_error"
+    return "error" if isinstance(exc, ActionError) else "internal"
+
+
+def is_told(exc: BaseException) -> bool:
+    """429, or 503 with Retry-After: the target is alive and said when to come back."""
+    if not isinstance(exc, ActionError) or exc.status_code not in TOLD_STATUS:
+        return False
+    return exc.status_code == 429 or exc.retry_after is not None
+
+
+def describe_failure(exc: BaseException | None) -> str:
+    """What went wrong, in a few words safe to log: `HTTP 400: <the server's explanation>`.
+
+    ActionErrors never hold a URL's path; the server's words are cut short and redacted.
+    """
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, ActionError) and exc.status_code is not None:
+        return f"HTTP {exc.status_code}" + (f": {exc.detail}" if exc.detail else "")
+    return redact(str(exc)[:DETAIL_CHARS]) or type(exc).__name__

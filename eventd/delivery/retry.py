@@ -1,35 +1,23 @@
-"""The retry policy of every action: tenacity strategies composed, interruptible by shutdown.
+"""The retry policy of every delivery target: how long to wait before the next attempt.
 
-Exponential backoff with jitter (at most `max_wait` between tries), never shorter than a
-server's Retry-After, until a deadline counted from when the job was created (so a job
-resumed after a restart does not get a fresh 10 minutes). Permanent errors are not retried.
+Waits are per target, not per job (see `breaker.py`): while a target fails, one request
+probes it at intervals that grow with full jitter from about `initial` to `max_wait`; a
+server that says "come back at T" (429, or 503 with Retry-After) is waited for exactly
+that long, capped. A job is dead-lettered once its next try would start after `deadline`
+seconds from its acceptance (so a job resumed after a restart does not get a fresh 10 minutes).
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_not_exception_type,
-    sleep_using_event,
-    stop_when_event_set,
-    wait_exponential_jitter,
-)
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
-
-from eventd.delivery.guards import ActionSkipped
-from eventd.errors import PermanentActionError
 
 DEFAULT_DEADLINE = 600.0
 DEFAULT_MAX_WAIT = 60.0
 DEFAULT_INITIAL_WAIT = 1.0
+#: A target is "open" (logged once, probed quietly) after failing for this long.
+DEFAULT_OPEN_AFTER = 30.0
 
 
 class Interrupted(Exception):
@@ -38,51 +26,26 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How long and how often one job is retried."""
+    """How long a job may be retried, and how the waits between a target's probes grow."""
 
     deadline: float = DEFAULT_DEADLINE
     max_wait: float = DEFAULT_MAX_WAIT
     initial_wait: float = DEFAULT_INITIAL_WAIT
 
+    def probe_wait(self, failures: int, down_for: float = float("inf"),
+                   rng: Callable[[], float] = random.random) -> float:
+        """Full jitter up to a ceiling that doubles per failure from `initial`, and never
+        exceeds how long the target has been down (a 5 s blip is never waited out for a
+        minute), nor `max_wait`."""
+        ceiling = min(self.max_wait, self.initial_wait * 2.0 ** max(0, failures - 1),
+                      max(self.initial_wait, down_for))
+        floor = min(self.initial_wait / 2, ceiling)
+        return floor + (ceiling - floor) * rng()
 
-class stop_at_deadline(stop_base):
-    """Stop when the next try would start after `created_at + deadline` (wall clock)."""
+    def told_wait(self, retry_after: float) -> float:
+        """The wait a server asked for ("come back at T"), capped at `max_wait`."""
+        return max(0.0, min(float(retry_after), self.max_wait))
 
-    def __init__(self, created_at: float, deadline: float, clock: Callable[[], float]) -> None:
-        self.until = created_at + deadline
-        self.clock = clock
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.clock() + retry_state.upcoming_sleep >= self.until
-
-
-class wait_backoff(wait_base):
-    """Exponential backoff with jitter, but never less than the error's `retry_after`."""
-
-    def __init__(self, initial: float, max_wait: float) -> None:
-        self.backoff = wait_exponential_jitter(multiplier=initial, max=max_wait, jitter=initial)
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        wait = float(self.backoff(retry_state))
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None and outcome.failed else None
-        retry_after = getattr(error, "retry_after", None)
-        if isinstance(retry_after, (int, float)) and retry_after > wait:
-            return float(retry_after)
-        return wait
-
-
-def retrying(policy: RetryPolicy, *, created_at: float, stopping: threading.Event,
-             clock: Callable[[], float] = time.time,
-             sleep: Callable[[float], None] | None = None,
-             before_sleep: Callable[[RetryCallState], Any] | None = None) -> Retrying:
-    """A Retrying for one job. Stopped or past the deadline it raises tenacity.RetryError;
-    a permanent error, a skip or an interruption propagates as itself."""
-    return Retrying(
-        retry=retry_if_not_exception_type((PermanentActionError, ActionSkipped, Interrupted)),
-        stop=stop_when_event_set(stopping) | stop_at_deadline(created_at, policy.deadline, clock),
-        wait=wait_backoff(policy.initial_wait, policy.max_wait),
-        sleep=sleep if sleep is not None else sleep_using_event(stopping),
-        before_sleep=before_sleep,
-        reraise=False,
-    )
+    def gives_up(self, created_at: float, now: float, wait: float) -> bool:
+        """Whether a job accepted at `created_at` would start its next try past the deadline."""
+        return now + wait >= created_at + self.deadline

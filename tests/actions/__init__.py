@@ -34,6 +34,18 @@ def make_job(kind_obj: Any, options: dict[str, Any], *, rule: str = "rule-a",
                      context=dict(context or {}))
 
 
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    """A metric sample's value, 0 when absent."""
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+_REQUIRED = object()
+
+
+def sample(metrics: Metrics, name: str, default: Any = _REQUIRED, **labels: str) -> float:
+    """A metric sample's value; a sample that does not exist fails the test.
+
+    Pass `default=0` only where absence is expected (a condition polled before the first
+    count): an assertion on a misspelt name or label must not pass by reading 0.
+    """
+    value = metrics.registry.get_sample_value(name, labels)
+    if value is None:
+        if default is _REQUIRED:
+            raise AssertionError(f"no sample {name}{labels} in the registry")
+        return float(default)
+    return value

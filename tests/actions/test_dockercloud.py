@@ -6,10 +6,12 @@ import threading
 
 import pytest
 
+from eventd.actions.base import FollowUp
 from eventd.actions.dockercloud import DockerCloudAction
 from eventd.delivery.dispatcher import Dispatcher
-from eventd.delivery.guards import LoopGuard, TargetLimiter
+from eventd.delivery.limits import TargetLimiter
 from eventd.errors import PermanentActionError
+from eventd.loopguard import LoopGuard
 from eventd.sources.dockercloud.action_waiter import ActionWaiter
 from eventd.sources.dockercloud.auth import Credentials
 from eventd.sources.dockercloud.rest import RestClient
@@ -27,14 +29,22 @@ def rest(emulator):
 
 @pytest.fixture
 def action(metrics, rest):
-    context = make_context(metrics, rest=rest)
-    context.extras["action_poll_interval"] = 0.05
+    context = make_context(metrics, rest=rest, poll_interval=0.05, loop_guard=LoopGuard())
     yield DockerCloudAction(context)
     context.stopping.set()
 
 
 def calls(emulator):
     return [(c.method, c.path, dict(c.query)) for c in emulator.rest_calls()]
+
+
+def run_to_end(action, job):
+    """One attempt, and the follow-up the dispatcher would run beside the REST lane."""
+    result = action.run(job)
+    if isinstance(result, FollowUp):
+        assert result.progress["action_uri"].startswith("/api/audit/v1/action/")
+        return result.follow(action.context.stopping)
+    return result
 
 
 def test_redeploy_makes_exactly_the_documented_call(emulator, action):
@@ -53,7 +63,8 @@ def test_redeploy_makes_exactly_the_documented_call(emulator, action):
 
 def test_redeploy_without_reuse_volumes_sends_no_query_and_target_gets_a_slash(emulator, action):
     service = emulator.world.uri("service", "web")
-    action.run(make_job(action, {"call": "redeploy", "target": service.rstrip("/"), "wait": True}))
+    run_to_end(action, make_job(action, {"call": "redeploy", "target": service.rstrip("/"),
+                                         "wait": True}))
     action.run(make_job(action, {"call": "redeploy", "target": service, "reuse_volumes": True}))
     posts = [c for c in calls(emulator) if c[0] == "POST"]
     assert posts == [("POST", f"{service}redeploy/", {})] * 2
@@ -88,7 +99,8 @@ def test_un_namespaced_target_is_used_as_given(emulator, action):
 
 def test_wait_follows_the_action_to_success_by_polling(emulator, action):
     service = emulator.world.uri("service", "web")
-    result = action.run(make_job(action, {"call": "redeploy", "target": service, "wait": True}))
+    result = run_to_end(action, make_job(action, {"call": "redeploy", "target": service,
+                                                   "wait": True}))
     assert result.endswith("Success")
     polls = [c for c in emulator.rest_calls() if c.path.startswith("/api/audit/v1/action/")]
     assert polls and all(c.method == "GET" for c in polls)
@@ -96,7 +108,7 @@ def test_wait_follows_the_action_to_success_by_polling(emulator, action):
 
 def test_wait_follows_the_action_through_stream_events(emulator, action):
     waiter = ActionWaiter()
-    action.context.extras["action_waiter"] = waiter
+    action.context.action_waiter = waiter
     done = threading.Event()
 
     def feed():  # what the engine does with every `action` event of the stream
@@ -112,8 +124,8 @@ def test_wait_follows_the_action_through_stream_events(emulator, action):
     feeder.start()
     try:
         service = emulator.world.uri("service", "web")
-        result = action.run(make_job(action, {"call": "redeploy", "target": service,
-                                              "wait": True}))
+        result = run_to_end(action, make_job(action, {"call": "redeploy", "target": service,
+                                                       "wait": True}))
     finally:
         done.set()
         feeder.join(2)
@@ -125,15 +137,16 @@ def test_failed_action_is_permanent(emulator, action):
     emulator.faults.fail_actions(1)
     service = emulator.world.uri("service", "web")
     with pytest.raises(PermanentActionError, match="ended Failed"):
-        action.run(make_job(action, {"call": "redeploy", "target": service, "wait": True}))
+        run_to_end(action, make_job(action, {"call": "redeploy", "target": service, "wait": True}))
 
 
 def test_loop_guard_marks_the_redeploys_own_events(emulator, action):
-    guard: LoopGuard = action.context.extras["loop_guard"]
+    guard = action.loop_guard
+    assert isinstance(guard, LoopGuard)
     service = emulator.world.uri("service", "web")
     db_event = emulator.emit_event(type="service", resource_uri=emulator.world.uri("service", "db"))
     before = len(emulator.sent_events())
-    action.run(make_job(action, {"call": "redeploy", "target": service, "wait": True}))
+    run_to_end(action, make_job(action, {"call": "redeploy", "target": service, "wait": True}))
     caused = emulator.sent_events()[before:]
     assert {e["type"] for e in caused} >= {"action", "service", "container"}
     assert all(guard.is_self_caused(e) for e in caused)
@@ -161,8 +174,7 @@ def test_rest_5xx_is_retried_by_the_dispatcher(emulator, action, metrics, tmp_pa
 
 def test_rate_limit_skips_the_fourth_call_within_the_window(emulator, metrics, rest, tmp_path,
                                                             caplog):
-    context = make_context(metrics, rest=rest)
-    context.extras["target_limiter"] = TargetLimiter(max_calls=3, per=600.0)
+    context = make_context(metrics, rest=rest, limiter=TargetLimiter(max_calls=3, per=600.0))
     action = DockerCloudAction(context)
     store = SqliteStore(tmp_path)
     dispatcher = Dispatcher(context, store, {"dockercloud": action})
