@@ -312,3 +312,103 @@ def test_sigkill_with_actions_pending_then_restart_delivers_all(metrics, tmp_pat
     delivered = keys(webhook_receiver)
     assert set(delivered) == {f"key-{n:04d}" for n in range(40)}
     assert delivered == sorted(delivered)  # resumed in the order accepted
+
+
+def test_a_5_s_outage_then_503_503_429_drains_the_whole_lane_at_once(metrics, store,
+                                                                      webhook_receiver):
+    """Issue 10: a blip must not become minutes of silence (real waits, real receiver)."""
+    dispatcher, hook = build(metrics, store, initial_wait=1.0, max_wait=60.0)
+    webhook_receiver.down_for(5.0)
+    webhook_receiver.respond_with(503, count=2)
+    webhook_receiver.respond_with(429, count=1, headers={"Retry-After": "1"})
+    jobs = [make_job(hook, {"url": webhook_receiver.url + "/alert", "json": {"n": n}})
+            for n in range(20)]
+    try:
+        for job in jobs:
+            assert dispatcher.submit(job)
+        wait_until(lambda: len(webhook_receiver.delivered()) == 20, timeout=60,
+                   message="all 20 alerts delivered")
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+    answered = webhook_receiver.requests
+    assert [r.status for r in answered[:3]] == [503, 503, 429]  # then only 2xx
+    delivered = webhook_receiver.delivered()
+    assert [r.header("Idempotency-Key") for r in delivered] == [job.id for job in jobs]
+    assert delivered[-1].at - delivered[0].at < 10.0  # within 10 s of the first 2xx
+    # While the receiver failed, one request probed it: every refusal was the head job's.
+    assert {r.header("Idempotency-Key") for r in answered[:3]} == {jobs[0].id}
+    assert sample(metrics, "eventd_deadletter_total") == 0
+
+
+def test_an_error_describing_a_target_goes_through_the_internal_error_guard(
+        metrics, store, webhook_receiver, internal_errors):
+    class Broken(WebhookAction):
+        def describe(self, job):
+            raise RuntimeError("describe is broken")
+
+    context = make_context(metrics)
+    hook = Broken(context)
+    dispatcher = Dispatcher(context, store, {"webhook": hook}, initial_wait=0.01, max_wait=0.02)
+    dispatcher.start()
+    webhook_receiver.respond_with(503, count=1)  # the retry line names the target
+    job = make_job(hook, {"url": webhook_receiver.url, "json": {}})
+    try:
+        dispatcher.submit(job)
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+        hook.close()
+    # The retry line and the success line each named the target: both caught, counted, logged.
+    assert [where for where, _ in internal_errors] == ["dispatch", "dispatch"]
+    assert all(isinstance(exc, RuntimeError) for _, exc in internal_errors)
+    internal_errors.clear()  # caught on purpose
+    assert sample(metrics, "eventd_internal_errors_total", where="dispatch") == 2
+    assert keys(webhook_receiver) == [job.id, job.id]  # the job was still delivered
+
+
+def test_one_info_line_per_outcome(metrics, store, webhook_receiver, caplog):
+    dispatcher, hook = build(metrics, store)
+    webhook_receiver.respond_with(200, count=1)
+    webhook_receiver.respond_with(400, count=1, body={
+        "error": "cannot start service web: its state is 'Running', which does not allow "
+                 "start (see http://x/?token=s3cr3t) " + "x" * 1000})
+    ok = make_job(hook, {"url": webhook_receiver.url + "/a", "json": {}}, rule="ok-rule")
+    bad = make_job(hook, {"url": webhook_receiver.url + "/b", "json": {}}, rule="bad-rule")
+    with caplog.at_level(logging.INFO, logger="eventd"):
+        try:
+            dispatcher.submit(ok)
+            assert dispatcher.wait_idle(5)
+            dispatcher.submit(bad)
+            assert dispatcher.wait_idle(5)
+        finally:
+            dispatcher.close(2)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("eventd.delivery")]
+    assert [line for line in lines if "ok-rule" in line] == [
+        f"webhook for rule ok-rule: POST {webhook_receiver.url}: HTTP 200"]
+    [dead] = [line for line in lines if "bad-rule" in line]
+    assert "HTTP 400: cannot start service web: its state is 'Running', which does not " \
+           "allow start" in dead
+    assert "s3cr3t" not in dead and len(dead) < 600
+    [letter] = store.deadletter_list()
+    assert letter.reason.startswith("HTTP 400: cannot start service web") and \
+        letter.reason.endswith("...") and "s3cr3t" not in letter.reason
+
+
+def test_a_redirect_is_a_dead_letter_and_is_not_followed(metrics, store, webhook_receiver):
+    with WebhookReceiver() as elsewhere:
+        dispatcher, hook = build(metrics, store)
+        webhook_receiver.respond_with(302, count=1,
+                                      headers={"Location": elsewhere.url + "/stolen"})
+        job = make_job(hook, {"url": webhook_receiver.url + "/hook", "json": {"secret": 1},
+                              "headers": {"X-Api-Key": "k-123"}})
+        try:
+            dispatcher.submit(job)
+            assert dispatcher.wait_idle(5)
+        finally:
+            dispatcher.close(2)
+        assert elsewhere.requests == []  # neither the header nor the body went there
+    assert len(webhook_receiver.requests) == 1  # and it was not retried
+    [letter] = store.deadletter_list()
+    assert letter.reason == (f"HTTP 302: redirect to {elsewhere.url} not followed "
+                             "(eventd never follows redirects)")
