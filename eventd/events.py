@@ -82,14 +82,35 @@ def object_ref(uri: object) -> ObjectRef | None:
     return ref
 
 
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+#: A resource URI of the reference, nothing before or after:
+#: `/api/<app|infra>/v1/[<namespace>/]<type>/<uuid>/`.
+RESOURCE_URI = re.compile(r"/api/(?P<api>app|infra)/v1/(?:(?P<ns>[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*)/)?"
+                          rf"(?P<type>[a-z]+)/(?P<uuid>{_UUID})/")
+
+
 def parents_by_type(parents: object) -> dict[str, str]:
-    """Map each parent's type to its URI (`{"service": "/api/app/v1/ns/service/<uuid>/", ...}`)."""
+    """Map each parent's type to its URI (`{"service": "/api/app/v1/ns/service/<uuid>/", ...}`).
+
+    Only exact resource URIs count, and a type named by two different objects is left out:
+    an element placed in `parents` by whoever shapes the event must not win over the real one.
+    """
     result: dict[str, str] = {}
+    ambiguous: set[str] = set()
     if isinstance(parents, list):
         for uri in parents:
+            if type(uri) is not str or RESOURCE_URI.fullmatch(uri) is None:
+                continue
             ref = object_ref(uri)
-            if ref is not None:
-                result.setdefault(ref.type, uri)
+            if ref is None:
+                continue
+            known = result.get(ref.type)
+            if known is None:
+                result[ref.type] = uri
+            elif object_ref(known) != ref:
+                ambiguous.add(ref.type)
+    for kind in ambiguous:
+        del result[kind]
     return result
 
 

@@ -195,3 +195,36 @@ def test_audit_records_every_event(run_daemon, emulator, tmp_path):
     assert [r["event"]["state"] for r in records[1:]] == ["Stopping", "Stopped", "Starting", "Running"]
     assert all(r["rules"] == ["audit-all"] for r in records)
     assert daemon.wait_idle(5)
+
+
+def test_hostile_parents_cannot_retarget_the_shipped_redeploy_rule(emulator, tmp_path):
+    """Issue 13 item 2: event data placed in `parents` cannot steer an authenticated call."""
+    import shutil
+    from pathlib import Path
+
+    from eventd.emulator.world import DEFAULT_STACK_UUID
+    from tests.daemon_helpers import start_daemon
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shipped = Path(__file__).resolve().parent.parent / "rules" / "redeploy-stopped.yaml"
+    shutil.copy(shipped, rules / shipped.name)
+    daemon = start_daemon(emulator, rules, tmp_path / "state")
+    try:
+        wait_until(lambda: daemon.consumer.connected, 5, message="daemon connected")
+        stack = emulator.world.uri("stack", DEFAULT_STACK_UUID)
+        service = web_service_uri(emulator)
+        hostile = f"{stack}stop/?{service[service.index('/service/'):]}"
+        assert hostile.endswith(f"/service/{DEFAULT_SERVICE_UUIDS['web']}/")
+        emulator.clear_rest_calls()
+        emulator.emit_event(type="container", action="update", state="Stopped",
+                            resource_uri=web_container_uri(emulator),
+                            parents=[hostile] + container_parents(emulator))
+        wait_until(lambda: [c for c in emulator.rest_calls() if c.method == "POST"], 10,
+                   message="the redeploy was called")
+        assert daemon.wait_idle(10)
+    finally:
+        daemon.stop(timeout=5)
+    posts = [(c.method, c.path) for c in emulator.rest_calls() if c.method != "GET"]
+    assert posts == [("POST", f"{service}redeploy/")]  # the real service, never the stack
+    assert not any("/stack/" in c.path for c in emulator.rest_calls())

@@ -24,7 +24,7 @@ from eventd.actions.base import ActionContext, ActionFollower, ActionJob, Follow
 from eventd.delivery.limits import TargetLimiter
 from eventd.delivery.retry import Interrupted
 from eventd.errors import ActionError, ActionSkipped, PermanentActionError
-from eventd.events import object_ref
+from eventd.events import RESOURCE_URI, object_ref
 from eventd.loopguard import LoopGuard
 from eventd.sources.dockercloud.action_waiter import TERMINAL_STATES
 from eventd.sources.dockercloud.rest import RestClient
@@ -49,12 +49,7 @@ POLL_INTERVAL = 1.0
 
 _API = {"service": "app", "container": "app", "stack": "app", "node": "infra",
         "nodecluster": "infra"}
-_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_NAMESPACE = r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*"
-#: `/api/<app|infra>/v1/[<namespace>/]<type>/<uuid>/`, nothing before or after.
-RESOURCE_URI = re.compile(rf"/api/(?P<api>app|infra)/v1/(?:(?P<ns>{_NAMESPACE})/)?"
-                          rf"(?P<type>[a-z]+)/(?P<uuid>{_UUID})/")
-_ACTION_URI = re.compile(rf"/api/audit/v1/action/{_UUID}/")
+_ACTION_URI = re.compile(r"/api/audit/v1/action/[0-9a-fA-F-]{36}/")
 
 
 def normalise(uri: str) -> str:

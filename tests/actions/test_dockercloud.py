@@ -215,3 +215,56 @@ def test_without_a_rest_client_it_fails_permanently(metrics):
         action.run(make_job(action, {"call": "stop", "target": "/api/app/v1/service/x/"}))
 
 
+
+
+SVC = "09cbcf8d-a727-40d9-b420-c8e18b7fa55b"
+NODE = "fc1a5bb9-17f5-4819-b667-8c7cd819e949"
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"call": "redeploy", "target": f"/api/app/v1/acme/stack/{SVC}/stop/?/service/{SVC}/"},
+     "is not a resource URI"),
+    ({"call": "redeploy", "target": f"/api/app/v1/acme/service/{SVC}/../../stack/{SVC}/"},
+     "is not a resource URI"),
+    ({"call": "redeploy", "target": f"/api/app/v1/acme/service/{SVC}/#"}, "is not a resource URI"),
+    ({"call": "redeploy", "target": "/api/app/v1/acme/service/web/"}, "is not a resource URI"),
+    ({"call": "redeploy", "target": ""}, "target (a resource URI) is required"),
+    ({"call": "redeploy", "target": f"/api/infra/v1/acme/node/{NODE}/"},
+     "redeploy does not apply to a node"),
+    ({"call": "health-check", "target": f"/api/app/v1/service/{SVC}/"},
+     "health-check does not apply to a service"),
+    ({"call": "stop", "target": f"/api/infra/v1/service/{SVC}/"}, "stop does not apply"),
+    ({"call": "stop/../../stack", "target": f"/api/app/v1/service/{SVC}/"}, "call must be one of"),
+    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/../stack/{SVC}/stop/"}, "must not hold"),
+    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/start/?x=1"}, "must not hold"),
+    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/start/#"}, "must not hold"),
+    ({"method": "POST", "path": "http://elsewhere/api/"}, "must start with /api/"),
+])
+def test_rendered_targets_that_are_not_exact_resource_uris_are_refused(emulator, action, options,
+                                                                       problem):
+    with pytest.raises(PermanentActionError, match="refused, no request made") as info:
+        action.run(make_job(action, options))
+    assert problem in str(info.value)
+    assert emulator.rest_calls() == []
+
+
+def test_exact_resource_uris_of_the_right_type_pass():
+    check = DockerCloudAction.check_rendered
+    assert check({"call": "redeploy", "target": f"/api/app/v1/acme/service/{SVC}/"}) == []
+    assert check({"call": "redeploy", "target": f"/api/app/v1/service/{SVC}"}) == []
+    assert check({"call": "health-check", "target": f"/api/infra/v1/my.org/node/{NODE}/"}) == []
+    assert check({"call": "terminate", "target": f"/api/infra/v1/nodecluster/{NODE}/"}) == []
+    assert check({"method": "GET", "path": f"/api/app/v1/stack/{SVC}/export/"}) == []
+
+
+def test_parent_service_is_an_exact_uri_and_never_one_of_two_services():
+    from eventd.events import parents_by_type
+
+    real = f"/api/app/v1/acme/service/{SVC}/"
+    other = "/api/app/v1/acme/service/1709048e-d686-414f-9acc-c149de6c3d02/"
+    hostile = f"/api/app/v1/acme/stack/{SVC}/stop/?/service/{SVC}/"
+    assert parents_by_type([hostile, real]) == {"service": real}
+    assert parents_by_type([other, real]) == {}  # two services: no service, not the first
+    assert parents_by_type([real, f"/api/app/v1/service/{SVC}/"]) == {"service": real}
+    assert parents_by_type([f"/api/infra/v1/acme/node/{NODE}/", 7, None]) == {
+        "node": f"/api/infra/v1/acme/node/{NODE}/"}
