@@ -12,6 +12,7 @@ from eventd.delivery.dispatcher import Dispatcher
 from eventd.delivery.limits import TargetLimiter
 from eventd.errors import PermanentActionError
 from eventd.loopguard import LoopGuard
+from eventd.ops.metrics import Metrics
 from eventd.sources.dockercloud.action_waiter import ActionWaiter
 from eventd.sources.dockercloud.auth import Credentials
 from eventd.sources.dockercloud.rest import RestClient
@@ -268,3 +269,85 @@ def test_parent_service_is_an_exact_uri_and_never_one_of_two_services():
     assert parents_by_type([real, f"/api/app/v1/service/{SVC}/"]) == {"service": real}
     assert parents_by_type([f"/api/infra/v1/acme/node/{NODE}/", 7, None]) == {
         "node": f"/api/infra/v1/acme/node/{NODE}/"}
+
+
+@pytest.fixture
+def slow_emulator():
+    """An emulator whose actions take a few seconds to end (one step per 0.4 s tick)."""
+    from eventd.emulator import Emulator
+
+    emu = Emulator(tick=0.4)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def slow_dispatcher(emu, metrics, store):
+    rest = RestClient(emu.rest_url, Credentials(header=emu.auth_header, source="test"))
+    context = make_context(metrics, rest=rest, poll_interval=0.05)
+    action = DockerCloudAction(context)
+    dispatcher = Dispatcher(context, store, {"dockercloud": action})
+    dispatcher.start()
+    return dispatcher, action, rest
+
+
+def redeploy_state(emu, service):
+    """The latest state of a redeploy action on `service`, from the stream's action events."""
+    return next((e["state"] for e in reversed(emu.sent_events())
+                 if e.get("type") == "action" and service in e.get("parents", [])), None)
+
+
+def test_a_followed_action_holds_no_other_rest_action_back(slow_emulator, metrics, tmp_path):
+    emu = slow_emulator
+    store = SqliteStore(tmp_path)
+    dispatcher, action, rest = slow_dispatcher(emu, metrics, store)
+    web, stack = emu.world.uri("service", "web"), emu.world.uri("stack", "demo")
+    try:
+        dispatcher.submit(make_job(action, {"call": "redeploy", "target": web, "wait": True}))
+        dispatcher.submit(make_job(action, {"method": "GET", "path": stack}))
+        wait_until(lambda: any(c.path == stack for c in emu.rest_calls()), 5,
+                   message="the second REST action ran")
+        assert emu.rest_calls()[0].path == f"{web}redeploy/"
+        assert redeploy_state(emu, web) != "Success"  # still being followed
+        assert dispatcher.wait_idle(30)
+    finally:
+        dispatcher.close(2)
+        store.close()
+        rest.close()
+    assert redeploy_state(emu, web) == "Success"
+    assert sample(metrics, "eventd_actions_total", kind="dockercloud", outcome="success") == 2
+
+
+def test_a_restart_during_a_wait_follows_the_same_action_and_never_calls_again(
+        slow_emulator, metrics, tmp_path):
+    emu = slow_emulator
+    store = SqliteStore(tmp_path)
+    dispatcher, action, rest = slow_dispatcher(emu, metrics, store)
+    web = emu.world.uri("service", "web")
+    job = make_job(action, {"call": "redeploy", "target": web, "wait": True})
+    try:
+        dispatcher.submit(job)
+        wait_until(lambda: store.spool_pending() and
+                   store.spool_pending()[0].context.get("action_uri"), 5,
+                   message="the action URI saved with the job")
+    finally:
+        assert dispatcher.close(2) == 1  # shut down mid-wait: the job stays
+        rest.close()
+    [spooled] = store.spool_pending()
+    assert spooled.context["action_uri"].startswith("/api/audit/v1/action/")
+    assert redeploy_state(emu, web) != "Success"
+
+    again = Metrics()
+    dispatcher, action, rest = slow_dispatcher(emu, again, store)  # the restart
+    try:
+        assert dispatcher.wait_idle(30)
+    finally:
+        dispatcher.close(2)
+        store.close()
+        rest.close()
+    posts = [c for c in emu.rest_calls() if c.method == "POST"]
+    assert [c.path for c in posts] == [f"{web}redeploy/"]  # called once, across the restart
+    assert redeploy_state(emu, web) == "Success"
+    assert sample(again, "eventd_actions_total", kind="dockercloud", outcome="success") == 1
