@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reconnect after this long without any frame (default 5m)")
     run.add_argument("--backoff-max", metavar="DURATION", default=None,
                      help="longest wait between reconnects (default 60s)")
+    run.add_argument("--allow-host", metavar="PATTERN", action="append", default=None,
+                     dest="allow_hosts",
+                     help="only send webhooks and Alertmanager alerts to hosts matching PATTERN "
+                          "(e.g. hooks.slack.com, *.example.com; repeatable; env "
+                          "EVENTD_ALLOW_HOSTS, comma-separated); others are dead-lettered")
     run.add_argument("--max-event-age", metavar="DURATION", default=None,
                      help="older events trigger no REST action (default 15m)")
     run.add_argument("--ca-file", metavar="FILE", default=None,
@@ -170,6 +175,7 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
             "backoff_max": duration(args.backoff_max, "--backoff-max"),
             "max_event_age": duration(args.max_event_age, "--max-event-age"),
             "tls": tls_from_env(env, args.ca_file, args.client_cert, args.client_key),
+            "allow_hosts": tuple(args.allow_hosts) if args.allow_hosts else None,
         })
     if overrides["log_format"] not in (None, "text", "json"):
         raise ConfigError(f"EVENTD_LOG_FORMAT must be text or json, got {overrides['log_format']!r}")

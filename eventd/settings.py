@@ -257,6 +257,9 @@ class Settings:
     tls: TlsOptions = TlsOptions()
     #: for the Redis store to come: EVENTD_STORE_PASSWORD or EVENTD_STORE_PASSWORD_FILE
     store_password: str | None = field(default=None, repr=False)
+    #: --allow-host / EVENTD_ALLOW_HOSTS: host patterns (fnmatch) webhooks and Alertmanager may
+    #: reach; empty allows every host.
+    allow_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -279,6 +282,9 @@ class Settings:
             if sync not in ("NORMAL", "FULL"):
                 raise ConfigError(f"EVENTD_SPOOL_SYNC must be normal or full, got {sync.lower()!r}")
             values["spool_sync"] = sync
+        hosts = environ.get("EVENTD_ALLOW_HOSTS", "").replace(",", " ").split()
+        if hosts:
+            values["allow_hosts"] = tuple(hosts)
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
             if key not in known:

@@ -77,6 +77,7 @@ class AlertmanagerAction(HttpPostAction):
         if where == "invalid":
             raise PermanentActionError("alertmanager: url must be an http:// or https:// URL")
         url = base.split("?", 1)[0].rstrip("/") + ALERTS_PATH
+        self.check(url)
         body = json.dumps([self.alert(job)], separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": job.id}
         response = send(self._sessions.get(), "POST", url, f"alertmanager {where}",

@@ -28,6 +28,7 @@ DEFAULT_FSYNC_MS = 1000
 DEFAULT_ROTATE_BYTES = 100 * 1024 * 1024
 DEFAULT_KEEP = 5
 BUFFER_BYTES = 1 << 20
+MAX_OPEN_FILES = 64  # distinct audit paths kept open; the least recently used is closed
 
 _UTC = _dt.timezone.utc
 
@@ -57,6 +58,8 @@ class AuditFile:
         self._last_sync = clock()
         self.lines = 0
         self.rotations = 0
+        self.last_used = clock()
+        self.retired = False  # closed to bound open files: writers fetch a fresh one
 
     def _open(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +125,11 @@ class AuditFile:
                 self._file = None
 
 
+def traverses(path: str) -> bool:
+    """Whether a path climbs out of where it points (a `..` component)."""
+    return ".." in Path(path).parts
+
+
 def _sync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -154,8 +162,9 @@ class AuditAction:
         },
     }
 
-    def __init__(self, context: ActionContext) -> None:
+    def __init__(self, context: ActionContext, max_open: int = MAX_OPEN_FILES) -> None:
         self.context = context
+        self.max_open = max(1, max_open)
         self._files: dict[str, AuditFile] = {}
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
@@ -168,6 +177,8 @@ class AuditAction:
         path = options.get("path")
         if not isinstance(path, str) or not path.strip():
             problems.append("path is required")
+        elif "{" not in path and traverses(path):
+            problems.append("path must not hold '..' (a rendered path cannot leave its directory)")
         fsync = options.get("fsync", DEFAULT_FSYNC_MS)
         if fsync != "always" and (isinstance(fsync, bool) or not isinstance(fsync, int)
                                   or fsync < 0):
@@ -207,14 +218,23 @@ class AuditAction:
 
     def run(self, job: ActionJob) -> str:
         """Append the event's line (disk errors are retryable: the pipeline waits)."""
-        audit = self._file(job.options)
         line = self.line(job)
-        try:
-            with audit.lock:
-                audit.write(line)
-        except OSError as exc:
-            raise RetryableActionError(f"audit {audit.path}: {exc.strerror or exc}") from exc
-        return "written"
+        while True:
+            audit = self._file(job.options)
+            try:
+                with audit.lock:
+                    if audit.retired:
+                        continue  # closed by the open-file cap meanwhile: take a fresh one
+                    audit.write(line)
+            except OSError as exc:
+                raise RetryableActionError(f"audit {audit.path}: {exc.strerror or exc}") from exc
+            audit.last_used = time.monotonic()
+            return "written"
+
+    def open_files(self) -> int:
+        """How many audit files are open (bounded by `max_open`)."""
+        with self._lock:
+            return len(self._files)
 
     def flush(self) -> None:
         """Called by the dispatcher when the audit queue runs empty."""
@@ -248,11 +268,15 @@ class AuditAction:
         if audit is not None:
             return audit
         problems = self.validate(options)
+        if not problems and traverses(key):
+            problems = ["path must not hold '..' (a rendered path cannot leave its directory)"]
         if problems:
             raise PermanentActionError(f"audit: {'; '.join(problems)}")
         with self._lock:
             audit = self._files.get(key)
             if audit is None:
+                while len(self._files) >= self.max_open:
+                    self._close_least_used()
                 audit = AuditFile(Path(key), options.get("fsync", DEFAULT_FSYNC_MS),
                                   options.get("rotate_bytes", DEFAULT_ROTATE_BYTES),
                                   options.get("keep", DEFAULT_KEEP))
@@ -262,6 +286,18 @@ class AuditAction:
                                                      name="audit-flusher")
                     self._flusher.start()
         return audit
+
+    def _close_least_used(self) -> None:
+        """Close the file written least recently (caller holds `_lock`)."""
+        path, audit = min(self._files.items(), key=lambda item: item[1].last_used)
+        del self._files[path]
+        with audit.lock:
+            audit.retired = True
+            try:
+                audit.close()
+            except OSError as exc:
+                logger.error("audit %s: close failed: %s", audit.path, exc)
+        logger.debug("audit %s closed: more than %d audit files in use", path, self.max_open)
 
     def _flush_loop(self) -> None:
         """Fsync lines written since the last fsync, so an idle file is on disk within N ms."""

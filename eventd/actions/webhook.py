@@ -7,10 +7,12 @@ hold only scheme://host:port: a webhook URL's path or query is often its secret.
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 import threading
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -39,6 +41,26 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
+def check_destination(url: str, allow_hosts: tuple[str, ...] = ()) -> str | None:
+    """Why a rendered URL may not be used (None: it may): a path climbing with `.`/`..`
+    segments (also percent-encoded), or a host outside the --allow-host patterns."""
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return "url is not a valid URL"
+    path = parts.path
+    if _DOT_SEGMENT.search(path) or _DOT_SEGMENT.search(unquote(path)) or "\\" in path:
+        return "url path must not hold '.' or '..' segments"
+    if allow_hosts and not any(fnmatch.fnmatchcase(host, pattern.lower())
+                               for pattern in allow_hosts):
+        return f"host {host!r} is not allowed by --allow-host ({', '.join(allow_hosts)})"
+    return None
+
+
 def is_template(value: object) -> bool:
     """Whether a string option still holds a template (it is checked again after rendering)."""
     return isinstance(value, str) and ("{{" in value or "{%" in value)
@@ -65,13 +87,17 @@ def check_timeout(value: object) -> list[str]:
 
 
 class SessionPool:
-    """One requests Session per worker thread (Sessions are not thread-safe), all closable."""
+    """One requests Session per worker thread (Sessions are not thread-safe), all closable.
+
+    Sessions of threads that ended (lanes closed to bound their number) are closed when the
+    next one is made, so sessions and their connections stay bounded too.
+    """
 
     def __init__(self, tls: Any = None) -> None:
         self._tls = tls  # settings.TlsOptions
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[requests.Session] = []
+        self._all: dict[threading.Thread, requests.Session] = {}
 
     def get(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
@@ -79,12 +105,20 @@ class SessionPool:
             session = new_session(tls=self._tls)
             self._local.session = session
             with self._lock:
-                self._all.append(session)
+                ended = [t for t in self._all if not t.is_alive()]
+                stale = [self._all.pop(t) for t in ended]
+                self._all[threading.current_thread()] = session
+            for old in stale:
+                old.close()
         return session
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._all)
 
     def close(self) -> None:
         with self._lock:
-            sessions, self._all = self._all, []
+            sessions, self._all = list(self._all.values()), {}
         for session in sessions:
             session.close()
 
@@ -117,6 +151,12 @@ class HttpPostAction:
     def close(self) -> None:
         """Close the HTTP sessions."""
         self._sessions.close()
+
+    def check(self, url: str) -> None:
+        """Refuse (permanently, no request made) a URL that may not be used."""
+        problem = check_destination(url, self.context.settings.allow_hosts)
+        if problem is not None:
+            raise PermanentActionError(f"{self.name}: refused, no request made: {problem}")
 
 
 class WebhookAction(HttpPostAction):
@@ -164,6 +204,7 @@ class WebhookAction(HttpPostAction):
         problems = self.validate(options) if where == "invalid" else []
         if problems:
             raise PermanentActionError(f"webhook: {'; '.join(problems)}")
+        self.check(url)
         method = str(options.get("method") or "POST").upper()
         headers = {str(k): str(v) for k, v in (options.get("headers") or {}).items()}
         headers["Idempotency-Key"] = job.id

@@ -101,3 +101,49 @@ def test_validate():
     assert v({}) == ["path is required"]
     assert v({"path": "x", "fsync": "sometimes"}) != []
     assert v({"path": "x", "rotate_bytes": 0}) != []
+
+
+def test_a_rendered_path_cannot_climb_out_of_its_directory(metrics, tmp_path):
+    import pytest
+
+    from eventd.errors import PermanentActionError
+
+    action = AuditAction(make_context(metrics))
+    base = tmp_path / "audit"
+    try:
+        with pytest.raises(PermanentActionError, match="must not hold '..'"):
+            action.run(audit_job(action, {"path": f"{base}/../../etc/evil.jsonl"}, 1))
+    finally:
+        action.close()
+    assert list(tmp_path.iterdir()) == []  # nothing created anywhere
+    assert AuditAction.validate({"path": "/var/log/../x"}) != []
+
+
+def test_open_audit_files_and_lanes_stay_bounded_with_many_distinct_paths(metrics, tmp_path):
+    import threading
+
+    from tests.waiting import wait_until
+
+    context = make_context(metrics)
+    action = AuditAction(context, max_open=2)
+    store = SqliteStore(tmp_path / "state")
+    dispatcher = Dispatcher(context, store, {"audit": action}, max_lanes=3)
+    dispatcher.start()
+    paths = [tmp_path / "audit" / f"tenant-{n}.jsonl" for n in range(10)]
+    try:
+        for round_ in range(2):
+            for n, path in enumerate(paths):
+                assert dispatcher.submit(audit_job(action, {"path": str(path)}, round_ * 10 + n))
+                assert dispatcher.wait_idle(5)
+                assert action.open_files() <= 2
+        assert dispatcher.lane_count() <= 3
+        wait_until(lambda: len([t for t in threading.enumerate()
+                                if t.name.startswith("dispatch-audit:")]) <= 3, 5,
+                   message="the workers of closed lanes exited")
+    finally:
+        dispatcher.close(5)
+        action.close()
+        store.close()
+    for n, path in enumerate(paths):  # nothing lost by closing and reopening
+        assert [line["event"]["uuid"] for line in read_lines([path])] == \
+            [f"uuid-{n:06d}", f"uuid-{10 + n:06d}"]

@@ -68,3 +68,43 @@ def test_validate():
     assert v({"url": "http://x/", "json": {}, "body": "b"}) == ["give either json or body, not both"]
     assert v({"url": "http://x/", "method": "FETCH"}) != []
     assert v({"url": "http://x/", "timeout": 0}) == ["timeout must be a positive number of seconds"]
+
+
+def test_a_url_climbing_out_of_its_path_is_refused_without_a_request(hook, webhook_receiver):
+    for path in ("/hooks/../admin", "/hooks/%2e%2e/admin", "/hooks/./x/..", "/.."):
+        with pytest.raises(PermanentActionError, match="refused, no request made"):
+            hook.run(make_job(hook, {"url": webhook_receiver.url + path, "json": {}}))
+    assert webhook_receiver.requests == []
+
+
+def test_allow_host_limits_where_webhooks_and_alerts_go(metrics, webhook_receiver):
+    from eventd.actions.alertmanager import AlertmanagerAction
+    from eventd.settings import Settings
+
+    settings = Settings(allow_hosts=("hooks.example.com", "*.internal"))
+    context = make_context(metrics)
+    context.settings = settings
+    hook, alerts = WebhookAction(context), AlertmanagerAction(context)
+    try:
+        with pytest.raises(PermanentActionError, match="host '127.0.0.1' is not allowed"):
+            hook.run(make_job(hook, {"url": webhook_receiver.url, "json": {}}))
+        with pytest.raises(PermanentActionError, match="not allowed by --allow-host"):
+            alerts.run(make_job(alerts, {"url": webhook_receiver.url}))
+        assert webhook_receiver.requests == []
+        context.settings = Settings(allow_hosts=("127.0.0.*",))
+        hook.run(make_job(hook, {"url": webhook_receiver.url, "json": {}}))
+        assert len(webhook_receiver.requests) == 1
+    finally:
+        hook.close()
+        alerts.close()
+
+
+def test_allow_host_from_the_command_line_and_the_environment():
+    from eventd.cli import _settings, build_parser
+
+    args = build_parser().parse_args(["run", "--allow-host", "a.example", "--allow-host", "*.b"])
+    assert _settings(args, {}).allow_hosts == ("a.example", "*.b")
+    args = build_parser().parse_args(["run"])
+    assert _settings(args, {"EVENTD_ALLOW_HOSTS": "x.example, *.y"}).allow_hosts == \
+        ("x.example", "*.y")
+    assert _settings(args, {}).allow_hosts == ()
