@@ -228,3 +228,44 @@ def test_hostile_parents_cannot_retarget_the_shipped_redeploy_rule(emulator, tmp
     posts = [(c.method, c.path) for c in emulator.rest_calls() if c.method != "GET"]
     assert posts == [("POST", f"{service}redeploy/")]  # the real service, never the stack
     assert not any("/stack/" in c.path for c in emulator.rest_calls())
+
+
+def test_skipped_and_delivered_rest_actions_each_log_one_info_line(run_daemon, emulator, caplog):
+    """Issue 12 part 6: one line per outcome, at INFO, for skips and first-attempt successes."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="eventd"):
+        daemon = run_daemon("""
+            rules:
+              - name: redeploy-on-stop
+                match: {type: container, state: Stopped}
+                actions:
+                  - dockercloud: {call: redeploy, target: "{{ parent.service }}"}
+        """)
+        old = {"type": "container", "action": "update", "state": "Stopped",
+               "resource_uri": web_container_uri(emulator),
+               "parents": container_parents(emulator),
+               "uuid": "6a1f0e52-7c1e-4d8e-9a55-0b9c3f1e2a01", "datetime": "2016-06-01T10:15:02Z"}
+        emulator.emit(old)
+        emulator.emit_event(type="container", action="update", state="Stopped",
+                                    resource_uri=web_container_uri(emulator, "web-2"),
+                                    parents=container_parents(emulator, "web-2"))
+
+        def lines(text):
+            return [r for r in caplog.records if text in r.getMessage()]
+
+        wait_until(lambda: lines("caused by eventd's own REST action"), 15,
+                   message="a self-caused event skipped")
+        assert daemon.wait_idle(10)
+    [too_old] = lines(f"for event {old['uuid']}")
+    assert too_old.levelno == logging.INFO
+    assert too_old.getMessage() == (f"rule redeploy-on-stop: dockercloud skipped for event "
+                                    f"{old['uuid']}: event older than max_event_age (900 s)")
+    service = web_service_uri(emulator)
+    [done] = lines(f"redeploy {service}")
+    assert done.levelno == logging.INFO and done.getMessage().startswith(
+        f"dockercloud for rule redeploy-on-stop: redeploy {service}: HTTP 202, action ")
+    self_caused = lines("caused by eventd's own REST action")
+    assert all(r.levelno == logging.INFO and r.getMessage().startswith(
+        "rule redeploy-on-stop skipped for event ") for r in self_caused)
+    assert len({r.getMessage() for r in self_caused}) == len(self_caused)  # once per event

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from eventd.actions.base import ActionJob, ActionKind, FollowUp
 from eventd.delivery.http import error_reason, is_told
-from eventd.errors import ActionSkipped, PermanentActionError, RetryableActionError
+from eventd.errors import ActionError, ActionSkipped, PermanentActionError, RetryableActionError
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 
@@ -41,7 +41,7 @@ class Attempt:
     @property
     def retry_after(self) -> float | None:
         """What the server asked for, if it did."""
-        return getattr(self.error, "retry_after", None)
+        return self.error.retry_after if isinstance(self.error, ActionError) else None
 
 
 class Attempts:

@@ -121,7 +121,7 @@ def send(session: requests.Session, method: str, url: str, what: str, *,
 # -- failure classification ---------------------------------------------------------------------
 def error_reason(exc: BaseException | None) -> str:
     """A bounded label for a failure: http_429, http_5xx, http_4xx, timeout, connection..."""
-    status = getattr(exc, "status_code", None) if isinstance(exc, ActionError) else None
+    status = exc.status_code if isinstance(exc, ActionError) else None
     if isinstance(status, int):
         return "http_429" if status == 429 else f"http_{status // 100}xx"
     cause = exc.__cause__ if exc is not None else None
