@@ -79,7 +79,7 @@ def test_crash_alert_arrives_once_with_idempotency_key(run_daemon, emulator, web
 
 
 def test_redeploy_rule_calls_rest_once_and_ignores_its_own_events(run_daemon, emulator):
-    run_daemon("""
+    daemon = run_daemon("""
         rules:
           - name: redeploy-on-stop
             match: {type: container, state: Stopped}
@@ -98,10 +98,16 @@ def test_redeploy_rule_calls_rest_once_and_ignores_its_own_events(run_daemon, em
 
     wait_until(redeploy_done, 10, message="the redeploy finished in the emulator")
     # The redeploy stopped the service's old containers: those Stopped events are eventd's
-    # own doing and must not trigger the rule again. Give them time to arrive and be processed.
-    stopped_after = [e for e in emulator.sent_events()
-                     if e.get("type") == "container" and e.get("state") == "Stopped"]
+    # own doing and must not trigger the rule again. Wait until eventd has processed them all.
+    containers = [e for e in emulator.sent_events() if e.get("type") == "container"]
+    stopped_after = [e for e in containers if e.get("state") == "Stopped"]
     assert len(stopped_after) >= 3  # the one we emitted + the redeploy's own
+    wait_until(lambda: (daemon.metrics.registry.get_sample_value(
+        "eventd_events_received_total", {"type": "container"}) or 0) >= len(containers), 10,
+        message="every container event processed")
+    assert daemon.wait_idle(10)
+    assert daemon.metrics.registry.get_sample_value(
+        "eventd_actions_total", {"kind": "dockercloud", "outcome": "skipped"}) >= 2
     calls = [c for c in emulator.rest_calls() if c.method != "GET"]
     assert [(c.method, c.path) for c in calls] == [("POST", service_uri + "redeploy/")]
     call = calls[0]

@@ -109,11 +109,14 @@ def send(session: requests.Session, method: str, url: str, what: str, *,
     try:
         response = session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)
     except requests.Timeout as exc:
-        raise RetryableActionError(f"{what}: timed out after {timeout}s") from exc
+        detail = f"timed out after {timeout}s"
+        raise RetryableActionError(f"{what}: {detail}", detail=detail) from exc
     except requests.ConnectionError as exc:
-        raise RetryableActionError(f"{what}: connection failed ({type(exc).__name__})") from exc
+        detail = f"connection failed ({type(exc).__name__})"
+        raise RetryableActionError(f"{what}: {detail}", detail=detail) from exc
     except requests.RequestException as exc:
-        raise PermanentActionError(f"{what}: {type(exc).__name__}") from exc
+        raise PermanentActionError(f"{what}: {type(exc).__name__}",
+                                   detail=type(exc).__name__) from exc
     raise_for_status(response, what)
     return response
 
@@ -150,4 +153,6 @@ def describe_failure(exc: BaseException | None) -> str:
         return "unknown error"
     if isinstance(exc, ActionError) and exc.status_code is not None:
         return f"HTTP {exc.status_code}" + (f": {exc.detail}" if exc.detail else "")
+    if isinstance(exc, ActionError) and exc.detail:
+        return exc.detail  # the message without the "<kind> <origin>: " the log line says
     return redact(str(exc)[:DETAIL_CHARS]) or type(exc).__name__
