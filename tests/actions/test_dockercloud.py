@@ -110,6 +110,7 @@ def test_wait_follows_the_action_to_success_by_polling(emulator, action):
 def test_wait_follows_the_action_through_stream_events(emulator, action):
     waiter = ActionWaiter()
     action.context.action_waiter = waiter
+    action.poll_interval = 1.0  # with a waiter, a poll only after 5 s without the event
     done = threading.Event()
 
     def feed():  # what the engine does with every `action` event of the stream
