@@ -231,11 +231,17 @@ class Dispatcher:
         for lane in sorted(self._lanes.values(), key=lambda lane: lane.last_used):
             if excess <= 0:
                 break
-            with lane.cond:
+            # Never wait for a lane's lock while holding _lock (submitters take them the
+            # other way round): a busy lane is simply not idle.
+            if not lane.cond.acquire(blocking=False):
+                continue
+            try:
                 if not lane.idle() or lane.thread is None:
                     continue
                 lane.retired = True
                 lane.cond.notify_all()
+            finally:
+                lane.cond.release()
             del self._lanes[lane.target]
             self.breaker.forget(lane.target)
             excess -= 1
