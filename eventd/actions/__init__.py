@@ -1,6 +1,12 @@
-"""The registry of action kinds: a plain dict from the name used in rules to the class.
+"""The action kinds, one module each, and their registry: a plain dict from the name used in
+rules to the class.
 
-Kinds are imported lazily so that a rule file naming one kind never imports the others.
+Kinds are imported lazily so that a rule file naming one kind never imports the others. Each
+kind declares its capabilities as class attributes (`durable`, `per_event`,
+`acts_on_objects`; see `base.ActionKind`), which the engine and the dispatcher read instead of
+testing kind names. Kinds use `errors`, `events`, `loopguard`, `ops`, `stores.files`, the
+shared HTTP layer and call limiter of `delivery` (`http`, `limits`), and `dockercloud` the
+Docker Cloud REST client; never `engine`, `ruleset`, `commands` or `emulator`.
 """
 
 from __future__ import annotations

@@ -89,13 +89,18 @@ class ActionContext:
     poll_interval: float = 1.0  # seconds between polls of a followed Docker Cloud action
 
 
+class FollowInterrupted(Exception):
+    """Shutdown while following: the job stays in the spool with its progress, for the next start."""
+
+
 @dataclass(frozen=True)
 class FollowUp:
     """What an attempt left running: the dispatcher finishes it beside the target's queue.
 
-    `follow(stopping)` returns the final description, or raises a PermanentActionError; it
-    must not repeat the call. `progress` is saved with the job in the spool first, so a
-    restart follows the same thing instead of calling again.
+    `follow(stopping)` returns the final description, or raises a PermanentActionError (or
+    FollowInterrupted once `stopping` is set); it must not repeat the call. `progress` is
+    saved with the job in the spool first, so a restart follows the same thing instead of
+    calling again.
     """
 
     description: str

@@ -20,9 +20,14 @@ from typing import Any, ClassVar
 
 import requests
 
-from eventd.actions.base import ActionContext, ActionFollower, ActionJob, FollowUp
+from eventd.actions.base import (
+    ActionContext,
+    ActionFollower,
+    ActionJob,
+    FollowInterrupted,
+    FollowUp,
+)
 from eventd.delivery.limits import TargetLimiter
-from eventd.delivery.retry import Interrupted
 from eventd.errors import ActionError, ActionSkipped, PermanentActionError
 from eventd.events import RESOURCE_URI, object_ref
 from eventd.loopguard import LoopGuard
@@ -253,7 +258,7 @@ class DockerCloudAction:
                 return str(state)
             left = deadline - time.monotonic()
             if stopping.is_set():
-                raise Interrupted(f"shutdown while following {action_uri}")
+                raise FollowInterrupted(f"shutdown while following {action_uri}")
             if left <= 0:
                 raise PermanentActionError(
                     f"action {action_uri} still {state or 'unknown'} after {timeout:.0f} s")

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from eventd.actions.base import ActionContext, ActionJob, ActionKind, FollowUp
+from eventd.actions.base import ActionContext, ActionJob, ActionKind, FollowInterrupted, FollowUp
 from eventd.delivery.attempts import Attempt, Attempts, Verdict
 from eventd.delivery.breaker import CircuitBreaker
 from eventd.delivery.http import describe_failure
 from eventd.delivery.lanes import Lane
-from eventd.delivery.retry import Interrupted, RetryPolicy
+from eventd.delivery.retry import RetryPolicy
 from eventd.errors import PermanentActionError, StoreError
 from eventd.ops.internal import report_internal_error
 from eventd.stores.base import Store
@@ -403,7 +403,7 @@ class Dispatcher:
     def _run_follow_up(self, lane: Lane, job: ActionJob, follow_up: FollowUp) -> None:
         try:
             result = follow_up.follow(self._stopping)
-        except Interrupted:
+        except FollowInterrupted:
             self._left(job)
         except PermanentActionError as exc:
             self._count("failed", job.kind)

@@ -20,10 +20,6 @@ DEFAULT_INITIAL_WAIT = 1.0
 DEFAULT_OPEN_AFTER = 30.0
 
 
-class Interrupted(Exception):
-    """Shutdown began before an attempt: the job stays in the spool for the next start."""
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How long a job may be retried, and how the waits between a target's probes grow."""
