@@ -21,7 +21,7 @@ from eventd.actions.base import ActionContext, ActionJob, ActionKind, FollowInte
 from eventd.delivery.attempts import Attempt, Attempts, Verdict
 from eventd.delivery.breaker import CircuitBreaker
 from eventd.delivery.http import describe_failure
-from eventd.delivery.lanes import Lane
+from eventd.delivery.lanes import Lane, Lanes
 from eventd.delivery.retry import RetryPolicy
 from eventd.errors import PermanentActionError, StoreError
 from eventd.ops.internal import report_internal_error
@@ -51,7 +51,6 @@ class Dispatcher:
         self.kinds = dict(kinds)
         self.metrics = context.metrics
         self.queue_size = max(1, queue_size)
-        self.max_lanes = max(1, max_lanes)
         policy = RetryPolicy(deadline=deadline, max_wait=max_wait, initial_wait=initial_wait)
         self.breaker = breaker if breaker is not None else CircuitBreaker(policy, clock=clock)
         self._policies = {kind: RetryPolicy(deadline=limit, max_wait=max_wait,
@@ -64,7 +63,7 @@ class Dispatcher:
         self._stopping = context.stopping
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._lanes: dict[str, Lane] = {}
+        self._lanes = Lanes(self.queue_size, max_lanes, on_retire=self.breaker.forget)
         self._outstanding = 0  # accepted and not finished (delivered, skipped or dead-lettered)
         self._started = False
         self._closing = False
@@ -87,9 +86,7 @@ class Dispatcher:
             lane = self._lane(target, durable=True, start=False)
             with lane.cond:
                 lane.spilled = True  # the worker pages them in from the spool, in order
-        with self._lock:
-            lanes = list(self._lanes.values())
-        for lane in lanes:
+        for lane in self._lanes.all():
             self._start_worker(lane)
         if pending:
             logger.info("resuming %d spooled action(s) on %d target(s)", pending, len(counts))
@@ -129,8 +126,7 @@ class Dispatcher:
 
     def lane_count(self) -> int:
         """How many lanes (targets) are open."""
-        with self._lock:
-            return len(self._lanes)
+        return len(self._lanes)
 
     def close(self, timeout: float = 10.0) -> int:
         """Stop within `timeout` (interrupting waits); returns how many jobs are left.
@@ -141,8 +137,8 @@ class Dispatcher:
         self._close_deadline = time.monotonic() + timeout
         self._closing = True
         self._stopping.set()
+        lanes = self._lanes.all()
         with self._lock:
-            lanes = list(self._lanes.values())
             followers = list(self._followers)
         for lane in lanes:
             with lane.cond:
@@ -212,39 +208,10 @@ class Dispatcher:
                 return True
 
     def _lane(self, target: str, durable: bool, start: bool = True) -> Lane:
-        with self._lock:
-            lane = self._lanes.get(target)
-            if lane is not None:
-                return lane
-            lane = Lane(target, durable, self.queue_size)
-            self._lanes[target] = lane
-            if len(self._lanes) > self.max_lanes:
-                self._retire_idle_lanes()
-            started = self._started
-        if started and start:
+        lane, created = self._lanes.get(target, durable)
+        if created and start and self._started:
             self._start_worker(lane)
         return lane
-
-    def _retire_idle_lanes(self) -> None:
-        """Close the least recently used idle lanes beyond `max_lanes` (caller holds _lock)."""
-        excess = len(self._lanes) - self.max_lanes
-        for lane in sorted(self._lanes.values(), key=lambda lane: lane.last_used):
-            if excess <= 0:
-                break
-            # Never wait for a lane's lock while holding _lock (submitters take them the
-            # other way round): a busy lane is simply not idle.
-            if not lane.cond.acquire(blocking=False):
-                continue
-            try:
-                if not lane.idle() or lane.thread is None:
-                    continue
-                lane.retired = True
-                lane.cond.notify_all()
-            finally:
-                lane.cond.release()
-            del self._lanes[lane.target]
-            self.breaker.forget(lane.target)
-            excess -= 1
 
     def _start_worker(self, lane: Lane) -> None:
         with lane.cond:

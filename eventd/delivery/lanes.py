@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from eventd.actions.base import ActionJob
 
@@ -50,3 +51,57 @@ class Lane:
         for job in fresh[: self.size]:
             self.backlog.append(job)
             self.known.add(job.id)
+
+
+class Lanes:
+    """Every target's lane, at most `max_lanes` of them: beyond that, idle lanes are closed,
+    least recently used first (targets rendered from event data must not grow threads without
+    bound). A busy lane is never closed, so the cap can be exceeded while all are busy."""
+
+    def __init__(self, size: int, max_lanes: int, on_retire: Callable[[str], None]) -> None:
+        self.size = size
+        self.max_lanes = max(1, max_lanes)
+        self._on_retire = on_retire
+        self._lock = threading.Lock()
+        self._lanes: dict[str, Lane] = {}
+
+    def get(self, target: str, durable: bool) -> tuple[Lane, bool]:
+        """The lane of `target`, and whether it was just made."""
+        with self._lock:
+            lane = self._lanes.get(target)
+            if lane is not None:
+                return lane, False
+            lane = self._lanes[target] = Lane(target, durable, self.size)
+            if len(self._lanes) > self.max_lanes:
+                self._retire_idle()
+        return lane, True
+
+    def all(self) -> list[Lane]:
+        """Every open lane."""
+        with self._lock:
+            return list(self._lanes.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._lanes)
+
+    def _retire_idle(self) -> None:
+        """Close the least recently used idle lanes beyond `max_lanes` (caller holds _lock)."""
+        excess = len(self._lanes) - self.max_lanes
+        for lane in sorted(self._lanes.values(), key=lambda lane: lane.last_used):
+            if excess <= 0:
+                break
+            # Never wait for a lane's lock while holding _lock (submitters take them the
+            # other way round): a busy lane is simply not idle.
+            if not lane.cond.acquire(blocking=False):
+                continue
+            try:
+                if not lane.idle() or lane.thread is None:
+                    continue
+                lane.retired = True
+                lane.cond.notify_all()
+            finally:
+                lane.cond.release()
+            del self._lanes[lane.target]
+            self._on_retire(lane.target)
+            excess -= 1
