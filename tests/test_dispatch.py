@@ -412,3 +412,31 @@ def test_a_redirect_is_a_dead_letter_and_is_not_followed(metrics, store, webhook
     [letter] = store.deadletter_list()
     assert letter.reason == (f"HTTP 302: redirect to {elsewhere.url} not followed "
                              "(eventd never follows redirects)")
+
+
+def test_a_dead_target_is_probed_by_one_job_and_the_queue_expires_behind_it(metrics, store,
+                                                                             webhook_receiver):
+    now = [time.time()]
+    waits: list[float] = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        now[0] += seconds
+
+    dispatcher, hook = build(metrics, store, sleep=sleep, clock=lambda: now[0],
+                             deadline=30.0, initial_wait=1.0, max_wait=8.0)
+    webhook_receiver.respond_with(503, count=1000)
+    jobs = [make_job(hook, {"url": webhook_receiver.url, "json": {"n": n}}, created_at=now[0])
+            for n in range(3)]
+    try:
+        for job in jobs:
+            dispatcher.submit(job)
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.close(2)
+    assert set(keys(webhook_receiver)) == {jobs[0].id}  # only the head probed the target
+    letters = {letter.job.id: letter.reason for letter in store.deadletter_list()}
+    assert letters[jobs[0].id].startswith(f"gave up after {len(keys(webhook_receiver))} attempt")
+    for job in jobs[1:]:  # expired while waiting their turn: no attempt of their own
+        assert letters[job.id].startswith("gave up after 0 attempt(s)")
+        assert letters[job.id].endswith("HTTP 503")
