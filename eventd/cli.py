@@ -7,7 +7,6 @@ Exit codes (pinned): 0 success or stopped by SIGTERM/SIGINT; 1 `check` found pro
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -76,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     check = sub.add_parser("check", help="validate rule files (needs no credentials)")
-    check.add_argument("paths", nargs="+", metavar="PATH")
+    from eventd.commands import check as check_command
+
+    check_command.add_arguments(check)
     check.set_defaults(handler=cmd_check)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of rule files")
@@ -246,26 +247,19 @@ def _print_rule_problems(exc: RuleError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
-# -- check, schema -----------------------------------------------------------------------
+# -- check, schema: in eventd.commands.check -------------------------------------------
 def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """`eventd check PATH ...`: one line per problem, exit 1 if any."""
-    from eventd.ruleset.loader import check_paths
+    """`eventd check PATH ... [--strict]`."""
+    from eventd.commands import check
 
-    problems = check_paths(args.paths, env)
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
-        return EXIT_PROBLEMS
-    return EXIT_OK
+    return check.run(args, env)
 
 
 def cmd_schema(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """`eventd schema`: the JSON Schema that editors can validate rule files with."""
-    from eventd.ruleset.loader import schema
+    """`eventd schema`."""
+    from eventd.commands import check
 
-    print(json.dumps(schema(), indent=2))
-    return EXIT_OK
+    return check.schema(args)
 
 
 # -- replay ------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from eventd.ruleset.loader import Rule
-from eventd.ruleset.matching import MatchProblem, RuleSet, compile_match
+from eventd.ruleset.index import RuleSet
+from eventd.ruleset.matching import MatchProblem, compile_match
+from eventd.ruleset.model import Rule
 
 SERVICE = "/api/app/v1/acme/service/09cbcf8d-a727-40d9-b420-c8e18b7fa55b/"
 STACK = "/api/app/v1/acme/stack/46aca402-2109-4a70-a378-760cfed43816/"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from eventd.ruleset.matching import RuleSet
+from eventd.ruleset.index import RuleSet
 from tests.test_matching import make_rule
 
 PARENTS = [f"/api/app/v1/ns/service/s{i}/" for i in range(5)] + ["/api/app/v1/service/s1/"]

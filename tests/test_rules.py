@@ -179,7 +179,8 @@ rules:
     # an unquoted value becomes what it would have been if written directly; quoted stays text
     assert rule.actions[0].options == {
         "url": "http://127.0.0.1:1/h", "timeout": 2.5, "json": {"quoted": "7"}}
-    assert [str(p) for p in check_paths([path], {"HOOK_URL": "http://127.0.0.1:1/h"})] == [
+    assert [str(p) for p in check_paths([path], {"HOOK_URL": "http://127.0.0.1:1/h"})
+            if not p.is_warning] == [
         f"{path}:3:19: rule hook: environment variable TYPE is not set "
         "(set it, or give a default: ${TYPE:-...})"]
 

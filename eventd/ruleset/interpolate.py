@@ -54,3 +54,13 @@ def expand(text: str, environ: Mapping[str, str]) -> str:
     if problems:
         raise InterpolationError(problems)
     return result
+
+
+def references(text: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables `text` refers to that are set, with their values (to keep them out of errors)."""
+    found: dict[str, str] = {}
+    for match in _REF.finditer(text):
+        name = match.group(1)
+        if name is not None and environ.get(name):
+            found[name] = environ[name]
+    return found

@@ -15,25 +15,19 @@ Semantics (the rule-file reference):
   whenever X does not (`action: {not: delete}` holds when there is no action);
 - numbers never equal booleans, and comparisons ignore non-numbers.
 
-RuleSet indexes rules by their fixed `type`, `action` and `state` values, and groups the
-rest of the candidates' required conditions (eventd.ruleset.prefilter), so rules that cannot match
-an event cost it next to nothing.
+The index that finds an event's candidate rules fast is `eventd.ruleset.index`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eventd.fields import MISSING
 from eventd.fields import field_getter as _getter
-from eventd.ruleset.prefilter import MIN_CANDIDATES, Plan
-
-if TYPE_CHECKING:
-    from eventd.ruleset.loader import Rule
 
 Path = tuple[str | int, ...]
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -275,70 +269,3 @@ def _compile(match: Mapping[str, Any], path: Path, problems: list[MatchProblem])
         residual=_compile_mapping(match, path, skip, []),  # same problems as above
         types=types, actions=actions, states=states,
     )
-
-
-_OTHER: Any = object()  # the index key for a type/action no rule names
-_MEMO_SIZE = 4096
-Candidates = tuple[tuple["Rule", Predicate], ...]
-
-
-class RuleSet:
-    """The enabled rules, in load order, with an index by event type and action."""
-
-    def __init__(self, rules: Iterable[Rule]) -> None:
-        loaded = tuple(rules)
-        self.rules: tuple[Rule, ...] = tuple(r for r in loaded if r.enabled)
-        self.disabled: tuple[Rule, ...] = tuple(r for r in loaded if not r.enabled)
-        self.by_name: dict[str, Rule] = {r.name: r for r in self.rules}
-        self._table, self._other_row = self._build_index()
-        self._memo: dict[tuple[Any, Any, Any], Candidates | Plan] = {}
-
-    def _build_index(self) -> tuple[dict[str, dict[Any, Candidates]], dict[Any, Candidates]]:
-        types = {t for r in self.rules if r.compiled.types for t in r.compiled.types}
-        actions = {a for r in self.rules if r.compiled.actions for a in r.compiled.actions}
-
-        def row(event_type: Any) -> dict[Any, Candidates]:
-            result: dict[Any, Candidates] = {}
-            for action in [*actions, _OTHER]:
-                result[action] = tuple(
-                    (r, r.compiled.residual) for r in self.rules
-                    if (r.compiled.types is None or event_type in r.compiled.types)
-                    and (r.compiled.actions is None or action in r.compiled.actions))
-            return result
-        return {t: row(t) for t in types}, row(_OTHER)
-
-    def __len__(self) -> int:
-        return len(self.rules)
-
-    def __iter__(self) -> Any:
-        return iter(self.rules)
-
-    def candidates(self, event_type: Any, action: Any, state: Any) -> Candidates:
-        """The rules (with their residual predicates) an event of this type/action/state may match.
-
-        A residual leaves out the conditions the index guarantees (fixed type, action and
-        state), so it is only valid for candidates found with all three keys.
-        """
-        row = self._table.get(event_type, self._other_row)
-        found = row.get(action)
-        by_type_action = row[_OTHER] if found is None else found
-        return tuple((rule, residual) for rule, residual in by_type_action
-                     if rule.compiled.states is None or state in rule.compiled.states)
-
-    def match(self, event: Mapping[str, Any]) -> list[Rule]:
-        """The enabled rules whose match holds for `event`, in load order."""
-        key = (event.get("type"), event.get("action"), event.get("state"))
-        try:
-            candidates = self._memo[key]
-        except KeyError:
-            if not all(k is None or isinstance(k, str) for k in key):
-                return [r for r in self.rules if r.compiled.predicate(event)]
-            found = self.candidates(*key)
-            candidates = Plan(found) if len(found) >= MIN_CANDIDATES else found
-            if len(self._memo) < _MEMO_SIZE:  # type/action/state vocabularies are small
-                self._memo[key] = candidates
-        except TypeError:  # an unhashable type/action/state: no index, check every rule
-            return [r for r in self.rules if r.compiled.predicate(event)]
-        if isinstance(candidates, Plan):
-            return candidates.match(event)
-        return [rule for rule, residual in candidates if residual(event)]

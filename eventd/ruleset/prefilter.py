@@ -26,7 +26,7 @@ from eventd.fields import MISSING
 from eventd.fields import field_getter as _getter
 
 if TYPE_CHECKING:
-    from eventd.ruleset.loader import Rule
+    from eventd.ruleset.model import Rule
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 Candidate = tuple["Rule", Predicate]

@@ -15,9 +15,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, meta
+from jinja2 import StrictUndefined, meta, nodes
 from jinja2 import TemplateError as JinjaTemplateError
-from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError, TemplateAssertionError, TemplateSyntaxError, UndefinedError
 from jinja2.nodes import Template as JinjaAst
 from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -84,13 +84,32 @@ def _syntax_message(exc: TemplateSyntaxError) -> str:
     return f"template syntax error: {exc.message} (template line {exc.lineno})"
 
 
+def _assertion_message(exc: TemplateSyntaxError) -> str:
+    """`No filter named 'bogus'.`, with a did-you-mean among the known filters or tests."""
+    message = exc.message or str(exc)
+    named = re.match(r"No (filter|test) named '([^']*)'", message)
+    if named is not None:
+        known = ENV.filters if named.group(1) == "filter" else ENV.tests
+        close = difflib.get_close_matches(named.group(2), list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown {named.group(1)} {named.group(2)!r}{hint} (template line {exc.lineno})"
+    return _syntax_message(exc)
+
+
 def check(source: str) -> list[str]:
-    """Problems in a template at load time: syntax errors and unknown top-level names."""
+    """Problems in a template at load time: syntax errors, unknown names, filters and tests."""
     try:
         ast = ENV.parse(source)
+        problems = _check_names(ast)
+        if not problems:
+            _compiled(source)  # compiling also finds unknown filters and tests
+    except TemplateAssertionError as exc:  # a subclass of TemplateSyntaxError
+        return [_assertion_message(exc)]
     except TemplateSyntaxError as exc:
         return [_syntax_message(exc)]
-    return _check_names(ast)
+    except RecursionError:
+        return ["template nested too deeply"]
+    return problems
 
 
 def describe(exc: BaseException) -> str:
@@ -185,7 +204,61 @@ def _expression_of(source: str) -> str | None:
 def check_condition(source: str) -> list[str]:
     """Load-time problems of a `when:` condition."""
     expr = _expression_of(source)
-    return check(source if expr is None else "{{ " + expr + " }}")
+    problems = check(source if expr is None else "{{ " + expr + " }}")
+    if not problems and expr is not None:
+        try:
+            ENV.compile_expression(expr, undefined_to_none=False)
+        except TemplateSyntaxError as exc:  # e.g. `{{ a }} {{ b }}` is no single expression
+            problems.append(_assertion_message(exc))
+        except RecursionError:
+            problems.append("template nested too deeply")
+    return problems
+
+
+#: What templates may read under `parent` and `object`, and where `event` fields come from.
+_ATTRIBUTES: dict[str, tuple[str, ...]] = {"parent": PARENT_TYPES, "object": ("type", "uuid")}
+
+
+def warnings(source: str, enriched: bool, condition: bool = False) -> list[str]:
+    """Likely typos in a template that still loads: `parent.servce`, `resource` without enrich."""
+    if condition:
+        expr = _expression_of(source)
+        source = source if expr is None else "{{ " + expr + " }}"
+    try:
+        ast = ENV.parse(source)
+        names = meta.find_undeclared_variables(ast)
+    except (TemplateSyntaxError, RecursionError):
+        return []  # reported as an error already
+    found: list[str] = []
+    for node in ast.find_all(nodes.Getattr):
+        target = node.node
+        if isinstance(target, nodes.Name) and target.name in _ATTRIBUTES:
+            known = _ATTRIBUTES[target.name]
+            if node.attr not in known:
+                close = difflib.get_close_matches(node.attr, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                found.append(f"template reads {target.name}.{node.attr}, which is never set{hint}; "
+                             f"{target.name} has: {', '.join(known)}")
+    if not enriched and "resource" in names:
+        found.append("template uses `resource` but the rule has no `enrich: resource`, "
+                     "so resource is always empty")
+    return list(dict.fromkeys(found))
+
+
+def warnings_tree(value: Any, enriched: bool, condition: bool = False,
+                  path: TreePath = ()) -> list[tuple[TreePath, str]]:
+    """warnings() of every template string inside `value`, with their paths."""
+    found: list[tuple[TreePath, str]] = []
+    if isinstance(value, str):
+        if condition or is_template(value):
+            found.extend((path, message) for message in warnings(value, enriched, condition))
+    elif isinstance(value, dict):
+        for key, sub in value.items():
+            found.extend(warnings_tree(sub, enriched, False, path + (key,)))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            found.extend(warnings_tree(sub, enriched, False, path + (i,)))
+    return found
 
 
 def compile_tree(value: Any, rule: str, where: str) -> Renderer:

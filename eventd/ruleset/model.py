@@ -1,0 +1,108 @@
+"""The rule model: what a loaded rule is (Rule, ActionSpec, ThrottleSpec) and what a problem is.
+
+Plain frozen dataclasses, built only by `eventd.ruleset.loader`; the engine reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventd.ruleset import templates
+from eventd.ruleset.matching import CompiledMatch
+
+__all__ = ["ActionSpec", "Problem", "Rule", "ThrottleSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a rule file, with where it is (line and column from 1)."""
+
+    file: str
+    line: int
+    col: int
+    rule: str | None
+    message: str
+    severity: str = "error"  # or "warning": a likely typo that still loads (`check --strict` fails on it)
+
+    @property
+    def is_warning(self) -> bool:
+        """True for a warning: the rule loads, but probably never fires as meant."""
+        return self.severity == "warning"
+
+    def format(self) -> str:
+        """`FILE:LINE:COL: rule NAME: message`, as compilers print it, so editors can jump."""
+        where = f"{self.file}:{self.line}:{self.col}: " + ("warning: " if self.is_warning else "")
+        return where + (f"rule {self.rule}: " if self.rule else "") + self.message
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleSpec:
+    """At most one run per rendered `key` per `window` seconds."""
+
+    key: str  # the template source
+    window: float
+    _render: templates.Renderer = field(repr=False, compare=False)
+
+    def render_key(self, context: Mapping[str, Any]) -> str:
+        """The throttle key for one event (raises TemplateError)."""
+        return str(self._render(context))
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class ActionSpec:
+    """One `{kind: options}` entry of a rule, its templates compiled."""
+
+    kind: str
+    index: int  # position in the rule's actions, from 0
+    options: dict[str, Any]  # as written, after ${VAR} expansion
+    rule: str
+    _render: templates.Renderer = field(repr=False)
+
+    def render(self, context: Mapping[str, Any]) -> dict[str, Any]:
+        """The options with every template rendered (raises TemplateError naming rule+action)."""
+        result: dict[str, Any] = self._render(context)
+        return result
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Rule:
+    """A loaded, validated rule; `compiled` holds its match as closures."""
+
+    name: str
+    description: str
+    enabled: bool
+    throttle: ThrottleSpec | None
+    enrich: str | None
+    when: templates.Condition | None
+    allow_self_caused: bool
+    actions: tuple[ActionSpec, ...]
+    file: str
+    line: int
+    match: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    compiled: CompiledMatch = field(default=None, repr=False)  # type: ignore[assignment]
+    _kinds: frozenset[str] = field(init=False, repr=False, default=frozenset())
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """Whether the rule's `match` holds for `event`."""
+        return self.compiled.predicate(event)
+
+    def throttle_key(self, context: Mapping[str, Any]) -> str:
+        """The rendered throttle key ("" when the rule has no throttle)."""
+        return "" if self.throttle is None else self.throttle.render_key(context)
+
+    def when_holds(self, context: Mapping[str, Any]) -> bool:
+        """Whether `when` holds (True without one); raises TemplateError."""
+        return True if self.when is None else self.when.holds(context)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The action kinds this rule uses (computed once: the engine asks on every match)."""
+        return self._kinds
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_kinds", frozenset(a.kind for a in self.actions))
