@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from eventd.errors import RuleError
 from eventd.ruleset.loader import Problem, check_paths, load_rules
+from tests.daemon_helpers import emulator_env, write_rules
+from tests.test_cli import free_port
+from tests.waiting import wait_until
 
+ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "rules"
 BROKEN = DATA / "broken"
 KNOWN = "known: alertmanager, audit, dockercloud, log, webhook"
@@ -146,3 +155,205 @@ def test_load_rules_raises_with_every_problem() -> None:
     message = str(caught.value)
     assert message.startswith("10 problems in rule files:\n")
     assert "duplicate rule name 'same'" in message
+
+
+# --- hostile and mistaken files (issue 12 part 2) -------------------------------------------
+
+HOSTILE = DATA / "hostile"
+
+
+def eventd_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`eventd check` as a user runs it; the timeout only guards against a hang (each takes < 1 s)."""
+    full_env = {"PATH": os.environ.get("PATH", ""), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "eventd", "check", *args], capture_output=True,
+                          text=True, timeout=30, env=full_env)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("unknown-filter.yaml", "5:24: rule bogus-filter: actions[0].log.message: unknown filter "
+                            "'bogus' (template line 1)"),
+    ("alias-bomb.yaml", "1:14: too many YAML nodes: more than 100000 once aliases are expanded "
+                        "(the cap for a rule file)"),
+    ("deep-any.yaml", "3:223: nested too deeply: more than 64 levels (the cap for a rule file)"),
+])
+def test_a_hostile_file_gets_one_line_and_exit_1(name: str, expected: str) -> None:
+    path = HOSTILE / name
+    done = eventd_check(str(path))
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines() == [f"{path}:{expected}"]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].endswith(": 1 error")
+
+
+@pytest.mark.parametrize("cap, text, expected", [
+    ("size", "# " + "x" * (1024 * 1024) + "\n",
+     "1:1: file too large: 1048579 bytes, more than the 1048576 a rule file may hold"),
+    ("aliases", "x-a: &a 1\nx-b: [" + ", ".join(["*a"] * 1001) + "]\n",
+     "2:4007: too many aliases: more than 1000 (the cap for a rule file)"),
+])
+def test_each_cap_says_which_cap_was_hit(tmp_path: Path, cap: str, text: str, expected: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert lines(path) == [f"{path}:{expected}"]
+
+
+def test_typos_that_never_fire_are_warnings_with_did_you_mean() -> None:
+    path = HOSTILE / "typos.yaml"
+    done = eventd_check(str(path))
+    assert done.returncode == 0
+    found = [line.split(";")[0] for line in done.stdout.splitlines()]
+    assert found == [f"{path}:{line}" for line in [
+        "3:13: warning: rule typos: match.stat: unknown event field 'stat' (did you mean 'state'?)",
+        "3:34: warning: rule typos: match.type: unknown object type 'servce' "
+        "(did you mean 'service'?)",
+        "3:42: warning: rule typos: match.acton: unknown event field 'acton' "
+        "(did you mean 'action'?)",
+        "5:24: warning: rule typos: actions[0].log.message: template reads parent.servce, "
+        "which is never set (did you mean 'service'?)",
+        "7:37: warning: rule stoped: match.state: unknown state 'Stoped' (did you mean 'Stopped'?)",
+        "8:11: warning: rule stoped: when: template uses `resource` but the rule has no "
+        "`enrich: resource`, so resource is always empty",
+    ]] + ["2 rules in 1 file: ok, 6 warnings"]
+    strict = eventd_check("--strict", str(path))
+    assert strict.returncode == 1
+    assert strict.stderr.splitlines()[-1] == "2 rules in 1 file: 6 warnings (--strict)"
+
+
+def test_warnings_do_not_stop_rules_from_loading(caplog: pytest.LogCaptureFixture) -> None:
+    ruleset = load_rules([HOSTILE / "typos.yaml"], {})
+    assert [r.name for r in ruleset.rules] == ["typos", "stoped"]
+    assert sum("warning: rule" in r.getMessage() for r in caplog.records) == 6
+
+
+def test_known_vocabulary_gives_no_warning(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("rules:\n- name: a\n  match: {type: stack, state: Not Running, action: update,"
+                    " data.errorMessage: {exists: true}, any: [{state: Partly running}]}\n"
+                    "  enrich: resource\n  when: '{{ resource.x and parent.stack }}'\n"
+                    "  actions: [{log: {message: '{{ object.type }}'}}]\n", encoding="utf-8")
+    assert lines(path) == []
+
+
+def test_success_says_what_was_checked(tmp_path: Path) -> None:
+    done = eventd_check(str(DATA / "good"), str(ROOT / "rules"))
+    assert done.returncode == 0, done.stdout
+    count = len(load_rules([ROOT / "rules"], {}).rules)
+    files = len(list((ROOT / "rules").glob("*.yaml")))
+    assert done.stdout.splitlines() == [f"{count + 3} rules in {files + 4} files: ok"]
+
+
+def test_a_path_without_rules_is_a_warning(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "none.yaml").write_text("rules: []\n", encoding="utf-8")
+    done = eventd_check(str(empty), str(tmp_path / "none.yaml"))
+    assert done.returncode == 0
+    assert done.stdout.splitlines() == [
+        f"{empty}:1:1: warning: holds no rule file (*.yaml, *.yml)",
+        f"{tmp_path / 'none.yaml'}:1:1: warning: holds no rules",
+        "0 rules in 1 file: ok, 2 warnings"]
+
+
+def test_a_value_from_the_environment_is_never_printed() -> None:
+    path = HOSTILE / "secret.yaml"
+    done = eventd_check(str(path), env={"DOCKERCLOUD_APIKEY": "s3cr3t-api-key"})
+    assert done.returncode == 1
+    assert "s3cr3t" not in done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        f"{path}:5:60: rule leaky: actions[0].webhook.timeout: expected a number, "
+        "got a string ('${DOCKERCLOUD_APIKEY}')"]
+
+
+def test_a_secret_inside_a_longer_value_is_named_too(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("rules:\n- name: a\n  match: {}\n  throttle: {key: k, window: 'x${TOKEN}'}\n"
+                    "  actions: [{log: {message: m}}]\n", encoding="utf-8")
+    found = lines(path, environ={"TOKEN": "abcdefgh"})
+    assert found == [f"{path}:4:30: rule a: throttle.window: 'x${{TOKEN}}' is not a duration "
+                     "(seconds, or e.g. 30s, 10m, 1h)"]
+
+
+def test_a_missing_webhook_url_is_reported_once() -> None:
+    path = HOSTILE / "webhook-no-url.yaml"
+    assert lines(path) == [f"{path}:5:18: rule no-url: actions[0].webhook: missing required key 'url'"]
+
+
+def _metric(port: int, name: str) -> float | None:
+    """A sample from eventd's /metrics; None (never 0.0) when it is absent, so a test can fail."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    return None
+
+
+HOSTILE_LINES = {
+    "unknown-filter.yaml": "rules.yaml:5:24: rule bogus-filter: actions[0].log.message: unknown "
+                           "filter 'bogus' (template line 1)",
+    "alias-bomb.yaml": "rules.yaml:1:14: too many YAML nodes: more than 100000 once aliases are "
+                       "expanded (the cap for a rule file)",
+    "deep-any.yaml": "rules.yaml:3:223: nested too deeply: more than 64 levels (the cap for a rule "
+                     "file)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_LINES))
+def test_run_exits_2_with_the_same_line(emulator, tmp_path: Path, name: str) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "rules.yaml").write_bytes((HOSTILE / name).read_bytes())
+    env = {"PATH": os.environ.get("PATH", ""), **emulator_env(emulator)}
+    done = subprocess.run([sys.executable, "-m", "eventd", "run", "--rules", str(rules),
+                           "--state-dir", str(tmp_path / "state")], capture_output=True, text=True,
+                          timeout=30, env=env)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["eventd: rules not loaded (1 problem):",
+                                        f"  {rules}/{HOSTILE_LINES[name]}"]
+
+
+def test_sighup_with_hostile_rules_keeps_the_old_ones(emulator, webhook_receiver, tmp_path: Path) -> None:
+    rules = write_rules(tmp_path / "rules", f"""\
+        rules:
+          - name: old
+            match: {{type: service}}
+            actions:
+              - webhook: {{url: "{webhook_receiver.url}/old", json: {{uuid: "{{{{ event.uuid }}}}"}}}}
+        """)
+    port = free_port()
+    log = tmp_path / "stderr.log"
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", **emulator_env(emulator)}
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "eventd", "run", "--rules", str(rules),
+                                 "--state-dir", str(tmp_path / "state"),
+                                 "--metrics-addr", f"127.0.0.1:{port}"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        assert emulator.wait_for_connections(1, 20)
+        wait_until(lambda: _reachable(port), 20)
+        assert _metric(port, "eventd_rules_reload_success") == 1
+        for name, line in sorted(HOSTILE_LINES.items()):
+            rules.write_bytes((HOSTILE / name).read_bytes())
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda expected=f"{rules.parent}/{line}": expected in log.read_text(), 20,
+                       message=f"the problem of {name} logged")
+            assert _metric(port, "eventd_rules_reload_success") == 0
+        sent = emulator.emit_event(type="service", state="Running")
+        wait_until(lambda: webhook_receiver.requests, 20, message="the old rule still runs")
+        assert [(r.path, r.json()["uuid"]) for r in webhook_receiver.requests] == [
+            ("/old", sent["uuid"])]
+        assert proc.poll() is None
+        assert "Traceback" not in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+
+
+def _reachable(port: int) -> bool:
+    try:
+        return _metric(port, "eventd_rules_reload_success") is not None
+    except requests.RequestException:
+        return False
