@@ -77,7 +77,7 @@ def test_runtime_errors_become_template_errors() -> None:
     "{{ event.__class__ }}",
     "{{ event.clear() }}",
     "{{ event.parents.append('x') }}",
-    "{{ 'a' * 1000000 }}",
+    "{{ 'a' * 1000001 }}",
     "{{ 9 ** 99999999 }}",
 ])
 def test_sandbox_escapes_are_refused(source: str) -> None:
@@ -134,3 +134,98 @@ def test_check_condition() -> None:
         "template uses unknown name 'resourse' (did you mean 'resource'?); "
         "known: event, parent, object, rule, now, resource"]
     assert check_condition("{{ resource.exit_code !=  }}")[0].startswith("template syntax error")
+
+
+# --- resource limits (issue 13 item 6) -----------------------------------------------------------
+
+VECTORS = [
+    ("{{ '%0100000000d'|format(1) }}", "format width or precision 100000000 is over 10000"),
+    ("{{ 'x'|center(10**8) }}", "center would be larger than 1000000 characters"),
+    ("{{ '{:>100000000}'.format(1) }}", "format width or precision 100000000 is over 10000"),
+    ("{{ '{:{}}'.format(1, 100000000) }}", "format width or precision 100000000 is over 10000"),
+    ("{{ '%*d' % (100000000, 1) }}", "a `*` format width or precision is over 10000"),
+    ("{{ ('x\n' * 500000)|indent(1000) }}", "indent would be larger than 1000000 characters"),
+    ("{% set a = 'x' * 100000 %}{% for i in range(5) %}{% set a = a ~ a %}{% endfor %}"
+     "{% set a = a ~ a ~ a ~ a ~ a ~ a ~ a ~ a ~ a ~ a ~ a %}",
+     "a concatenation would be larger than 1000000 characters"),
+    ("{% set a = 'x' * 300000 %}{{ a + a + a + a }}",
+     "a concatenation would be larger than 1000000 characters"),
+    ("{{ ['x' * 100000] * 100000 }}", "a repeated sequence would be larger than 1000000"),
+    ("{{ ((10 ** 1000) ** 1000) ** 1000 }}", "a power would have more than 100000 bits"),
+    ("{{ 2 ** 1000 ** 1000 }}", "a power would have more than 100000 bits"),
+    ("{{ range(100000)|join('x' * 100000) }}", "a joined text would be larger than 1000000"),
+    ("{{ 'x'.ljust(10**8) }}", "ljust() would be larger than 1000000 characters"),
+    ("{{ (1).to_bytes(10**8, 'big') }}", "to_bytes() would be larger than 1000000 characters"),
+    ("{{ ('x' * 1000).replace('', 'y' * 10000) }}", "replace() would be larger than 1000000"),
+    ("{{ lipsum(10**6) }}", "lipsum() would be larger than 1000000 characters"),
+    ("{{ [[1]] * 100000 | sum(start=[]) }}", "sum() of sequences is not allowed"),
+    ("{{ range(100000)|map('center', 900000)|list|length }}",
+     "the render built more than 10000000 characters in all"),
+    ("{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+     "the render took more than 1 s"),
+    ("{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+     "the render took more than 1 s"),
+    ("{% for i in range(20) %}{{ 'x' * 100000 }}{% endfor %}",
+     "the rendered text would be larger than 1000000 characters"),
+]
+
+
+@pytest.mark.parametrize("source, reason", VECTORS)
+def test_templates_cannot_build_huge_values_or_run_long(source: str, reason: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        render(source)
+    assert caught.value.rule == "my-rule"
+    assert f"refused by the sandbox: {reason}" in str(caught.value)
+
+
+def test_a_when_condition_has_the_same_limits() -> None:
+    context = build_context(EVENT, "my-rule", 0.0)
+    with pytest.raises(TemplateError, match="center would be larger than 1000000"):
+        Condition("{{ 'x'|center(10**8) != '' }}", "my-rule").holds(context)
+
+
+def test_values_under_the_limits_still_render() -> None:
+    assert len(render("{{ 'x'|center(1000) }}{{ '{:>50}'.format(1) }}{{ '%05d'|format(7) }}")) \
+        == 1000 + 50 + 5
+    assert render("{{ ('a' * 10)|indent(2, true) }}") == "  aaaaaaaaaa"
+    assert render("{% set a = 'x' %}{% for i in range(3) %}{% set a = a ~ a %}{% endfor %}"
+                  "{{ (a ~ a) | length }}") == "2"  # a for-loop's set stays in the loop
+    assert render("{{ 2 ** 100 }} {{ [1, 2] * 3 }} {{ range(3)|join('-') }}") == \
+        f"{2 ** 100} [1, 2, 1, 2, 1, 2] 0-1-2"
+    assert render("{{ event.parents|map('upper')|join(',') }}") == f"{SERVICE.upper()},{STACK.upper()}"
+
+
+def test_action_templates_share_one_budget_and_a_new_render_gets_a_new_one() -> None:
+    tree = compile_tree({"a": "{{ 'x' * 1000000 }}", "b": "{{ 'y' * 10 }}"}, "my-rule", "option")
+    context = build_context(EVENT, "my-rule", 0.0)
+    for _ in range(3):  # each render starts afresh: no budget leaks from one to the next
+        assert len(tree(context)["a"]) == 1000000
+
+
+def test_the_engine_counts_each_over_limit_template_and_keeps_running(emulator, webhook_receiver,
+                                                                      tmp_path) -> None:
+    import json
+
+    from tests.daemon_helpers import start_daemon, write_rules
+    from tests.waiting import wait_until
+
+    hostile = [source for source, reason in VECTORS if "1 s" not in reason][:8]  # slow ones: above
+    actions = "".join(f"      - webhook: {{url: '{webhook_receiver.url}/bad', "
+                      f"json: {{text: {json.dumps(source)}}}}}\n" for source in hostile)
+    rules = write_rules(tmp_path / "rules", "rules:\n  - name: hostile\n    match: {type: service}\n"
+                        f"    actions:\n{actions}"
+                        "  - name: fine\n    match: {type: service}\n    actions:\n"
+                        f"      - webhook: {{url: '{webhook_receiver.url}/ok', "
+                        "json: {uuid: '{{ event.uuid }}'}}\n")
+    daemon = start_daemon(emulator, rules, tmp_path / "state")
+    try:
+        assert emulator.wait_for_connections(1, 10)
+        sent = [emulator.emit_event(type="service", state="Running")["uuid"] for _ in range(2)]
+        wait_until(lambda: len(webhook_receiver.requests) == 2, 20, message="both events ran 'fine'")
+        assert [(r.path, r.json()["uuid"]) for r in webhook_receiver.requests] == [
+            ("/ok", sent[0]), ("/ok", sent[1])]
+        value = daemon.metrics.registry.get_sample_value("eventd_template_errors_total",
+                                                         {"rule": "hostile"})
+        assert value == 2 * len(hostile)
+    finally:
+        daemon.stop(5)

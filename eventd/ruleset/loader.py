@@ -121,7 +121,7 @@ class _Checker:
             self.found += 1
             if isinstance(raw, dict):
                 self._rule(doc, index, raw, bad, unexpanded)
-        seen: set[tuple[JsonPath, bool, str]] = set()
+        seen: set[Issue] = set()
         for issue in doc.issues:
             if issue not in seen:
                 seen.add(issue)

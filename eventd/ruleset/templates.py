@@ -12,26 +12,28 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from jinja2 import StrictUndefined, meta, nodes
 from jinja2 import TemplateError as JinjaTemplateError
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateAssertionError, TemplateSyntaxError, UndefinedError
 from jinja2.nodes import Template as JinjaAst
 from jinja2.runtime import Context, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
+from markupsafe import Markup
 
 from eventd.errors import TemplateError
 from eventd.events import iso_utc, object_ref, parents_by_type
+from eventd.ruleset import limits
 
 #: The names a template may use at the top level.
 CONTEXT_NAMES = ("event", "parent", "object", "rule", "now", "resource")
 #: Parent types that are always present in `parent` (None when the event has no such parent).
 PARENT_TYPES = ("service", "stack", "node", "nodecluster")
 
-_MAX_SEQUENCE = 100_000  # `'x' * 10**9` would exhaust memory; refuse it instead
-_MAX_EXPONENT = 1_000
 _FALSE_TEXT = frozenset({"", "false", "0", "none", "no", "off"})
 _WHOLE_EXPRESSION = re.compile(r"\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*", re.S)
 
@@ -40,23 +42,81 @@ TreePath = tuple[str | int, ...]
 
 
 def _finalize(value: Any) -> Any:
-    return "" if value is None else value
+    return "" if value is None else limits.built(value, "an output")
+
+
+class _Formatter(SandboxedFormatter):
+    """`str.format` in the sandbox, refusing huge widths (`'{:>100000000}'.format(1)`)."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        limits.check_format_spec(format_spec)
+        return limits.built(super().format_field(value, format_spec), "a formatted field")
+
+
+class _EscapeFormatter(_Formatter, SandboxedEscapeFormatter):
+    """The same, for Markup strings."""
+
+
+class _CodeGenerator(CodeGenerator):
+    """Compiles `~` to a sized concatenation instead of a plain join."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.eventd_concat(")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write(")")
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    """The sandbox, plus limits on `*` and `**`, which the stock sandbox lets run unbounded."""
+    """The sandbox, with resource limits on everything that builds values (eventd.ruleset.limits)."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
+    code_generator_class = _CodeGenerator
+    concat = staticmethod(limits.output)  # a template's output, and each macro's
+    eventd_concat = staticmethod(limits.concat)
+    eventd_iter = staticmethod(limits.iterate)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters = {name: limits.guard_filter(name, func) for name, func in self.filters.items()}
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
-            raise SecurityError(f"exponent {right} is too large")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
-                        and len(seq) * times > _MAX_SEQUENCE:
-                    raise SecurityError(f"a sequence of more than {_MAX_SEQUENCE} items")
-        return super().call_binop(context, operator, left, right)
+        limits.binop(operator, left, right)
+        return limits.built(super().call_binop(context, operator, left, right), "an operation")
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        limits.call(__obj, args, kwargs)
+        return limits.built(super().call(__context, __obj, *args, **kwargs), "a call's result")
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map`, with the width limits of _Formatter."""
+        if not isinstance(value, (types.MethodType, types.BuiltinMethodType)) \
+                or value.__name__ not in ("format", "format_map") \
+                or not isinstance(value.__self__, str):
+            return None
+        text: str = value.__self__
+        formatter = _EscapeFormatter(self, escape=text.escape) if isinstance(text, Markup) \
+            else _Formatter(self)
+        is_map = value.__name__ == "format_map"
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one positional argument")
+                kwargs = args[0]
+                args = ()
+            limits.refuse_over(len(text) + limits.size(args) + limits.size(kwargs), "format()")
+            return type(text)(formatter.vformat(text, args, kwargs))
+        return functools.update_wrapper(wrapper, value)
+
+    def _generate(self, source: nodes.Template, name: str | None, filename: str | None,
+                  defer_init: bool = False) -> str:
+        """Compile, with every `{% for %}` iterating through limits.iterate (to check the time)."""
+        for loop in source.find_all(nodes.For):
+            loop.iter = nodes.Call(nodes.EnvironmentAttribute("eventd_iter"), [loop.iter], [],
+                                   None, None, lineno=loop.lineno)
+        return super()._generate(source, name, filename, defer_init)
 
 
 ENV = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_finalize,
@@ -145,11 +205,15 @@ class Text:
         self._render = _compiled(source).render
 
     def render(self, context: Mapping[str, Any]) -> str:
-        """Render with the given context."""
+        """Render with the given context, within the limits of eventd.ruleset.limits."""
+        owner = limits.start()
         try:
             return str(self._render(context))
         except Exception as exc:  # anything a user's template can raise, e.g. ZeroDivisionError
             raise _fail(self.rule, self.where, exc) from exc
+        finally:
+            if owner:
+                limits.stop()
 
     def __repr__(self) -> str:
         return f"Text({self.source!r})"
@@ -180,6 +244,7 @@ class Condition:
         if self._text is not None:
             return self._text.render(context).strip().lower() not in _FALSE_TEXT
         assert self._expression is not None
+        owner = limits.start()
         try:
             value = self._expression(context)
             if isinstance(value, Undefined):
@@ -187,6 +252,9 @@ class Condition:
             return bool(value)
         except Exception as exc:
             raise _fail(self.rule, "when", exc) from exc
+        finally:
+            if owner:
+                limits.stop()
 
     def __repr__(self) -> str:
         return f"Condition({self.source!r})"
@@ -262,14 +330,42 @@ def warnings_tree(value: Any, enriched: bool, condition: bool = False,
 
 
 def compile_tree(value: Any, rule: str, where: str) -> Renderer:
-    """Compile every template string inside `value`; the renderer returns fresh containers."""
+    """Compile every template string inside `value`; the renderer returns fresh containers.
+
+    All the templates of one tree (an action's options) share one render budget.
+    """
+    render = _tree(value, rule, where)
+    if not _has_template(value):
+        return render
+
+    def budgeted(context: Mapping[str, Any]) -> Any:
+        owner = limits.start()
+        try:
+            return render(context)
+        finally:
+            if owner:
+                limits.stop()
+    return budgeted
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, dict):
+        return any(_has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    return False
+
+
+def _tree(value: Any, rule: str, where: str) -> Renderer:
     if isinstance(value, str):
         return Text(value, rule, where).render if is_template(value) else _constant(value)
     if isinstance(value, dict):
-        items = [(key, compile_tree(sub, rule, f"{where}.{key}")) for key, sub in value.items()]
+        items = [(key, _tree(sub, rule, f"{where}.{key}")) for key, sub in value.items()]
         return lambda context: {key: render(context) for key, render in items}
     if isinstance(value, list):
-        parts = [compile_tree(sub, rule, f"{where}[{i}]") for i, sub in enumerate(value)]
+        parts = [_tree(sub, rule, f"{where}[{i}]") for i, sub in enumerate(value)]
         return lambda context: [render(context) for render in parts]
     return _constant(value)
 
