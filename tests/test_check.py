@@ -357,3 +357,20 @@ def _reachable(port: int) -> bool:
         return _metric(port, "eventd_rules_reload_success") is not None
     except requests.RequestException:
         return False
+
+
+@pytest.mark.parametrize("text, expected", [
+    # found by tests/fuzz: PyYAML's reader error was two lines, at 1:1 (defect 1)
+    ("rules:\n  - name: a\x1f\n", "2:12: YAML syntax error: character #x001f is not allowed in "
+                                  "YAML (a control character)"),
+    # found by tests/fuzz: Jinja folds constants while compiling and raised there (defect 2)
+    ("rules:\n- name: a\n  match: {}\n  actions: [{log: {message: \"{{ (0)[0] ~ 'x' }}\"}}]\n",
+     "4:29: rule a: actions[0].log.message: template fails on its constants: int object has no "
+     "element 0"),
+    ("rules:\n- name: a\n  match: {}\n  when: \"(0)[0] ~ 'x'\"\n  actions: [{log: {message: m}}]\n",
+     "4:9: rule a: when: template fails on its constants: int object has no element 0"),
+])
+def test_fuzzing_finds_stay_fixed(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert lines(path) == [f"{path}:{expected}"]

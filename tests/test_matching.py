@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -229,26 +228,18 @@ def test_index_agrees_with_plain_matching_on_many_events() -> None:
                 assert ruleset.match(event) == [r for r in ruleset.rules if r.matches(event)]
 
 
-def _time_per_event(ruleset: RuleSet, event: dict[str, Any], rounds: int = 20000) -> float:
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(rounds):
-            ruleset.match(event)
-        best = min(best, (time.perf_counter() - start) / rounds)
-    return best
-
-
 def test_rules_that_cannot_match_cost_nothing() -> None:
-    """1,000 rules for other types are not slower than 100 (ratio, measured in the same run)."""
-    def rules(n: int) -> RuleSet:
-        return RuleSet(make_rule(f"r{i}", {"type": f"type{i % 50}", "state": "Stopped"})
-                       for i in range(n))
-    small, large = rules(100), rules(1000)
-    event = dict(CONTAINER_STOPPED)
-    assert large.match(event) == []
-    assert _time_per_event(large, event) < 3 * _time_per_event(small, event) + 1e-6
+    """1,000 rules for other types leave an event no candidate to check (the index's job).
 
+    How long that takes is measured by the bench (bench/micro.py, 100 and 1,000 rules), not
+    asserted here: a timing bound in a test fails under load and proves little.
+    """
+    ruleset = RuleSet(make_rule(f"r{i}", {"type": f"type{i % 50}", "state": "Stopped"})
+                      for i in range(1000))
+    event = dict(CONTAINER_STOPPED)
+    assert ruleset.match(event) == []
+    assert ruleset.candidates(event["type"], event["action"], event["state"]) == ()
+    assert len(ruleset.candidates("type7", "update", "Stopped")) == 20
 
 
 def test_state_index_agrees_with_the_full_predicate() -> None:

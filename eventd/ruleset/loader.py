@@ -89,6 +89,7 @@ class _Checker:
         """Check one file, adding its rules and its problems."""
         self.files += 1
         doc = Doc(label)
+        text = ""
         try:
             size = path.stat().st_size
             if size > MAX_FILE_BYTES:
@@ -107,6 +108,13 @@ class _Checker:
             line, col = pos(mark) if mark else (1, 1)
             detail = exc.problem or exc.context or "invalid YAML"
             self.problems.append(Problem(label, line, col, None, doc.scrub(f"YAML syntax error: {detail}")))
+            return
+        except yaml.reader.ReaderError as exc:  # a control character: say where, on one line
+            before = text[:exc.position]
+            line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+            self.problems.append(Problem(label, line, col, None,
+                                         f"YAML syntax error: character #x{exc.character:04x} is not "
+                                         "allowed in YAML (a control character)"))
             return
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             self.problems.append(Problem(label, 1, 1, None, f"cannot read: {exc}"))
