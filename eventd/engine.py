@@ -22,7 +22,7 @@ from eventd.errors import TemplateError
 from eventd.events import Event, Received, object_ref, parse_datetime
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
-from eventd.ruleset.loader import ActionSpec, Rule
+from eventd.ruleset.model import ActionSpec, Rule
 from eventd.ruleset.templates import build_context
 
 log = logging.getLogger(__name__)
