@@ -185,12 +185,39 @@ def _plain(loader: _MarkLoader, text: str) -> Any:
     return value if isinstance(value, _SCALARS) else text
 
 
+def _refuse_expansion(root: yaml.Node) -> None:
+    """Count the nodes a document expands to (shared nodes once per use) before building it.
+
+    Composing keeps an alias as one shared node, so a 300-byte alias bomb composes in
+    microseconds; counting over shared nodes with a memo costs as little.
+    """
+    memo: dict[int, int] = {}
+
+    def count(node: yaml.Node) -> int:
+        known = memo.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(count(k) + count(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(count(child) for child in node.value)
+        if total > MAX_NODES:
+            raise LimitExceeded(f"too many YAML nodes: more than {MAX_NODES} once aliases are "
+                                "expanded (the cap for a rule file)", *pos(node.start_mark))
+        memo[id(node)] = total
+        return total
+
+    count(root)
+
+
 def parse(doc: Doc, text: str, environ: Mapping[str, str]) -> None:
     """Fill `doc` from YAML text; raise yaml.YAMLError or LimitExceeded."""
     loader = _MarkLoader(text)
     try:
         node = loader.get_single_node()
         if node is not None:
+            _refuse_expansion(node)
             doc.data = _build(loader, node, (), environ, doc)
     finally:
         loader.dispose()

@@ -77,8 +77,8 @@ def mutated(draw: st.DrawFn) -> str:
             rule[key[:-1] + draw(st.sampled_from("aexz"))] = rule.pop(key)
         elif kind == "retype":  # a value of the wrong type
             rule[key] = draw(st.sampled_from([[], {}, 3, "text", None, [[1]], {"a": {"b": []}}]))
-        elif kind == "nest":  # deep nesting
-            depth = draw(st.integers(1, 120))
+        elif kind == "nest":  # nesting (deeper: as text below; PyYAML's dumper would recurse)
+            depth = draw(st.integers(1, 30))
             value: Any = {"type": "x"}
             for _ in range(depth):
                 value = {"any": [value]}
@@ -89,6 +89,9 @@ def mutated(draw: st.DrawFn) -> str:
             del rule[key]
     text = yaml.safe_dump(doc, sort_keys=False) if draw(st.booleans()) else \
         yaml.dump(doc, Dumper=yaml.SafeDumper, default_flow_style=True)
+    if draw(st.integers(0, 4)) == 0:  # nesting past the cap, written as text
+        depth = draw(st.integers(30, 700))
+        text += "x-deep: " + "[" * depth + "]" * depth + "\n"
     if draw(st.booleans()):  # a file cut short, or a stray character
         cut = draw(st.integers(0, len(text)))
         text = text[:cut] + draw(st.sampled_from(["", "{", "'", "*x", "&a", "\t", ": ", "{{ e"]))
