@@ -20,7 +20,7 @@ test: $(STAMP)
 
 # The property-based tests with many more random examples (make test runs them bounded).
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/fuzz $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --timeout=1800 tests/fuzz $(PYTEST_ARGS)
 
 emulate: $(STAMP)
 	$(BIN)/eventd emulate
