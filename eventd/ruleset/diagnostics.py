@@ -34,8 +34,10 @@ STATES: dict[str, tuple[str, ...]] = {
     "action": ("Pending", "In progress", "Canceling", "Canceled", "Success", "Failed"),
     "eventd": ("disconnected", "connected"),
 }
-#: Object types: those with states, and the stream's own messages (reference 1.2).
-TYPES = (*STATES, "error", "auth")
+#: Object types: those with states, the stream's own messages, and the undocumented types the
+#: reference saw in use (1.2), which a rule may still wait for.
+TYPES = (*STATES, "error", "auth", "image", "buildsetting", "user-notification",
+         "user-notifications")
 ACTIONS = ("create", "update", "delete", "stream")
 _ALL_STATES = tuple(dict.fromkeys(s for states in STATES.values() for s in states))
 
