@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-addr", metavar="HOST:PORT",
                      help="serve /metrics, /healthz, /readyz here (env EVENTD_METRICS_ADDR)")
     _add_state_dir(run)
+    _add_store(run)
     run.add_argument("--record", metavar="FILE", type=Path,
                      help="append every event received, as received, one JSON per line")
     run.add_argument("--on-auth-error", choices=("exit", "wait"), default=None,
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true",
                         help="call nothing, write nothing: print what would run")
     _add_state_dir(replay)
+    _add_store(replay)
     _add_logging(replay)
     replay.set_defaults(handler=cmd_replay)
 
@@ -120,6 +122,15 @@ def _add_rules(parser: argparse.ArgumentParser) -> None:
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
                         help="spool, throttle state, dead letters (default ./state, env EVENTD_STATE_DIR)")
+
+
+def _add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="URL",
+                        help="sqlite (default, in --state-dir), memory, redis://[:password@]host:port/db, "
+                             "rediss://..., redis+sentinel://host:26379,host2:26379/mymaster/db "
+                             "(env EVENTD_STORE)")
+    parser.add_argument("--cluster", metavar="NAME",
+                        help="prefix of every key in a shared store (default eventd, env EVENTD_CLUSTER)")
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +173,7 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
             Path(env["EVENTD_STATE_DIR"]) if env.get("EVENTD_STATE_DIR") else None),
         "log_format": args.log_format or env.get("EVENTD_LOG_FORMAT"),
         "log_level": (args.log_level or env.get("EVENTD_LOG_LEVEL") or "INFO").upper(),
+        "store": getattr(args, "store", None), "cluster": getattr(args, "cluster", None),
     }
     if hasattr(args, "record"):
         overrides.update({

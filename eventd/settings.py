@@ -221,6 +221,24 @@ def parse_addr(value: str, name: str = "--metrics-addr") -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", int(port))
 
 
+def _store_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """EVENTD_STORE and EVENTD_CLUSTER (the store's password is read with the other secrets)."""
+    values: dict[str, Any] = {}
+    if environ.get("EVENTD_STORE", "").strip():
+        values["store"] = environ["EVENTD_STORE"].strip()
+    if environ.get("EVENTD_CLUSTER", "").strip():
+        values["cluster"] = environ["EVENTD_CLUSTER"].strip()
+    return values
+
+
+def check_cluster(name: str) -> str:
+    """A cluster name is a key prefix: letters, digits, `._-`, at most 64."""
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
+        raise ConfigError(f"--cluster / EVENTD_CLUSTER: {name!r} must be 1-64 letters, digits, "
+                          "'.', '_' or '-'")
+    return name
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the daemon needs to know, with the defaults the issues pin."""
@@ -253,9 +271,11 @@ class Settings:
     #: which store keeps that state: a name of `eventd.stores.STORES` ("sqlite", in
     #: `state_dir`; "memory": nothing kept across a restart), or a store URL.
     store: str = "sqlite"
+    #: prefixes every key of a shared store (EVENTD_CLUSTER), so clusters can share one Redis
+    cluster: str = "eventd"
     user_agent: str = "eventd"
     tls: TlsOptions = TlsOptions()
-    #: for the Redis store to come: EVENTD_STORE_PASSWORD or EVENTD_STORE_PASSWORD_FILE
+    #: the Redis store's password: EVENTD_STORE_PASSWORD or EVENTD_STORE_PASSWORD_FILE
     store_password: str | None = field(default=None, repr=False)
     #: --allow-host / EVENTD_ALLOW_HOSTS: host patterns (fnmatch) webhooks and Alertmanager may
     #: reach; empty allows every host.
@@ -277,6 +297,7 @@ class Settings:
         }
         if "tls" not in overrides or overrides["tls"] is None:
             values["tls"] = tls_from_env(environ)
+        values.update(_store_values(environ))
         sync = environ.get("EVENTD_SPOOL_SYNC", "").strip().upper()
         if sync:
             if sync not in ("NORMAL", "FULL"):
@@ -291,6 +312,7 @@ class Settings:
                 raise TypeError(f"unknown setting {key!r}")
             if value is not None:
                 values[key] = value
+        check_cluster(values.get("cluster", "eventd"))
         return cls(**values)
 
     @property

@@ -1,8 +1,10 @@
-"""The store contract: every store in the registry passes these (memory and SQLite today).
+"""The store contract: every store in the registry passes these (memory, SQLite, Redis).
 
 A store keeps what it is given across handles: "reopen" closes a durable store and opens it
 again (a restart), and hands back the same object for the memory store (its handles end
-with the process). Store-specific behaviour (files, locks) is tested in test_store_sqlite.py.
+with the process). Store-specific behaviour (files, locks) is tested in test_store_sqlite.py and
+test_store_redis*.py. The Redis kind runs against the shared Redis (tests/redis_server.py: skipped
+with what to install when none answers, failing under CI=true), each test in a cluster of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from eventd.errors import ConfigError, StoreError
 from eventd.settings import Settings
 from eventd.stores import STORES, open_store, resolve_store, store_name
 from eventd.stores.base import Store
+from tests.redis_server import redis_cluster, redis_url  # noqa: F401  (fixtures)
 
 Reopen = Callable[[Store], Store]
 
@@ -28,15 +31,19 @@ def job(n: int, target: str = "webhook:http://127.0.0.1:9", **kw) -> ActionJob:
                      created_at=1000.0 + n, **kw)
 
 
-def settings_for(name: str, tmp_path: Path) -> Settings:
+def settings_for(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Settings that open a fresh, empty store of this kind (a networked store gets a URL
     with a database or key prefix of its own here)."""
+    if name == "redis":
+        return Settings(store=request.getfixturevalue("redis_url"),
+                        cluster=request.getfixturevalue("redis_cluster"),
+                        state_dir=tmp_path / "state")
     return Settings(store=name, state_dir=tmp_path / "state")
 
 
 @pytest.fixture(params=sorted(STORES))
 def store_and_reopen(request, tmp_path: Path) -> Iterator[tuple[Store, Reopen]]:
-    settings = settings_for(request.param, tmp_path)
+    settings = settings_for(request.param, tmp_path, request)
     opened: list[Store] = [open_store(settings)]
 
     def reopen(store: Store) -> Store:
@@ -59,7 +66,7 @@ def store(store_and_reopen) -> Store:
 
 
 def test_registry_names_every_store_and_suggests_on_a_typo() -> None:
-    assert {"sqlite", "memory"} <= set(STORES)
+    assert {"sqlite", "memory", "redis"} <= set(STORES)
     assert resolve_store("sqlite").name == "sqlite"
     assert store_name("redis://:secret@127.0.0.1:6379/0") == "redis"
     assert store_name("rediss://h:1/0") == store_name("redis+sentinel://h:26379/m/0") == "redis"

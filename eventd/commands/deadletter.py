@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from eventd.errors import ConfigError
+from eventd.errors import ConfigError, StoreError
 from eventd.settings import Settings
 from eventd.stores import open_store, store_exists
 from eventd.stores.base import Store
@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dead letter ids or unique prefixes (default: all)")
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
                         help="state directory (default ./state, env EVENTD_STATE_DIR)")
+    parser.add_argument("--store", metavar="URL",
+                        help="sqlite (default), redis://..., rediss://..., redis+sentinel://... "
+                             "(env EVENTD_STORE)")
+    parser.add_argument("--cluster", metavar="NAME",
+                        help="the shared store's key prefix (default eventd, env EVENTD_CLUSTER)")
     parser.add_argument("--now", action="store_true",
                         help="retry: deliver now and exit when done, instead of at the next start")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
@@ -45,13 +50,16 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     state_dir = args.state_dir or Path(os.environ.get("EVENTD_STATE_DIR") or "state")
     deliver = args.command == "retry" and args.now
     try:
-        settings = Settings.from_env(os.environ, state_dir=state_dir)
+        settings = Settings.from_env(os.environ, state_dir=state_dir,
+                                     store=getattr(args, "store", None),
+                                     cluster=getattr(args, "cluster", None))
         if not store_exists(settings):
-            print(f"no eventd state in {state_dir}", file=out)
+            where = state_dir if settings.store == "sqlite" else f"cluster {settings.cluster!r}"
+            print(f"no eventd state in {where}", file=out)
             return EXIT_OK if args.command == "list" else EXIT_FAILED
         # Only delivering needs the state to itself; looking and purging work beside a daemon.
         store = open_store(settings, exclusive=deliver)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         print(f"eventd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

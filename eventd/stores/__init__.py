@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 STORES: dict[str, str] = {
     "sqlite": "eventd.stores.sqlite:SqliteStore",
     "memory": "eventd.stores.memory:MemoryStore",
+    "redis": "eventd.stores.redis:RedisStore",
 }
 
 

@@ -11,17 +11,17 @@ Times are POSIX seconds (`time.time()`): a store may be shared by several proces
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from eventd.actions.base import ActionJob
 
 if TYPE_CHECKING:
     from eventd.settings import Settings
 
-__all__ = ["DeadLetter", "DeadLetters", "DedupeSnapshots", "Marks", "Spool", "Store",
-           "StoreFactory", "Throttles"]
+__all__ = ["CallLimits", "DeadLetter", "DeadLetters", "DedupeSnapshots", "Leases", "Marks",
+           "Observed", "SharedDedupe", "Spool", "Store", "StoreFactory", "Throttles"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,52 @@ class Store(Spool, DeadLetters, Throttles, Marks, DedupeSnapshots, Protocol):
 
     def close(self) -> None:
         """Release the store (idempotent); later calls raise StoreError."""
+        ...
+
+
+# -- roles a shared store adds (the Redis store); callers check with isinstance() ----------------
+@runtime_checkable
+class CallLimits(Protocol):
+    """The per-target REST call limit, counted where every replica sees the same counts."""
+
+    def limit_acquire(self, key: str, job_id: str, max_calls: int, per: float,
+                      now: float) -> bool:
+        """True (and count `job_id`) if fewer than `max_calls` other jobs called `key` in the
+        `per` s before `now`; a job already counted is let through again (its retries)."""
+        ...
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """Named leases with fencing tokens: one holder at a time, ending `ttl` s after its last
+    renewal (a dead holder's lease passes on by itself)."""
+
+    def lease_acquire(self, name: str, owner: str, ttl: float) -> int:
+        """Take or renew `name` for `owner`: its fencing token (grows with each new holder),
+        or 0 while another owner holds it."""
+        ...
+
+    def lease_release(self, name: str, owner: str) -> None:
+        """Give `name` up if `owner` holds it."""
+        ...
+
+
+@runtime_checkable
+class SharedDedupe(Protocol):
+    """A de-dup check several replicas share: exactly one of them sees an event first."""
+
+    def seen_first(self, uuid: str, ttl: float) -> bool:
+        """True for the first caller of `uuid` within `ttl` s, False for every later one."""
+        ...
+
+
+@runtime_checkable
+class Observed(Protocol):
+    """A store that reports its failures and reachability (eventd_store_errors_total{op},
+    eventd_store_up)."""
+
+    def observe(self, on_error: Callable[[str], None], on_state: Callable[[bool], None]) -> None:
+        """Call `on_error(op)` for each failed operation and `on_state(up)` when it changes."""
         ...
 
 

@@ -1,0 +1,501 @@
+"""The Redis store: every role in one Redis (standalone, TLS or Sentinel), shared by replicas.
+
+Every key starts with `<cluster>:` (`--cluster`, default `eventd`), so several clusters share
+one Redis. What lives where:
+
+    seq                 INCR: the order of everything spooled or dead-lettered
+    spool               HASH  job id -> job (JSON);  spool:att  id -> attempts
+    spool:order         ZSET  id by seq (all targets);  spool:t:<target>  ZSET id by seq
+    spool:target        HASH  id -> target;  spool:targets  SET of targets with jobs waiting
+    dead, dead:order    HASH  id -> {job, reason, at};  ZSET id by seq
+    throttle            HASH  key -> acquired at;  throttle:until  ZSET key by expiry (pruned)
+    marks               ZSET  loop-guard key by "until"
+    dedupe              STRING the de-dup window's snapshot (JSON list)
+    seen:<uuid>         STRING the shared de-dup check (SET NX EX)
+    limit:<key>         ZSET  job id by call time (the per-target REST limit), expires
+    lease:<name>        HASH  {owner, token}, PEXPIRE ttl; lease-tokens INCR (fencing)
+
+Why ordered sets and leases rather than Streams with a consumer group: delivery must keep
+each target's order (a webhook receiver sees events in the order they happened), and a
+consumer group hands consecutive entries of one stream to different consumers, so order
+would still need one owner per target. An ordered set per target gives `spool_pending(target)`
+and paging by seq directly, a job leaves by id in O(log n) (XDEL would need the entry id), and
+ownership is a lease: the replica holding `lease:lane:<target>` delivers that target. A dead
+holder's lease ends `ttl` s after its last renewal (`LANE_LEASE_TTL`, 15 s, renewed every
+5 s), then another replica takes the target and resumes at its oldest job; at worst one
+attempt repeats, with the same Idempotency-Key. Until the cluster half lands, an `exclusive`
+open takes `lease:deliver` (the whole spool), as SQLite takes the state directory.
+
+Each multi-key step runs as one Lua script (atomic for every replica): accept, finish,
+dead-letter, take back, throttle (two replicas never both acquire a key in its window), the
+REST limit, leases. Every redis-py error leaves as `StoreError(op=<method>)`; a call whose
+answer was lost (the connection dropped after Redis ran it) is recognised when repeated, so a
+retried `spool_add` or `throttle_acquire` says what the first one did. Times are the caller's
+POSIX seconds, as for every store: replicas' clocks should agree (NTP) within a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
+
+import orjson
+import redis
+
+from eventd.actions.base import ActionJob
+from eventd.errors import StateDirError, StoreError
+from eventd.stores.base import (
+    CallLimits,
+    DeadLetter,
+    Leases,
+    Observed,
+    SharedDedupe,
+    Store,
+)
+from eventd.stores.redis import scripts
+from eventd.stores.redis.connect import Location, clients, parse
+
+if TYPE_CHECKING:
+    from eventd.settings import Settings
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger(__name__)
+
+#: how long a delivery lease outlives its holder's last renewal, and how often it is renewed
+LANE_LEASE_TTL = 15.0
+LANE_LEASE_RENEW = 5.0
+_MARK_PRUNE_EVERY = 100
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _converted(method: Callable[Concatenate[RedisStore, P], R],
+               ) -> Callable[Concatenate[RedisStore, P], R]:
+    """Turn redis-py's errors into StoreError(op=<method name>), counted, at the boundary."""
+    op = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._closed:
+            raise StoreError(f"redis store {self.location.safe}: {op} after close", op=op)
+        try:
+            result = method(self, *args, **kwargs)
+        except redis.RedisError as exc:
+            self._failed(op, exc)
+            raise StoreError(f"redis store {self.location.safe}: {op} failed: "
+                             f"{self._scrub(exc)}", op=op) from exc
+        if not self._up:
+            self._set_up(True)
+        return result
+    return wrapper
+
+
+def _dump(job: ActionJob) -> str:
+    return json.dumps(job.to_dict(), separators=(",", ":"), default=str)
+
+
+def _load(data: str, attempts: str | int | None = None) -> ActionJob:
+    job = ActionJob.from_dict(json.loads(data))
+    if attempts is not None:
+        job.attempts = int(attempts)
+    return job
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+class RedisStore:
+    """Every store role, plus leases, the shared REST limit and de-dup check, in Redis."""
+
+    name: ClassVar[str] = "redis"
+
+    @classmethod
+    def open(cls, settings: Settings, *, exclusive: bool = False) -> RedisStore:
+        """Connect to the store `settings.store` names (StoreError if it does not answer);
+        `exclusive` also takes the cluster's delivery lease (StateDirError if held)."""
+        location = parse(settings.store, getattr(settings, "store_password", None))
+        store = cls(location, getattr(settings, "cluster", "eventd"))
+        try:
+            store.ping()
+            if exclusive:
+                store._take_delivery()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def exists(cls, settings: Settings) -> bool:
+        """Whether this cluster has any state in Redis (StoreError if Redis does not answer)."""
+        store = cls(parse(settings.store, getattr(settings, "store_password", None)),
+                    getattr(settings, "cluster", "eventd"))
+        try:
+            return store._exists()
+        finally:
+            store.close()
+
+    def __init__(self, location: Location, cluster: str = "eventd") -> None:
+        self.location = location
+        self.cluster = cluster
+        self.prefix = f"{cluster}:"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # redis-py's reply types are a union for every decode mode: replies are read as Any
+        # here (decode_responses=True: str) and checked by the contract suite.
+        db, health = clients(location, f"eventd-{cluster}-{os.getpid()}")
+        self._db: Any = db
+        self._health: Any = health
+        self._scripts = {name: self._db.register_script(getattr(scripts, name)) for name in (
+            "SPOOL_ADD", "SPOOL_DONE", "SPOOL_UPDATE", "DEADLETTER_ADD", "DEADLETTER_TAKE",
+            "THROTTLE_ACQUIRE", "LIMIT_ACQUIRE", "LEASE_ACQUIRE", "LEASE_RELEASE")}
+        self._closed = False
+        self._up = True
+        self._state_lock = threading.Lock()
+        self._on_error: Callable[[str], None] | None = None
+        self._on_state: Callable[[bool], None] | None = None
+        self._unsure_adds: set[str] = set()  # spool_add calls whose answer was lost
+        self._unsure_throttles: dict[str, str] = {}  # key -> `now` of a call whose answer was lost
+        self._marks_written = 0
+        self._delivery_stop = threading.Event()
+        self._delivery_thread: threading.Thread | None = None
+
+    def _run(self, script: str, *args: str | int) -> Any:
+        return self._scripts[script](args=[self.prefix, *args])
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # -- errors and reachability --------------------------------------------------------------
+    def observe(self, on_error: Callable[[str], None], on_state: Callable[[bool], None]) -> None:
+        """Report failed operations and changes of reachability (metrics)."""
+        self._on_error, self._on_state = on_error, on_state
+        on_state(self._up)
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(op)
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            self._set_up(False)
+
+    def _set_up(self, up: bool) -> None:
+        with self._state_lock:
+            if self._up == up:
+                return
+            self._up = up
+        if up:
+            logger.warning("redis store %s is reachable again", self.location.safe)
+        else:
+            logger.error("redis store %s is unreachable; accepting nothing until it is back",
+                         self.location.safe)
+        if self._on_state is not None:
+            self._on_state(up)
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        password = self.location.password
+        return text.replace(password, "***") if password else text
+
+    @_converted
+    def ping(self) -> None:
+        """Raise StoreError unless Redis answers."""
+        self._db.ping()
+
+    # -- spool ----------------------------------------------------------------------------------
+    @_converted
+    def spool_add(self, job: ActionJob) -> bool:
+        """Accept a job durably (in Redis on return); False if that id is already spooled."""
+        try:
+            added = bool(self._run("SPOOL_ADD", job.id, job.target, _dump(job), job.attempts))
+        except redis.RedisError:
+            self._unsure_adds.add(job.id)
+            raise
+        if job.id in self._unsure_adds:
+            self._unsure_adds.discard(job.id)
+            return True  # the earlier call (answer lost) or this one accepted it
+        return added
+
+    @_converted
+    def spool_done(self, job_id: str) -> None:
+        """Forget a finished job."""
+        self._run("SPOOL_DONE", job_id)
+
+    @_converted
+    def spool_update_attempts(self, job_id: str, attempts: int) -> None:
+        """Remember how many attempts a job has had."""
+        self._run("SPOOL_UPDATE", job_id, attempts, "")
+
+    @_converted
+    def spool_update(self, job: ActionJob) -> None:
+        """Save a spooled job's attempts and context; nothing if it is not spooled."""
+        self._run("SPOOL_UPDATE", job.id, job.attempts, _dump(job))
+
+    def _order(self, target: str | None) -> str:
+        return self._key("spool", "t", target) if target is not None else self._key("spool", "order")
+
+    def _jobs(self, ids: Sequence[str]) -> list[ActionJob]:
+        if not ids:
+            return []
+        pipe = self._db.pipeline(transaction=False)
+        pipe.hmget(self._key("spool"), list(ids))
+        pipe.hmget(self._key("spool", "att"), list(ids))
+        datas, attempts = pipe.execute()
+        return [_load(data, att) for data, att in zip(datas, attempts, strict=True) if data is not None]
+
+    @_converted
+    def spool_pending(self, target: str | None = None,
+                      limit: int | None = None) -> list[ActionJob]:
+        """The oldest spooled jobs (of one target), at most `limit`."""
+        if limit is not None and limit <= 0:
+            return []
+        ids = self._db.zrange(self._order(target), 0, -1 if limit is None else limit - 1)
+        return self._jobs(ids)
+
+    def spool_iter(self, target: str | None = None, page: int = 500) -> Iterator[ActionJob]:
+        """Every spooled job (of one target), oldest first, `page` at a time by seq."""
+        after = "-inf"
+        while True:
+            rows = self._page(target, after, max(1, page))
+            yield from self._jobs_page([job_id for job_id, _ in rows])
+            if len(rows) < page:
+                return
+            after = f"({rows[-1][1]:.0f}"
+
+    @_converted
+    def _page(self, target: str | None, after: str, page: int) -> list[tuple[str, float]]:
+        return list(self._db.zrangebyscore(self._order(target), after, "+inf", start=0, num=page,
+                                           withscores=True))
+
+    @_converted
+    def _jobs_page(self, ids: list[str]) -> list[ActionJob]:
+        return self._jobs(ids)
+
+    @_converted
+    def spool_targets(self) -> dict[str, int]:
+        """Jobs waiting per target, the target with the oldest job first."""
+        targets = sorted(self._db.smembers(self._key("spool", "targets")))
+        pipe = self._db.pipeline(transaction=False)
+        for target in targets:
+            pipe.zrange(self._order(target), 0, 0, withscores=True)
+            pipe.zcard(self._order(target))
+        answers = pipe.execute()
+        found = [(first[0][1], target, count) for target, first, count
+                 in zip(targets, answers[0::2], answers[1::2], strict=True) if first and count]
+        return {target: int(count) for _, target, count in sorted(found)}
+
+    @_converted
+    def spool_count(self) -> int:
+        """How many jobs are spooled."""
+        return int(self._db.hlen(self._key("spool")))
+
+    # -- dead letters ---------------------------------------------------------------------------
+    @_converted
+    def deadletter_add(self, job: ActionJob, reason: str, at: float | None = None) -> None:
+        """Move a job to dead letters; it leaves the spool in the same step."""
+        record = json.dumps({"job": job.to_dict(), "reason": reason,
+                             "at": time.time() if at is None else at},
+                            separators=(",", ":"), default=str)
+        self._run("DEADLETTER_ADD", job.id, record)
+
+    def _letters(self) -> list[DeadLetter]:
+        ids = self._db.zrange(self._key("dead", "order"), 0, -1)
+        if not ids:
+            return []
+        letters = []
+        for data in self._db.hmget(self._key("dead"), ids):
+            if data is not None:
+                record = json.loads(data)
+                letters.append(DeadLetter(ActionJob.from_dict(record["job"]), record["reason"],
+                                          float(record["at"])))
+        return letters
+
+    @_converted
+    def deadletter_list(self) -> list[DeadLetter]:
+        """Every dead letter, oldest first."""
+        return self._letters()
+
+    @_converted
+    def deadletter_count(self) -> int:
+        """How many dead letters there are."""
+        return int(self._db.hlen(self._key("dead")))
+
+    @_converted
+    def deadletter_take(self, ids: Iterable[str] | None = None) -> list[ActionJob]:
+        """Move dead letters back to the spool with attempts=0 and a fresh deadline; each move
+        is atomic, so two processes taking the same letter move it once."""
+        wanted = None if ids is None else set(ids)
+        now = time.time()
+        moved: list[ActionJob] = []
+        for letter in self._letters():
+            job = letter.job
+            if wanted is not None and job.id not in wanted:
+                continue
+            job.attempts = 0
+            job.created_at = now
+            if self._run("DEADLETTER_TAKE", job.id, job.target, _dump(job), 0):
+                moved.append(job)
+        return moved
+
+    @_converted
+    def deadletter_purge(self, ids: Iterable[str] | None = None) -> int:
+        """Delete dead letters (all, or these ids); how many were deleted."""
+        dead, order = self._key("dead"), self._key("dead", "order")
+        pipe = self._db.pipeline(transaction=True)
+        if ids is None:
+            pipe.hlen(dead)
+            pipe.delete(dead, order)
+            return int(pipe.execute()[0])
+        chosen = sorted(set(ids))
+        for job_id in chosen:
+            pipe.hdel(dead, job_id)
+            pipe.zrem(order, job_id)
+        return sum(int(n) for n in pipe.execute()[0::2]) if chosen else 0
+
+    # -- throttles, the REST limit, marks -------------------------------------------------------
+    @_converted
+    def throttle_acquire(self, key: str, window: float, now: float) -> bool:
+        """True (and remember `now`) unless `key` was acquired less than `window` s before; one
+        script, so two replicas never both acquire a key within its window."""
+        stamp = _num(now)
+        unsure = self._unsure_throttles.pop(key, None) == stamp
+        try:
+            return bool(self._run("THROTTLE_ACQUIRE", key, _num(window), stamp,
+                                  "1" if unsure else "0"))
+        except redis.RedisError:
+            self._unsure_throttles[key] = stamp
+            if len(self._unsure_throttles) > 1000:
+                self._unsure_throttles.clear()
+            raise
+
+    @_converted
+    def throttle_count(self) -> int:
+        """How many throttle keys are kept (expired ones are pruned as new ones are acquired)."""
+        return int(self._db.hlen(self._key("throttle")))
+
+    @_converted
+    def limit_acquire(self, key: str, job_id: str, max_calls: int, per: float,
+                      now: float) -> bool:
+        """The REST limit across replicas: True if `job_id` may call `key` now (and count it)."""
+        return bool(self._run("LIMIT_ACQUIRE", key, job_id, int(max_calls), _num(per), _num(now)))
+
+    @_converted
+    def mark(self, key: str, until: float) -> None:
+        """Mark `key` until the POSIX time `until` (expired marks are pruned now and then)."""
+        pipe = self._db.pipeline(transaction=False)
+        pipe.zadd(self._key("marks"), {key: until})
+        self._marks_written += 1
+        if self._marks_written % _MARK_PRUNE_EVERY == 0:
+            pipe.zremrangebyscore(self._key("marks"), "-inf", time.time())
+        pipe.execute()
+
+    @_converted
+    def marked(self, keys: Iterable[str], now: float) -> bool:
+        """Whether any of `keys` is marked at `now` (one ZMSCORE)."""
+        wanted = list(keys)
+        if not wanted:
+            return False
+        scores = self._db.zmscore(self._key("marks"), wanted)
+        return any(score is not None and score > now for score in scores)
+
+    # -- de-dup ---------------------------------------------------------------------------------
+    @_converted
+    def dedupe_load(self) -> list[str]:
+        """The saved uuids, oldest first (empty if none)."""
+        data = self._db.get(self._key("dedupe"))
+        uuids = orjson.loads(data) if data else []
+        return [u for u in uuids if isinstance(u, str)] if isinstance(uuids, list) else []
+
+    @_converted
+    def dedupe_save(self, uuids: Sequence[str]) -> None:
+        """Replace the saved uuids (one SET: a 50k window is about 2 MB)."""
+        self._db.set(self._key("dedupe"), orjson.dumps(list(uuids)))
+
+    @_converted
+    def seen_first(self, uuid: str, ttl: float) -> bool:
+        """True for the first replica to see `uuid` within `ttl` s (SET NX PX)."""
+        return bool(self._db.set(self._key("seen", uuid), "1", nx=True,
+                                 px=max(1, int(ttl * 1000))))
+
+    # -- leases ---------------------------------------------------------------------------------
+    @_converted
+    def lease_acquire(self, name: str, owner: str, ttl: float) -> int:
+        """Take or renew lease `name` for `owner`: its fencing token, or 0 if held by another."""
+        return int(self._run("LEASE_ACQUIRE", name, owner, max(1, int(ttl * 1000))))
+
+    @_converted
+    def lease_release(self, name: str, owner: str) -> None:
+        """Give lease `name` up if `owner` holds it."""
+        self._run("LEASE_RELEASE", name, owner)
+
+    def _take_delivery(self) -> None:
+        """Hold `lease:deliver` (this process delivers the spool) and keep renewing it."""
+        if not self.lease_acquire("deliver", self.owner, LANE_LEASE_TTL):
+            holder = self._db.hget(self._key("lease", "deliver"), "owner") or "another process"
+            raise StateDirError(
+                f"another eventd ({holder}) delivers the spool of cluster {self.cluster!r} on "
+                f"{self.location.safe}; stop it first (its lease ends {LANE_LEASE_TTL:.0f} s "
+                "after it stops)")
+        self._delivery_thread = threading.Thread(target=self._renew_delivery, daemon=True,
+                                                 name="store-lease")
+        self._delivery_thread.start()
+
+    def _renew_delivery(self) -> None:
+        lost = False
+        while not self._delivery_stop.wait(LANE_LEASE_RENEW):
+            try:
+                held = self.lease_acquire("deliver", self.owner, LANE_LEASE_TTL)
+            except StoreError:
+                continue  # counted and logged as unreachable; renewed once Redis is back
+            if not held and not lost:
+                logger.error("the delivery lease of cluster %r passed to another process while "
+                             "Redis was unreachable; two processes may now deliver", self.cluster)
+            lost = not held
+
+    # -- health and lifecycle -------------------------------------------------------------------
+    @_converted
+    def _exists(self) -> bool:
+        return bool(self._db.exists(self._key("seq"), self._key("dedupe"),
+                                    self._key("throttle"), self._key("marks")))
+
+    def healthy(self) -> bool:
+        """Whether Redis answers a PING now (one try, at most one socket timeout)."""
+        if self._closed:
+            return False
+        try:
+            self._health.ping()
+        except redis.RedisError:
+            self._set_up(False)
+            return False
+        self._set_up(True)
+        return True
+
+    def close(self) -> None:
+        """Give the delivery lease up and close the connections (idempotent)."""
+        if self._closed:
+            return
+        self._delivery_stop.set()
+        if self._delivery_thread is not None:
+            self._delivery_thread.join(timeout=LANE_LEASE_RENEW + 5.0)
+            try:
+                self.lease_release("deliver", self.owner)
+            except StoreError as exc:
+                logger.warning("could not give the delivery lease up (it ends by itself): %s", exc)
+        self._closed = True
+        for client in (self._db, self._health):
+            try:
+                client.close()
+            except redis.RedisError:  # closing what is already gone
+                pass
+
+
+def _conforms(store: RedisStore) -> tuple[Store, CallLimits, Leases, SharedDedupe, Observed]:
+    return store, store, store, store, store  # mypy checks every role here

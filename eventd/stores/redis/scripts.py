@@ -1,0 +1,128 @@
+"""The Lua scripts of the Redis store: each one step that must be atomic across replicas.
+
+Keys are built from the prefix (ARGV[1]) inside the scripts where the target of a job is only
+known from Redis, so the store runs on one Redis (standalone or Sentinel), not Redis Cluster.
+Layout under `<cluster>:` (see the package docstring for what each holds):
+    seq  spool  spool:att  spool:target  spool:order  spool:t:<target>  spool:targets
+    dead  dead:order  throttle  throttle:until  marks  dedupe  limit:<key>  lease:<name>
+"""
+
+from __future__ import annotations
+
+# Remove job ARGV[2] from the spool (its hashes, the global and the per-target order). 1 if it was there.
+_UNSPOOL = """
+local p, id = ARGV[1], ARGV[2]
+local target = redis.call('HGET', p .. 'spool:target', id)
+if not target then return 0 end
+redis.call('HDEL', p .. 'spool', id)
+redis.call('HDEL', p .. 'spool:att', id)
+redis.call('HDEL', p .. 'spool:target', id)
+redis.call('ZREM', p .. 'spool:order', id)
+local tq = p .. 'spool:t:' .. target
+redis.call('ZREM', tq, id)
+if redis.call('ZCARD', tq) == 0 then redis.call('SREM', p .. 'spool:targets', target) end
+return 1
+"""
+
+# Append job ARGV[2] (target ARGV[3], data ARGV[4], attempts ARGV[5]) at the end of the spool.
+_SPOOL = """
+local p, id, target = ARGV[1], ARGV[2], ARGV[3]
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('HSET', p .. 'spool', id, ARGV[4])
+redis.call('HSET', p .. 'spool:att', id, ARGV[5])
+redis.call('HSET', p .. 'spool:target', id, target)
+redis.call('ZADD', p .. 'spool:order', seq, id)
+redis.call('ZADD', p .. 'spool:t:' .. target, seq, id)
+redis.call('SADD', p .. 'spool:targets', target)
+"""
+
+SPOOL_ADD = """
+if redis.call('HEXISTS', ARGV[1] .. 'spool', ARGV[2]) == 1 then return 0 end
+""" + _SPOOL + "return 1\n"
+
+SPOOL_DONE = _UNSPOOL
+
+# Save attempts ARGV[3] and, if given, data ARGV[4] of a job still spooled.
+SPOOL_UPDATE = """
+local p, id = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', p .. 'spool', id) == 0 then return 0 end
+redis.call('HSET', p .. 'spool:att', id, ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', p .. 'spool', id, ARGV[4]) end
+return 1
+"""
+
+# Dead-letter job ARGV[2] with record ARGV[3] (replacing an earlier letter: it goes last).
+DEADLETTER_ADD = "local function unspool()\n" + _UNSPOOL + "end\n" + """
+local p, id = ARGV[1], ARGV[2]
+unspool()
+redis.call('HSET', p .. 'dead', id, ARGV[3])
+redis.call('ZADD', p .. 'dead:order', redis.call('INCR', p .. 'seq'), id)
+return 1
+"""
+
+# Move dead letter ARGV[2] back to the spool as job data ARGV[4] (target ARGV[3]), if it is
+# still a dead letter (another process may have taken it); ARGV[5] is '0'. 1 if moved.
+DEADLETTER_TAKE = "local function unspool()\n" + _UNSPOOL + "end\n" + """
+local p, id = ARGV[1], ARGV[2]
+if redis.call('HDEL', p .. 'dead', id) == 0 then return 0 end
+redis.call('ZREM', p .. 'dead:order', id)
+unspool()
+""" + _SPOOL + "return 1\n"
+
+# Throttle key ARGV[2]: acquire at ARGV[4] unless acquired less than ARGV[3] s before;
+# ARGV[5] == '1' says this exact call (same key and time) may have run already, its answer
+# lost: then finding it is a success. Prunes up to 50 expired keys per call.
+THROTTLE_ACQUIRE = """
+local p, key = ARGV[1], ARGV[2]
+local window, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+local last = redis.call('HGET', p .. 'throttle', key)
+if last then
+  if ARGV[5] == '1' and last == ARGV[4] then return 1 end
+  if now - tonumber(last) < window then return 0 end
+end
+redis.call('HSET', p .. 'throttle', key, ARGV[4])
+redis.call('ZADD', p .. 'throttle:until', now + window, key)
+local old = redis.call('ZRANGEBYSCORE', p .. 'throttle:until', '-inf', '(' .. ARGV[4], 'LIMIT', 0, 50)
+for _, k in ipairs(old) do
+  redis.call('HDEL', p .. 'throttle', k)
+  redis.call('ZREM', p .. 'throttle:until', k)
+end
+return 1
+"""
+
+# At most ARGV[4] calls per ARGV[5] s on limit key ARGV[2] at ARGV[6]; job ARGV[3] counts once.
+LIMIT_ACQUIRE = """
+local k = ARGV[1] .. 'limit:' .. ARGV[2]
+local per, now = tonumber(ARGV[5]), tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', k, '-inf', now - per)
+if redis.call('ZSCORE', k, ARGV[3]) then return 1 end
+if redis.call('ZCARD', k) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', k, now, ARGV[3])
+redis.call('PEXPIRE', k, math.ceil(per * 1000) + 1000)
+return 1
+"""
+
+# Take or renew lease ARGV[2] for owner ARGV[3] for ARGV[4] ms: the fencing token (a number
+# that grows with each new holder), or 0 if another owner holds it.
+LEASE_ACQUIRE = """
+local k = ARGV[1] .. 'lease:' .. ARGV[2]
+local holder = redis.call('HGET', k, 'owner')
+local token
+if holder == ARGV[3] then
+  token = redis.call('HGET', k, 'token')
+elseif holder then
+  return 0
+else
+  token = redis.call('INCR', ARGV[1] .. 'lease-tokens')
+  redis.call('HSET', k, 'owner', ARGV[3], 'token', token)
+end
+redis.call('PEXPIRE', k, ARGV[4])
+return tonumber(token)
+"""
+
+# Give lease ARGV[2] up if owner ARGV[3] holds it.
+LEASE_RELEASE = """
+local k = ARGV[1] .. 'lease:' .. ARGV[2]
+if redis.call('HGET', k, 'owner') == ARGV[3] then return redis.call('DEL', k) end
+return 0
+"""
