@@ -44,7 +44,8 @@ from eventd.sources.dockercloud.recorder import Recorder
 from eventd.sources.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
 from eventd.stores import open_store
-from eventd.stores.base import Store
+from eventd.stores.backpressure import WaitingThrottles
+from eventd.stores.base import Observed, Store
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
     if store is None:
         store = open_store(settings, exclusive=exclusive)
     try:
+        observe_store(store, metrics)
         rest = RestClient(settings.rest_host, credentials, user_agent=settings.user_agent,
                           tls=settings.tls, reconnection_interval=_float(
                               environ.get("DOCKERCLOUD_RECONNECTION_INTERVAL"), -1.0)) \
@@ -119,7 +121,7 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
         dispatcher = Dispatcher(context, store, built)
         dedupe = DedupeSaver.load(store, settings.dedupe_window)
         engine = None if ruleset is None else Engine(
-            ruleset, dispatcher.submit, built, store, metrics,
+            ruleset, dispatcher.submit, built, WaitingThrottles(store, context.stopping), metrics,
             enricher=Enricher(rest) if rest is not None else None, loop_guard=loop_guard,
             action_waiter=action_waiter, max_event_age=settings.max_event_age,
             submit_many=dispatcher.submit_many, dedupe=dedupe.window)
@@ -128,6 +130,13 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
         raise
     return Pipeline(settings, metrics, store, dedupe, context, built, dispatcher, engine, rest,
                     loop_guard, action_waiter)
+
+
+def observe_store(store: Store, metrics: Metrics) -> None:
+    """eventd_store_up and eventd_store_errors_total{op} for a store that reports them."""
+    if isinstance(store, Observed):
+        errors = metrics.store_errors
+        store.observe(lambda op: errors.labels(op=op).inc(), metrics.store_up.set)
 
 
 def rules_environ(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
@@ -266,10 +275,12 @@ class Daemon:
 
     def ready(self) -> tuple[bool, dict[str, str]]:
         """Readiness: connected to the stream, rules loaded, spool writable."""
+        store_ok = self.store.healthy()
         checks = {
             "stream": "ok" if self.consumer.connected else "disconnected",
             "rules": "ok" if self._rules_loaded else "not loaded",
-            "spool": "ok" if self.store.healthy() else "not writable",
+            "spool": "ok" if store_ok else "not writable",
+            "store": "ok" if store_ok else "unreachable",
         }
         return all(v == "ok" for v in checks.values()), checks
 

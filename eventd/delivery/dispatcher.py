@@ -25,6 +25,7 @@ from eventd.delivery.lanes import Lane, Lanes
 from eventd.delivery.retry import RetryPolicy
 from eventd.errors import PermanentActionError, StoreError
 from eventd.ops.internal import report_internal_error
+from eventd.stores.backpressure import until_stored
 from eventd.stores.base import Store
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,13 @@ class Dispatcher:
 
     # -- accepting ------------------------------------------------------------------------------
     def _submit_durable(self, job: ActionJob) -> bool:
-        if not self.store.spool_add(job):
+        try:  # an unreachable store holds the caller (backpressure) rather than lose the job
+            added = until_stored(lambda: self.store.spool_add(job), self._stopping, "spool_add")
+        except StoreError as exc:
+            logger.error("%s action for rule %s not accepted: stopping while the store is "
+                         "unreachable (%s)", job.kind, job.rule, exc)
+            return False
+        if not added:
             return True  # already accepted and pending
         self.metrics.spool_pending.inc()
         with self._lock:

@@ -72,6 +72,11 @@ class Metrics:
             ["kind", "reason"], registry=r)
         self.spool_pending = Gauge(
             "eventd_spool_pending", "Accepted actions not yet delivered or dead-lettered", registry=r)
+        self.store_up = Gauge(
+            "eventd_store_up", "1 while the store answers (0: Redis unreachable)", registry=r)
+        self.store_up.set(1)
+        self.store_errors = Counter(
+            "eventd_store_errors", "Store operations that failed, by operation", ["op"], registry=r)
         self.deadletter = Counter(
             "eventd_deadletter", "Actions moved to dead letters", registry=r)
         self.rules_loaded = Gauge(
