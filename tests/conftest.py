@@ -1,6 +1,7 @@
 """Shared fixtures: real servers on 127.0.0.1, fresh metric registries, the internal-error guard.
 
-Real Prometheus and Alertmanager fixtures live in tests/external.py and are re-exported here.
+Real Prometheus and Alertmanager fixtures live in tests/external.py and are re-exported here,
+as are Redis' (`redis_url`, `redis_cluster`) from tests/redis_server.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.external import (  # noqa: F401  (fixtures, found by pytest under the
     prometheus_targets,
 )
 from tests.receiver import WebhookReceiver
+from tests.redis_server import redis_cluster, redis_url  # noqa: F401  (fixtures, as above)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
+from typing import IO, Self
 
 import pytest
 import redis
@@ -80,27 +80,37 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One `redis-server` on a free 127.0.0.1 port, in its own directory."""
 
-    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(self, directory: Path, *extra: str, port: int | None = None,
+                 password: str | None = None) -> None:
         self.directory = directory
+        self.password = password
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2,
-                           decode_responses=True)
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=2,
+                           socket_connect_timeout=2, decode_responses=True)
 
     def start(self) -> Self:
+        binary = redis_server_binary()
+        secret = ("--requirepass", self.password) if self.password else ()
+        self._log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory), *self.extra],
-            stdout=(self.directory / "redis.log").open("ab"), stderr=subprocess.STDOUT)
-        wait_until(self.answers, 15.0, 0.05, f"redis-server on port {self.port} to answer")
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), *secret, *self.extra],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(self.answers, 15.0, 0.05, f"redis-server on port {self.port} to answer")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def answers(self) -> bool:
@@ -122,21 +132,22 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGCONT)  # a paused server must be able to die
-        self.process.kill()
-        self.process.wait(10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused server must be able to die
+            self.process.kill()
+            self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGCONT)
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -181,13 +192,14 @@ class SentinelSet:
         config = self.directory / "sentinel.conf"
         config.write_text(
             f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"logfile {self.directory / 'sentinel.log'}\n"
             f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1\n"
             f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
             f"sentinel failover-timeout {self.SERVICE} 5000\n"
             f"sentinel parallel-syncs {self.SERVICE} 1\n")
         self.sentinel = subprocess.Popen(
             [redis_server_binary(), str(config), "--sentinel"],
-            stdout=(self.directory / "sentinel.log").open("ab"), stderr=subprocess.STDOUT)
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_until(lambda: self.master_port() == self.primary.port, 15.0, 0.05,
                    "the sentinel to report the primary")
 

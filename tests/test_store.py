@@ -20,7 +20,6 @@ from eventd.errors import ConfigError, StoreError
 from eventd.settings import Settings
 from eventd.stores import STORES, open_store, resolve_store, store_name
 from eventd.stores.base import Store
-from tests.redis_server import redis_cluster, redis_url  # noqa: F401  (fixtures)
 
 Reopen = Callable[[Store], Store]
 

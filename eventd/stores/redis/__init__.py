@@ -26,6 +26,10 @@ holder's lease ends `ttl` s after its last renewal (`LANE_LEASE_TTL`, 15 s, rene
 attempt repeats, with the same Idempotency-Key. Until the cluster half lands, an `exclusive`
 open takes `lease:deliver` (the whole spool), as SQLite takes the state directory.
 
+Behind Sentinel (`redis+sentinel://`), `spool_add` returns only once a replica has the job
+too (WAIT 1, at most `WAIT_MS`; else StoreError and the engine tries again), since Redis
+replicates asynchronously and a failover keeps only what the promoted replica had.
+
 Each multi-key step runs as one Lua script (atomic for every replica): accept, finish,
 dead-letter, take back, throttle (two replicas never both acquire a key in its window), the
 REST limit, leases. Every redis-py error leaves as `StoreError(op=<method>)`; a call whose
@@ -74,6 +78,12 @@ logger = logging.getLogger(__name__)
 LANE_LEASE_TTL = 15.0
 LANE_LEASE_RENEW = 5.0
 _MARK_PRUNE_EVERY = 100
+#: behind Sentinel, how long `spool_add` waits for a replica to confirm the job
+WAIT_MS = 1000
+
+
+class NotReplicated(redis.RedisError):
+    """No replica confirmed an accepting write in time (it may be lost in a failover)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -158,6 +168,7 @@ class RedisStore:
         self._scripts = {name: self._db.register_script(getattr(scripts, name)) for name in (
             "SPOOL_ADD", "SPOOL_DONE", "SPOOL_UPDATE", "DEADLETTER_ADD", "DEADLETTER_TAKE",
             "THROTTLE_ACQUIRE", "LIMIT_ACQUIRE", "LEASE_ACQUIRE", "LEASE_RELEASE")}
+        self._replicas = 1 if location.scheme == "redis+sentinel" else 0
         self._closed = False
         self._up = True
         self._state_lock = threading.Lock()
@@ -215,7 +226,7 @@ class RedisStore:
     def spool_add(self, job: ActionJob) -> bool:
         """Accept a job durably (in Redis on return); False if that id is already spooled."""
         try:
-            added = bool(self._run("SPOOL_ADD", job.id, job.target, _dump(job), job.attempts))
+            added = self._spool_add(job)
         except redis.RedisError:
             self._unsure_adds.add(job.id)
             raise
@@ -223,6 +234,20 @@ class RedisStore:
             self._unsure_adds.discard(job.id)
             return True  # the earlier call (answer lost) or this one accepted it
         return added
+
+    def _spool_add(self, job: ActionJob) -> bool:
+        args: list[str | int] = [self.prefix, job.id, job.target, _dump(job), job.attempts]
+        if not self._replicas:
+            return bool(self._scripts["SPOOL_ADD"](args=args))
+        # Behind Sentinel, a job is accepted once a replica has it too: a failover promotes
+        # a replica, and what only the old primary had would be gone.
+        pipe = self._db.pipeline(transaction=False)
+        self._scripts["SPOOL_ADD"](args=args, client=pipe)
+        pipe.execute_command("WAIT", self._replicas, WAIT_MS)
+        added, acked = pipe.execute()
+        if int(acked) < self._replicas:
+            raise NotReplicated(f"no replica confirmed the write within {WAIT_MS} ms")
+        return bool(added)
 
     @_converted
     def spool_done(self, job_id: str) -> None:
