@@ -28,7 +28,9 @@ open takes `lease:deliver` (the whole spool), as SQLite takes the state director
 
 Behind Sentinel (`redis+sentinel://`), `spool_add` returns only once a replica has the job
 too (WAIT 1, at most `WAIT_MS`; else StoreError and the engine tries again), since Redis
-replicates asynchronously and a failover keeps only what the promoted replica had.
+replicates asynchronously and a failover keeps only what the promoted replica had (measured:
+without WAIT a failover under a writer lost thousands of accepted jobs). When Sentinel knows
+no replica that is up (the last one died), a lone primary accepts alone, and says so in the log.
 
 Each multi-key step runs as one Lua script (atomic for every replica): accept, finish,
 dead-letter, take back, throttle (two replicas never both acquire a key in its window), the
@@ -162,13 +164,15 @@ class RedisStore:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         # redis-py's reply types are a union for every decode mode: replies are read as Any
         # here (decode_responses=True: str) and checked by the contract suite.
-        db, health = clients(location, f"eventd-{cluster}-{os.getpid()}")
+        db, health, self._sentinel = clients(location, f"eventd-{cluster}-{os.getpid()}")
         self._db: Any = db
         self._health: Any = health
         self._scripts = {name: self._db.register_script(getattr(scripts, name)) for name in (
             "SPOOL_ADD", "SPOOL_DONE", "SPOOL_UPDATE", "DEADLETTER_ADD", "DEADLETTER_TAKE",
             "THROTTLE_ACQUIRE", "LIMIT_ACQUIRE", "LEASE_ACQUIRE", "LEASE_RELEASE")}
-        self._replicas = 1 if location.scheme == "redis+sentinel" else 0
+        self._replicas = 1 if self._sentinel is not None else 0
+        self._alone = False  # behind Sentinel with no replica alive: accepting unreplicated
+        self._alone_since = 0.0
         self._closed = False
         self._up = True
         self._state_lock = threading.Lock()
@@ -237,7 +241,7 @@ class RedisStore:
 
     def _spool_add(self, job: ActionJob) -> bool:
         args: list[str | int] = [self.prefix, job.id, job.target, _dump(job), job.attempts]
-        if not self._replicas:
+        if not self._replicas or (self._alone and not self._recheck_alone()):
             return bool(self._scripts["SPOOL_ADD"](args=args))
         # Behind Sentinel, a job is accepted once a replica has it too: a failover promotes
         # a replica, and what only the old primary had would be gone.
@@ -245,9 +249,29 @@ class RedisStore:
         self._scripts["SPOOL_ADD"](args=args, client=pipe)
         pipe.execute_command("WAIT", self._replicas, WAIT_MS)
         added, acked = pipe.execute()
-        if int(acked) < self._replicas:
+        if int(acked) < self._replicas and self._replica_alive():
             raise NotReplicated(f"no replica confirmed the write within {WAIT_MS} ms")
         return bool(added)
+
+    def _recheck_alone(self) -> bool:
+        """Alone, ask Sentinel again once a second whether a replica is back (True if so)."""
+        if time.monotonic() - self._alone_since < 1.0:
+            return False
+        return self._replica_alive()
+
+    def _replica_alive(self) -> bool:
+        """Whether Sentinel knows a replica that is up (else a lone primary is all there is)."""
+        assert self._sentinel is not None
+        self._alone_since = time.monotonic()
+        alone = not self._sentinel.discover_slaves(self.location.service or "")  # type: ignore[no-untyped-call]
+        if alone != self._alone:
+            self._alone = alone
+            if alone:
+                logger.warning("redis store %s: no replica is up; accepted actions are kept by "
+                               "the primary alone until one is back", self.location.safe)
+            else:
+                logger.warning("redis store %s: a replica is up again", self.location.safe)
+        return not alone
 
     @_converted
     def spool_done(self, job_id: str) -> None:

@@ -95,9 +95,10 @@ def _host_port(item: str, default: int) -> tuple[str, int]:
     return host, int(port)
 
 
-def clients(location: Location, client_name: str) -> tuple[redis.Redis, redis.Redis]:
-    """The client for the store's calls (retries transport errors a little) and one for the
-    health check (no retry, so /readyz answers within one timeout)."""
+def clients(location: Location, client_name: str,
+            ) -> tuple[redis.Redis, redis.Redis, Sentinel | None]:
+    """The client for the store's calls (retries transport errors a little), one for the
+    health check (no retry, so /readyz answers within one timeout), and the Sentinel."""
     common: dict[str, Any] = {
         "db": location.db, "username": location.username, "password": location.password,
         "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT,
@@ -113,10 +114,10 @@ def clients(location: Location, client_name: str) -> tuple[redis.Redis, redis.Re
         service = location.service or ""
         main = sentinel.master_for(service, db=location.db, **retry)  # type: ignore[no-untyped-call]
         probe = sentinel.master_for(service, db=location.db, **once)  # type: ignore[no-untyped-call]
-        return main, probe
+        return main, probe, sentinel
     [(host, port)] = location.hosts
     tls: dict[str, Any] = {}
     if location.scheme == "rediss":
         tls = {"ssl": True, **location.tls}
     return (redis.Redis(host=host, port=port, **common, **tls, **retry),
-            redis.Redis(host=host, port=port, **common, **tls, **once))
+            redis.Redis(host=host, port=port, **common, **tls, **once), None)

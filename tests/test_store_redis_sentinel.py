@@ -1,0 +1,75 @@
+"""The Redis store behind Sentinel (`redis+sentinel://`): a failover of the primary under a
+writer that keeps accepting jobs, as the engine does (waiting while the store is away).
+
+A primary, a replica and one `redis-server --sentinel` are started in a temporary directory;
+`SENTINEL FAILOVER` promotes the replica, then the old primary is killed outright.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+from eventd.actions.base import ActionJob
+from eventd.errors import StoreError
+from eventd.settings import Settings
+from eventd.stores import open_store
+from eventd.stores.backpressure import until_stored
+from tests.redis_server import SentinelSet
+from tests.waiting import wait_until
+
+
+def job(n: int) -> ActionJob:
+    return ActionJob(id=f"id-{n:05d}", rule="r", kind="webhook", options={"url": "http://x/"},
+                     event={"type": "service", "uuid": f"e{n}"}, target=f"t{n % 3}",
+                     created_at=1000.0 + n)
+
+
+def test_a_failover_of_the_primary_loses_no_accepted_job(tmp_path: Path) -> None:
+    with SentinelSet(tmp_path / "sentinel") as redis_set:
+        store = open_store(Settings(store=redis_set.url, cluster="sentinel"), exclusive=True)
+        accepted: list[str] = []
+        stop = threading.Event()
+
+        def writer() -> None:  # the engine's loop: each job waits until the store takes it
+            n = 0
+            while not stop.is_set():
+                try:
+                    until_stored(functools.partial(store.spool_add, job(n)), stop, "spool_add")
+                except StoreError:  # stopping while the store is away: that one is not accepted
+                    return
+                accepted.append(job(n).id)
+                n += 1
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: len(accepted) >= 200, 30, 0.05, "jobs accepted before the failover")
+            redis_set.failover()
+            before = len(accepted)
+            wait_until(lambda: len(accepted) >= before + 200, 60, 0.05,
+                       "jobs accepted by the new primary")
+            redis_set.primary.kill()  # the old primary is gone for good
+            before = len(accepted)
+            wait_until(lambda: len(accepted) >= before + 50, 30, 0.05, "still accepting")
+        finally:
+            stop.set()
+            thread.join(30)
+        try:
+            assert not thread.is_alive()
+            assert store.healthy()
+            spooled = [j.id for j in store.spool_iter()]
+            assert spooled[:len(accepted)] == accepted  # every accepted job, once, in order
+            assert set(spooled) - set(accepted) <= {job(len(accepted)).id}  # the one in flight
+            assert sum(store.spool_targets().values()) == len(spooled) == store.spool_count()
+            store.deadletter_add(store.spool_pending(limit=1)[0], "still writable")
+            assert store.deadletter_count() == 1
+        finally:
+            store.close()
+        client = redis_set.replica.client()  # now the primary
+        try:
+            assert client.info("replication")["role"] == "master"
+            assert client.hlen("sentinel:spool") == len(spooled) - 1
+        finally:
+            client.close()
