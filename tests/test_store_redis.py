@@ -17,6 +17,7 @@ from eventd.errors import ConfigError, StateDirError, StoreError
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
 from eventd.stores import open_store, store_exists
+from eventd.stores.backpressure import WaitingThrottles, until_stored
 from eventd.stores.redis import RedisStore
 from eventd.stores.redis.connect import parse
 from tests.daemon_helpers import eventd_process
@@ -243,6 +244,7 @@ def test_an_unreachable_redis_raises_store_errors_counts_them_and_recovers(tmp_p
         value = metrics.registry.get_sample_value
         try:
             assert store.healthy() and value("eventd_store_up") == 1
+            assert store.spool_add(job(0))  # Redis has the script: a call it gets, it runs
             server.pause()  # SIGSTOP: connections stay open, nothing answers
             try:
                 with pytest.raises(StoreError) as info:
@@ -262,12 +264,45 @@ def test_an_unreachable_redis_raises_store_errors_counts_them_and_recovers(tmp_p
             # Redis may have run the first spool_add when it woke (its answer was lost): the
             # engine's retry of the same job is an acceptance either way, and keeps one copy.
             assert store.spool_add(job(1)) is True
-            assert store.spool_count() == 1 and not store.spool_add(job(1))
+            assert store.spool_count() == 2 and not store.spool_add(job(1))
         finally:
             store.close()
         server.kill()  # connection refused this time
         with pytest.raises(StoreError, match="127.0.0.1"):
             opened(server.url, "c")
+
+
+def test_the_engines_throttle_waits_for_redis_and_its_lost_answer_counts(tmp_path: Path) -> None:
+    """A throttle acquired while Redis was silent is run by Redis when it wakes; the engine's
+    retry (same key, same time) must then hear "acquired", not "throttled" (a lost alert)."""
+    with RedisServer(tmp_path / "redis") as server:
+        store = opened(server.url, "c")
+        stopping = threading.Event()
+        throttles = WaitingThrottles(store, stopping)
+        answers: list[bool] = []
+        now = time.time()
+        try:
+            assert throttles.throttle_acquire("r\0warm", 60.0, now)  # Redis has the script
+            server.pause()
+            try:
+                waiter = threading.Thread(
+                    target=lambda: answers.append(throttles.throttle_acquire("r\0k", 60.0, now)))
+                waiter.start()
+                wait_until(lambda: not store.healthy(), 10, 0.1)
+                assert answers == []  # held, not answered "throttled"
+            finally:
+                server.resume()
+            waiter.join(30)
+            assert answers == [True]
+            assert not throttles.throttle_acquire("r\0k", 60.0, now + 1)
+            server.pause()
+            stopping.set()  # a stop while Redis is silent: the wait ends, nothing acquired
+            assert not throttles.throttle_acquire("r\0other", 60.0, now)
+            with pytest.raises(StoreError):
+                until_stored(lambda: store.spool_add(job(1)), stopping, "spool_add")
+        finally:
+            server.resume()
+            store.close()
 
 
 # -- eventd deadletter on Redis -----------------------------------------------------------------

@@ -7,8 +7,9 @@ one Redis. What lives where:
     spool               HASH  job id -> job (JSON);  spool:att  id -> attempts
     spool:order         ZSET  id by seq (all targets);  spool:t:<target>  ZSET id by seq
     spool:target        HASH  id -> target;  spool:targets  SET of targets with jobs waiting
+    spool:by            HASH  id -> the call that accepted it (a retried call hears "accepted")
     dead, dead:order    HASH  id -> {job, reason, at};  ZSET id by seq
-    throttle            HASH  key -> acquired at;  throttle:until  ZSET key by expiry (pruned)
+    throttle            HASH  key -> "acquired at|by call";  throttle:until  ZSET key by expiry
     marks               ZSET  loop-guard key by "until"
     dedupe              STRING the de-dup window's snapshot (JSON list)
     seen:<uuid>         STRING the shared de-dup check (SET NX EX)
@@ -181,11 +182,18 @@ class RedisStore:
         self._unsure_adds: set[str] = set()  # spool_add calls whose answer was lost
         self._unsure_throttles: dict[str, str] = {}  # key -> `now` of a call whose answer was lost
         self._marks_written = 0
+        self._calls = 0
         self._delivery_stop = threading.Event()
         self._delivery_thread: threading.Thread | None = None
 
     def _run(self, script: str, *args: str | int) -> Any:
         return self._scripts[script](args=[self.prefix, *args])
+
+    def _call_token(self) -> str:
+        """A name for one call, the same in each of redis-py's retries of it."""
+        with self._state_lock:
+            self._calls += 1
+            return f"{self.owner}:{self._calls}"
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -240,7 +248,8 @@ class RedisStore:
         return added
 
     def _spool_add(self, job: ActionJob) -> bool:
-        args: list[str | int] = [self.prefix, job.id, job.target, _dump(job), job.attempts]
+        args: list[str | int] = [self.prefix, job.id, job.target, _dump(job), job.attempts,
+                                 self._call_token()]
         if not self._replicas or (self._alone and not self._recheck_alone()):
             return bool(self._scripts["SPOOL_ADD"](args=args))
         # Behind Sentinel, a job is accepted once a replica has it too: a failover promotes
@@ -418,7 +427,7 @@ class RedisStore:
         unsure = self._unsure_throttles.pop(key, None) == stamp
         try:
             return bool(self._run("THROTTLE_ACQUIRE", key, _num(window), stamp,
-                                  "1" if unsure else "0"))
+                                  "1" if unsure else "0", self._call_token()))
         except redis.RedisError:
             self._unsure_throttles[key] = stamp
             if len(self._unsure_throttles) > 1000:

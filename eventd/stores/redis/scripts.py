@@ -3,7 +3,7 @@
 Keys are built from the prefix (ARGV[1]) inside the scripts where the target of a job is only
 known from Redis, so the store runs on one Redis (standalone or Sentinel), not Redis Cluster.
 Layout under `<cluster>:` (see the package docstring for what each holds):
-    seq  spool  spool:att  spool:target  spool:order  spool:t:<target>  spool:targets
+    seq  spool  spool:att  spool:target  spool:by  spool:order  spool:t:<target>  spool:targets
     dead  dead:order  throttle  throttle:until  marks  dedupe  limit:<key>  lease:<name>
 """
 
@@ -17,6 +17,7 @@ if not target then return 0 end
 redis.call('HDEL', p .. 'spool', id)
 redis.call('HDEL', p .. 'spool:att', id)
 redis.call('HDEL', p .. 'spool:target', id)
+redis.call('HDEL', p .. 'spool:by', id)
 redis.call('ZREM', p .. 'spool:order', id)
 local tq = p .. 'spool:t:' .. target
 redis.call('ZREM', tq, id)
@@ -34,10 +35,16 @@ redis.call('HSET', p .. 'spool:target', id, target)
 redis.call('ZADD', p .. 'spool:order', seq, id)
 redis.call('ZADD', p .. 'spool:t:' .. target, seq, id)
 redis.call('SADD', p .. 'spool:targets', target)
+if ARGV[6] then redis.call('HSET', p .. 'spool:by', id, ARGV[6]) end
 """
 
+# Accept job ARGV[2] unless spooled; ARGV[6] names this call, so a repeat of the same call
+# (redis-py retrying after a lost answer) hears that it was accepted.
 SPOOL_ADD = """
-if redis.call('HEXISTS', ARGV[1] .. 'spool', ARGV[2]) == 1 then return 0 end
+if redis.call('HEXISTS', ARGV[1] .. 'spool', ARGV[2]) == 1 then
+  if redis.call('HGET', ARGV[1] .. 'spool:by', ARGV[2]) == ARGV[6] then return 1 end
+  return 0
+end
 """ + _SPOOL + "return 1\n"
 
 SPOOL_DONE = _UNSPOOL
@@ -69,18 +76,20 @@ redis.call('ZREM', p .. 'dead:order', id)
 unspool()
 """ + _SPOOL + "return 1\n"
 
-# Throttle key ARGV[2]: acquire at ARGV[4] unless acquired less than ARGV[3] s before;
-# ARGV[5] == '1' says this exact call (same key and time) may have run already, its answer
-# lost: then finding it is a success. Prunes up to 50 expired keys per call.
+# Throttle key ARGV[2]: acquire at ARGV[4] unless acquired less than ARGV[3] s before. The
+# value is "<time>|<call>": a repeat of call ARGV[6] (redis-py retrying after a lost answer)
+# hears "acquired", and so does a later call at the same time when ARGV[5] == '1' (the
+# engine's retry of a call whose answer was lost). Prunes up to 50 expired keys per call.
 THROTTLE_ACQUIRE = """
 local p, key = ARGV[1], ARGV[2]
 local window, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 local last = redis.call('HGET', p .. 'throttle', key)
 if last then
-  if ARGV[5] == '1' and last == ARGV[4] then return 1 end
-  if now - tonumber(last) < window then return 0 end
+  local at, by = string.match(last, '^([^|]*)|?(.*)$')
+  if by == ARGV[6] or (ARGV[5] == '1' and at == ARGV[4]) then return 1 end
+  if now - tonumber(at) < window then return 0 end
 end
-redis.call('HSET', p .. 'throttle', key, ARGV[4])
+redis.call('HSET', p .. 'throttle', key, ARGV[4] .. '|' .. ARGV[6])
 redis.call('ZADD', p .. 'throttle:until', now + window, key)
 local old = redis.call('ZRANGEBYSCORE', p .. 'throttle:until', '-inf', '(' .. ARGV[4], 'LIMIT', 0, 50)
 for _, k in ipairs(old) do
