@@ -43,22 +43,15 @@ POSIX seconds, as for every store: replicas' clocks should agree (NTP) within a 
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-import os
-import secrets
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import orjson
 import redis
 
 from eventd.actions.base import ActionJob
-from eventd.errors import StateDirError, StoreError
 from eventd.stores.base import (
     CallLimits,
     DeadLetter,
@@ -67,50 +60,15 @@ from eventd.stores.base import (
     SharedDedupe,
     Store,
 )
-from eventd.stores.redis import scripts
-from eventd.stores.redis.connect import Location, clients, parse
+from eventd.stores.redis.client import WAIT_MS, NotReplicated, RedisClient, converted
+from eventd.stores.redis.connect import parse
 
 if TYPE_CHECKING:
     from eventd.settings import Settings
 
 __all__ = ["RedisStore"]
 
-logger = logging.getLogger(__name__)
-
-#: how long a delivery lease outlives its holder's last renewal, and how often it is renewed
-LANE_LEASE_TTL = 15.0
-LANE_LEASE_RENEW = 5.0
 _MARK_PRUNE_EVERY = 100
-#: behind Sentinel, how long `spool_add` waits for a replica to confirm the job
-WAIT_MS = 1000
-
-
-class NotReplicated(redis.RedisError):
-    """No replica confirmed an accepting write in time (it may be lost in a failover)."""
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _converted(method: Callable[Concatenate[RedisStore, P], R],
-               ) -> Callable[Concatenate[RedisStore, P], R]:
-    """Turn redis-py's errors into StoreError(op=<method name>), counted, at the boundary."""
-    op = method.__name__
-
-    @functools.wraps(method)
-    def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        if self._closed:
-            raise StoreError(f"redis store {self.location.safe}: {op} after close", op=op)
-        try:
-            result = method(self, *args, **kwargs)
-        except redis.RedisError as exc:
-            self._failed(op, exc)
-            raise StoreError(f"redis store {self.location.safe}: {op} failed: "
-                             f"{self._scrub(exc)}", op=op) from exc
-        if not self._up:
-            self._set_up(True)
-        return result
-    return wrapper
 
 
 def _dump(job: ActionJob) -> str:
@@ -128,7 +86,7 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-class RedisStore:
+class RedisStore(RedisClient):
     """Every store role, plus leases, the shared REST limit and de-dup check, in Redis."""
 
     name: ClassVar[str] = "redis"
@@ -158,83 +116,7 @@ class RedisStore:
         finally:
             store.close()
 
-    def __init__(self, location: Location, cluster: str = "eventd") -> None:
-        self.location = location
-        self.cluster = cluster
-        self.prefix = f"{cluster}:"
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        # redis-py's reply types are a union for every decode mode: replies are read as Any
-        # here (decode_responses=True: str) and checked by the contract suite.
-        db, health, self._sentinel = clients(location, f"eventd-{cluster}-{os.getpid()}")
-        self._db: Any = db
-        self._health: Any = health
-        self._scripts = {name: self._db.register_script(getattr(scripts, name)) for name in (
-            "SPOOL_ADD", "SPOOL_DONE", "SPOOL_UPDATE", "DEADLETTER_ADD", "DEADLETTER_TAKE",
-            "THROTTLE_ACQUIRE", "LIMIT_ACQUIRE", "LEASE_ACQUIRE", "LEASE_RELEASE")}
-        self._replicas = 1 if self._sentinel is not None else 0
-        self._alone = False  # behind Sentinel with no replica alive: accepting unreplicated
-        self._alone_since = 0.0
-        self._closed = False
-        self._up = True
-        self._state_lock = threading.Lock()
-        self._on_error: Callable[[str], None] | None = None
-        self._on_state: Callable[[bool], None] | None = None
-        self._unsure_adds: set[str] = set()  # spool_add calls whose answer was lost
-        self._unsure_throttles: dict[str, str] = {}  # key -> `now` of a call whose answer was lost
-        self._marks_written = 0
-        self._calls = 0
-        self._delivery_stop = threading.Event()
-        self._delivery_thread: threading.Thread | None = None
-
-    def _run(self, script: str, *args: str | int) -> Any:
-        return self._scripts[script](args=[self.prefix, *args])
-
-    def _call_token(self) -> str:
-        """A name for one call, the same in each of redis-py's retries of it."""
-        with self._state_lock:
-            self._calls += 1
-            return f"{self.owner}:{self._calls}"
-
-    def _key(self, *parts: str) -> str:
-        return self.prefix + ":".join(parts)
-
-    # -- errors and reachability --------------------------------------------------------------
-    def observe(self, on_error: Callable[[str], None], on_state: Callable[[bool], None]) -> None:
-        """Report failed operations and changes of reachability (metrics)."""
-        self._on_error, self._on_state = on_error, on_state
-        on_state(self._up)
-
-    def _failed(self, op: str, exc: BaseException) -> None:
-        if self._on_error is not None:
-            self._on_error(op)
-        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            self._set_up(False)
-
-    def _set_up(self, up: bool) -> None:
-        with self._state_lock:
-            if self._up == up:
-                return
-            self._up = up
-        if up:
-            logger.warning("redis store %s is reachable again", self.location.safe)
-        else:
-            logger.error("redis store %s is unreachable; accepting nothing until it is back",
-                         self.location.safe)
-        if self._on_state is not None:
-            self._on_state(up)
-
-    def _scrub(self, exc: BaseException) -> str:
-        text = str(exc) or type(exc).__name__
-        password = self.location.password
-        return text.replace(password, "***") if password else text
-
-    @_converted
-    def ping(self) -> None:
-        """Raise StoreError unless Redis answers."""
-        self._db.ping()
-
-    # -- spool ----------------------------------------------------------------------------------
-    @_converted
+    @converted
     def spool_add(self, job: ActionJob) -> bool:
         """Accept a job durably (in Redis on return); False if that id is already spooled."""
         try:
@@ -262,37 +144,17 @@ class RedisStore:
             raise NotReplicated(f"no replica confirmed the write within {WAIT_MS} ms")
         return bool(added)
 
-    def _recheck_alone(self) -> bool:
-        """Alone, ask Sentinel again once a second whether a replica is back (True if so)."""
-        if time.monotonic() - self._alone_since < 1.0:
-            return False
-        return self._replica_alive()
-
-    def _replica_alive(self) -> bool:
-        """Whether Sentinel knows a replica that is up (else a lone primary is all there is)."""
-        assert self._sentinel is not None
-        self._alone_since = time.monotonic()
-        alone = not self._sentinel.discover_slaves(self.location.service or "")  # type: ignore[no-untyped-call]
-        if alone != self._alone:
-            self._alone = alone
-            if alone:
-                logger.warning("redis store %s: no replica is up; accepted actions are kept by "
-                               "the primary alone until one is back", self.location.safe)
-            else:
-                logger.warning("redis store %s: a replica is up again", self.location.safe)
-        return not alone
-
-    @_converted
+    @converted
     def spool_done(self, job_id: str) -> None:
         """Forget a finished job."""
         self._run("SPOOL_DONE", job_id)
 
-    @_converted
+    @converted
     def spool_update_attempts(self, job_id: str, attempts: int) -> None:
         """Remember how many attempts a job has had."""
         self._run("SPOOL_UPDATE", job_id, attempts, "")
 
-    @_converted
+    @converted
     def spool_update(self, job: ActionJob) -> None:
         """Save a spooled job's attempts and context; nothing if it is not spooled."""
         self._run("SPOOL_UPDATE", job.id, job.attempts, _dump(job))
@@ -309,7 +171,7 @@ class RedisStore:
         datas, attempts = pipe.execute()
         return [_load(data, att) for data, att in zip(datas, attempts, strict=True) if data is not None]
 
-    @_converted
+    @converted
     def spool_pending(self, target: str | None = None,
                       limit: int | None = None) -> list[ActionJob]:
         """The oldest spooled jobs (of one target), at most `limit`."""
@@ -328,16 +190,16 @@ class RedisStore:
                 return
             after = f"({rows[-1][1]:.0f}"
 
-    @_converted
+    @converted
     def _page(self, target: str | None, after: str, page: int) -> list[tuple[str, float]]:
         return list(self._db.zrangebyscore(self._order(target), after, "+inf", start=0, num=page,
                                            withscores=True))
 
-    @_converted
+    @converted
     def _jobs_page(self, ids: list[str]) -> list[ActionJob]:
         return self._jobs(ids)
 
-    @_converted
+    @converted
     def spool_targets(self) -> dict[str, int]:
         """Jobs waiting per target, the target with the oldest job first."""
         targets = sorted(self._db.smembers(self._key("spool", "targets")))
@@ -350,13 +212,13 @@ class RedisStore:
                  in zip(targets, answers[0::2], answers[1::2], strict=True) if first and count]
         return {target: int(count) for _, target, count in sorted(found)}
 
-    @_converted
+    @converted
     def spool_count(self) -> int:
         """How many jobs are spooled."""
         return int(self._db.hlen(self._key("spool")))
 
     # -- dead letters ---------------------------------------------------------------------------
-    @_converted
+    @converted
     def deadletter_add(self, job: ActionJob, reason: str, at: float | None = None) -> None:
         """Move a job to dead letters; it leaves the spool in the same step."""
         record = json.dumps({"job": job.to_dict(), "reason": reason,
@@ -376,17 +238,17 @@ class RedisStore:
                                           float(record["at"])))
         return letters
 
-    @_converted
+    @converted
     def deadletter_list(self) -> list[DeadLetter]:
         """Every dead letter, oldest first."""
         return self._letters()
 
-    @_converted
+    @converted
     def deadletter_count(self) -> int:
         """How many dead letters there are."""
         return int(self._db.hlen(self._key("dead")))
 
-    @_converted
+    @converted
     def deadletter_take(self, ids: Iterable[str] | None = None) -> list[ActionJob]:
         """Move dead letters back to the spool with attempts=0 and a fresh deadline; each move
         is atomic, so two processes taking the same letter move it once."""
@@ -403,7 +265,7 @@ class RedisStore:
                 moved.append(job)
         return moved
 
-    @_converted
+    @converted
     def deadletter_purge(self, ids: Iterable[str] | None = None) -> int:
         """Delete dead letters (all, or these ids); how many were deleted."""
         dead, order = self._key("dead"), self._key("dead", "order")
@@ -419,7 +281,7 @@ class RedisStore:
         return sum(int(n) for n in pipe.execute()[0::2]) if chosen else 0
 
     # -- throttles, the REST limit, marks -------------------------------------------------------
-    @_converted
+    @converted
     def throttle_acquire(self, key: str, window: float, now: float) -> bool:
         """True (and remember `now`) unless `key` was acquired less than `window` s before; one
         script, so two replicas never both acquire a key within its window."""
@@ -434,18 +296,18 @@ class RedisStore:
                 self._unsure_throttles.clear()
             raise
 
-    @_converted
+    @converted
     def throttle_count(self) -> int:
         """How many throttle keys are kept (expired ones are pruned as new ones are acquired)."""
         return int(self._db.hlen(self._key("throttle")))
 
-    @_converted
+    @converted
     def limit_acquire(self, key: str, job_id: str, max_calls: int, per: float,
                       now: float) -> bool:
         """The REST limit across replicas: True if `job_id` may call `key` now (and count it)."""
         return bool(self._run("LIMIT_ACQUIRE", key, job_id, int(max_calls), _num(per), _num(now)))
 
-    @_converted
+    @converted
     def mark(self, key: str, until: float) -> None:
         """Mark `key` until the POSIX time `until` (expired marks are pruned now and then)."""
         pipe = self._db.pipeline(transaction=False)
@@ -455,7 +317,7 @@ class RedisStore:
             pipe.zremrangebyscore(self._key("marks"), "-inf", time.time())
         pipe.execute()
 
-    @_converted
+    @converted
     def marked(self, keys: Iterable[str], now: float) -> bool:
         """Whether any of `keys` is marked at `now` (one ZMSCORE)."""
         wanted = list(keys)
@@ -465,94 +327,28 @@ class RedisStore:
         return any(score is not None and score > now for score in scores)
 
     # -- de-dup ---------------------------------------------------------------------------------
-    @_converted
+    @converted
     def dedupe_load(self) -> list[str]:
         """The saved uuids, oldest first (empty if none)."""
         data = self._db.get(self._key("dedupe"))
         uuids = orjson.loads(data) if data else []
         return [u for u in uuids if isinstance(u, str)] if isinstance(uuids, list) else []
 
-    @_converted
+    @converted
     def dedupe_save(self, uuids: Sequence[str]) -> None:
         """Replace the saved uuids (one SET: a 50k window is about 2 MB)."""
         self._db.set(self._key("dedupe"), orjson.dumps(list(uuids)))
 
-    @_converted
+    @converted
     def seen_first(self, uuid: str, ttl: float) -> bool:
         """True for the first replica to see `uuid` within `ttl` s (SET NX PX)."""
         return bool(self._db.set(self._key("seen", uuid), "1", nx=True,
                                  px=max(1, int(ttl * 1000))))
 
-    # -- leases ---------------------------------------------------------------------------------
-    @_converted
-    def lease_acquire(self, name: str, owner: str, ttl: float) -> int:
-        """Take or renew lease `name` for `owner`: its fencing token, or 0 if held by another."""
-        return int(self._run("LEASE_ACQUIRE", name, owner, max(1, int(ttl * 1000))))
-
-    @_converted
-    def lease_release(self, name: str, owner: str) -> None:
-        """Give lease `name` up if `owner` holds it."""
-        self._run("LEASE_RELEASE", name, owner)
-
-    def _take_delivery(self) -> None:
-        """Hold `lease:deliver` (this process delivers the spool) and keep renewing it."""
-        if not self.lease_acquire("deliver", self.owner, LANE_LEASE_TTL):
-            holder = self._db.hget(self._key("lease", "deliver"), "owner") or "another process"
-            raise StateDirError(
-                f"another eventd ({holder}) delivers the spool of cluster {self.cluster!r} on "
-                f"{self.location.safe}; stop it first (its lease ends {LANE_LEASE_TTL:.0f} s "
-                "after it stops)")
-        self._delivery_thread = threading.Thread(target=self._renew_delivery, daemon=True,
-                                                 name="store-lease")
-        self._delivery_thread.start()
-
-    def _renew_delivery(self) -> None:
-        lost = False
-        while not self._delivery_stop.wait(LANE_LEASE_RENEW):
-            try:
-                held = self.lease_acquire("deliver", self.owner, LANE_LEASE_TTL)
-            except StoreError:
-                continue  # counted and logged as unreachable; renewed once Redis is back
-            if not held and not lost:
-                logger.error("the delivery lease of cluster %r passed to another process while "
-                             "Redis was unreachable; two processes may now deliver", self.cluster)
-            lost = not held
-
-    # -- health and lifecycle -------------------------------------------------------------------
-    @_converted
+    @converted
     def _exists(self) -> bool:
         return bool(self._db.exists(self._key("seq"), self._key("dedupe"),
                                     self._key("throttle"), self._key("marks")))
-
-    def healthy(self) -> bool:
-        """Whether Redis answers a PING now (one try, at most one socket timeout)."""
-        if self._closed:
-            return False
-        try:
-            self._health.ping()
-        except redis.RedisError:
-            self._set_up(False)
-            return False
-        self._set_up(True)
-        return True
-
-    def close(self) -> None:
-        """Give the delivery lease up and close the connections (idempotent)."""
-        if self._closed:
-            return
-        self._delivery_stop.set()
-        if self._delivery_thread is not None:
-            self._delivery_thread.join(timeout=LANE_LEASE_RENEW + 5.0)
-            try:
-                self.lease_release("deliver", self.owner)
-            except StoreError as exc:
-                logger.warning("could not give the delivery lease up (it ends by itself): %s", exc)
-        self._closed = True
-        for client in (self._db, self._health):
-            try:
-                client.close()
-            except redis.RedisError:  # closing what is already gone
-                pass
 
 
 def _conforms(store: RedisStore) -> tuple[Store, CallLimits, Leases, SharedDedupe, Observed]:

@@ -1,0 +1,230 @@
+"""The Redis store's connection side: clients, errors turned into StoreError and counted,
+reachability, calls named for retries, leases, and the delivery lease of an `exclusive` open.
+
+The roles themselves are in the package's `RedisStore`, which builds on `RedisClient`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import redis
+
+from eventd.errors import StateDirError, StoreError
+from eventd.stores.redis import scripts
+from eventd.stores.redis.connect import Location, clients
+
+__all__ = ["LANE_LEASE_RENEW", "LANE_LEASE_TTL", "WAIT_MS", "NotReplicated", "RedisClient",
+           "converted"]
+
+logger = logging.getLogger(__name__)
+
+#: how long a delivery lease outlives its holder's last renewal, and how often it is renewed
+LANE_LEASE_TTL = 15.0
+LANE_LEASE_RENEW = 5.0
+#: behind Sentinel, how long `spool_add` waits for a replica to confirm the job
+WAIT_MS = 1000
+
+
+class NotReplicated(redis.RedisError):
+    """No replica confirmed an accepting write in time (it may be lost in a failover)."""
+
+
+C = TypeVar("C", bound="RedisClient")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def converted(method: Callable[Concatenate[C, P], R]) -> Callable[Concatenate[C, P], R]:
+    """Turn redis-py's errors into StoreError(op=<method name>), counted, at the boundary."""
+    op = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: C, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._closed:
+            raise StoreError(f"redis store {self.location.safe}: {op} after close", op=op)
+        try:
+            result = method(self, *args, **kwargs)
+        except redis.RedisError as exc:
+            self._failed(op, exc)
+            raise StoreError(f"redis store {self.location.safe}: {op} failed: "
+                             f"{self._scrub(exc)}", op=op) from exc
+        if not self._up:
+            self._set_up(True)
+        return result
+    return wrapper
+
+
+class RedisClient:
+    """One Redis (or Sentinel-managed primary) as a store sees it."""
+
+    def __init__(self, location: Location, cluster: str = "eventd") -> None:
+        self.location = location
+        self.cluster = cluster
+        self.prefix = f"{cluster}:"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # redis-py's reply types are a union for every decode mode: replies are read as Any
+        # here (decode_responses=True: str) and checked by the contract suite.
+        db, health, self._sentinel = clients(location, f"eventd-{cluster}-{os.getpid()}")
+        self._db: Any = db
+        self._health: Any = health
+        self._scripts = {name: self._db.register_script(getattr(scripts, name)) for name in (
+            "SPOOL_ADD", "SPOOL_DONE", "SPOOL_UPDATE", "DEADLETTER_ADD", "DEADLETTER_TAKE",
+            "THROTTLE_ACQUIRE", "LIMIT_ACQUIRE", "LEASE_ACQUIRE", "LEASE_RELEASE")}
+        self._replicas = 1 if self._sentinel is not None else 0
+        self._alone = False  # behind Sentinel with no replica alive: accepting unreplicated
+        self._alone_since = 0.0
+        self._closed = False
+        self._up = True
+        self._state_lock = threading.Lock()
+        self._on_error: Callable[[str], None] | None = None
+        self._on_state: Callable[[bool], None] | None = None
+        self._unsure_adds: set[str] = set()  # spool_add calls whose answer was lost
+        self._unsure_throttles: dict[str, str] = {}  # key -> `now` of a call whose answer was lost
+        self._marks_written = 0
+        self._calls = 0
+        self._delivery_stop = threading.Event()
+        self._delivery_thread: threading.Thread | None = None
+
+    def _run(self, script: str, *args: str | int) -> Any:
+        return self._scripts[script](args=[self.prefix, *args])
+
+    def _call_token(self) -> str:
+        """A name for one call, the same in each of redis-py's retries of it."""
+        with self._state_lock:
+            self._calls += 1
+            return f"{self.owner}:{self._calls}"
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # -- errors and reachability --------------------------------------------------------------
+    def observe(self, on_error: Callable[[str], None], on_state: Callable[[bool], None]) -> None:
+        """Report failed operations and changes of reachability (metrics)."""
+        self._on_error, self._on_state = on_error, on_state
+        on_state(self._up)
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(op)
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            self._set_up(False)
+
+    def _set_up(self, up: bool) -> None:
+        with self._state_lock:
+            if self._up == up:
+                return
+            self._up = up
+        if up:
+            logger.warning("redis store %s is reachable again", self.location.safe)
+        else:
+            logger.error("redis store %s is unreachable; accepting nothing until it is back",
+                         self.location.safe)
+        if self._on_state is not None:
+            self._on_state(up)
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        password = self.location.password
+        return text.replace(password, "***") if password else text
+
+    @converted
+    def ping(self) -> None:
+        """Raise StoreError unless Redis answers."""
+        self._db.ping()
+
+    # -- spool ----------------------------------------------------------------------------------
+    def _recheck_alone(self) -> bool:
+        """Alone, ask Sentinel again once a second whether a replica is back (True if so)."""
+        if time.monotonic() - self._alone_since < 1.0:
+            return False
+        return self._replica_alive()
+
+    def _replica_alive(self) -> bool:
+        """Whether Sentinel knows a replica that is up (else a lone primary is all there is)."""
+        assert self._sentinel is not None
+        self._alone_since = time.monotonic()
+        alone = not self._sentinel.discover_slaves(self.location.service or "")  # type: ignore[no-untyped-call]
+        if alone != self._alone:
+            self._alone = alone
+            if alone:
+                logger.warning("redis store %s: no replica is up; accepted actions are kept by "
+                               "the primary alone until one is back", self.location.safe)
+            else:
+                logger.warning("redis store %s: a replica is up again", self.location.safe)
+        return not alone
+
+    @converted
+    def lease_acquire(self, name: str, owner: str, ttl: float) -> int:
+        """Take or renew lease `name` for `owner`: its fencing token, or 0 if held by another."""
+        return int(self._run("LEASE_ACQUIRE", name, owner, max(1, int(ttl * 1000))))
+
+    @converted
+    def lease_release(self, name: str, owner: str) -> None:
+        """Give lease `name` up if `owner` holds it."""
+        self._run("LEASE_RELEASE", name, owner)
+
+    def _take_delivery(self) -> None:
+        """Hold `lease:deliver` (this process delivers the spool) and keep renewing it."""
+        if not self.lease_acquire("deliver", self.owner, LANE_LEASE_TTL):
+            holder = self._db.hget(self._key("lease", "deliver"), "owner") or "another process"
+            raise StateDirError(
+                f"another eventd ({holder}) delivers the spool of cluster {self.cluster!r} on "
+                f"{self.location.safe}; stop it first (its lease ends {LANE_LEASE_TTL:.0f} s "
+                "after it stops)")
+        self._delivery_thread = threading.Thread(target=self._renew_delivery, daemon=True,
+                                                 name="store-lease")
+        self._delivery_thread.start()
+
+    def _renew_delivery(self) -> None:
+        lost = False
+        while not self._delivery_stop.wait(LANE_LEASE_RENEW):
+            try:
+                held = self.lease_acquire("deliver", self.owner, LANE_LEASE_TTL)
+            except StoreError:
+                continue  # counted and logged as unreachable; renewed once Redis is back
+            if not held and not lost:
+                logger.error("the delivery lease of cluster %r passed to another process while "
+                             "Redis was unreachable; two processes may now deliver", self.cluster)
+            lost = not held
+
+    # -- health and lifecycle -------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """Whether Redis answers a PING now (one try, at most one socket timeout)."""
+        if self._closed:
+            return False
+        try:
+            self._health.ping()
+        except redis.RedisError:
+            self._set_up(False)
+            return False
+        self._set_up(True)
+        return True
+
+    def close(self) -> None:
+        """Give the delivery lease up and close the connections (idempotent)."""
+        if self._closed:
+            return
+        self._delivery_stop.set()
+        if self._delivery_thread is not None:
+            self._delivery_thread.join(timeout=LANE_LEASE_RENEW + 5.0)
+            try:
+                self.lease_release("deliver", self.owner)
+            except StoreError as exc:
+                logger.warning("could not give the delivery lease up (it ends by itself): %s", exc)
+        self._closed = True
+        for client in (self._db, self._health):
+            try:
+                client.close()
+            except redis.RedisError:  # closing what is already gone
+                pass
+
+
