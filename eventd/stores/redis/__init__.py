@@ -21,11 +21,13 @@ each target's order (a webhook receiver sees events in the order they happened),
 consumer group hands consecutive entries of one stream to different consumers, so order
 would still need one owner per target. An ordered set per target gives `spool_pending(target)`
 and paging by seq directly, a job leaves by id in O(log n) (XDEL would need the entry id), and
-ownership is a lease: the replica holding `lease:lane:<target>` delivers that target. A dead
-holder's lease ends `ttl` s after its last renewal (`LANE_LEASE_TTL`, 15 s, renewed every
-5 s), then another replica takes the target and resumes at its oldest job; at worst one
-attempt repeats, with the same Idempotency-Key. Until the cluster half lands, an `exclusive`
-open takes `lease:deliver` (the whole spool), as SQLite takes the state directory.
+ownership is a lease: a replica delivers a target while it holds `lease:lane:<target>`
+(`lease_acquire`; the cluster half's dispatcher takes it per lane). A dead holder's lease
+ends `ttl` s after its last renewal (`LANE_LEASE_TTL`, 15 s, renewed every 5 s: the bound
+after which another replica claims its entries), then another replica takes the target and
+resumes at its oldest job; at worst one attempt repeats, with the same Idempotency-Key. Until
+that lands, an `exclusive` open takes `lease:deliver` (the whole spool, same ttl and renewal),
+as SQLite takes the state directory: one deliverer per cluster.
 
 Behind Sentinel (`redis+sentinel://`), `spool_add` returns only once a replica has the job
 too (WAIT 1, at most `WAIT_MS`; else StoreError and the engine tries again), since Redis
