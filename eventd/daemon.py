@@ -31,6 +31,7 @@ from eventd.engine import Engine
 from eventd.errors import AuthRejected, RuleError
 from eventd.events import Received
 from eventd.handoff import EventQueue
+from eventd.hooks import hooks
 from eventd.loopguard import LoopGuard
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
@@ -265,12 +266,14 @@ class Daemon:
             self.metrics.rules_reloads.labels(result="failure").inc()
             log.error("rule reload failed; keeping the %d rules in force:\n%s",
                       len(self.engine.rules), "\n".join(str(p) for p in exc.problems) or exc)
+            hooks.on_reloaded(False, len(self.engine.rules))
             return False
         self.engine.swap_rules(ruleset)
         self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)
         self.metrics.rules_reloads.labels(result="success").inc()
         log.info("rules reloaded: %d rules", len(ruleset))
+        hooks.on_reloaded(True, len(ruleset))
         return True
 
     def ready(self) -> tuple[bool, dict[str, str]]:

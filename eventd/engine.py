@@ -20,6 +20,7 @@ from eventd.actions.base import ActionJob
 from eventd.dedupe import DedupeWindow
 from eventd.errors import TemplateError
 from eventd.events import Event, Received, object_ref, parse_datetime
+from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 from eventd.ruleset.model import ActionSpec, Rule
@@ -352,6 +353,7 @@ class Engine:
             self._decide(outcome, rule.name, spec.kind, status, reason)
         if status == "throttled":
             log.info("rule %s throttled for event %s", rule.name, outcome.event.get("uuid", "?"))
+            hooks.on_throttled(rule.name, outcome.event)
         elif status == "skipped":
             log.info("rule %s skipped for event %s: %s", rule.name,
                      outcome.event.get("uuid", "?"), reason)

@@ -24,6 +24,7 @@ from eventd.delivery.http import describe_failure
 from eventd.delivery.lanes import Lane, Lanes
 from eventd.delivery.retry import RetryPolicy
 from eventd.errors import PermanentActionError, StoreError
+from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
 from eventd.stores.backpressure import until_stored
 from eventd.stores.base import Store
@@ -419,6 +420,7 @@ class Dispatcher:
             logger.info("%s for rule %s: %s", job.kind, job.rule, result)
         else:  # log and audit: one line per event would double the log
             logger.debug("%s for rule %s: %s", job.kind, job.rule, result)
+        hooks.on_delivered(job, result)
         self._done(lane, job)
 
     def _done(self, lane: Lane, job: ActionJob) -> None:
@@ -441,6 +443,7 @@ class Dispatcher:
         logger.error("%s for rule %s to %s %s: %s; moved to dead letters (id %s)", job.kind,
                      job.rule, self._where(job), "failed" if permanent else "gave up", reason,
                      job.id)
+        hooks.on_dead_lettered(job, reason)
         self._finished()
 
     def _left(self, job: ActionJob) -> None:

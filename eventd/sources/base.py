@@ -29,6 +29,7 @@ from tenacity import RetryCallState, wait_random_exponential
 
 from eventd.errors import AuthRejected, ConfigError, MalformedEvent, StreamError
 from eventd.events import Received, stream_event
+from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 
@@ -266,6 +267,7 @@ class ConsumerLoop(ABC):
         gap = None if gap_start is None else max(0.0, now - gap_start)
         self._set_connected(True)
         self.on_connected(gap)
+        hooks.on_connected(self.describe(), gap)
         auth_error: AuthRejected | None = None
         try:
             self._sink([Received(stream_event("connected", now, gap), now, None, True)])
@@ -305,6 +307,7 @@ class ConsumerLoop(ABC):
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         self.on_disconnected(exc, delay)
+        hooks.on_disconnected(exc.reason, delay, exc.connected)
         self._sleep(delay)
 
     def _auth_rejected(self, exc: AuthRejected) -> None:

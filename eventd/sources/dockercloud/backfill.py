@@ -18,6 +18,7 @@ from typing import Any
 
 from eventd.errors import PermanentActionError, RetryableActionError
 from eventd.events import Received, backfilled_action_event, iso_utc, parse_datetime
+from eventd.hooks import hooks
 from eventd.ops.metrics import Metrics
 from eventd.sources.dockercloud.rest import RestClient
 
@@ -110,4 +111,5 @@ class Backfiller:
             self._sink(batch)
             self._metrics.stream_backfilled.inc(len(batch))
         logger.info("backfill since %s: %d action event(s) recovered", since, len(batch))
+        hooks.on_backfilled(since, len(batch))
         return len(batch)
