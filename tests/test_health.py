@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventd import __version__
+from eventd.errors import ConfigError
 from eventd.ops import health
 from eventd.ops.metrics import Metrics
 
@@ -173,8 +176,115 @@ def test_probes_are_answered_while_a_scrape_is_slow(metrics: Metrics) -> None:
 def test_port_in_use_raises_and_shutdown_frees_the_port(metrics: Metrics) -> None:
     server, thread = health.serve("127.0.0.1", 0, metrics.registry, lambda: (True, {}))
     port = server.server_port
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError) as caught:
         health.serve("127.0.0.1", port, metrics.registry, lambda: (True, {}))
+    assert str(caught.value) == f"cannot listen on 127.0.0.1:{port}: address in use"
     assert health.shutdown(server, thread, timeout=5)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+# -- slow and hostile clients (the deploy files bind 0.0.0.0) ---------------------------------
+def half_sent(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: never finished
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bytes:
+    """What the server sent before closing (waits for the close, at most the socket timeout)."""
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_half_sent_request_is_answered_408_and_closed(metrics: Metrics) -> None:
+    server, thread = health.serve("127.0.0.1", 0, metrics.registry, lambda: (True, {}),
+                                  read_timeout=1.0)
+    try:
+        with half_sent(server.server_port) as sock:
+            started = time.monotonic()
+            answer = closed_by_server(sock)  # socket timeout 10 s: a hang fails here
+            took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.0 408 ")
+        assert took >= 0.5  # it waited for the client, then gave up
+    finally:
+        health.shutdown(server, thread, timeout=5)
+
+
+def test_the_default_read_timeout_is_a_few_seconds() -> None:
+    assert 1 <= health.READ_TIMEOUT <= 5
+
+
+def test_slow_drip_headers_are_cut_at_the_deadline(metrics: Metrics) -> None:
+    """One byte now and then keeps no connection open past the head's deadline."""
+    server, thread = health.serve("127.0.0.1", 0, metrics.registry, lambda: (True, {}),
+                                  read_timeout=1.0)
+    try:
+        with half_sent(server.server_port) as sock:
+            sock.settimeout(0.3)
+            answer = b""
+            for _ in range(40):  # 12 s of dripping at most
+                try:
+                    sock.sendall(b"X")
+                    chunk = sock.recv(4096)
+                except (TimeoutError, socket.timeout):
+                    continue
+                except OSError:
+                    break
+                answer += chunk
+                if not chunk:
+                    break
+        assert answer.startswith(b"HTTP/1.0 408 "), answer
+    finally:
+        health.shutdown(server, thread, timeout=5)
+
+
+def test_an_oversized_request_head_is_refused_431(metrics: Metrics) -> None:
+    server, thread = health.serve("127.0.0.1", 0, metrics.registry, lambda: (True, {}))
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 20_000 + b"\r\n\r\n")
+            answer = closed_by_server(sock)
+        assert answer.startswith(b"HTTP/1.0 431 ")
+        assert requests.get(f"http://127.0.0.1:{server.server_port}/healthz", timeout=5).ok
+    finally:
+        health.shutdown(server, thread, timeout=5)
+
+
+def test_2000_half_sent_requests_cost_a_bounded_number_of_threads(metrics: Metrics) -> None:
+    server, thread = health.serve("127.0.0.1", 0, metrics.registry, lambda: (True, {}),
+                                  read_timeout=2.0)
+    before = threading.active_count()
+    peak = before
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(2000):
+            socks.append(half_sent(server.server_port))
+            peak = max(peak, threading.active_count())
+        # The ones over the cap were told at once, and closed.
+        busy = socks[-1]
+        busy.settimeout(5)
+        assert closed_by_server(busy).startswith(b"HTTP/1.0 503 ")
+        peak = max(peak, threading.active_count())
+        assert peak - before <= health.MAX_CONNECTIONS
+    finally:
+        for sock in socks:
+            sock.close()
+    try:
+        # Once the held ones time out, the endpoint answers again.
+        def healthy() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{server.server_port}/healthz",
+                                    timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        from tests.waiting import wait_until
+
+        wait_until(healthy, 10, interval=0.1, message="healthz after the flood")
+    finally:
+        health.shutdown(server, thread, timeout=5)
