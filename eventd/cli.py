@@ -1,4 +1,4 @@
-"""The command line: run, check, schema, replay, emulate, demo, deadletter.
+"""The command line: run, check, schema, replay, emulate, demo, receive, deadletter.
 
 Exit codes (pinned): 0 success or stopped by SIGTERM/SIGINT; 1 `check` found problems
 (or replay had failures); 2 configuration or rules error; 3 credentials rejected.
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventd", description="Event-stream automation for the Docker Cloud API.")
     parser.add_argument("--version", action="version", version=f"eventd {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     sub.required = True
 
     run = sub.add_parser("run", help="consume the Stream API and run rules (the daemon)")
@@ -106,12 +106,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=demo_module.run)
 
+    receive = sub.add_parser("receive", help="print the alerts that arrive (the sample rules' "
+                             "default webhook, 127.0.0.1:9099)")
+    from eventd.commands import receive as receive_cli
+
+    receive_cli.add_arguments(receive)
+    receive.set_defaults(handler=receive_cli.run)
+
     deadletter = sub.add_parser("deadletter", help="list, retry or purge dead letters")
     from eventd.commands import deadletter as deadletter_cli
 
     deadletter_cli.add_arguments(deadletter)
     deadletter.set_defaults(handler=deadletter_cli.run)
     return parser
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: options may follow positionals, and its own usage on errors.
+
+    `eventd deadletter retry --now --state-dir D ID` parses like `... retry ID --now ...`;
+    an unknown argument prints `deadletter`'s usage, not the top-level one.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            parsed, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def _add_rules(parser: argparse.ArgumentParser) -> None:
@@ -238,9 +269,12 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except (StateDirError, StoreError) as exc:  # the state cannot be used: one line, exit 2
         print(f"eventd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except ConfigError as exc:
-        print(f"eventd: configuration error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # e.g. "cannot listen on 127.0.0.1:9108: address in use"
+        print(f"eventd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if len(daemon.engine.rules) == 0:
+        log.warning("0 rules loaded from %s: eventd receives events but runs no action",
+                    ", ".join(str(path) for path in settings.rules))
     while not daemon.stopped.is_set():
         if stop_requested.wait(0.2):
             break

@@ -221,3 +221,109 @@ def _reconnects(port: int) -> float:
         return 0
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "eventd_stream_reconnects_total")
+
+
+# -- command-line mistakes: one line, exit 2 ------------------------------------------------
+def wait_ready(port: int, timeout: float = 15) -> None:
+    def ready():
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_until(ready, timeout, interval=0.1, message="eventd ready")
+
+
+def test_metrics_addr_in_use_is_one_line_and_exit_2(emulator, tmp_path):
+    rules = write_rules(tmp_path / "rules", RULES)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = eventd("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"),
+                      "--metrics-addr", f"127.0.0.1:{port}", env=emulator_env(emulator))
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2, err
+    assert f"eventd: cannot listen on 127.0.0.1:{port}: address in use" in err.splitlines()
+    assert "Traceback" not in err
+
+
+def test_startup_says_once_where_metrics_are_served(emulator, tmp_path):
+    rules = write_rules(tmp_path / "rules", RULES)
+    port = free_port()
+    proc = eventd("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"),
+                  "--metrics-addr", f"127.0.0.1:{port}", env=emulator_env(emulator))
+    try:
+        wait_ready(port)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert len([line for line in err.splitlines() if f"127.0.0.1:{port}" in line]) == 1, err
+
+
+def test_an_empty_rules_directory_starts_with_a_warning(emulator, tmp_path):
+    empty = tmp_path / "rules"
+    empty.mkdir()
+    port = free_port()
+    proc = eventd("run", "--rules", str(empty), "--state-dir", str(tmp_path / "state"),
+                  "--metrics-addr", f"127.0.0.1:{port}", env=emulator_env(emulator))
+    try:
+        wait_ready(port)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    warnings = [line for line in err.splitlines() if " WARNING " in line and "0 rules" in line]
+    assert warnings and str(empty) in warnings[0], err
+
+
+def test_deadletter_options_may_follow_the_ids(tmp_path):
+    from eventd.cli import build_parser
+
+    args = build_parser().parse_args(["deadletter", "retry", "--now", "--state-dir", "D", "abc"])
+    assert (args.command, args.ids, args.now, str(args.state_dir)) == ("retry", ["abc"], True, "D")
+    done = subprocess.run([sys.executable, "-m", "eventd", "deadletter", "retry", "--now",
+                           "--state-dir", str(tmp_path), "abc"],
+                          capture_output=True, text=True, timeout=30)
+    assert "unrecognized" not in done.stderr
+    assert f"no eventd state in {tmp_path}" in done.stdout
+
+
+def test_a_deadletter_mistake_prints_the_deadletter_usage():
+    done = subprocess.run([sys.executable, "-m", "eventd", "deadletter", "retry", "--bogus"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: eventd deadletter"), done.stderr
+    assert "unrecognized arguments: --bogus" in done.stderr
+
+
+def test_receive_prints_what_arrives_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    proc = eventd("receive", "--port", str(port), env={})
+    try:
+        assert "receiving on" in proc.stdout.readline()
+        answer = requests.post(f"http://127.0.0.1:{port}/alerts",
+                               json={"text": "container web-1 crashed"}, timeout=5)
+        assert answer.status_code == 200
+        line = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert "POST /alerts  container web-1 crashed" in line
+    assert proc.returncode == 0, err
+
+
+def test_receive_on_a_port_in_use_is_one_line_and_exit_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "eventd", "receive", "--port", str(port)],
+                              capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"eventd receive: cannot listen on 127.0.0.1:{port}: " \
+                                  "Address already in use"
