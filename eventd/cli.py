@@ -94,8 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging(replay)
     replay.set_defaults(handler=cmd_replay)
 
-    emulate = sub.add_parser("emulate", help="run a local Docker Cloud emulator")
     from eventd.emulator import cli as emulator_cli
+
+    emulate = sub.add_parser(
+        "emulate", help="run a local Docker Cloud emulator",
+        description="A local Docker Cloud (Stream + REST APIs) for eventd to run against. It "
+                    "prints the export lines that point eventd at it. The sample rules post "
+                    "alerts to 127.0.0.1:9099: run `eventd receive` in a third terminal.",
+        epilog=emulator_cli.CONTROL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     emulator_cli.add_arguments(emulate)
     emulate.set_defaults(handler=emulator_cli.run)

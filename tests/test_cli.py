@@ -327,3 +327,40 @@ def test_receive_on_a_port_in_use_is_one_line_and_exit_2():
     assert done.returncode == 2
     assert done.stderr.strip() == f"eventd receive: cannot listen on 127.0.0.1:{port}: " \
                                   "Address already in use"
+
+
+# -- the emulator's help: the control endpoint examples work as printed ----------------------
+def test_emulate_help_shows_the_control_endpoint_and_its_curl_examples_work(emulator):
+    import json
+    import re
+
+    done = subprocess.run([sys.executable, "-m", "eventd", "emulate", "--help"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    for route in ("/_emulator/events", "/_emulator/faults", "/_emulator/calls",
+                  "/_emulator/state"):
+        assert route in done.stdout
+    examples = re.findall(r"curl -s -X POST http://127\.0\.0\.1:8080(\S+) "
+                          r"-H 'Content-Type: application/json' \\\n\s+-d '(.*?)'",
+                          done.stdout, re.DOTALL)
+    assert {path for path, _ in examples} == {"/_emulator/events", "/_emulator/faults"}
+    uuid = emulator.state()["world"]["container"][0]["uuid"]
+    for path, body in examples:
+        data = json.loads(body.replace("<uuid>", uuid))
+        answer = requests.post(emulator.rest_url.rstrip("/") + path, json=data, timeout=5)
+        assert answer.status_code == 200, (path, answer.text)
+    assert any(e.get("state") == "Stopped" for e in emulator.sent_events())
+    assert emulator.faults.snapshot()
+
+
+def test_emulate_finds_the_shipped_scenario_by_name():
+    proc = eventd("emulate", "--scenario", "demo", "--rest-port", "0", "--stream-port", "0",
+                  env={})
+    try:
+        first = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert first.startswith("export DOCKERCLOUD_REST_HOST="), err
+    assert proc.returncode == 0, err

@@ -63,3 +63,64 @@ def test_demo_is_a_subcommand_of_eventd() -> None:
 def test_the_packaged_scenario_and_sample_rules_are_found() -> None:
     assert demo.scenario_path().is_file()
     assert any(demo.rules_path().glob("*.yaml"))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_built_wheel_runs_the_demo_from_an_empty_directory(tmp_path: Path) -> None:
+    """As users install: build a wheel, install it into a fresh venv, `eventd demo` elsewhere.
+
+    Built from a copy of the tree whose rules/ has subfolders (rules/docker/, rules/tests/) that
+    are not rule files for this source: they ship along and break nothing.
+    """
+    import shutil
+    import sysconfig
+    import venv
+
+    source = tmp_path / "src"
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "MANIFEST.in"):
+        shutil.copy(ROOT / name, source / name if source.exists() else _mkdir(source) / name)
+    shutil.copytree(ROOT / "eventd", source / "eventd",
+                    ignore=shutil.ignore_patterns("__pycache__", "sample_rules"))
+    shutil.copytree(ROOT / "rules", source / "rules")
+    for sub, text in (("docker", "rules: not for this source\n"), ("tests", "cases: []\n")):
+        _mkdir(source / "rules" / sub).joinpath("x.yaml").write_text(text)
+
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w",
+                            str(wheels), str(source)],
+                           capture_output=True, text=True, timeout=180, check=False)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert "absent from the `packages`" not in built.stdout + built.stderr  # installs are quiet
+    wheel = next(wheels.glob("eventd-*.whl"))
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # The dependencies come from the suite's own venv (fast, offline); eventd from the wheel only.
+    Path(site, "suite-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                                "--no-deps", "--no-index", "--quiet", str(wheel)],
+                               capture_output=True, text=True, timeout=120, check=False)
+    assert installed.returncode == 0, installed.stderr
+    shipped = Path(site, "eventd", "sample_rules")
+    assert sorted(p.name for p in shipped.glob("*.yaml")) == \
+        sorted(p.name for p in (ROOT / "rules").glob("*.yaml"))
+    assert (shipped / "docker" / "x.yaml").is_file() and (shipped / "tests" / "x.yaml").is_file()
+
+    empty = _mkdir(tmp_path / "empty")
+    demo_run = subprocess.run([str(env_dir / "bin" / "eventd"), "demo", "--speed", "5"],
+                              cwd=empty, capture_output=True, text=True, timeout=120, check=False,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(empty)})
+    assert demo_run.returncode == 0, demo_run.stdout[-3000:] + demo_run.stderr
+    assert f"rules from {shipped}" in demo_run.stdout
+    assert "alerts received" in demo_run.stdout
+    assert list(empty.iterdir()) == []  # nothing written where the user stood
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -17,6 +17,41 @@ from eventd.errors import ScenarioError
 logger = logging.getLogger(__name__)
 
 
+#: `eventd emulate --help`'s epilog: the control endpoint, with curl examples.
+CONTROL_HELP = """\
+control endpoint (no auth, on the REST port; 127.0.0.1 only):
+  GET  /_emulator/state        the world: stacks, services, containers, nodes, actions
+  GET  /_emulator/calls        the REST calls received
+  POST /_emulator/events       send events on the stream (missing uuid/datetime are filled in)
+  POST /_emulator/faults       drop, silent, reject_auth, fail_handshake, fail_rest, delay,
+                               fail_actions, restart_stream, clear
+  GET  /_emulator/faults       the faults in force
+
+examples (with the default ports):
+  # send a container event (a real uuid from /_emulator/state makes it one of the world's)
+  curl -s -X POST http://127.0.0.1:8080/_emulator/events -H 'Content-Type: application/json' \\
+       -d '{"type": "container", "action": "update", "state": "Stopped",
+            "resource_uri": "/api/app/v1/user/container/<uuid>/"}'
+  # drop every stream connection (eventd reconnects and reports the gap)
+  curl -s -X POST http://127.0.0.1:8080/_emulator/faults -H 'Content-Type: application/json' \\
+       -d '{"drop": true}'
+  # answer the next 3 REST calls 503, then heal
+  curl -s -X POST http://127.0.0.1:8080/_emulator/faults -H 'Content-Type: application/json' \\
+       -d '{"fail_rest": {"status": 503, "count": 3}}'
+  curl -s http://127.0.0.1:8080/_emulator/state
+"""
+
+#: Scenarios shipped with the package, by name (`--scenario demo`).
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def scenario_file(given: str | None) -> str | None:
+    """A shipped scenario's path when `given` is its bare name (`demo`), else `given` as is."""
+    if given and not Path(given).exists() and (SCENARIOS / f"{given}.yaml").is_file():
+        return str(SCENARIOS / f"{given}.yaml")
+    return given
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the emulator's options to a (sub)command parser."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -29,8 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None,
                         help="an opaque Authorization value accepted as well (DOCKERCLOUD_AUTH)")
     parser.add_argument("--namespace", default=None, help="namespace (default: the user)")
-    parser.add_argument("--scenario", default=None, metavar="FILE",
-                        help="scenario YAML: a world and a timeline of faults and events")
+    shipped = ", ".join(sorted(p.stem for p in SCENARIOS.glob("*.yaml")))
+    parser.add_argument("--scenario", default=None, metavar="FILE|NAME",
+                        help="scenario YAML: a world and a timeline of faults and events; "
+                             f"or a shipped one by name ({shipped})")
     parser.add_argument("--tick", type=float, default=0.5,
                         help="seconds per step of a running action (default 0.5)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible uuids")
@@ -77,7 +114,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     namespace = args.namespace or args.user
     try:
         emulator = Emulator(user=args.user, apikey=args.apikey, token=args.token,
-                            namespace=namespace, scenario=args.scenario, host=args.host,
+                            namespace=namespace, scenario=scenario_file(args.scenario),
+                            host=args.host,
                             rest_port=args.rest_port, stream_port=args.stream_port,
                             tick=args.tick, seed=getattr(args, "seed", None),
                             tls=getattr(args, "tls", False), tls_dir=getattr(args, "tls_dir", None))
@@ -123,6 +161,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python -m eventd.emulator`."""
     parser = argparse.ArgumentParser(prog="python -m eventd.emulator",
-                                     description="Run a Docker Cloud emulator (Stream + REST).")
+                                     description="Run a Docker Cloud emulator (Stream + REST).",
+                                     epilog=CONTROL_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
