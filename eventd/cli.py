@@ -84,11 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of rule files")
     schema.set_defaults(handler=cmd_schema)
 
-    replay = sub.add_parser("replay", help="run recorded events (JSON lines) through the rules")
+    replay = sub.add_parser(
+        "replay", help="run recorded events (JSON lines) through the rules",
+        description="Run recorded events (the file of `eventd run --record`) through the rules. "
+                    "Without --dry-run the actions RUN FOR REAL: REST calls (redeploy, stop...), "
+                    "webhooks and alerts, through a spool in --state-dir, and replay waits for "
+                    "them, retries included (up to 10 minutes per action against a dead target), "
+                    "until --timeout. With --dry-run no action runs and nothing is written.")
     replay.add_argument("file", type=Path, metavar="FILE")
     _add_rules(replay)
     replay.add_argument("--dry-run", action="store_true",
-                        help="call nothing, write nothing: print what would run")
+                        help="run no action, write nothing: print what would run (URLs redacted); "
+                             "rules with `enrich` make the read-only GET when credentials are found")
+    replay.add_argument("--timeout", metavar="DURATION", default="10m",
+                        help="real runs: stop waiting for actions after this long; what is left "
+                             "stays in the spool (default 10m)")
     _add_state_dir(replay)
     _add_store(replay)
     _add_logging(replay)
@@ -329,7 +339,11 @@ def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         configure(settings.log_format, settings.log_level)
     try:
-        return replay.run(args.file, settings, env, dry_run=args.dry_run, out=sys.stdout)
+        from eventd.settings import parse_duration
+
+        timeout = parse_duration(args.timeout, "--timeout")
+        return replay.run(args.file, settings, env, dry_run=args.dry_run, out=sys.stdout,
+                          timeout=timeout)
     except RuleError as exc:
         _print_rule_problems(exc)
         return EXIT_CONFIG

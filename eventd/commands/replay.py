@@ -1,8 +1,10 @@
 """`eventd replay`: recorded events (the JSON lines of `run --record`) through the rules.
 
-Without --dry-run the actions run for real, through the same spool and dispatcher as the
-daemon, and replay returns once every one is delivered or dead-lettered. With --dry-run
-nothing is called and nothing is written: it prints what each event would do.
+Without --dry-run the actions run for real (REST calls, webhooks), through the same spool and
+dispatcher as the daemon, and replay returns once every one is delivered or dead-lettered, or
+at its --timeout (what is left stays in the spool). With --dry-run nothing is written and no
+action runs: it prints what each event would do, URLs redacted as in the daemon's logs; only
+the read-only enrichment GET is made, as live, when credentials for a REST host are found.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from eventd.actions.base import ActionJob
 from eventd.engine import Engine, Outcome
 from eventd.errors import CredentialsMissing, MalformedEvent
 from eventd.events import Received, parse_event
+from eventd.ops.logconfig import redact
 from eventd.ops.metrics import Metrics
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
@@ -65,40 +68,95 @@ class _DryKind:
 
 
 def run(path: Path, settings: Settings, environ: Mapping[str, str], *, dry_run: bool,
-        out: IO[str]) -> int:
-    """Replay a file; 0 when everything ran (or would run), 1 if an action failed for good."""
+        out: IO[str], timeout: float | None = None) -> int:
+    """Replay a file; 0 when everything ran (or would run), 1 if an action failed for good
+    or was not finished by `timeout` seconds (real runs only)."""
     from eventd.daemon import rules_environ
 
     ruleset = load_rules(settings.rules, rules_environ(settings, environ))
     metrics = Metrics()
     if dry_run:
-        return _dry_run(path, ruleset, metrics, out)
-    return _real_run(path, ruleset, settings, environ, metrics, out)
+        return _dry_run(path, ruleset, settings, environ, metrics, out)
+    return _real_run(path, ruleset, settings, environ, metrics, out, timeout)
 
 
-def _dry_run(path: Path, ruleset: Any, metrics: Metrics, out: IO[str]) -> int:
+class _DryEnricher:
+    """The live enrichment (a read-only GET) when a REST host can be asked; notes what it did."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
+        from eventd.sources.dockercloud.auth import load_credentials
+        from eventd.sources.dockercloud.enrich import Enricher
+        from eventd.sources.dockercloud.rest import RestClient
+
+        self.note = ""
+        self.secrets: list[str] = []
+        self.rest: Any = None
+        try:
+            credentials = load_credentials(environ)
+        except CredentialsMissing:
+            self.enricher = None
+            return
+        self.secrets = credentials.secrets()
+        self.rest = RestClient(settings.rest_host, credentials, user_agent=settings.user_agent)
+        self.enricher = Enricher(self.rest)
+
+    def resource(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        from eventd.sources.dockercloud.enrich import resource_path
+
+        if self.enricher is None:
+            self.note = ("enrich skipped: no REST host (no Docker Cloud credentials found; "
+                         "rules with `enrich` see no resource)")
+            return None
+        value = self.enricher.resource(event)
+        found = "found" if value is not None else "nothing (rules see no resource)"
+        self.note = f"enrich: GET {self.rest.url(resource_path(event) or '')} (read-only) -> {found}"
+        return value
+
+    def close(self) -> None:
+        if self.rest is not None:
+            self.rest.close()
+
+
+def _dry_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str, str],
+             metrics: Metrics, out: IO[str]) -> int:
     jobs: list[ActionJob] = []
     kinds = {name: _DryKind(name) for name in ACTIONS}
     store = open_store(Settings(store="memory"))  # throttles as live, and nothing written
-    engine = Engine(ruleset, jobs.append, kinds, store, metrics)
+    enricher = _DryEnricher(settings, environ)
+    engine = Engine(ruleset, jobs.append, kinds, store, metrics, enricher=enricher)
     events = matched = actions = 0
-    for received in read_events(path, metrics, out):
-        events += 1
-        outcome = engine.process(received)
-        if outcome is None or not outcome.rules:
-            continue
-        matched += 1
-        _print_outcome(out, received, outcome)
-        actions += sum(1 for d in outcome.decisions if d.status == "accepted")
+    try:
+        for received in read_events(path, metrics, out):
+            events += 1
+            enricher.note = ""
+            outcome = engine.process(received)
+            if outcome is None or not outcome.rules:
+                if enricher.note:  # a rule's `match` held, then it needed the resource
+                    _print_event(out, received, enricher.secrets)
+                    print(f"  {enricher.note}", file=out)
+                continue
+            matched += 1
+            _print_outcome(out, received, outcome, enricher.note, enricher.secrets)
+            actions += sum(1 for d in outcome.decisions if d.status == "accepted")
+    finally:
+        enricher.close()
     print(f"summary: {events} events, {matched} matched a rule, {actions} actions would run "
-          f"(dry run: nothing was called or written)", file=out)
+          f"(dry run: no action ran, nothing was written)", file=out)
     return 0
 
 
-def _print_outcome(out: IO[str], received: Received, outcome: Outcome) -> None:
+def _print_event(out: IO[str], received: Received, secrets: list[str]) -> None:
     event = received.event
-    print(f"event {event.get('uuid', '?')} {event.get('type', '?')} {event.get('state', '')} "
-          f"{event.get('resource_uri', '')}", file=out)
+    print(redact(f"event {event.get('uuid', '?')} {event.get('type', '?')} {event.get('state', '')} "
+                 f"{event.get('resource_uri', '')}", secrets), file=out)
+
+
+def _print_outcome(out: IO[str], received: Received, outcome: Outcome, note: str = "",
+                   secrets: list[str] | None = None) -> None:
+    secrets = secrets or []
+    _print_event(out, received, secrets)
+    if note:
+        print(f"  {note}", file=out)
     for name in outcome.rules:
         print(f"  rule {name}", file=out)
         for decision in outcome.decisions:
@@ -106,13 +164,16 @@ def _print_outcome(out: IO[str], received: Received, outcome: Outcome) -> None:
                 continue
             if decision.status == "accepted":
                 options = json.dumps(decision.options, sort_keys=True, default=str)
-                print(f"    {decision.kind}: {options}", file=out)
+                print(redact(f"    {decision.kind}: {options}", secrets), file=out)
+            elif decision.reason.startswith(decision.status):  # "throttled (key ...)"
+                print(redact(f"    {decision.kind}: {decision.reason}", secrets), file=out)
             else:
-                print(f"    {decision.kind}: {decision.status} ({decision.reason})", file=out)
+                print(redact(f"    {decision.kind}: {decision.status} ({decision.reason})", secrets),
+                      file=out)
 
 
 def _real_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str, str],
-              metrics: Metrics, out: IO[str]) -> int:
+              metrics: Metrics, out: IO[str], timeout: float | None) -> int:
     from eventd.daemon import build_pipeline
     from eventd.sources.dockercloud.auth import load_credentials
 
@@ -128,18 +189,24 @@ def _real_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str
     engine, dispatcher = pipeline.engine, pipeline.dispatcher
     assert engine is not None
     events = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    left = 0
     try:
         pipeline.start()
         for received in read_events(path, metrics):
             events += 1
             engine.process(received)
-        dispatcher.wait_idle(None)
+        finished = dispatcher.wait_idle(
+            None if deadline is None else max(0.0, deadline - time.monotonic()))
     finally:
-        pipeline.close(5.0)
+        left = pipeline.close(5.0)
     sample = metrics.registry.get_sample_value
     delivered = sum(sample("eventd_actions_total", {"kind": k, "outcome": "success"}) or 0
                     for k in ACTIONS)
     dead = sample("eventd_deadletter_total") or 0
     print(f"summary: {events} events replayed, {int(delivered)} actions delivered, "
           f"{int(dead)} dead-lettered", file=out)
-    return 1 if dead else 0
+    if not finished:
+        print(f"replay: --timeout reached: {left} action(s) not finished stay in the spool in "
+              f"{settings.state_dir} (a daemon on that state directory delivers them)", file=out)
+    return 1 if dead or not finished else 0
