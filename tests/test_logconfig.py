@@ -154,3 +154,35 @@ def test_webhook_url_in_log_args_and_exception_is_redacted() -> None:
     text = out.getvalue()
     assert "abcdefghijklmnopqrstuvwx" not in text
     assert text.count("https://hooks.slack.com/services/***") == 2
+
+
+FORGED = "Stopped\n2026-11-27T00:00:00Z ERROR eventd.daemon: credentials rejected\r\x1b[2K\u2028x"
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+
+
+def test_event_data_cannot_forge_a_text_log_line() -> None:
+    out = configured("text")
+    logging.getLogger("eventd.engine").warning("rule %s: event state %s", "r", FORGED)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert "Stopped\\n2026-11-27T00:00:00Z ERROR eventd.daemon: credentials rejected\\r\\x1b[2K\\u2028x" \
+        in lines[0]
+
+
+def test_a_traceback_stays_below_its_record_and_cannot_start_one() -> None:
+    out = configured("text")
+    try:
+        raise ValueError(FORGED)
+    except ValueError:
+        logging.getLogger("eventd.engine").exception("failed")
+    lines = out.getvalue().splitlines()
+    assert RECORD_START.match(lines[0]) and lines[0].endswith("failed")
+    assert len(lines) > 2 and all(line.startswith("  ") for line in lines[1:]), lines
+    assert not any(RECORD_START.match(line) for line in lines[1:])
+
+
+def test_json_lines_keep_the_data_as_is() -> None:
+    out = configured("json")
+    logging.getLogger("eventd.engine").warning("state %s", "a\nb")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["message"] == "state a\nb"

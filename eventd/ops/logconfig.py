@@ -103,22 +103,44 @@ def _utc(created: float, millis: bool) -> str:
     return f"{stamp}.{int(created % 1 * 1000):03d}Z" if millis else f"{stamp}Z"
 
 
+# Line breaks and other control characters (C0, DEL, C1, Unicode line/paragraph separators,
+# ESC of terminal escape sequences); a tab stays.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """`\\n`, `\\r`, `\\x1b`... for control characters: event data cannot start a log line."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(0)) or (
+        f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 0x100 else f"\\u{ord(m.group(0)):04x}"),
+        text)
+
+
 class TextFormatter(logging.Formatter):
     """`2026-11-26T23:59:01Z INFO eventd.sources.dockercloud.stream: connected to ...` (UTC).
 
-    A traceback, if any, follows on the next lines.
+    One record, one line: control characters in the message (event data reaches it) are
+    escaped, so a line that starts with a timestamp is always a record eventd wrote. A
+    traceback, if any, follows on the next lines, each indented by two spaces.
     """
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = _utc(record.created, False)
-        line = f"{stamp} {record.levelname} {record.name}: {record.getMessage()}"
+        line = f"{stamp} {record.levelname} {record.name}: {escape_controls(record.getMessage())}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            line += "\n" + record.exc_text
+            line += "\n" + _indent(record.exc_text)
         if record.stack_info:
-            line += "\n" + self.formatStack(record.stack_info)
+            line += "\n" + _indent(self.formatStack(record.stack_info))
         return line
+
+
+def _indent(text: str) -> str:
+    """Continuation lines, indented and with their own control characters escaped."""
+    return "\n".join("  " + escape_controls(part) for part in text.splitlines())
 
 
 class JsonFormatter(logging.Formatter):
