@@ -237,11 +237,22 @@ def test_rules_and_state_paths_agree() -> None:
 
 
 # -- environment variables ---------------------------------------------------------------
+def secret_file_names() -> set[str]:
+    """`NAME_FILE` for each secret eventd reads from a file (sources' settings.SECRET_FILE_VARIABLES)."""
+    import eventd.settings
+
+    names = getattr(eventd.settings, "SECRET_FILE_VARIABLES", None)
+    if names is None:
+        pytest.skip("eventd does not read DOCKERCLOUD_*_FILE yet (issue 13, sources' item)")
+    return {f"{name}_FILE" for name in names}
+
+
 def dockercloud_names_eventd_reads() -> set[str]:
-    """DOCKERCLOUD_* names as string literals in the daemon's code (not the emulator's)."""
+    """DOCKERCLOUD_* names as string literals in the daemon's code (not the emulator's or the
+    demo's), and the `_FILE` form of those it reads from files."""
     names: set[str] = set()
     for path in (ROOT / "eventd").rglob("*.py"):
-        if "emulator" in path.parts or path.name == "demo.py":
+        if "emulator" in path.parts or "demo" in path.parts:
             continue
         names |= set(re.findall(r"[\"'](DOCKERCLOUD_[A-Z_]+)[\"']", path.read_text()))
     return names
@@ -261,6 +272,8 @@ def test_every_dockercloud_name_in_deploy_is_one_eventd_reads() -> None:
             for name in re.findall(r"\bDOCKERCLOUD_[A-Z_]+", path.read_text()):
                 used.setdefault(name, set()).add(path.name)
     assert used, "no DOCKERCLOUD_ names found at all"
+    if any(name.endswith("_FILE") for name in used):
+        known |= secret_file_names()
     unknown = {name: files for name, files in used.items() if name not in known}
     assert not unknown, f"names eventd does not read: {unknown}"
 
@@ -287,12 +300,23 @@ def test_kubernetes_secret_keys_and_references_agree() -> None:
         assert ref["name"] == secret["metadata"]["name"] == "eventd-credentials"
         assert item["name"] == ref["key"]
         assert ref["key"] in keys or ref.get("optional") is True, ref
-    referenced = {item["name"] for item in container()["env"]}
-    assert {"DOCKERCLOUD_USER", "DOCKERCLOUD_APIKEY", "DOCKERCLOUD_AUTH"} <= referenced
-    # The placeholder secret is a complete set: USER+APIKEY load as credentials.
+    env = {item["name"]: item for item in container()["env"]}
+    # The key comes from the Secret mounted as files, never from the environment.
+    assert "DOCKERCLOUD_APIKEY" not in env and "DOCKERCLOUD_AUTH" not in env
+    mounts = {m["name"]: m for m in container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    (name,) = [n for n, v in volumes.items() if v.get("secret", {}).get("secretName") ==
+               secret["metadata"]["name"]]
+    assert mounts[name]["readOnly"] is True
+    assert volumes[name]["secret"]["defaultMode"] & 0o007 == 0  # nobody else
+    path = Path(env["DOCKERCLOUD_APIKEY_FILE"]["value"])
+    assert path.parent == Path(mounts[name]["mountPath"]) and path.name in keys
+    # The placeholder secret is a complete set: USER + the key's file load as credentials.
     from eventd.sources.dockercloud.auth import load_credentials
 
-    creds = load_credentials(secret["stringData"], home=Path("/nonexistent"))
+    creds = load_credentials({"DOCKERCLOUD_USER": secret["stringData"]["DOCKERCLOUD_USER"],
+                              "DOCKERCLOUD_APIKEY": secret["stringData"][path.name]},
+                             home=Path("/nonexistent"))
     assert creds.source == "DOCKERCLOUD_USER+DOCKERCLOUD_APIKEY"
 
 
@@ -301,16 +325,23 @@ def test_compose_points_eventd_at_the_emulator_with_its_credentials() -> None:
     emulator_cmd = [str(a) for a in services["emulator"]["command"]]
     env = services["eventd"]["environment"]
     assert env["DOCKERCLOUD_USER"] == flag(emulator_cmd, "--user")
-    assert env["DOCKERCLOUD_APIKEY"] == flag(emulator_cmd, "--apikey")
+    # The key is a compose secret, mounted where DOCKERCLOUD_APIKEY_FILE points.
+    assert "DOCKERCLOUD_APIKEY" not in env
+    secret = Path(env["DOCKERCLOUD_APIKEY_FILE"])
+    assert secret.parent == Path("/run/secrets") and secret.name in services["eventd"]["secrets"]
+    key_file = DEPLOY / compose()["secrets"][secret.name]["file"]
+    assert key_file.read_text().strip() == flag(emulator_cmd, "--apikey")
     settings = Settings.from_env(env)
     assert settings.rest_host == f"http://emulator:{flag(emulator_cmd, '--rest-port')}/"
     assert settings.stream_host == f"ws://emulator:{flag(emulator_cmd, '--stream-port')}/"
-    scenario = flag(emulator_cmd, "--scenario")
-    assert scenario.startswith("/usr/local/lib/python3.11/site-packages/")  # python:3.11-slim
-    assert (ROOT / scenario.split("site-packages/", 1)[1]).is_file()
-    receiver_port = re.search(r'"0\.0\.0\.0", (\d+)', services["receiver"]["command"][-1])
-    assert receiver_port is not None
-    assert env["ALERT_WEBHOOK_URL"].startswith(f"http://receiver:{receiver_port.group(1)}/")
+    from eventd.emulator.cli import scenario_file
+
+    assert Path(str(scenario_file(flag(emulator_cmd, "--scenario")))).is_file()  # shipped, by name
+    receiver_cmd = [str(a) for a in services["receiver"]["command"]]
+    assert receiver_cmd[:2] == ["eventd", "receive"]
+    receiver = cli_parser().parse_args(receiver_cmd[1:])
+    assert receiver.host == "0.0.0.0"
+    assert env["ALERT_WEBHOOK_URL"].startswith(f"http://receiver:{receiver.port}/")
 
 
 def test_stackfile_follows_the_docker_cloud_rules() -> None:
@@ -388,3 +419,33 @@ def test_image_rules_load_with_the_image_environment() -> None:
     rules = pytest.importorskip("eventd.ruleset.loader")
     env = {**docker_env(), "ALERT_WEBHOOK_URL": "https://alerts.example/hook"}
     assert rules.check_paths([ROOT / "rules"], env) == []
+
+
+# -- secrets from files, private state ------------------------------------------------------
+def test_no_deploy_file_passes_an_api_key_in_the_environment() -> None:
+    """Kubernetes, compose and systemd hand the key over as a file (`DOCKERCLOUD_APIKEY_FILE`)."""
+    assert "DOCKERCLOUD_APIKEY_FILE" in {item["name"] for item in container()["env"]}
+    assert "DOCKERCLOUD_APIKEY_FILE" in compose()["services"]["eventd"]["environment"]
+    service = unit()["Service"]
+    assert service["LoadCredential"] == "dockercloud-apikey:/etc/eventd/dockercloud-apikey"
+    assert service["Environment"] == "DOCKERCLOUD_APIKEY_FILE=%d/dockercloud-apikey"
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and path.name != "secret.yaml":  # the Secret is where the key lives
+            assert not re.search(r"\bDOCKERCLOUD_(APIKEY|AUTH)\s*[=:]\s*\S", path.read_text()), path
+    assert {"DOCKERCLOUD_APIKEY_FILE", "DOCKERCLOUD_AUTH_FILE"} <= secret_file_names()
+
+
+def test_the_state_directory_is_private_in_the_image_and_under_systemd() -> None:
+    assert any("chown 10001:10001 /var/lib/eventd" in run and "chmod 0700 /var/lib/eventd" in run
+               for run in docker("RUN"))
+    service = unit()["Service"]
+    assert service["StateDirectoryMode"] == "0700" and service["UMask"] == "0077"
+
+
+def test_the_image_installs_the_sample_rules_into_the_package() -> None:
+    """`pip install .` in the image runs setup.py's copy of rules/: it must be in /src first."""
+    steps = dockerfile()
+    install = next(i for i, (key, rest) in enumerate(steps) if key == "RUN" and "pip install ." in rest)
+    sources = {src.rstrip("/") for key, rest in steps[:install] if key == "COPY"
+               for src in rest.split()[:-1]}
+    assert {"setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "eventd", "rules"} <= sources
