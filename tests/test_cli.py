@@ -325,8 +325,7 @@ def test_receive_on_a_port_in_use_is_one_line_and_exit_2():
         done = subprocess.run([sys.executable, "-m", "eventd", "receive", "--port", str(port)],
                               capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert done.stderr.strip() == f"eventd receive: cannot listen on 127.0.0.1:{port}: " \
-                                  "Address already in use"
+    assert done.stderr.strip() == f"eventd receive: cannot listen on 127.0.0.1:{port}: address in use"
 
 
 # -- the emulator's help: the control endpoint examples work as printed ----------------------

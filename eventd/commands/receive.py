@@ -14,6 +14,7 @@ import time
 from typing import Any, TextIO
 
 from eventd.commands.demo.receiver import Received, WebhookReceiver
+from eventd.ops.health import bind_error_reason
 
 DEFAULT_PORT = 9099
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None,
         receiver.start()
     except OSError as exc:
         print(f"eventd receive: cannot listen on {args.host}:{args.port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+              f"{bind_error_reason(exc)}", file=sys.stderr)
         return 2
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():

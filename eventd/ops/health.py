@@ -203,14 +203,16 @@ def serve(host: str, port: int, registry: CollectorRegistry, ready: ReadyCheck, 
         server = make_server(str(sockaddr[0]), port, make_app(registry, ready), Server,
                              handler_class=handler)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {_display_host(host)}:{port}: {_why(exc)}") from None
+        raise ConfigError(f"cannot listen on {_display_host(host)}:{port}: "
+                          f"{bind_error_reason(exc)}") from None
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               name="eventd-health", daemon=True)
     thread.start()
     return server, thread
 
 
-def _why(exc: OSError) -> str:
+def bind_error_reason(exc: OSError) -> str:
+    """Why a bind failed, in the words of a one-line message (`address in use`)."""
     if exc.errno == errno.EADDRINUSE:
         return "address in use"
     if exc.errno in (errno.EACCES, errno.EPERM):
