@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int = 200  # what the receiver answered
+    at: float = 0.0  # time.monotonic() when it answered
 
     def json(self) -> Any:
         """The body decoded as JSON (ValueError if it is not)."""
@@ -51,7 +54,8 @@ class Received:
 
 
 class WebhookReceiver:
-    """Records requests; `respond_with(status, count, headers)` scripts the next answers."""
+    """Records requests; `respond_with(status, count, headers)` scripts the next answers,
+    `down_for(seconds)` refuses connections for a while and then comes back by itself."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
                  on_request: Callable[[Received], None] | None = None) -> None:
@@ -66,6 +70,7 @@ class WebhookReceiver:
         self._connections: set[Any] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._comeback: threading.Timer | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> WebhookReceiver:
@@ -85,7 +90,8 @@ class WebhookReceiver:
                 while receiver._hold.is_set() and receiver._server is not None:
                     receiver._released.wait(0.05)
                 status, headers, payload = receiver._next_answer()
-                received = Received(self.command, self.path, dict(self.headers.items()), body)
+                received = Received(self.command, self.path, dict(self.headers.items()), body,
+                                    status, time.monotonic())
                 with receiver._lock:
                     receiver._requests.append(received)
                 if receiver.on_request is not None:
@@ -123,8 +129,19 @@ class WebhookReceiver:
         self._thread.start()
         return self
 
+    def down_for(self, seconds: float) -> None:
+        """Stop now, and start again on the same port after `seconds` (a scripted outage)."""
+        self.stop()
+        self._comeback = threading.Timer(seconds, self.start)
+        self._comeback.daemon = True
+        self._comeback.start()
+
     def stop(self) -> None:
         """Stop listening (connections are refused until `start()` again, same port)."""
+        comeback, self._comeback = self._comeback, None
+        if comeback is not None and comeback is not threading.current_thread():
+            comeback.cancel()
+            comeback.join(5)
         server, self._server = self._server, None
         self._hold.clear()
         if server is not None:
@@ -172,6 +189,10 @@ class WebhookReceiver:
             if self._script:
                 return self._script.pop(0)
         return 200, {}, b'{"ok": true}'
+
+    def delivered(self) -> list[Received]:
+        """The requests answered with a 2xx."""
+        return [r for r in self.requests if 200 <= r.status < 300]
 
     @property
     def requests(self) -> list[Received]:

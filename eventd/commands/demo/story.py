@@ -248,7 +248,8 @@ def _follow_hint(out: TextIO, emulator: Any, metrics_url: str) -> None:
     control = emulator.rest_url + "_emulator"
     print(f"\n  The story is over; everything keeps running (Ctrl-C to stop). Try:\n"
           f"    curl -s {metrics_url}metrics | grep ^eventd_\n"
-          f"    curl -s -X POST {control}/faults -d '{{\"drop\": true}}'      # drop the stream\n"
+          f"    curl -s -X POST {control}/faults -H 'Content-Type: application/json' "
+          f"-d '{{\"drop\": true}}'      # drop the stream\n"
           f"    curl -s {control}/state\n", file=out, flush=True)
 
 
