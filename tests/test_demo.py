@@ -53,6 +53,34 @@ def test_the_demo_runs_to_the_end_and_shows_the_story(capsys: pytest.CaptureFixt
     assert captured.err == ""
 
 
+def test_the_narration_does_not_read_log_text() -> None:
+    """Reword every eventd log line: the story is told the same (it comes from hooks)."""
+    import logging
+
+    factory = logging.getLogRecordFactory()
+
+    def reworded(*args, **kwargs):
+        record = factory(*args, **kwargs)
+        if record.name.startswith("eventd"):
+            record.msg, record.args = "reworded", ()
+        return record
+
+    logging.setLogRecordFactory(reworded)
+    try:
+        out = io.StringIO()
+        code = demo.run(argparse.Namespace(follow=False, speed=5.0), out=out, apikey=APIKEY)
+    finally:
+        logging.setLogRecordFactory(factory)
+    text = out.getvalue()
+    assert code == 0, text
+    assert re.search(r"stream\s+connection lost \(\w+\); eventd reconnects in", text), text
+    assert re.search(r"stream\s+reconnected after \d+\.\d s", text)
+    assert re.search(r"action\s+webhook for rule container-crashed -> alert receiver: .*200", text)
+    assert re.search(r"action\s+dockercloud for rule redeploy-stopped: .*202", text)
+    assert re.search(r"log\s+container \S+ stopped with exit code 137", text)
+    assert "reworded" not in text
+
+
 def test_demo_is_a_subcommand_of_eventd() -> None:
     done = subprocess.run([sys.executable, "-m", "eventd", "demo", "--help"],
                           capture_output=True, text=True, timeout=30, check=False)
