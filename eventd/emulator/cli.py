@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 CONTROL_HELP = """\
 control endpoint (no auth, on the REST port; 127.0.0.1 only):
   GET  /_emulator/state        the world: stacks, services, containers, nodes, actions
-  GET  /_emulator/calls        the REST calls received
+  GET  /_emulator/calls        the REST calls received (Authorization redacted; ?reveal=1)
   POST /_emulator/events       send events on the stream (missing uuid/datetime are filled in)
   POST /_emulator/faults       drop, silent, reject_auth, fail_handshake, fail_rest, delay,
                                fail_actions, restart_stream, clear
