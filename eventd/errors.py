@@ -14,8 +14,7 @@
     ├── ActionError                 an action attempt failed
     │   ├── RetryableActionError    connection error, timeout, 5xx, 429: try again later
     │   └── PermanentActionError    other 4xx, a redirect, bad or unsafe options: dead-letter
-    ├── ActionSkipped               an action decided not to run (rate limit): done, not retried
-    └── ScenarioError               an emulator scenario file that does not load
+    └── ActionSkipped               an action decided not to run (rate limit): done, not retried
 """
 
 from __future__ import annotations
@@ -127,6 +126,3 @@ class ActionSkipped(EventdError):
         super().__init__(message)
         self.reason = reason  # a bounded label: "rate_limited"
 
-
-class ScenarioError(EventdError):
-    """An emulator scenario file that does not load; the message names file and line."""

@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 from eventd.emulator.core import Emulator
+from eventd.emulator.errors import ScenarioError
 from eventd.emulator.faults import Faults
 from eventd.emulator.records import Handshake, Headers, RecordedCall
 from eventd.emulator.scenario import Scenario, load_scenario
-from eventd.errors import ScenarioError
 
 __all__ = ["Emulator", "Faults", "Handshake", "Headers", "RecordedCall", "Scenario",
            "ScenarioError", "load_scenario"]

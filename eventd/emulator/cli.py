@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from eventd.errors import ScenarioError
+from eventd.emulator.errors import ScenarioError
 
 logger = logging.getLogger(__name__)
 

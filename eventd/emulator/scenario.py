@@ -12,8 +12,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from eventd.emulator.errors import ScenarioError
 from eventd.emulator.world import DEFAULT_WORLD, ServiceSpec, WorldSpec
-from eventd.errors import ScenarioError
 
 # step name → {argument: (type check, default or _REQUIRED)}
 _REQUIRED = object()
