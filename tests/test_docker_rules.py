@@ -1,0 +1,94 @@
+"""Rules on Docker Engine events: quoted path segments for label keys with dots (both sources),
+and the sample rules in rules/docker/."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from eventd.fields import MISSING, FieldPathError, field_getter, split_path
+from eventd.ruleset.loader import load_rules
+from eventd.sources.docker.mapping import engine_event
+
+DIE = {"Type": "container", "Action": "die", "scope": "local", "time": 1795794162,
+       "timeNano": 1795794162788755016,
+       "Actor": {"ID": "abc123", "Attributes": {"com.docker.compose.service": "web",
+                                                "exitCode": "3", "name": "web-1"}}}
+
+
+@pytest.mark.parametrize("path, parts", [
+    ("type", ("type",)), ("data.errorMessage", ("data", "errorMessage")),
+    ('attributes."com.docker.compose.service"', ("attributes", "com.docker.compose.service")),
+    ('"a.b"', ("a.b",)), ('"a.b"."c.d".e', ("a.b", "c.d", "e")),
+])
+def test_split_path(path, parts):
+    assert split_path(path) == parts
+
+
+@pytest.mark.parametrize("path", ['a."b', 'a."b"c', 'a.""', 'a."b".', 'a.b"c"', '""'])
+def test_bad_paths_are_refused(path):
+    with pytest.raises(FieldPathError):
+        split_path(path)
+
+
+def test_a_quoted_segment_reads_a_key_holding_dots():
+    event = engine_event(DIE)
+    assert field_getter('attributes."com.docker.compose.service"')(event) == "web"
+    assert field_getter("attributes.com.docker.compose.service")(event) is MISSING
+    assert field_getter('attributes."com.docker.nothing"')(event) is MISSING
+
+
+def rules(tmp_path: Path, text: str):
+    path = tmp_path / "rules.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_rules([path], {})
+
+
+def names(ruleset, event) -> list[str]:
+    return [rule.name for rule in ruleset.match(event)]
+
+
+def test_rules_reach_a_dotted_label_on_docker_events(tmp_path: Path):
+    ruleset = rules(tmp_path, """
+        rules:
+          - name: web-died
+            match:
+              type: container
+              action: die
+              attributes."com.docker.compose.service": web
+              attributes.exitCode: {not: "0"}
+            actions: [{log: {message: "{{ event.name }} exited {{ event.attributes.exitCode }}"}}]
+          - name: db-died
+            match: {attributes."com.docker.compose.service": {glob: "db*"}}
+            actions: [{log: {message: x}}]
+    """)
+    assert names(ruleset, engine_event(DIE)) == ["web-died"]
+    clean = engine_event({**DIE, "Actor": {"ID": "abc", "Attributes": {
+        "com.docker.compose.service": "web", "exitCode": "0"}}})
+    assert names(ruleset, clean) == []
+
+
+def test_rules_reach_a_dotted_key_on_docker_cloud_events_too(tmp_path: Path):
+    ruleset = rules(tmp_path, """
+        rules:
+          - name: dotted
+            match: {type: container, data."a.b": 1}
+            actions: [{log: {message: x}}]
+    """)
+    event = {"type": "container", "action": "update", "state": "Running", "parents": [],
+             "resource_uri": "/api/app/v1/container/x/", "uuid": "u", "data": {"a.b": 1}}
+    assert names(ruleset, event) == ["dotted"]
+    assert names(ruleset, dict(event, data={"a": {"b": 1}})) == []
+
+
+def test_the_prefilter_reads_quoted_segments_as_matching_does(tmp_path: Path):
+    # Enough rules on one field for the prefilter to group them (eventd.ruleset.prefilter).
+    text = "rules:\n" + "".join(
+        f"  - name: svc{i}\n    match: {{attributes.\"com.docker.compose.service\": svc{i}}}\n"
+        f"    actions: [{{log: {{message: x}}}}]\n" for i in range(20))
+    ruleset = rules(tmp_path, text)
+    event = engine_event({**DIE, "Actor": {"ID": "a", "Attributes": {
+        "com.docker.compose.service": "svc7"}}})
+    assert names(ruleset, event) == ["svc7"]
