@@ -258,12 +258,14 @@ class SocketProxy:
                 return
             with self._lock:
                 if self._cut:
+                    client.shutdown(socket.SHUT_RDWR)
                     client.close()
                     continue
                 upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
                     upstream.connect(self.target)
-                except OSError:
+                except OSError:  # the Engine is restarting: the client sees a reset
+                    upstream.close()
                     client.close()
                     continue
                 self._open += [client, upstream]
@@ -282,6 +284,7 @@ class SocketProxy:
                     sock.shutdown(self._socket_module.SHUT_RDWR)
                 except OSError:
                     pass
+            source.close()  # each direction closes the socket it read; both end together
 
     def cut(self) -> None:
         with self._lock:

@@ -140,7 +140,7 @@ def test_events_missed_while_the_link_was_down_are_replayed_through_since(
         docker_engine: DockerEngine, tmp_path: Path, metrics: Metrics):
     proxy = SocketProxy(docker_engine.socket, Path(f"/tmp/px{id(tmp_path) % 10**8}.sock"))
     sink = Collector()
-    source, stopping = consumer(proxy.host, sink, metrics, ping_interval=0)
+    source, stopping = consumer(proxy.host, sink, metrics, ping_interval=0.5)
     try:
         docker_engine.run("src-before", ["true"])
         wait_until(lambda: sink.of("src-before", "die"), 10)
@@ -164,6 +164,27 @@ def test_events_missed_while_the_link_was_down_are_replayed_through_since(
         stop(source, stopping)
         proxy.close()
         docker_engine.remove("src-before", "src-during")
+
+
+def test_a_cut_before_any_event_is_replayed_from_the_first_connection(
+        docker_engine: DockerEngine, tmp_path: Path, metrics: Metrics):
+    proxy = SocketProxy(docker_engine.socket, Path(f"/tmp/py{id(tmp_path) % 10**8}.sock"))
+    sink = Collector()
+    source, stopping = consumer(proxy.host, sink, metrics, ping_interval=0)
+    try:
+        proxy.cut()
+        wait_until(lambda: not source.connected, 5, message="the cut is noticed")
+        docker_engine.run("src-first", ["sh", "-c", "exit 9"])
+        with docker_engine.client() as client:
+            wait_until(lambda: client.inspect_container("src-first")["State"]["Status"] == "exited", 10)
+        proxy.restore()
+        die = wait_until(lambda: sink.of("src-first", "die"), 10, message="replayed die")[0]
+        assert die["attributes"]["exitCode"] == "9"
+        assert sink.gaps() == ["connected"]
+    finally:
+        stop(source, stopping)
+        proxy.close()
+        docker_engine.remove("src-first")
 
 
 def test_an_engine_restart_is_a_gap_and_the_consumer_reconnects_by_itself(tmp_path: Path,

@@ -21,6 +21,7 @@ ACTIONS: dict[str, str] = {
     "alertmanager": "eventd.actions.alertmanager:AlertmanagerAction",
     "dockercloud": "eventd.actions.dockercloud:DockerCloudAction",
     "audit": "eventd.actions.audit:AuditAction",
+    "docker": "eventd.actions.docker:DockerAction",
 }
 
 

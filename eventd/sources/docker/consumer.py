@@ -1,14 +1,16 @@
 """The Engine's `/events` stream, consumed by the shared loop, with no gaps the Engine can fill.
 
-Each connection negotiates a client, reads `/info` (the Engine's ID) and opens
-`GET /events` through docker-py (`APIClient.events(decode=True, since=...)`). After the first
-connection, `since` is the exact `timeNano` of the last event handed on, so the Engine first
-replays what this connection missed (the overlap, that last event itself, is dropped by the
-de-dup window: the uuid is the same). Before that, one bounded query (`since` = `until` = that
-time) asks whether the Engine still holds that event: it does not after a restart (its buffer
-lives in memory) or once more than its buffer (256 events) happened, and a different Engine ID
-means another Engine. Only then are the loop's gap events (`disconnected`, then `connected`
-with `gap_seconds`) passed on; after a complete replay they are dropped and the replay is logged.
+Each connection negotiates a client, reads `/info` (the Engine's ID) and opens `GET /events`
+through docker-py (`APIClient.events(decode=True, since=...)`). After the first connection,
+`since` is the exact `timeNano` of the last event handed on (before any: the Engine's time at
+the first connection), so the Engine first replays what this connection missed (the overlap,
+that last event itself, is dropped by the de-dup window: the uuid is the same). Before that,
+one bounded query (`since` = `until` = that time) asks whether the Engine still holds that
+event: it does not after a restart (its buffer lives in memory) or once more than its buffer
+(256 events) happened, and a different Engine ID means another Engine. Only then are the
+loop's gap events (`disconnected`, then `connected` with `gap_seconds`) passed on; after a
+complete replay they are dropped and the replay is logged. (Before any event was seen there
+is nothing to look for: only a changed Engine ID counts as a gap then.)
 
 The stream has no heartbeat, so a watchdog pings the Engine every `ping_interval` on its own
 connection and ends the stream when the Engine stops answering (a dead TCP peer).
@@ -16,9 +18,9 @@ connection and ends the stream when the Engine stops answering (a dead TCP peer)
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +45,25 @@ def since_text(time_nano: int) -> str:
     return f"{seconds}.{nanos:09d}"
 
 
+def engine_time_nano(value: object) -> int | None:
+    """The Engine's `SystemTime` (RFC 3339, nanoseconds) as POSIX nanoseconds."""
+    if not isinstance(value, str) or "T" not in value:
+        return None
+    text = value.strip()
+    zone = "+00:00"
+    if text.endswith("Z"):
+        text = text[:-1]
+    elif len(text) > 6 and text[-6] in "+-" and text[-3] == ":":
+        text, zone = text[:-6], text[-6:]
+    whole, _, fraction = text.partition(".")
+    try:
+        seconds = _dt.datetime.fromisoformat(whole + zone).timestamp()
+        nanos = int((fraction + "000000000")[:9]) if fraction else 0
+    except ValueError:
+        return None
+    return int(seconds) * 1_000_000_000 + nanos
+
+
 class EngineEvents(ConsumerLoop):
     """Consumes one Docker Engine's events until `stopping` is set."""
 
@@ -62,6 +83,7 @@ class EngineEvents(ConsumerLoop):
         self._stream: Any = None
         self._engine_id: str | None = None
         self._last: tuple[int, str] | None = None  # (timeNano, uuid) of the last event handed on
+        self._baseline: int | None = None  # the Engine's time at the first connection (nanos)
         self._replay_complete = True
         self._held_gap: Received | None = None
         self._conn_lock = threading.Lock()
@@ -93,6 +115,14 @@ class EngineEvents(ConsumerLoop):
         if self._last is not None:
             since = since_text(self._last[0])
             self._replay_complete = self._can_replay(client, engine_id, since)
+        elif self._baseline is not None:
+            # Nothing seen yet: ask from the first connection on. Without an event of ours to
+            # look for, only another Engine ID tells that it cannot replay.
+            since = since_text(self._baseline)
+            self._replay_complete = not self._other_engine(engine_id)
+        else:
+            system_time = info.get("SystemTime") if isinstance(info, dict) else None
+            self._baseline = engine_time_nano(system_time) or int(self._clock() * 1e9)
         self._engine_id = engine_id
         try:
             stream = client.events(decode=True, since=since)
@@ -103,13 +133,13 @@ class EngineEvents(ConsumerLoop):
         with self._conn_lock:
             self._client, self._stream = client, stream
             self._unresponsive = False
-        self._start_watchdog()
+        self._start_watchdog(stream)
 
     def consume(self) -> str:
         """Hand on each event as it comes; say why the stream ended."""
         stream = self._stream
         assert stream is not None
-        replaying = self._last is not None
+        replaying = self._last is not None or self._baseline is not None
         replay_until = self._clock()
         iterator: Iterator[Any] = iter(stream)
         sink = self.deliver
@@ -143,7 +173,7 @@ class EngineEvents(ConsumerLoop):
                 self._last = (time_nano, event["uuid"])
         if self.stopped():
             return "stopped"
-        return "idle" if self._unresponsive else "dropped"
+        return "pong_timeout" if self._unresponsive else "dropped"
 
     def disconnect(self, reason: str) -> None:
         """Stop the watchdog and close the stream and the client."""
@@ -164,11 +194,16 @@ class EngineEvents(ConsumerLoop):
         _close_quietly(stream)
 
     # -- gaps -----------------------------------------------------------------------------------
-    def _can_replay(self, client: docker.APIClient, engine_id: str, since: str) -> bool:
-        """Whether the Engine still holds the last event handed on (so `since` loses nothing)."""
+    def _other_engine(self, engine_id: str) -> bool:
         if self._engine_id and engine_id and engine_id != self._engine_id:
             logger.warning("%s is another Engine now (ID changed); events in between are lost",
                            self.address)
+            return True
+        return False
+
+    def _can_replay(self, client: docker.APIClient, engine_id: str, since: str) -> bool:
+        """Whether the Engine still holds the last event handed on (so `since` loses nothing)."""
+        if self._other_engine(engine_id):
             return False
         assert self._last is not None
         try:
@@ -204,17 +239,20 @@ class EngineEvents(ConsumerLoop):
         self._downstream(batch)
 
     # -- watchdog -------------------------------------------------------------------------------
-    def _start_watchdog(self) -> None:
+    def _start_watchdog(self, stream: Any) -> None:
         if self._ping_interval <= 0:
             return
         self._watchdog_stop = stop = threading.Event()
-        thread = threading.Thread(target=self._watch, args=(stop,), name="eventd-docker-ping",
-                                  daemon=True)
+        thread = threading.Thread(target=self._watch, args=(stop, stream),
+                                  name="eventd-docker-ping", daemon=True)
         self._watchdog = thread
         thread.start()
 
-    def _watch(self, stop: threading.Event) -> None:
-        """Ping the Engine on a connection of its own; end the stream if it stops answering."""
+    def _watch(self, stop: threading.Event, stream: Any) -> None:
+        """Ping the Engine on a connection of its own; end `stream` if the Engine stops answering.
+
+        Only that stream: a ping that fails late must not end the next connection's.
+        """
         try:
             pinger = self._factory()
         except Exception:  # noqa: BLE001 - the stream will end by itself
@@ -227,10 +265,13 @@ class EngineEvents(ConsumerLoop):
                 except Exception as exc:  # noqa: BLE001
                     if stop.is_set():
                         return
+                    with self._conn_lock:
+                        if self._stream is not stream:
+                            return
+                        self._unresponsive = True
                     logger.warning("%s does not answer pings (%s); reconnecting", self.address,
                                    describe_failure(exc).detail)
-                    self._unresponsive = True
-                    self.interrupt()
+                    _close_quietly(stream)
                     return
         finally:
             _close_quietly(pinger)

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import TYPE_CHECKING
 
 from eventd.errors import ConfigError
 from eventd.sources.base import LoopOptions, SourceContext
 from eventd.sources.docker.client import describe_failure, make_client, safe_address
 from eventd.sources.docker.consumer import EngineEvents
 
+if TYPE_CHECKING:
+    from eventd.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 
-def check_engine(settings: object) -> str:
+def check_engine(settings: Settings) -> str:
     """GET /version and /info once; the Engine's description, or ConfigError saying why not."""
-    address = safe_address(getattr(settings, "docker_host"))
+    address = safe_address(settings.docker_host)
     try:
-        client = make_client(settings)  # type: ignore[arg-type]
+        client = make_client(settings)
         try:
             info = client.info()
             version = client.version()
