@@ -304,3 +304,96 @@ class SocketProxy:
     def close(self) -> None:
         self.cut()
         self._server.close()
+
+
+class FakeEngine:
+    """A real HTTP server on a unix socket that answers like an Engine, with a scripted /events.
+
+    `/version`, `/_ping` and `/info` answer as an Engine does; each `GET /events` sends the
+    next script's chunks (bytes, as they go on the wire) and then ends the response. For an
+    Engine that goes wrong in the middle of its stream.
+    """
+
+    def __init__(self, path: Path, scripts: list[list[bytes]]) -> None:
+        import http.server
+        import json
+        import socketserver
+        import threading
+
+        self.path = path
+        self.scripts = list(scripts)
+        self.event_requests = 0
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _json(self, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Api-Version", "1.41")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _json_lines(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                route = self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+                if route == "version":
+                    self._json({"ApiVersion": "1.41", "Version": "fake", "MinAPIVersion": "1.12"})
+                elif route == "info":
+                    self._json({"ID": "FAKE:ENGINE", "Name": "fake",
+                                "SystemTime": "2026-01-01T00:00:00.000000000Z"})
+                elif route == "_ping":
+                    data = b"OK"
+                    self.send_response(200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif route == "events" and "until=" in self.path:  # past events: none held
+                    self._json_lines()
+                elif route == "events":
+                    fake.event_requests += 1
+                    chunks = fake.scripts.pop(0) if fake.scripts else []
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Api-Version", "1.41")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for chunk in chunks:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                    if not chunks and not fake.scripts:
+                        threading.Event().wait(30)  # nothing more to say: stay open, quiet
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.close_connection = True
+                else:
+                    self.send_error(404)
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+            def get_request(self) -> Any:
+                request, _ = super().get_request()
+                return request, ("local", 0)
+
+        self._server = Server(str(path), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.path}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

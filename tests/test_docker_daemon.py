@@ -159,7 +159,8 @@ def test_eventd_rides_out_a_lost_link_and_an_engine_restart(tmp_path: Path, run_
         rules:
           - name: gap
             match: {{type: eventd, state: connected, gap_seconds: {{exists: true}}}}
-            actions: [{{webhook: {{url: "{webhook_receiver.url}/gap", json: {{gap: "{{{{ event.gap_seconds }}}}"}}}}}}]
+            actions:
+              - webhook: {{url: "{webhook_receiver.url}/gap", json: {{gap: "{{{{ event.gap_seconds }}}}"}}}}
     """)
     with DockerEngine(workdir) as engine:
         proxy = SocketProxy(engine.socket, workdir / "p.sock")

@@ -26,6 +26,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import orjson
 
 from eventd.errors import MalformedEvent
 from eventd.events import Received
@@ -43,6 +44,22 @@ def since_text(time_nano: int) -> str:
     """`seconds.nanoseconds`, the exact form the Engine's `since` and `until` accept."""
     seconds, nanos = divmod(time_nano, 1_000_000_000)
     return f"{seconds}.{nanos:09d}"
+
+
+def past_events(client: docker.APIClient, since: str, until: str,
+                timeout: float = 10.0) -> list[Any]:
+    """The events the Engine holds between two past times: one bounded request, parsed here.
+
+    (`APIClient.events` streams without a timeout; an Engine that never ends the answer must
+    not hang a reconnect.)
+    """
+    response = client.get(f"{client.base_url}/v{client.api_version}/events",
+                          params={"since": since, "until": until}, timeout=timeout)
+    try:
+        response.raise_for_status()
+        return [orjson.loads(line) for line in response.content.splitlines() if line.strip()]
+    finally:
+        response.close()
 
 
 def engine_time_nano(value: object) -> int | None:
@@ -207,7 +224,7 @@ class EngineEvents(ConsumerLoop):
             return False
         assert self._last is not None
         try:
-            held = [e for e in client.events(decode=True, since=since, until=since)]
+            held = past_events(client, since, since)
         except Exception as exc:  # noqa: BLE001 - the stream that follows will tell
             logger.warning("could not ask %s what it still holds (%s); assuming a gap",
                            self.address, describe_failure(exc).detail)
