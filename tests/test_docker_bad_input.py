@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from eventd.ops.metrics import Metrics
-from tests.docker_engine import DockerEngine, FakeEngine, SocketProxy
 from eventd.settings import Settings
 from eventd.sources.docker.client import make_client
 from eventd.sources.docker.consumer import EngineEvents
+from tests.docker_engine import DockerEngine, FakeEngine, SocketProxy
 from tests.test_docker_source import FAST, Collector, stop
 from tests.waiting import wait_until
 
