@@ -19,8 +19,9 @@ import docker
 import docker.errors
 
 from eventd.actions.base import ActionContext, ActionJob
-from eventd.delivery.guards import ActionSkipped, LoopGuard, TargetLimiter
-from eventd.errors import PermanentActionError, RetryableActionError
+from eventd.delivery.limits import TargetLimiter
+from eventd.errors import ActionSkipped, PermanentActionError, RetryableActionError
+from eventd.loopguard import LoopGuard
 from eventd.sources.docker.client import describe_failure, make_client
 from eventd.sources.docker.mapping import URI_PREFIX
 
@@ -71,9 +72,8 @@ class DockerAction:
 
     def __init__(self, context: ActionContext) -> None:
         self.context = context
-        extras = context.extras
-        self.loop_guard: LoopGuard = extras.setdefault("loop_guard", LoopGuard())
-        self.limiter: TargetLimiter = extras.setdefault("target_limiter", TargetLimiter())
+        self.loop_guard = context.loop_guard if context.loop_guard is not None else LoopGuard()
+        self.limiter = context.limiter if context.limiter is not None else TargetLimiter()
         self._client: docker.APIClient | None = None
         self._lock = threading.RLock()  # _failed() may run inside _engine()
 
@@ -107,6 +107,13 @@ class DockerAction:
     def describe(self, job: ActionJob) -> str:
         """The call and the container."""
         return f"docker {job.options.get('call')} {str(job.options.get('target'))[:80]}"
+
+    def inactive(self, options: dict[str, Any]) -> bool:
+        """A call is always made."""
+        return False
+
+    def flush(self) -> None:
+        """Nothing buffered."""
 
     def run(self, job: ActionJob) -> str:
         """Look the container up, pass the guards, make the call (once per attempt)."""
