@@ -6,7 +6,10 @@ arrived at the webhook, what the Engine did to the container, what /metrics says
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -71,8 +74,8 @@ def metric(daemon: Daemon, name: str, **labels: str) -> float:
 
 
 def test_exit_code_3_reaches_the_webhook(docker_engine: DockerEngine, run_daemon,
-                                         webhook_receiver: WebhookReceiver):
-    daemon = run_daemon(docker_engine.host)
+                                         webhook_receiver: WebhookReceiver, tmp_path: Path):
+    daemon = run_daemon(docker_engine.host, record=tmp_path / "events.jsonl")
     try:
         docker_engine.run("e2e-exit3", ["sh", "-c", "exit 3"],
                           labels={"com.docker.compose.service": "worker"})
@@ -90,6 +93,13 @@ def test_exit_code_3_reaches_the_webhook(docker_engine: DockerEngine, run_daemon
         assert metric(daemon, "eventd_events_received_total", type="container") >= 3
     finally:
         docker_engine.remove("e2e-exit3", "e2e-exit0")
+    # --record keeps the events as rules saw them: `eventd replay` runs them again.
+    result = subprocess.run(
+        [sys.executable, "-m", "eventd", "replay", str(tmp_path / "events.jsonl"), "--rules",
+         str(RULES), "--dry-run"], capture_output=True, text=True, timeout=30,
+        env={"PATH": os.environ.get("PATH", ""), "ALERT_WEBHOOK_URL": "http://127.0.0.1:9/x"})
+    assert result.returncode == 0, result.stderr
+    assert "docker-container-died" in result.stdout and "e2e-exit3" in result.stdout
 
 
 def restarts(engine: DockerEngine, name: str) -> int:

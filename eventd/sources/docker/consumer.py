@@ -30,6 +30,7 @@ import orjson
 
 from eventd.errors import MalformedEvent
 from eventd.events import Received
+from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 from eventd.sources.base import ConsumerLoop, Disconnected, LoopOptions, Sink
 from eventd.sources.docker.client import describe_failure, safe_address
@@ -87,6 +88,7 @@ class EngineEvents(ConsumerLoop):
     def __init__(self, address: str, client_factory: ClientFactory, sink: Sink, metrics: Metrics,
                  stopping: threading.Event, loop_options: LoopOptions | None = None,
                  ping_interval: float = 10.0, ping_timeout: float = 10.0,
+                 recorder: Any = None,
                  sleep: Callable[[float], object] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self._downstream = sink
@@ -96,6 +98,7 @@ class EngineEvents(ConsumerLoop):
         self._factory = client_factory
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        self._recorder = recorder  # --record: the mapped events, one JSON per line (replayable)
         self._client: docker.APIClient | None = None
         self._stream: Any = None
         self._engine_id: str | None = None
@@ -185,6 +188,8 @@ class EngineEvents(ConsumerLoop):
                 self.replayed += 1
             else:
                 replaying = False
+            if self._recorder is not None:
+                self._record(event)
             sink([Received(event, now, None)])
             if isinstance(time_nano, int):
                 self._last = (time_nano, event["uuid"])
@@ -209,6 +214,12 @@ class EngineEvents(ConsumerLoop):
         with self._conn_lock:
             stream = self._stream
         _close_quietly(stream)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        try:
+            self._recorder.write_batch([orjson.dumps(event)])
+        except OSError as exc:  # a full disk must not stop the stream
+            report_internal_error("recorder", exc, self._metrics)
 
     # -- gaps -----------------------------------------------------------------------------------
     def _other_engine(self, engine_id: str) -> bool:

@@ -46,4 +46,5 @@ def build(context: SourceContext) -> EngineEvents:
                           backoff_max=settings.backoff_max, healthy_after=settings.healthy_after)
     return EngineEvents(settings.docker_host, partial(make_client, settings), context.sink,
                         context.metrics, context.stopping, options,
-                        ping_interval=settings.ping_interval, ping_timeout=settings.pong_timeout)
+                        ping_interval=settings.ping_interval, ping_timeout=settings.pong_timeout,
+                        recorder=context.recorder)
