@@ -92,3 +92,35 @@ def test_the_prefilter_reads_quoted_segments_as_matching_does(tmp_path: Path):
     event = engine_event({**DIE, "Actor": {"ID": "a", "Attributes": {
         "com.docker.compose.service": "svc7"}}})
     assert names(ruleset, event) == ["svc7"]
+
+
+# -- the sample rules -----------------------------------------------------------------------------
+SAMPLES = Path(__file__).resolve().parent.parent / "rules" / "docker"
+
+
+@pytest.mark.parametrize("sample", sorted(SAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_samples_are_valid_against_the_schema(sample: Path):
+    import jsonschema
+    import yaml
+
+    from eventd.ruleset.loader import schema
+
+    data = yaml.safe_load(sample.read_text(encoding="utf-8"))
+    assert [e.message for e in jsonschema.Draft202012Validator(schema()).iter_errors(data)] == []
+
+
+def test_samples_match_the_events_they_are_for():
+    ruleset = load_rules([SAMPLES], {})
+
+    def event(action: str, **attributes: str) -> dict:
+        return engine_event({**DIE, "Action": action,
+                             "Actor": {"ID": "abc", "Attributes": {"name": "w", **attributes}}})
+
+    assert names(ruleset, event("die", exitCode="3")) == ["docker-container-died"]
+    assert names(ruleset, event("die", exitCode="0")) == []
+    assert names(ruleset, event("oom")) == ["docker-container-oom"]
+    labelled = {"eventd.restart": "true"}
+    assert names(ruleset, event("health_status: unhealthy", **labelled)) == \
+        ["docker-restart-unhealthy"]
+    assert names(ruleset, event("health_status: unhealthy")) == []
+    assert names(ruleset, event("health_status: healthy", **labelled)) == []
