@@ -202,3 +202,27 @@ def test_eventd_rides_out_a_lost_link_and_an_engine_restart(tmp_path: Path, run_
             daemon.stop(timeout=5)  # before the proxy goes: no reconnect attempts to a dead socket
             proxy.close()
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_an_oom_kill_becomes_an_alertmanager_alert(docker_engine: DockerEngine, run_daemon,
+                                                  webhook_receiver: WebhookReceiver):
+    daemon = run_daemon(docker_engine.host)
+    try:
+        # 64 MiB buffer in a 16 MiB container: the kernel's OOM killer ends it.
+        docker_engine.run("e2e-oom", ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+                          mem_limit="16m", memswap_limit="16m")
+
+        def alerts() -> list[dict]:
+            return [alert for request in webhook_receiver.requests
+                    if request.path == "/am/api/v2/alerts" for alert in request.json()
+                    if alert["labels"].get("container") == "e2e-oom"]
+
+        alert = wait_until(alerts, 10, message="the OOM alert")[0]
+        assert alert["labels"]["alertname"] == "ContainerOOMKilled"
+        assert alert["labels"]["image"] == "eventd-test-busybox:latest"
+        assert alert["annotations"]["summary"] == "container e2e-oom ran out of memory"
+        died = wait_until(lambda: posts(webhook_receiver, "/alerts", container="e2e-oom"), 5)
+        assert died[0]["exitCode"] == "137"  # SIGKILL
+        assert daemon.wait_idle(5)
+    finally:
+        docker_engine.remove("e2e-oom")
