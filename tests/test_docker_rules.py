@@ -124,3 +124,17 @@ def test_samples_match_the_events_they_are_for():
         ["docker-restart-unhealthy"]
     assert names(ruleset, event("health_status: unhealthy")) == []
     assert names(ruleset, event("health_status: healthy", **labelled)) == []
+
+
+def test_the_schema_describes_every_field_of_both_sources():
+    from eventd.ruleset.loader import schema
+    from eventd.sources.docker.vocabulary import FIELDS
+
+    described = schema()["$defs"]["match"]["properties"]
+    for field in FIELDS:
+        if field in ("status", "from"):  # the Engine's deprecated copies: matchable, not advertised
+            continue
+        assert field in described, field
+        assert described[field]["description"].startswith(("docker.", "Both sources.")), field
+    for field in ("type", "action", "state", "resource_uri", "parents", "data", "uuid", "datetime"):
+        assert field in described, field

@@ -12,7 +12,7 @@ from eventd.sources.docker.mapping import ADDED_FIELDS, ENGINE_FIELDS
 #: Top-level fields of a mapped event: the Engine's, its older ones, eventd's.
 FIELDS: tuple[str, ...] = (
     *dict.fromkeys(f.split(".")[0] for f in ENGINE_FIELDS), "status", "id", "from",
-    *(f for f in ADDED_FIELDS if f != "id"), "caused_by_eventd", "backfilled", "gap_seconds")
+    *(f for f in ADDED_FIELDS if f != "id"), "caused_by_eventd", "gap_seconds")
 
 #: Each object type's actions (`action`, i.e. `Action` before any ':').
 ACTIONS_BY_TYPE: dict[str, tuple[str, ...]] = {
