@@ -220,3 +220,14 @@ def test_stop_ends_a_blocked_read_quickly(docker_engine: DockerEngine, metrics: 
 
 def test_docker_py_is_what_talks_to_the_engine():
     assert docker.APIClient  # the SDK the issue names; the consumer uses APIClient.events
+
+
+def test_engine_times_keep_their_nanoseconds():
+    from eventd.sources.docker.consumer import engine_time_nano, since_text
+
+    assert since_text(1795794162788755016) == "1795794162.788755016"
+    assert since_text(1795794162000000005) == "1795794162.000000005"
+    assert engine_time_nano("2026-11-27T15:42:42.788755016Z") == 1795794162788755016
+    assert engine_time_nano("2026-11-27T16:42:42.5+01:00") == 1795794162500000000
+    assert engine_time_nano("2026-11-27T15:42:42Z") == 1795794162000000000
+    assert engine_time_nano("yesterday") is None and engine_time_nano(None) is None

@@ -34,7 +34,7 @@ from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 from eventd.sources.base import ConsumerLoop, Disconnected, LoopOptions, Sink
 from eventd.sources.docker.client import describe_failure, safe_address
-from eventd.sources.docker.mapping import engine_event
+from eventd.sources.docker.mapping import engine_event, time_nano_of
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class EngineEvents(ConsumerLoop):
         self._last: tuple[int, str] | None = None  # (timeNano, uuid) of the last event handed on
         self._baseline: int | None = None  # the Engine's time at the first connection (nanos)
         self._replay_complete = True
+        self._resumed = False  # this connection asked for events since an earlier time
         self._held_gap: Received | None = None
         self._conn_lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
@@ -144,6 +145,7 @@ class EngineEvents(ConsumerLoop):
             system_time = info.get("SystemTime") if isinstance(info, dict) else None
             self._baseline = engine_time_nano(system_time) or int(self._clock() * 1e9)
         self._engine_id = engine_id
+        self._resumed = since is not None
         try:
             stream = client.events(decode=True, since=since)
         except Exception as exc:  # noqa: BLE001
@@ -159,8 +161,8 @@ class EngineEvents(ConsumerLoop):
         """Hand on each event as it comes; say why the stream ended."""
         stream = self._stream
         assert stream is not None
-        replaying = self._last is not None or self._baseline is not None
-        replay_until = self._clock()
+        replaying = self._resumed
+        replay_until = int(self._clock() * 1e9)
         iterator: Iterator[Any] = iter(stream)
         sink = self.deliver
         set_last = self._metrics.stream_last_event.set
@@ -183,15 +185,15 @@ class EngineEvents(ConsumerLoop):
             except MalformedEvent as exc:
                 self.on_decode_error(exc)
                 continue
-            time_nano = raw.get("timeNano") if isinstance(raw, dict) else None
-            if replaying and isinstance(time_nano, int) and time_nano <= replay_until * 1e9:
+            time_nano = time_nano_of(event)
+            if replaying and time_nano is not None and time_nano <= replay_until:
                 self.replayed += 1
             else:
                 replaying = False
             if self._recorder is not None:
                 self._record(event)
             sink([Received(event, now, None)])
-            if isinstance(time_nano, int):
+            if time_nano is not None:
                 self._last = (time_nano, event["uuid"])
         if self.stopped():
             return "stopped"
