@@ -35,6 +35,7 @@ from eventd.hooks import hooks
 from eventd.loopguard import LoopGuard
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
+from eventd.ruleset.diagnostics import DOCKERCLOUD, Vocabulary
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
 from eventd.sources.dockercloud.action_waiter import ActionWaiter
@@ -150,6 +151,15 @@ def _enricher(settings: Settings, rest: RestClient | None) -> Any:
 
         return DockerEnricher(partial(make_client, settings))
     return Enricher(rest) if rest is not None else None
+
+
+def rule_vocabulary(source: str) -> Vocabulary:
+    """What the source's events hold, for the rule checker's typo warnings."""
+    if source == "docker":
+        from eventd.sources.docker.vocabulary import VOCABULARY
+
+        return Vocabulary(**VOCABULARY)  # type: ignore[arg-type]
+    return DOCKERCLOUD
 
 
 def rules_environ(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
@@ -285,7 +295,8 @@ class Daemon:
     def reload(self) -> bool:
         """Reload rules; an invalid set keeps the old one running and says why."""
         try:
-            ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ))
+            ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ),
+                                 rule_vocabulary(self.settings.source))
         except RuleError as exc:
             self.metrics.rules_reload_success.set(0)
             self.metrics.rules_reloads.labels(result="failure").inc()
@@ -359,7 +370,8 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------
     def _load_rules(self) -> Any:
-        ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ))
+        ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ),
+                             rule_vocabulary(self.settings.source))
         self._rules_loaded = True
         self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)

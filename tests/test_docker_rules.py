@@ -138,3 +138,66 @@ def test_the_schema_describes_every_field_of_both_sources():
         assert described[field]["description"].startswith(("docker.", "Both sources.")), field
     for field in ("type", "action", "state", "resource_uri", "parents", "data", "uuid", "datetime"):
         assert field in described, field
+
+
+# -- eventd check knows which source the rules are for --------------------------------------------
+def check_lines(tmp_path: Path, text: str, *args: str, environ: dict | None = None) -> tuple[int, str]:
+    import io
+
+    from eventd.cli import build_parser
+    from eventd.commands import check
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(textwrap.dedent(text))
+    out, err = io.StringIO(), io.StringIO()
+    parsed = build_parser().parse_args(["check", *args, str(path)])
+    code = check.run(parsed, environ or {}, out, err)
+    return code, out.getvalue() + err.getvalue()
+
+
+TYPOS = """
+    rules:
+      - name: typos
+        match:
+          type: containr
+          action: dei
+          attributes."com.docker.compose.service": web
+        actions: [{log: {message: x}}]
+      - name: health
+        match: {type: container, action: health_status, state: unhealty}
+        actions: [{log: {message: x}}]
+      - name: exec
+        match: {action: exec_start, state: "sh -c date", Actor.Attributes.name: web}
+        actions: [{log: {message: x}}]
+"""
+
+
+def test_check_source_docker_warns_about_engine_typos_only(tmp_path: Path):
+    code, text = check_lines(tmp_path, TYPOS, "--source", "docker", "--strict")
+    assert code == 1
+    warnings = [line for line in text.splitlines() if "warning:" in line]
+    assert len(warnings) == 3, text
+    assert "unknown object type 'containr' (did you mean 'container'?); the Engine API lists" \
+        in warnings[0]
+    assert "unknown action 'dei' (did you mean 'die'?)" in warnings[1]
+    assert "unknown state 'unhealty' (did you mean 'unhealthy'?); the Engine API lists: " \
+           "starting, healthy, unhealthy" in warnings[2]
+
+
+def test_check_reads_the_source_from_the_environment_and_defaults_to_docker_cloud(tmp_path: Path):
+    sample = (SAMPLES / "restart-unhealthy.yaml").read_text()
+    code, text = check_lines(tmp_path, sample, "--strict", environ={"EVENTD_SOURCE": "docker"})
+    assert code == 0 and "warning" not in text
+    code, text = check_lines(tmp_path, sample, "--strict")
+    assert code == 1 and "unknown event field 'attributes'" in text
+    assert "unknown action 'health_status'" in text
+
+
+def test_the_docker_daemon_loads_its_samples_without_typo_warnings(caplog):
+    import logging
+
+    from eventd.daemon import rule_vocabulary
+
+    with caplog.at_level(logging.WARNING, logger="eventd.ruleset.loader"):
+        ruleset = load_rules([SAMPLES], {}, rule_vocabulary("docker"))
+    assert len(ruleset) == 3 and caplog.records == []

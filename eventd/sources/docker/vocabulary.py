@@ -1,4 +1,4 @@
-"""What Docker Engine events hold, for `eventd check --source docker` and `eventd schema`.
+"""What Docker Engine events hold, for the typo warnings of `eventd check --source docker`.
 
 From the Engine API's `GET /events` reference (object types and the actions each reports)
 and the fields eventd adds (`mapping.ADDED_FIELDS`). A rule naming something outside it is
@@ -39,3 +39,8 @@ STATES: dict[str, tuple[str, ...]] = {
     "health_status": ("starting", "healthy", "unhealthy"),
     "stream": ("disconnected", "connected"),
 }
+
+#: As the rule checker takes it (eventd.ruleset.diagnostics.Vocabulary's fields): plain data,
+#: so that this package never imports the ruleset.
+VOCABULARY = {"reference": "the Engine API", "fields": FIELDS, "types": TYPES,
+              "actions": ACTIONS, "states": STATES, "states_by": "action"}
