@@ -88,3 +88,17 @@ def test_eventd_run_source_docker_serves_ready_and_stops_with_0(docker_engine: D
         _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
     assert "source docker: Docker Engine" in stderr
+
+
+def test_without_the_engine_packages_the_tests_skip_or_fail_under_ci(monkeypatch, tmp_path: Path):
+    import pytest
+
+    import tests.docker_engine as engine_fixture
+
+    monkeypatch.setattr(engine_fixture, "SEARCH_PATH", str(tmp_path))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install docker.io busybox-static"):
+        engine_fixture.require_engine_binaries()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: CI must run these tests"):
+        engine_fixture.require_engine_binaries()
