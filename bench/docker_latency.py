@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,7 @@ def run(count: int = 100, parallel: int = 1) -> dict[str, float]:
             engine.remove(*names)
     latencies = [(at - int(body["nano"])) / 1e6 for at, body in receiver.arrivals]
     receiver.server.shutdown()
+    shutil.rmtree(workdir, ignore_errors=True)
     return {"count": float(len(latencies)), "expected": float(count), "seconds": elapsed,
             "p50_ms": _percentile(latencies, 0.50), "p90_ms": _percentile(latencies, 0.90),
             "p99_ms": _percentile(latencies, 0.99), "max_ms": max(latencies, default=float("nan"))}

@@ -313,6 +313,7 @@ class SocketProxy:
     def close(self) -> None:
         self.cut()
         self._server.close()
+        self.path.unlink(missing_ok=True)
 
 
 class FakeEngine:
