@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve /metrics, /healthz, /readyz here (env EVENTD_METRICS_ADDR)")
     _add_state_dir(run)
     _add_store(run)
+    run.add_argument("--source", default=None, metavar="NAME",
+                     help="where events come from: dockercloud (default) or docker, a Docker "
+                          "Engine found as the docker CLI finds it (env EVENTD_SOURCE)")
     run.add_argument("--record", metavar="FILE", type=Path,
                      help="append every event received, as received, one JSON per line")
     run.add_argument("--on-auth-error", choices=("exit", "wait"), default=None,
@@ -226,6 +229,7 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
         overrides.update({
             "metrics_addr": parse_addr(metrics_addr) if metrics_addr else None,
             "record": args.record,
+            "source": args.source,
             "on_auth_error": args.on_auth_error,
             "auth_error_wait": duration(args.auth_error_wait, "--auth-error-wait"),
             "shutdown_timeout": duration(args.shutdown_timeout, "--shutdown-timeout"),
@@ -255,12 +259,15 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except ConfigError as exc:
         print(f"eventd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        credentials = load_credentials(env)
-    except CredentialsMissing as exc:
-        print(f"eventd: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    configure(settings.log_format, settings.log_level, secrets=credentials.secrets())
+    credentials = None
+    if settings.source == "dockercloud":  # other sources need no Docker Cloud credentials
+        try:
+            credentials = load_credentials(env)
+        except CredentialsMissing as exc:
+            print(f"eventd: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    configure(settings.log_format, settings.log_level,
+              secrets=credentials.secrets() if credentials is not None else ())
     from eventd.daemon import Daemon
 
     daemon = Daemon(settings, credentials, env)

@@ -35,6 +35,7 @@ from eventd.hooks import hooks
 from eventd.loopguard import LoopGuard
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
+from eventd.ruleset.diagnostics import DOCKERCLOUD, Vocabulary
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
 from eventd.sources.dockercloud.action_waiter import ActionWaiter
@@ -123,7 +124,7 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
         dedupe = DedupeSaver.load(store, settings.dedupe_window)
         engine = None if ruleset is None else Engine(
             ruleset, dispatcher.submit, built, WaitingThrottles(store, context.stopping), metrics,
-            enricher=Enricher(rest) if rest is not None else None, loop_guard=loop_guard,
+            enricher=_enricher(settings, rest), loop_guard=loop_guard,
             action_waiter=action_waiter, max_event_age=settings.max_event_age,
             submit_many=dispatcher.submit_many, dedupe=dedupe.window)
     except BaseException:
@@ -140,6 +141,27 @@ def observe_store(store: Store, metrics: Metrics) -> None:
         store.observe(lambda op: errors.labels(op=op).inc(), metrics.store_up.set)
 
 
+def _enricher(settings: Settings, rest: RestClient | None) -> Any:
+    """What `enrich: resource` asks: the Engine (docker source) or the REST API (dockercloud)."""
+    if settings.source == "docker":
+        from functools import partial
+
+        from eventd.sources.docker.client import make_client
+        from eventd.sources.docker.enrich import DockerEnricher
+
+        return DockerEnricher(partial(make_client, settings))
+    return Enricher(rest) if rest is not None else None
+
+
+def rule_vocabulary(source: str) -> Vocabulary:
+    """What the source's events hold, for the rule checker's typo warnings."""
+    if source == "docker":
+        from eventd.sources.docker.vocabulary import VOCABULARY
+
+        return Vocabulary(**VOCABULARY)  # type: ignore[arg-type]
+    return DOCKERCLOUD
+
+
 def rules_environ(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment rules are interpolated from: EVENTD_AUDIT_PATH defaults to a file in
     the state directory."""
@@ -152,7 +174,7 @@ def rules_environ(settings: Settings, environ: Mapping[str, str]) -> dict[str, s
 class Daemon:
     """One running eventd: start(), then wait() or stop(); reload() on SIGHUP."""
 
-    def __init__(self, settings: Settings, credentials: Credentials,
+    def __init__(self, settings: Settings, credentials: Credentials | None,
                  environ: Mapping[str, str], metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.credentials = credentials
@@ -195,14 +217,23 @@ class Daemon:
         self.dispatcher = pipeline.dispatcher
         assert pipeline.engine is not None
         self.engine = pipeline.engine
-        rest = self.rest
-        assert rest is not None  # the daemon always has credentials
         self.recorder = Recorder(settings.record) if settings.record else None
-        self.consumer = StreamConsumer(
-            url=settings.stream_url, credentials=self.credentials, sink=self._sink,
-            metrics=self.metrics, stopping=self.stopping,
-            options=StreamOptions.from_settings(settings), recorder=self.recorder,
-            backfill=Backfiller(rest, self._sink, self.metrics))
+        self.consumer: Any
+        if settings.source == "dockercloud":
+            rest, credentials = self.rest, self.credentials
+            assert rest is not None and credentials is not None  # the CLI loaded credentials
+            self.consumer = StreamConsumer(
+                url=settings.stream_url, credentials=credentials, sink=self._sink,
+                metrics=self.metrics, stopping=self.stopping,
+                options=StreamOptions.from_settings(settings), recorder=self.recorder,
+                backfill=Backfiller(rest, self._sink, self.metrics))
+        else:  # another source of the registry (ConfigError: unknown, or the Engine is not there)
+            from eventd.sources.base import SourceContext, resolve_source
+
+            self.consumer = resolve_source(settings.source)(SourceContext(
+                settings=settings, sink=self._sink, metrics=self.metrics, stopping=self.stopping,
+                credentials=self.credentials, rest=self.rest, recorder=self.recorder))
+        self.metrics.source_info.labels(source=settings.source).set(1)
         pipeline.start()
         if settings.metrics_addr is not None:
             from eventd.ops.health import serve
@@ -217,9 +248,13 @@ class Daemon:
         gc.freeze()
         self._spawn("engine", self._engine_loop)
         self._spawn("stream", self._stream_loop)
-        log.info("eventd started: %d rules, stream %s, REST %s, credentials from %s, state in %s",
-                 len(ruleset), settings.stream_url, settings.rest_host, self.credentials.source,
-                 settings.state_dir)
+        if self.credentials is None:
+            log.info("eventd started: %d rules, source %s (%s), state in %s", len(ruleset),
+                     settings.source, self.consumer.describe(), settings.state_dir)
+        else:
+            log.info("eventd started: %d rules, stream %s, REST %s, credentials from %s, state in %s",
+                     len(ruleset), settings.stream_url, settings.rest_host, self.credentials.source,
+                     settings.state_dir)
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the daemon stopped (by stop() or a fatal stream error); the exit code."""
@@ -260,7 +295,8 @@ class Daemon:
     def reload(self) -> bool:
         """Reload rules; an invalid set keeps the old one running and says why."""
         try:
-            ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ))
+            ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ),
+                                 rule_vocabulary(self.settings.source))
         except RuleError as exc:
             self.metrics.rules_reload_success.set(0)
             self.metrics.rules_reloads.labels(result="failure").inc()
@@ -334,7 +370,8 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------
     def _load_rules(self) -> Any:
-        ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ))
+        ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ),
+                             rule_vocabulary(self.settings.source))
         self._rules_loaded = True
         self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)

@@ -280,6 +280,13 @@ class Settings:
     #: --allow-host / EVENTD_ALLOW_HOSTS: host patterns (fnmatch) webhooks and Alertmanager may
     #: reach; empty allows every host.
     allow_hosts: tuple[str, ...] = ()
+    #: where events come from: dockercloud (the Stream API) or docker (a Docker Engine's /events)
+    source: str = "dockercloud"
+    #: the Docker Engine, found as the docker CLI finds it (DOCKER_HOST, DOCKER_TLS_VERIFY,
+    #: DOCKER_CERT_PATH); used by the docker source and the docker action
+    docker_host: str = "unix:///var/run/docker.sock"
+    docker_tls_verify: str | None = None
+    docker_cert_path: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -306,6 +313,15 @@ class Settings:
         hosts = environ.get("EVENTD_ALLOW_HOSTS", "").replace(",", " ").split()
         if hosts:
             values["allow_hosts"] = tuple(hosts)
+        source = environ.get("EVENTD_SOURCE", "").strip()
+        if source:
+            values["source"] = source
+        if environ.get("DOCKER_HOST", "").strip():
+            values["docker_host"] = environ["DOCKER_HOST"].strip()
+        if "DOCKER_TLS_VERIFY" in environ:
+            values["docker_tls_verify"] = environ["DOCKER_TLS_VERIFY"]
+        if environ.get("DOCKER_CERT_PATH"):
+            values["docker_cert_path"] = environ["DOCKER_CERT_PATH"]
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
             if key not in known:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from eventd.ops.metrics import Metrics
+from tests.docker_engine import docker_client, docker_engine  # noqa: F401  (fixtures)
 from tests.external import (  # noqa: F401  (fixtures, found by pytest under these names)
     alertmanager,
     alertmanager_webhook_url,

@@ -20,7 +20,7 @@ from tests.waiting import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "rules"
 BROKEN = DATA / "broken"
-KNOWN = "known: alertmanager, audit, dockercloud, log, webhook"
+KNOWN = "known: alertmanager, audit, docker, dockercloud, log, webhook"
 NAMES = "known: event, parent, object, rule, now, resource"
 RULE_KEYS = ("expected one of: name, description, enabled, match, throttle, enrich, when, "
              "allow_self_caused, actions")

@@ -191,7 +191,8 @@ def test_schema_is_valid_json_schema_and_lists_every_kind() -> None:
     document = schema()
     jsonschema.Draft202012Validator.check_schema(document)
     action = document["$defs"]["action"]
-    assert set(action["properties"]) == {"log", "webhook", "alertmanager", "dockercloud", "audit"}
+    assert set(action["properties"]) == {"log", "webhook", "alertmanager", "dockercloud", "audit",
+                                          "docker"}
     assert action["properties"]["log"]["required"] == ["message"]
     validator = jsonschema.Draft202012Validator(document)
     bad = {"rules": [{"name": "x", "match": {}, "actions": [{"lgo": {}}]}]}

@@ -39,7 +39,7 @@ def test_restart_limit_allows_a_burst_then_the_rate():
 
 
 def test_unknown_source_names_are_config_errors_with_a_suggestion():
-    assert set(SOURCES) == {"dockercloud"}
+    assert set(SOURCES) == {"dockercloud", "docker"}
     with pytest.raises(ConfigError) as info:
         resolve_source("dockercloud2")
     assert "did you mean 'dockercloud'" in str(info.value)

@@ -5,8 +5,9 @@ Kinds are imported lazily so that a rule file naming one kind never imports the 
 kind declares its capabilities as class attributes (`durable`, `per_event`,
 `acts_on_objects`; see `base.ActionKind`), which the engine and the dispatcher read instead of
 testing kind names. Kinds use `errors`, `events`, `loopguard`, `ops`, `stores.files`, the
-shared HTTP layer and call limiter of `delivery` (`http`, `limits`), and `dockercloud` the
-Docker Cloud REST client; never `engine`, `ruleset`, `commands` or `emulator`.
+shared HTTP layer and call limiter of `delivery` (`http`, `limits`), `dockercloud` the
+Docker Cloud REST client and `docker` the Engine client of `sources.docker`; never `engine`,
+`ruleset`, `commands` or `emulator`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ACTIONS: dict[str, str] = {
     "alertmanager": "eventd.actions.alertmanager:AlertmanagerAction",
     "dockercloud": "eventd.actions.dockercloud:DockerCloudAction",
     "audit": "eventd.actions.audit:AuditAction",
+    "docker": "eventd.actions.docker:DockerAction",
 }
 
 

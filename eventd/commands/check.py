@@ -22,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit 1) on warnings too: fields, types or states "
-                             "the Docker Cloud reference does not list")
+                             "the source's reference does not list")
+    parser.add_argument("--source", default=None, metavar="NAME",
+                        help="the source whose events the rules are for: dockercloud (default) "
+                             "or docker (env EVENTD_SOURCE)")
 
 
 def _plural(count: int, word: str) -> str:
@@ -32,11 +35,13 @@ def _plural(count: int, word: str) -> str:
 def run(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str] | None = None,
         err: IO[str] | None = None) -> int:
     """`eventd check PATH ...`: one line per problem, exit 1 if any error (or warning, strict)."""
+    from eventd.daemon import rule_vocabulary
     from eventd.ruleset.loader import check
 
     out = out or sys.stdout
     err = err or sys.stderr
-    result = check(args.paths, environ)
+    source = getattr(args, "source", None) or environ.get("EVENTD_SOURCE", "").strip() or "dockercloud"
+    result = check(args.paths, environ, rule_vocabulary(source))
     for problem in result.problems:
         print(problem, file=out)
     errors, warnings = len(result.errors), len(result.warnings)

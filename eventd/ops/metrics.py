@@ -15,10 +15,12 @@ from eventd import __version__
 #: Event types that get their own label value; anything else is `other`.
 KNOWN_TYPES = frozenset(
     {"stack", "service", "container", "nodecluster", "node", "action", "error", "auth",
-     "eventd", "image", "buildsetting", "user-notification"}
+     "eventd", "image", "buildsetting", "user-notification",
+     # the Docker Engine's object types (the docker source)
+     "network", "volume", "daemon", "plugin", "config", "secret"}
 )
 OUTCOMES = ("success", "retry", "failed", "deadletter", "throttled", "skipped")
-ACTION_KINDS = ("log", "webhook", "alertmanager", "dockercloud", "audit")
+ACTION_KINDS = ("log", "webhook", "alertmanager", "dockercloud", "audit", "docker")
 INVALID_REASONS = ("not_json", "not_object", "missing_type")
 RECONNECT_REASONS = ("dropped", "closed", "pong_timeout", "idle", "protocol_error",
                      "connect_timeout", "connect_error", "auth_rejected")
@@ -91,6 +93,9 @@ class Metrics:
         self.internal_errors = Counter(
             "eventd_internal_errors", "Unexpected errors caught so the daemon keeps running, by where",
             ["where"], registry=r)
+        self.source_info = Gauge(
+            "eventd_source_info", "1 for the source this daemon reads events from", ["source"],
+            registry=r)
         self.build_info = Gauge(
             "eventd_build_info", "eventd's version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)

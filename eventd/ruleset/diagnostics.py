@@ -1,8 +1,9 @@
 """What `check` says: schema errors in plain words, did-you-mean, and the typos that never fire.
 
 The typo checks compare a rule with the stream's vocabulary (the event fields, object types,
-actions and each type's states of the Docker Cloud reference). What they find is a warning,
-not an error: a field or state the reference does not list may still arrive one day.
+actions and each type's states of the Docker Cloud reference; another source's `Vocabulary`
+when the caller gives one). What they find is a warning, not an error: a field or state the
+reference does not list may still arrive one day.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -40,6 +42,24 @@ TYPES = (*STATES, "error", "auth", "image", "buildsetting", "user-notification",
          "user-notifications")
 ACTIONS = ("create", "update", "delete", "stream")
 _ALL_STATES = tuple(dict.fromkeys(s for states in STATES.values() for s in states))
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What one source's events hold, for the typo warnings (plain data from the source)."""
+
+    reference: str  # how messages name it: "the reference", "the Engine API"
+    fields: tuple[str, ...]
+    types: tuple[str, ...]
+    actions: tuple[str, ...]
+    #: fixed sets of states, keyed by the value of `states_by` (`type` or `action`); a rule
+    #: whose `states_by` value has none here gets no state warning, unless states_by is type
+    states: Mapping[str, tuple[str, ...]]
+    states_by: str = "type"
+
+
+#: The Docker Cloud stream's (the default source).
+DOCKERCLOUD = Vocabulary("the reference", EVENT_FIELDS, TYPES, ACTIONS, STATES, "type")
 
 _TYPE_NAMES = {"string": "a string", "number": "a number", "integer": "an integer",
                "boolean": "true or false", "object": "a mapping", "array": "a list",
@@ -130,35 +150,42 @@ def _strings(condition: Any) -> Iterator[str]:
                 yield from _strings(condition[op])
 
 
-def _vocabulary_issue(path: JsonPath, what: str, value: str, known: Sequence[str]) -> Issue:
+def _vocabulary_issue(path: JsonPath, what: str, value: str, known: Sequence[str],
+                      reference: str = "the reference") -> Issue:
     return Issue(path, False, f"{label(path)}: unknown {what} {value!r}{did_you_mean(value, known)}"
-                              f"; the reference lists: {', '.join(known)}", WARNING)
+                              f"; {reference} lists: {', '.join(known)}", WARNING)
 
 
-def match_warnings(match: Mapping[str, Any], path: JsonPath) -> list[Issue]:
+def match_warnings(match: Mapping[str, Any], path: JsonPath,
+                   vocabulary: Vocabulary = DOCKERCLOUD) -> list[Issue]:
     """Fields, types, actions and states that no event of the reference has (likely typos)."""
     found: list[Issue] = []
-    types = [t for t in _strings(match.get("type")) if t in STATES]
-    states = tuple(dict.fromkeys(s for t in types for s in STATES[t])) or _ALL_STATES
+    keys = [k for k in _strings(match.get(vocabulary.states_by)) if k in vocabulary.states]
+    states: tuple[str, ...] | None = tuple(dict.fromkeys(
+        s for k in keys for s in vocabulary.states[k]))
+    if not states:
+        states = tuple(dict.fromkeys(s for group in vocabulary.states.values() for s in group)) \
+            if vocabulary.states_by == "type" else None
     for key, condition in match.items():
         where = path + (key,)
         if key in ("any", "all") and isinstance(condition, list):
             for i, sub in enumerate(condition):
                 if isinstance(sub, dict):
-                    found.extend(match_warnings(sub, where + (i,)))
+                    found.extend(match_warnings(sub, where + (i,), vocabulary))
             continue
         if key == "not" and isinstance(condition, dict):
-            found.extend(match_warnings(condition, where))
+            found.extend(match_warnings(condition, where, vocabulary))
             continue
         field = key.split(".", 1)[0]
-        if field not in EVENT_FIELDS:
+        fields = vocabulary.fields
+        if field not in fields:
             found.append(Issue(where, True, f"{label(where)}: unknown event field {field!r}"
-                                            f"{did_you_mean(field, EVENT_FIELDS)}; the reference "
-                                            f"lists: {', '.join(EVENT_FIELDS)}", WARNING))
+                                            f"{did_you_mean(field, fields)}; {vocabulary.reference} "
+                                            f"lists: {', '.join(fields)}", WARNING))
             continue
-        vocabulary = {"type": ("object type", TYPES), "action": ("action", ACTIONS),
-                      "state": ("state", states)}.get(key)
-        if vocabulary is not None:
-            found.extend(_vocabulary_issue(where, vocabulary[0], value, vocabulary[1])
-                         for value in _strings(condition) if value not in vocabulary[1])
+        known = {"type": ("object type", vocabulary.types), "action": ("action", vocabulary.actions),
+                 "state": ("state", states)}.get(key)
+        if known is not None and known[1] is not None:
+            found.extend(_vocabulary_issue(where, known[0], value, known[1], vocabulary.reference)
+                         for value in _strings(condition) if value not in known[1])
     return found

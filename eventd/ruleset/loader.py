@@ -25,7 +25,15 @@ import yaml
 from eventd.actions import ACTIONS, UnknownActionKind, resolve
 from eventd.errors import ConfigError, RuleError
 from eventd.ruleset import templates
-from eventd.ruleset.diagnostics import WARNING, at, label, match_warnings, schema_issues
+from eventd.ruleset.diagnostics import (
+    DOCKERCLOUD,
+    WARNING,
+    Vocabulary,
+    at,
+    label,
+    match_warnings,
+    schema_issues,
+)
 from eventd.ruleset.index import RuleSet
 from eventd.ruleset.matching import compile_match, compile_problems
 from eventd.ruleset.model import ActionSpec, Problem, Rule, ThrottleSpec
@@ -77,8 +85,9 @@ def _kind_class(name: str) -> Any:
 class _Checker:
     """Checks and compiles the rules of many files, remembering names across files."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], vocabulary: Vocabulary = DOCKERCLOUD) -> None:
         self.environ = environ
+        self.vocabulary = vocabulary  # the source's events, for the typo warnings
         self.problems: list[Problem] = []
         self.rules: list[Rule] = []
         self.names: dict[str, tuple[str, int]] = {}
@@ -213,7 +222,7 @@ class _Checker:
         found: list[Issue] = []
         match = raw.get("match")
         if isinstance(match, dict):
-            found.extend(match_warnings(match, base + ("match",)))
+            found.extend(match_warnings(match, base + ("match",), self.vocabulary))
         enriched = raw.get("enrich") == "resource"
         sources: list[tuple[JsonPath, Any, bool]] = [
             (base + ("when",), raw.get("when"), True),
@@ -303,9 +312,13 @@ class CheckResult:
         return [p for p in self.problems if p.is_warning]
 
 
-def check(paths: Sequence[str | Path], environ: Mapping[str, str]) -> CheckResult:
-    """Check every rule file under `paths`: problems sorted by file, line and column."""
-    checker = _Checker(environ)
+def check(paths: Sequence[str | Path], environ: Mapping[str, str],
+          vocabulary: Vocabulary | None = None) -> CheckResult:
+    """Check every rule file under `paths`: problems sorted by file, line and column.
+
+    `vocabulary`: what the source's events hold (default: the Docker Cloud stream's).
+    """
+    checker = _Checker(environ, vocabulary or DOCKERCLOUD)
     for given in paths:
         files = _files(given)
         if files is None:
@@ -326,12 +339,13 @@ def check_paths(paths: Sequence[str | Path], environ: Mapping[str, str]) -> list
     return check(paths, environ).problems
 
 
-def load_rules(paths: Sequence[str | Path], environ: Mapping[str, str]) -> RuleSet:
+def load_rules(paths: Sequence[str | Path], environ: Mapping[str, str],
+               vocabulary: Vocabulary | None = None) -> RuleSet:
     """Load, validate and compile rule files; raise RuleError listing every error.
 
-    Warnings (likely typos) do not stop the load: each is logged once.
+    Warnings (likely typos, against `vocabulary`) do not stop the load: each is logged once.
     """
-    result = check(paths, environ)
+    result = check(paths, environ, vocabulary)
     errors = result.errors
     if errors:
         count = len(errors)

@@ -6,7 +6,8 @@ Semantics (the rule-file reference):
   named any/all/not cannot be matched directly;
 - on a field: a scalar is equality, a list is "any of", a mapping holds operators (ANDed):
   glob, regex (re.search), in, gt/gte/lt/lte, exists, not;
-- dotted keys (`data.errorMessage`) reach into nested objects;
+- dotted keys (`data.errorMessage`) reach into nested objects; a key holding dots is one
+  quoted segment (`attributes."com.docker.compose.service"`);
 - on a list-valued field (parents) a condition holds when any element matches, `not: X`
   holds when no element matches X, and `exists` is about the field itself;
 - a missing field fails equality, glob, regex, in and comparisons, but equality with `false`
@@ -26,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventd.fields import MISSING
+from eventd.fields import MISSING, FieldPathError, split_path
 from eventd.fields import field_getter as _getter
 
 Path = tuple[str | int, ...]
@@ -202,6 +203,9 @@ def compile_condition(condition: Any, path: Path) -> FieldTest:
 
 
 def _field(field: str, test: FieldTest, condition: Any = None) -> Predicate:
+    if '"' in field:  # a quoted segment (`attributes."com.docker.compose.service"`)
+        get = _getter(field)
+        return lambda event: test(get(event))
     if "." not in field and isinstance(condition, str):  # the common case, inlined
         def equals(event: Mapping[str, Any]) -> bool:
             value = event.get(field)
@@ -228,6 +232,10 @@ def _compile_mapping(match: Mapping[str, Any], path: Path, skip: frozenset[str],
             elif key == "not":
                 predicates.append(_negate(_compile_mapping(value, where, frozenset(), problems)))
             elif key not in skip:
+                try:
+                    split_path(key)
+                except FieldPathError as exc:
+                    raise MatchProblem(where, str(exc)) from None
                 predicates.append(_field(key, compile_condition(value, where), value))
         except MatchProblem as exc:
             problems.append(exc)

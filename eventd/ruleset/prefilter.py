@@ -133,7 +133,7 @@ class Plan:
                 present.setdefault(guard[1], []).append((position, candidate))
         self._unguarded = unguarded
         # (field, getter for dotted fields or None, ...): plain fields are read inline.
-        self._equal = [(f, _getter(f) if "." in f else None,
+        self._equal = [(f, _getter(f) if "." in f or '"' in f else None,
                         {v: tuple(c) for v, c in by_value.items()})
                        for f, by_value in equal.items()]
         self._patterns: list[tuple[str, Any, Callable[[str], Any], _PatternTree]] = []
@@ -142,9 +142,9 @@ class Plan:
             if joined is None:
                 unguarded.extend((p, c) for p, c, _ in members)
             else:
-                self._patterns.append((field, _getter(field) if "." in field else None,
+                self._patterns.append((field, _getter(field) if "." in field or '"' in field else None,
                                        joined.search, _PatternTree(joined.search, members)))
-        self._present = [(f, _getter(f) if "." in f else None, tuple(c))
+        self._present = [(f, _getter(f) if "." in f or '"' in f else None, tuple(c))
                          for f, c in present.items()]
         unguarded.sort(key=_position)  # patterns that would not join were appended last
         self._unguarded_candidates = tuple(c for _, c in unguarded)

@@ -38,6 +38,7 @@ Sink = Callable[[list[Received]], None]
 #: source name -> "module:factory"; the factory takes a SourceContext (kombu's TRANSPORT_ALIASES)
 SOURCES: dict[str, str] = {
     "dockercloud": "eventd.sources.dockercloud.source:build",
+    "docker": "eventd.sources.docker.source:build",
 }
 
 
