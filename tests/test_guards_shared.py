@@ -222,7 +222,7 @@ def test_a_closed_guard_stops_refreshing(redis_url: str, redis_cluster: str) -> 
         stopping.set()  # the dispatcher's close sets the pipeline's
         guard.close()
         count = guard.refreshed
-        assert not [t for t in threading.enumerate() if t.name == "loopguard-refresh"]
+        assert guard._refresher is not None and not guard._refresher.is_alive()
         assert guard.refreshed == count
     finally:
         store.close()
