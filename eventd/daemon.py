@@ -27,6 +27,7 @@ from eventd.actions import ACTIONS, resolve
 from eventd.actions.base import ActionContext, ActionJob, ActionKind
 from eventd.dedupe import DedupeSaver
 from eventd.delivery.dispatcher import Dispatcher
+from eventd.delivery.limits import TargetLimiter
 from eventd.engine import Engine
 from eventd.errors import AuthRejected, RuleError
 from eventd.events import Received
@@ -47,7 +48,7 @@ from eventd.sources.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
 from eventd.stores import open_store
 from eventd.stores.backpressure import WaitingThrottles
-from eventd.stores.base import Observed, Store
+from eventd.stores.base import CallLimits, Observed, Store
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,13 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
                           tls=settings.tls, reconnection_interval=_float(
                               environ.get("DOCKERCLOUD_RECONNECTION_INTERVAL"), -1.0)) \
             if credentials is not None else None
-        loop_guard, action_waiter = LoopGuard(), ActionWaiter()
+        shared = store if isinstance(store, CallLimits) else None  # replicas share both guards
+        loop_guard, action_waiter = LoopGuard(shared=shared, stopping=stopping), ActionWaiter()
         context = ActionContext(
             settings=settings, metrics=metrics, credentials=credentials, rest=rest,
             state_dir=settings.state_dir, stopping=stopping or threading.Event(),
-            loop_guard=loop_guard, action_waiter=action_waiter)
+            loop_guard=loop_guard, action_waiter=action_waiter,
+            limiter=TargetLimiter(shared=shared) if shared is not None else None)
         built: dict[str, ActionKind] = {name: resolve(name)(context)
                                         for name in (ACTIONS if kinds is None else kinds)}
         dispatcher = Dispatcher(context, store, built)

@@ -46,9 +46,11 @@ class Enricher(Protocol):
 
 
 class SelfCausedCheck(Protocol):
-    """Tells whether an event concerns an object eventd itself acted on (the loop guard)."""
+    """Tells whether an event concerns an object eventd itself acted on (the loop guard), and
+    is told of each object an accepted action will act on."""
 
     def is_self_caused(self, event: Event) -> bool: ...
+    def record(self, target_uri: str) -> None: ...
 
 
 class ActionObserver(Protocol):
@@ -313,6 +315,11 @@ class Engine:
                         kind=spec.kind, options=options, event=received.event, target=target,
                         created_at=now)
         self._decide(outcome, rule.name, spec.kind, "accepted", options=options)
+        if self._loop_guard is not None and spec.kind in self._object_kinds:
+            # Known at once, before any replica delivers it: the object's next events may
+            # arrive before the call is made (a kind acting on objects names one in `target`,
+            # or a raw call in `path`).
+            self._loop_guard.record(str(options.get("target") or options.get("path") or ""))
         self._submit(job)
 
     # -- helpers ---------------------------------------------------------------------

@@ -44,6 +44,7 @@ SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 ONLY_AFTER_TROUBLE = {
     "eventd_internal_errors_total": "created by the first unexpected error",
     "eventd_dropped_total": "created by the first work lost on purpose (e.g. at shutdown)",
+    "eventd_store_errors_total": "created by the first failed store operation (Redis unreachable)",
 }
 #: Grafana's variables, as a dashboard showing "All" over the last 5 minutes would fill them in.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$job": ".*", "$instance": ".*"}

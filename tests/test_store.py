@@ -213,6 +213,21 @@ def test_marks_expire_and_survive_reopen(store_and_reopen) -> None:
     assert store.marked(["service/a"], now)
 
 
+def test_marks_active_lists_the_live_marks_in_one_read(store_and_reopen) -> None:
+    # What a replica's loop guard refreshes its view from, about once a second.
+    store, reopen = store_and_reopen
+    now = time.time()
+    assert store.marks_active(now) == {}
+    store.mark("service/a", now + 300)
+    store.mark("container/b", now + 60.5)
+    store.mark("service/old", now - 1)
+    store.mark("service/edge", now)  # ends at `now`: not marked, as marked() says
+    assert store.marks_active(now) == {"service/a": now + 300, "container/b": now + 60.5}
+    assert store.marks_active(now + 100) == {"service/a": now + 300}
+    store = reopen(store)
+    assert store.marks_active(now) == {"service/a": now + 300, "container/b": now + 60.5}
+
+
 def test_dedupe_snapshot_roundtrip_keeps_order(store_and_reopen) -> None:
     store, reopen = store_and_reopen
     assert store.dedupe_load() == []

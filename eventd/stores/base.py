@@ -121,6 +121,11 @@ class Marks(Protocol):
         """Whether any of `keys` is marked at `now`."""
         ...
 
+    def marks_active(self, now: float) -> dict[str, float]:
+        """Every key marked at `now`, with its `until`: one read a replica refreshes its view
+        by (marks are few: objects eventd acted on within the loop guard's window)."""
+        ...
+
 
 class DedupeSnapshots(Protocol):
     """Where the engine's de-dup window is saved; the window itself lives in the engine."""

@@ -223,6 +223,12 @@ class MemoryStore:
         marks = self._marks
         return bool(marks) and any(marks.get(key, 0.0) > now for key in keys)
 
+    def marks_active(self, now: float) -> dict[str, float]:
+        """Every key marked at `now`, with its `until`."""
+        with self._lock:
+            self._check("marks_active")
+            return {key: until for key, until in self._marks.items() if until > now}
+
     # -- de-dup snapshot --------------------------------------------------------------------------
     def dedupe_load(self) -> list[str]:
         """The saved uuids, oldest first."""

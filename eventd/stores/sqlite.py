@@ -335,6 +335,11 @@ class SqliteStore:
             return False
         return any(marks.get(key, 0.0) > now for key in keys)
 
+    def marks_active(self, now: float) -> dict[str, float]:
+        """Every key marked at `now`, with its `until` (no query: marks are cached)."""
+        with self._lock:
+            return {key: until for key, until in self._marks.items() if until > now}
+
     # -- de-dup snapshot --------------------------------------------------------------------------
     @_converted
     def dedupe_load(self) -> list[str]:

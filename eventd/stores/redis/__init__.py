@@ -328,6 +328,13 @@ class RedisStore(RedisClient):
         scores = self._db.zmscore(self._key("marks"), wanted)
         return any(score is not None and score > now for score in scores)
 
+    @converted
+    def marks_active(self, now: float) -> dict[str, float]:
+        """Every key marked at `now`, with its `until` (one ZRANGEBYSCORE: a replica's loop
+        guard reads them all about once a second instead of asking per event)."""
+        pairs = self._db.zrangebyscore(self._key("marks"), f"({_num(now)}", "+inf", withscores=True)
+        return {str(key): float(until) for key, until in pairs}
+
     # -- de-dup ---------------------------------------------------------------------------------
     @converted
     def dedupe_load(self) -> list[str]:
