@@ -30,18 +30,26 @@ MIB = 1024.0
 TRACER = '''
 import os, signal, sys, tracemalloc
 tracemalloc.start(int(sys.argv.pop(1)))
+BASE = []
+def mark(*_):
+    BASE.append(tracemalloc.take_snapshot())
 def dump(*_):
     snap = tracemalloc.take_snapshot()
     key = "traceback" if tracemalloc.get_traceback_limit() > 1 else "lineno"
-    with open(os.environ["MEMPROBE_OUT"], "w") as f:
-        stats = snap.statistics(key)
+    with open(os.environ["MEMPROBE_OUT"] + ".part", "w") as f:
+        stats = snap.compare_to(BASE[0], key) if BASE else snap.statistics(key)
+        if BASE:
+            f.write("growth since the first event, by site:\\n")
         now, peak = tracemalloc.get_traced_memory()
         f.write("traced %.1f MiB now, %.1f MiB at the peak\\n" % (now / 1048576, peak / 1048576))
         for s in stats[:30]:
-            f.write("%7.2f MiB %8d  %s\\n" % (s.size / 1048576, s.count, s.traceback.format()[-1]))
+            size = getattr(s, "size_diff", s.size)
+            f.write("%7.2f MiB %8d  %s\\n" % (size / 1048576, s.count, s.traceback.format()[-1]))
             for line in s.traceback.format()[:-1][-8:]:
                 f.write("                        %s\\n" % line)
+    os.rename(os.environ["MEMPROBE_OUT"] + ".part", os.environ["MEMPROBE_OUT"])
 signal.signal(signal.SIGUSR1, dump)
+signal.signal(signal.SIGUSR2, mark)
 from eventd.cli import main
 sys.exit(main(sys.argv[1:]))
 '''
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", type=int, default=0, metavar="FRAMES")
     parser.add_argument("--webhook", action="store_true",
                         help="every container event also goes to a webhook that is down")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a variable for eventd (e.g. EVENTD_SPOOL_SYNC=full)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="eventd-memprobe-"))
     extra = []
@@ -73,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         env.update({"DOCKERCLOUD_STREAM_HOST": b.host, "MEMPROBE_OUT": str(out),
                     "DOCKERCLOUD_REST_HOST": f"http://127.0.0.1:{rest.server_address[1]}/",
                     "DOCKERCLOUD_USER": "bench", "DOCKERCLOUD_APIKEY": "bench"})
+        env.update(item.split("=", 1) for item in args.env)
         head = [harness.PYTHON, "-c", TRACER, str(args.trace)] if args.trace else \
             [harness.PYTHON, "-m", "eventd"]
         cmd = [*head, "run", "--rules", str(rules), "--state-dir", str(work / "state"),
@@ -82,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         ev = harness.EventdProcess(proc, port, work)
         try:
             ev.wait_ready(60)
+            if args.trace:
+                proc.send_signal(signal.SIGUSR2)  # the baseline the end is compared to
             first = ev.samples[0]
             print(f"VmRSS when /metrics answers: {first.rss_kib / MIB:.1f} MiB "
                   f"(events counted {first.count}); {breakdown(ev)}")
@@ -97,12 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"VmRSS at 100k events: {at_100k[0] / MIB:.1f} MiB" if at_100k else "")
             print(f"VmRSS at {args.events:,} events: {end / MIB:.1f} MiB; "
                   f"VmHWM {ev.status('VmHWM') / MIB:.1f} MiB; {breakdown(ev)}")
+            curve, step = [], max(1, len(ev.samples) // 12)
+            for x in ev.samples[::step]:
+                curve.append(f"{x.count // 1000}k:{x.rss_kib / MIB:.1f}")
+            print("VmRSS curve (events:MiB): " + " ".join(curve))
             if args.trace:
                 proc.send_signal(signal.SIGUSR1)
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + 120
                 while not out.exists() and time.monotonic() < deadline:
                     time.sleep(0.2)
-                time.sleep(1.0)
                 print(out.read_text())
             ev.terminate()
         finally:

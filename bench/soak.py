@@ -122,6 +122,15 @@ class Daemon:
         self._hwm(ev)
         return ev.terminate(60)
 
+    def scrape_pending(self) -> float | None:
+        """The spool's depth now (None if eventd does not answer)."""
+        with self.lock:
+            ev = self.ev
+        try:
+            return ev.metrics(("eventd_spool_pending",)).get("eventd_spool_pending") if ev else None
+        except (OSError, http.client.HTTPException):
+            return None
+
     def restart_if_dead(self) -> None:
         """An eventd that exited without being told to is a broken promise; start another."""
         with self.lock:
@@ -270,11 +279,11 @@ class Soak:
             stream_end = time.time()
             say(f"stream stopped after {stream_end - self.t0:.0f} s; draining")
             drained = self.drain(stream_end, daemon)
-            pending_at_end = daemon.pending
+            pending_at_end = daemon.scrape_pending()
             code = daemon.terminate()
             daemon.stopping.set()
             result = self.verdict(daemon, drained, code, stream_end)
-            result["spool_pending_at_end"] = int(pending_at_end)
+            result["spool_pending_at_end"] = None if pending_at_end is None else int(pending_at_end)
             return result
 
     def drain(self, since: float, daemon: Daemon) -> float:
@@ -352,13 +361,14 @@ def summary(r: dict[str, Any]) -> str:
              f"deepest spool {r['rss_at_max_spool_mib']}, with the spool under 1,000 "
              f"{r['rss_max_while_spool_under_1000_mib']})",
              f"drain after the stream stopped: {r['drain_seconds']} s; left in the spool then: "
-             f"{r['spool_pending_at_end']:,}"]
+             f"{r['spool_pending_at_end']}"]
     for name, t in r["targets"].items():
         p99 = t["latency_p99_s"]
         lines.append(
             f"target {name}: {t['delivered']:,} of {t['expected']:,} delivered, lost {t['lost']}, "
             f"new-key repeats {t['new_key_repeats']}, same-key repeats {t['repeats_same_key']}, "
-            f"late {t['late']}, unexpected {t['unexpected']}; requests {t['requests']:,} "
+            f"late {t['late']}, unexpected {t['unexpected']}, delivered of those sent just "
+            f"before a SIGKILL {t['late_uncertain_delivered']}; requests {t['requests']:,} "
             f"{t['statuses']}; latency p50 {t['latency_p50_s'] or 0:.3f} s p99 {p99 or 0:.1f} s "
             f"max {t['latency_max_s'] or 0:.1f} s; longest gap {t['max_gap_s'] or 0:.1f} s")
     for row in r["healthy_target_during_long_outages"]:
