@@ -9,11 +9,13 @@ origin only), because following one would send the headers and body to another h
 from __future__ import annotations
 
 import email.utils
+import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 from eventd import __version__
 from eventd.errors import ActionError, PermanentActionError, RetryableActionError
@@ -32,6 +34,8 @@ def new_session(user_agent: str = USER_AGENT, tls: Any = None) -> requests.Sessi
 
     `tls` (settings.TlsOptions: --ca-file, --client-cert) configures its HTTPS connections.
     """
+    import requests  # here, not at the top: a daemon without HTTP actions never loads it (~8 MiB)
+
     session = requests.Session()
     session.headers["User-Agent"] = user_agent
     if tls is not None:
@@ -106,6 +110,8 @@ def _clean(text: str) -> str:
 def send(session: requests.Session, method: str, url: str, what: str, *,
          timeout: float = DEFAULT_TIMEOUT, **kwargs: Any) -> requests.Response:
     """One HTTP attempt whose failures come out as ActionErrors (connection errors retryable)."""
+    import requests
+
     try:
         response = session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)
     except requests.Timeout as exc:
@@ -128,9 +134,10 @@ def error_reason(exc: BaseException | None) -> str:
     if isinstance(status, int):
         return "http_429" if status == 429 else f"http_{status // 100}xx"
     cause = exc.__cause__ if exc is not None else None
-    if isinstance(cause, requests.Timeout):
+    lib = sys.modules.get("requests")  # a requests exception means requests is loaded
+    if lib is not None and isinstance(cause, lib.Timeout):
         return "timeout"
-    if isinstance(cause, requests.ConnectionError):
+    if lib is not None and isinstance(cause, lib.ConnectionError):
         return "connection"
     if isinstance(cause, OSError):
         return "os_error"
