@@ -10,14 +10,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import requests
 
 from eventd.delivery.http import DEFAULT_TIMEOUT, USER_AGENT, new_session, send
 from eventd.settings import TlsOptions, plaintext_warning
 from eventd.sources.dockercloud.auth import Credentials
+
+if TYPE_CHECKING:
+    import requests  # loaded by new_session() on the first call
 
 logger = logging.getLogger(__name__)
 
