@@ -16,9 +16,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, ClassVar
-
-import requests
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventd.actions.base import (
     ActionContext,
@@ -33,6 +31,9 @@ from eventd.events import RESOURCE_URI, object_ref
 from eventd.loopguard import LoopGuard
 from eventd.sources.dockercloud.action_waiter import TERMINAL_STATES
 from eventd.sources.dockercloud.rest import RestClient
+
+if TYPE_CHECKING:
+    import requests  # loaded by the REST client on its first call
 
 logger = logging.getLogger(__name__)
 

@@ -11,14 +11,15 @@ import fnmatch
 import json
 import re
 import threading
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
-
-import requests
 
 from eventd.actions.base import ActionContext, ActionJob
 from eventd.delivery.http import new_session, send
 from eventd.errors import PermanentActionError
+
+if TYPE_CHECKING:
+    import requests  # loaded by new_session() on the first request
 
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
 DEFAULT_TIMEOUT = 10.0
