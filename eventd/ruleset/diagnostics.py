@@ -12,11 +12,12 @@ import difflib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from eventd.ruleset.positions import Issue, JsonPath
+
+if TYPE_CHECKING:
+    import jsonschema
 
 WARNING = "warning"
 

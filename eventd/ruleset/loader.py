@@ -17,9 +17,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from eventd.actions import ACTIONS, UnknownActionKind, resolve
@@ -38,7 +37,11 @@ from eventd.ruleset.index import RuleSet
 from eventd.ruleset.matching import compile_match, compile_problems
 from eventd.ruleset.model import ActionSpec, Problem, Rule, ThrottleSpec
 from eventd.ruleset.positions import MAX_FILE_BYTES, Doc, Issue, JsonPath, LimitExceeded, parse, pos
+from eventd.ruleset.quickcheck import conforms
 from eventd.settings import parse_duration
+
+if TYPE_CHECKING:
+    import jsonschema  # imported where a document is not plainly valid (~5 MiB)
 
 __all__ = ["ActionSpec", "CheckResult", "Problem", "Rule", "RuleSet", "ThrottleSpec", "check",
            "check_paths", "load_rules", "schema"]
@@ -56,7 +59,20 @@ def _base_schema() -> dict[str, Any]:
 
 @functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     return jsonschema.Draft202012Validator(_base_schema())
+
+
+def _schema_errors(schema: dict[str, Any], instance: Any) -> list[jsonschema.ValidationError]:
+    """jsonschema's errors, asked for only when the quick check does not say valid."""
+    if conforms(schema, instance):
+        return []
+    import jsonschema
+
+    validator = _validator() if schema is _base_schema() \
+        else jsonschema.Draft202012Validator(schema)
+    return list(validator.iter_errors(instance))
 
 
 def schema() -> dict[str, Any]:
@@ -131,7 +147,8 @@ class _Checker:
         if doc.data is None:  # an empty file, or only comments
             doc.data = {}
         unexpanded = {i.path for i in doc.issues}
-        doc.issues.extend(i for e in _validator().iter_errors(doc.data) for i in schema_issues(e))
+        doc.issues.extend(i for e in _schema_errors(_base_schema(), doc.data)
+                          for i in schema_issues(e))
         bad = {i.path for i in doc.issues}
         rules = doc.data.get("rules") if isinstance(doc.data, dict) else None
         for index, raw in enumerate(rules if isinstance(rules, list) else []):
@@ -266,8 +283,7 @@ class _Checker:
             try:
                 schema_found: list[Issue] = []
                 if isinstance(kind_schema, dict):
-                    validator = jsonschema.Draft202012Validator(kind_schema)
-                    for error in validator.iter_errors(options):
+                    for error in _schema_errors(kind_schema, options):
                         schema_found.extend(i for i in schema_issues(error, path)
                                             if i.path not in unexpanded)
                 doc.issues.extend(schema_found)
