@@ -38,7 +38,7 @@ PEER_PACKAGES = ("python-dockercloud==1.0.12", "websocket-client==0.37.0")
 MIB = 1024.0
 LATENCY_GRACE = 10.0  # seconds to wait for webhooks after the stream has ended
 
-FIGURES = ("drain", "baseline", "throughput", "peer", "latency", "memory", "recovery")
+FIGURES = ("drain", "baseline", "throughput", "peer", "latency", "memory", "spool", "recovery")
 
 
 def say(message: str) -> None:
@@ -54,6 +54,7 @@ class Config:
     events: int
     memory_events: int
     memory_runs: int
+    spool_events: int
     latency_seconds: float
     latency_rate: float
     latency_runs: int
@@ -70,6 +71,7 @@ class Config:
             events=args.events or (20_000 if quick else 200_000),
             memory_events=args.memory_events or (300_000 if quick else 1_000_000),
             memory_runs=args.memory_runs or 1,
+            spool_events=args.spool_events or (100_000 if quick else 300_000),
             latency_seconds=args.latency_seconds or (5.0 if quick else 30.0),
             latency_rate=args.latency_rate,
             latency_runs=args.latency_runs or 1,
@@ -201,7 +203,9 @@ def run_eventd(cfg: Config, work: Path, rules: Path, events: int, rest_host: str
             **_sanity(values),
         }
         if track_memory:
+            result["rss_start_kib"] = ev.samples[0].rss_kib  # when /metrics first answered
             result["rss_100k_kib"] = at_100k[0] if at_100k else None
+            result["spool_pending"] = values.get("eventd_spool_pending")
             step = max(1, len(ev.samples) // 60)
             result["rss_curve"] = [[x.count, x.rss_kib] for x in ev.samples[::step]]
         result["exit_code"] = ev.terminate()
@@ -330,6 +334,17 @@ def measure(cfg: Config, res: Results) -> None:
                 say(f"memory {i + 1}/{cfg.memory_runs}: {cfg.memory_events:,} events")
                 _one(res, "memory", lambda: run_eventd(cfg, work(), rules100, cfg.memory_events,
                                                        rest_host, track_memory=True))
+        if "spool" in only:
+            # The same 100 rules plus a webhook on container events (~36%) to a port nobody
+            # listens on: the spool only grows; memory must not grow with it.
+            down = f"http://127.0.0.1:{harness.free_port()}/down"
+            hook = {"name": "hook-down", "match": {"type": "container"}, "actions": [
+                {"webhook": {"url": down, "json": {"uuid": "{{ event.uuid }}"}}}]}
+            rules_down = rulegen.write(tmp_path / "rules_down", "rules_down",
+                                       rulegen.rules(100, [hook])).parent
+            say(f"spool: {cfg.spool_events:,} events, webhook target down")
+            _one(res, "spool", lambda: run_eventd(cfg, work(), rules_down, cfg.spool_events,
+                                                  rest_host, track_memory=True))
         if "recovery" in only:
             for i in range(cfg.runs):
                 say(f"recovery {i + 1}/{cfg.runs}")
@@ -466,6 +481,21 @@ def table(cfg: Config, res: Results) -> list[dict[str, str]]:
         row(f"RSS growth, 100k -> {cfg.memory_events:,} events",
             "n/a" if g is None else f"{g / MIB:+.1f} MiB", "-", "< 2 MiB",
             _met(None if g is None else g < 2 * MIB))
+        start = res.median("memory", "rss_start_kib")
+        row("RSS when /metrics first answers (before the blast is read)",
+            "n/a" if start is None else f"{start / MIB:.1f} MiB", "-", "-", "-")
+    if "spool" in res.runs:
+        r = res.runs["spool"][-1]
+        hwm, pending = r.get("hwm_kib"), r.get("spool_pending")
+        g = None if r.get("rss_100k_kib") is None or r.get("rss_end_kib") is None \
+            else r["rss_end_kib"] - r["rss_100k_kib"]
+        row(f"peak RSS with a webhook target down, {cfg.spool_events:,} events "
+            f"({'?' if pending is None else f'{pending:,.0f}'} actions in the spool at the end)",
+            "n/a" if hwm is None else f"{hwm / MIB:.1f} MiB", "-", "< 40 MiB",
+            _met(None if hwm is None else hwm < 40 * MIB))
+        row("RSS growth with the target down, 100k -> end",
+            "n/a" if g is None else f"{g / MIB:+.1f} MiB", "-", "< 2 MiB",
+            _met(None if g is None else g < 2 * MIB))
     if "recovery" in res.runs:
         drops = [d for r in res.runs["recovery"] for d in r.get("drops", [])]
         rec = [d["recovery_s"] for d in drops if d.get("recovery_s") is not None]
@@ -480,7 +510,7 @@ def table(cfg: Config, res: Results) -> list[dict[str, str]]:
         row("recovery, worst", "n/a" if not rec else f"{max(rec):.2f} s", "-", "< 2 s",
             _met(None if not rec else max(rec) < 2 and len(rec) == len(drops)))
     eventd_runs = [r for s in ("eventd_100", "eventd_1000", "eventd_audit", "latency", "memory",
-                               "recovery") for r in res.runs.get(s, [])]
+                               "spool", "recovery") for r in res.runs.get(s, [])]
     if eventd_runs:
         codes = [r.get("exit_code") for r in eventd_runs]
         zero = sum(1 for c in codes if c == 0)
@@ -534,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="events per throughput run (default 200,000)")
     parser.add_argument("--memory-events", type=int, default=0, help="default 1,000,000")
     parser.add_argument("--memory-runs", type=int, default=0, help="default 1")
+    parser.add_argument("--spool-events", type=int, default=0,
+                        help="events with a webhook target down (default 300,000)")
     parser.add_argument("--latency-seconds", type=float, default=0, help="default 30")
     parser.add_argument("--latency-rate", type=float, default=1000.0)
     parser.add_argument("--latency-runs", type=int, default=0, help="default 1")
