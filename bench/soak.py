@@ -74,7 +74,8 @@ class Daemon:
                          "DOCKERCLOUD_USER": "soak", "DOCKERCLOUD_APIKEY": "soak"})
         exe = harness.ROOT / ".venv" / "bin" / "eventd"
         self.exe = str(exe) if exe.exists() else "eventd"
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards self.ev
+        self.control = threading.Lock()  # one kill, restart or start at a time
         self.ev: harness.EventdProcess | None = None
         self.starts = 0
         self.peak_hwm_kib = 0
@@ -106,13 +107,31 @@ class Daemon:
         except (OSError, harness.BenchError):
             pass
 
-    def sigkill(self) -> None:
-        with self.lock:
-            ev, self.ev = self.ev, None
-        if ev is not None:
-            self._hwm(ev)
-            ev.proc.send_signal(signal.SIGKILL)
-            ev.proc.wait(10)
+    def start_surely(self) -> None:
+        """start(), tried again for a minute: a soak must not end because one start failed."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.start()
+                return
+            except harness.BenchError as exc:
+                self.crashes.append(f"eventd did not start: {exc}")
+                say(self.crashes[-1])
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def sigkill_and_restart(self, pause: float) -> None:
+        """SIGKILL eventd, wait `pause` seconds, start it again on the same state directory."""
+        with self.control:
+            with self.lock:
+                ev, self.ev = self.ev, None
+            if ev is not None:
+                self._hwm(ev)
+                ev.proc.send_signal(signal.SIGKILL)
+                ev.proc.wait(10)
+            time.sleep(pause)
+            self.start_surely()
 
     def terminate(self) -> int | None:
         with self.lock:
@@ -133,14 +152,20 @@ class Daemon:
 
     def restart_if_dead(self) -> None:
         """An eventd that exited without being told to is a broken promise; start another."""
-        with self.lock:
-            ev = self.ev
-            if ev is None or ev.proc.poll() is None:
-                return
-            self.ev = None
-        self.crashes.append(f"eventd exited {ev.proc.returncode} unasked: {ev.stderr_tail()[-300:]}")
-        say(self.crashes[-1])
-        self.start()
+        if not self.control.acquire(blocking=False):
+            return  # a kill and restart is under way
+        try:
+            with self.lock:
+                ev = self.ev
+                if ev is None or ev.proc.poll() is None:
+                    return
+                self.ev = None
+            self.crashes.append(f"eventd exited {ev.proc.returncode} unasked: "
+                                f"{ev.stderr_tail()[-300:]}")
+            say(self.crashes[-1])
+            self.start_surely()
+        finally:
+            self.control.release()
 
     def sample_forever(self) -> None:
         names = ("eventd_spool_pending", "eventd_deadletter_total")
@@ -208,9 +233,7 @@ class Soak:
                 fault.detail.update(seconds=round(seconds, 1), eventd_reconnected=reconnected)
             else:
                 self.kills.append((time.time(), self.stream.live_number()))
-                daemon.sigkill()
-                time.sleep(self.rng.uniform(0, 3))
-                daemon.start()
+                daemon.sigkill_and_restart(self.rng.uniform(0, 3))
             fault.end = time.time()
             say(f"fault {kind}: {fault.length(fault.end):.1f} s {fault.detail or ''}")
 
@@ -233,7 +256,7 @@ class Soak:
                 fault.detail["seconds"] = round(seconds, 1)
                 receiver.stop()
                 time.sleep(seconds)
-                receiver.start()
+                self.restart_receiver(receiver)
                 fault.end = time.time()
             else:
                 if kind == "503":
@@ -250,6 +273,17 @@ class Soak:
                 fault.end = receiver.script_done_at
                 fault.detail["used_up_s"] = round(fault.end - fault.start, 1) if fault.end else None
             say(f"fault {kind} on {name}: {fault.detail}")
+
+    @staticmethod
+    def restart_receiver(receiver: SoakReceiver) -> None:
+        """Listen again on the same port (retried: the port may linger a moment)."""
+        for _ in range(100):
+            try:
+                receiver.start()
+                return
+            except OSError:
+                time.sleep(0.1)
+        receiver.start()
 
     # -- the run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -315,6 +349,12 @@ class Soak:
     def verdict(self, daemon: Daemon, drained: float, code: int | None,
                 stream_end: float) -> dict[str, Any]:
         now = time.time()
+        for f in self.faults:  # a scripted fault the run ended in: over when its script was
+            if f.end is None and f.target is not None:
+                r = self.receivers[f.target]
+                if not r.script_left() and r.script_done_at is not None:
+                    f.end = r.script_done_at
+                    f.detail["used_up_s"] = round(f.end - f.start, 1)
         hits = {name: list(r.hits) for name, r in self.receivers.items()}
         result = check(self.stream.sends, hits, self.faults, self.kills, now)
         listed = subprocess.run([daemon.exe, "deadletter", "list", "--state-dir",
