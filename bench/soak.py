@@ -262,11 +262,13 @@ class Soak:
                 if kind == "503":
                     count, headers = self.rng.randint(3, 30), {}
                     receiver.fail_next(503, count)
+                    fault.nominal = sum(min(60.0, 2.0 ** k) for k in range(count)) + 1.0
                 else:
-                    count = self.rng.randint(1, 5)
-                    headers = {"Retry-After": str(self.rng.randint(1, 10))}
+                    count, after = self.rng.randint(1, 5), self.rng.randint(1, 10)
+                    headers = {"Retry-After": str(after)}
                     receiver.fail_next(429, count, headers)
-                fault.detail.update(count=count, **headers)
+                    fault.nominal = count * after + 1.0
+                fault.detail.update(count=count, nominal_s=fault.nominal, **headers)
                 stop = time.time() + max(5.0, left - 5)
                 while receiver.script_left() and time.time() < stop:
                     time.sleep(0.2)

@@ -34,9 +34,18 @@ class Fault:
     start: float
     end: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    #: For scripted answers: how long they last against a client that does what the issue
+    #: asks (waits exactly Retry-After; probes 1 s, 2 s, 4 s ... 60 s apart). A client that
+    #: takes longer to use them up does not get the extra time as an excuse.
+    nominal: float | None = None
 
     def length(self, now: float) -> float:
         return (self.end if self.end is not None else now) - self.start
+
+    def excuse(self, now: float) -> float:
+        """The seconds this fault may delay a delivery (beyond the 65 s grace)."""
+        length = self.length(now)
+        return length if self.nominal is None else min(length, self.nominal)
 
 
 def target_a(kind: str, state: str) -> bool:
@@ -111,7 +120,7 @@ def check(sends: list[Send], hits: dict[str, list[Hit]], faults: list[Fault],
                 continue
             wait = h.t - s.t
             latencies.append(wait)
-            allowed = GRACE + sum(f.length(now) for f in relevant
+            allowed = GRACE + sum(f.excuse(now) for f in relevant
                                   if f.start <= h.t and (f.end or now) >= s.t)
             if wait > allowed:
                 late.append({"uuid": s.uuid, "sent": s.t, "waited": round(wait, 1),
