@@ -21,8 +21,7 @@ build_parser().parse_args(["run", "--rules", "rules/"])
 import eventd.daemon
 from eventd.actions import ACTIONS, resolve
 from eventd.ruleset.loader import load_rules
-# docker: its kind imports the Docker SDK (and so requests) at the top; left to its owner.
-kinds = [resolve(name) for name in ACTIONS if name != "docker"]
+kinds = [resolve(name) for name in ACTIONS]
 rules = load_rules([sys.argv[1]], os.environ)
 heavy = ("requests", "urllib3", "jsonschema", "asyncio", "websockets", "eventd.emulator.core")
 print(json.dumps(sorted(name for name in heavy if name in sys.modules)))

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, ClassVar
-
-import docker
-import docker.errors
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventd.actions.base import ActionContext, ActionJob
 from eventd.delivery.limits import TargetLimiter
 from eventd.errors import ActionSkipped, PermanentActionError, RetryableActionError
 from eventd.loopguard import LoopGuard
-from eventd.sources.docker.client import describe_failure, make_client
 from eventd.sources.docker.mapping import URI_PREFIX
+
+if TYPE_CHECKING:  # the Docker SDK (and requests under it) loads on the first call, not at start
+    import docker
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +158,8 @@ class DockerAction:
         with self._lock:
             if self._client is None:
                 try:
+                    from eventd.sources.docker.client import make_client
+
                     self._client = make_client(self.context.settings)
                 except Exception as exc:  # noqa: BLE001
                     raise self._failed(exc, "connect") from None
@@ -166,6 +167,10 @@ class DockerAction:
 
     def _failed(self, exc: BaseException, what: str) -> Exception:
         """4xx: final (dead letter). The Engine away or failing (5xx): retried."""
+        import docker.errors
+
+        from eventd.sources.docker.client import describe_failure
+
         if isinstance(exc, docker.errors.APIError) and exc.response is not None:
             status = exc.response.status_code
             text = str(exc.explanation or "")[:160]
