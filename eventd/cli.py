@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "EVENTD_ALLOW_HOSTS, comma-separated); others are dead-lettered")
     run.add_argument("--max-event-age", metavar="DURATION", default=None,
                      help="older events trigger no REST action (default 15m)")
+    run.add_argument("--alert-resend", metavar="DURATION", default=None,
+                     help="re-send firing alerts this often, endsAt 4x ahead (default 1m, env "
+                          "EVENTD_ALERT_RESEND)")
     run.add_argument("--ca-file", metavar="FILE", default=None,
                      help="also trust these CA certificates (PEM) for the stream, REST and "
                           "webhook hosts (env EVENTD_CA_FILE)")
@@ -238,6 +241,7 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
             "idle_timeout": duration(args.idle_timeout, "--idle-timeout"),
             "backoff_max": duration(args.backoff_max, "--backoff-max"),
             "max_event_age": duration(args.max_event_age, "--max-event-age"),
+            "alert_resend": duration(args.alert_resend, "--alert-resend"),
             "tls": tls_from_env(env, args.ca_file, args.client_cert, args.client_key),
             "allow_hosts": tuple(args.allow_hosts) if args.allow_hosts else None,
         })

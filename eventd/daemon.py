@@ -25,6 +25,7 @@ from typing import Any
 
 from eventd.actions import ACTIONS, resolve
 from eventd.actions.base import ActionContext, ActionJob, ActionKind
+from eventd.alerts.wiring import Alerting
 from eventd.dedupe import DedupeSaver
 from eventd.delivery.dispatcher import Dispatcher
 from eventd.delivery.limits import TargetLimiter
@@ -78,16 +79,21 @@ class Pipeline:
     rest: RestClient | None
     loop_guard: LoopGuard
     action_waiter: ActionWaiter
+    alerts: Alerting | None = None
 
     def start(self) -> None:
-        """Resume the spool and start saving the de-dup window."""
+        """Resume the spool, start saving the de-dup window and re-sending firing alerts."""
         self.dispatcher.start()
         self.dedupe.start()
+        if self.alerts is not None:
+            self.alerts.ticker.start()
 
     def close(self, timeout: float) -> int:
         """Stop delivering within `timeout`, close kinds and clients, save the de-dup window,
         close the store; how many accepted actions stay in the spool."""
         left = self.dispatcher.close(timeout)
+        if self.alerts is not None:
+            self.alerts.ticker.close()
         for kind in self.kinds.values():
             _close(kind, self.metrics)
         _close(self.rest, self.metrics)
@@ -125,16 +131,21 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
                                         for name in (ACTIONS if kinds is None else kinds)}
         dispatcher = Dispatcher(context, store, built)
         dedupe = DedupeSaver.load(store, settings.dedupe_window)
+        alerts = None if ruleset is None else Alerting.build(
+            settings, store, dispatcher.submit, metrics, built, context.stopping)
         engine = None if ruleset is None else Engine(
-            ruleset, dispatcher.submit, built, WaitingThrottles(store, context.stopping), metrics,
+            ruleset, alerts.book.submit if alerts is not None else dispatcher.submit, built,
+            WaitingThrottles(store, context.stopping), metrics,
             enricher=_enricher(settings, rest), loop_guard=loop_guard,
             action_waiter=action_waiter, max_event_age=settings.max_event_age,
             submit_many=dispatcher.submit_many, dedupe=dedupe.window)
+        if alerts is not None and engine is not None:
+            alerts.serve(engine)
     except BaseException:
         store.close()
         raise
     return Pipeline(settings, metrics, store, dedupe, context, built, dispatcher, engine, rest,
-                    loop_guard, action_waiter)
+                    loop_guard, action_waiter, alerts)
 
 
 def observe_store(store: Store, metrics: Metrics) -> None:

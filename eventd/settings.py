@@ -287,6 +287,8 @@ class Settings:
     docker_host: str = "unix:///var/run/docker.sock"
     docker_tls_verify: str | None = None
     docker_cert_path: str | None = None
+    #: firing alerts are re-sent this often, with endsAt 4 x this ahead (EVENTD_ALERT_RESEND)
+    alert_resend: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -322,6 +324,9 @@ class Settings:
             values["docker_tls_verify"] = environ["DOCKER_TLS_VERIFY"]
         if environ.get("DOCKER_CERT_PATH"):
             values["docker_cert_path"] = environ["DOCKER_CERT_PATH"]
+        resend = environ.get("EVENTD_ALERT_RESEND", "").strip()
+        if resend:
+            values["alert_resend"] = parse_duration(resend, "EVENTD_ALERT_RESEND")
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
             if key not in known:
@@ -330,6 +335,11 @@ class Settings:
                 values[key] = value
         check_cluster(values.get("cluster", "eventd"))
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.alert_resend <= 0:
+            raise ConfigError(f"--alert-resend (EVENTD_ALERT_RESEND) must be more than 0, "
+                              f"got {self.alert_resend:g} s")
 
     @property
     def stream_url(self) -> str:

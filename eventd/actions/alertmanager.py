@@ -2,6 +2,8 @@
 
 The body is a JSON list with one alert; `alertname` defaults to the rule's name, `startsAt`
 is the event's time. Alertmanager itself groups and de-duplicates alerts by their labels.
+What fires is kept and re-sent by `eventd.alerts.firing`, which puts `starts_at` and
+`ends_in` (or, resolving, `ends_at`) into the job's context; this module only sends.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any, ClassVar
 from eventd.actions.base import ActionJob
 from eventd.actions.webhook import DEFAULT_TIMEOUT, HttpPostAction, check_timeout, check_url, origin
 from eventd.delivery.http import send
-from eventd.errors import PermanentActionError
+from eventd.errors import ConfigError, PermanentActionError
 from eventd.events import parse_datetime
+from eventd.settings import parse_duration
 
 ALERTS_PATH = "/api/v2/alerts"
 
@@ -41,6 +44,12 @@ class AlertmanagerAction(HttpPostAction):
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
             "generator_url": {"type": "string"},
+            "resolve": {"type": "boolean",
+                        "description": "send the alert with the same labels as resolved (endsAt = now) "
+                                       "and stop re-sending it"},
+            "expire": {"type": ["string", "number"],
+                       "description": "stop re-sending an alert nothing resolved after this long "
+                                      "(default 24h)"},
             "timeout": {"type": "number", "exclusiveMinimum": 0},
         },
     }
@@ -53,6 +62,13 @@ class AlertmanagerAction(HttpPostAction):
             if not isinstance(options.get(key, {}), dict):
                 problems.append(f"{key} must be a mapping of names to strings")
         problems.extend(check_timeout(options.get("timeout")))
+        expire = options.get("expire")
+        if expire is not None and not (isinstance(expire, str) and "{" in expire):
+            try:
+                if parse_duration(expire, "expire") <= 0:
+                    problems.append("expire must be more than 0")
+            except ConfigError as exc:
+                problems.append(str(exc))
         return problems
 
     def alert(self, job: ActionJob) -> dict[str, Any]:
@@ -66,6 +82,13 @@ class AlertmanagerAction(HttpPostAction):
             "annotations": {str(k): str(v) for k, v in (options.get("annotations") or {}).items()},
             "startsAt": rfc3339(started if started is not None else time.time()),
         }
+        context = job.context
+        if isinstance(context.get("starts_at"), (int, float)):
+            alert["startsAt"] = rfc3339(float(context["starts_at"]))
+        if isinstance(context.get("ends_at"), (int, float)):  # resolving
+            alert["endsAt"] = rfc3339(float(context["ends_at"]))
+        elif isinstance(context.get("ends_in"), (int, float)):  # firing: active until re-sent
+            alert["endsAt"] = rfc3339(time.time() + float(context["ends_in"]))
         if options.get("generator_url"):
             alert["generatorURL"] = str(options["generator_url"])
         return alert
@@ -83,4 +106,6 @@ class AlertmanagerAction(HttpPostAction):
         response = send(self._sessions.get(), "POST", url, f"alertmanager {where}",
                         timeout=float(job.options.get("timeout") or DEFAULT_TIMEOUT),
                         headers=headers, data=body)
-        return f"alert {job.rule} to {where}: HTTP {response.status_code}"
+        verb = "resolved" if "ends_at" in job.context else "re-sent" if job.context.get("resend") \
+            else "alert"
+        return f"{verb} {job.rule} to {where}: HTTP {response.status_code}"

@@ -19,7 +19,7 @@ KNOWN_TYPES = frozenset(
      # the Docker Engine's object types (the docker source)
      "network", "volume", "daemon", "plugin", "config", "secret"}
 )
-OUTCOMES = ("success", "retry", "failed", "deadletter", "throttled", "skipped")
+OUTCOMES = ("success", "retry", "failed", "deadletter", "throttled", "skipped", "shadow", "grouped")
 ACTION_KINDS = ("log", "webhook", "alertmanager", "dockercloud", "audit", "docker")
 INVALID_REASONS = ("not_json", "not_object", "missing_type")
 RECONNECT_REASONS = ("dropped", "closed", "pong_timeout", "idle", "protocol_error",
@@ -96,6 +96,11 @@ class Metrics:
         self.source_info = Gauge(
             "eventd_source_info", "1 for the source this daemon reads events from", ["source"],
             registry=r)
+        self.alerts_active = Gauge(
+            "eventd_alerts_active", "Alerts eventd is firing (re-sent until resolved or expired)",
+            registry=r)
+        self.groups_open = Gauge(
+            "eventd_groups_open", "Digest groups collecting events (a grouped webhook)", registry=r)
         self.build_info = Gauge(
             "eventd_build_info", "eventd's version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from eventd.actions.base import ActionJob
 
 if TYPE_CHECKING:
     from eventd.settings import Settings
 
-__all__ = ["CallLimits", "DeadLetter", "DeadLetters", "DedupeSnapshots", "Leases", "Marks",
-           "Observed", "SharedDedupe", "Spool", "Store", "StoreFactory", "Throttles"]
+__all__ = ["CallLimits", "DeadLetter", "DeadLetters", "DedupeSnapshots", "FiringAlerts", "Leases",
+           "Marks", "Observed", "OpenGroups", "SharedDedupe", "Spool", "Store", "StoreFactory",
+           "Throttles"]
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,52 @@ class DedupeSnapshots(Protocol):
         ...
 
 
-class Store(Spool, DeadLetters, Throttles, Marks, DedupeSnapshots, Protocol):
+class FiringAlerts(Protocol):
+    """Alerts eventd fired and keeps re-sending until resolved or expired (eventd.alerts).
+
+    A record is a JSON-ready mapping kept under its key (the alert's identity: url + labels);
+    a later `alert_put` of the same key replaces it.
+    """
+
+    def alert_put(self, key: str, record: dict[str, Any]) -> None:
+        """Keep (or replace) the firing alert `key`."""
+        ...
+
+    def alert_take(self, key: str) -> dict[str, Any] | None:
+        """Forget the alert `key`; its record, or None if it was not firing."""
+        ...
+
+    def alert_list(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every firing alert (key, record), in no particular order."""
+        ...
+
+
+class OpenGroups(Protocol):
+    """Digest groups still collecting events (a grouped webhook), kept until they close.
+
+    `meta` is JSON-ready and written when the group opens; events are kept in arrival order.
+    """
+
+    def group_add(self, key: str, meta: dict[str, Any], event: dict[str, Any]) -> int:
+        """Append `event` to group `key` (opening it with `meta` if it is not open); the
+        group's size after the append."""
+        ...
+
+    def group_list(self) -> list[tuple[str, dict[str, Any], int]]:
+        """Every open group: (key, meta, size), oldest first."""
+        ...
+
+    def group_get(self, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """Group `key`'s meta and events (oldest first), or None if it is not open."""
+        ...
+
+    def group_take(self, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """Close group `key`: its meta and events (oldest first), or None if it is not open."""
+        ...
+
+
+class Store(Spool, DeadLetters, Throttles, Marks, DedupeSnapshots, FiringAlerts, OpenGroups,
+            Protocol):
     """Every role, plus a health check and a close."""
 
     #: the registry name ("sqlite", "memory", ...)

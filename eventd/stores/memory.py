@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventd.actions.base import ActionJob
 from eventd.errors import StoreError
@@ -55,6 +55,8 @@ class MemoryStore:
         self._throttle_acquired = 0
         self._marks: dict[str, float] = {}
         self._dedupe: list[str] = []
+        self._alerts: dict[str, str] = {}
+        self._groups: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()  # key -> (meta, events)
         self._closed = False
 
     def _check(self, op: str) -> None:
@@ -241,6 +243,63 @@ class MemoryStore:
         with self._lock:
             self._check("dedupe_save")
             self._dedupe = list(uuids)
+
+    # -- firing alerts, open groups ---------------------------------------------------------------
+    def alert_put(self, key: str, record: dict[str, Any]) -> None:
+        """Keep (or replace) a firing alert."""
+        with self._lock:
+            self._check("alert_put")
+            self._alerts[key] = json.dumps(record, separators=(",", ":"), default=str)
+
+    def alert_take(self, key: str) -> dict[str, Any] | None:
+        """Forget a firing alert; its record."""
+        with self._lock:
+            self._check("alert_take")
+            data = self._alerts.pop(key, None)
+        return None if data is None else dict(json.loads(data))
+
+    def alert_list(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every firing alert."""
+        with self._lock:
+            self._check("alert_list")
+            return [(key, dict(json.loads(data))) for key, data in self._alerts.items()]
+
+    def group_add(self, key: str, meta: dict[str, Any], event: dict[str, Any]) -> int:
+        """Append an event to a group, opening it with `meta`; the group's size."""
+        with self._lock:
+            self._check("group_add")
+            entry = self._groups.get(key)
+            if entry is None:
+                entry = self._groups[key] = (json.dumps(meta, default=str), [])
+            entry[1].append(json.dumps(event, separators=(",", ":"), default=str))
+            return len(entry[1])
+
+    def group_list(self) -> list[tuple[str, dict[str, Any], int]]:
+        """Every open group, oldest first."""
+        with self._lock:
+            self._check("group_list")
+            return [(key, dict(json.loads(meta)), len(events))
+                    for key, (meta, events) in self._groups.items()]
+
+    def group_get(self, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """A group's meta and events."""
+        with self._lock:
+            self._check("group_get")
+            entry = self._groups.get(key)
+            if entry is not None:
+                entry = (entry[0], list(entry[1]))
+        if entry is None:
+            return None
+        return dict(json.loads(entry[0])), [dict(json.loads(e)) for e in entry[1]]
+
+    def group_take(self, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """Close a group: its meta and events."""
+        with self._lock:
+            self._check("group_take")
+            entry = self._groups.pop(key, None)
+        if entry is None:
+            return None
+        return dict(json.loads(entry[0])), [dict(json.loads(e)) for e in entry[1]]
 
     # -- health and lifecycle -------------------------------------------------------------------
     def healthy(self) -> bool:

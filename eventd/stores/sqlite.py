@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
@@ -56,6 +56,19 @@ CREATE TABLE IF NOT EXISTS deadletter (
 CREATE TABLE IF NOT EXISTS throttle (key TEXT PRIMARY KEY, at REAL NOT NULL, until REAL);
 CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshot (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    meta TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS group_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS group_events_key ON group_events (key, seq);
 """
 
 P = ParamSpec("P")
@@ -339,6 +352,74 @@ class SqliteStore:
         """Every key marked at `now`, with its `until` (no query: marks are cached)."""
         with self._lock:
             return {key: until for key, until in self._marks.items() if until > now}
+
+    # -- firing alerts, open groups ---------------------------------------------------------------
+    @_converted
+    def alert_put(self, key: str, record: dict[str, Any]) -> None:
+        """Keep (or replace) a firing alert (committed on return)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO alerts (key, data) VALUES (?, ?)",
+                             (key, json.dumps(record, separators=(",", ":"), default=str)))
+
+    @_converted
+    def alert_take(self, key: str) -> dict[str, Any] | None:
+        """Forget a firing alert; its record."""
+        with self._lock, self._transaction():
+            row = self._db.execute("SELECT data FROM alerts WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            self._db.execute("DELETE FROM alerts WHERE key = ?", (key,))
+        return dict(json.loads(row[0]))
+
+    @_converted
+    def alert_list(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every firing alert."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, data FROM alerts").fetchall()
+        return [(str(key), dict(json.loads(data))) for key, data in rows]
+
+    @_converted
+    def group_add(self, key: str, meta: dict[str, Any], event: dict[str, Any]) -> int:
+        """Append an event to a group, opening it with `meta`; the group's size."""
+        with self._lock, self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO groups (key, meta) VALUES (?, ?)",
+                             (key, json.dumps(meta, default=str)))
+            self._db.execute("INSERT INTO group_events (key, data) VALUES (?, ?)",
+                             (key, json.dumps(event, separators=(",", ":"), default=str)))
+            self._db.execute("UPDATE groups SET size = size + 1 WHERE key = ?", (key,))
+            row = self._db.execute("SELECT size FROM groups WHERE key = ?", (key,)).fetchone()
+        return int(row[0])
+
+    @_converted
+    def group_list(self) -> list[tuple[str, dict[str, Any], int]]:
+        """Every open group, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, meta, size FROM groups ORDER BY seq").fetchall()
+        return [(str(key), dict(json.loads(meta)), int(size)) for key, meta, size in rows]
+
+    @_converted
+    def group_get(self, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """A group's meta and events."""
+        with self._lock:
+            row = self._db.execute("SELECT meta FROM groups WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            events = [dict(json.loads(data)) for (data,) in self._db.execute(
+                "SELECT data FROM group_events WHERE key = ? ORDER BY seq", (key,))]
+        return dict(json.loads(row[0])), events
+
+    @_converted
+    def group_take(self, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """Close a group: its meta and events, deleted in one transaction."""
+        with self._lock, self._transaction():
+            row = self._db.execute("SELECT meta FROM groups WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            events = [dict(json.loads(data)) for (data,) in self._db.execute(
+                "SELECT data FROM group_events WHERE key = ? ORDER BY seq", (key,))]
+            self._db.execute("DELETE FROM group_events WHERE key = ?", (key,))
+            self._db.execute("DELETE FROM groups WHERE key = ?", (key,))
+        return dict(json.loads(row[0])), events
 
     # -- de-dup snapshot --------------------------------------------------------------------------
     @_converted

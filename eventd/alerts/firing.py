@@ -1,0 +1,177 @@
+"""Firing alerts: what an `alertmanager` action fired, kept until it is resolved or expires.
+
+An alert's identity is its `url` and its rendered labels (`alertname` defaults to the rule).
+Firing keeps it in the store and sends it with `endsAt` = now + 4 x resend; the ticker re-sends
+it every `resend` seconds, as Prometheus does, so Alertmanager never resolves it on its own
+while the condition holds, and does resolve it (at the last `endsAt`) if eventd dies for good.
+`resolve: true` sends the same labels with `endsAt` = now and forgets the alert; `expire`
+(default 24 h) forgets one nothing resolved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from eventd.actions.base import ActionJob
+from eventd.errors import ConfigError
+from eventd.events import parse_datetime
+from eventd.ops.metrics import Metrics
+from eventd.settings import parse_duration
+from eventd.stores.base import FiringAlerts
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESEND = 60.0
+DEFAULT_EXPIRE = 86400.0
+#: endsAt is this many re-send intervals ahead (Prometheus' resend delay x 4)
+ENDS_AFTER_RESENDS = 4
+#: event fields kept with a firing alert (a re-send's job carries them; the rest is not needed)
+_EVENT_FIELDS = ("type", "action", "state", "uuid", "resource_uri", "datetime")
+
+
+def alert_labels(rule: str, options: Mapping[str, Any]) -> dict[str, str]:
+    """The labels an alert is sent with: `alertname` (the rule's name unless given), then the
+    rendered `labels`."""
+    labels = {"alertname": rule}
+    labels.update({str(k): str(v) for k, v in (options.get("labels") or {}).items()})
+    return labels
+
+
+def alert_key(url: str, labels: Mapping[str, str]) -> str:
+    """The identity of an alert: its Alertmanager (`url`) and its labels, order aside."""
+    base = url.split("?", 1)[0].rstrip("/")
+    basis = json.dumps([base, sorted(labels.items())], separators=(",", ":"))
+    return hashlib.blake2b(basis.encode(), digest_size=16).hexdigest()
+
+
+def expire_seconds(value: Any) -> float:
+    """The `expire` option in seconds; the default when it is absent."""
+    if value is None or value == "":
+        return DEFAULT_EXPIRE
+    return parse_duration(value, "expire")
+
+
+class AlertBook:
+    """Records what `alertmanager` jobs fire and resolve, and re-sends what still fires.
+
+    `submit` is where jobs go (the dispatcher); every accepted job passes through `submit()`
+    here, which only looks at `alertmanager` ones.
+    """
+
+    def __init__(self, store: FiringAlerts, submit: Callable[[ActionJob], object],
+                 metrics: Metrics, *, resend: float = DEFAULT_RESEND,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._submit = submit
+        self._metrics = metrics
+        self.resend = resend
+        self._clock = clock
+        self._lock = threading.Lock()  # a resolve never races a re-send of the same alert
+        self._active = len(store.alert_list())
+        metrics.alerts_active.set(self._active)
+
+    @property
+    def active(self) -> int:
+        """How many alerts are firing."""
+        return self._active
+
+    def submit(self, job: ActionJob) -> object:
+        """Hand a job on; an `alertmanager` job first fires or resolves its alert."""
+        if job.kind != "alertmanager":
+            return self._submit(job)
+        with self._lock:
+            self._record(job, self._clock())
+            return self._submit(job)
+
+    def _record(self, job: ActionJob, now: float) -> None:
+        options = job.options
+        labels = alert_labels(job.rule, options)
+        key = alert_key(str(options.get("url", "")), labels)
+        earlier = self._store.alert_take(key)
+        if options.get("resolve") in (True, "true", "True"):
+            job.context["ends_at"] = now
+            if earlier is not None:
+                job.context["starts_at"] = earlier["starts_at"]
+                log.info("alert %s %s resolved by rule %s", labels["alertname"], _short(labels),
+                         job.rule)
+            else:
+                log.info("alert %s %s resolved by rule %s (it was not firing here: sent anyway)",
+                         labels["alertname"], _short(labels), job.rule)
+            self._set(self._active - (earlier is not None))
+            return
+        try:
+            expire = expire_seconds(options.get("expire"))
+        except ConfigError as exc:
+            log.warning("rule %s: %s; using the default %s s", job.rule, exc, DEFAULT_EXPIRE)
+            expire = DEFAULT_EXPIRE
+        starts = earlier["starts_at"] if earlier is not None else _event_time(job, now)
+        record = {
+            "rule": job.rule, "options": options, "target": job.target, "starts_at": starts,
+            "fired_at": now, "next_send": now + self.resend, "expires_at": now + expire,
+            "event": {k: job.event[k] for k in _EVENT_FIELDS if k in job.event},
+        }
+        self._store.alert_put(key, record)
+        job.context["starts_at"] = starts
+        job.context["ends_in"] = ENDS_AFTER_RESENDS * self.resend
+        if earlier is None:
+            log.info("alert %s %s firing (rule %s); re-sent every %.0f s until resolved or "
+                     "%.0f s have passed", labels["alertname"], _short(labels), job.rule,
+                     self.resend, expire)
+        self._set(self._active + (earlier is None))
+
+    def tick(self) -> int:
+        """Re-send the alerts that are due and forget the expired ones; how many were sent."""
+        sent = 0
+        with self._lock:
+            now = self._clock()
+            for key, record in self._store.alert_list():
+                if record.get("next_send", 0.0) > now:
+                    continue
+                if record.get("expires_at", now + 1) <= now:
+                    self._store.alert_take(key)
+                    labels = alert_labels(record["rule"], record["options"])
+                    log.warning("alert %s %s expired after %.0f s without a resolve; no longer "
+                                "re-sent (Alertmanager resolves it at its last endsAt)",
+                                labels["alertname"], _short(labels),
+                                now - float(record.get("fired_at", now)))
+                    continue
+                record["next_send"] = now + self.resend
+                self._store.alert_put(key, record)
+                self._submit(self._resend_job(key, record, now))
+                sent += 1
+            self._count()
+        return sent
+
+    def _resend_job(self, key: str, record: dict[str, Any], now: float) -> ActionJob:
+        # One id per alert: a re-send still waiting in the spool (Alertmanager down) is not
+        # queued a second time.
+        return ActionJob(id=hashlib.blake2b(f"resend\0{key}".encode(), digest_size=16).hexdigest(),
+                         rule=record["rule"], kind="alertmanager", options=record["options"],
+                         event=record.get("event") or {}, target=record["target"], created_at=now,
+                         context={"starts_at": record["starts_at"],
+                                  "ends_in": ENDS_AFTER_RESENDS * self.resend, "resend": True})
+
+    def _count(self) -> None:
+        """Count from the store (another process sharing it may have fired or resolved)."""
+        self._set(len(self._store.alert_list()))
+
+    def _set(self, active: int) -> None:
+        self._active = max(0, active)
+        self._metrics.alerts_active.set(self._active)
+
+
+def _event_time(job: ActionJob, default: float) -> float:
+    when = parse_datetime(job.event.get("datetime"))
+    return when if when is not None else default
+
+
+def _short(labels: Mapping[str, str]) -> str:
+    """The labels other than alertname, for a log line."""
+    rest = {k: v for k, v in labels.items() if k != "alertname"}
+    return json.dumps(rest, sort_keys=True) if rest else "{}"

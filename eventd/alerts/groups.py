@@ -1,0 +1,153 @@
+"""Digest groups: a grouped `webhook` sends one request for many events instead of one each.
+
+`group: {by: TEMPLATE, wait: 30s, max: 100}`: the first event whose `by` renders to a key opens
+a group; the events that follow with the same key within `wait` join it; it closes when `wait`
+has passed since the first event, or at `max` events. Open groups live in the store (a restart
+loses none of their events). A closing group's options are rendered once, with `group.key`,
+`group.count` and `group.events` (oldest first) beside the first event's names, and the result
+is accepted into the spool as one action, with an id that is stable per group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from eventd.actions.base import ActionJob
+from eventd.errors import ConfigError, TemplateError
+from eventd.ops.metrics import Metrics
+from eventd.ruleset.templates import build_context
+from eventd.settings import parse_duration
+from eventd.stores.base import OpenGroups
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WAIT = 30.0
+DEFAULT_MAX = 100
+
+
+class GroupedAction(Protocol):
+    """The rule's action a closing group renders (an ActionSpec)."""
+
+    kind: str
+
+    def render(self, context: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+#: (rule name, action index) -> that action in the rules in force, or None if it is gone
+Lookup = Callable[[str, int], GroupedAction | None]
+#: (kind, rendered options) -> the delivery target
+Target = Callable[[str, dict[str, Any]], str]
+
+
+def group_limits(group: Mapping[str, Any]) -> tuple[float, int]:
+    """`wait` (seconds) and `max` of a `group` option, with their defaults (ConfigError if bad)."""
+    wait = parse_duration(group.get("wait", DEFAULT_WAIT), "group.wait")
+    size = group.get("max", DEFAULT_MAX)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"group.max: {size!r} must be a whole number of at least 1")
+    return wait, size
+
+
+class Grouper:
+    """Collects events into open groups and closes them into jobs for `submit`."""
+
+    def __init__(self, store: OpenGroups, submit: Callable[[ActionJob], object],
+                 metrics: Metrics, lookup: Lookup, target: Target) -> None:
+        self._store = store
+        self._submit = submit
+        self._metrics = metrics
+        self._lookup = lookup
+        self._target = target
+        self._lock = threading.Lock()
+        #: key -> when it closes (POSIX time); the store holds the rest
+        self._closing: dict[str, float] = {
+            key: float(meta.get("close_at", 0.0)) for key, meta, _ in store.group_list()}
+        metrics.groups_open.set(len(self._closing))
+
+    @property
+    def open(self) -> int:
+        """How many groups are collecting events."""
+        return len(self._closing)
+
+    def add(self, rule: str, index: int, kind: str, by: str, group: Mapping[str, Any],
+            event: dict[str, Any], now: float) -> int:
+        """Put an event into its group (opening it at `now`); the group's size so far."""
+        wait, size = group_limits(group)
+        key = f"{rule}\0{index}\0{by}"
+        meta = {"rule": rule, "index": index, "kind": kind, "by": by, "opened_at": now,
+                "close_at": now + wait, "max": size}
+        with self._lock:
+            count = self._store.group_add(key, meta, event)
+            if count == 1:
+                self._closing[key] = now + wait
+                self._metrics.groups_open.set(len(self._closing))
+                log.info("rule %s: digest group %r opened; closes in %.0f s or at %d events",
+                         rule, by, wait, size)
+            if count >= size:
+                self._close(key, now)
+        return count
+
+    def due(self, now: float) -> int:
+        """Close every group whose time has come; how many closed."""
+        with self._lock:
+            keys = [key for key, at in self._closing.items() if at <= now]
+            for key in keys:
+                self._close(key, now)
+        return len(keys)
+
+    def close_all(self, now: float) -> int:
+        """Close every open group now (the end of a test's events)."""
+        with self._lock:
+            keys = list(self._closing)
+            for key in keys:
+                self._close(key, now)
+        return len(keys)
+
+    def _close(self, key: str, now: float) -> None:
+        self._closing.pop(key, None)
+        self._metrics.groups_open.set(len(self._closing))
+        # Read, accept into the spool, then forget: a crash in between sends the group again
+        # at the next start (with the same id, so the same Idempotency-Key), never loses it.
+        found = self._store.group_get(key)
+        if found is None:
+            return
+        meta, events = found
+        try:
+            self._send(key, meta, events, now)
+        finally:
+            self._store.group_take(key)
+
+    def _send(self, key: str, meta: dict[str, Any], events: list[dict[str, Any]],
+              now: float) -> None:
+        rule, index = str(meta["rule"]), int(meta["index"])
+        spec = self._lookup(rule, index)
+        if spec is None:
+            log.warning("rule %s: digest group %r of %d events dropped: the rule or its action "
+                        "%d is no longer loaded", rule, meta.get("by"), len(events), index + 1)
+            self._metrics.dropped.labels(kind=str(meta.get("kind", "webhook")),
+                                         reason="group_rule_gone").inc(len(events))
+            return
+        first = events[0] if events else {}
+        context = build_context(first, rule, now)
+        context["group"] = {"key": meta.get("by"), "count": len(events), "events": events}
+        try:
+            options = spec.render(context)
+        except TemplateError as exc:
+            self._metrics.template_errors.labels(rule=rule).inc()
+            log.warning("rule %s: template failed for digest group %r of %d events: %s; "
+                        "not sent", rule, meta.get("by"), len(events), exc)
+            return
+        options.pop("group", None)
+        job = ActionJob(
+            id=hashlib.blake2b(f"group\0{key}\0{meta.get('opened_at')}".encode(),
+                               digest_size=16).hexdigest(),
+            rule=rule, kind=spec.kind, options=options, event=first,
+            target=self._target(spec.kind, options), created_at=now,
+            context={"group": {"key": meta.get("by"), "count": len(events)}})
+        log.info("rule %s: digest group %r closed with %d events; sending one %s", rule,
+                 meta.get("by"), len(events), spec.kind)
+        self._submit(job)
