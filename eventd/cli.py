@@ -1,4 +1,4 @@
-"""The command line: run, check, schema, replay, emulate, demo, receive, deadletter.
+"""The command line: run, check, schema, test, replay, emulate, demo, receive, deadletter.
 
 Exit codes (pinned): 0 success or stopped by SIGTERM/SIGINT; 1 `check` found problems
 (or replay had failures); 2 configuration or rules error; 3 credentials rejected.
@@ -88,7 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of rule files")
+    schema.add_argument("--tests", action="store_true",
+                        help="the JSON Schema of rule test files (eventd test) instead")
     schema.set_defaults(handler=cmd_schema)
+
+    test = sub.add_parser("test", help="run rule unit tests (calls nothing, writes nothing)")
+    test.add_argument("paths", nargs="+", metavar="FILE", type=Path,
+                      help="test files, or directories of them (*.yaml, *.yml)")
+    test.set_defaults(handler=cmd_test)
 
     replay = sub.add_parser(
         "replay", help="run recorded events (JSON lines) through the rules",
@@ -330,9 +337,21 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_schema(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """`eventd schema`."""
+    if getattr(args, "tests", False):
+        from eventd.commands.testfile import schema_text
+
+        print(schema_text())
+        return 0
     from eventd.commands import check
 
     return check.schema(args)
+
+
+def cmd_test(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """`eventd test FILE...`: PASS/FAIL per rule test; 1 if one failed, 2 if a file is unusable."""
+    from eventd.commands import test
+
+    return test.run(args.paths, sys.stdout)
 
 
 # -- replay ------------------------------------------------------------------------------

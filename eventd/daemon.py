@@ -138,7 +138,8 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
             WaitingThrottles(store, context.stopping), metrics,
             enricher=_enricher(settings, rest), loop_guard=loop_guard,
             action_waiter=action_waiter, max_event_age=settings.max_event_age,
-            submit_many=dispatcher.submit_many, dedupe=dedupe.window)
+            submit_many=dispatcher.submit_many, dedupe=dedupe.window,
+            grouper=alerts.grouper if alerts is not None else None)
         if alerts is not None and engine is not None:
             alerts.serve(engine)
     except BaseException:

@@ -9,6 +9,7 @@ two events, never in the middle of one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -70,6 +71,13 @@ class KindTraits(Protocol):
     def target(self, options: dict[str, Any]) -> str: ...
 
 
+class GroupSink(Protocol):
+    """Collects the events of grouped actions into digests (eventd.alerts.groups.Grouper)."""
+
+    def add(self, rule: str, index: int, kind: str, by: str, group: Mapping[str, Any],
+            event: dict[str, Any], now: float) -> int: ...
+
+
 class EngineStore(Protocol):
     """What the engine needs of the store: throttle windows (the de-dup window is its own)."""
 
@@ -82,7 +90,7 @@ class Decision:
 
     rule: str
     kind: str
-    status: str  # accepted | throttled | skipped | failed
+    status: str  # accepted | throttled | skipped | failed | grouped | shadow
     options: dict[str, Any] | None = None
     reason: str = ""
 
@@ -113,7 +121,7 @@ class Engine:
                  max_event_age: float = DEFAULT_MAX_EVENT_AGE, action_window: int = 10_000,
                  clock: Callable[[], float] = time.time,
                  submit_many: Callable[[list[ActionJob]], object] | None = None,
-                 dedupe: DedupeWindow | None = None) -> None:
+                 dedupe: DedupeWindow | None = None, grouper: GroupSink | None = None) -> None:
         self.rules = rules
         self._submit = submit
         self._submit_many: Callable[[list[ActionJob]], object] = submit_many or (
@@ -130,6 +138,7 @@ class Engine:
         self._action_waiter = action_waiter
         self._max_event_age = max_event_age
         self._clock = clock
+        self._grouper = grouper
         self._action_states: OrderedDict[tuple[str, str], bool] = OrderedDict()
         self._action_window = action_window
         self._match_children: dict[str, Any] = {}
@@ -266,6 +275,9 @@ class Engine:
                         f"{rule.name}\0{throttle_key}", rule.throttle.window, now):
                 self._decide_all(outcome, rule, "throttled", f"throttled (key {throttle_key!r})")
                 continue
+            if rule.mode == "shadow":
+                self._shadow(outcome, rule, context)
+                continue
             for spec in rule.actions:
                 self._accept(outcome, per_event, received, rule, spec, context, now)
         for job in per_event.values():
@@ -296,6 +308,9 @@ class Engine:
         if kind.inactive(spec.options):
             outcome.decisions.append(Decision(rule.name, spec.kind, "skipped", None, "inactive"))
             return
+        if spec.group is not None:
+            self._group(outcome, rule, spec, context, received.event, now)
+            return
         try:
             options = spec.render(context)
         except TemplateError as exc:
@@ -321,6 +336,32 @@ class Engine:
             # or a raw call in `path`).
             self._loop_guard.record(str(options.get("target") or options.get("path") or ""))
         self._submit(job)
+
+    def _group(self, outcome: Outcome, rule: Rule, spec: ActionSpec, context: dict[str, Any],
+               event: Event, now: float) -> None:
+        """A grouped action: the event joins its digest; options are rendered when it closes."""
+        assert spec.group is not None
+        try:
+            by = spec.group.render_key(context)
+        except TemplateError as exc:
+            self._template_failed(outcome, rule, spec, exc)
+            return
+        if self._grouper is not None:
+            self._grouper.add(rule.name, spec.index, spec.kind, by, spec.options["group"], event, now)
+        self._decide(outcome, rule.name, spec.kind, "grouped", f"group {by!r}")
+
+    def _shadow(self, outcome: Outcome, rule: Rule, context: dict[str, Any]) -> None:
+        """A `mode: shadow` rule: render and report each action as it would run, run none."""
+        for spec in rule.actions:
+            try:
+                options = {"group": spec.group.render_key(context)} if spec.group is not None \
+                    else spec.render(context)
+            except TemplateError as exc:
+                self._template_failed(outcome, rule, spec, exc)
+                continue
+            self._decide(outcome, rule.name, spec.kind, "shadow", "mode: shadow", options=options)
+            log.info("rule %s (shadow) would run %s %s for event %s", rule.name, spec.kind,
+                     _brief(options), outcome.event.get("uuid", "?"))
 
     # -- helpers ---------------------------------------------------------------------
     def _quiet(self, rule: Rule) -> bool:
@@ -368,7 +409,7 @@ class Engine:
     def _decide(self, outcome: Outcome, rule: str, kind: str, status: str, reason: str = "",
                 options: dict[str, Any] | None = None) -> None:
         outcome.decisions.append(Decision(rule, kind, status, options, reason))
-        if status in ("throttled", "skipped", "failed"):
+        if status in ("throttled", "skipped", "failed", "grouped", "shadow"):
             self._count_action(kind, status)
 
     def _count_match(self, rule: str) -> None:
@@ -400,6 +441,14 @@ class Engine:
             child = self._metrics.actions.labels(kind=kind, outcome=outcome)
             self._action_children[(kind, outcome)] = child
         child.inc()
+
+
+def _brief(options: dict[str, Any], limit: int = 300) -> str:
+    """Rendered options for a log line (headers left out: they may hold tokens), cut at `limit`
+    characters."""
+    shown = {k: v for k, v in options.items() if k != "headers"}
+    text = json.dumps(shown, sort_keys=True, default=str, separators=(",", ":"))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _Unset:

@@ -91,12 +91,12 @@ def test_a_second_fire_keeps_the_first_start_and_counts_once(store, metrics) -> 
     assert metrics.registry.get_sample_value("eventd_alerts_active") == 2
 
 
-def test_resolving_what_is_not_firing_is_still_sent(store, metrics) -> None:
+def test_resolving_what_is_not_firing_sends_nothing(store, metrics) -> None:
     b = Book(store, metrics)
-    resolving = job(resolve=True)
-    b.book.submit(resolving)
-    assert b.sent == [resolving] and resolving.context["ends_at"] == b.now[0]
-    assert b.book.active == 0
+    assert b.book.submit(job(resolve=True)) is False
+    assert b.sent == [] and b.book.active == 0
+    assert metrics.registry.get_sample_value(
+        "eventd_actions_total", {"kind": "alertmanager", "outcome": "skipped"}) == 1
 
 
 def test_expire_stops_resending(store, metrics, caplog) -> None:

@@ -11,12 +11,13 @@ import fnmatch
 import json
 import re
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from eventd.actions.base import ActionContext, ActionJob
 from eventd.delivery.http import new_session, send
-from eventd.errors import PermanentActionError
+from eventd.errors import ConfigError, PermanentActionError
 
 if TYPE_CHECKING:
     import requests  # loaded by new_session() on the first request
@@ -160,6 +161,22 @@ class HttpPostAction:
             raise PermanentActionError(f"{self.name}: refused, no request made: {problem}")
 
 
+#: a digest group's defaults (`group: {by, wait, max}`; eventd.alerts.groups collects them)
+GROUP_WAIT = 30.0
+GROUP_MAX = 100
+
+
+def group_limits(group: Mapping[str, Any]) -> tuple[float, int]:
+    """`wait` (seconds) and `max` of a `group` option, with their defaults (ConfigError if bad)."""
+    from eventd.settings import parse_duration
+
+    wait = parse_duration(group.get("wait", GROUP_WAIT), "group.wait")
+    size = group.get("max", GROUP_MAX)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"group.max: {size!r} must be a whole number of at least 1")
+    return wait, size
+
+
 class WebhookAction(HttpPostAction):
     """POST (or another method) a JSON or text body to a URL."""
 
@@ -178,12 +195,26 @@ class WebhookAction(HttpPostAction):
             "json": {},
             "body": {"type": "string"},
             "timeout": {"type": "number", "exclusiveMinimum": 0},
+            "group": {
+                "type": "object",
+                "description": "a digest: events whose `by` renders alike within `wait` of the first "
+                               "become one request (at most `max` events); templates see group.key, "
+                               "group.count, group.events (oldest first)",
+                "required": ["by"],
+                "additionalProperties": False,
+                "properties": {
+                    "by": {"type": "string", "description": "a template, e.g. {{ parent.service }}"},
+                    "wait": {"type": ["string", "number"], "default": "30s"},
+                    "max": {"type": "integer", "minimum": 1, "default": 100},
+                },
+            },
         },
     }
 
     @classmethod
     def validate(cls, options: dict[str, Any]) -> list[str]:
-        """url is an http(s) URL, json and body exclude each other, the method is known."""
+        """url is an http(s) URL, json and body exclude each other, the method is known, a
+        group's wait is a duration."""
         problems = check_url(options.get("url"))
         if "json" in options and "body" in options:
             problems.append("give either json or body, not both")
@@ -195,6 +226,13 @@ class WebhookAction(HttpPostAction):
         if not isinstance(headers, dict):
             problems.append("headers must be a mapping of names to strings")
         problems.extend(check_timeout(options.get("timeout")))
+        group = options.get("group")
+        if isinstance(group, dict):
+            try:
+                if group_limits(group)[0] <= 0:
+                    problems.append("group.wait must be more than 0")
+            except ConfigError as exc:
+                problems.append(str(exc))
         return problems
 
     def run(self, job: ActionJob) -> str:

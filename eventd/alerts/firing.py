@@ -4,8 +4,9 @@ An alert's identity is its `url` and its rendered labels (`alertname` defaults t
 Firing keeps it in the store and sends it with `endsAt` = now + 4 x resend; the ticker re-sends
 it every `resend` seconds, as Prometheus does, so Alertmanager never resolves it on its own
 while the condition holds, and does resolve it (at the last `endsAt`) if eventd dies for good.
-`resolve: true` sends the same labels with `endsAt` = now and forgets the alert; `expire`
-(default 24 h) forgets one nothing resolved.
+`resolve: true` sends the same labels with `endsAt` = now and forgets the alert (a resolve of
+an alert that is not firing sends nothing); `expire` (default 24 h) forgets one nothing
+resolved.
 """
 
 from __future__ import annotations
@@ -86,25 +87,29 @@ class AlertBook:
         if job.kind != "alertmanager":
             return self._submit(job)
         with self._lock:
-            self._record(job, self._clock())
+            if not self._record(job, self._clock()):
+                return False
             return self._submit(job)
 
-    def _record(self, job: ActionJob, now: float) -> None:
+    def _record(self, job: ActionJob, now: float) -> bool:
+        """Fire or resolve the job's alert; False for a resolve of an alert that is not firing
+        (nothing to send: eventd never fired it, or it expired and Alertmanager ends it)."""
         options = job.options
         labels = alert_labels(job.rule, options)
         key = alert_key(str(options.get("url", "")), labels)
         earlier = self._store.alert_take(key)
         if options.get("resolve") in (True, "true", "True"):
+            if earlier is None:
+                log.debug("alert %s %s is not firing: rule %s has nothing to resolve",
+                          labels["alertname"], _short(labels), job.rule)
+                self._metrics.actions.labels(kind="alertmanager", outcome="skipped").inc()
+                return False
             job.context["ends_at"] = now
-            if earlier is not None:
-                job.context["starts_at"] = earlier["starts_at"]
-                log.info("alert %s %s resolved by rule %s", labels["alertname"], _short(labels),
-                         job.rule)
-            else:
-                log.info("alert %s %s resolved by rule %s (it was not firing here: sent anyway)",
-                         labels["alertname"], _short(labels), job.rule)
-            self._set(self._active - (earlier is not None))
-            return
+            job.context["starts_at"] = earlier["starts_at"]
+            log.info("alert %s %s resolved by rule %s", labels["alertname"], _short(labels),
+                     job.rule)
+            self._set(self._active - 1)
+            return True
         try:
             expire = expire_seconds(options.get("expire"))
         except ConfigError as exc:
@@ -124,6 +129,7 @@ class AlertBook:
                      "%.0f s have passed", labels["alertname"], _short(labels), job.rule,
                      self.resend, expire)
         self._set(self._active + (earlier is None))
+        return True
 
     def tick(self) -> int:
         """Re-send the alerts that are due and forget the expired ones; how many were sent."""

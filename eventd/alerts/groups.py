@@ -17,17 +17,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from eventd.actions.base import ActionJob
-from eventd.errors import ConfigError, TemplateError
+from eventd.actions.webhook import group_limits
+from eventd.errors import TemplateError
 from eventd.ops.metrics import Metrics
 from eventd.ruleset.templates import build_context
-from eventd.settings import parse_duration
 from eventd.stores.base import OpenGroups
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WAIT = 30.0
-DEFAULT_MAX = 100
-
 
 class GroupedAction(Protocol):
     """The rule's action a closing group renders (an ActionSpec)."""
@@ -41,15 +37,6 @@ class GroupedAction(Protocol):
 Lookup = Callable[[str, int], GroupedAction | None]
 #: (kind, rendered options) -> the delivery target
 Target = Callable[[str, dict[str, Any]], str]
-
-
-def group_limits(group: Mapping[str, Any]) -> tuple[float, int]:
-    """`wait` (seconds) and `max` of a `group` option, with their defaults (ConfigError if bad)."""
-    wait = parse_duration(group.get("wait", DEFAULT_WAIT), "group.wait")
-    size = group.get("max", DEFAULT_MAX)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError(f"group.max: {size!r} must be a whole number of at least 1")
-    return wait, size
 
 
 class Grouper:
@@ -92,19 +79,12 @@ class Grouper:
         return count
 
     def due(self, now: float) -> int:
-        """Close every group whose time has come; how many closed."""
+        """Close every group whose time has come (`inf`: all of them, each at its own time);
+        how many closed."""
         with self._lock:
-            keys = [key for key, at in self._closing.items() if at <= now]
-            for key in keys:
-                self._close(key, now)
-        return len(keys)
-
-    def close_all(self, now: float) -> int:
-        """Close every open group now (the end of a test's events)."""
-        with self._lock:
-            keys = list(self._closing)
-            for key in keys:
-                self._close(key, now)
+            keys = sorted((at, key) for key, at in self._closing.items() if at <= now)
+            for at, key in keys:
+                self._close(key, min(now, at))
         return len(keys)
 
     def _close(self, key: str, now: float) -> None:

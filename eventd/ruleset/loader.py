@@ -35,7 +35,7 @@ from eventd.ruleset.diagnostics import (
 )
 from eventd.ruleset.index import RuleSet
 from eventd.ruleset.matching import compile_match, compile_problems
-from eventd.ruleset.model import ActionSpec, Problem, Rule, ThrottleSpec
+from eventd.ruleset.model import ActionSpec, GroupSpec, Problem, Rule, ThrottleSpec
 from eventd.ruleset.positions import MAX_FILE_BYTES, Doc, Issue, JsonPath, LimitExceeded, parse, pos
 from eventd.ruleset.quickcheck import conforms
 from eventd.settings import parse_duration
@@ -228,10 +228,10 @@ class _Checker:
                 allow_self_caused=raw.get("allow_self_caused", False),
                 actions=tuple(
                     ActionSpec(kind, i, options, name, templates.compile_tree(
-                        options, name, f"action {i + 1} ({kind}) options"))
+                        options, name, f"action {i + 1} ({kind}) options"), _group(options, name))
                     for i, (kind, options) in enumerate(next(iter(a.items())) for a in actions)),
                 file=doc.label, line=doc.values.get(base, (1, 1))[0], match=match,
-                compiled=compiled))
+                compiled=compiled, mode=raw.get("mode", "live")))
         doc.issues.extend(warnings)
 
     def _warnings(self, doc: Doc, base: JsonPath, raw: dict[str, Any]) -> list[Issue]:
@@ -256,8 +256,10 @@ class _Checker:
         return found
 
     def _templates(self, doc: Doc, path: JsonPath, value: Any) -> None:
+        grouped = isinstance(value, dict) and isinstance(value.get("group"), dict)
+        names = templates.GROUP_NAMES if grouped else templates.CONTEXT_NAMES
         doc.issues.extend(Issue(path + sub, False, at(label(path + sub), message))
-                          for sub, message in templates.check_tree(value))
+                          for sub, message in templates.check_tree(value, names=names))
 
     def _action(self, doc: Doc, path: JsonPath, kind: str, options: dict[str, Any],
                 unexpanded: set[JsonPath]) -> None:
@@ -297,6 +299,14 @@ class _Checker:
                 messages = []
             doc.issues.extend(Issue(path, False, at(label(path), m)) for m in messages)
         self._templates(doc, path, options)
+
+
+def _group(options: Any, rule: str) -> GroupSpec | None:
+    """The digest of a grouped action (`group: {by: ...}`), its key template compiled."""
+    group = options.get("group") if isinstance(options, dict) else None
+    if not isinstance(group, dict) or not isinstance(group.get("by"), str):
+        return None
+    return GroupSpec(group["by"], templates.compile_tree(group["by"], rule, "group.by"))
 
 
 def _files(given: str | Path) -> list[tuple[str, Path]] | None:

@@ -12,7 +12,10 @@ from typing import Any
 from eventd.ruleset import templates
 from eventd.ruleset.matching import CompiledMatch
 
-__all__ = ["ActionSpec", "Problem", "Rule", "ThrottleSpec"]
+__all__ = ["MODES", "ActionSpec", "GroupSpec", "Problem", "Rule", "ThrottleSpec"]
+
+#: a rule's `mode`: live runs its actions; shadow only says what it would run
+MODES = ("live", "shadow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,18 @@ class ThrottleSpec:
         return str(self._render(context))
 
 
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A digest (`group` of a webhook): events whose rendered `by` is the same share a request."""
+
+    by: str  # the template source
+    _render: templates.Renderer = field(repr=False, compare=False)
+
+    def render_key(self, context: Mapping[str, Any]) -> str:
+        """The group key for one event (raises TemplateError)."""
+        return str(self._render(context))
+
+
 @dataclass(frozen=True, eq=False, slots=True)
 class ActionSpec:
     """One `{kind: options}` entry of a rule, its templates compiled."""
@@ -62,6 +77,8 @@ class ActionSpec:
     options: dict[str, Any]  # as written, after ${VAR} expansion
     rule: str
     _render: templates.Renderer = field(repr=False)
+    #: set for a grouped webhook: options are rendered when the group closes, not per event
+    group: GroupSpec | None = None
 
     def render(self, context: Mapping[str, Any]) -> dict[str, Any]:
         """The options with every template rendered (raises TemplateError naming rule+action)."""
@@ -85,6 +102,7 @@ class Rule:
     line: int
     match: Mapping[str, Any] = field(default_factory=dict, repr=False)
     compiled: CompiledMatch = field(default=None, repr=False)  # type: ignore[assignment]
+    mode: str = "live"  # or "shadow": matched, counted and logged, no action runs
     _kinds: frozenset[str] = field(init=False, repr=False, default=frozenset())
 
     def matches(self, event: Mapping[str, Any]) -> bool:

@@ -31,6 +31,8 @@ from eventd.ruleset import limits
 
 #: The names a template may use at the top level.
 CONTEXT_NAMES = ("event", "parent", "object", "rule", "now", "resource")
+#: what the templates of a grouped action (`group: {by: ...}`) also see when their group closes
+GROUP_NAMES = (*CONTEXT_NAMES, "group")
 #: Parent types that are always present in `parent` (None when the event has no such parent).
 PARENT_TYPES = ("service", "stack", "node", "nodecluster")
 
@@ -128,15 +130,15 @@ def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text or "{#" in text
 
 
-def _check_names(ast: JinjaAst) -> list[str]:
+def _check_names(ast: JinjaAst, names: tuple[str, ...] = CONTEXT_NAMES) -> list[str]:
     problems = []
     for name in sorted(meta.find_undeclared_variables(ast)):
-        if name in CONTEXT_NAMES or name in ENV.globals:
+        if name in names or name in ENV.globals:
             continue
-        close = difflib.get_close_matches(name, CONTEXT_NAMES, n=1)
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(f"template uses unknown name {name!r}{hint}; "
-                        f"known: {', '.join(CONTEXT_NAMES)}")
+                        f"known: {', '.join(names)}")
     return problems
 
 
@@ -156,11 +158,13 @@ def _assertion_message(exc: TemplateSyntaxError) -> str:
     return _syntax_message(exc)
 
 
-def check(source: str) -> list[str]:
-    """Problems in a template at load time: syntax errors, unknown names, filters and tests."""
+def check(source: str, names: tuple[str, ...] = CONTEXT_NAMES) -> list[str]:
+    """Problems in a template at load time: syntax errors, unknown names, filters and tests.
+
+    `names`: those a template may use (a grouped action's also sees `group`)."""
     try:
         ast = ENV.parse(source)
-        problems = _check_names(ast)
+        problems = _check_names(ast, names)
         if not problems:
             _compiled(source)  # compiling also finds unknown filters and tests
     except TemplateAssertionError as exc:  # a subclass of TemplateSyntaxError
@@ -378,18 +382,19 @@ def _constant(value: Any) -> Renderer:
     return lambda context: value
 
 
-def check_tree(value: Any, path: TreePath = ()) -> list[tuple[TreePath, str]]:
+def check_tree(value: Any, path: TreePath = (),
+               names: tuple[str, ...] = CONTEXT_NAMES) -> list[tuple[TreePath, str]]:
     """Load-time problems of every template string inside `value`, with their paths."""
     found: list[tuple[TreePath, str]] = []
     if isinstance(value, str):
         if is_template(value):
-            found.extend((path, message) for message in check(value))
+            found.extend((path, message) for message in check(value, names))
     elif isinstance(value, dict):
         for key, sub in value.items():
-            found.extend(check_tree(sub, path + (key,)))
+            found.extend(check_tree(sub, path + (key,), names))
     elif isinstance(value, list):
         for i, sub in enumerate(value):
-            found.extend(check_tree(sub, path + (i,)))
+            found.extend(check_tree(sub, path + (i,), names))
     return found
 
 
