@@ -215,7 +215,7 @@ def _project(actual: Any, expected: Any) -> Any:
     return actual
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc,unused-ignore]
     """Writes a value out in full each time (no `&id001` anchors), so diffs show it."""
 
     def ignore_aliases(self, data: Any) -> bool:
