@@ -23,7 +23,7 @@ BROKEN = DATA / "broken"
 KNOWN = "known: alertmanager, audit, docker, dockercloud, log, webhook"
 NAMES = "known: event, parent, object, rule, now, resource"
 RULE_KEYS = ("expected one of: name, description, enabled, match, throttle, enrich, when, "
-             "allow_self_caused, actions")
+             "allow_self_caused, actions, mode")
 
 
 def lines(*paths: Path | str, environ: dict[str, str] | None = None) -> list[str]:
