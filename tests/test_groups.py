@@ -115,7 +115,9 @@ def test_a_group_closes_at_max_and_after_wait_in_order(tmp_path: Path, metrics):
               - webhook:
                   url: http://127.0.0.1:9/x
                   group: {by: "{{ event.state }}", wait: 10s, max: 3}
-                  json: {n: "{{ group.count }}", uuids: "{{ group.events | map(attribute='uuid') | join(',') }}"}
+                  json:
+                    n: "{{ group.count }}"
+                    uuids: "{{ group.events | map(attribute='uuid') | join(',') }}"
     """)
     ruleset = load_rules([rules], {})
     store = open_store(Settings(store="sqlite", state_dir=tmp_path / "state"))

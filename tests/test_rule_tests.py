@@ -71,7 +71,9 @@ def test_a_wrong_expectation_fails_with_a_diff_and_exit_1(tmp_path: Path) -> Non
           - name: right
             events: [{type: node, state: Unreachable, resource_uri: /api/infra/v1/node/n1/}]
             expect:
-              - {event: 0, rules: [page], actions: [{rule: page, kind: webhook, options: {json: {text: node n1 down}}}]}
+              - event: 0
+                rules: [page]
+                actions: [{rule: page, kind: webhook, options: {json: {text: node n1 down}}}]
           - name: wrong
             events: [{type: node, state: Unreachable, resource_uri: /api/infra/v1/node/n2/}]
             expect:
