@@ -104,13 +104,27 @@ def test_a_file_that_cannot_be_used_is_exit_2_saying_why(tmp_path: Path) -> None
           - name: x
             event: []
         """)
-    done = eventd("test", "t.yaml", "bad.yaml", "nowhere.yaml", cwd=tmp_path)
+    write(tmp_path / "rules.yaml", """\
+        rules:
+          - {name: page, match: {type: node}, actions: [{log: {message: m}}]}
+        """)
+    write(tmp_path / "typo.yaml", """\
+        rule_files: [rules.yaml]
+        tests:
+          - name: x
+            events: []
+            never: [pgae]
+        """)
+    done = eventd("test", "t.yaml", "bad.yaml", "nowhere.yaml", "typo.yaml", cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "ERROR bad.yaml: tests/0: Additional properties are not allowed ('event' was unexpected)" \
         in done.stdout
     assert "ERROR t.yaml: the rules do not load:" in done.stdout
     assert "missing.yaml:1:1: no such file or directory" in done.stdout
     assert "ERROR nowhere.yaml: no such file or directory" in done.stdout
+    assert "ERROR typo.yaml: test 'x' names rule 'pgae' (did you mean 'page'?), which its rule " \
+        "files do not define (or disable)" in done.stdout
+    assert done.stdout.splitlines()[-1] == "0 tests: 0 passed, 0 failed; 4 files could not be used"
 
 
 def test_nothing_is_called_or_written(tmp_path: Path, webhook_receiver, emulator) -> None:

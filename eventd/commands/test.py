@@ -87,6 +87,11 @@ def run(paths: Sequence[Path], out: IO[str]) -> int:
             print(f"ERROR {path}: the rules do not load: {exc}", file=out)
             unusable += 1
             continue
+        unknown = _unknown_rules(tests.tests, ruleset)
+        if unknown:
+            print(f"ERROR {path}: {unknown}", file=out)
+            unusable += 1
+            continue
         for test in tests.tests:
             expected, actual = compare(test, run_test(ruleset, test))
             if expected == actual:
@@ -105,6 +110,23 @@ def run(paths: Sequence[Path], out: IO[str]) -> int:
     if unusable:
         return EXIT_UNUSABLE
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _unknown_rules(tests: Sequence[RuleTest], ruleset: Any) -> str:
+    """A message naming the first rule a test expects that is not loaded (a typo would
+    otherwise pass as "never matched"), or ""."""
+    for test in tests:
+        named = list(test.never) + [g["rule"] for g in test.groups or []]
+        for expectation in test.expect:
+            named += list(expectation.get("rules", []))
+            named += [a["rule"] for a in expectation.get("actions", [])]
+        for name in named:
+            if name not in ruleset.by_name:
+                close = difflib.get_close_matches(name, list(ruleset.by_name), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                return (f"test {test.name!r} names rule {name!r}{hint}, which its rule files do "
+                        f"not define (or disable)")
+    return ""
 
 
 def _files(paths: Sequence[Path], out: IO[str]) -> list[Path | None]:
