@@ -137,3 +137,27 @@ def test_a_group_closes_at_max_and_after_wait_in_order(tmp_path: Path, metrics):
         assert metrics.registry.get_sample_value("eventd_groups_open") == 0
     finally:
         store.close()
+
+
+def test_a_group_the_dispatcher_refuses_stays_in_the_store(tmp_path: Path, metrics):
+    rules = write_rules(tmp_path, """
+        rules:
+          - name: g
+            match: {type: container}
+            actions:
+              - webhook: {url: "http://127.0.0.1:9/x", group: {by: k}, json: {n: "{{ group.count }}"}}
+    """)
+    ruleset = load_rules([rules], {})
+    store = open_store(Settings(store="memory"))
+    grouper = Grouper(store, lambda job: False, metrics,  # as Dispatcher.submit while closing
+                      lambda rule, index: ruleset.by_name[rule].actions[index],
+                      lambda kind, options: kind)
+    grouper.add("g", 0, "webhook", "k", {"by": "k"}, {"uuid": "u1"}, 100.0)
+    assert grouper.due(200.0) == 1
+    assert [(key, size) for key, _, size in store.group_list()] == [("g\0" "0\0k", 1)]
+    sent: list[ActionJob] = []
+    again = Grouper(store, sent.append, metrics,  # the next start
+                    lambda rule, index: ruleset.by_name[rule].actions[index],
+                    lambda kind, options: kind)
+    assert again.due(200.0) == 1
+    assert [job.options["json"] for job in sent] == [{"n": "1"}] and store.group_list() == []

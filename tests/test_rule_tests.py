@@ -171,3 +171,28 @@ def test_schema_tests_prints_the_test_file_schema() -> None:
     done = eventd("schema", "--tests")
     assert done.returncode == 0
     assert json.loads(done.stdout)["$id"] == "urn:eventd:rule-tests"
+
+
+def test_a_shadow_rule_shows_what_it_would_run(tmp_path: Path) -> None:
+    write(tmp_path / "rules.yaml", """\
+        rules:
+          - name: trial
+            mode: shadow
+            match: {type: service}
+            actions:
+              - dockercloud: {call: redeploy, target: "{{ event.resource_uri }}"}
+        """)
+    write(tmp_path / "t.yaml", """\
+        rule_files: [rules.yaml]
+        tests:
+          - name: shadow
+            events: [{type: service, state: Stopped, resource_uri: /api/app/v1/service/s1/}]
+            expect:
+              - event: 0
+                rules: [trial]
+                actions:
+                  - {rule: trial, kind: dockercloud, status: shadow,
+                     options: {call: redeploy, target: /api/app/v1/service/s1/}}
+        """)
+    done = eventd("test", "t.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr

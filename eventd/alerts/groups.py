@@ -96,13 +96,17 @@ class Grouper:
         if found is None:
             return
         meta, events = found
-        try:
-            self._send(key, meta, events, now)
-        finally:
+        if self._send(key, meta, events, now):
             self._store.group_take(key)
+            return
+        # Not accepted (the dispatcher is shutting down): the group stays in the store and
+        # closes at the next start.
+        log.info("rule %s: digest group %r of %d events not accepted now; kept for the next "
+                 "start", meta.get("rule"), meta.get("by"), len(events))
 
     def _send(self, key: str, meta: dict[str, Any], events: list[dict[str, Any]],
-              now: float) -> None:
+              now: float) -> bool:
+        """Render and hand over the group's one job; False only if `submit` refused it."""
         rule, index = str(meta["rule"]), int(meta["index"])
         spec = self._lookup(rule, index)
         if spec is None:
@@ -110,7 +114,7 @@ class Grouper:
                         "%d is no longer loaded", rule, meta.get("by"), len(events), index + 1)
             self._metrics.dropped.labels(kind=str(meta.get("kind", "webhook")),
                                          reason="group_rule_gone").inc(len(events))
-            return
+            return True
         first = events[0] if events else {}
         context = build_context(first, rule, now)
         context["group"] = {"key": meta.get("by"), "count": len(events), "events": events}
@@ -120,7 +124,7 @@ class Grouper:
             self._metrics.template_errors.labels(rule=rule).inc()
             log.warning("rule %s: template failed for digest group %r of %d events: %s; "
                         "not sent", rule, meta.get("by"), len(events), exc)
-            return
+            return True
         options.pop("group", None)
         job = ActionJob(
             id=hashlib.blake2b(f"group\0{key}\0{meta.get('opened_at')}".encode(),
@@ -128,6 +132,8 @@ class Grouper:
             rule=rule, kind=spec.kind, options=options, event=first,
             target=self._target(spec.kind, options), created_at=now,
             context={"group": {"key": meta.get("by"), "count": len(events)}})
-        log.info("rule %s: digest group %r closed with %d events; sending one %s", rule,
+        if self._submit(job) is False:
+            return False
+        log.info("rule %s: digest group %r closed with %d events; one %s accepted", rule,
                  meta.get("by"), len(events), spec.kind)
-        self._submit(job)
+        return True

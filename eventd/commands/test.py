@@ -168,7 +168,7 @@ def run_test(ruleset: Any, test: RuleTest) -> Actual:
         actual.rules.append(list(outcome.rules) if outcome is not None else [])
         actual.actions.append([] if outcome is None else [
             {"rule": d.rule, "kind": d.kind, "status": "run" if d.status == "accepted" else d.status,
-             **({"options": d.options} if d.status == "accepted" and d.options is not None else {})}
+             **({"options": d.options} if d.options is not None else {})}
             for d in outcome.decisions])
     grouper.due(math.inf)  # groups still open close at their own time
     actual.groups = [{"rule": job.rule, "kind": job.kind,
