@@ -155,3 +155,28 @@ def test_open_groups_keep_events_in_order_across_a_reopen(tmp_path: Path) -> Non
         assert store.group_add("g", {"opened_at": 5.0}, {"n": 10}) == 1  # a new group
     finally:
         store.close()
+
+
+def test_alert_resend_from_the_flag_or_the_environment() -> None:
+    from eventd.errors import ConfigError
+
+    assert Settings.from_env({}).alert_resend == 60.0
+    assert Settings.from_env({"EVENTD_ALERT_RESEND": "15s"}).alert_resend == 15.0
+    assert Settings.from_env({"EVENTD_ALERT_RESEND": "15s"}, alert_resend=2.0).alert_resend == 2.0
+    with pytest.raises(ConfigError, match="EVENTD_ALERT_RESEND: 'soon' is not a duration"):
+        Settings.from_env({"EVENTD_ALERT_RESEND": "soon"})
+    with pytest.raises(ConfigError, match=r"--alert-resend \(EVENTD_ALERT_RESEND\) must be more "
+                                          r"than 0, got 0 s"):
+        Settings.from_env({}, alert_resend=0.0)
+
+
+def test_a_zero_alert_resend_is_exit_2_naming_the_flag(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "eventd", "run", "--alert-resend", "0s",
+                           "--state-dir", str(tmp_path / "state")], capture_output=True, text=True,
+                          timeout=30, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("eventd: configuration error: --alert-resend "
+                                   "(EVENTD_ALERT_RESEND) must be more than 0, got 0 s")
