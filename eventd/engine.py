@@ -75,7 +75,7 @@ class GroupSink(Protocol):
     """Collects the events of grouped actions into digests (eventd.alerts.groups.Grouper)."""
 
     def add(self, rule: str, index: int, kind: str, by: str, group: Mapping[str, Any],
-            event: dict[str, Any], now: float) -> int: ...
+            event: dict[str, Any], now: float, resource: Any = None) -> int: ...
 
 
 class EngineStore(Protocol):
@@ -347,7 +347,8 @@ class Engine:
             self._template_failed(outcome, rule, spec, exc)
             return
         if self._grouper is not None:
-            self._grouper.add(rule.name, spec.index, spec.kind, by, spec.options["group"], event, now)
+            self._grouper.add(rule.name, spec.index, spec.kind, by, spec.options["group"], event,
+                              now, context.get("resource"))
         self._decide(outcome, rule.name, spec.kind, "grouped", f"group {by!r}")
 
     def _shadow(self, outcome: Outcome, rule: Rule, context: dict[str, Any]) -> None:

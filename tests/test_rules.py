@@ -245,8 +245,8 @@ def test_samples_render_against_the_events_they_match() -> None:
             rendered[rule.name] = [a.render(grouped if a.group else context) for a in rule.actions]
     assert set(rendered) == {"audit-everything", "container-crashed", "redeploy-stopped",
                              "node-unreachable", "action-failed", "stream-gap"}
-    assert rendered["container-crashed"][1]["json"]["text"].startswith(
-        f"1 container of service {SERVICE} crashed")
+    assert rendered["container-crashed"][1]["json"]["text"] == \
+        "container web-1 crashed: exit code 137"
     assert rendered["container-crashed"][1]["url"] == "http://127.0.0.1:1/a"
     assert rendered["stream-gap"][0]["message"] == "event stream connected after a gap of 3.2s"
     assert ruleset.match({"type": "eventd", "state": "connected", "gap_seconds": None}) == [

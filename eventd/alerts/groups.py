@@ -4,7 +4,8 @@
 a group; the events that follow with the same key within `wait` join it; it closes when `wait`
 has passed since the first event, or at `max` events. Open groups live in the store (a restart
 loses none of their events). A closing group's options are rendered once, with `group.key`,
-`group.count` and `group.events` (oldest first) beside the first event's names, and the result
+`group.count` and `group.events` (oldest first) beside the first event's names (`event`,
+`parent`, `object`, and `resource` when the rule enriches), and the result
 is accepted into the spool as one action, with an id that is stable per group.
 """
 
@@ -61,12 +62,13 @@ class Grouper:
         return len(self._closing)
 
     def add(self, rule: str, index: int, kind: str, by: str, group: Mapping[str, Any],
-            event: dict[str, Any], now: float) -> int:
-        """Put an event into its group (opening it at `now`); the group's size so far."""
+            event: dict[str, Any], now: float, resource: Any = None) -> int:
+        """Put an event into its group (opening it at `now`, keeping the first event's
+        enriched `resource`); the group's size so far."""
         wait, size = group_limits(group)
         key = f"{rule}\0{index}\0{by}"
         meta = {"rule": rule, "index": index, "kind": kind, "by": by, "opened_at": now,
-                "close_at": now + wait, "max": size}
+                "close_at": now + wait, "max": size, "resource": resource}
         with self._lock:
             count = self._store.group_add(key, meta, event)
             if count == 1:
@@ -116,7 +118,7 @@ class Grouper:
                                          reason="group_rule_gone").inc(len(events))
             return True
         first = events[0] if events else {}
-        context = build_context(first, rule, now)
+        context = build_context(first, rule, now, meta.get("resource"))
         context["group"] = {"key": meta.get("by"), "count": len(events), "events": events}
         try:
             options = spec.render(context)

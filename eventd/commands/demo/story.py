@@ -113,7 +113,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, apikey: str | None 
         emulator = Emulator(user=USER, apikey=apikey, namespace=USER, scenario=scenario,
                             tick=0.2 / speed)
         env = {"DOCKERCLOUD_USER": USER, "DOCKERCLOUD_APIKEY": apikey,
-               "EVENTD_AUDIT_PATH": str(audit), "ALERT_WEBHOOK_URL": "http://127.0.0.1:9/"}
+               "EVENTD_AUDIT_PATH": str(audit), "ALERT_WEBHOOK_URL": "http://127.0.0.1:9/",
+               "CRASH_DIGEST_WAIT": "1s"}  # the crash digest, short enough for the story
         credentials = load_credentials(env, home=workdir)
         ruleset = load_rules((rules,), env)
         quiet = frozenset(r.name for r in ruleset if r.kinds <= {"audit"})
