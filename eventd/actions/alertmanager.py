@@ -40,7 +40,9 @@ class AlertmanagerAction(HttpPostAction):
         "required": ["url"],
         "additionalProperties": False,
         "properties": {
-            "url": {"type": "string", "minLength": 1},
+            "url": {"type": "string",
+                    "description": "Alertmanager's base URL; empty (an unset ${VAR:-}): the action "
+                                   "does nothing"},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
             "generator_url": {"type": "string"},
@@ -56,8 +58,9 @@ class AlertmanagerAction(HttpPostAction):
 
     @classmethod
     def validate(cls, options: dict[str, Any]) -> list[str]:
-        """url is an http(s) base URL; labels and annotations are mappings."""
-        problems = check_url(options.get("url"))
+        """url is an http(s) base URL (or empty: off); labels and annotations are mappings."""
+        url = options.get("url")
+        problems = [] if url == "" else check_url(url)
         for key in ("labels", "annotations"):
             if not isinstance(options.get(key, {}), dict):
                 problems.append(f"{key} must be a mapping of names to strings")
@@ -70,6 +73,11 @@ class AlertmanagerAction(HttpPostAction):
             except ConfigError as exc:
                 problems.append(str(exc))
         return problems
+
+    def inactive(self, options: dict[str, Any]) -> bool:
+        """No Alertmanager configured (`url: "${ALERTMANAGER_URL:-}"` with the variable unset):
+        nothing to send, so the engine neither renders nor queues it."""
+        return options.get("url") == ""
 
     def alert(self, job: ActionJob) -> dict[str, Any]:
         """The one alert this job posts."""
