@@ -138,6 +138,12 @@ def test_the_action_sends_ends_at_from_the_book() -> None:
     assert AlertmanagerAction.validate({"url": URL, "expire": "soon"}) == [
         "expire: 'soon' is not a duration (e.g. 30s, 10m, 1h)"]
     assert AlertmanagerAction.validate({"url": URL, "expire": "24h", "resolve": True}) == []
+    # an empty url (an unset ${ALERTMANAGER_URL:-}) loads, and the action does nothing
+    assert AlertmanagerAction.validate({"url": ""}) == []
+    assert AlertmanagerAction.inactive(action, {"url": ""}) is True
+    assert AlertmanagerAction.inactive(action, {"url": URL}) is False
+    assert AlertmanagerAction.validate({"url": "ftp://x"}) == [
+        "url must be an http:// or https:// URL"]
 
 
 def test_open_groups_keep_events_in_order_across_a_reopen(tmp_path: Path) -> None:
