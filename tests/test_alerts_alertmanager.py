@@ -129,3 +129,43 @@ def test_a_restart_between_firing_and_resolving_still_resolves(
     wait_until(lambda: "resolved" in notifications(webhook_receiver), 10,
                message="resolved notification at the receiver")
     assert daemon.metrics.registry.get_sample_value("eventd_alerts_active") == 0
+
+
+def test_sigkill_between_firing_and_resolving_still_resolves(
+        emulator, alertmanager, webhook_receiver, tmp_path: Path) -> None:
+    """eventd as a process, killed with SIGKILL while the alert fires: the next one re-sends
+    it (read back from the state directory) and resolves it."""
+    import requests
+
+    from tests.daemon_helpers import eventd_process, free_port, is_ready
+
+    rules = write_rules(tmp_path / "rules", RULES)
+    env = emulator_env(emulator, AM_URL=alertmanager)
+
+    def alerts() -> list[dict[str, Any]]:
+        return list(requests.get(f"{alertmanager}/api/v2/alerts", timeout=5).json())
+
+    def start() -> Any:
+        port = free_port()
+        proc = eventd_process("run", "--rules", str(rules), "--state-dir", str(tmp_path / "state"),
+                              "--alert-resend", "1s", "--metrics-addr", f"127.0.0.1:{port}", env=env)
+        wait_until(lambda: proc.poll() is None and is_ready(port), 20, message="eventd ready")
+        return proc
+
+    proc = start()
+    try:
+        node_event(emulator, "Unreachable")
+        wait_until(lambda: am_alert(alerts()) is not None, 10, message="alert in Alertmanager")
+        proc.kill()  # SIGKILL: no chance to save anything
+        proc.communicate(timeout=10)
+        before = ends_at(am_alert(alerts()) or {"endsAt": "1970-01-01T00:00:00Z"})
+        proc = start()
+        wait_until(lambda: ends_at(am_alert(alerts()) or {"endsAt": "1970-01-01T00:00:00Z"})
+                   > before, 10, message="re-sending resumed after SIGKILL")
+        node_event(emulator, "Deployed")
+        wait_until(lambda: am_alert(alerts()) is None, 5, message="alert resolved in Alertmanager")
+        wait_until(lambda: "resolved" in notifications(webhook_receiver), 10,
+                   message="resolved notification at the receiver")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
