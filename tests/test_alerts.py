@@ -1,4 +1,4 @@
-"""The alert book on a real store: fire, re-send, resolve, expire, across a reopen.
+"""The alert book on every store: fire, re-send, resolve, expire, across a reopen.
 
 Time is a list the test moves forward (the book reads it as its clock); jobs go to a list.
 """
@@ -14,15 +14,17 @@ from eventd.actions.base import ActionJob
 from eventd.alerts.firing import DEFAULT_EXPIRE, AlertBook, alert_key
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
-from eventd.stores import open_store
+from eventd.stores import STORES, open_store
 from eventd.stores.base import Store
+from tests.test_store import settings_for
 
 URL = "http://127.0.0.1:9093"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=sorted(STORES))
 def store(request, tmp_path: Path):
-    store = open_store(Settings(store=request.param, state_dir=tmp_path / "state"))
+    """A fresh store of every kind in the registry (memory, SQLite, Redis)."""
+    store = open_store(settings_for(request.param, tmp_path, request))
     yield store
     store.close()
 
@@ -144,23 +146,6 @@ def test_the_action_sends_ends_at_from_the_book() -> None:
     assert AlertmanagerAction.inactive(action, {"url": URL}) is False
     assert AlertmanagerAction.validate({"url": "ftp://x"}) == [
         "url must be an http:// or https:// URL"]
-
-
-def test_open_groups_keep_events_in_order_across_a_reopen(tmp_path: Path) -> None:
-    settings = Settings(store="sqlite", state_dir=tmp_path / "state")
-    store = open_store(settings)
-    assert [store.group_add("g", {"opened_at": 1.0}, {"n": n}) for n in range(3)] == [1, 2, 3]
-    store.group_add("h", {"opened_at": 2.0}, {"n": 9})
-    store.close()
-    store = open_store(settings)
-    try:
-        assert store.group_list() == [("g", {"opened_at": 1.0}, 3), ("h", {"opened_at": 2.0}, 1)]
-        assert store.group_get("g") == ({"opened_at": 1.0}, [{"n": 0}, {"n": 1}, {"n": 2}])
-        assert store.group_take("g") == ({"opened_at": 1.0}, [{"n": 0}, {"n": 1}, {"n": 2}])
-        assert store.group_take("g") is None and store.group_get("g") is None
-        assert store.group_add("g", {"opened_at": 5.0}, {"n": 10}) == 1  # a new group
-    finally:
-        store.close()
 
 
 def test_alert_resend_from_the_flag_or_the_environment() -> None:

@@ -7,7 +7,8 @@
   store, and is accepted into the spool as one action when its group closes.
 - `ticker`: the one thread that re-sends, expires and closes on time.
 
-Imports `actions.base` (the job record), `stores.base` (the roles), `ops`, `events`,
+Imports `actions` (the job record, a digest's limits), `stores.base` (the roles) and
+`stores.backpressure` (waiting for an unreachable store), `ops`, `events`,
 `settings` (durations) and `ruleset.templates` (the context of a closing group); never
 `engine`, `delivery`, `commands` or `emulator`: what it accepts goes to a submit function.
 """

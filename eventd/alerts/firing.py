@@ -17,16 +17,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from eventd.actions.base import ActionJob
-from eventd.errors import ConfigError
+from eventd.errors import ConfigError, StoreError
 from eventd.events import parse_datetime
 from eventd.ops.metrics import Metrics
 from eventd.settings import parse_duration
+from eventd.stores.backpressure import until_stored
 from eventd.stores.base import FiringAlerts
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 DEFAULT_RESEND = 60.0
 DEFAULT_EXPIRE = 86400.0
@@ -67,8 +70,11 @@ class AlertBook:
 
     def __init__(self, store: FiringAlerts, submit: Callable[[ActionJob], object],
                  metrics: Metrics, *, resend: float = DEFAULT_RESEND,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 stopping: threading.Event | None = None) -> None:
         self._store = store
+        #: set: the engine's calls wait for an unreachable store (backpressure) until it is
+        self._stopping = stopping
         self._submit = submit
         self._metrics = metrics
         self.resend = resend
@@ -87,9 +93,18 @@ class AlertBook:
         if job.kind != "alertmanager":
             return self._submit(job)
         with self._lock:
-            if not self._record(job, self._clock()):
+            try:
+                if not self._record(job, self._clock()):
+                    return False
+            except StoreError as exc:  # only while stopping: otherwise the calls wait
+                log.warning("alert of rule %s not recorded: the store is unreachable while "
+                            "stopping (%s)", job.rule, exc)
                 return False
             return self._submit(job)
+
+    def _stored(self, call: Callable[[], R], op: str) -> R:
+        """`call()`, waiting for an unreachable store as spool_add does (when `stopping` is given)."""
+        return call() if self._stopping is None else until_stored(call, self._stopping, op)
 
     def _record(self, job: ActionJob, now: float) -> bool:
         """Fire or resolve the job's alert; False for a resolve of an alert that is not firing
@@ -97,7 +112,7 @@ class AlertBook:
         options = job.options
         labels = alert_labels(job.rule, options)
         key = alert_key(str(options.get("url", "")), labels)
-        earlier = self._store.alert_take(key)
+        earlier = self._stored(lambda: self._store.alert_take(key), "alert_take")
         if options.get("resolve") in (True, "true", "True"):
             if earlier is None:
                 log.debug("alert %s %s is not firing: rule %s has nothing to resolve",
@@ -121,7 +136,7 @@ class AlertBook:
             "fired_at": now, "next_send": now + self.resend, "expires_at": now + expire,
             "event": {k: job.event[k] for k in _EVENT_FIELDS if k in job.event},
         }
-        self._store.alert_put(key, record)
+        self._stored(lambda: self._store.alert_put(key, record), "alert_put")
         job.context["starts_at"] = starts
         job.context["ends_in"] = ENDS_AFTER_RESENDS * self.resend
         if earlier is None:

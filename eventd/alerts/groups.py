@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 from eventd.actions.base import ActionJob
 from eventd.actions.webhook import group_limits
-from eventd.errors import TemplateError
+from eventd.errors import StoreError, TemplateError
 from eventd.ops.metrics import Metrics
 from eventd.ruleset.templates import build_context
+from eventd.stores.backpressure import until_stored
 from eventd.stores.base import OpenGroups
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,11 @@ class Grouper:
     """Collects events into open groups and closes them into jobs for `submit`."""
 
     def __init__(self, store: OpenGroups, submit: Callable[[ActionJob], object],
-                 metrics: Metrics, lookup: Lookup, target: Target) -> None:
+                 metrics: Metrics, lookup: Lookup, target: Target,
+                 stopping: threading.Event | None = None) -> None:
         self._store = store
+        #: set: `add` (on the engine's thread) waits for an unreachable store until it is
+        self._stopping = stopping
         self._submit = submit
         self._metrics = metrics
         self._lookup = lookup
@@ -70,7 +74,16 @@ class Grouper:
         meta = {"rule": rule, "index": index, "kind": kind, "by": by, "opened_at": now,
                 "close_at": now + wait, "max": size, "resource": resource}
         with self._lock:
-            count = self._store.group_add(key, meta, event)
+            def append() -> int:
+                return self._store.group_add(key, meta, event)
+
+            try:
+                count = append() if self._stopping is None else \
+                    until_stored(append, self._stopping, "group_add")
+            except StoreError as exc:  # only while stopping: otherwise the call waits
+                log.warning("rule %s: an event for digest group %r not kept: the store is "
+                            "unreachable while stopping (%s)", rule, by, exc)
+                return 0
             if count == 1:
                 self._closing[key] = now + wait
                 self._metrics.groups_open.set(len(self._closing))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from eventd.alerts.firing import AlertBook
 from eventd.alerts.groups import Grouper
+from eventd.errors import StoreError
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 
@@ -39,6 +40,7 @@ class Ticker:
 
     def _run(self) -> None:
         next_alerts = 0.0
+        failing = False
         while not self._stopping.is_set():
             now = self._clock()
             try:
@@ -46,8 +48,17 @@ class Ticker:
                 if now >= next_alerts:
                     next_alerts = now + self._alert_every
                     self._book.tick()
-            except Exception as exc:  # noqa: BLE001 - a store hiccup must not end re-sending
+            except StoreError as exc:  # unreachable: the next tick tries again
+                if not failing:
+                    log.warning("alerts: the store is unreachable (%s); re-sends and closing "
+                                "digests wait for it", exc)
+                failing = True
+            except Exception as exc:  # noqa: BLE001 - a bug must not end re-sending
                 report_internal_error("alerts", exc, self._metrics)
+            else:
+                if failing:
+                    log.info("alerts: the store answers again; re-sends and digests resume")
+                failing = False
             self._stopping.wait(GROUP_TICK)
 
     def close(self, timeout: float = 2.0) -> None:

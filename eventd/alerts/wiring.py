@@ -57,8 +57,8 @@ class Alerting:
         def target(kind: str, options: dict[str, Any]) -> str:
             return kinds[kind].target(options) if kind in kinds else kind
 
-        book = AlertBook(store, submit, metrics, resend=settings.alert_resend)
-        grouper = Grouper(store, submit, metrics, lookup, target)
+        book = AlertBook(store, submit, metrics, resend=settings.alert_resend, stopping=stopping)
+        grouper = Grouper(store, submit, metrics, lookup, target, stopping)
         return cls(book, grouper, Ticker(book, grouper, metrics, stopping), source)
 
     def serve(self, source: _RuleSource) -> None:

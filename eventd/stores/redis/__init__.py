@@ -15,6 +15,7 @@ one Redis. What lives where:
     seen:<uuid>         STRING the shared de-dup check (SET NX EX)
     limit:<key>         ZSET  job id by call time (the per-target REST limit), expires
     lease:<name>        HASH  {owner, token}, PEXPIRE ttl; lease-tokens INCR (fencing)
+    alerts, groups...   firing alerts and open digest groups (eventd.alerts): see `alerts`
 
 Why ordered sets and leases rather than Streams with a consumer group: delivery must keep
 each target's order (a webhook receiver sees events in the order they happened), and a
@@ -62,7 +63,8 @@ from eventd.stores.base import (
     SharedDedupe,
     Store,
 )
-from eventd.stores.redis.client import WAIT_MS, NotReplicated, RedisClient, converted
+from eventd.stores.redis.alerts import AlertRoles
+from eventd.stores.redis.client import WAIT_MS, NotReplicated, converted
 from eventd.stores.redis.connect import parse
 
 if TYPE_CHECKING:
@@ -88,7 +90,7 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-class RedisStore(RedisClient):
+class RedisStore(AlertRoles):
     """Every store role, plus leases, the shared REST limit and de-dup check, in Redis."""
 
     name: ClassVar[str] = "redis"
