@@ -22,6 +22,7 @@ from eventd.actions import ACTIONS, resolve
 from eventd.actions.base import ActionJob
 from eventd.alerts.groups import GroupedAction, Grouper
 from eventd.commands.testfile import RuleTest, TestFileError, read
+from eventd.daemon import rule_vocabulary
 from eventd.engine import Engine
 from eventd.errors import RuleError
 from eventd.events import Event, Received, parse_datetime
@@ -39,14 +40,17 @@ class _TestKind:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._kind = kind = resolve(name)
-        self.per_event = bool(getattr(kind, "per_event", False))
-        self.acts_on_objects = bool(getattr(kind, "acts_on_objects", False))
+        try:
+            self._kind: Any = resolve(name)
+        except ImportError:  # its library is not installed: a rule using it does not load
+            self._kind = None
+        self.per_event = bool(getattr(self._kind, "per_event", False))
+        self.acts_on_objects = bool(getattr(self._kind, "acts_on_objects", False))
 
     def inactive(self, options: dict[str, Any]) -> bool:
         """A log line shows whatever the log level; other kinds decide from their options
         alone (an alertmanager action without a url), so they are asked, without an instance."""
-        if self.name == "log":
+        if self.name == "log" or self._kind is None:
             return False
         try:
             return bool(self._kind.inactive(None, options))
@@ -85,7 +89,7 @@ def run(paths: Sequence[Path], out: IO[str]) -> int:
             continue
         try:
             tests = read(path)
-            ruleset = load_rules(tests.rule_files, tests.env)
+            ruleset = load_rules(tests.rule_files, tests.env, rule_vocabulary(tests.source))
         except TestFileError as exc:
             print(f"ERROR {exc}", file=out)
             unusable += 1

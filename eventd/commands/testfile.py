@@ -47,6 +47,9 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "rule_files": {"type": "array", "minItems": 1, "items": {"type": "string"},
                        "description": "rule files (or directories), relative to this file"},
+        "source": {"enum": ["dockercloud", "docker"], "default": "dockercloud",
+                   "description": "whose events the rules are for (the names `eventd check` "
+                                  "warns about): Docker Cloud's or a Docker Engine's"},
         "env": {"type": "object", "additionalProperties": {"type": "string"},
                 "description": "values of ${VAR} in the rules; the real environment is not read, "
                                "so a test gives the same result everywhere"},
@@ -130,6 +133,7 @@ class TestFile:
     rule_files: list[Path]
     env: dict[str, str]
     tests: list[RuleTest]
+    source: str = "dockercloud"
 
 
 def read(path: Path) -> TestFile:
@@ -159,7 +163,8 @@ def read(path: Path) -> TestFile:
         tests.append(RuleTest(raw["name"], [dict(e) for e in events], dict(raw.get("resources", {})),
                               list(raw.get("expect", [])), raw.get("groups"),
                               list(raw.get("never", []))))
-    return TestFile(path, [base / p for p in data["rule_files"]], dict(data.get("env", {})), tests)
+    return TestFile(path, [base / p for p in data["rule_files"]], dict(data.get("env", {})), tests,
+                    data.get("source", "dockercloud"))
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:
