@@ -449,3 +449,9 @@ def test_the_image_installs_the_sample_rules_into_the_package() -> None:
     sources = {src.rstrip("/") for key, rest in steps[:install] if key == "COPY"
                for src in rest.split()[:-1]}
     assert {"setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "eventd", "rules"} <= sources
+
+
+def test_configmap_holds_exactly_the_sample_rules() -> None:
+    """The ConfigMap is a copy of rules/*.yaml: it must not drift from the one source."""
+    shipped = {path.name: path.read_text() for path in sorted((ROOT / "rules").glob("*.yaml"))}
+    assert k8s("ConfigMap")["data"] == shipped
