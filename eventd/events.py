@@ -64,11 +64,14 @@ def _sample(data: bytes | str) -> str:
 
 _REF_CACHE: dict[str, ObjectRef | None] = {}
 _REF_CACHE_SIZE = 4096  # parents and services repeat; action URIs do not: keep it small
+#: Longer than any resource URI of the reference; past it `_TAIL.search` backtracks quadratically
+#: (a 1 MB `resource_uri` held the engine thread for minutes) and the cache would keep the text.
+_MAX_REF_URI = 1024
 
 
 def object_ref(uri: object) -> ObjectRef | None:
     """Take `<type>/<uuid>` from the tail of a resource URI (namespaced or not)."""
-    if type(uri) is not str:
+    if type(uri) is not str or len(uri) > _MAX_REF_URI:
         return None
     try:
         return _REF_CACHE[uri]  # the same URIs come back again and again
