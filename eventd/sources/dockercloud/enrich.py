@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from eventd.errors import ActionError, PermanentActionError
-from eventd.events import ObjectRef, object_ref
+from eventd.events import RESOURCE_URI, ObjectRef, object_ref
 from eventd.sources.dockercloud.rest import RestClient
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ def resource_path(event: dict[str, Any]) -> str | None:
         return None
     if event.get("type") == "action" or ref.type == "action":
         return f"/api/audit/v1/action/{ref.uuid}/"
-    return uri
+    # Event data must not steer an authenticated GET: no `..`, `?`, `#`, only a URI of the reference.
+    return uri if RESOURCE_URI.fullmatch(uri) else None
 
 
 class Enricher:
