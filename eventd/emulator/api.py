@@ -36,10 +36,12 @@ class RestApi:
     """Answers authenticated REST calls against one world."""
 
     def __init__(self, world: World, operator: Operator,
-                 ignore_dates: Callable[[], bool] = lambda: False) -> None:
+                 ignore_dates: Callable[[], bool] = lambda: False,
+                 namespaces: tuple[str, ...] = ()) -> None:
         self.world = world
         self.operator = operator
         self._ignore_dates = ignore_dates  # a fault: a server that ignores date filters
+        self.namespaces = frozenset({world.namespace, *namespaces})
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any,
                user_agent: str) -> Reply:
@@ -56,7 +58,7 @@ class RestApi:
                 if (kind in APP_KINDS) != (match["sub"] == "app"):
                     raise ApiError(404, f"{kind} lives under /api/"
                                         f"{'app' if kind in APP_KINDS else 'infra'}/v1/")
-                if match["ns"] not in (None, self.world.namespace):
+                if match["ns"] not in (None, *self.namespaces):
                     raise ApiError(404, f"namespace {match['ns']!r} not found")
                 return self._objects(method, path, kind, match["uuid"], match["op"], query,
                                      request)

@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--apikey", default="apikey", help="accepted API key (default apikey)")
     parser.add_argument("--token", default=None,
                         help="an opaque Authorization value accepted as well (DOCKERCLOUD_AUTH)")
-    parser.add_argument("--namespace", default=None, help="namespace (default: the user)")
+    parser.add_argument("--namespace", default=None,
+                        help="namespace, or a comma-separated list served side by side "
+                             "(default: the user)")
     shipped = ", ".join(sorted(p.stem for p in SCENARIOS.glob("*.yaml")))
     parser.add_argument("--scenario", default=None, metavar="FILE|NAME",
                         help="scenario YAML: a world and a timeline of faults and events; "
@@ -111,11 +113,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     out = out or sys.stdout
     _configure_logging()
-    namespace = args.namespace or args.user
+    names = [n.strip() for n in (args.namespace or "").split(",") if n.strip()]
+    namespace = ",".join(names) or args.user
     try:
         emulator = Emulator(user=args.user, apikey=args.apikey, token=args.token,
-                            namespace=namespace, scenario=scenario_file(args.scenario),
-                            host=args.host,
+                            namespace=(names or [args.user])[0], namespaces=names[1:],
+                            scenario=scenario_file(args.scenario), host=args.host,
                             rest_port=args.rest_port, stream_port=args.stream_port,
                             tick=args.tick, seed=getattr(args, "seed", None),
                             tls=getattr(args, "tls", False), tls_dir=getattr(args, "tls_dir", None))

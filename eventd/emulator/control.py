@@ -101,6 +101,9 @@ def handle_control(emulator: Emulator, method: str, path: str, raw: bytes,
         if method == "DELETE":
             emulator.clear_handshakes()
             return Reply(200, {"cleared": True})
+    elif route == "/_emulator/connections":
+        if method == "GET":
+            return Reply(200, [c.to_json() for c in emulator.stream_connections()])
     elif route == "/_emulator/events":
         if method == "GET":
             return Reply(200, emulator.sent_events())

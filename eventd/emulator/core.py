@@ -7,7 +7,7 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,7 +16,7 @@ from eventd.emulator.api import RestApi
 from eventd.emulator.control import handle_control
 from eventd.emulator.faults import Faults
 from eventd.emulator.operations import Operator
-from eventd.emulator.records import Handshake, RecordedCall
+from eventd.emulator.records import Handshake, RecordedCall, StreamConnection
 from eventd.emulator.rest_server import Backend, RestServer
 from eventd.emulator.scenario import Scenario, Step, load_scenario
 from eventd.emulator.scheduler import Scheduler
@@ -50,9 +50,13 @@ class Emulator:
                  scenario: str | Path | Mapping[str, Any] | Scenario | None = None,
                  host: str = "127.0.0.1", rest_port: int = 0, stream_port: int = 0,
                  tick: float = 0.05, seed: int | None = None, tls: bool = False,
-                 tls_dir: Path | None = None, tls_client_ca: Path | None = None) -> None:
+                 tls_dir: Path | None = None, tls_client_ca: Path | None = None,
+                 namespaces: Sequence[str] = ()) -> None:
         self.user = user
         self.namespace = namespace
+        #: further namespaces (organisations) served beside `namespace`, each its own stream;
+        #: the world's objects live in `namespace`, the REST API answers in every one of them
+        self.namespaces = tuple(dict.fromkeys([namespace, *namespaces]))
         self.host = host
         self.tick = tick
         self.auth_header = "Basic " + base64.b64encode(f"{user}:{apikey}".encode()).decode()
@@ -66,6 +70,7 @@ class Emulator:
         self._sent: list[dict[str, Any]] = []
         self._calls: list[RecordedCall] = []
         self._handshakes: list[Handshake] = []
+        self._connections: list[StreamConnection] = []
         self.faults = Faults()
         self.world = World(namespace, emit=self._emit_world_event,
                            rng=random.Random(seed) if seed is not None else None)
@@ -74,14 +79,17 @@ class Emulator:
         self.operator = Operator(self.world, self.scheduler, tick,
                                  should_fail=self.faults.take_action_failure)
         self.api = RestApi(self.world, self.operator,
-                           ignore_dates=lambda: self.faults.ignoring_dates)
+                           ignore_dates=lambda: self.faults.ignoring_dates,
+                           namespaces=self.namespaces)
         self._rest_port = rest_port
         #: with tls: the self-signed certificate both servers present (clients' CA file)
         self.certificate: Certificate | None = write_self_signed(tls_dir, host) if tls else None
         self._tls = self.certificate.server_context(tls_client_ca) if self.certificate else None
         self._stream = StreamServer(host=host, port=stream_port, namespace=namespace,
                                     authorized=self.authorized, faults=self.faults,
-                                    record=self._record_handshake, tls=self._tls)
+                                    record=self._record_handshake, tls=self._tls,
+                                    namespaces=self.namespaces,
+                                    record_connection=self._record_connection)
         self._rest: RestServer | None = None
         self.faults.on_drop = self._stream.drop_all
         self.faults.on_silent = self._stream.set_silent
@@ -172,13 +180,18 @@ class Emulator:
 
     def emit_event(self, type: str = "container", action: str = "update",  # noqa: A002
                    state: str = "Running", resource_uri: str | None = None,
-                   parents: list[str] | None = None) -> dict[str, Any]:
+                   parents: list[str] | None = None,
+                   namespace: str | None = None) -> dict[str, Any]:
         """Build a documented event (new uuid, datetime now), broadcast it and return it.
 
         Without `resource_uri` the first object of that type is used; without `parents`
-        the object's documented parents are used when it exists in the world.
+        the object's documented parents are used when it exists in the world. With another
+        `namespace` the event is about a new object of that namespace (its stream only).
         """
         with self.world.lock:
+            if resource_uri is None and namespace not in (None, self.namespace):
+                subsystem = "infra" if type in ("node", "nodecluster") else "app"
+                resource_uri = f"/api/{subsystem}/v1/{namespace}/{type}/{self.world.new_uuid()}/"
             if resource_uri is None:
                 objects = self.world.objects(type) if type in ("stack", "service", "container",
                                                                "node", "nodecluster",
@@ -253,6 +266,19 @@ class Emulator:
         with self._records:
             self._handshakes.append(handshake)
 
+    def _record_connection(self, connection: StreamConnection) -> None:
+        with self._records:
+            self._connections.append(connection)
+
+    def stream_connections(self) -> list[StreamConnection]:
+        """Every stream connection accepted so far (open ones have `closed` None), in order."""
+        with self._records:
+            return list(self._connections)
+
+    def namespace_counts(self) -> dict[str, int]:
+        """Open stream connections now, per namespace."""
+        return self._stream.namespace_counts()
+
     def handshakes(self) -> list[Handshake]:
         """Every stream handshake attempt with the status it got (101 when accepted)."""
         with self._records:
@@ -262,6 +288,7 @@ class Emulator:
         """Forget the handshakes recorded so far."""
         with self._records:
             self._handshakes.clear()
+            self._connections = [c for c in self._connections if c.closed is None]
 
     @property
     def connection_count(self) -> int:
@@ -341,6 +368,7 @@ class Emulator:
     def state(self) -> dict[str, Any]:
         """Connections, faults and a world summary, for the control endpoint."""
         return {"rest_url": self.rest_url, "stream_url": self.stream_url,
-                "namespace": self.namespace, "connections": self.connection_count,
+                "namespace": self.namespace, "namespaces": list(self.namespaces),
+                "connections": self.connection_count,
                 "stream_running": self._stream.running, "faults": self.faults.snapshot(),
                 "sent_events": len(self.sent_events()), "world": self.world.summary()}

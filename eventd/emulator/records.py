@@ -1,4 +1,4 @@
-"""What the emulator saw: recorded REST calls and stream handshakes, for tests to assert on."""
+"""What the emulator saw: recorded REST calls, stream handshakes and connections, for tests."""
 
 from __future__ import annotations
 
@@ -91,3 +91,21 @@ class Handshake:
         headers = dict(self.headers) if reveal else redact_headers(self.headers)
         return {"path": self.path, "query": dict(self.query), "headers": headers,
                 "status": self.status}
+
+
+@dataclass
+class StreamConnection:
+    """One accepted stream connection: its namespace and when it opened and closed.
+
+    Times are `time.monotonic()` of the emulator's process; `closed` is None while open.
+    """
+
+    namespace: str
+    peer: str
+    opened: float
+    closed: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The connection as JSON for the control endpoint."""
+        return {"namespace": self.namespace, "peer": self.peer, "opened": self.opened,
+                "closed": self.closed}

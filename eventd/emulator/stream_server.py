@@ -12,7 +12,8 @@ import logging
 import re
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -22,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from eventd.emulator.faults import Faults
-from eventd.emulator.records import Handshake, Headers, redact_target
+from eventd.emulator.records import Handshake, Headers, StreamConnection, redact_target
 from eventd.emulator.world import uri_key
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,13 @@ _REASONS = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
             429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}
+_NAMESPACED = re.compile(r"^/api/(?:app|infra)/v1/(?P<ns>[^/]+)/[a-z]+/[^/]+/?$")
+
+
+def event_namespace(event: dict[str, Any], default: str) -> str:
+    """The namespace an event belongs to: the one in its resource URI (actions: `default`)."""
+    match = _NAMESPACED.match(str(event.get("resource_uri", "")))
+    return match.group("ns") if match else default
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class Filters:
 class _Connection:
     ws: ServerConnection
     filters: Filters
+    record: StreamConnection
     queue: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
 
 
@@ -91,11 +100,16 @@ class StreamServer:
     def __init__(self, *, host: str, port: int, namespace: str,
                  authorized: Callable[[str | None], bool], faults: Faults,
                  record: Callable[[Handshake], None],
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 namespaces: Collection[str] = (),
+                 record_connection: Callable[[StreamConnection], None] | None = None) -> None:
         self.host = host
         self._tls = tls
         self.port = port
         self.namespace = namespace
+        #: every namespace served (the first is the user's own, where un-namespaced paths go)
+        self.namespaces = frozenset({namespace, *namespaces})
+        self._record_connection = record_connection
         self._authorized = authorized
         self._faults = faults
         self._record = record
@@ -146,6 +160,13 @@ class StreamServer:
     def connection_count(self) -> int:
         """Open stream connections now."""
         return self._count
+
+    def namespace_counts(self) -> dict[str, int]:
+        """Open stream connections now, per namespace."""
+        counts: dict[str, int] = {}
+        for conn in list(self._connections):
+            counts[conn.record.namespace] = counts.get(conn.record.namespace, 0) + 1
+        return counts
 
     def wait_for_connections(self, n: int, timeout: float = 5.0) -> bool:
         """Block until exactly `n` connections are open (or the timeout passes)."""
@@ -212,7 +233,7 @@ class StreamServer:
         match = _PATH.match(split.path)
         if failure is not None:
             status, retry_after, location = failure.status, failure.retry_after, failure.location
-        elif match is None or (match.group("ns") not in (None, self.namespace)):
+        elif match is None or (match.group("ns") not in (None, *self.namespaces)):
             status = 404
         elif (self._faults.rejecting_auth
               or not self._authorized(request.headers.get("Authorization"))):
@@ -237,7 +258,12 @@ class StreamServer:
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         split = urlsplit(ws.request.path)
-        conn = _Connection(ws, Filters.from_query(parse_qsl(split.query)))
+        match = _PATH.match(split.path)
+        namespace = (match.group("ns") if match else None) or self.namespace
+        record = StreamConnection(namespace, _peer(ws.remote_address), time.monotonic())
+        conn = _Connection(ws, Filters.from_query(parse_qsl(split.query)), record)
+        if self._record_connection is not None:
+            self._record_connection(record)
         self._connections.add(conn)
         self._set_count(len(self._connections))
         logger.info("stream connection opened from %s on %s; %d open",
@@ -253,6 +279,7 @@ class StreamServer:
         except ConnectionClosed:
             pass
         finally:
+            record.closed = time.monotonic()
             pump.cancel()
             self._connections.discard(conn)
             self._set_count(len(self._connections))
@@ -273,8 +300,12 @@ class StreamServer:
     def _broadcast(self, text: str | bytes, event: dict[str, Any] | None) -> None:
         if self._faults.silent:
             return  # a silent server loses what happens meanwhile
+        namespace = None if event is None or len(self.namespaces) == 1 \
+            else event_namespace(event, self.namespace)
         for conn in list(self._connections):
             if event is not None and not conn.filters.match(event):
+                continue
+            if namespace is not None and conn.record.namespace != namespace:
                 continue
             try:
                 conn.queue.put_nowait(text)
