@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(env EVENTD_CLIENT_CERT)")
     run.add_argument("--client-key", metavar="FILE", default=None,
                      help="its private key, if not in the --client-cert file (env EVENTD_CLIENT_KEY)")
+    run.add_argument("--lease-ttl", metavar="DURATION", default=None,
+                     help="with a Redis store: how long a replica's lease on a namespace's "
+                          "stream lasts unless renewed (default 10s, env EVENTD_LEASE_TTL)")
     run.set_defaults(handler=cmd_run)
 
     check = sub.add_parser("check", help="validate rule files (needs no credentials)")
@@ -251,7 +254,10 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
             "alert_resend": duration(args.alert_resend, "--alert-resend"),
             "tls": tls_from_env(env, args.ca_file, args.client_cert, args.client_key),
             "allow_hosts": tuple(args.allow_hosts) if args.allow_hosts else None,
+            "lease_ttl": duration(args.lease_ttl or env.get("EVENTD_LEASE_TTL"), "--lease-ttl"),
         })
+        if overrides["lease_ttl"] is not None and overrides["lease_ttl"] < 1.0:
+            raise ConfigError(f"--lease-ttl must be at least 1s, got {overrides['lease_ttl']:g}s")
     if overrides["log_format"] not in (None, "text", "json"):
         raise ConfigError(f"EVENTD_LOG_FORMAT must be text or json, got {overrides['log_format']!r}")
     if overrides["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -19,13 +19,17 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventd.actions import ACTIONS, resolve
 from eventd.actions.base import ActionContext, ActionJob, ActionKind
 from eventd.alerts.wiring import Alerting
+from eventd.cluster.connection import is_cluster_store
+from eventd.cluster.metrics import ClusterMetrics
+from eventd.cluster.progress import Tracker
+from eventd.cluster.streams import Streams, fenced
 from eventd.dedupe import DedupeSaver
 from eventd.delivery.dispatcher import Dispatcher
 from eventd.delivery.limits import TargetLimiter
@@ -40,16 +44,21 @@ from eventd.ops.metrics import Metrics
 from eventd.ruleset.diagnostics import DOCKERCLOUD, Vocabulary
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
+from eventd.sources.base import ConsumerLoop
 from eventd.sources.dockercloud.action_waiter import ActionWaiter
 from eventd.sources.dockercloud.auth import Credentials
 from eventd.sources.dockercloud.backfill import Backfiller
 from eventd.sources.dockercloud.enrich import Enricher
+from eventd.sources.dockercloud.namespaces import label, tagging
 from eventd.sources.dockercloud.recorder import Recorder
 from eventd.sources.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
 from eventd.stores import open_store
 from eventd.stores.backpressure import WaitingThrottles
 from eventd.stores.base import CallLimits, Observed, Store
+
+if TYPE_CHECKING:
+    from eventd.cluster.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +213,9 @@ class Daemon:
         self._rules_loaded = False
         self._health: tuple[Any, Any] | None = None
         self._stop_lock = threading.Lock()
+        self._started_at = time.time()
+        self.coordinator: Coordinator | None = None
+        self.tracker: Tracker | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -233,21 +245,17 @@ class Daemon:
         assert pipeline.engine is not None
         self.engine = pipeline.engine
         self.recorder = Recorder(settings.record) if settings.record else None
-        self.consumer: Any
-        if settings.source == "dockercloud":
-            rest, credentials = self.rest, self.credentials
-            assert rest is not None and credentials is not None  # the CLI loaded credentials
-            self.consumer = StreamConsumer(
-                url=settings.stream_url, credentials=credentials, sink=self._sink,
-                metrics=self.metrics, stopping=self.stopping,
-                options=StreamOptions.from_settings(settings), recorder=self.recorder,
-                backfill=Backfiller(rest, self._sink, self.metrics))
-        else:  # another source of the registry (ConfigError: unknown, or the Engine is not there)
+        if settings.source != "dockercloud":
+            # Another source of the registry (ConfigError: unknown, or the Engine is not there):
+            # one consumer, built now so that a failure leaves nothing running.
             from eventd.sources.base import SourceContext, resolve_source
 
-            self.consumer = resolve_source(settings.source)(SourceContext(
+            self._source = resolve_source(settings.source)(SourceContext(
                 settings=settings, sink=self._sink, metrics=self.metrics, stopping=self.stopping,
                 credentials=self.credentials, rest=self.rest, recorder=self.recorder))
+        self.streams = Streams(self._new_consumer, self._stream_loop)
+        names = [label(ns) for ns in self._namespaces()]
+        self.cluster_metrics = ClusterMetrics(self.metrics.registry, names)
         self.metrics.source_info.labels(source=settings.source).set(1)
         pipeline.start()
         if settings.metrics_addr is not None:
@@ -262,14 +270,81 @@ class Daemon:
         # GC's full passes, which otherwise cost more per event the larger the rule set.
         gc.freeze()
         self._spawn("engine", self._engine_loop)
-        self._spawn("stream", self._stream_loop)
+        self._start_streams()
         if self.credentials is None:
             log.info("eventd started: %d rules, source %s (%s), state in %s", len(ruleset),
                      settings.source, self.consumer.describe(), settings.state_dir)
         else:
-            log.info("eventd started: %d rules, stream %s, REST %s, credentials from %s, state in %s",
-                     len(ruleset), settings.stream_url, settings.rest_host, self.credentials.source,
-                     settings.state_dir)
+            log.info("eventd started: %d rules, stream %s, REST %s, credentials from %s, "
+                     "state in %s", len(ruleset), settings.stream_url if not settings.namespaces
+                     else f"{settings.stream_host} (namespaces {', '.join(settings.namespaces)})",
+                     settings.rest_host, self.credentials.source, settings.state_dir)
+
+    def _namespaces(self) -> tuple[str | None, ...]:
+        """The Docker Cloud namespaces to consume, one stream each (another source: one)."""
+        return self.settings.stream_namespaces if self.settings.source == "dockercloud" \
+            else (None,)
+
+    def _start_streams(self) -> None:
+        """Consume every namespace here, or, with a shared store, those this replica leases."""
+        settings = self.settings
+        if not is_cluster_store(settings.store) or settings.source != "dockercloud":
+            for namespace in self._namespaces():
+                self.streams.start(namespace)
+                self.cluster_metrics.leader.labels(namespace=label(namespace)).set(1)
+            return
+        from eventd.cluster.connection import connect  # imports redis: only for a cluster
+        from eventd.cluster.coordinator import Coordinator
+
+        self.tracker = Tracker()
+        self.coordinator = Coordinator(
+            connect(settings.store, self.environ, settings.lease_ttl), cluster=settings.cluster,
+            namespaces=settings.stream_namespaces, ttl=settings.lease_ttl, streams=self.streams,
+            tracker=self.tracker, metrics=self.metrics, cluster_metrics=self.cluster_metrics,
+            info=self._replica_info, max_gap=settings.max_event_age)
+        self.coordinator.start()
+
+    def _new_consumer(self, namespace: str | None,
+                      fence: Callable[[], bool] | None) -> ConsumerLoop:
+        """The consumer of one namespace's stream, its events tagged (and fenced by a lease)."""
+        if self.settings.source != "dockercloud":
+            return self._source
+        rest, credentials = self.rest, self.credentials
+        assert rest is not None and credentials is not None  # the CLI loaded credentials
+        sink = tagging(self._sink, namespace)
+        tracker, coordinator = self.tracker, self.coordinator
+        if fence is not None and tracker is not None and coordinator is not None:
+            name, accepted = label(namespace), sink
+
+            def track(batch: list[Received]) -> None:
+                accepted(batch)
+                tracker.received(batch)
+
+            sink = fenced(track, fence, lambda: coordinator.lease_lost(name), self.metrics)
+        return StreamConsumer(
+            url=self.settings.stream_url_for(namespace), credentials=credentials, sink=sink,
+            metrics=self.metrics, stopping=self.stopping,
+            options=StreamOptions.from_settings(self.settings), recorder=self.recorder,
+            backfill=Backfiller(rest, sink, self.metrics))
+
+    def _replica_info(self) -> dict[str, Any]:
+        """What `eventd status` shows of this replica (kept in its heartbeat)."""
+        import os
+        import socket
+
+        try:
+            spool, dead = self.store.spool_count(), self.store.deadletter_count()
+        except Exception:  # noqa: BLE001 - a store hiccup must not stop the heartbeat
+            spool = dead = -1
+        return {"host": socket.gethostname(), "pid": os.getpid(), "started": self._started_at,
+                "namespaces": self.streams.held(), "spool": spool, "deadletters": dead,
+                "ready": self.ready()[0] if self._rules_loaded else False}
+
+    @property
+    def consumer(self) -> Any:
+        """The first stream consumer running here (or a stand-in that is not connected)."""
+        consumers = self.streams.consumers() if hasattr(self, "streams") else []
+        return consumers[0] if consumers else _NotConsuming()
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the daemon stopped (by stop() or a fatal stream error); the exit code."""
@@ -285,10 +360,11 @@ class Daemon:
             log.info("stopping: finishing in-flight work (at most %.0f s)",
                      max(0.0, deadline - time.monotonic()))
             self.stopping.set()
-            self.consumer.close()  # sends the close frame; aborts a handshake in flight
-            stream = self._thread("stream")
-            if stream is not None:
-                stream.join(max(0.1, deadline - time.monotonic()))
+            streams = getattr(self, "streams", None)
+            if self.coordinator is not None:  # stop consuming, then free the leases at once
+                self.coordinator.stop(max(0.1, deadline - time.monotonic()))
+            elif streams is not None:  # close frames; aborts handshakes in flight
+                streams.stop_all(max(0.1, deadline - time.monotonic()))
             self._put(_STOP)
             engine = self._thread("engine")
             if engine is not None:
@@ -329,14 +405,18 @@ class Daemon:
 
     def ready(self) -> tuple[bool, dict[str, str]]:
         """Readiness: connected to the stream, rules loaded, spool writable."""
+        stream = self.streams.status()
         store_ok = self.store.healthy()
         checks = {
-            "stream": "ok" if self.consumer.connected else "disconnected",
+            "stream": stream if stream != "standby" or self.coordinator is not None
+            else "disconnected",
             "rules": "ok" if self._rules_loaded else "not loaded",
             "spool": "ok" if store_ok else "not writable",
             "store": "ok" if store_ok else "unreachable",
         }
-        return all(v == "ok" for v in checks.values()), checks
+        if self.coordinator is not None:
+            checks["cluster"] = "ok" if self.coordinator.reachable else "unreachable"
+        return all(v in ("ok", "standby") for v in checks.values()), checks
 
     def wait_idle(self, timeout: float) -> bool:
         """True once everything received was processed and every accepted action is done."""
@@ -345,9 +425,9 @@ class Daemon:
         return self.dispatcher.wait_idle(max(0.0, deadline - time.monotonic()))
 
     # -- threads ---------------------------------------------------------------------
-    def _stream_loop(self) -> None:
+    def _stream_loop(self, consumer: ConsumerLoop) -> None:
         try:
-            self.consumer.run()
+            consumer.run()
         except AuthRejected as exc:
             log.error("%s; exiting with code %d (not retrying: repeated bad logins lock the account)",
                       exc, EXIT_AUTH)
@@ -362,12 +442,15 @@ class Daemon:
         get = self._queue.get
         done = self._queue.task_done
         process = self.engine.process_batch
+        tracker = self.tracker
         while True:
             batch = get()
             try:
                 if batch is _STOP:
                     return
                 process(batch)
+                if tracker is not None:
+                    tracker.processed(batch)
             finally:
                 done()
 
@@ -399,6 +482,15 @@ class Daemon:
 
     def _thread(self, name: str) -> threading.Thread | None:
         return next((t for t in self._threads if t.name == name), None)
+
+
+class _NotConsuming:
+    """Stands for the stream consumer while this replica consumes none (a standby)."""
+
+    connected = False
+
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 def _close(closeable: Any, metrics: Metrics) -> None:

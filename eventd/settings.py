@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import ssl
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -221,6 +222,23 @@ def parse_addr(value: str, name: str = "--metrics-addr") -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", int(port))
 
 
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_namespaces(value: str) -> tuple[str, ...]:
+    """`acme, globex` -> ("acme", "globex"); empty -> () (the user's own namespace)."""
+    names: list[str] = []
+    for item in value.split(","):
+        name = item.strip().strip("/")
+        if not name:
+            continue
+        if not _NAMESPACE.match(name):
+            raise ConfigError(f"DOCKERCLOUD_NAMESPACE: {name!r} is not a user or organisation name")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def _store_values(environ: Mapping[str, str]) -> dict[str, Any]:
     """EVENTD_STORE and EVENTD_CLUSTER (the store's password is read with the other secrets)."""
     values: dict[str, Any] = {}
@@ -246,6 +264,8 @@ class Settings:
     stream_host: str = DEFAULT_STREAM_HOST
     rest_host: str = DEFAULT_REST_HOST
     namespace: str | None = None
+    #: DOCKERCLOUD_NAMESPACE as a list (`acme,globex`): one stream each; empty: the user's own
+    namespaces: tuple[str, ...] = ()
     rules: tuple[Path, ...] = (Path("rules"),)
     metrics_addr: tuple[str, int] | None = None
     state_dir: Path = Path("state")
@@ -273,6 +293,8 @@ class Settings:
     store: str = "sqlite"
     #: prefixes every key of a shared store (EVENTD_CLUSTER), so clusters can share one Redis
     cluster: str = "eventd"
+    #: how long a replica's lease on a namespace's stream lasts unless renewed (every ttl/3)
+    lease_ttl: float = 10.0
     user_agent: str = "eventd"
     tls: TlsOptions = TlsOptions()
     #: the Redis store's password: EVENTD_STORE_PASSWORD or EVENTD_STORE_PASSWORD_FILE
@@ -301,12 +323,14 @@ class Settings:
         values: dict[str, Any] = {
             "stream_host": _host(stream, ("ws", "wss"), "DOCKERCLOUD_STREAM_HOST"),
             "rest_host": _host(rest, ("http", "https"), "DOCKERCLOUD_REST_HOST"),
-            "namespace": (environ.get("DOCKERCLOUD_NAMESPACE") or "").strip("/ ") or None,
             "store_password": password,
         }
         if "tls" not in overrides or overrides["tls"] is None:
             values["tls"] = tls_from_env(environ)
         values.update(_store_values(environ))
+        names = parse_namespaces(environ.get("DOCKERCLOUD_NAMESPACE") or "")
+        values["namespaces"] = names
+        values["namespace"] = names[0] if len(names) == 1 else None
         sync = environ.get("EVENTD_SPOOL_SYNC", "").strip().upper()
         if sync:
             if sync not in ("NORMAL", "FULL"):
@@ -344,8 +368,17 @@ class Settings:
     @property
     def stream_url(self) -> str:
         """`<stream host>/api/audit/v1/[<namespace>/]events/` (reference 1.1)."""
-        ns = f"{self.namespace}/" if self.namespace else ""
+        return self.stream_url_for(self.namespace)
+
+    def stream_url_for(self, namespace: str | None) -> str:
+        """The stream URL of one namespace (None: the user's own)."""
+        ns = f"{namespace}/" if namespace else ""
         return f"{self.stream_host}api/audit/v1/{ns}events/"
+
+    @property
+    def stream_namespaces(self) -> tuple[str | None, ...]:
+        """The namespaces to consume, one stream each (None: the user's own)."""
+        return self.namespaces or (self.namespace,)
 
     def rest_url(self, path: str) -> str:
         """The REST host joined with a resource path such as an event's resource_uri."""

@@ -30,6 +30,7 @@ from eventd.errors import ActionError, ActionSkipped, PermanentActionError
 from eventd.events import RESOURCE_URI, object_ref
 from eventd.loopguard import LoopGuard
 from eventd.sources.dockercloud.action_waiter import TERMINAL_STATES
+from eventd.sources.dockercloud.namespaces import in_namespace
 from eventd.sources.dockercloud.rest import RestClient
 
 if TYPE_CHECKING:
@@ -185,7 +186,9 @@ class DockerCloudAction:
         if problems:
             raise PermanentActionError(f"dockercloud: refused, no request made: {'; '.join(problems)}")
         call = options.get("call")
-        target = normalise(str(options.get("target") or options.get("path")))
+        # A target without a namespace is called in the namespace its event came from.
+        target = in_namespace(normalise(str(options.get("target") or options.get("path"))),
+                              job.event.get("namespace"))
         what = str(call or str(options.get("method")).upper())
         timeout = float(options.get("wait_timeout") or DEFAULT_WAIT_TIMEOUT)
         resumed = job.context.get("action_uri")

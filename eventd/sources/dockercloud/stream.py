@@ -162,6 +162,11 @@ class StreamConsumer(ConsumerLoop):
         finally:
             self._ws = None
 
+    def resume_after(self, gap_start: float) -> None:
+        """Start as if a connection had been lost at `gap_start` (POSIX time): the first
+        connection announces the gap and backfills it (a stream taken over from a replica)."""
+        self._gap_start = gap_start
+
     # -- connect ----------------------------------------------------------------------------------
     def connect(self) -> None:
         """The websocket handshake; Disconnected says why it failed, AuthRejected on 401/403."""

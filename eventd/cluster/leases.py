@@ -1,0 +1,138 @@
+"""Leases on streams in Redis, each with a fencing token, taken and checked atomically (Lua).
+
+A lease is the key `lease:<ns>` = `<replica>:<token>` with a TTL. Taking a free lease
+increments the stream's token counter, so every holder in a stream's history has a larger
+token than the one before; renewing, releasing and recording progress are done only while
+the key still holds the caller's own `<replica>:<token>` (the fence): a replica whose lease
+expired cannot extend it, free it or move the stream's progress any more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from eventd.cluster.keys import Keys
+
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  local token = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+  return token
+end
+local at = string.find(cur, ':[^:]*$')
+if at and string.sub(cur, 1, at - 1) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(string.sub(cur, at + 1))
+end
+return false
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'at', ARGV[2], 'holder', ARGV[3], 'released', '1')
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_PROGRESS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'at', ARGV[2], 'holder', ARGV[3], 'released', '0')
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class Lease:
+    """A lease this replica holds: valid (locally) until `valid_until` on the monotonic clock."""
+
+    namespace: str
+    token: int
+    valid_until: float
+
+    def valid(self, now: float) -> bool:
+        """Whether the holder may still act: the lease cannot have expired in Redis yet."""
+        return now < self.valid_until
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a stream was left: its last processed event's time, by whom, released or not."""
+
+    at: float | None
+    holder: str | None
+    released: bool
+
+
+class Leases:
+    """The lease operations of one replica on one cluster's keys."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, replica_id: str, ttl: float) -> None:
+        self._client = client
+        self._keys = keys
+        self.replica_id = replica_id
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._progress = client.register_script(_PROGRESS)
+
+    def _value(self, token: int) -> str:
+        return f"{self.replica_id}:{token}"
+
+    def acquire(self, namespace: str) -> int | None:
+        """Take the stream's lease if it is free (or already ours); its fencing token, or None."""
+        keys = self._keys
+        token = self._acquire(keys=[keys.lease(namespace), keys.token(namespace)],
+                              args=[self.replica_id, self.ttl_ms])
+        return None if token is None else int(token)
+
+    def renew(self, namespace: str, token: int) -> bool:
+        """Extend our lease by the TTL; False if it is no longer ours (expired, taken)."""
+        return bool(self._renew(keys=[self._keys.lease(namespace)],
+                                args=[self._value(token), self.ttl_ms]))
+
+    def release(self, namespace: str, token: int, at: float | None) -> bool:
+        """Free our lease for the next holder, saying where we left the stream."""
+        keys = self._keys
+        return bool(self._release(keys=[keys.lease(namespace), keys.progress(namespace)],
+                                  args=[self._value(token), repr(at or 0.0), self.replica_id]))
+
+    def record(self, namespace: str, token: int, at: float) -> bool:
+        """Save when the stream's last event was processed, only while the lease is ours."""
+        keys = self._keys
+        return bool(self._progress(keys=[keys.lease(namespace), keys.progress(namespace)],
+                                   args=[self._value(token), repr(at), self.replica_id]))
+
+    def holder(self, namespace: str) -> tuple[str, int] | None:
+        """Who holds the stream now and with which token (None if free)."""
+        value = self._client.get(self._keys.lease(namespace))
+        return parse_holder(value)
+
+    def progress(self, namespace: str) -> Progress:
+        """Where the stream was left by its previous holders."""
+        raw = self._client.hgetall(self._keys.progress(namespace))
+        values = {_text(k): _text(v) for k, v in raw.items()}
+        at = float(values["at"]) if values.get("at") not in (None, "", "0.0", "0") else None
+        return Progress(at, values.get("holder") or None, values.get("released") == "1")
+
+
+def parse_holder(value: object) -> tuple[str, int] | None:
+    """`b"replica:7"` -> ("replica", 7); None if free or unreadable."""
+    if value is None:
+        return None
+    replica, _, token = _text(value).rpartition(":")
+    return (replica, int(token)) if replica and token.isdigit() else None
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,48 @@
+"""When each stream's last event was received and processed, so a new owner's gap starts there.
+
+The engine reports every batch it finished (`processed`); the coordinator saves the latest
+time per namespace in Redis a few times per lease period, fenced by the lease. On a graceful
+release the time of the last event received counts: the engine still finishes those.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from eventd.events import Received
+from eventd.sources.dockercloud.namespaces import label
+
+
+class Tracker:
+    """The newest received and processed event times, per namespace label (POSIX seconds)."""
+
+    def __init__(self) -> None:
+        self._received: dict[str, float] = {}
+        self._processed: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def received(self, batch: list[Received]) -> None:
+        """A batch was handed to the engine."""
+        if batch:
+            last = batch[-1]
+            name = label(last.event.get("namespace"))
+            with self._lock:
+                self._received[name] = max(last.received_at, self._received.get(name, 0.0))
+
+    def processed(self, batch: list[Received]) -> None:
+        """The engine finished a batch (every event of one batch comes from one stream)."""
+        if batch:
+            last = batch[-1]
+            name = label(last.event.get("namespace"))
+            with self._lock:
+                self._processed[name] = max(last.received_at, self._processed.get(name, 0.0))
+
+    def last_processed(self, name: str) -> float | None:
+        """When the last event of this namespace that the engine finished had arrived."""
+        with self._lock:
+            return self._processed.get(name)
+
+    def last_received(self, name: str) -> float | None:
+        """When the last event of this namespace handed to the engine had arrived."""
+        with self._lock:
+            return self._received.get(name) or self._processed.get(name)
