@@ -269,6 +269,8 @@ class Daemon:
         # Everything loaded so far lives as long as the process: keep it out of the cyclic
         # GC's full passes, which otherwise cost more per event the larger the rule set.
         gc.freeze()
+        if is_cluster_store(settings.store):  # before the engine starts: it reports progress
+            self.tracker = Tracker()
         self._spawn("engine", self._engine_loop)
         self._start_streams()
         if self.credentials is None:
@@ -296,7 +298,7 @@ class Daemon:
         from eventd.cluster.connection import connect  # imports redis: only for a cluster
         from eventd.cluster.coordinator import Coordinator
 
-        self.tracker = Tracker()
+        assert self.tracker is not None
         self.coordinator = Coordinator(
             connect(settings.store, self.environ, settings.lease_ttl), cluster=settings.cluster,
             namespaces=settings.stream_namespaces, ttl=settings.lease_ttl, streams=self.streams,

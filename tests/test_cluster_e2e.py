@@ -1,0 +1,220 @@
+"""Several `eventd run` replicas on one Redis, one emulator and one webhook receiver.
+
+Each namespace's stream must have exactly one consumer at every moment (the emulator records
+every stream connection with its namespace and open/close times), work must spread over the
+live replicas and move when one stops or dies, and the new owner of a stream must announce
+the gap from the last event the old one processed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eventd.emulator import Emulator
+from tests.cluster_helpers import Cluster, Replica, cluster_fixture, open_counts, overlaps
+from tests.daemon_helpers import write_rules
+from tests.receiver import WebhookReceiver
+from tests.waiting import wait_until
+
+NAMESPACES = ("acme", "globex", "initech", "umbrella")
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    yield from cluster_fixture()
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    emulator = Emulator(tick=0.02, namespaces=NAMESPACES)
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[Replica]]:
+    started: list[Replica] = []
+    try:
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+class Sampler:
+    """Looks at the emulator's open connections every few ms: the most per namespace seen."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+        self.most: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            for namespace, count in open_counts(self.emu).items():
+                self.most[namespace] = max(self.most[namespace], count)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def forward_rules(tmp_path: Path, receiver: WebhookReceiver) -> Path:
+    return write_rules(tmp_path / "rules", f"""
+        rules:
+          - name: forward
+            match: {{type: container}}
+            actions:
+              - webhook:
+                  url: "{receiver.url}/hook"
+                  json: {{ns: "{{{{ event.namespace }}}}", uuid: "{{{{ event.uuid }}}}"}}
+          - name: gap
+            match: {{type: eventd, state: connected}}
+            actions:
+              - webhook:
+                  url: "{receiver.url}/gap"
+                  json: {{ns: "{{{{ event.namespace }}}}", gap: "{{{{ event.gap_seconds }}}}"}}
+        """)
+
+
+def each_consumed_once(emu: Emulator, receiver: WebhookReceiver) -> None:
+    """One event per namespace arrives at the webhook exactly once (one consumer each)."""
+    receiver.clear()
+    sent = {ns: emu.emit_event(type="container", namespace=ns)["uuid"] for ns in NAMESPACES}
+
+    def arrived() -> dict[str, str]:
+        return {r.json()["ns"]: r.json()["uuid"] for r in receiver.requests
+                if r.path == "/hook"}
+
+    wait_until(lambda: arrived() == sent, 20, message=f"one event per namespace: {sent}")
+    hooks = [r for r in receiver.requests if r.path == "/hook"]
+    assert len(hooks) == len(NAMESPACES), [r.json() for r in hooks]
+
+
+def spread(replicas: list[Replica]) -> list[int] | None:
+    """How many namespaces each live replica leads, once every namespace has one leader."""
+    counts = [sum(r.leads(ns) for ns in NAMESPACES) for r in replicas if r.alive()]
+    return counts if sum(counts) == len(NAMESPACES) else None
+
+
+def test_four_namespaces_over_three_replicas_one_consumer_each_at_every_moment(
+        emu, cluster, replicas, tmp_path, webhook_receiver):
+    rules = forward_rules(tmp_path, webhook_receiver)
+    with Sampler(emu) as sampler:
+        for name in ("r1", "r2", "r3"):
+            replicas.append(Replica(emu, rules, tmp_path, name, cluster,
+                                    namespaces=",".join(NAMESPACES)).start())
+        wait_until(lambda: open_counts(emu) == dict.fromkeys(NAMESPACES, 1), 30,
+                   message="one connection per namespace")
+        wait_until(lambda: sorted(spread(replicas) or []) == [1, 1, 2], 30,
+                   message="4 namespaces spread 2/1/1 over 3 replicas")
+        each_consumed_once(emu, webhook_receiver)
+
+        # A graceful stop of the replica holding two: both move within 2 s.
+        busiest = max(replicas, key=lambda r: sum(r.leads(ns) for ns in NAMESPACES))
+        moving = [ns for ns in NAMESPACES if busiest.leads(ns)]
+        before = {ns: len([c for c in emu.stream_connections() if c.namespace == ns])
+                  for ns in moving}
+        stopped_at = time.monotonic()
+        busiest.process.send_signal(15)
+
+        def moved() -> bool:
+            conns = emu.stream_connections()
+            return all(len([c for c in conns if c.namespace == ns]) > before[ns]
+                       and open_counts(emu).get(ns) == 1 for ns in moving)
+
+        wait_until(moved, 10, message=f"{moving} taken over")
+        handover = time.monotonic() - stopped_at
+        assert busiest.process.wait(10) == 0
+        assert handover < 2.0, f"graceful handover took {handover:.2f} s"
+        assert sorted(spread(replicas) or []) == [2, 2]
+        each_consumed_once(emu, webhook_receiver)
+
+        # Started again: the work spreads back over three replicas.
+        busiest.start()
+        wait_until(lambda: sorted(spread(replicas) or []) == [1, 1, 2], 30,
+                   message="4 namespaces spread 2/1/1 again")
+        wait_until(lambda: open_counts(emu) == dict.fromkeys(NAMESPACES, 1), 10)
+        each_consumed_once(emu, webhook_receiver)
+        assert busiest.sample("eventd_lease_changes_total", reason="acquired") is not None
+
+    assert overlaps(emu) == []
+    assert max(sampler.most.values()) == 1, sampler.most
+    for replica in replicas:
+        assert "Traceback" not in replica.log(), replica.log()[-3000:]
+
+
+def test_sigkill_of_a_leader_another_takes_over_with_the_gap_and_backfills_it(
+        cluster, replicas, tmp_path, webhook_receiver):
+    namespaces = ("acme", "globex")
+    with Emulator(tick=0.02, namespaces=namespaces) as emu:
+        rules = forward_rules(tmp_path, webhook_receiver)
+        with (rules.parent / "backfill.yaml").open("w") as f:
+            f.write(f"""
+rules:
+  - name: backfilled
+    match: {{type: action, backfilled: true}}
+    actions:
+      - webhook:
+          url: "{webhook_receiver.url}/backfilled"
+          json: {{ns: "{{{{ event.namespace }}}}", uri: "{{{{ event.resource_uri }}}}"}}
+""")
+        for name in ("a", "b"):
+            replicas.append(Replica(emu, rules.parent, tmp_path, name, cluster,
+                                    namespaces=",".join(namespaces), ttl="2s").start())
+        wait_until(lambda: sorted(spread_of(replicas, namespaces) or []) == [1, 1], 30,
+                   message="one namespace each")
+        leader = next(r for r in replicas if r.leads("globex"))
+        survivor = next(r for r in replicas if r is not leader)
+        last = emu.emit_event(type="container", namespace="globex")
+        wait_until(lambda: any(r.path == "/hook" and r.json()["uuid"] == last["uuid"]
+                               for r in webhook_receiver.requests), 15)
+        time.sleep(0.7)  # noqa: the leader saves its progress every TTL/3; let one save pass
+        webhook_receiver.clear()
+        killed_at = time.monotonic()
+        leader.kill()
+        # An action during the gap: the new owner recovers it over REST.
+        service = emu.world.find("service", 0).uuid
+        import requests
+        answer = requests.post(f"{emu.rest_url}api/app/v1/user/service/{service}/redeploy/",
+                               headers={"Authorization": emu.auth_header}, timeout=5)
+        assert answer.status_code == 202
+        action_uri = answer.headers["X-DockerCloud-Action-URI"]
+
+        wait_until(lambda: survivor.leads("globex") and open_counts(emu).get("globex") == 1,
+                   2 + 5 + 2, message="globex taken over")
+        takeover = time.monotonic() - killed_at
+        assert takeover < 2 + 5, f"takeover took {takeover:.2f} s"
+        gap = wait_until(lambda: [r.json() for r in webhook_receiver.requests
+                                  if r.path == "/gap" and r.json()["ns"] == "globex"], 10)
+        assert len(gap) == 1
+        # Measured from the last event the old owner processed, so at least the takeover time.
+        assert float(gap[0]["gap"]) >= takeover - 0.5, (gap, takeover)
+        assert float(gap[0]["gap"]) < takeover + 3, (gap, takeover)
+        backfilled = wait_until(lambda: [r.json() for r in webhook_receiver.requests
+                                         if r.path == "/backfilled"
+                                         and r.json()["uri"] == action_uri], 15)
+        assert backfilled[0]["ns"] == "globex"
+        assert survivor.sample("eventd_lease_changes_total", namespace="globex",
+                               reason="takeover") == 1.0
+        assert overlaps(emu) == []
+
+
+def spread_of(replicas: list[Replica], namespaces: tuple[str, ...]) -> list[int] | None:
+    counts = [sum(r.leads(ns) for ns in namespaces) for r in replicas if r.alive()]
+    return counts if sum(counts) == len(namespaces) else None
