@@ -181,10 +181,13 @@ rules:
                    message="one namespace each")
         leader = next(r for r in replicas if r.leads("globex"))
         survivor = next(r for r in replicas if r is not leader)
+        emitted_at = time.time()
         last = emu.emit_event(type="container", namespace="globex")
         wait_until(lambda: any(r.path == "/hook" and r.json()["uuid"] == last["uuid"]
                                for r in webhook_receiver.requests), 15)
-        time.sleep(0.7)  # noqa: the leader saves its progress every TTL/3; let one save pass
+        # The leader saves its progress every TTL/3: wait until Redis has this event's.
+        wait_until(lambda: float(cluster.client.hget(
+            f"{cluster.name}:cluster:progress:globex", "at") or 0) >= emitted_at - 0.01, 5)
         webhook_receiver.clear()
         killed_at = time.monotonic()
         leader.kill()
@@ -218,3 +221,54 @@ rules:
 def spread_of(replicas: list[Replica], namespaces: tuple[str, ...]) -> list[int] | None:
     counts = [sum(r.leads(ns) for ns in namespaces) for r in replicas if r.alive()]
     return counts if sum(counts) == len(namespaces) else None
+
+
+def test_redis_unreachable_replicas_stop_consuming_before_their_leases_end_and_resume(
+        replicas, tmp_path, webhook_receiver):
+    from tests.cluster_helpers import PrivateRedis
+
+    private = PrivateRedis(tmp_path).start()
+    try:
+        import redis
+
+        client = redis.Redis.from_url(private.url, socket_timeout=1)
+        cluster = Cluster(client, "down", private.url)
+        namespaces = ("acme", "globex")
+        with Emulator(tick=0.02, namespaces=namespaces) as emu:
+            rules = forward_rules(tmp_path, webhook_receiver)
+            for name in ("a", "b"):
+                replicas.append(Replica(emu, rules, tmp_path, name, cluster,
+                                        namespaces=",".join(namespaces), ttl="3s").start())
+            wait_until(lambda: sorted(spread_of(replicas, namespaces) or []) == [1, 1], 30)
+            wait_until(lambda: open_counts(emu) == dict.fromkeys(namespaces, 1), 10)
+            # When each lease ends in Redis if nobody renews it from now on.
+            now = time.monotonic()
+            ends = {ns: now + client.pttl(f"down:cluster:lease:{ns}") / 1000 for ns in namespaces}
+            private.pause()
+            paused_at = time.monotonic()
+            wait_until(lambda: open_counts(emu) == {}, 5, message="both streams closed")
+            for conn in emu.stream_connections():
+                assert conn.closed is not None and conn.closed < ends[conn.namespace], \
+                    (conn, ends, paused_at)
+            wait_until(lambda: all(r.readyz()[0] == 503 for r in replicas), 5)
+            status, body = replicas[0].readyz()
+            assert body["checks"]["cluster"] == "unreachable", body
+            assert all(not r.leads(ns) for r in replicas for ns in namespaces)
+            assert sum(r.sample("eventd_lease_changes_total", namespace=ns,
+                                reason="unreachable") or 0
+                       for r in replicas for ns in namespaces) == 2
+
+            private.resume()
+            wait_until(lambda: open_counts(emu) == dict.fromkeys(namespaces, 1), 15,
+                       message="streams consumed again")
+            wait_until(lambda: all(r.readyz()[0] == 200 for r in replicas), 10)
+            each = {ns: emu.emit_event(type="container", namespace=ns)["uuid"]
+                    for ns in namespaces}
+            wait_until(lambda: sorted(r.json()["uuid"] for r in webhook_receiver.requests
+                                      if r.path == "/hook") == sorted(each.values()), 15)
+            assert overlaps(emu) == []
+        client.close()
+    finally:
+        for replica in replicas:
+            replica.stop()
+        private.stop()
