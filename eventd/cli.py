@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     deadletter_cli.add_arguments(deadletter)
     deadletter.set_defaults(handler=deadletter_cli.run)
+
+    status = sub.add_parser("status", help="print a cluster: replicas, namespaces held, spool")
+    from eventd.commands import status as status_cli
+
+    status_cli.add_arguments(status)
+    status.set_defaults(handler=status_cli.run)
     return parser
 
 

@@ -272,3 +272,62 @@ def test_redis_unreachable_replicas_stop_consuming_before_their_leases_end_and_r
         for replica in replicas:
             replica.stop()
         private.stop()
+
+
+def test_a_standby_is_ready_and_eventd_status_prints_the_cluster(
+        cluster, replicas, tmp_path, webhook_receiver):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    namespaces = ("acme", "globex")
+    with Emulator(tick=0.02, namespaces=namespaces) as emu:
+        rules = forward_rules(tmp_path, webhook_receiver)
+        for name in ("a", "b", "c"):
+            replicas.append(Replica(emu, rules, tmp_path, name, cluster,
+                                    namespaces=",".join(namespaces)).start())
+        wait_until(lambda: sorted(spread_of(replicas, namespaces) or []) == [0, 1, 1], 30)
+        standby = next(r for r in replicas if not any(r.leads(ns) for ns in namespaces))
+        status, body = wait_until(lambda: (lambda s: s if s[0] == 200 else None)(
+            standby.readyz()), 10, message="the standby is ready")
+        assert body["checks"]["stream"] == "standby" and body["checks"]["cluster"] == "ok"
+        assert all(r.readyz()[1]["checks"]["stream"] == "ok" for r in replicas
+                   if r is not standby)
+
+        env = {"PATH": os.environ.get("PATH", ""), "DOCKERCLOUD_NAMESPACE": "acme,globex",
+               "EVENTD_STORE": cluster.url, "EVENTD_CLUSTER": cluster.name}
+
+        def status_json() -> dict:
+            done = subprocess.run([sys.executable, "-m", "eventd", "status", "--json"], env=env,
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        def settled() -> dict | None:
+            body = status_json()
+            holds = [r.get("namespaces") for r in body["replicas"].values()]
+            return body if sorted(map(len, holds)) == [0, 1, 1] else None
+
+        body = wait_until(settled, 10, interval=0.3, message="heartbeats show the spread")
+        assert len(body["replicas"]) == 3
+        holders = {s["namespace"]: s["holder"] for s in body["streams"]}
+        assert set(holders) == set(namespaces)
+        for namespace, holder in holders.items():
+            assert namespace in body["replicas"][holder]["namespaces"]
+        assert all(info["spool"] == 0 and info["deadletters"] == 0
+                   for info in body["replicas"].values())
+
+        table = subprocess.run([sys.executable, "-m", "eventd", "status"], env=env,
+                               capture_output=True, text=True, timeout=30)
+        assert table.returncode == 0, table.stderr
+        assert f"cluster {cluster.name}: 3 replica(s)" in table.stdout
+        assert "(standby)" in table.stdout
+        for namespace, holder in holders.items():
+            assert any(line.startswith(namespace) and holder in line
+                       for line in table.stdout.splitlines()), table.stdout
+
+        no_store = subprocess.run([sys.executable, "-m", "eventd", "status"],
+                                  env={"PATH": env["PATH"]}, capture_output=True, text=True,
+                                  timeout=30)
+        assert no_store.returncode == 2 and "--store" in no_store.stderr

@@ -1,0 +1,110 @@
+"""`eventd status`: the cluster on a shared store: replicas, the namespaces each holds, spool depth
+and dead letters, and who consumes which stream."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import IO, Any
+
+from eventd.errors import ConfigError, StoreError
+
+EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `status` subcommand's arguments."""
+    parser.add_argument("--store", metavar="URL", default=None,
+                        help="the cluster's store, redis://... (env EVENTD_STORE)")
+    parser.add_argument("--cluster", metavar="NAME", default=None,
+                        help="the cluster's name (default eventd, env EVENTD_CLUSTER)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    """Print the cluster; 0, 1 if Redis cannot be reached, 2 without a cluster store."""
+    from eventd.cluster.connection import connect, is_cluster_store
+    from eventd.settings import Settings, parse_namespaces
+    from eventd.sources.dockercloud.namespaces import label
+
+    out = out or sys.stdout
+    env = os.environ
+    store = args.store or env.get("EVENTD_STORE") or ""
+    cluster = args.cluster or env.get("EVENTD_CLUSTER") or "eventd"
+    if not is_cluster_store(store):
+        print("eventd status: give the cluster's store (--store redis://host:port/db or "
+              "EVENTD_STORE); a single eventd with SQLite has no cluster", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        names = [label(n) for n in parse_namespaces(env.get("DOCKERCLOUD_NAMESPACE") or "")]
+        client = connect(store, env, ttl=4.0)
+    except ConfigError as exc:
+        print(f"eventd status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    import redis
+
+    from eventd.cluster.status import read_state
+
+    try:
+        state = read_state(client, cluster, names)
+    except redis.RedisError as exc:
+        print(f"eventd status: cannot reach the store ({type(exc).__name__})", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        client.close()
+    counts = _store_counts(Settings.from_env(env, store=store, cluster=cluster))
+    if args.json:
+        body = state.to_json()
+        body["spool"] = counts
+        print(json.dumps(body, indent=2, sort_keys=True), file=out)
+        return EXIT_OK
+    _print(state, counts, out)
+    return EXIT_OK
+
+
+def _store_counts(settings: Any) -> dict[str, int] | None:
+    """Spool depth and dead letters of the shared store (None if it cannot be read here)."""
+    from eventd.stores import open_store, resolve_store
+
+    if getattr(resolve_store(settings.store), "__name__", "") == "InterimRedisStore":  # INTERIM
+        return None
+    try:
+        store = open_store(settings)
+    except (ConfigError, StoreError):
+        return None
+    try:
+        return {"pending": store.spool_count(), "deadletters": store.deadletter_count()}
+    except StoreError:
+        return None
+    finally:
+        store.close()
+
+
+def _print(state: Any, counts: dict[str, int] | None, out: IO[str]) -> None:
+    now = time.time()
+    print(f"cluster {state.cluster}: {len(state.replicas)} replica(s)", file=out)
+    if counts is not None:
+        print(f"spool: {counts['pending']} pending, {counts['deadletters']} dead letters",
+              file=out)
+    print("", file=out)
+    print(f"{'REPLICA':<32} {'READY':<6} {'SPOOL':>6} {'DEAD':>5}  NAMESPACES", file=out)
+    for replica_id, info in sorted(state.replicas.items()):
+        ready = "yes" if info.get("ready") else "no"
+        held = ", ".join(info.get("namespaces") or []) or "(standby)"
+        print(f"{replica_id:<32} {ready:<6} {_count(info.get('spool')):>6} "
+              f"{_count(info.get('deadletters')):>5}  {held}", file=out)
+    print("", file=out)
+    print(f"{'NAMESPACE':<20} {'HOLDER':<32} {'TOKEN':>5} {'LEASE':>6}  LAST EVENT", file=out)
+    for stream in state.streams:
+        holder = stream.holder or "(free)"
+        token = str(stream.token) if stream.token is not None else "-"
+        lease = f"{stream.ttl_left:.1f}s" if stream.ttl_left is not None else "-"
+        last = f"{now - stream.last_event:.1f}s ago" if stream.last_event else "-"
+        print(f"{stream.namespace:<20} {holder:<32} {token:>5} {lease:>6}  {last}", file=out)
+
+
+def _count(value: object) -> str:
+    return str(value) if isinstance(value, int) and value >= 0 else "?"
