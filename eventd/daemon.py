@@ -293,7 +293,7 @@ class Daemon:
         if not is_cluster_store(settings.store) or settings.source != "dockercloud":
             for namespace in self._namespaces():
                 self.streams.start(namespace)
-                self.cluster_metrics.leader.labels(namespace=label(namespace)).set(1)
+                self.cluster_metrics.lead(label(namespace), "acquired")
             return
         from eventd.cluster.connection import connect  # imports redis: only for a cluster
         from eventd.cluster.coordinator import Coordinator
