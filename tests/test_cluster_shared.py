@@ -1,0 +1,120 @@
+"""Replicas sharing the Redis store: nothing accepted lost or sent twice across a failover, and
+the throttle and the REST limit holding across replicas.
+
+These need the Redis store (every replica's spool, throttle windows and REST limits in one
+Redis); until it is in main, `--store redis://` keeps a spool per replica and they skip.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+
+from eventd.emulator import Emulator
+from tests.cluster_helpers import Cluster, Replica, cluster_fixture, open_counts, overlaps
+from tests.daemon_helpers import write_rules
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(autouse=True)
+def shared_store() -> None:
+    from eventd.stores import resolve_store
+
+    if getattr(resolve_store("redis://127.0.0.1/0"), "__name__", "") == "InterimRedisStore":
+        pytest.skip("needs the Redis store (branch redis): the interim --store redis:// keeps "
+                    "a SQLite spool per replica")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    yield from cluster_fixture()
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[Replica]]:
+    started: list[Replica] = []
+    try:
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def test_sigkill_of_the_leader_loses_nothing_accepted_and_repeats_nothing_with_a_new_key(
+        cluster, replicas, tmp_path, webhook_receiver):
+    with Emulator(tick=0.02, namespaces=("acme",)) as emu:
+        rules = write_rules(tmp_path / "rules", f"""
+            rules:
+              - name: forward
+                match: {{type: container}}
+                actions:
+                  - webhook: {{url: "{webhook_receiver.url}/hook", json: {{uuid: "{{{{ event.uuid }}}}"}}}}
+            """)
+        for name in ("a", "b"):
+            replicas.append(Replica(emu, rules, tmp_path, name, cluster, namespaces="acme").start())
+        leader = wait_until(lambda: next((r for r in replicas if r.leads("acme")), None), 30)
+        other = next(r for r in replicas if r is not leader)
+        wait_until(lambda: other.readyz()[0] == 200, 30, message="the standby is ready")
+        webhook_receiver.stop()  # the receiver is down
+        sent = [emu.emit_event(type="container", namespace="acme")["uuid"] for _ in range(30)]
+        wait_until(lambda: leader.sample("eventd_spool_pending") == 30.0, 20,
+                   message="the leader's spool holds the 30 accepted actions")
+        leader.kill()
+        wait_until(lambda: other.leads("acme") and open_counts(emu).get("acme") == 1, 2 + 5 + 3,
+                   message="the other replica took the stream")
+        webhook_receiver.start()
+        sent += [emu.emit_event(type="container", namespace="acme")["uuid"] for _ in range(30)]
+
+        def keys_by_uuid() -> dict[str, set[str]]:
+            found: dict[str, set[str]] = defaultdict(set)
+            for request in webhook_receiver.requests:
+                found[request.json()["uuid"]].add(request.header("Idempotency-Key") or "")
+            return found
+
+        wait_until(lambda: set(keys_by_uuid()) == set(sent), 60,
+                   message="all 60 actions delivered")
+        assert all(len(keys) == 1 for keys in keys_by_uuid().values()), keys_by_uuid()
+        assert overlaps(emu) == []
+
+
+def test_the_throttle_and_the_rest_limit_hold_across_two_replicas(
+        cluster, replicas, tmp_path, webhook_receiver):
+    namespaces = ("acme", "globex")
+    with Emulator(tick=0.02, namespaces=namespaces) as emu:
+        service = emu.world.find("service", 0).uuid
+        rules = write_rules(tmp_path / "rules", f"""
+            rules:
+              - name: once-a-minute
+                match: {{type: container, state: Running}}
+                throttle: {{key: "{{{{ event.type }}}}", window: 1m}}
+                actions:
+                  - webhook: {{url: "{webhook_receiver.url}/t", json: {{ns: "{{{{ event.namespace }}}}"}}}}
+              - name: redeploy
+                match: {{type: container, state: Stopped}}
+                actions:
+                  - dockercloud: {{call: redeploy, target: "/api/app/v1/user/service/{service}/"}}
+            """)
+        for name in ("a", "b"):
+            replicas.append(Replica(emu, rules, tmp_path, name, cluster,
+                                    namespaces=",".join(namespaces)).start())
+        wait_until(lambda: all(sum(r.leads(ns) for ns in namespaces) == 1 for r in replicas), 30,
+                   message="one namespace each")
+        # Both replicas see a Running container event: one webhook in the window.
+        for namespace in namespaces:
+            emu.emit_event(type="container", state="Running", namespace=namespace)
+        wait_until(lambda: sum(r.sample("eventd_actions_total", kind="webhook",
+                                        outcome="throttled") or 0 for r in replicas) == 1, 20)
+        assert len([r for r in webhook_receiver.requests if r.path == "/t"]) == 1
+        # Six redeploys of one service asked for, three by each replica: at most 3 REST calls.
+        for _ in range(3):
+            for namespace in namespaces:
+                emu.emit_event(type="container", state="Stopped", namespace=namespace)
+        wait_until(lambda: sum(r.sample("eventd_actions_total", kind="dockercloud",
+                                        outcome="skipped") or 0 for r in replicas) >= 3, 30)
+        redeploys = [c for c in emu.rest_calls() if c.method == "POST"
+                     and c.path.endswith(f"/service/{service}/redeploy/")]
+        assert len(redeploys) == 3, [c.path for c in redeploys]
