@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import ssl
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
