@@ -96,13 +96,15 @@ class Coordinator:
         self._wake.set()
         for thread in self._threads:
             thread.join(max(0.1, min(2.0, deadline - time.monotonic())))
-        self._streams.stop_all(max(0.1, min(1.0, deadline - time.monotonic())))
+        running = self._streams.stop_all(max(0.5, min(1.5, deadline - time.monotonic())))
         with self._held_lock:
             held, self._held = dict(self._held), {}
         try:
             for name, lease in held.items():
-                self._leases.release(name, lease.token, self._tracker.last_received(name))
                 self._cluster_metrics.follow(name, "released")
+                if name in running:  # its connection may still be open: let the lease expire
+                    continue
+                self._leases.release(name, lease.token, self._tracker.last_received(name))
             self._membership.leave()
             if held:
                 logger.info("released the streams of %s for the other replicas", ", ".join(held))
@@ -171,6 +173,7 @@ class Coordinator:
         """Stop consuming every stream whose lease could not be renewed in time."""
         with self._held_lock:
             expired = [name for name, lease in self._held.items() if not lease.valid(now)]
+        self._streams.close(expired)  # all at once: then each is joined
         for name in expired:
             self._drop(name, "unreachable")
 
@@ -255,10 +258,10 @@ class Coordinator:
 
     def _give_back(self, name: str) -> None:
         """Rebalance: stop consuming, then free the lease for the replica that needs one."""
-        self._streams.stop(name, 1.0)
+        stopped = self._streams.stop(name, 2.0)
         with self._held_lock:
             lease = self._held.pop(name, None)
-        if lease is not None:
+        if lease is not None and stopped:  # else its connection may still be open: it expires
             self._leases.release(name, lease.token, self._tracker.last_received(name))
         self._cluster_metrics.follow(name, "rebalanced")
         logger.info("handed the stream of %s over to even out the replicas", name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,17 +61,26 @@ class Streams:
         return consumer
 
     def stop(self, name: str, timeout: float) -> bool:
-        """Stop consuming one namespace (close frame, join); False if it was not running."""
+        """Stop consuming one namespace (close frame, join); False if its consumer is still
+        running after `timeout` (its connection may still be open)."""
         with self._lock:
             running = self._running.pop(name, None)
         if running is None:
-            return False
+            return True
         running.consumer.close()
         running.thread.join(max(0.1, timeout))
         if running.thread.is_alive():
             logger.warning("stream consumer of namespace %s did not stop within %.1f s", name,
                            timeout)
+            return False
         return True
+
+    def close(self, names: list[str]) -> None:
+        """Tell these namespaces' consumers to stop (close frames) without waiting."""
+        with self._lock:
+            running = [self._running[n] for n in names if n in self._running]
+        for item in running:
+            item.consumer.close()
 
     def close_all(self) -> None:
         """Tell every consumer to stop (close frames) without waiting."""
@@ -79,13 +89,16 @@ class Streams:
         for item in running:
             item.consumer.close()
 
-    def stop_all(self, timeout: float) -> None:
-        """Stop every consumer, joined within `timeout` in all."""
+    def stop_all(self, timeout: float) -> set[str]:
+        """Stop every consumer, joined within `timeout` in all; the namespaces whose consumer
+        is still running then."""
         self.close_all()
+        deadline = time.monotonic() + timeout
         with self._lock:
-            running, self._running = list(self._running.values()), {}
-        for item in running:
-            item.thread.join(max(0.1, timeout))
+            running, self._running = dict(self._running), {}
+        for item in running.values():
+            item.thread.join(max(0.1, deadline - time.monotonic()))
+        return {name for name, item in running.items() if item.thread.is_alive()}
 
     def held(self) -> list[str]:
         """The namespace labels being consumed, sorted."""
