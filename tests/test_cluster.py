@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -143,3 +144,54 @@ def test_one_daemon_consumes_every_namespace_and_acts_in_each_events_namespace(
             assert len(webhook_receiver.requests) == 1  # acme's events did not match
         finally:
             daemon.stop()
+
+
+class _Consumer:
+    """Stands in for a stream consumer: the coordinator only starts, fences and closes it."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+
+    def resume_after(self, since: float) -> None:
+        self.since = since
+
+    def run(self) -> None:
+        self.stopped.wait(30)
+
+    def close(self) -> None:
+        self.stopped.set()
+
+
+def test_a_replica_at_its_quota_takes_a_stream_only_after_two_consecutive_free_ticks(cluster):
+    from eventd.cluster.coordinator import Coordinator
+    from eventd.cluster.metrics import ClusterMetrics
+    from eventd.cluster.progress import Tracker
+    from eventd.cluster.streams import Streams
+    from eventd.ops.metrics import Metrics
+
+    metrics = Metrics()
+    streams = Streams(lambda ns, fence: _Consumer(), lambda consumer: consumer.run())
+    coordinator = Coordinator(
+        cluster.client, cluster=cluster.name, namespaces=("acme", "globex"), ttl=30,
+        streams=streams, tracker=Tracker(), metrics=metrics,
+        cluster_metrics=ClusterMetrics(metrics.registry, ["acme", "globex"]), info=dict,
+        max_gap=900, replica_id="a")
+    other = Membership(cluster.client, Keys(cluster.name), "b", ttl=30)
+    other_leases = Leases(cluster.client, Keys(cluster.name), "b", ttl=30)
+    try:
+        other.heartbeat({})  # two live replicas: a's quota is 1
+        coordinator._tick()
+        assert coordinator.held() == ["acme"]  # globex seen free once: not taken
+        token = other_leases.acquire("globex")
+        other.leave()
+        coordinator._tick()  # a alone (quota 2) tries globex: b still holds it
+        other.heartbeat({})
+        other_leases.release("globex", token, None)
+        coordinator._tick()  # at its quota again; globex free in this tick only
+        assert coordinator.held() == ["acme"]
+        coordinator._tick()  # free twice in a row: nobody consumes it, so a takes it
+        assert coordinator.held() == ["acme", "globex"]
+    finally:
+        streams.stop_all(2)

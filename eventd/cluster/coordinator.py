@@ -224,15 +224,15 @@ class Coordinator:
                 self._give_back(name)
             self._membership.announce("released")
             return
+        free_ticks, self._free_ticks = self._free_ticks, {}
         for name in sorted(self._names):
             if name in self._held:
                 continue
             if len(self._held) >= want:
-                holder = self._leases.holder(name)
-                if holder is not None:
-                    self._free_ticks.pop(name, None)
+                if self._leases.holder(name) is not None:
                     continue
-                self._free_ticks[name] = self._free_ticks.get(name, 0) + 1
+                # Free in consecutive ticks only: counts from earlier ticks are dropped.
+                self._free_ticks[name] = free_ticks.get(name, 0) + 1
                 if self._free_ticks[name] < ORPHAN_TICKS:
                     continue
             sent = time.monotonic()
