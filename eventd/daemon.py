@@ -227,7 +227,9 @@ class Daemon:
         ruleset = self._load_rules()
         self.pipeline = pipeline = build_pipeline(
             settings, metrics=self.metrics, credentials=self.credentials, environ=self.environ,
-            ruleset=ruleset, stopping=self.stopping, exclusive=True)
+            ruleset=ruleset, stopping=self.stopping,
+            # A cluster's replicas share the store: a lease per stream, not one holder for all.
+            exclusive=not is_cluster_store(settings.store))
         try:
             self._start(pipeline, ruleset)
         except BaseException:  # nothing spawned yet: close what was opened, free the state
@@ -300,10 +302,11 @@ class Daemon:
 
         assert self.tracker is not None
         self.coordinator = Coordinator(
-            connect(settings.store, self.environ, settings.lease_ttl), cluster=settings.cluster,
+            connect(settings), cluster=settings.cluster,
             namespaces=settings.stream_namespaces, ttl=settings.lease_ttl, streams=self.streams,
             tracker=self.tracker, metrics=self.metrics, cluster_metrics=self.cluster_metrics,
-            info=self._replica_info, max_gap=settings.max_event_age)
+            info=self._replica_info, max_gap=settings.max_event_age,
+            on_takeover=self.dispatcher.resume)
         self.coordinator.start()
 
     def _new_consumer(self, namespace: str | None,
@@ -330,17 +333,14 @@ class Daemon:
             backfill=Backfiller(rest, sink, self.metrics))
 
     def _replica_info(self) -> dict[str, Any]:
-        """What `eventd status` shows of this replica (kept in its heartbeat)."""
+        """What `eventd status` shows of this replica (kept in its heartbeat). Nothing here
+        may wait on the store: the heartbeat renews the leases."""
         import os
         import socket
 
-        try:
-            spool, dead = self.store.spool_count(), self.store.deadletter_count()
-        except Exception:  # noqa: BLE001 - a store hiccup must not stop the heartbeat
-            spool = dead = -1
         return {"host": socket.gethostname(), "pid": os.getpid(), "started": self._started_at,
-                "namespaces": self.streams.held(), "spool": spool, "deadletters": dead,
-                "ready": self.ready()[0] if self._rules_loaded else False}
+                "namespaces": self.streams.held(),
+                "ready": self._rules_loaded and self.streams.status() in ("ok", "standby")}
 
     @property
     def consumer(self) -> Any:

@@ -154,7 +154,7 @@ class Replica:
 
     def readyz(self) -> tuple[int, dict[str, Any]]:
         try:
-            response = requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)
+            response = requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5)
         except requests.RequestException:
             return 0, {}
         return response.status_code, response.json()

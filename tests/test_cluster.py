@@ -56,12 +56,18 @@ def test_a_lease_has_one_holder_and_each_new_holder_a_larger_fencing_token(clust
     assert a.acquire("acme") == 3
 
 
-def test_streams_spread_evenly_over_live_replicas():
-    live = ["r1", "r2", "r3"]
-    assert [quota(r, live, 4) for r in live] == [2, 1, 1]
-    assert [quota(r, live, 2) for r in live] == [1, 1, 0]
-    assert [quota(r, live, 6) for r in live] == [2, 2, 2]
-    assert quota("r9", [], 4) == 4  # alone (its own heartbeat not seen yet): all of them
+def test_streams_spread_evenly_and_the_remainder_stays_where_it_is():
+    def live(**held: int) -> dict:
+        return {r: {"namespaces": [f"ns{i}" for i in range(n)]} for r, n in held.items()}
+
+    three = live(r1=1, r2=1, r3=2)
+    assert [quota(r, three, 4, n) for r, n in (("r1", 1), ("r2", 1), ("r3", 2))] == [1, 1, 2]
+    fresh = live(r1=0, r2=0, r3=0)
+    assert [quota(r, fresh, 4, 0) for r in ("r1", "r2", "r3")] == [2, 1, 1]
+    assert [quota(r, fresh, 6, 0) for r in ("r1", "r2", "r3")] == [2, 2, 2]
+    # A replica joining a leader of one stream: the leader keeps it.
+    assert quota("a", live(a=0, b=1), 1, 0) == 0 and quota("b", live(a=0, b=1), 1, 1) == 1
+    assert quota("r9", {}, 4, 0) == 4  # alone (its own heartbeat not seen yet): all of them
 
 
 def test_a_replica_is_live_while_its_heartbeat_lasts(cluster):

@@ -53,11 +53,13 @@ def test_compose_cluster_has_redis_and_replicas_pointed_at_it():
     services = compose["services"]
     eventd = services["eventd"]
     assert eventd["deploy"]["replicas"] >= 2
-    env = eventd["environment"]
-    store = env["EVENTD_STORE"]
-    assert is_cluster_store(store) and urlsplit(store).hostname in services
+    argv = [str(a) for a in eventd["command"]]
+    assert argv[:2] == ["eventd", "run"]
+    args = build_parser().parse_args(argv[1:])
+    assert is_cluster_store(args.store) and urlsplit(args.store).hostname in services
     assert eventd["depends_on"]["redis"]["condition"] == "service_healthy"
+    env = eventd["environment"]
     emulate = services["emulator"]["command"]
     served = emulate[emulate.index("--namespace") + 1].split(",")
     assert set(parse_namespaces(env["DOCKERCLOUD_NAMESPACE"])) <= set(served)
-    assert parse_duration(env["EVENTD_LEASE_TTL"]) == 10.0
+    assert parse_duration(args.lease_ttl) == 10.0

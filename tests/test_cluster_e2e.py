@@ -260,7 +260,7 @@ def test_redis_unreachable_replicas_stop_consuming_before_their_leases_end_and_r
             for conn in emu.stream_connections():
                 assert conn.closed is not None and conn.closed < ends[conn.namespace], \
                     (conn, ends, paused_at)
-            wait_until(lambda: all(r.readyz()[0] == 503 for r in replicas), 5)
+            wait_until(lambda: all(r.readyz()[0] == 503 for r in replicas), 15)
             status, body = replicas[0].readyz()
             assert body["checks"]["cluster"] == "unreachable", body
             assert all(not r.leads(ns) for r in replicas for ns in namespaces)
@@ -325,14 +325,14 @@ def test_a_standby_is_ready_and_eventd_status_prints_the_cluster(
         assert set(holders) == set(namespaces)
         for namespace, holder in holders.items():
             assert namespace in body["replicas"][holder]["namespaces"]
-        assert all(info["spool"] == 0 and info["deadletters"] == 0
-                   for info in body["replicas"].values())
+        assert all(info["ready"] for info in body["replicas"].values())
 
         table = subprocess.run([sys.executable, "-m", "eventd", "status"], env=env,
                                capture_output=True, text=True, timeout=30)
         assert table.returncode == 0, table.stderr
         assert f"cluster {cluster.name}: 3 replica(s)" in table.stdout
         assert "(standby)" in table.stdout
+        assert "spool: " in table.stdout
         for namespace, holder in holders.items():
             assert any(line.startswith(namespace) and holder in line
                        for line in table.stdout.splitlines()), table.stdout

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eventd.errors import ConfigError
 
 if TYPE_CHECKING:
     import redis
+
+    from eventd.settings import Settings
 
 
 def is_cluster_store(store: str) -> bool:
@@ -18,20 +18,14 @@ def is_cluster_store(store: str) -> bool:
     return scheme in ("redis", "rediss", "redis+sentinel")
 
 
-def connect(store: str, environ: Mapping[str, str], ttl: float) -> redis.Redis:
+def connect(settings: Settings) -> redis.Redis:
     """A client whose calls give up well within a lease period (so a hung Redis cannot keep a
-    replica consuming past its lease); the password from the URL, EVENTD_STORE_PASSWORD or
-    EVENTD_STORE_PASSWORD_FILE, never logged."""
+    replica consuming past its lease); the password from the URL or EVENTD_STORE_PASSWORD(_FILE),
+    never logged."""
     import redis
-    timeout = max(0.2, min(1.0, ttl / 4))
-    password = environ.get("EVENTD_STORE_PASSWORD") or None
-    path = environ.get("EVENTD_STORE_PASSWORD_FILE")
-    if password is None and path:
-        try:
-            password = Path(path).read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ConfigError(f"EVENTD_STORE_PASSWORD_FILE: cannot read {path}: "
-                              f"{exc.strerror or exc}") from None
+
+    store, password = settings.store, settings.store_password
+    timeout = max(0.2, min(1.0, settings.lease_ttl / 4))
     if store.lower().startswith("redis+sentinel://"):
         return _sentinel(store, password, timeout)
     extra = {"password": password} if password else {}

@@ -53,7 +53,8 @@ class Coordinator:
     def __init__(self, client: redis.Redis, *, cluster: str, namespaces: tuple[str | None, ...],
                  ttl: float, streams: Streams, tracker: Tracker, metrics: Metrics,
                  cluster_metrics: ClusterMetrics, info: Callable[[], dict[str, Any]],
-                 max_gap: float, replica_id: str | None = None) -> None:
+                 max_gap: float, replica_id: str | None = None,
+                 on_takeover: Callable[[], object] | None = None) -> None:
         self.replica_id = replica_id or new_replica_id()
         self.ttl = ttl
         self.interval = ttl / 3
@@ -66,6 +67,7 @@ class Coordinator:
         self._cluster_metrics = cluster_metrics
         self._info = info
         self._max_gap = max_gap
+        self._on_takeover = on_takeover
         self._leases = Leases(client, self._keys, self.replica_id, ttl)
         self._membership = Membership(client, self._keys, self.replica_id, ttl)
         self._held: dict[str, Lease] = {}
@@ -191,7 +193,7 @@ class Coordinator:
         self._reached()
         if joined:
             self._membership.announce(f"joined {self.replica_id}")
-        want = quota(self.replica_id, list(live), len(self._names))
+        want = quota(self.replica_id, live, len(self._names), len(self._held))
         try:
             self._balance(want)
         except redis.RedisError as exc:
@@ -253,6 +255,8 @@ class Coordinator:
             self._held[name] = lease
         self._streams.start(self._names[name], since, self.fence(name))
         self._cluster_metrics.lead(name, reason)
+        if reason == "takeover" and self._on_takeover is not None:
+            self._on_takeover()  # the dead holder's accepted actions: deliver them here
         gap = f", gap since the last event {time.time() - since:.1f} s" if since else ""
         logger.info("consuming the stream of %s (lease token %d, %s%s)", name, token, reason, gap)
 

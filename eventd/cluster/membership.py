@@ -2,8 +2,8 @@
 
 A replica is live while its heartbeat key exists (renewed every TTL/3, expiring after the
 TTL), so no replica compares its clock with another's. The assignment is a quota per
-replica: streams spread evenly over the live replicas sorted by id, the first
-`streams % replicas` of them holding one more.
+replica: streams spread evenly over the live replicas, those holding most now
+keeping the remainder (so a replica joining moves nothing that need not move).
 """
 
 from __future__ import annotations
@@ -72,11 +72,18 @@ def read_replicas(client: redis.Redis, keys: Keys, prune: bool = False) -> dict[
     return live
 
 
-def quota(replica_id: str, live: list[str], streams: int) -> int:
-    """How many of `streams` this replica should hold among the `live` ones (sorted ids)."""
-    replicas = sorted(set(live) | {replica_id})
-    base, extra = divmod(streams, len(replicas))
-    return base + (1 if replicas.index(replica_id) < extra else 0)
+def quota(replica_id: str, live: dict[str, dict[str, Any]], streams: int, held: int) -> int:
+    """How many of `streams` this replica (holding `held`) should hold among the `live` ones.
+
+    Each gets `streams // replicas`; the remainder goes to those holding most now (ties by id),
+    so a replica that joins takes only what others have beyond their share: nothing moves
+    that need not.
+    """
+    counts = {r: len(info.get("namespaces") or []) for r, info in live.items()}
+    counts[replica_id] = held
+    ranked = sorted(counts, key=lambda r: (-counts[r], r))
+    base, extra = divmod(streams, len(ranked))
+    return base + (1 if ranked.index(replica_id) < extra else 0)
 
 
 def _text(value: object) -> str:

@@ -32,15 +32,21 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
 
     out = out or sys.stdout
     env = os.environ
-    store = args.store or env.get("EVENTD_STORE") or ""
-    cluster = args.cluster or env.get("EVENTD_CLUSTER") or "eventd"
+    try:
+        settings = Settings.from_env(env, store=args.store or env.get("EVENTD_STORE"),
+                                     cluster=args.cluster or env.get("EVENTD_CLUSTER"),
+                                     lease_ttl=4.0)
+    except ConfigError as exc:
+        print(f"eventd status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    store, cluster = settings.store, settings.cluster
     if not is_cluster_store(store):
         print("eventd status: give the cluster's store (--store redis://host:port/db or "
               "EVENTD_STORE); a single eventd with SQLite has no cluster", file=sys.stderr)
         return EXIT_USAGE
     try:
         names = [label(n) for n in parse_namespaces(env.get("DOCKERCLOUD_NAMESPACE") or "")]
-        client = connect(store, env, ttl=4.0)
+        client = connect(settings)
     except ConfigError as exc:
         print(f"eventd status: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -55,7 +61,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     finally:
         client.close()
-    counts = _store_counts(Settings.from_env(env, store=store, cluster=cluster))
+    counts = _store_counts(settings)
     if args.json:
         body = state.to_json()
         body["spool"] = counts
@@ -89,13 +95,14 @@ def _print(state: Any, counts: dict[str, int] | None, out: IO[str]) -> None:
     if counts is not None:
         print(f"spool: {counts['pending']} pending, {counts['deadletters']} dead letters",
               file=out)
+    else:
+        print("spool: (the store could not be read)", file=out)
     print("", file=out)
-    print(f"{'REPLICA':<32} {'READY':<6} {'SPOOL':>6} {'DEAD':>5}  NAMESPACES", file=out)
+    print(f"{'REPLICA':<32} {'READY':<6} {'PID':>7}  NAMESPACES", file=out)
     for replica_id, info in sorted(state.replicas.items()):
         ready = "yes" if info.get("ready") else "no"
         held = ", ".join(info.get("namespaces") or []) or "(standby)"
-        print(f"{replica_id:<32} {ready:<6} {_count(info.get('spool')):>6} "
-              f"{_count(info.get('deadletters')):>5}  {held}", file=out)
+        print(f"{replica_id:<32} {ready:<6} {_count(info.get('pid')):>7}  {held}", file=out)
     print("", file=out)
     print(f"{'NAMESPACE':<20} {'HOLDER':<32} {'TOKEN':>5} {'LEASE':>6}  LAST EVENT", file=out)
     for stream in state.streams:

@@ -93,6 +93,21 @@ class Dispatcher:
         if pending:
             logger.info("resuming %d spooled action(s) on %d target(s)", pending, len(counts))
 
+    def resume(self) -> int:
+        """Deliver what another process left in a shared spool (a replica that died): every
+        target with spooled jobs pages them in, oldest first; a job this process holds already
+        is not taken twice. How many jobs the spool holds."""
+        counts = self.store.spool_targets()
+        for target in counts:
+            lane = self._lane(target, durable=True)
+            with lane.cond:
+                lane.spilled = True
+                lane.cond.notify_all()
+        if counts:
+            logger.info("taking over %d spooled action(s) on %d target(s)",
+                        sum(counts.values()), len(counts))
+        return sum(counts.values())
+
     def submit_many(self, jobs: list[ActionJob]) -> None:
         """Accept several jobs; in-memory lanes take each lane's share under one lock."""
         by_lane: dict[str, list[ActionJob]] = {}
@@ -452,7 +467,8 @@ class Dispatcher:
 
     def _finished(self) -> None:
         with self._idle:
-            self._outstanding -= 1
+            # Never below 0: jobs taken over from a shared spool were not counted here.
+            self._outstanding = max(0, self._outstanding - 1)
             if self._outstanding <= 0:
                 self._idle.notify_all()
 
