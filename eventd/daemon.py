@@ -1,7 +1,11 @@
 """The daemon: wires stream -> engine -> dispatcher -> actions, and owns every thread.
 
-    StreamConsumer (thread "stream") --batches--> bounded queue --> Engine (thread "engine")
+    StreamConsumer (thread "stream-<namespace>", one per namespace consumed) --batches-->
+        bounded queue --> Engine (thread "engine")
         --> Dispatcher (one queue + worker per target) --> action kinds
+
+With a shared (Redis) store the process is one replica of a cluster: the Coordinator
+(threads "cluster", "cluster-listen") decides which namespaces' streams it consumes.
 
 The reader never waits on actions: it only blocks when the engine's queue is full
 (backpressure, never a drop). `stop()` stops reading first, lets the engine drain what
