@@ -325,6 +325,7 @@ def test_a_standby_is_ready_and_eventd_status_prints_the_cluster(
         assert set(holders) == set(namespaces)
         for namespace, holder in holders.items():
             assert namespace in body["replicas"][holder]["namespaces"]
+        assert body["spool"] == {"pending": 0, "deadletters": 0}
         assert all(info["ready"] for info in body["replicas"].values())
 
         table = subprocess.run([sys.executable, "-m", "eventd", "status"], env=env,
@@ -332,7 +333,7 @@ def test_a_standby_is_ready_and_eventd_status_prints_the_cluster(
         assert table.returncode == 0, table.stderr
         assert f"cluster {cluster.name}: 3 replica(s)" in table.stdout
         assert "(standby)" in table.stdout
-        assert "spool: " in table.stdout
+        assert "spool: 0 pending, 0 dead letters" in table.stdout
         for namespace, holder in holders.items():
             assert any(line.startswith(namespace) and holder in line
                        for line in table.stdout.splitlines()), table.stdout

@@ -1,8 +1,7 @@
 """Replicas sharing the Redis store: nothing accepted lost or sent twice across a failover, and
 the throttle and the REST limit holding across replicas.
 
-These need the Redis store (every replica's spool, throttle windows and REST limits in one
-Redis); until it is in main, `--store redis://` keeps a spool per replica and they skip.
+Every replica's spool, throttle windows and REST limits are in the one Redis.
 """
 
 from __future__ import annotations
@@ -18,15 +17,6 @@ from tests.daemon_helpers import write_rules
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(autouse=True)
-def shared_store() -> None:
-    from eventd.stores import resolve_store
-
-    if getattr(resolve_store("redis://127.0.0.1/0"), "__name__", "") == "InterimRedisStore":
-        pytest.skip("needs the Redis store (branch redis): the interim --store redis:// keeps "
-                    "a SQLite spool per replica")
 
 
 @pytest.fixture
@@ -56,9 +46,11 @@ def test_sigkill_of_the_leader_loses_nothing_accepted_and_repeats_nothing_with_a
             """)
         for name in ("a", "b"):
             replicas.append(Replica(emu, rules, tmp_path, name, cluster, namespaces="acme").start())
+        wait_until(lambda: all(r.readyz()[0] == 200 for r in replicas)
+                   and len(cluster.client.smembers(f"{cluster.name}:cluster:replicas")) == 2, 30,
+                   message="both replicas up")
         leader = wait_until(lambda: next((r for r in replicas if r.leads("acme")), None), 30)
         other = next(r for r in replicas if r is not leader)
-        wait_until(lambda: other.readyz()[0] == 200, 30, message="the standby is ready")
         webhook_receiver.stop()  # the receiver is down
         sent = [emu.emit_event(type="container", namespace="acme")["uuid"] for _ in range(30)]
         wait_until(lambda: leader.sample("eventd_spool_pending") == 30.0, 20,

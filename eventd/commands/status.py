@@ -73,10 +73,8 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
 
 def _store_counts(settings: Any) -> dict[str, int] | None:
     """Spool depth and dead letters of the shared store (None if it cannot be read here)."""
-    from eventd.stores import open_store, resolve_store
+    from eventd.stores import open_store
 
-    if getattr(resolve_store(settings.store), "__name__", "") == "InterimRedisStore":  # INTERIM
-        return None
     try:
         store = open_store(settings)
     except (ConfigError, StoreError):
