@@ -77,6 +77,8 @@ class Coordinator:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_ok: float | None = None
+        #: when another replica's lease ends unless renewed: look then (its holder may be dead)
+        self._watch_until: float | None = None
         self.reachable = False
         self._unreachable_logged = False
 
@@ -140,8 +142,9 @@ class Coordinator:
             with self._held_lock:
                 soonest = min((lease.valid_until for lease in self._held.values()), default=None)
             wait = next_tick - now
-            if soonest is not None:
-                wait = min(wait, soonest - now)
+            for deadline in (soonest, self._watch_until):
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
             if self._wake.wait(max(0.0, wait)):
                 self._wake.clear()
             if self._stop.is_set():
@@ -220,6 +223,11 @@ class Coordinator:
                 self._leases.record(name, lease.token, at)
 
     def _balance(self, want: int) -> None:
+        others = [name for name in self._names if name not in self._held]
+        left = self._leases.time_left(others) if others else {}
+        # A few ms after the earliest of them ends: if its holder died, take over right then
+        # rather than at the next tick.
+        self._watch_until = time.monotonic() + min(left.values()) + 0.02 if left else None
         held = sorted(self._held)
         if len(held) > want:
             for name in held[want:]:

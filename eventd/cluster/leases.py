@@ -118,6 +118,14 @@ class Leases:
         value = self._client.get(self._keys.lease(namespace))
         return parse_holder(value)
 
+    def time_left(self, namespaces: list[str]) -> dict[str, float]:
+        """Seconds until each held lease of these ends unless renewed (free ones left out)."""
+        pipe = self._client.pipeline(transaction=False)
+        for namespace in namespaces:
+            pipe.pttl(self._keys.lease(namespace))
+        return {ns: int(ms) / 1000 for ns, ms in zip(namespaces, pipe.execute(), strict=True)
+                if int(ms) >= 0}
+
     def progress(self, namespace: str) -> Progress:
         """Where the stream was left by its previous holders."""
         raw = self._client.hgetall(self._keys.progress(namespace))
