@@ -94,9 +94,10 @@ class Pipeline:
     action_waiter: ActionWaiter
     alerts: Alerting | None = None
 
-    def start(self) -> None:
-        """Resume the spool, start saving the de-dup window and re-sending firing alerts."""
-        self.dispatcher.start()
+    def start(self, resume: bool = True) -> None:
+        """Resume the spool (unless told not to: a cluster's replica), start saving the de-dup
+        window and re-sending firing alerts."""
+        self.dispatcher.start(resume)
         self.dedupe.start()
         if self.alerts is not None:
             self.alerts.ticker.start()
@@ -263,7 +264,9 @@ class Daemon:
         names = [label(ns) for ns in self._namespaces()]
         self.cluster_metrics = ClusterMetrics(self.metrics.registry, names)
         self.metrics.source_info.labels(source=settings.source).set(1)
-        pipeline.start()
+        # A replica of a cluster resumes the shared spool when it takes a stream from another
+        # (Coordinator's on_takeover), not at start: the others may be delivering it now.
+        pipeline.start(resume=not is_cluster_store(settings.store))
         if settings.metrics_addr is not None:
             from eventd.ops.health import serve
 

@@ -55,6 +55,8 @@ class Coordinator:
                  cluster_metrics: ClusterMetrics, info: Callable[[], dict[str, Any]],
                  max_gap: float, replica_id: str | None = None,
                  on_takeover: Callable[[], object] | None = None) -> None:
+        """`on_takeover` is called when this replica takes a stream another one held (dead or
+        stopped): it delivers what that one left in the shared spool."""
         self.replica_id = replica_id or new_replica_id()
         self.ttl = ttl
         self.interval = ttl / 3
@@ -263,8 +265,8 @@ class Coordinator:
             self._held[name] = lease
         self._streams.start(self._names[name], since, self.fence(name))
         self._cluster_metrics.lead(name, reason)
-        if reason == "takeover" and self._on_takeover is not None:
-            self._on_takeover()  # the dead holder's accepted actions: deliver them here
+        if progress.holder not in (None, self.replica_id) and self._on_takeover is not None:
+            self._on_takeover()  # what the previous holder accepted and left: deliver it here
         gap = f", gap since the last event {time.time() - since:.1f} s" if since else ""
         logger.info("consuming the stream of %s (lease token %d, %s%s)", name, token, reason, gap)
 

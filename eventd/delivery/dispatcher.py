@@ -76,9 +76,10 @@ class Dispatcher:
         self.overflowed = 0  # durable jobs left in the spool because their lane was full
 
     # -- public API -----------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start workers and resume every job left in the spool by an earlier run."""
-        counts = self.store.spool_targets()
+    def start(self, resume: bool = True) -> None:
+        """Start workers and resume every job left in the spool by an earlier run (`resume`
+        False: a replica of a cluster, which resumes a spool when it takes a stream over)."""
+        counts = self.store.spool_targets() if resume else {}
         pending = sum(counts.values())
         with self._lock:
             self._outstanding += pending
