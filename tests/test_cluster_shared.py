@@ -110,3 +110,43 @@ def test_the_throttle_and_the_rest_limit_hold_across_two_replicas(
         redeploys = [c for c in emu.rest_calls() if c.method == "POST"
                      and c.path.endswith(f"/service/{service}/redeploy/")]
         assert len(redeploys) == 3, [c.path for c in redeploys]
+
+
+def test_a_failover_of_the_redis_primary_under_a_running_cluster(replicas, tmp_path,
+                                                                  webhook_receiver):
+    """Sentinel promotes the replica, then the old primary is killed: the streams are consumed
+    again, one consumer each at every moment, and every event after it is delivered once."""
+    from tests.redis_server import SentinelSet
+
+    namespaces = ("acme", "globex")
+    with SentinelSet(tmp_path / "sentinel") as redis_set, \
+            Emulator(tick=0.02, namespaces=namespaces) as emu:
+        cluster = Cluster(redis_set.replica.client(), "sentinel", redis_set.url)
+        rules = write_rules(tmp_path / "rules", f"""
+            rules:
+              - name: forward
+                match: {{type: container}}
+                actions:
+                  - webhook: {{url: "{webhook_receiver.url}/hook", json: {{uuid: "{{{{ event.uuid }}}}"}}}}
+            """)
+        for name in ("a", "b"):
+            replicas.append(Replica(emu, rules, tmp_path, name, cluster,
+                                    namespaces=",".join(namespaces)).start())
+        wait_until(lambda: open_counts(emu) == dict.fromkeys(namespaces, 1), 30)
+        before = [emu.emit_event(type="container", namespace=ns)["uuid"] for ns in namespaces]
+        wait_until(lambda: {r.json()["uuid"] for r in webhook_receiver.requests} == set(before),
+                   20, message="events before the failover delivered")
+        redis_set.failover()
+        redis_set.primary.kill()
+        wait_until(lambda: all(r.readyz()[0] == 200 for r in replicas), 30,
+                   message="both replicas ready on the new primary")
+        wait_until(lambda: open_counts(emu) == dict.fromkeys(namespaces, 1), 30)
+        after = [emu.emit_event(type="container", namespace=ns)["uuid"] for ns in namespaces]
+        wait_until(lambda: {r.json()["uuid"] for r in webhook_receiver.requests}
+                   >= set(before + after), 30, message="events after the failover delivered")
+        keys: dict[str, set[str]] = defaultdict(set)
+        for request in webhook_receiver.requests:
+            keys[request.json()["uuid"]].add(request.header("Idempotency-Key") or "")
+        assert all(len(k) == 1 for k in keys.values()), keys
+        assert overlaps(emu) == []
+        cluster.client.close()
