@@ -150,3 +150,31 @@ def test_a_failover_of_the_redis_primary_under_a_running_cluster(replicas, tmp_p
         assert all(len(k) == 1 for k in keys.values()), keys
         assert overlaps(emu) == []
         cluster.client.close()
+
+
+def test_a_replica_starting_beside_a_busy_one_does_not_send_its_actions_again(
+        cluster, replicas, tmp_path, webhook_receiver):
+    with Emulator(tick=0.02, namespaces=("acme",)) as emu:
+        rules = write_rules(tmp_path / "rules", f"""
+            rules:
+              - name: forward
+                match: {{type: container}}
+                actions:
+                  - webhook: {{url: "{webhook_receiver.url}/hook", json: {{uuid: "{{{{ event.uuid }}}}"}}}}
+            """)
+        first = Replica(emu, rules, tmp_path, "first", cluster, namespaces="acme").start()
+        replicas.append(first)
+        wait_until(lambda: first.leads("acme") and first.readyz()[0] == 200, 30)
+        webhook_receiver.stall()  # the first replica's delivery hangs on its first action
+        sent = [emu.emit_event(type="container", namespace="acme")["uuid"] for _ in range(10)]
+        wait_until(lambda: first.sample("eventd_spool_pending") == 10.0, 20)
+        second = Replica(emu, rules, tmp_path, "second", cluster, namespaces="acme").start()
+        replicas.append(second)
+        wait_until(lambda: second.readyz()[0] == 200, 30, message="the second one is a standby")
+        assert first.leads("acme") and not second.leads("acme")
+        webhook_receiver.stall(False)
+        wait_until(lambda: {r.json()["uuid"] for r in webhook_receiver.requests} == set(sent), 60)
+        wait_until(lambda: first.sample("eventd_spool_pending") == 0.0, 30)
+        uuids = [r.json()["uuid"] for r in webhook_receiver.requests]
+        assert len(uuids) == len(sent), f"{len(uuids) - len(sent)} sent twice"
+        assert not second.sample("eventd_actions_total", kind="webhook", outcome="success")
