@@ -100,6 +100,8 @@ def test_the_throttle_and_the_rest_limit_hold_across_two_replicas(
             emu.emit_event(type="container", state="Running", namespace=namespace)
         wait_until(lambda: sum(r.sample("eventd_actions_total", kind="webhook",
                                         outcome="throttled") or 0 for r in replicas) == 1, 20)
+        # The other one's webhook is delivered (after the throttle decision, on its own thread).
+        wait_until(lambda: [r for r in webhook_receiver.requests if r.path == "/t"], 20)
         assert len([r for r in webhook_receiver.requests if r.path == "/t"]) == 1
         # Six redeploys of one service asked for, three by each replica: at most 3 REST calls.
         for _ in range(3):
