@@ -317,9 +317,11 @@ def test_a_standby_is_ready_and_eventd_status_prints_the_cluster(
         def settled() -> dict | None:
             body = status_json()
             holds = [r.get("namespaces") for r in body["replicas"].values()]
-            return body if sorted(map(len, holds)) == [0, 1, 1] else None
+            ready = all(r.get("ready") for r in body["replicas"].values())
+            return body if sorted(map(len, holds)) == [0, 1, 1] and ready else None
 
-        body = wait_until(settled, 10, interval=0.3, message="heartbeats show the spread")
+        body = wait_until(settled, 10, interval=0.3,
+                          message="heartbeats show the spread, every replica ready")
         assert len(body["replicas"]) == 3
         holders = {s["namespace"]: s["holder"] for s in body["streams"]}
         assert set(holders) == set(namespaces)
