@@ -13,11 +13,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,46 +31,13 @@ from eventd.emulator.world import (
     DEFAULT_STACK_UUID,
 )
 from tests.daemon_helpers import emulator_env, free_port, is_ready
+from tests.listener import Listener
 from tests.waiting import wait_until
 
 SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
 APIKEY = "zq9-hostile-host-apikey-7x"
 FORGED = "\n2026-01-01T00:00:00Z ERROR eventd: forged"
 HUGE = "x" * (1024 * 1024)
-
-
-class Listener:
-    """A bare TCP listener on 127.0.0.1 that counts connections and bytes (the "other port")."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.received = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.settimeout(0.5)
-            try:
-                while chunk := conn.recv(4096):
-                    self.received += chunk
-            except OSError:
-                pass
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
 
 
 @pytest.fixture

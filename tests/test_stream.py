@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from eventd.sources.dockercloud.backfill import Backfiller
 from eventd.sources.dockercloud.recorder import Recorder
 from eventd.sources.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
+from tests.listener import Listener
 from tests.waiting import wait_until
 
 FAST = dict(ping_interval=0.2, pong_timeout=0.3, idle_timeout=5.0, backoff_initial=0.05,
@@ -126,40 +126,6 @@ def reconnects(metrics: Metrics, reason: str) -> float:
 
 def reconnected(metrics: Metrics, reason: str, n: int = 1) -> Callable[[], bool]:
     return lambda: at_least(metrics, n, "eventd_stream_reconnects_total", reason=reason)
-
-
-class Listener:
-    """A bare TCP listener on 127.0.0.1 that records every connection and byte it gets."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.received = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.settimeout(0.5)
-            try:
-                while chunk := conn.recv(4096):
-                    self.received += chunk
-            except OSError:
-                pass
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
 
 
 @pytest.fixture
