@@ -196,7 +196,7 @@ def test_check_reads_the_source_from_the_environment_and_defaults_to_docker_clou
 def test_the_docker_daemon_loads_its_samples_without_typo_warnings(caplog):
     import logging
 
-    from eventd.daemon import rule_vocabulary
+    from eventd.pipeline import rule_vocabulary
 
     with caplog.at_level(logging.WARNING, logger="eventd.ruleset.loader"):
         ruleset = load_rules([SAMPLES], {}, rule_vocabulary("docker"))

@@ -35,7 +35,7 @@ def _plural(count: int, word: str) -> str:
 def run(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str] | None = None,
         err: IO[str] | None = None) -> int:
     """`eventd check PATH ...`: one line per problem, exit 1 if any error (or warning, strict)."""
-    from eventd.daemon import rule_vocabulary
+    from eventd.pipeline import rule_vocabulary
     from eventd.ruleset.loader import check
 
     out = out or sys.stdout

@@ -114,9 +114,9 @@ def _line(letter: Any) -> str:
 
 def _deliver_now(store: Store, settings: Settings, timeout: float, out: IO[str]) -> int:
     """Deliver the whole spool with the daemon's pipeline (no engine) and exit when done."""
-    from eventd.daemon import build_pipeline
     from eventd.errors import CredentialsMissing
     from eventd.ops.metrics import Metrics
+    from eventd.pipeline import build_pipeline
     from eventd.sources.dockercloud.auth import load_credentials
 
     if not logging.getLogger().handlers:

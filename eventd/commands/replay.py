@@ -71,7 +71,7 @@ def run(path: Path, settings: Settings, environ: Mapping[str, str], *, dry_run: 
         out: IO[str], timeout: float | None = None) -> int:
     """Replay a file; 0 when everything ran (or would run), 1 if an action failed for good
     or was not finished by `timeout` seconds (real runs only)."""
-    from eventd.daemon import rules_environ
+    from eventd.pipeline import rules_environ
 
     ruleset = load_rules(settings.rules, rules_environ(settings, environ))
     metrics = Metrics()
@@ -174,7 +174,7 @@ def _print_outcome(out: IO[str], received: Received, outcome: Outcome, note: str
 
 def _real_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str, str],
               metrics: Metrics, out: IO[str], timeout: float | None) -> int:
-    from eventd.daemon import build_pipeline
+    from eventd.pipeline import build_pipeline
     from eventd.sources.dockercloud.auth import load_credentials
 
     try:

@@ -22,11 +22,11 @@ from eventd.actions import ACTIONS, resolve
 from eventd.actions.base import ActionJob
 from eventd.alerts.groups import GroupedAction, Grouper
 from eventd.commands.testfile import RuleTest, TestFileError, read
-from eventd.daemon import rule_vocabulary
 from eventd.engine import Engine
 from eventd.errors import RuleError
 from eventd.events import Event, Received, parse_datetime
 from eventd.ops.metrics import Metrics
+from eventd.pipeline import rule_vocabulary
 from eventd.ruleset.loader import load_rules
 from eventd.stores.memory import MemoryStore
 
