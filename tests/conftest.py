@@ -22,6 +22,7 @@ from tests.external import (  # noqa: F401  (fixtures, found by pytest under the
 )
 from tests.receiver import WebhookReceiver
 from tests.redis_server import redis_cluster, redis_url  # noqa: F401  (fixtures, as above)
+from tests.store_fixtures import store_and_reopen  # noqa: F401  (every store, as above)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
 from eventd.stores import STORES, open_store
 from eventd.stores.base import Store
-from tests.test_store import settings_for
+from tests.store_fixtures import settings_for
 
 URL = "http://127.0.0.1:9093"
 

@@ -3,38 +3,13 @@ firing alerts and open digest groups, kept across a reopen (a restart)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
-from eventd.stores import STORES, open_store
-from eventd.stores.base import Store
-from tests.test_store import settings_for
+from eventd.stores import open_store
 
 
-@pytest.fixture(params=sorted(STORES))
-def stores(request, tmp_path: Path) -> Iterator[tuple[Store, Callable[[Store], Store]]]:
-    """A fresh store of each kind, and how to reopen it (a restart), as the contract suite's."""
-    settings = settings_for(request.param, tmp_path, request)
-    opened: list[Store] = [open_store(settings)]
-
-    def reopen(store: Store) -> Store:
-        if store.name == "memory":
-            return store
-        store.close()
-        opened.append(open_store(settings))
-        return opened[-1]
-
-    try:
-        yield opened[0], reopen
-    finally:
-        for store in opened:
-            store.close()
-
-
-def test_firing_alerts_are_kept_replaced_and_taken(stores) -> None:
-    store, reopen = stores
+def test_firing_alerts_are_kept_replaced_and_taken(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
     store.alert_put("a", {"rule": "r", "next_send": 1.5, "labels": {"x": "1"}})
     store.alert_put("b", {"rule": "r", "next_send": 2.0})
     store.alert_put("a", {"rule": "r", "next_send": 3.0, "labels": {"x": "1"}})  # replaces
@@ -47,8 +22,8 @@ def test_firing_alerts_are_kept_replaced_and_taken(stores) -> None:
     assert store.alert_list() == [("b", {"rule": "r", "next_send": 2.0})]
 
 
-def test_open_groups_keep_their_events_in_order(stores) -> None:
-    store, reopen = stores
+def test_open_groups_keep_their_events_in_order(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
     key = "rule\0" "0\0/api/app/v1/service/s1/"  # the Grouper's keys hold NUL separators
     assert [store.group_add(key, {"opened_at": 1.0}, {"n": n}) for n in range(3)] == [1, 2, 3]
     assert store.group_add("h", {"opened_at": 2.0}, {"n": 9}) == 1

@@ -10,53 +10,19 @@ with what to install when none answers, failing under CI=true), each test in a c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from eventd.actions.base import ActionJob
 from eventd.errors import ConfigError, StoreError
-from eventd.settings import Settings
-from eventd.stores import STORES, open_store, resolve_store, store_name
+from eventd.stores import STORES, resolve_store, store_name
 from eventd.stores.base import Store
-
-Reopen = Callable[[Store], Store]
 
 
 def job(n: int, target: str = "webhook:http://127.0.0.1:9", **kw) -> ActionJob:
     return ActionJob(id=f"id-{n}", rule="r", kind="webhook", options={"url": "http://x/"},
                      event={"type": "container", "uuid": f"e{n}"}, target=target,
                      created_at=1000.0 + n, **kw)
-
-
-def settings_for(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Settings that open a fresh, empty store of this kind (a networked store gets a URL
-    with a database or key prefix of its own here)."""
-    if name == "redis":
-        return Settings(store=request.getfixturevalue("redis_url"),
-                        cluster=request.getfixturevalue("redis_cluster"),
-                        state_dir=tmp_path / "state")
-    return Settings(store=name, state_dir=tmp_path / "state")
-
-
-@pytest.fixture(params=sorted(STORES))
-def store_and_reopen(request, tmp_path: Path) -> Iterator[tuple[Store, Reopen]]:
-    settings = settings_for(request.param, tmp_path, request)
-    opened: list[Store] = [open_store(settings)]
-
-    def reopen(store: Store) -> Store:
-        if store.name == "memory":
-            return store
-        store.close()
-        opened.append(open_store(settings))
-        return opened[-1]
-
-    try:
-        yield opened[0], reopen
-    finally:
-        for store in opened:
-            store.close()
 
 
 @pytest.fixture
