@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import tracemalloc
+import uuid as uuidlib
 
-from eventd.dedupe import DedupeSaver, DedupeWindow
+import orjson
+
+from eventd.dedupe import DedupeSaver, DedupeWindow, fingerprint
 from eventd.stores.memory import MemoryStore
 from eventd.stores.sqlite import SqliteStore
 from tests.waiting import wait_until
@@ -55,7 +62,7 @@ def test_window_is_saved_while_running_not_only_at_close(tmp_path) -> None:
         # Another handle sees it committed on disk, with no close() of the saver or the store.
         other = SqliteStore(tmp_path)
         try:
-            wait_until(lambda: "before-the-kill" in other.dedupe_load(), 5,
+            wait_until(lambda: "before-the-kill" in DedupeWindow.restore(other.dedupe_load()), 5,
                        message="the window saved in the background")
         finally:
             other.close()
@@ -84,3 +91,69 @@ def test_a_failing_store_is_logged_once_and_the_saver_keeps_going(caplog) -> Non
         saver.window.check_and_add("b")
         assert saver.save() is False
     assert [r.getMessage()[:33] for r in caplog.records] == ["could not save the de-dup window "]
+
+
+def test_a_full_window_is_small_in_memory_and_in_its_snapshot() -> None:
+    """50k uuids held as 36-character strings were about 8 MiB, and each 2-s save built a
+    2 MB JSON list beside them; full of fingerprints (its worst moment, just before the
+    current generation turns) the window holds 4.5 MiB, and a snapshot is 8 bytes a uuid."""
+    uuids = (str(uuidlib.uuid4()) for _ in range(49_999))  # generated one at a time, not kept
+    tracemalloc.start()
+    try:
+        window = DedupeWindow(50_000)
+        for uuid in uuids:
+            window.check_and_add(uuid)
+        held, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        snapshot = window.snapshot()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(window) == 49_999
+    assert held < 5 * 2**20, f"a full window holds {held / 2**20:.1f} MiB"
+    assert len(snapshot) < 8 * 50_000 + 16
+    assert peak - held < 2.5 * len(snapshot), "a save holds two copies of the snapshot at most"
+
+
+def test_a_snapshot_matches_in_another_process_whatever_its_hash_seed(tmp_path) -> None:
+    """A saved window must still recognise its uuids after a restart, when str hashes have
+    another random seed: the fingerprint may not come from hash(str)."""
+    uuids = [str(uuidlib.uuid4()) for _ in range(100)]
+    code = ("import sys; from eventd.dedupe import DedupeWindow; w = DedupeWindow(1000)\n"
+            "for u in sys.argv[1:]: w.check_and_add(u)\n"
+            "sys.stdout.buffer.write(w.snapshot())")
+    for seed in ("1", "2"):
+        made = subprocess.run([sys.executable, "-c", code, *uuids], capture_output=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        window = DedupeWindow.restore(made.stdout, 1000)
+        assert len(window) == 100 and all(window.check_and_add(u) for u in uuids)
+        assert window.check_and_add(str(uuidlib.uuid4())) is False
+
+
+def test_fingerprints_are_pinned_and_tell_near_uuids_apart() -> None:
+    """The snapshot format depends on these values: they may never change."""
+    assert fingerprint("a") == 97
+    assert fingerprint("0f7c2c1e-8d2a-4c7b-9a55-000000000001") == 0xc8089fda51518d1
+    near = [f"0f7c2c1e-8d2a-4c7b-9a55-{n:012d}" for n in range(100_000)]
+    assert len({fingerprint(u) for u in near}) == len(near)
+    short = [f"u{n}" for n in range(100_000)]
+    assert len({fingerprint(u) for u in short}) == len(short)
+
+
+def test_a_window_saved_by_an_earlier_eventd_as_a_json_list_is_read() -> None:
+    window = DedupeWindow.restore(orjson.dumps(["old-1", "old-2", 7]), 10)
+    assert "old-1" in window and "old-2" in window and len(window) == 2
+
+
+def test_a_damaged_snapshot_starts_an_empty_window() -> None:
+    for data in (b"", b"EDW1", b"EDW1\x00\x00\x00\x00abc", b"[not json", b"garbage!"):
+        assert len(DedupeWindow.restore(data)) == 0
+
+
+def test_a_smaller_window_keeps_the_newest_generation_of_a_snapshot() -> None:
+    big = DedupeWindow(20)
+    for n in range(15):  # u0..u9 the older generation, u10..u14 the current one
+        big.check_and_add(f"u{n}")
+    small = DedupeWindow.restore(big.snapshot(), 10)
+    assert all(f"u{n}" in small for n in range(10, 15))
+    assert not any(f"u{n}" in small for n in range(10)) and len(small) == 5

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from eventd.actions.base import ActionJob
+from eventd.dedupe import DedupeWindow
 from eventd.stores.sqlite import DB_NAME, SqliteStore
 from tests.daemon_helpers import emulator_env, eventd_process, free_port, is_ready, write_rules
 from tests.waiting import wait_until
@@ -123,7 +124,7 @@ def test_the_dedupe_window_survives_sigkill(emulator, webhook_receiver, tmp_path
                 row = db.execute("SELECT data FROM snapshot WHERE name = 'dedupe'").fetchone()
             finally:
                 db.close()
-            return row is not None and event["uuid"] in json.loads(row[0])
+            return row is not None and event["uuid"] in DedupeWindow.restore(row[0])
 
         # Saved within seconds, while the daemon runs: no clean stop is needed.
         wait_until(saved, 10, interval=0.1, message="the de-dup window saved")

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from eventd.actions.base import ActionJob
+from eventd.dedupe import DedupeWindow
 from eventd.errors import ConfigError, StoreError
 from eventd.stores import STORES, resolve_store, store_name
 from eventd.stores.base import Store
@@ -194,21 +195,26 @@ def test_marks_active_lists_the_live_marks_in_one_read(store_and_reopen) -> None
     assert store.marks_active(now) == {"service/a": now + 300, "container/b": now + 60.5}
 
 
-def test_dedupe_snapshot_roundtrip_keeps_order(store_and_reopen) -> None:
+def test_dedupe_snapshot_roundtrip_keeps_the_bytes(store_and_reopen) -> None:
     store, reopen = store_and_reopen
-    assert store.dedupe_load() == []
-    store.dedupe_save(["u1", "u2", "u3"])
-    store.dedupe_save(["u2", "u3", "u4", "with\nnewline"])
+    assert store.dedupe_load() == b""
+    store.dedupe_save(b"first")
+    store.dedupe_save(bytes(range(256)) + b"[\n\0")  # any bytes: the format is eventd.dedupe's
     store = reopen(store)
-    assert store.dedupe_load() == ["u2", "u3", "u4", "with\nnewline"]
+    assert store.dedupe_load() == bytes(range(256)) + b"[\n\0"
 
 
 def test_a_full_default_dedupe_window_roundtrips(store_and_reopen) -> None:
     store, reopen = store_and_reopen
+    window = DedupeWindow()
     uuids = [f"0f7c2c1e-8d2a-4c7b-9a55-{n:012d}" for n in range(50_000)]
-    store.dedupe_save(uuids)
+    for uuid in uuids:
+        window.check_and_add(uuid)
+    store.dedupe_save(window.snapshot())
     store = reopen(store)
-    assert store.dedupe_load() == uuids
+    restored = DedupeWindow.restore(store.dedupe_load())
+    assert len(restored) == len(window) == 25_000  # the newest generation; the older was dropped
+    assert all(u in restored for u in uuids[-25_000:])
 
 
 def test_health_and_close(store) -> None:

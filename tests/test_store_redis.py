@@ -112,7 +112,7 @@ def test_every_key_starts_with_the_cluster_and_clusters_do_not_mix(redis_url: st
         blue.deadletter_add(job(2), "gave up")
         blue.throttle_acquire("rule\0key", 60.0, time.time())
         blue.mark("service/a", time.time() + 60)
-        blue.dedupe_save(["u1"])
+        blue.dedupe_save(b"u1")
         blue.limit_acquire("service/a", "id-1", 3, 60.0, time.time())
         blue.lease_acquire("lane:x", "me", 5.0)
         blue.seen_first("u1", 60.0)
@@ -120,7 +120,7 @@ def test_every_key_starts_with_the_cluster_and_clusters_do_not_mix(redis_url: st
         keys = list(client.scan_iter(match=f"{redis_cluster}*"))
         assert len(keys) >= 10 and all(k.startswith(f"{redis_cluster}:") for k in keys)
         assert other.spool_count() == other.deadletter_count() == 0
-        assert other.dedupe_load() == [] and store_exists(
+        assert other.dedupe_load() == b"" and store_exists(
             Settings(store=redis_url, cluster=redis_cluster + "-other")) is False
         assert store_exists(Settings(store=redis_url, cluster=redis_cluster))
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from eventd.actions.base import ActionJob
+from eventd.dedupe import DedupeWindow
 from eventd.errors import StateDirError, StoreError
 from eventd.settings import Settings
 from eventd.stores import open_store, store_exists
@@ -140,10 +141,11 @@ def test_state_written_by_the_previous_schema_still_opens(tmp_path) -> None:
     db.close()
     store = SqliteStore(tmp_path)
     try:
-        assert store.dedupe_load() == ["old-1", "old-2"]
+        window = DedupeWindow.restore(store.dedupe_load())
+        assert "old-1" in window and "old-2" in window and len(window) == 2
         assert not store.throttle_acquire("rule|key", 60.0, now=130.0)
         assert store.throttle_acquire("rule|key", 60.0, now=160.0)
-        store.dedupe_save(["new"])
-        assert store.dedupe_load() == ["new"]
+        store.dedupe_save(b"new")
+        assert store.dedupe_load() == b"new"
     finally:
         store.close()

@@ -11,7 +11,7 @@ Times are POSIX seconds (`time.time()`): a store may be shared by several proces
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -131,12 +131,12 @@ class Marks(Protocol):
 class DedupeSnapshots(Protocol):
     """Where the engine's de-dup window is saved; the window itself lives in the engine."""
 
-    def dedupe_load(self) -> list[str]:
-        """The last saved uuids, oldest first (empty if none)."""
+    def dedupe_load(self) -> bytes:
+        """The last saved snapshot (empty if none). Its format is eventd.dedupe's business."""
         ...
 
-    def dedupe_save(self, uuids: Sequence[str]) -> None:
-        """Replace the saved uuids with these (oldest first)."""
+    def dedupe_save(self, data: bytes) -> None:
+        """Replace the saved snapshot."""
         ...
 
 

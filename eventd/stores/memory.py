@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventd.actions.base import ActionJob
@@ -54,7 +54,7 @@ class MemoryStore:
         self._throttle: dict[str, tuple[float, float]] = {}  # key -> (acquired at, expires)
         self._throttle_acquired = 0
         self._marks: dict[str, float] = {}
-        self._dedupe: list[str] = []
+        self._dedupe = b""
         self._alerts: dict[str, str] = {}
         self._groups: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()  # key -> (meta, events)
         self._closed = False
@@ -232,17 +232,17 @@ class MemoryStore:
             return {key: until for key, until in self._marks.items() if until > now}
 
     # -- de-dup snapshot --------------------------------------------------------------------------
-    def dedupe_load(self) -> list[str]:
-        """The saved uuids, oldest first."""
+    def dedupe_load(self) -> bytes:
+        """The saved de-dup snapshot."""
         with self._lock:
             self._check("dedupe_load")
-            return list(self._dedupe)
+            return self._dedupe
 
-    def dedupe_save(self, uuids: Sequence[str]) -> None:
-        """Replace the saved uuids."""
+    def dedupe_save(self, data: bytes) -> None:
+        """Replace the saved de-dup snapshot."""
         with self._lock:
             self._check("dedupe_save")
-            self._dedupe = list(uuids)
+            self._dedupe = bytes(data)
 
     # -- firing alerts, open groups ---------------------------------------------------------------
     def alert_put(self, key: str, record: dict[str, Any]) -> None:

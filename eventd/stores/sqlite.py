@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
@@ -423,23 +423,22 @@ class SqliteStore:
 
     # -- de-dup snapshot --------------------------------------------------------------------------
     @_converted
-    def dedupe_load(self) -> list[str]:
-        """The saved de-dup uuids, oldest first (read from an older eventd's table too)."""
+    def dedupe_load(self) -> bytes:
+        """The saved de-dup snapshot (an older eventd's uuid table read as a JSON list)."""
         with self._lock:
             row = self._db.execute("SELECT data FROM snapshot WHERE name = 'dedupe'").fetchone()
             if row is not None:
-                uuids = orjson.loads(row[0])
-                return [u for u in uuids if isinstance(u, str)] if isinstance(uuids, list) else []
+                return bytes(row[0])
             legacy = self._db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dedupe'").fetchone()
             if legacy is None:
-                return []
-            return [uuid for (uuid,) in self._db.execute("SELECT uuid FROM dedupe ORDER BY seq")]
+                return b""
+            return orjson.dumps([uuid for (uuid,) in self._db.execute(
+                "SELECT uuid FROM dedupe ORDER BY seq")])
 
     @_converted
-    def dedupe_save(self, uuids: Sequence[str]) -> None:
-        """Replace the saved uuids (one row: a 50k window is a 2 MB write, a few ms)."""
-        data = orjson.dumps(list(uuids))
+    def dedupe_save(self, data: bytes) -> None:
+        """Replace the saved snapshot (one row: a full 50k window is 400 kB, a few ms)."""
         with self._lock, self._transaction():
             self._db.execute("INSERT OR REPLACE INTO snapshot (name, data) VALUES ('dedupe', ?)",
                              (data,))

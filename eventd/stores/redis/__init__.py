@@ -11,7 +11,7 @@ one Redis. What lives where:
     dead, dead:order    HASH  id -> {job, reason, at};  ZSET id by seq
     throttle            HASH  key -> "acquired at|by call";  throttle:until  ZSET key by expiry
     marks               ZSET  loop-guard key by "until"
-    dedupe              STRING the de-dup window's snapshot (JSON list)
+    dedupe              STRING the de-dup window's snapshot (eventd.dedupe's bytes, base64)
     seen:<uuid>         STRING the shared de-dup check (SET NX EX)
     limit:<key>         ZSET  job id by call time (the per-target REST limit), expires
     lease:<name>        HASH  {owner, token}, PEXPIRE ttl; lease-tokens INCR (fencing)
@@ -46,12 +46,12 @@ POSIX seconds, as for every store: replicas' clocks should agree (NTP) within a 
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-import orjson
 import redis
 
 from eventd.actions.base import ActionJob
@@ -339,16 +339,18 @@ class RedisStore(AlertRoles):
 
     # -- de-dup ---------------------------------------------------------------------------------
     @converted
-    def dedupe_load(self) -> list[str]:
-        """The saved uuids, oldest first (empty if none)."""
-        data = self._db.get(self._key("dedupe"))
-        uuids = orjson.loads(data) if data else []
-        return [u for u in uuids if isinstance(u, str)] if isinstance(uuids, list) else []
+    def dedupe_load(self) -> bytes:
+        """The saved de-dup snapshot (empty if none; an older eventd's JSON list as it is)."""
+        text = self._db.get(self._key("dedupe"))
+        if not text:
+            return b""
+        return text.encode() if text.startswith("[") else base64.b64decode(text)
 
     @converted
-    def dedupe_save(self, uuids: Sequence[str]) -> None:
-        """Replace the saved uuids (one SET: a 50k window is about 2 MB)."""
-        self._db.set(self._key("dedupe"), orjson.dumps(list(uuids)))
+    def dedupe_save(self, data: bytes) -> None:
+        """Replace the saved snapshot (one SET of base64, since replies are decoded as text:
+        a full 50k window is 530 kB)."""
+        self._db.set(self._key("dedupe"), base64.b64encode(data).decode("ascii"))
 
     @converted
     def seen_first(self, uuid: str, ttl: float) -> bool:
