@@ -1,17 +1,19 @@
 """The de-dup window: recently seen event uuids, and the saver that keeps it across a SIGKILL.
 
-The window keeps a 60-bit fingerprint of each uuid, not the uuid: a small int is 32 bytes
-where a 36-character str is 88, and a snapshot is a packed array (8 bytes a uuid) instead
-of a JSON list. The fingerprint is the uuid's UTF-8 bytes read as one integer, reduced
-modulo the Mersenne prime 2**61 - 1: CPython's documented, unsalted hash of an int, so it
-costs one C call and is the same in every process (a saved window still matches after a
-restart). Two different uuids share a fingerprint with a chance of about one in 2**60; two
-strings of under 8 bytes never do.
+The window keeps a 60-bit fingerprint of each uuid, not the uuid, in flat arrays of
+8-byte slots: 50k uuids as Python strings in sets were 8 MiB of small objects spread over
+the heap (about 10 MiB of RSS, never given back), 50k fingerprints here are 1.4 MB in four
+arrays. The fingerprint is the uuid's UTF-8 bytes read as one integer, reduced modulo the
+Mersenne prime 2**61 - 1: CPython's documented, unsalted hash of an int, so it costs one
+C call and is the same in every process (a saved window still matches after a restart).
+Two different uuids share a fingerprint with a chance of about one in 2**60; two strings
+of under 8 bytes never do.
 
-New fingerprints go into the current set; when it holds half the window, it becomes the
-previous generation and the one before is dropped whole. So the window remembers between
-size/2 and size uuids, and memory stays flat: no per-entry eviction, hence no hash-table
-churn (a set with deletions rebuilds its table as deleted slots pile up).
+Each generation is an open-addressing table (linear probing, at most 40% full, indexed by
+the fingerprint modulo a prime) plus the list of its fingerprints in arrival order, which
+is what a snapshot saves. When the current generation holds half the window, it becomes
+the previous one and the one before is dropped whole. So the window remembers between
+size/2 and size uuids, and memory stays flat: no per-entry eviction, no tombstones.
 
 The window lives in the engine; the store only keeps its snapshot (opaque bytes), which
 `DedupeSaver` writes every few seconds (not only at a clean stop), so an event processed
@@ -54,7 +56,7 @@ def fingerprint(uuid: str) -> int:
         data = uuid.encode()
     except UnicodeEncodeError:  # a lone surrogate
         data = uuid.encode("utf-8", "surrogatepass")
-    return _reduce(int.from_bytes(data, "little")) & _MASK
+    return _reduce(int.from_bytes(data, "little")) & _MASK or 1  # 0 marks an empty slot
 
 
 def _modulo(value: int) -> int:
@@ -67,14 +69,40 @@ _reduce = hash if sys.hash_info.modulus == _MODULUS else _modulo
 _from_bytes = int.from_bytes
 
 
+#: slots a probe may run past the last home slot; an insert that would need more starts a
+#: new generation early, so a probe never runs off the end (at 40% load, a run of 64 taken
+#: slots has a chance of about 1e-25)
+_SPILL = 64
+
+
+def _prime_at_least(n: int) -> int:
+    def is_prime(k: int) -> bool:
+        return k > 1 and all(k % d for d in range(2, int(k ** 0.5) + 1))
+    while not is_prime(n):
+        n += 1
+    return n
+
+
+class _Generation:
+    """One generation: a probe table of fingerprints (0 is an empty slot) and their order."""
+
+    __slots__ = ("table", "order")
+
+    def __init__(self, slots: int) -> None:
+        self.table = array("Q", bytes(8 * slots))
+        self.order = array("Q")
+
+
 class DedupeWindow:
     """At least the last `size // 2` uuids, at most the last `size`."""
 
     def __init__(self, size: int = DEFAULT_DEDUPE_WINDOW, initial: Iterable[str] = ()) -> None:
         self.size = max(2, int(size))
         self._half = self.size // 2
-        self._previous: frozenset[int] = frozenset()
-        self._current: set[int] = set()
+        self._homes = _prime_at_least(self._half * 5 // 2 + 1)  # at most 40% full
+        self._last = self._homes + _SPILL - 1  # never written: every probe stops here at worst
+        self._previous = _Generation(self._last + 1)
+        self._current = _Generation(self._last + 1)
         self._lock = threading.Lock()  # a rotation, against the saver's snapshot
         self.version = 0  # counts additions: the saver writes only a window that changed
         for uuid in initial:
@@ -84,46 +112,72 @@ class DedupeWindow:
         if not isinstance(uuid, str):
             return False
         fp = fingerprint(uuid)
-        return fp in self._current or fp in self._previous
+        return self._find(self._previous.table, fp)[0] or self._find(self._current.table, fp)[0]
 
     def __len__(self) -> int:
-        return len(self._current) + len(self._previous)
+        return len(self._previous.order) + len(self._current.order)
 
     def check_and_add(self, uuid: str) -> bool:
         """True if `uuid` was already in the window; otherwise add it and return False.
 
-        Called for every event: `fingerprint` is inlined (a call costs as much as the rest).
-        Only the engine's thread adds, so only a rotation needs the lock."""
+        Called for every event, so `fingerprint` and the probes are written out inline (a
+        Python call costs as much as either). Only the engine's thread adds; the lock is
+        for a rotation."""
         try:
             data = uuid.encode()
-        except UnicodeEncodeError:
+        except UnicodeEncodeError:  # a lone surrogate
             data = uuid.encode("utf-8", "surrogatepass")
-        fp = _reduce(_from_bytes(data, "little")) & _MASK
-        current = self._current
-        if fp in current or fp in self._previous:
-            return True
-        self._add(current, fp)
+        fp = _reduce(_from_bytes(data, "little")) & _MASK or 1
+        home = fp % self._homes
+        table, i = self._previous.table, home
+        while slot := table[i]:
+            if slot == fp:
+                return True
+            i += 1
+        table, i = self._current.table, home
+        while slot := table[i]:
+            if slot == fp:
+                return True
+            i += 1
+        self._insert(table, i, fp)
         return False
 
-    def _add(self, current: set[int], fp: int) -> None:
-        current.add(fp)
+    def _find(self, table: array[int], fp: int) -> tuple[bool, int]:
+        """(found, where the probe stopped)."""
+        i = fp % self._homes
+        while slot := table[i]:
+            if slot == fp:
+                return True, i
+            i += 1
+        return False, i
+
+    def _insert(self, table: array[int], i: int, fp: int) -> None:
+        current = self._current
+        if i >= self._last:  # never in practice (see _SPILL): start the next generation now
+            self._rotate()
+            current = self._current
+            table = current.table
+            i = self._find(table, fp)[1]
+        table[i] = fp
+        current.order.append(fp)
         self.version += 1
-        if len(current) >= self._half:
-            # A frozenset copy is sized for what it holds: half the table of a set grown
-            # one add at a time.
-            previous = frozenset(current)
-            with self._lock:
-                self._previous, self._current = previous, set()
+        if len(current.order) >= self._half:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        fresh = _Generation(self._last + 1)
+        with self._lock:
+            self._previous, self._current = self._current, fresh
 
     def snapshot(self) -> bytes:
         """The window as bytes, older generation first (what the store keeps).
 
         Built in one array, header included, so a save holds two copies at most."""
         entries = array("Q", [0])
-        with self._lock:  # both generations of one moment (array reads a set in one C call)
-            entries.extend(self._previous)
+        with self._lock:  # both generations of one moment
+            entries.extend(self._previous.order)
             entries[0] = int.from_bytes(_HEADER.pack(_MAGIC, len(entries) - 1), "little")
-            entries.extend(self._current)
+            entries.extend(self._current.order)
         if sys.byteorder != "little":
             entries.byteswap()
         return entries.tobytes()
@@ -132,11 +186,16 @@ class DedupeWindow:
     def restore(cls, data: bytes, size: int = DEFAULT_DEDUPE_WINDOW) -> DedupeWindow:
         """A window of `size` holding a snapshot's uuids (an older eventd's JSON list too).
 
-        The snapshot's uuids are added oldest first, so a smaller window keeps the newest."""
+        The snapshot's uuids are added oldest first, so a smaller window keeps the newest
+        generation whole."""
         window = cls(size)
         for fp in _decode(data):
-            if fp not in window._current and fp not in window._previous:
-                window._add(window._current, fp)
+            fp = fp & _MASK or 1
+            found, i = window._find(window._previous.table, fp)
+            if not found:
+                found, i = window._find(window._current.table, fp)
+            if not found:
+                window._insert(window._current.table, i, fp)
         window.version = 0
         return window
 
