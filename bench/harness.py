@@ -163,6 +163,8 @@ class _RestHandler(_Quiet):
 
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
+        server: Any = self.server
+        server.hits.append(path)
         if path.rstrip("/").count("/") <= 4:  # a list endpoint such as /api/audit/v1/action/
             self._answer(200, b'{"meta":{"limit":100,"next":null,"offset":0,"previous":null,'
                               b'"total_count":0},"objects":[]}')
