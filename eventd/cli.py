@@ -7,6 +7,7 @@ Exit codes (pinned): 0 success or stopped by SIGTERM/SIGINT; 1 `check` found pro
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -85,9 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     check = sub.add_parser("check", help="validate rule files (needs no credentials)")
-    from eventd.commands import check as check_command
-
-    check_command.add_arguments(check)
+    check.defer("eventd.commands.check")
     check.set_defaults(handler=cmd_check)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of rule files")
@@ -120,42 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging(replay)
     replay.set_defaults(handler=cmd_replay)
 
-    from eventd.emulator import cli as emulator_cli
-
     emulate = sub.add_parser(
         "emulate", help="run a local Docker Cloud emulator",
         description="A local Docker Cloud (Stream + REST APIs) for eventd to run against. It "
                     "prints the export lines that point eventd at it. The sample rules post "
                     "alerts to 127.0.0.1:9099: run `eventd receive` in a third terminal.",
-        epilog=emulator_cli.CONTROL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    emulator_cli.add_arguments(emulate)
-    emulate.set_defaults(handler=emulator_cli.run)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    emulate.defer("eventd.emulator.cli", handler="run", epilog="CONTROL_HELP")
 
     demo = sub.add_parser("demo", help="see eventd work against the emulator, in one command")
-    from eventd.commands import demo as demo_module
-
-    demo_module.add_arguments(demo)
-    demo.set_defaults(handler=demo_module.run)
+    demo.defer("eventd.commands.demo", handler="run")
 
     receive = sub.add_parser("receive", help="print the alerts that arrive (the sample rules' "
                              "default webhook, 127.0.0.1:9099)")
-    from eventd.commands import receive as receive_cli
-
-    receive_cli.add_arguments(receive)
-    receive.set_defaults(handler=receive_cli.run)
+    receive.defer("eventd.commands.receive", handler="run")
 
     deadletter = sub.add_parser("deadletter", help="list, retry or purge dead letters")
-    from eventd.commands import deadletter as deadletter_cli
-
-    deadletter_cli.add_arguments(deadletter)
-    deadletter.set_defaults(handler=deadletter_cli.run)
+    deadletter.defer("eventd.commands.deadletter", handler="run")
 
     status = sub.add_parser("status", help="print a cluster: replicas, namespaces held, spool")
-    from eventd.commands import status as status_cli
-
-    status_cli.add_arguments(status)
-    status.set_defaults(handler=status_cli.run)
+    status.defer("eventd.commands.status", handler="run")
     return parser
 
 
@@ -167,10 +150,41 @@ class _SubcommandParser(argparse.ArgumentParser):
     """
 
     _intermixing = False
+    #: (module, its handler's name or None, its epilog's name or None) until _load() runs
+    _deferred: tuple[str, str | None, str | None] | None = None
+
+    def defer(self, module: str, handler: str | None = None, epilog: str | None = None) -> None:
+        """Let `module.add_arguments` add this subcommand's flags only once it is chosen.
+
+        `eventd run` then never imports the other subcommands (the demo's HTTP servers,
+        secrets, tempfile...): about 1 MiB of a daemon that counts its MiB (bench/memprobe.py).
+        """
+        self._deferred = (module, handler, epilog)
+
+    def _load(self) -> None:
+        if self._deferred is None:
+            return
+        name, handler, epilog = self._deferred
+        self._deferred = None
+        module = importlib.import_module(name)
+        if epilog is not None:
+            self.epilog = getattr(module, epilog)
+        module.add_arguments(self)
+        if handler is not None:
+            self.set_defaults(handler=getattr(module, handler))
+
+    def format_usage(self) -> str:
+        self._load()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._load()
+        return super().format_help()
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None,
                          ) -> tuple[argparse.Namespace, list[str]]:
+        self._load()
         if self._intermixing:
             return super().parse_known_args(args, namespace)
         self._intermixing = True

@@ -281,7 +281,10 @@ class Settings:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     healthy_after: float = 30.0
-    queue_size: int = 2048  # events between reader and engine (backpressure beyond)
+    #: events between reader and engine (backpressure beyond); each parsed event costs ~1 KiB
+    #: and the queue is full whenever the stream outruns the rules: 2048 cost 1 MiB more at
+    #: the same CPU per event (bench/memprobe.py, issue 10)
+    queue_size: int = 1024
     dedupe_window: int = 50_000  # event uuids remembered: between half of it and all of it
     max_event_age: float = 900.0
     #: SQLite `synchronous` for the spool. In WAL mode "NORMAL" keeps every committed action

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from tests.daemon_helpers import emulator_env, write_rules
@@ -298,6 +299,27 @@ def test_a_deadletter_mistake_prints_the_deadletter_usage():
     assert done.returncode == 2
     assert done.stderr.startswith("usage: eventd deadletter"), done.stderr
     assert "unrecognized arguments: --bogus" in done.stderr
+
+
+@pytest.mark.parametrize("name, module", [
+    ("check", "eventd.commands.check"), ("emulate", "eventd.emulator.cli"),
+    ("demo", "eventd.commands.demo"), ("receive", "eventd.commands.receive"),
+    ("deadletter", "eventd.commands.deadletter"), ("status", "eventd.commands.status")])
+def test_a_subcommand_loaded_when_chosen_has_all_its_flags_in_its_help(name, module, capsys):
+    import argparse
+    import importlib
+
+    from eventd.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([name, "--help"])
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: eventd {name} ")
+    flags = argparse.ArgumentParser(add_help=False)
+    importlib.import_module(module).add_arguments(flags)
+    for action in flags._actions:
+        for option in action.option_strings:
+            assert option in shown, (name, option)
 
 
 def test_receive_prints_what_arrives_and_stops_on_sigterm(tmp_path):

@@ -166,6 +166,7 @@ def test_dockerfile_shape() -> None:
     assert any(rest.split()[-1].rstrip("/") == RULES_DIR for rest in docker("COPY"))
     # No secrets baked into the image.
     assert not [name for name in docker_env() if name.startswith("DOCKERCLOUD_")]
+    assert docker_env()["MALLOC_ARENA_MAX"] == "2"  # issue 10's memory budget
 
 
 def test_dockerignore_keeps_the_virtualenv_out_but_lets_copied_paths_in() -> None:
