@@ -305,6 +305,9 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             return EXIT_CONFIG
     configure(settings.log_format, settings.log_level,
               secrets=credentials.secrets() if credentials is not None else ())
+    from eventd.ops import malloc
+
+    malloc.tune(env)  # before any thread starts
     from eventd.daemon import Daemon
 
     daemon = Daemon(settings, credentials, env)

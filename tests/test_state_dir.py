@@ -3,7 +3,6 @@ survives SIGKILL, private files whatever the umask, one clear line for a bad --s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
