@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -147,5 +148,29 @@ def test_state_written_by_the_previous_schema_still_opens(tmp_path) -> None:
         assert store.throttle_acquire("rule|key", 60.0, now=160.0)
         store.dedupe_save(b"new")
         assert store.dedupe_load() == b"new"
+    finally:
+        store.close()
+
+
+def test_the_wal_starts_over_while_writes_never_stop(tmp_path) -> None:
+    """A spool filling without a pause (a target down, thousands of jobs a second) never let
+    a passive checkpoint catch up, so SQLite never restarted the WAL: 2 GB after 300k events,
+    and its mmapped index grew eventd's RSS. The checkpointer now makes it start over."""
+    store = SqliteStore(tmp_path)
+    wal = tmp_path / f"{DB_NAME}-wal"
+    written, n = 0, 0
+    try:
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:  # writing without a pause is the point here
+            before = wal.stat().st_size if wal.exists() else 0
+            for _ in range(200):
+                n += 1
+                assert store.spool_add(job(n))
+                if n > 100:
+                    store.spool_done(f"id-{n - 100}")
+            after = wal.stat().st_size
+            written += max(0, after - before)
+        assert written > 64 * 2**20, f"only {written / 2**20:.0f} MiB of WAL written: too slow"
+        assert wal.stat().st_size < 32 * 2**20, f"the WAL holds {wal.stat().st_size / 2**20:.0f} MiB"
     finally:
         store.close()
