@@ -193,12 +193,14 @@ def run_eventd(cfg: Config, work: Path, rules: Path, events: int, rest_host: str
                 at_100k.append(sample.rss_kib)
 
         s, values = ev.wait_count(events, 120 + events / 500, condition, watch)
+        hwm_streaming = ev.status("VmHWM")
         if rest_hits is not None:
             _await_backfill(ev, rest_hits)
         hwm = ev.status("VmHWM")
         result: dict[str, Any] = {
             "events_per_s": events / (s.t - start), "seconds": s.t - start,
-            "rss_end_kib": s.rss_kib, "hwm_kib": hwm, "scrapes": len(ev.samples),
+            "rss_end_kib": s.rss_kib, "hwm_kib": hwm, "hwm_streaming_kib": hwm_streaming,
+            "scrapes": len(ev.samples),
             "scrape_ms_mean": 1000 * ev.scrape_seconds / max(1, len(ev.samples)),
             "actions": {k: v for k, v in values.items()
                         if k.startswith("eventd_actions_total{") and v},
@@ -493,8 +495,13 @@ def table(cfg: Config, res: Results) -> list[dict[str, str]]:
                   if r.get("rss_100k_kib") is not None and r.get("rss_end_kib") is not None]
         g = statistics.median(growth) if growth else None
         rate = res.median("memory", "events_per_s")
-        row(f"peak RSS (VmHWM), {cfg.memory_events:,} events, 100 rules "
+        streaming = res.median("memory", "hwm_streaming_kib")
+        row(f"peak RSS (VmHWM) while streaming {cfg.memory_events:,} events, 100 rules "
             f"({runs('memory', 'hwm_kib')} run(s); {_fmt_rate(rate)})",
+            "n/a" if streaming is None else f"{streaming / MIB:.1f} MiB", "-", "< 40 MiB",
+            _met(None if streaming is None else streaming < 40 * MIB))
+        row("peak RSS (VmHWM) once the stream closed, eventd reconnected and backfilled over "
+            "REST (its first HTTP call loads requests)",
             "n/a" if hwm is None else f"{hwm / MIB:.1f} MiB", "-", "< 40 MiB",
             _met(None if hwm is None else hwm < 40 * MIB))
         row(f"RSS growth, 100k -> {cfg.memory_events:,} events",

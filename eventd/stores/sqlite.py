@@ -171,6 +171,7 @@ class SqliteStore:
             key: until for key, until in self._db.execute(
                 "SELECT key, until FROM marks WHERE until > ?", (now,))}
         self._checkpointing = threading.Event()
+        self._wal_restart_wanted = False  # set by the checkpointer, acted on by a writer
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
                                               name="spool-checkpoint")
         self._checkpointer.start()
@@ -183,6 +184,7 @@ class SqliteStore:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO spool (id, target, attempts, data) VALUES (?, ?, ?, ?)",
                 (job.id, job.target, job.attempts, _dump(job)))
+            self._after_commit()
             return cursor.rowcount == 1
 
     @_converted
@@ -190,6 +192,7 @@ class SqliteStore:
         """Forget a job that succeeded (or was skipped on purpose)."""
         with self._lock:
             self._db.execute("DELETE FROM spool WHERE id = ?", (job_id,))
+            self._after_commit()
 
     @_converted
     def spool_update_attempts(self, job_id: str, attempts: int) -> None:
@@ -488,10 +491,11 @@ class SqliteStore:
         SQLite restarts the WAL from its beginning only when a writer finds every frame
         already copied. A PASSIVE checkpoint never gets there while writes keep coming (a
         spool filling at thousands of jobs a second while a target is down): the WAL grew
-        to 2 GB in 300k events, and its mmapped index (-shm) by 4 MiB of RSS. So once the
-        WAL holds more than `WAL_RESTART_FRAMES` after a passive round, a TRUNCATE
-        checkpoint pauses the writers for the few frames left (the passive round copied the
-        rest) and empties the file; rounds come faster until the WAL is small again.
+        to 2 GB in 300k events, and its mmapped index (-shm) by 4 MiB of RSS. So when the
+        WAL holds more than `WAL_RESTART_FRAMES` after a passive round, the next writer
+        runs a TRUNCATE checkpoint after its commit (`_after_commit`): a short pause, the
+        passive round having copied nearly every frame. From this thread, that checkpoint
+        starved: SQLite's busy handler polls, and a writer that never pauses always won.
         """
         try:
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
@@ -499,35 +503,51 @@ class SqliteStore:
         except sqlite3.Error as exc:
             logger.error("spool checkpoints disabled: %s", exc)
             return
-        wait = interval
         try:
-            while not self._checkpointing.wait(wait):
+            while not self._checkpointing.wait(interval):
                 try:
                     _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    wait = interval
-                    if frames > WAL_RESTART_FRAMES:
-                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                        wait = interval / 4
                 except sqlite3.Error as exc:  # busy or I/O trouble: the next round tries again
                     logger.warning("spool checkpoint failed: %s", exc)
+                    continue
+                if frames > WAL_RESTART_FRAMES:
+                    self._wal_restart_wanted = True
         finally:
             db.close()
 
+    def _after_commit(self) -> None:
+        """Start the WAL over if the checkpointer asked (holding the lock, no transaction).
+
+        Called after every transaction and after the spool's one-statement writes, the
+        writes that come by the thousand."""
+        if not self._wal_restart_wanted:
+            return
+        self._wal_restart_wanted = False
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            logger.warning("spool checkpoint failed: %s", exc)
+
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self._after_commit)
 
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT/ROLLBACK on an autocommit connection."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, after_commit: Callable[[], None]) -> None:
         self._db = db
+        self._after_commit = after_commit
 
     def __enter__(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is not None:
+            self._db.execute("ROLLBACK")
+            return
+        self._db.execute("COMMIT")
+        self._after_commit()
 
 
 def _conforms(store: SqliteStore) -> Store:
