@@ -169,7 +169,8 @@ def _context_adapter(context: ssl.SSLContext) -> Any:
             return super().proxy_manager_for(proxy, **kwargs)
 
         def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-            super().cert_verify(conn, url, verify, cert)
+            base: Any = super()  # types-requests types this base loosely, or not at all
+            base.cert_verify(conn, url, verify, cert)
             if verify is True:  # the context already trusts certifi's CAs and ca_file's
                 conn.ca_certs = None
                 conn.ca_cert_dir = None

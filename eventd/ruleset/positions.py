@@ -47,18 +47,22 @@ class _MarkLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]
         self._depth = 0
         self._aliases = 0
 
+    def _next_mark(self) -> Any:
+        parser: Any = self  # types-PyYAML leaves the parser's methods untyped
+        return parser.peek_event().start_mark
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 raise LimitExceeded(f"too many aliases: more than {MAX_ALIASES} "
-                                    "(the cap for a rule file)", *pos(self.peek_event().start_mark))
+                                    "(the cap for a rule file)", *pos(self._next_mark()))
             return super().compose_node(parent, index)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise LimitExceeded(f"nested too deeply: more than {MAX_DEPTH} levels "
-                                    "(the cap for a rule file)", *pos(self.peek_event().start_mark))
+                                    "(the cap for a rule file)", *pos(self._next_mark()))
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -172,12 +176,14 @@ def _build(loader: _MarkLoader, node: yaml.Node, path: JsonPath, environ: Mappin
             doc.expansions[expanded] = value
             doc.variables.update(references(value, environ))
         # an unquoted `${TIMEOUT:-5}` becomes what `5` would have been: a number
-        value = _plain(loader, expanded) if node.style is None and expanded != value else expanded
+        plain = getattr(node, "style", None) is None  # every ScalarNode has a style
+        value = _plain(loader, expanded) if plain and expanded != value else expanded
     return value
 
 
 def _plain(loader: _MarkLoader, text: str) -> Any:
-    tag = loader.resolve(yaml.ScalarNode, text, (True, False))
+    resolver: Any = loader  # types-PyYAML leaves the resolver untyped
+    tag = resolver.resolve(yaml.ScalarNode, text, (True, False))
     try:
         value = loader.construct_object(yaml.ScalarNode(tag, text))
     except yaml.YAMLError:
