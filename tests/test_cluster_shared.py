@@ -32,6 +32,10 @@ def replicas() -> Iterator[list[Replica]]:
     finally:
         for replica in started:
             replica.stop()
+            # pytest shows a test's captured output only when it fails: then this is the
+            # replicas' own account of what they did
+            print(f"--- replica {replica.name}, last 60 lines of its log ---")
+            print("\n".join(replica.log().splitlines()[-60:]))
 
 
 def test_sigkill_of_the_leader_loses_nothing_accepted_and_repeats_nothing_with_a_new_key(
