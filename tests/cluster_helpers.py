@@ -77,6 +77,19 @@ def cluster_fixture() -> Iterator[Cluster]:
         client.close()
 
 
+def replicas_fixture() -> Iterator[list[Replica]]:
+    """The replicas a test starts (it appends them), stopped at the end. pytest shows a test's
+    captured output only when it fails: then the tail of each replica's log is there."""
+    started: list[Replica] = []
+    try:
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+            print(f"--- replica {replica.name}, last 60 lines of its log ---")
+            print("\n".join(replica.log().splitlines()[-60:]))
+
+
 FAST_FLAGS = ("--ping-interval", "0.5s", "--pong-timeout", "1s", "--backoff-max", "0.3s",
               "--shutdown-timeout", "5s")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from eventd.emulator import Emulator
-from tests.cluster_helpers import Cluster, Replica, cluster_fixture, open_counts, overlaps
+from tests.cluster_helpers import Cluster, Replica, cluster_fixture, open_counts, overlaps, replicas_fixture
 from tests.daemon_helpers import write_rules
 from tests.receiver import WebhookReceiver
 from tests.waiting import wait_until
@@ -43,12 +43,7 @@ def emu() -> Iterator[Emulator]:
 
 @pytest.fixture
 def replicas() -> Iterator[list[Replica]]:
-    started: list[Replica] = []
-    try:
-        yield started
-    finally:
-        for replica in started:
-            replica.stop()
+    yield from replicas_fixture()
 
 
 class Sampler:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from eventd.emulator import Emulator
-from tests.cluster_helpers import Cluster, Replica, cluster_fixture, open_counts, overlaps
+from tests.cluster_helpers import Cluster, Replica, cluster_fixture, open_counts, overlaps, replicas_fixture
 from tests.daemon_helpers import write_rules
 from tests.waiting import wait_until
 
@@ -26,16 +26,7 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def replicas() -> Iterator[list[Replica]]:
-    started: list[Replica] = []
-    try:
-        yield started
-    finally:
-        for replica in started:
-            replica.stop()
-            # pytest shows a test's captured output only when it fails: then this is the
-            # replicas' own account of what they did
-            print(f"--- replica {replica.name}, last 60 lines of its log ---")
-            print("\n".join(replica.log().splitlines()[-60:]))
+    yield from replicas_fixture()
 
 
 def test_sigkill_of_the_leader_loses_nothing_accepted_and_repeats_nothing_with_a_new_key(
