@@ -1,4 +1,5 @@
-"""The command line: run, check, schema, test, replay, emulate, demo, receive, deadletter.
+"""The command line: run, init, check, schema, test, replay, emulate, demo, receive, deadletter,
+silence, status, db, audit.
 
 Exit codes (pinned): 0 success or stopped by SIGTERM/SIGINT; 1 `check` found problems
 (or replay had failures); 2 configuration or rules error; 3 credentials rejected.
@@ -31,7 +32,9 @@ log = logging.getLogger("eventd.cli")
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; tests and deploy checks read flags from here."""
     parser = argparse.ArgumentParser(
-        prog="eventd", description="Event-stream automation for the Docker Cloud API.")
+        prog="eventd", description="Event-stream automation for the Docker Cloud API, or for a "
+        "Docker Engine's events (`eventd run --source docker`). Start with `eventd demo`, or "
+        "`eventd init rules/` for the sample rules.")
     parser.add_argument("--version", action="version", version=f"eventd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     sub.required = True
@@ -67,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only send webhooks and Alertmanager alerts to hosts matching PATTERN "
                           "(e.g. hooks.slack.com, *.example.com; repeatable; env "
                           "EVENTD_ALLOW_HOSTS, comma-separated); others are dead-lettered")
+    run.add_argument("--allow-plaintext", action="store_true", default=None,
+                     help="let credentials (API key, secret headers, user info) go over plain "
+                          "http:// to another machine; refused otherwise (env "
+                          "EVENTD_ALLOW_PLAINTEXT=true)")
     run.add_argument("--max-event-age", metavar="DURATION", default=None,
                      help="older events trigger no REST action (default 15m)")
     run.add_argument("--alert-resend", metavar="DURATION", default=None,
@@ -80,10 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "(env EVENTD_CLIENT_CERT)")
     run.add_argument("--client-key", metavar="FILE", default=None,
                      help="its private key, if not in the --client-cert file (env EVENTD_CLIENT_KEY)")
+    run.add_argument("--ui", choices=("on", "off"), default=None,
+                     help="the console at /ui/ (and its API at /api/v1/) on the metrics port: on "
+                          "(default) or off (env EVENTD_UI); its actions need EVENTD_UI_TOKEN")
     run.add_argument("--lease-ttl", metavar="DURATION", default=None,
                      help="with a Redis store: how long a replica's lease on a namespace's "
                           "stream lasts unless renewed (default 10s, env EVENTD_LEASE_TTL)")
     run.set_defaults(handler=cmd_run)
+
+    init = sub.add_parser("init", help="write the sample rules and their tests into a "
+                          "directory, to start from")
+    init.defer("eventd.commands.init", handler="run")
 
     check = sub.add_parser("check", help="validate rule files (needs no credentials)")
     check.defer("eventd.commands.check")
@@ -137,8 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     deadletter = sub.add_parser("deadletter", help="list, retry or purge dead letters")
     deadletter.defer("eventd.commands.deadletter", handler="run")
 
+    silence = sub.add_parser("silence", help="add, list or expire silences (mute matching "
+                             "actions for a while)")
+    silence.defer("eventd.commands.silence", handler="run")
+
     status = sub.add_parser("status", help="print a cluster: replicas, namespaces held, spool")
     status.defer("eventd.commands.status", handler="run")
+
+    db = sub.add_parser("db", help="create eventd's PostgreSQL tables (db migrate DSN)")
+    db.defer("eventd.commands.db", handler="run")
+
+    audit = sub.add_parser("audit", help="verify an audit trail's hash chain (audit verify "
+                           "PATH|DSN)")
+    audit.defer("eventd.commands.audit", handler="run")
     return parser
 
 
@@ -274,7 +299,9 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
             "alert_resend": duration(args.alert_resend, "--alert-resend"),
             "tls": tls_from_env(env, args.ca_file, args.client_cert, args.client_key),
             "allow_hosts": tuple(args.allow_hosts) if args.allow_hosts else None,
+            "allow_plaintext": args.allow_plaintext,
             "lease_ttl": duration(args.lease_ttl or env.get("EVENTD_LEASE_TTL"), "--lease-ttl"),
+            "ui": _on_off(args.ui or env.get("EVENTD_UI"), "--ui (EVENTD_UI)"),
         })
         if overrides["lease_ttl"] is not None and overrides["lease_ttl"] < 1.0:
             raise ConfigError(f"--lease-ttl must be at least 1s, got {overrides['lease_ttl']:g}s")
@@ -286,10 +313,18 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
     return Settings.from_env(env, **overrides)
 
 
+def _on_off(value: str | None, name: str) -> bool | None:
+    if value is None or not value.strip():
+        return None
+    if value.strip().lower() not in ("on", "off", "true", "false", "1", "0"):
+        raise ConfigError(f"{name} must be on or off, got {value!r}")
+    return value.strip().lower() in ("on", "true", "1")
+
+
 def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """`eventd run`: the daemon, until SIGTERM/SIGINT (0) or rejected credentials (3)."""
+    from eventd.clients.dockercloud.auth import load_credentials
     from eventd.ops.logconfig import configure
-    from eventd.sources.dockercloud.auth import load_credentials
 
     try:
         settings = _settings(args, env)
@@ -304,7 +339,8 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(f"eventd: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     configure(settings.log_format, settings.log_level,
-              secrets=credentials.secrets() if credentials is not None else ())
+              secrets=(*(credentials.secrets() if credentials is not None else ()),
+                       *((settings.ui_token,) if settings.ui_token else ())))
     from eventd.ops import malloc
 
     malloc.tune(env)  # before any thread starts

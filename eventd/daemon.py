@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from eventd.actions.base import ActionJob
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.namespaces import label, tagging
 from eventd.cluster.connection import is_cluster_store
 from eventd.cluster.metrics import ClusterMetrics
 from eventd.cluster.progress import Tracker
 from eventd.cluster.streams import Streams, fenced
-from eventd.errors import AuthRejected, RuleError
+from eventd.errors import AuthRejected, ConfigError, RuleError
 from eventd.events import Received
 from eventd.handoff import EventQueue
 from eventd.hooks import hooks
@@ -43,12 +44,11 @@ from eventd.pipeline import (
     rule_vocabulary,
     rules_environ,
 )
+from eventd.records import ActionJob
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
 from eventd.sources.base import ConsumerLoop
-from eventd.sources.dockercloud.auth import Credentials
-from eventd.sources.dockercloud.backfill import Backfiller
-from eventd.sources.dockercloud.namespaces import label, tagging
+from eventd.sources.dockercloud.backfill import Backfiller, backfill_backoff
 from eventd.sources.dockercloud.recorder import Recorder
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
 
@@ -61,6 +61,26 @@ EXIT_OK = 0
 EXIT_AUTH = 3
 
 _STOP = object()
+
+
+def count(number: int, thing: str) -> str:
+    """`1 rule`, `2 rules`: log lines that read as written."""
+    return f"{number} {thing}{'' if number == 1 else 's'}"
+
+
+def state_where(settings: Settings) -> str:
+    """Where the state is kept, for the start line (`--store memory` keeps it nowhere)."""
+    if settings.store == "sqlite":
+        return f"state in {settings.state_dir}"
+    if settings.store == "memory":
+        return "state in memory only (--store memory: nothing kept across a restart)"
+    from eventd.stores.redis.connect import parse  # only a store URL gets here
+
+    try:
+        where = parse(settings.store, settings.store_password).safe
+    except ConfigError:
+        where = "the store"
+    return f"state in {where} (cluster {settings.cluster})"
 
 
 class Daemon:
@@ -84,6 +104,9 @@ class Daemon:
         self._started_at = time.time()
         self.coordinator: Coordinator | None = None
         self.tracker: Tracker | None = None
+        #: the last rule (re)load, for the console: whether it worked, when, its problems
+        self.last_reload: dict[str, Any] = {"ok": False, "at": None, "problems": []}
+        self.console: Any = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -121,7 +144,8 @@ class Daemon:
             from eventd.sources.base import SourceContext, resolve_source
 
             self._source = resolve_source(settings.source)(SourceContext(
-                settings=settings, sink=self._sink, metrics=self.metrics, stopping=self.stopping,
+                settings=settings, sink=self._source_sink(pipeline), metrics=self.metrics,
+                stopping=self.stopping,
                 credentials=self.credentials, rest=self.rest, recorder=self.recorder))
         self.streams = Streams(self._new_consumer, self._stream_loop)
         names = [label(ns) for ns in self._namespaces()]
@@ -129,30 +153,60 @@ class Daemon:
         self.metrics.source_info.labels(source=settings.source).set(1)
         # A replica of a cluster resumes the shared spool when it takes a stream from another
         # (Coordinator's on_takeover), not at start: the others may be delivering it now.
+        if hasattr(self.store, "on_bad_data"):  # Redis: keys that hold garbage for long
+            self.store.on_bad_data = self._fatal
         pipeline.start(resume=not is_cluster_store(settings.store))
         if settings.metrics_addr is not None:
             from eventd.ops.health import serve
 
             host, port = settings.metrics_addr
-            self._health = serve(host, port, self.metrics.registry, self.ready)
+            self._health = serve(host, port, self.metrics.registry, self.ready,
+                                 mounts=self._console(pipeline))
             self.health_port = self._health[0].server_port
-            log.info("metrics and health on http://%s:%d/ (/metrics, /healthz, /readyz)",
-                     host, self.health_port)
+            log.info("metrics and health on http://%s:%d/ (/metrics, /healthz, /readyz%s)",
+                     host, self.health_port, ", the console at /ui/" if self.console else "")
         # Everything loaded so far lives as long as the process: keep it out of the cyclic
         # GC's full passes, which otherwise cost more per event the larger the rule set.
         gc.freeze()
         if is_cluster_store(settings.store):  # before the engine starts: it reports progress
-            self.tracker = Tracker()
+            self.tracker = Tracker(names)
+        self.metrics.workers.resume()
         self._spawn("engine", self._engine_loop)
         self._start_streams()
         if self.credentials is None:
-            log.info("eventd started: %d rules, source %s (%s), state in %s", len(ruleset),
-                     settings.source, self.consumer.describe(), settings.state_dir)
+            log.info("eventd started: %s, source %s (%s), %s", count(len(ruleset), "rule"),
+                     settings.source, self.consumer.describe(), state_where(settings))
         else:
-            log.info("eventd started: %d rules, stream %s, REST %s, credentials from %s, "
-                     "state in %s", len(ruleset), settings.stream_url if not settings.namespaces
+            log.info("eventd started: %s, stream %s, REST %s, credentials from %s, %s",
+                     count(len(ruleset), "rule"), settings.stream_url if not settings.namespaces
                      else f"{settings.stream_host} (namespaces {', '.join(settings.namespaces)})",
-                     settings.rest_host, self.credentials.source, settings.state_dir)
+                     settings.rest_host, self.credentials.source, state_where(settings))
+
+    def _source_sink(self, pipeline: Pipeline) -> Callable[[list[Received]], None]:
+        """The engine's queue; for an enricher that can start inspects early (the Engine's),
+        behind a sink that starts them as the reader sees the events that will ask."""
+        prefetch = getattr(pipeline.enricher, "prefetch", None)
+        if prefetch is None:
+            return self._sink
+        from eventd.sources.docker.enrich import Prefetching
+
+        return Prefetching(prefetch, lambda: self.engine.rules, self._sink)
+
+    def _console(self, pipeline: Pipeline) -> list[tuple[str, Any]]:
+        """The console's mounts on the metrics port (none with --ui off)."""
+        if not self.settings.ui:
+            return []
+        from eventd.console.wiring import build_console
+
+        # the environment rules were filled from: a secret read from <VAR>_FILE is masked too
+        self.console = build_console(
+            self.settings, pipeline.store, pipeline.silences,
+            rules_environ(self.settings, self.environ),
+            secrets=self.credentials.secrets() if self.credentials is not None else (),
+            rules=lambda: self.engine.rules, reload=lambda: self.last_reload,
+            resume=self.dispatcher.resume, replica=self._replica_info,
+            metrics=self.metrics)
+        return list(self.console.mounts())
 
     def _namespaces(self) -> tuple[str | None, ...]:
         """The Docker Cloud namespaces to consume, one stream each (another source: one)."""
@@ -176,8 +230,26 @@ class Daemon:
             namespaces=settings.stream_namespaces, ttl=settings.lease_ttl, streams=self.streams,
             tracker=self.tracker, metrics=self.metrics, cluster_metrics=self.cluster_metrics,
             info=self._replica_info, max_gap=settings.max_event_age,
-            on_takeover=self.dispatcher.resume)
+            on_takeover=self.dispatcher.resume, on_fatal=self._fatal,
+            mac=self._heartbeat_mac(), quiesce=self.dispatcher.quiesce)
+        # Before the first lease: only jobs of namespaces held here are sent, fenced.
+        self.dispatcher.use_fence(self.coordinator.job_token, sweep=settings.lease_ttl / 3,
+                                  lease=self.coordinator.job_lease)
         self.coordinator.start()
+
+    def _heartbeat_mac(self) -> Callable[[bytes], str] | None:
+        """Heartbeats are signed with the job key (the same on every replica of a cluster):
+        a heartbeat written into Redis by hand cannot make a replica hand its streams over."""
+        signer = self.pipeline.gate.signer
+        if signer is None:
+            return None
+        return lambda data: signer.mac("heartbeat", data)
+
+    def _fatal(self, message: str) -> None:
+        """Stop with exit code 1 and one line saying why (what waiting cannot fix)."""
+        log.error("%s; exiting with code 1", message)
+        self.exit_code = 1
+        threading.Thread(target=self.stop, name="stopper", daemon=True).start()
 
     def _new_consumer(self, namespace: str | None,
                       fence: Callable[[], bool] | None) -> ConsumerLoop:
@@ -196,11 +268,17 @@ class Daemon:
                 tracker.received(batch)
 
             sink = fenced(track, fence, lambda: coordinator.lease_lost(name), self.metrics)
+        fencing = on_refused = None
+        if fence is not None and coordinator is not None:
+            leased = coordinator
+            fencing = leased.stream_token(label(namespace))
+            on_refused = lambda: leased.refused(label(namespace))  # noqa: E731
         return StreamConsumer(
             url=self.settings.stream_url_for(namespace), credentials=credentials, sink=sink,
-            metrics=self.metrics, stopping=self.stopping,
+            metrics=self.metrics, stopping=self.stopping, fencing=fencing, on_refused=on_refused,
             options=StreamOptions.from_settings(self.settings), recorder=self.recorder,
-            backfill=Backfiller(rest, sink, self.metrics))
+            backfill=Backfiller(rest, sink, self.metrics, stopping=self.stopping,
+                                backoff=backfill_backoff(self.settings)))
 
     def _replica_info(self) -> dict[str, Any]:
         """What `eventd status` shows of this replica (kept in its heartbeat). Nothing here
@@ -232,6 +310,7 @@ class Daemon:
             log.info("stopping: finishing in-flight work (at most %.0f s)",
                      max(0.0, deadline - time.monotonic()))
             self.stopping.set()
+            self.metrics.workers.stop()
             streams = getattr(self, "streams", None)
             if self.coordinator is not None:  # stop consuming, then free the leases at once
                 self.coordinator.stop(max(0.1, deadline - time.monotonic()))
@@ -242,10 +321,15 @@ class Daemon:
             if engine is not None:
                 engine.join(max(0.1, deadline - time.monotonic()))
             left = self.pipeline.close(max(0.1, deadline - time.monotonic()))
-            if left:
-                log.warning("%d accepted actions not finished; they stay in the spool for the next start",
-                            left)
+            if left and self.settings.store == "memory":
+                log.warning("%s not finished, and lost: --store memory keeps nothing across a "
+                            "restart", count(left, "accepted action"))
+            elif left:
+                log.warning("%s not finished; they stay in the spool for the next start",
+                            count(left, "accepted action"))
             close_part(self.recorder, self.metrics)
+            if self.console is not None:
+                self.console.close()
             if self._health is not None:
                 from eventd.ops.health import shutdown
 
@@ -263,20 +347,36 @@ class Daemon:
         except RuleError as exc:
             self.metrics.rules_reload_success.set(0)
             self.metrics.rules_reloads.labels(result="failure").inc()
-            log.error("rule reload failed; keeping the %d rules in force:\n%s",
-                      len(self.engine.rules), "\n".join(str(p) for p in exc.problems) or exc)
+            problems = [str(p) for p in exc.problems] or [str(exc)]
+            log.error("rule reload failed (%s); keeping the %s in force", count(len(problems),
+                      "problem"), count(len(self.engine.rules), "rule"))
+            for problem in problems:  # one line each: a log line never holds a line break
+                log.error("rule reload: %s", problem)
+            self.last_reload = {"ok": False, "at": time.time(), "problems": problems}
             hooks.on_reloaded(False, len(self.engine.rules))
             return False
+        except Exception as exc:  # noqa: BLE001  (a reload never stops the daemon)
+            self.metrics.rules_reload_success.set(0)
+            self.metrics.rules_reloads.labels(result="failure").inc()
+            report_internal_error("reload", exc, self.metrics)
+            self.last_reload = {"ok": False, "at": time.time(),
+                                "problems": [f"{type(exc).__name__}: {str(exc)[:200]}"]}
+            hooks.on_reloaded(False, len(self.engine.rules))
+            return False
+        self.pipeline.use_rules(ruleset)  # first: the new rules' jobs must find their grants
         self.engine.swap_rules(ruleset)
         self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)
         self.metrics.rules_reloads.labels(result="success").inc()
-        log.info("rules reloaded: %d rules", len(ruleset))
+        log.info("rules reloaded: %s", count(len(ruleset), "rule"))
+        self.last_reload = {"ok": True, "at": time.time(), "problems": []}
         hooks.on_reloaded(True, len(ruleset))
         return True
 
     def ready(self) -> tuple[bool, dict[str, str]]:
-        """Readiness: connected to the stream, rules loaded, spool writable."""
+        """Readiness: connected to the stream, rules loaded, spool writable; and which
+        delivery targets are failing now (named, but not making eventd unready: a dead
+        webhook or database must not stall a rollout, its actions wait in the spool)."""
         stream = self.streams.status()
         store_ok = self.store.healthy()
         checks = {
@@ -288,7 +388,16 @@ class Daemon:
         }
         if self.coordinator is not None:
             checks["cluster"] = "ok" if self.coordinator.reachable else "unreachable"
-        return all(v in ("ok", "standby") for v in checks.values()), checks
+        restarting = self.metrics.workers.down()
+        if restarting:  # a worker died and waits to run again: its work is not being done
+            checks["workers"] = "restarting: " + ", ".join(restarting)
+        ready = all(v in ("ok", "standby") for v in checks.values())
+        down = self.dispatcher.down_targets()
+        if down:  # said, not judged: eventd is ready, its actions wait in the spool
+            # (a queue names only where: a host, a database, never a path or a secret)
+            checks["targets"] = "down: " + ", ".join(down[:10]) + \
+                (f" and {len(down) - 10} more" if len(down) > 10 else "")
+        return ready, checks
 
     def wait_idle(self, timeout: float) -> bool:
         """True once everything received was processed and every accepted action is done."""
@@ -343,12 +452,14 @@ class Daemon:
         ruleset = load_rules(self.settings.rules, rules_environ(self.settings, self.environ),
                              rule_vocabulary(self.settings.source))
         self._rules_loaded = True
+        self.last_reload = {"ok": True, "at": time.time(), "problems": []}
         self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)
         return ruleset
 
     def _spawn(self, name: str, target: Any) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread = threading.Thread(target=self.metrics.workers.run, args=(name, target),
+                                  name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
 

@@ -13,17 +13,19 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
-from eventd.actions.base import ActionJob
+from eventd.attachments import Attacher
 from eventd.dedupe import DedupeWindow
 from eventd.errors import TemplateError
 from eventd.events import Event, Received, object_ref, parse_datetime
 from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
-from eventd.ops.metrics import Metrics
+from eventd.ops.metrics import KNOWN_TYPES, Metrics
+from eventd.records import ActionJob
 from eventd.ruleset.model import ActionSpec, Rule
 from eventd.ruleset.templates import build_context
 
@@ -52,6 +54,9 @@ class SelfCausedCheck(Protocol):
 
     def is_self_caused(self, event: Event) -> bool: ...
     def record(self, target_uri: str) -> None: ...
+    def marks(self) -> Sized:
+        """Empty while nothing is marked: then no event is self-caused (asked per batch)."""
+        ...
 
 
 class ActionObserver(Protocol):
@@ -78,6 +83,17 @@ class GroupSink(Protocol):
             event: dict[str, Any], now: float, resource: Any = None) -> int: ...
 
 
+class Muter(Protocol):
+    """Says whether a silence mutes one action (eventd.silences' book): the silence, or None.
+
+    `watch` is empty while no silence is pending or active: then `muted` is not asked."""
+
+    watch: tuple[Any, ...]
+
+    def muted(self, rule: str, kind: str, event: Mapping[str, Any],
+              options: Mapping[str, Any]) -> Any: ...
+
+
 class EngineStore(Protocol):
     """What the engine needs of the store: throttle windows (the de-dup window is its own)."""
 
@@ -90,9 +106,10 @@ class Decision:
 
     rule: str
     kind: str
-    status: str  # accepted | throttled | skipped | failed | grouped | shadow
+    status: str  # accepted | throttled | skipped | failed | grouped | shadow | silenced
     options: dict[str, Any] | None = None
     reason: str = ""
+    job: str = ""  # the accepted job's id (what its delivery is reported by)
 
 
 @dataclass
@@ -121,7 +138,8 @@ class Engine:
                  max_event_age: float = DEFAULT_MAX_EVENT_AGE, action_window: int = 10_000,
                  clock: Callable[[], float] = time.time,
                  submit_many: Callable[[list[ActionJob]], object] | None = None,
-                 dedupe: DedupeWindow | None = None, grouper: GroupSink | None = None) -> None:
+                 dedupe: DedupeWindow | None = None, grouper: GroupSink | None = None,
+                 silences: Muter | None = None, attacher: Attacher | None = None) -> None:
         self.rules = rules
         self._submit = submit
         self._submit_many: Callable[[list[ActionJob]], object] = submit_many or (
@@ -134,22 +152,24 @@ class Engine:
         self._store = store
         self._metrics = metrics
         self._enricher = enricher
+        self._attacher = attacher
         self._loop_guard = loop_guard
         self._action_waiter = action_waiter
         self._max_event_age = max_event_age
         self._clock = clock
         self._grouper = grouper
+        self._silences = silences
         self._action_states: OrderedDict[tuple[str, str], bool] = OrderedDict()
         self._action_window = action_window
-        self._match_children: dict[str, Any] = {}
         self._action_children: dict[tuple[str, str], Any] = {}
-        self._duplicate = metrics.events_duplicate
         self.dedupe = dedupe if dedupe is not None else DedupeWindow()
         self._check_and_add = self.dedupe.check_and_add
-        # Counts gathered during a batch and added to the metrics once at its end: a
-        # prometheus counter takes a lock on every inc().
-        self._counts: dict[Any, int] = {}
-        self._received_children: dict[Any, Any] = {}
+        # Counted in plain Counters of this thread, summed by /metrics (eventd.ops.metrics.Tally):
+        # received by type (a known type, or "other"), duplicates, matches by rule name.
+        self._received = metrics.events_received.counts(_type_label)
+        self._duplicates = metrics.events_duplicate.counts()
+        self._matches = metrics.rule_matches.counts()
+        self._quiet_plan: _QuietPlan | None = None
         self.processed = 0
 
     # -- the rule set ----------------------------------------------------------------
@@ -162,39 +182,76 @@ class Engine:
         """Process a batch in order; one bad event never stops the rest.
 
         Per-event jobs (audit lines) of the whole batch are handed over together at the end.
+        A matched rule whose every action would do nothing now (a log line below the level)
+        is only counted, without an Outcome, when every rule the event matched is such a rule.
         """
         self._held = []
+        known: frozenset[Rule] | None  # the quiet rules, for _run_rules (None: ask each rule)
         try:
-            for received in batch:
+            quiet = known = self._quiet_rules()
+        except Exception as exc:  # noqa: BLE001 - an action kind's inactive() failed: no shortcut
+            report_internal_error("engine", exc, self._metrics)
+            quiet, known = _NO_RULES, None
+        self._count_received(batch)
+        matches = self._matches
+        waiter, guard = self._action_waiter, self._loop_guard
+        # The marks are live (the engine's own record() adds to them in the middle of a
+        # batch): asked for each event, but only while there is one.
+        marks, self_caused = (guard.marks(), guard.is_self_caused) if guard is not None \
+            else ((), _never)
+        match = self.rules.match  # read once: a reload takes effect at the next batch
+        repeated = self.dedupe.repeated(batch) or _NONE  # by uuid, the whole batch at once
+        duplicates = len(repeated)
+        # the console's Live page listens (on by default with the metrics port); read once
+        processing = hooks.processing
+        try:
+            # process(), written out: a Python call per event costs as much as half of this
+            for index, received in enumerate(batch):
+                if repeated and index in repeated:
+                    continue
                 try:
-                    self._process(received)
+                    event = received.event
+                    if event.get("type") == "action":
+                        if self._action_duplicate(event):
+                            duplicates += 1
+                            continue
+                        if waiter is not None and not received.internal:
+                            waiter.observe(event)
+                    if marks and self_caused(event):
+                        event["caused_by_eventd"] = True
+                    matched = match(event)
+                    if not matched:
+                        if processing:
+                            hooks.on_processed(event, (), ())
+                        continue
+                    if quiet.issuperset(matched):  # every action of each does nothing now
+                        if len(matched) == 1:
+                            matches[matched[0].name] += 1
+                        else:
+                            matches.update(map(_NAME, matched))
+                        if processing:
+                            hooks.on_processed(event, tuple(map(_NAME, matched)), ())
+                        continue
+                    outcome = self._run_rules(received, event, matched, known)
+                    if processing:
+                        hooks.on_processed(event, outcome.rules, outcome.decisions)
                 except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
                     report_internal_error("engine", exc, self._metrics)
         finally:
-            self.flush_counts()
+            if duplicates:
+                self._duplicates[()] += duplicates
+            self.processed += len(batch) - duplicates
             held, self._held = self._held, None
             if held:
                 self._submit_many(held)
 
     def process(self, received: Received) -> Outcome | None:
         """Process one event; returns what was decided (None for a duplicate or no match)."""
-        if self._held is not None:  # inside process_batch, which flushes at its end
-            return self._process(received)
-        try:
-            return self._process(received)
-        finally:
-            self.flush_counts()
-
-    def _process(self, received: Received) -> Outcome | None:
         event = received.event
         kind = event.get("type")
-        child = self._received_children.get(kind)
-        if child is None:
-            child = self._received_child(kind)
-        counts = self._counts
-        counts[child] = counts.get(child, 0) + 1
+        self._count_received((received,))
         if self._is_duplicate(received, event, kind):
-            counts[self._duplicate] = counts.get(self._duplicate, 0) + 1
+            self._duplicates[()] += 1
             return None
         if kind == "action" and self._action_waiter is not None and not received.internal:
             self._action_waiter.observe(event)
@@ -204,8 +261,35 @@ class Engine:
         rules = self.rules  # read once: a reload never lands in the middle of an event
         matched = rules.match(event)
         if not matched:
+            if hooks.processing:  # the console's Live page listens; nobody else, usually
+                hooks.on_processed(event, (), ())
             return None
-        return self._run_rules(received, event, matched)
+        outcome = self._run_rules(received, event, matched)
+        if hooks.processing:
+            hooks.on_processed(event, outcome.rules, outcome.decisions)
+        return outcome
+
+    def _count_received(self, batch: Sequence[Received]) -> None:
+        """Count events by type (a known type, or "other"), a whole batch in one C call."""
+        counts = self._received
+        try:
+            kinds = list(map(_TYPE, map(_EVENT, batch)))
+            set(kinds)  # TypeError for a type that is not hashable, before anything is counted
+        except (KeyError, TypeError):  # an event without a type, or not a string: one by one
+            kinds = [kind if type(kind) is str else "other"
+                     for kind in (r.event.get("type") if isinstance(r.event, dict) else None
+                                  for r in batch)]
+        counts.update(kinds)
+        if len(counts) > len(KNOWN_TYPES) + 1:  # types nobody documented: keep memory flat
+            self._received = self._metrics.events_received.fold(counts, _type_label)
+
+    def _quiet_rules(self) -> frozenset[Rule]:
+        """The active rules whose every action does nothing now (asked once per batch)."""
+        rules = self.rules
+        plan = self._quiet_plan
+        if plan is None or plan.rules is not rules:
+            plan = self._quiet_plan = _QuietPlan(rules, self._kinds, self._object_kinds)
+        return plan.quiet(self._kinds)
 
     def _is_duplicate(self, received: Received, event: Event, kind: object) -> bool:
         """By uuid over a bounded window; backfilled actions by (action uuid, state)."""
@@ -213,8 +297,10 @@ class Engine:
             uid = event.get("uuid")
             if type(uid) is str and uid and self._check_and_add(uid):
                 return True
-        if kind != "action":
-            return False
+        return kind == "action" and self._action_duplicate(event)
+
+    def _action_duplicate(self, event: Event) -> bool:
+        """An action's (uuid, state) seen before, when either sighting was backfilled."""
         ref = object_ref(event.get("resource_uri"))
         if ref is None:
             return False
@@ -229,22 +315,31 @@ class Engine:
                 self._action_states.popitem(last=False)
         return False
 
-    def _run_rules(self, received: Received, event: Event, matched: list[Rule]) -> Outcome:
+    def _run_rules(self, received: Received, event: Event, matched: list[Rule],
+                   quiet: frozenset[Rule] | None = None) -> Outcome:
+        """`quiet`: the batch's rules whose every action does nothing now (None: ask each)."""
         now = self._clock()
         outcome = Outcome(event=event)
         per_event: dict[tuple[str, str], ActionJob] = {}
         resource: Any = _UNSET
         self_caused = bool(event.get("caused_by_eventd"))
+        object_kinds = self._object_kinds
         base: dict[str, Any] | None = None  # the template context, built once per event
+        attached: dict[Any, Any] = {}  # logs and history, read once per event (per spec)
         for rule in matched:
             if self_caused and not rule.allow_self_caused \
-                    and not self._object_kinds.isdisjoint(rule.kinds):
+                    and not object_kinds.isdisjoint(rule.kinds):
                 self._decide_all(outcome, rule, "skipped", "caused by eventd's own REST action")
                 continue
-            if rule.when is None and rule.throttle is None and self._quiet(rule):
+            # The batch's quiet set holds every quiet rule without an action on objects; the
+            # others (and a lone process()) are asked one by one.
+            if (quiet is not None and rule in quiet) or (
+                    rule.when is None and rule.throttle is None
+                    and (quiet is None or not object_kinds.isdisjoint(rule.kinds))
+                    and self._quiet(rule)):
                 # Every action would do nothing (log lines below the level): no context,
                 # no rendering, only the match is counted.
-                self._count_match(rule.name)
+                self._matches[rule.name] += 1
                 outcome.rules.append(rule.name)
                 for spec in rule.actions:
                     outcome.decisions.append(Decision(rule.name, spec.kind, "skipped", None,
@@ -254,18 +349,25 @@ class Engine:
                 resource = self._enrich(event)
                 if base is not None:
                     base["resource"] = resource
-            if base is None:
-                base = build_context(event, "", now, None if resource is _UNSET else resource)
-            context = base.copy()
-            context["rule"] = rule.name
-            try:
-                if rule.when is not None and not rule.when_holds(context):
+            context: dict[str, Any] | None = None
+            throttle_key = None
+            if not rule.plain:  # a plain rule's options are constant: no template context
+                if base is None:
+                    base = build_context(event, "", now, None if resource is _UNSET else resource)
+                context = base.copy()
+                context["rule"] = rule.name
+                if rule.enrichment is not None and self._attacher is not None:
+                    attached = self._attach(event, rule, now, attached)
+                    context.update(attached.get(rule.name, {}))
+                try:
+                    if rule.when is not None and not rule.when_holds(context):
+                        continue
+                    throttle_key = rule.throttle_key(context) if rule.throttle is not None \
+                        else None
+                except TemplateError as exc:
+                    self._template_failed(outcome, rule, None, exc)
                     continue
-                throttle_key = rule.throttle_key(context) if rule.throttle is not None else None
-            except TemplateError as exc:
-                self._template_failed(outcome, rule, None, exc)
-                continue
-            self._count_match(rule.name)
+            self._matches[rule.name] += 1
             outcome.rules.append(rule.name)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("rule %s matched event %s (%s %s)", rule.name, event.get("uuid", "?"),
@@ -276,6 +378,7 @@ class Engine:
                 self._decide_all(outcome, rule, "throttled", f"throttled (key {throttle_key!r})")
                 continue
             if rule.mode == "shadow":
+                assert context is not None  # a shadow rule is never plain
                 self._shadow(outcome, rule, context)
                 continue
             for spec in rule.actions:
@@ -292,8 +395,9 @@ class Engine:
         return outcome
 
     def _accept(self, outcome: Outcome, per_event: dict[tuple[str, str], ActionJob],
-                received: Received, rule: Rule, spec: ActionSpec, context: dict[str, Any],
-                now: float) -> None:
+                received: Received, rule: Rule, spec: ActionSpec,
+                context: dict[str, Any] | None, now: float) -> None:
+        """`context` is None for a plain rule (its options are constant, it has no group)."""
         if spec.kind in self._object_kinds and self._too_old(received.event,
                                                               received.received_at):
             reason = f"event older than max_event_age ({self._max_event_age:.0f} s)"
@@ -309,12 +413,19 @@ class Engine:
             outcome.decisions.append(Decision(rule.name, spec.kind, "skipped", None, "inactive"))
             return
         if spec.group is not None:
-            self._group(outcome, rule, spec, context, received.event, now)
+            assert context is not None  # a grouped action is never constant
+            silences = self._silences
+            if silences is None or not silences.watch \
+                    or not self._silenced(outcome, rule, spec, spec.options):
+                self._group(outcome, rule, spec, context, received.event, now)
             return
         try:
-            options = spec.render(context)
+            options = spec.render(context if context is not None else _NO_CONTEXT)
         except TemplateError as exc:
             self._template_failed(outcome, rule, spec, exc)
+            return
+        silences = self._silences
+        if silences is not None and silences.watch and self._silenced(outcome, rule, spec, options):
             return
         target = kind.target(options)
         if kind.per_event:
@@ -324,18 +435,38 @@ class Engine:
                     id=job_id("\0".join(outcome.rules), received.event, spec.index), rule=rule.name,
                     kind=spec.kind, options=options, event=received.event, target=target,
                     created_at=now)
-            self._decide(outcome, rule.name, spec.kind, "accepted", options=options)
+            self._decide(outcome, rule.name, spec.kind, "accepted", options=options,
+                         job=per_event[key].id)
             return
         job = ActionJob(id=job_id(rule.name, received.event, spec.index), rule=rule.name,
                         kind=spec.kind, options=options, event=received.event, target=target,
                         created_at=now)
-        self._decide(outcome, rule.name, spec.kind, "accepted", options=options)
+        if context is not None and getattr(kind, "incident", False):  # plain: no enrichment
+            _attach_to(job, context)
+        self._decide(outcome, rule.name, spec.kind, "accepted", options=options, job=job.id)
         if self._loop_guard is not None and spec.kind in self._object_kinds:
             # Known at once, before any replica delivers it: the object's next events may
             # arrive before the call is made (a kind acting on objects names one in `target`,
             # or a raw call in `path`).
             self._loop_guard.record(str(options.get("target") or options.get("path") or ""))
-        self._submit(job)
+        if self._held is not None and hasattr(kind, "send_batch"):
+            self._held.append(job)  # a kind that writes batches: the batch's jobs spooled at once
+        else:
+            self._submit(job)
+
+    def _silenced(self, outcome: Outcome, rule: Rule, spec: ActionSpec,
+                  options: dict[str, Any]) -> bool:
+        """True (decided and counted) when a silence mutes this action: it is not run."""
+        assert self._silences is not None
+        silence = self._silences.muted(rule.name, spec.kind, outcome.event, options)
+        if silence is None:
+            return False
+        self._decide(outcome, rule.name, spec.kind, "silenced", f"silence {silence.id}",
+                     options=options)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("rule %s: %s silenced for event %s by silence %s", rule.name, spec.kind,
+                      outcome.event.get("uuid", "?"), silence.id)
+        return True
 
     def _group(self, outcome: Outcome, rule: Rule, spec: ActionSpec, context: dict[str, Any],
                event: Event, now: float) -> None:
@@ -378,6 +509,24 @@ class Engine:
         when = parse_datetime(event.get("datetime"))
         return when is not None and received_at - when > self._max_event_age
 
+    def _attach(self, event: Event, rule: Rule, now: float,
+                attached: dict[Any, Any]) -> dict[Any, Any]:
+        """Read the logs and history `rule` asks for into `attached` (once per spec and event):
+        `attached[rule.name]` holds the names its templates see."""
+        assert self._attacher is not None and rule.enrichment is not None
+        names: dict[str, Any] = {}
+        logs, history = rule.enrichment.logs, rule.enrichment.history
+        if logs is not None:
+            if ("logs", logs) not in attached:
+                attached["logs", logs] = self._attacher.logs(event, logs)
+            names["logs"] = attached["logs", logs]
+        if history is not None:
+            if ("history", history) not in attached:
+                attached["history", history] = self._attacher.history(event, history, now)
+            names["history"] = attached["history", history]
+        attached[rule.name] = names
+        return attached
+
     def _enrich(self, event: Event) -> Any:
         if self._enricher is None:
             return None
@@ -408,33 +557,10 @@ class Engine:
                      outcome.event.get("uuid", "?"), reason)
 
     def _decide(self, outcome: Outcome, rule: str, kind: str, status: str, reason: str = "",
-                options: dict[str, Any] | None = None) -> None:
-        outcome.decisions.append(Decision(rule, kind, status, options, reason))
-        if status in ("throttled", "skipped", "failed", "grouped", "shadow"):
+                options: dict[str, Any] | None = None, job: str = "") -> None:
+        outcome.decisions.append(Decision(rule, kind, status, options, reason, job))
+        if status in ("throttled", "skipped", "failed", "grouped", "shadow", "silenced"):
             self._count_action(kind, status)
-
-    def _count_match(self, rule: str) -> None:
-        child = self._match_children.get(rule)
-        if child is None:
-            child = self._match_children[rule] = self._metrics.rule_matches.labels(rule=rule)
-        counts = self._counts
-        counts[child] = counts.get(child, 0) + 1
-
-    def _received_child(self, kind: Any) -> Any:
-        label = self._metrics.event_type_label(kind)
-        child = self._metrics.events_received.labels(type=label)
-        try:
-            if len(self._received_children) < 1000:
-                self._received_children[kind] = child
-        except TypeError:  # an unhashable type: count it, don't cache it
-            pass
-        return child
-
-    def flush_counts(self) -> None:
-        """Add the counts gathered so far to the metrics."""
-        counts, self._counts = self._counts, {}
-        for child, amount in counts.items():
-            child.inc(amount)
 
     def _count_action(self, kind: str, outcome: str) -> None:
         child = self._action_children.get((kind, outcome))
@@ -452,8 +578,76 @@ def _brief(options: dict[str, Any], limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+class _QuietPlan:
+    """Which rules of a rule set do nothing visible right now, asked once per batch.
+
+    Candidates are the rules without `when` or `throttle` and with no action on objects (so
+    neither the loop guard nor the event's age changes what they do); they are grouped by
+    their actions' kinds and options, and each group's actions are asked `inactive()` once
+    per batch: a log level changed at run time takes effect at the next batch.
+    """
+
+    def __init__(self, rules: Rules, kinds: Mapping[str, KindTraits],
+                 object_kinds: frozenset[str]) -> None:
+        self.rules = rules
+        groups: dict[tuple[tuple[str, str], ...], list[Rule]] = {}
+        actions: dict[tuple[tuple[str, str], ...], list[ActionSpec]] = {}
+        for rule in getattr(rules, "rules", ()):
+            if rule.when is not None or rule.throttle is not None \
+                    or not object_kinds.isdisjoint(rule.kinds):
+                continue
+            key = tuple((spec.kind, json.dumps(spec.options, sort_keys=True, default=str))
+                        for spec in rule.actions)
+            groups.setdefault(key, []).append(rule)
+            actions.setdefault(key, list(rule.actions))
+        self._groups = [(actions[key], tuple(members)) for key, members in groups.items()]
+        self._verdicts: tuple[bool, ...] | None = None
+        self._quiet: frozenset[Rule] = frozenset()
+
+    def quiet(self, kinds: Mapping[str, KindTraits]) -> frozenset[Rule]:
+        verdicts = tuple(all(kinds.get(spec.kind) is not None
+                             and kinds[spec.kind].inactive(spec.options) for spec in specs)
+                         for specs, _ in self._groups)
+        if verdicts != self._verdicts:
+            self._verdicts = verdicts
+            self._quiet = frozenset(rule for verdict, (_, members) in zip(verdicts, self._groups,
+                                                                          strict=True)
+                                    if verdict for rule in members)
+        return self._quiet
+
+
+_NAME = attrgetter("name")
+
+
+def _never(event: Event) -> bool:
+    """No loop guard: no event is self-caused."""
+    return False
+
+
+_NONE: frozenset[int] = frozenset()
+_NO_RULES: frozenset[Rule] = frozenset()
+_NO_CONTEXT: Mapping[str, Any] = {}  # what a constant action's options are rendered with
+_EVENT = attrgetter("event")
+_TYPE = itemgetter("type")
+
+
+def _type_label(kind: Any) -> tuple[str, ...]:
+    """An event type's label: the type itself if documented, else `other`."""
+    return (kind if kind in KNOWN_TYPES else "other",)
+
+
 class _Unset:
     pass
 
 
 _UNSET: Any = _Unset()
+
+
+def _attach_to(job: ActionJob, context: Mapping[str, Any]) -> None:
+    """An incident kind's job carries the logs and a history summary (not every event)."""
+    if context.get("logs"):
+        job.context["logs"] = list(context["logs"])
+    history = context.get("history")
+    if isinstance(history, dict):
+        job.context["history"] = {k: history[k] for k in ("summary", "count", "exit_codes")
+                                  if k in history}

@@ -9,11 +9,14 @@
     │   ├── AuthRejected            the server refused the credentials (exit 3)
     │   └── HandshakeFailed         a non-101 answer other than 401/403 (retried)
     ├── StoreError                  a store operation failed (`op`); drivers' errors become this
+    │   └── StoreUnreachable        the store did not answer: "cannot reach the store at X" (exit 2)
+    ├── LeaseLost                   a write fenced off: the lease it was made under moved on
     ├── MalformedEvent              a frame that is not a usable event (counted, skipped)
     ├── TemplateError               a template failed to render for one event
     ├── ActionError                 an action attempt failed
     │   ├── RetryableActionError    connection error, timeout, 5xx, 429: try again later
     │   └── PermanentActionError    other 4xx, a redirect, bad or unsafe options: dead-letter
+    │       └── GateRefused         the gate refused the request (`reason`): none was made
     └── ActionSkipped               an action decided not to run (rate limit): done, not retried
 """
 
@@ -59,6 +62,21 @@ class StoreError(EventdError):
     def __init__(self, message: str, op: str = "") -> None:
         super().__init__(message)
         self.op = op
+
+
+class StoreUnreachable(StoreError):
+    """The store did not answer (down, refused, a wrong address): the one wording every command
+    prints. `where` is its address without credentials, `reason` what the driver said."""
+
+    def __init__(self, where: str, reason: str, op: str = "") -> None:
+        super().__init__(f"cannot reach the store at {where} ({reason})", op=op)
+        self.where = where
+        self.reason = reason
+
+
+class LeaseLost(EventdError):
+    """A replica's write refused where it lands: the lease of the namespace it belongs to is
+    no longer this replica's (another took the stream). Not a store failure: never retried."""
 
 
 class StreamError(EventdError):
@@ -117,6 +135,15 @@ class RetryableActionError(ActionError):
 
 class PermanentActionError(ActionError):
     """A failure that retrying cannot fix: 4xx other than 429, invalid options."""
+
+
+class GateRefused(PermanentActionError):
+    """The gate refused what an attempt would send; no request was made. `reason` is a
+    bounded metric label (eventd_gate_refused_total), the message says why in words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, detail=message)
+        self.reason = reason
 
 
 class ActionSkipped(EventdError):

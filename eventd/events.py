@@ -22,6 +22,8 @@ Event = dict[str, Any]
 
 #: resource_uri of eventd's own stream events (gaps).
 STREAM_URI = "/eventd/stream/"
+#: resource_uri prefix of Docker Engine objects (`/docker/<type>/<id>/`)
+DOCKER_URI_PREFIX = "/docker/"
 
 _TAIL = re.compile(r"([A-Za-z_-]+)/([0-9A-Za-z-]+)/?$")
 

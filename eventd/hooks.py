@@ -1,4 +1,4 @@
-"""Hooks: the daemon's news (connected, disconnected, delivered, dead-lettered, reloaded) for listeners.
+"""Hooks: the daemon's news (connections, deliveries, dead letters, reloads, events) for listeners.
 
 The core announces what happened with one call each; a listener (the demo's narrator, a test)
 subscribes to `hooks` and hears it, so nothing that listens has to parse log lines, and
@@ -10,13 +10,13 @@ daemon. A listener that raises is reported by the internal-error guard, never to
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eventd.ops.internal import report_internal_error
 
 if TYPE_CHECKING:
-    from eventd.actions.base import ActionJob
+    from eventd.records import ActionJob
 
 
 class Observer:
@@ -47,24 +47,39 @@ class Observer:
     def on_reloaded(self, ok: bool, rules: int) -> None:
         """A rule reload finished: `ok` False keeps the `rules` in force."""
 
+    def on_processed(self, event: Mapping[str, Any], rules: Sequence[str],
+                     decisions: Sequence[Any]) -> None:
+        """The engine is done with an event (not a duplicate): the `rules` it matched and what
+        was decided for each of their actions (eventd.engine.Decision: rule, kind, status,
+        reason, job). Runs on the engine's thread for every event: keep it to an append."""
+
 
 class Hooks(Observer):
     """Fans each hook out to the subscribed observers; costs one empty loop with none."""
 
     def __init__(self) -> None:
         self._observers: tuple[Observer, ...] = ()
+        #: the observers' own `on_processed`, bound: the engine calls `on_processed` for every
+        #: event only while this is not empty, and calls no observer that does not listen
+        self.processing: tuple[Callable[..., None], ...] = ()
         self._lock = threading.Lock()
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
         """Start calling `observer`; return the function that unsubscribes it."""
         with self._lock:
             self._observers = (*self._observers, observer)
+            self._sort()
 
         def unsubscribe() -> None:
             with self._lock:
                 self._observers = tuple(o for o in self._observers if o is not observer)
+                self._sort()
 
         return unsubscribe
+
+    def _sort(self) -> None:
+        self.processing = tuple(o.on_processed for o in self._observers
+                                if type(o).on_processed is not Observer.on_processed)
 
     def _each(self, name: str, *args: Any) -> None:
         for observer in self._observers:
@@ -107,6 +122,15 @@ class Hooks(Observer):
         """Tell every observer."""
         if self._observers:
             self._each("on_reloaded", ok, rules)
+
+    def on_processed(self, event: Mapping[str, Any], rules: Sequence[str],
+                     decisions: Sequence[Any]) -> None:
+        """Tell every observer that listens to it."""
+        for listener in self.processing:
+            try:
+                listener(event, rules, decisions)
+            except Exception as exc:  # noqa: BLE001 - a listener must not break the daemon
+                report_internal_error("hook on_processed", exc)
 
 
 #: The process's hooks: the core calls them, listeners subscribe (as loggers, one per process).

@@ -27,6 +27,19 @@ if TYPE_CHECKING:
 DEFAULT_STREAM_HOST = "wss://ws.cloud.docker.com/"
 DEFAULT_REST_HOST = "https://cloud.docker.com/"
 
+# The timing defaults, in one place: Settings, the stream's options, the consumer loop's, the
+# backoff policy (`eventd.backoff`) and delivery's retry policy all start from these.
+DEFAULT_PING_INTERVAL = 10.0
+DEFAULT_PONG_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 300.0
+#: the first wait after a failure (stream reconnects, delivery probes, backfill retries)...
+DEFAULT_BACKOFF_INITIAL = 1.0
+#: ...doubling per failure in a row up to this
+DEFAULT_BACKOFF_MAX = 60.0
+#: a connection that lasted this long was healthy: the backoff starts over after it
+DEFAULT_HEALTHY_AFTER = 30.0
+DEFAULT_AUTH_ERROR_WAIT = 3600.0
+
 
 def _host(value: str, schemes: tuple[str, ...], variable: str) -> str:
     """Normalise a host URL to end in exactly one slash; reject other schemes."""
@@ -39,7 +52,9 @@ def _host(value: str, schemes: tuple[str, ...], variable: str) -> str:
 
 #: secrets that may come from a file named by `<NAME>_FILE` (Docker secrets, Kubernetes)
 SECRET_FILE_VARIABLES = ("DOCKERCLOUD_AUTH", "DOCKERCLOUD_APIKEY", "DOCKERCLOUD_PASS",
-                         "EVENTD_STORE_PASSWORD")
+                         "EVENTD_STORE_PASSWORD", "EVENTD_JOB_KEY", "EVENTD_UI_TOKEN")
+#: shortest console token accepted (EVENTD_UI_TOKEN): a guessable one protects nothing
+MIN_UI_TOKEN = 16
 _SECRET_FILE_LIMIT = 64 * 1024
 
 
@@ -274,18 +289,19 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     on_auth_error: str = "exit"  # exit | wait
-    auth_error_wait: float = 3600.0
+    auth_error_wait: float = DEFAULT_AUTH_ERROR_WAIT
     shutdown_timeout: float = 10.0
-    ping_interval: float = 10.0
-    pong_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    healthy_after: float = 30.0
-    #: events between reader and engine (backpressure beyond); each parsed event costs ~1 KiB
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    pong_timeout: float = DEFAULT_PONG_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    healthy_after: float = DEFAULT_HEALTHY_AFTER
+    #: events between reader and engine (backpressure beyond); each parsed event costs ~1.4 KiB
     #: and the queue is full whenever the stream outruns the rules: 2048 cost 1 MiB more at
-    #: the same CPU per event (bench/memprobe.py, issue 10)
-    queue_size: int = 1024
+    #: the same CPU per event (bench/memprobe.py, issue 10), 512 about 0.9 MiB less than 1024
+    #: (issue 21; a socket read of 64 KiB is ~200 events, so the reader still runs a batch ahead)
+    queue_size: int = 512
     dedupe_window: int = 50_000  # event uuids remembered: between half of it and all of it
     max_event_age: float = 900.0
     #: SQLite `synchronous` for the spool. In WAL mode "NORMAL" keeps every committed action
@@ -315,12 +331,27 @@ class Settings:
     docker_cert_path: str | None = None
     #: firing alerts are re-sent this often, with endsAt 4 x this ahead (EVENTD_ALERT_RESEND)
     alert_resend: float = 60.0
+    #: the key that signs spooled jobs (EVENTD_JOB_KEY or EVENTD_JOB_KEY_FILE): the same on
+    #: every replica of a cluster; without it eventd.delivery.signing picks one and says where
+    job_key: str | None = field(default=None, repr=False)
+    #: --allow-plaintext / EVENTD_ALLOW_PLAINTEXT: let credentials go over http:// to another
+    #: machine (the gate refuses that otherwise)
+    allow_plaintext: bool = False
+    #: EVENTD_SELF_CONTAINER: eventd's own container (id or name) when it cannot be found from
+    #: /proc; the docker action never acts on it
+    self_container: str | None = None
+    #: --ui: serve the console (/ui/ and /api/v1/) on the metrics port
+    ui: bool = True
+    #: EVENTD_UI_TOKEN or EVENTD_UI_TOKEN_FILE: the bearer token the console's actions need
+    #: (retry, discard, silences); without it the console is read-only
+    ui_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Build settings from DOCKERCLOUD_* variables, then apply explicit overrides."""
-        password = read_secret_files(environ, ("EVENTD_STORE_PASSWORD",)).get(
-            "EVENTD_STORE_PASSWORD") or None
+        secrets = read_secret_files(environ, ("EVENTD_STORE_PASSWORD", "EVENTD_JOB_KEY",
+                                              "EVENTD_UI_TOKEN"))
+        password = secrets.get("EVENTD_STORE_PASSWORD") or None
         stream = environ.get("DOCKERCLOUD_STREAM_HOST") or environ.get("DOCKERCLOUD_STREAM_URL") \
             or DEFAULT_STREAM_HOST
         rest = environ.get("DOCKERCLOUD_REST_HOST") or DEFAULT_REST_HOST
@@ -328,6 +359,8 @@ class Settings:
             "stream_host": _host(stream, ("ws", "wss"), "DOCKERCLOUD_STREAM_HOST"),
             "rest_host": _host(rest, ("http", "https"), "DOCKERCLOUD_REST_HOST"),
             "store_password": password,
+            "job_key": secrets.get("EVENTD_JOB_KEY") or None,
+            "ui_token": secrets.get("EVENTD_UI_TOKEN", "").strip() or None,
         }
         if "tls" not in overrides or overrides["tls"] is None:
             values["tls"] = tls_from_env(environ)
@@ -352,6 +385,13 @@ class Settings:
             values["docker_tls_verify"] = environ["DOCKER_TLS_VERIFY"]
         if environ.get("DOCKER_CERT_PATH"):
             values["docker_cert_path"] = environ["DOCKER_CERT_PATH"]
+        plaintext = environ.get("EVENTD_ALLOW_PLAINTEXT", "").strip().lower()
+        if plaintext:
+            if plaintext not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigError(f"EVENTD_ALLOW_PLAINTEXT must be true or false, got {plaintext!r}")
+            values["allow_plaintext"] = plaintext in ("1", "true", "yes", "on")
+        if environ.get("EVENTD_SELF_CONTAINER", "").strip():
+            values["self_container"] = environ["EVENTD_SELF_CONTAINER"].strip()
         resend = environ.get("EVENTD_ALERT_RESEND", "").strip()
         if resend:
             values["alert_resend"] = parse_duration(resend, "EVENTD_ALERT_RESEND")
@@ -365,6 +405,9 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        if self.ui_token is not None and len(self.ui_token) < MIN_UI_TOKEN:
+            raise ConfigError(f"EVENTD_UI_TOKEN must be at least {MIN_UI_TOKEN} characters "
+                              "(e.g. `openssl rand -hex 32`)")
         if self.alert_resend <= 0:
             raise ConfigError(f"--alert-resend (EVENTD_ALERT_RESEND) must be more than 0, "
                               f"got {self.alert_resend:g} s")

@@ -4,10 +4,9 @@ rules to the class.
 Kinds are imported lazily so that a rule file naming one kind never imports the others. Each
 kind declares its capabilities as class attributes (`durable`, `per_event`,
 `acts_on_objects`; see `base.ActionKind`), which the engine and the dispatcher read instead of
-testing kind names. Kinds use `errors`, `events`, `loopguard`, `ops`, `stores.files`, the
-shared HTTP layer and call limiter of `delivery` (`http`, `limits`), `dockercloud` the
-Docker Cloud REST client and `docker` the Engine client of `sources.docker`; never `engine`,
-`ruleset`, `commands` or `emulator`.
+testing kind names. Kinds use `records`, `errors`, `events`, `files`, `ops`, `guards` (loop
+guard, call limits) and `clients` (the shared HTTP layer, the Docker Cloud REST client, the
+Engine client); never `delivery`, `sources`, `engine`, `ruleset`, `commands` or `emulator`.
 """
 
 from __future__ import annotations
@@ -23,6 +22,14 @@ ACTIONS: dict[str, str] = {
     "dockercloud": "eventd.actions.dockercloud:DockerCloudAction",
     "audit": "eventd.actions.audit:AuditAction",
     "docker": "eventd.actions.docker:DockerAction",
+    "postgres": "eventd.actions.postgres:PostgresAction",
+    "nats": "eventd.actions.nats:NatsAction",
+    "mqtt": "eventd.actions.mqtt:MqttAction",
+    "amqp": "eventd.actions.amqp:AmqpAction",
+    "pagerduty": "eventd.actions.pagerduty:PagerDutyAction",
+    "slack": "eventd.actions.slack:SlackAction",
+    "opsgenie": "eventd.actions.opsgenie:OpsgenieAction",
+    "msteams": "eventd.actions.msteams:MsTeamsAction",
 }
 
 

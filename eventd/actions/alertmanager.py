@@ -8,16 +8,17 @@ What fires is kept and re-sent by `eventd.alerts.firing`, which puts `starts_at`
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import json
 import time
 from typing import Any, ClassVar
 
-from eventd.actions.base import ActionJob
-from eventd.actions.webhook import DEFAULT_TIMEOUT, HttpPostAction, check_timeout, check_url, origin
-from eventd.delivery.http import send
-from eventd.errors import ConfigError, PermanentActionError
+from eventd.actions.webhook import HttpPostAction, check_timeout, check_url
+from eventd.errors import ConfigError
 from eventd.events import parse_datetime
+from eventd.outbound import Address, Call, Outbound, parse_url
+from eventd.records import ActionJob
 from eventd.settings import parse_duration
 
 ALERTS_PATH = "/api/v2/alerts"
@@ -32,6 +33,8 @@ class AlertmanagerAction(HttpPostAction):
     """POST `[alert]` to `<url>/api/v2/alerts`."""
 
     name: ClassVar[str] = "alertmanager"
+    #: its alerts have a lifecycle (eventd.alerts.firing): fire, re-send, resolve, expire
+    incident: ClassVar[bool] = True
     durable: ClassVar[bool] = True
     per_event: ClassVar[bool] = False
     acts_on_objects: ClassVar[bool] = False
@@ -52,6 +55,9 @@ class AlertmanagerAction(HttpPostAction):
             "expire": {"type": ["string", "number"],
                        "description": "stop re-sending an alert nothing resolved after this long "
                                       "(default 24h)"},
+            "resolve_after": {"type": ["string", "number"],
+                              "description": "resolve the alert once it has not fired again for "
+                                             "this long"},
             "timeout": {"type": "number", "exclusiveMinimum": 0},
         },
     }
@@ -65,13 +71,14 @@ class AlertmanagerAction(HttpPostAction):
             if not isinstance(options.get(key, {}), dict):
                 problems.append(f"{key} must be a mapping of names to strings")
         problems.extend(check_timeout(options.get("timeout")))
-        expire = options.get("expire")
-        if expire is not None and not (isinstance(expire, str) and "{" in expire):
-            try:
-                if parse_duration(expire, "expire") <= 0:
-                    problems.append("expire must be more than 0")
-            except ConfigError as exc:
-                problems.append(str(exc))
+        for name in ("expire", "resolve_after"):
+            value = options.get(name)
+            if value is not None and not (isinstance(value, str) and "{" in value):
+                try:
+                    if parse_duration(value, name) <= 0:
+                        problems.append(f"{name} must be more than 0")
+                except ConfigError as exc:
+                    problems.append(str(exc))
         return problems
 
     def inactive(self, options: dict[str, Any]) -> bool:
@@ -85,9 +92,15 @@ class AlertmanagerAction(HttpPostAction):
         labels = {"alertname": job.rule}
         labels.update({str(k): str(v) for k, v in (options.get("labels") or {}).items()})
         started = parse_datetime(job.event.get("datetime"))
+        annotations = {str(k): str(v) for k, v in (options.get("annotations") or {}).items()}
+        logs, history = job.context.get("logs"), job.context.get("history")
+        if isinstance(logs, list) and logs and "logs" not in annotations:
+            annotations["logs"] = "\n".join(str(line) for line in logs)[-4000:]
+        if isinstance(history, dict) and history.get("summary") and "history" not in annotations:
+            annotations["history"] = str(history["summary"])[:4000]
         alert: dict[str, Any] = {
             "labels": labels,
-            "annotations": {str(k): str(v) for k, v in (options.get("annotations") or {}).items()},
+            "annotations": annotations,
             "startsAt": rfc3339(started if started is not None else time.time()),
         }
         context = job.context
@@ -101,19 +114,21 @@ class AlertmanagerAction(HttpPostAction):
             alert["generatorURL"] = str(options["generator_url"])
         return alert
 
-    def run(self, job: ActionJob) -> str:
-        """Post the alert once."""
-        base = str(job.options.get("url", ""))
-        where = origin(base)
-        if where == "invalid":
-            raise PermanentActionError("alertmanager: url must be an http:// or https:// URL")
-        url = base.split("?", 1)[0].rstrip("/") + ALERTS_PATH
-        self.check(url)
+    def prepare(self, job: ActionJob) -> Outbound:
+        """POST `[alert]` to the base URL's /api/v2/alerts (the base parsed once)."""
+        base, userinfo = parse_url(str(job.options.get("url", "")))
+        path = base.path.rstrip("/") + ALERTS_PATH
         body = json.dumps([self.alert(job)], separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": job.id}
-        response = send(self._sessions.get(), "POST", url, f"alertmanager {where}",
-                        timeout=float(job.options.get("timeout") or DEFAULT_TIMEOUT),
-                        headers=headers, data=body)
+        if userinfo is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+        address = Address(base.scheme, base.host, base.port, path)
+        return self.outbound(Call("POST", address, tuple(headers.items()), body,
+                                  credentials=userinfo is not None))
+
+    def send(self, job: ActionJob, outbound: Outbound) -> str:
+        """Post the alert once."""
+        sent = self.post(job, outbound)
         verb = "resolved" if "ends_at" in job.context else "re-sent" if job.context.get("resend") \
             else "alert"
-        return f"{verb} {job.rule} to {where}: HTTP {response.status_code}"
+        return f"{verb} {job.rule}: {sent}"

@@ -1,8 +1,10 @@
-"""The contract every action kind fulfils, and the job that carries one action to it.
+"""The contract every action kind fulfils (the job that carries one action is `records.ActionJob`).
 
 An action kind is a class registered in `eventd.actions.ACTIONS`. The daemon makes one
 instance per kind and hands it jobs; a job holds already-rendered options, so a job in the
-spool can be re-run after a restart without the rule that made it.
+spool can be re-run after a restart. Each attempt is two calls with the gate between them
+(eventd.delivery.gate): `prepare(job)` says what would be sent (an `outbound.Outbound`),
+`send(job, outbound)` sends exactly that. A kind never checks its own policy.
 """
 
 from __future__ import annotations
@@ -13,41 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import orjson
+
+from eventd.errors import PermanentActionError
+from eventd.outbound import Outbound
+from eventd.records import ActionJob
+
 if TYPE_CHECKING:
+    from eventd.errors import ActionError
+
+if TYPE_CHECKING:
+    from eventd.clients.dockercloud.auth import Credentials
+    from eventd.clients.dockercloud.rest import RestClient
     from eventd.ops.metrics import Metrics
     from eventd.settings import Settings
-    from eventd.sources.dockercloud.auth import Credentials
-    from eventd.sources.dockercloud.rest import RestClient
-
-
-@dataclass(slots=True)
-class ActionJob:
-    """One action to run for one event: serialisable, so the spool can keep it."""
-
-    id: str  # unique per (rule, event, action index); also the Idempotency-Key
-    rule: str
-    kind: str
-    options: dict[str, Any]  # rendered: no templates left
-    event: dict[str, Any]
-    target: str  # the delivery queue it belongs to (bounded: a host, "dockercloud", a file)
-    created_at: float
-    attempts: int = 0
-    context: dict[str, Any] = field(default_factory=dict)  # extra data a kind asked for
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form for the spool and dead letters."""
-        return {
-            "id": self.id, "rule": self.rule, "kind": self.kind, "options": self.options,
-            "event": self.event, "target": self.target, "created_at": self.created_at,
-            "attempts": self.attempts, "context": self.context,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ActionJob:
-        """Rebuild a job read back from the spool."""
-        return cls(**{k: data[k] for k in (
-            "id", "rule", "kind", "options", "event", "target", "created_at", "attempts", "context")
-            if k in data})
 
 
 class CallRecorder(Protocol):
@@ -87,6 +68,31 @@ class ActionContext:
     limiter: CallLimiter | None = None
     action_waiter: ActionFollower | None = None
     poll_interval: float = 1.0  # seconds between polls of a followed Docker Cloud action
+    #: the alert book (set once alerting is built): Slack keeps its message's ts there
+    incidents: IncidentNotes | None = None
+
+
+class IncidentNotes(Protocol):
+    """The firing alerts, as an incident kind sees them (eventd.alerts.firing.AlertBook): what
+    the service answered is kept with the alert, so its repeats and resolve can refer to it."""
+
+    def note(self, key: str, notes: dict[str, Any]) -> bool: ...
+
+    def notes(self, key: str) -> dict[str, Any]: ...
+
+
+class Batching(Protocol):
+    """A kind that sends several jobs of one queue at once (postgres: one transaction).
+
+    The dispatcher hands it up to `batch_size(options)` jobs that wait in one queue, after
+    the gate admitted each; `send_batch` returns one outcome per item, in order: a
+    description, or the ActionError of that item alone. Raising fails every item alike
+    (the target is down). Optional: a kind without it gets one job at a time.
+    """
+
+    def batch_size(self, options: dict[str, Any]) -> int: ...
+
+    def send_batch(self, items: list[tuple[ActionJob, Outbound]]) -> list[str | ActionError]: ...
 
 
 class FollowInterrupted(Exception):
@@ -153,8 +159,19 @@ class ActionKind(Protocol):
         """The delivery queue for these rendered options (bounded cardinality)."""
         ...
 
-    def run(self, job: ActionJob) -> str | FollowUp:
-        """One attempt. Return a short description of what was done, or a FollowUp.
+    def prepare(self, job: ActionJob) -> Outbound:
+        """What one attempt would send: the final method, address and headers of each call
+        (a URL parsed once, the container the Engine resolves, a broker subject).
+
+        Makes no request that changes anything (the docker kind inspects the container).
+        Raise PermanentActionError for options that cannot make a request, an
+        `outbound.BadAddress` for a URL that cannot be parsed unambiguously.
+        """
+        ...
+
+    def send(self, job: ActionJob, outbound: Outbound) -> str | FollowUp:
+        """Send `outbound`, which the gate admitted, as it is; a short description of what was
+        done (naming what was sent), or a FollowUp.
 
         Raise RetryableActionError (with retry_after if the server said) or
         PermanentActionError; anything else is treated as retryable and counted as internal.
@@ -164,3 +181,22 @@ class ActionKind(Protocol):
     def close(self) -> None:
         """Release files and sessions; called once at shutdown."""
         ...
+
+
+def json_message(value: Any, kind: str) -> bytes:
+    """`value` as JSON bytes. What event data can make unencodable for good (a lone surrogate,
+    an integer past 64 bits) is a PermanentActionError: a dead letter with the reason, never
+    an internal error retried for ever."""
+    try:
+        return orjson.dumps(value, default=str)
+    except orjson.JSONEncodeError as exc:
+        raise PermanentActionError(f"{kind}: the message cannot be sent as JSON ({exc})") from None
+
+
+def utf8_message(text: str, kind: str) -> bytes:
+    """`text` as UTF-8; a lone surrogate from event data is a PermanentActionError (as above)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PermanentActionError(f"{kind}: the message is not valid UTF-8 "
+                                   "(a lone surrogate)") from None

@@ -2,7 +2,9 @@
 
 `{call: restart, target: "{{ event.id }}", timeout: 10, signal: SIGKILL}`. The target is
 looked up first (a name or a short id becomes the full id, an unknown one is a dead letter),
-so the guards see the object the Engine's events will name: at most a few calls per
+and the call goes to that full id, never the name: the gate (eventd.delivery.gate) admits it
+only for the event's own container or one the rule names literally, never eventd's own. The
+guards see the object the Engine's events will name: at most a few calls per
 container per window (the limiter, checked when the job runs, so spooled jobs respect it
 too), and the loop guard told before the call, so the events a restart causes carry
 `caused_by_eventd: true`. Durable like `dockercloud`: accepted jobs are spooled and retried
@@ -12,14 +14,17 @@ while the Engine is away (connection errors, 5xx); 4xx answers are final.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from eventd.actions.base import ActionContext, ActionJob
-from eventd.delivery.limits import TargetLimiter
+from eventd.actions.base import ActionContext
 from eventd.errors import ActionSkipped, PermanentActionError, RetryableActionError
-from eventd.loopguard import LoopGuard
-from eventd.sources.docker.mapping import URI_PREFIX
+from eventd.events import DOCKER_URI_PREFIX as URI_PREFIX
+from eventd.guards.calls import TargetLimiter
+from eventd.guards.loop import LoopGuard
+from eventd.outbound import Address, BadAddress, Call, Outbound
+from eventd.records import ActionJob
 
 if TYPE_CHECKING:  # the Docker SDK (and requests under it) loads on the first call, not at start
     import docker
@@ -35,6 +40,8 @@ CALL_OPTIONS: dict[str, frozenset[str]] = {
 }
 #: the queue (and circuit breaker) every docker call shares: one Engine
 TARGET = "docker"
+#: what a container name or id can be (the Engine's own rule for names; ids are hex)
+_CONTAINER_REF = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
 
 
 def container_uri(container_id: str) -> str:
@@ -114,29 +121,42 @@ class DockerAction:
     def flush(self) -> None:
         """Nothing buffered."""
 
-    def run(self, job: ActionJob) -> str:
-        """Look the container up, pass the guards, make the call (once per attempt)."""
+    def prepare(self, job: ActionJob) -> Outbound:
+        """Ask the Engine which container the target names (a read); the call goes to its full
+        id, never to the name, so the gate judges the container that will be acted on."""
         options = job.options
         problems = self.validate(options)
         if problems or _is_template(options.get("call")):
             raise PermanentActionError(f"docker: {'; '.join(problems) or 'call not rendered'}")
         call, target = str(options["call"]), str(options["target"]).strip()
+        if not _CONTAINER_REF.fullmatch(target):  # the inspect URL is built from it
+            raise BadAddress("target is not a container name or id", reason="container")
         client = self._engine()
         try:
             container = client.inspect_container(target)
         except Exception as exc:  # noqa: BLE001 - sorted by _failed
             raise self._failed(exc, f"inspect {target[:80]}") from None
-        full_id = str(container.get("Id") or target)
-        name = str(container.get("Name") or "").lstrip("/") or full_id[:12]
-        uri = container_uri(full_id)
+        full_id = str(container.get("Id") or "") if isinstance(container, dict) else ""
+        name = str(container.get("Name") or "").lstrip("/") if isinstance(container, dict) else ""
+        return Outbound(kind=self.name, policy="docker",
+                        calls=(Call(call, Address("docker", path=full_id)),),
+                        subject=container_uri(full_id),
+                        facts={"name": name or full_id[:12], "requested": target})
+
+    def send(self, job: ActionJob, outbound: Outbound) -> str:
+        """Pass the guards and make the call on the resolved full id (once per attempt)."""
+        call = outbound.calls[0]
+        full_id, name = call.address.path, str(outbound.facts.get("name", ""))
+        uri = outbound.subject
         if not self.limiter.acquire(uri, job.id):
             raise ActionSkipped(f"rate limit reached for container {name}", reason="rate_limited")
         self.loop_guard.record(uri)
+        client = self._engine()
         try:
-            self._call(client, call, full_id, options)
+            self._call(client, call.method, full_id, job.options)
         except Exception as exc:  # noqa: BLE001
-            raise self._failed(exc, f"{call} {name}") from None
-        return f"{call} {name} ({full_id[:12]})"
+            raise self._failed(exc, f"{call.method} {name}") from None
+        return f"{call.method} {name} ({full_id[:12]})"
 
     def _call(self, client: docker.APIClient, call: str, container: str,
               options: dict[str, Any]) -> None:
@@ -158,7 +178,7 @@ class DockerAction:
         with self._lock:
             if self._client is None:
                 try:
-                    from eventd.sources.docker.client import make_client
+                    from eventd.clients.docker import make_client
 
                     self._client = make_client(self.context.settings)
                 except Exception as exc:  # noqa: BLE001
@@ -169,7 +189,7 @@ class DockerAction:
         """4xx: final (dead letter). The Engine away or failing (5xx): retried."""
         import docker.errors
 
-        from eventd.sources.docker.client import describe_failure
+        from eventd.clients.docker import describe_failure
 
         if isinstance(exc, docker.errors.APIError) and exc.response is not None:
             status = exc.response.status_code

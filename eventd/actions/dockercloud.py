@@ -1,8 +1,9 @@
 """The `dockercloud` action: a REST call on a Docker Cloud object (redeploy, scale, ...).
 
-Calls go through the shared RestClient (same credentials as the stream). A rendered target
-must be exactly a resource URI of the reference, of a type the call applies to: event data
-cannot steer the call elsewhere (`..`, `?`, `#`, another path). Each target object gets at
+Calls go through the shared RestClient (same credentials as the stream). `prepare` builds
+the final calls; the gate (eventd.delivery.gate) admits only paths of the reference's grammar,
+of a type the call applies to, in a namespace eventd serves: event data cannot steer a call
+elsewhere (`..`, `?`, `#`, another path, another namespace). Each target object gets at
 most a few calls per window (the limiter), checked when the job runs so spooled jobs respect
 it too; the loop guard is told before each call so the events the call causes are recognised
 as eventd's own. With `wait: true` the attempt returns a FollowUp holding the action URI: the
@@ -16,25 +17,22 @@ import logging
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from eventd.actions.base import (
     ActionContext,
     ActionFollower,
-    ActionJob,
     FollowInterrupted,
     FollowUp,
 )
-from eventd.delivery.limits import TargetLimiter
+from eventd.clients.dockercloud.namespaces import in_namespace
+from eventd.clients.dockercloud.rest import TERMINAL_STATES
 from eventd.errors import ActionError, ActionSkipped, PermanentActionError
-from eventd.events import RESOURCE_URI, object_ref
-from eventd.loopguard import LoopGuard
-from eventd.sources.dockercloud.action_waiter import TERMINAL_STATES
-from eventd.sources.dockercloud.namespaces import in_namespace
-from eventd.sources.dockercloud.rest import RestClient
-
-if TYPE_CHECKING:
-    import requests  # loaded by the REST client on its first call
+from eventd.events import object_ref
+from eventd.guards.calls import TargetLimiter
+from eventd.guards.loop import LoopGuard
+from eventd.outbound import Outbound
+from eventd.records import ActionJob
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +52,6 @@ ACTION_HEADER = "X-DockerCloud-Action-URI"
 DEFAULT_WAIT_TIMEOUT = 300.0
 POLL_INTERVAL = 1.0
 
-_API = {"service": "app", "container": "app", "stack": "app", "node": "infra",
-        "nodecluster": "infra"}
 _ACTION_URI = re.compile(r"/api/audit/v1/action/[0-9a-fA-F-]{36}/")
 
 
@@ -65,29 +61,6 @@ def normalise(uri: str) -> str:
     if not uri.startswith("/"):
         uri = "/" + uri
     return uri.rstrip("/") + "/"
-
-
-def check_target(call: str, target: str) -> str | None:
-    """Why `target` may not receive `call` (None: it may): a reference resource URI only."""
-    match = RESOURCE_URI.fullmatch(target)
-    if match is None:
-        return (f"target {target[:120]!r} is not a resource URI "
-                "(/api/<app|infra>/v1/[<namespace>/]<type>/<uuid>/)")
-    kind = match.group("type")
-    allowed = CALL_TYPES[call]
-    if kind not in allowed or _API[kind] != match.group("api"):
-        return f"{call} does not apply to a {kind} (only to: {', '.join(sorted(allowed))})"
-    return None
-
-
-def check_path(path: str) -> str | None:
-    """Why a raw `path` is refused (None: fine): an API path without `..`, a query or a fragment."""
-    if not path.startswith("/api/"):
-        return f"path {path[:120]!r} must start with /api/"
-    if "?" in path or "#" in path or "\\" in path or any(
-            part in (".", "..") for part in path.split("/")) or "%" in path:
-        return f"path {path[:120]!r} must not hold '..', '.', '?', '#', '%' or '\\\\'"
-    return None
 
 
 class DockerCloudAction:
@@ -145,21 +118,6 @@ class DockerCloudAction:
             problems.append("give either call or method and path, not both")
         return problems
 
-    @classmethod
-    def check_rendered(cls, options: dict[str, Any]) -> list[str]:
-        """Problems of rendered options: what the call would be made on, exactly."""
-        problems = cls.validate(options)
-        if problems:
-            return problems
-        call = options.get("call")
-        if call is None:
-            problem = check_path(str(options.get("path")))
-            return [problem] if problem else []
-        if call not in CALL_TYPES:
-            return [f"call must be one of {', '.join(CALLS)}, got {str(call)[:40]!r}"]
-        problem = check_target(str(call), normalise(str(options.get("target"))))
-        return [problem] if problem else []
-
     def target(self, options: dict[str, Any]) -> str:
         """All REST actions share one queue (one Docker Cloud account)."""
         return "dockercloud"
@@ -176,20 +134,43 @@ class DockerCloudAction:
     def flush(self) -> None:
         """Nothing buffered."""
 
-    def run(self, job: ActionJob) -> str | FollowUp:
-        """Make the call (once per attempt); with `wait`, hand back a FollowUp of the action."""
+    def prepare(self, job: ActionJob) -> Outbound:
+        """The REST calls of the job (scale: PATCH then POST), each URL parsed once.
+
+        A target without a namespace is called in the namespace of the stream its event came
+        from (eventd tags events of DOCKERCLOUD_NAMESPACE's streams); an event's own
+        `namespace` key is data and never a path part.
+        """
         rest = self.context.rest
         if rest is None:
             raise PermanentActionError("dockercloud: no REST client (credentials) configured")
         options = job.options
-        problems = self.check_rendered(options)
-        if problems:
-            raise PermanentActionError(f"dockercloud: refused, no request made: {'; '.join(problems)}")
+        problems = self.validate(options)
         call = options.get("call")
-        # A target without a namespace is called in the namespace its event came from.
-        target = in_namespace(normalise(str(options.get("target") or options.get("path"))),
-                              job.event.get("namespace"))
+        if not problems and call is not None and call not in CALL_TYPES:
+            problems = [f"call must be one of {', '.join(CALLS)}, got {str(call)[:40]!r}"]
+        if problems:
+            raise PermanentActionError(f"dockercloud: {'; '.join(problems)}")
+        base = in_namespace(normalise(str(options.get("target") or options.get("path"))),
+                            self._stream_namespace(job))
+        calls = [rest.call(method, path, params=params, json=body)
+                 for method, path, params, body in self._requests(call, base, options)]
         what = str(call or str(options.get("method")).upper())
+        return Outbound(kind=self.name, policy="dockercloud", calls=tuple(calls), subject=base,
+                        facts={"what": what})
+
+    def _stream_namespace(self, job: ActionJob) -> str | None:
+        namespace = job.event.get("namespace")
+        configured = self.context.settings.namespaces
+        return namespace if isinstance(namespace, str) and namespace in configured else None
+
+    def send(self, job: ActionJob, outbound: Outbound) -> str | FollowUp:
+        """Make the calls (once per attempt); with `wait`, hand back a FollowUp of the action."""
+        rest = self.context.rest
+        if rest is None:
+            raise PermanentActionError("dockercloud: no REST client (credentials) configured")
+        options = job.options
+        target, what = outbound.subject, str(outbound.facts.get("what", ""))
         timeout = float(options.get("wait_timeout") or DEFAULT_WAIT_TIMEOUT)
         resumed = job.context.get("action_uri")
         if isinstance(resumed, str) and _ACTION_URI.fullmatch(resumed):
@@ -198,7 +179,10 @@ class DockerCloudAction:
         if not self.limiter.acquire(target, job.id):
             raise ActionSkipped(f"rate limit reached for {target}", reason="rate_limited")
         self.loop_guard.record(target)
-        response = self._call(rest, str(call) if call else None, target, options)
+        response = None
+        for call in outbound.calls:
+            response = rest.send_call(call)
+        assert response is not None
         action_uri = response.headers.get(ACTION_HEADER)
         if not action_uri:
             return f"{what} {target}: HTTP {response.status_code}"
@@ -218,25 +202,27 @@ class DockerCloudAction:
         return FollowUp(description=f"{what} {target}: following action {action_uri}{note}",
                         progress={"action_uri": action_uri}, follow=follow)
 
-    def _call(self, rest: RestClient, call: str | None, target: str,
-              options: dict[str, Any]) -> requests.Response:
+    @staticmethod
+    def _requests(call: object, target: str, options: dict[str, Any],
+                  ) -> list[tuple[str, str, dict[str, str] | None, Any]]:
+        """(method, path, query, JSON body) of each request a call makes (reference 3.3)."""
         if call is None:
-            return rest.request(str(options["method"]).upper(), target, json=options.get("json"))
+            return [(str(options["method"]).upper(), target, None, options.get("json"))]
         if call == "redeploy":
             params = {"reuse_volumes": "false"} \
                 if "reuse_volumes" in options and not _truthy(options["reuse_volumes"]) else None
-            return rest.request("POST", f"{target}redeploy/", params=params)
+            return [("POST", f"{target}redeploy/", params, None)]
         if call == "terminate":
-            return rest.request("DELETE", target)
+            return [("DELETE", target, None, None)]
         if call == "scale":
             try:
                 count = int(options["containers"])
             except (TypeError, ValueError):
                 raise PermanentActionError(
                     f"scale {target}: containers must be an integer") from None
-            rest.request("PATCH", target, json={"target_num_containers": count})
-            return rest.request("POST", f"{target}scale/")
-        return rest.request("POST", f"{target}{call}/")
+            return [("PATCH", target, None, {"target_num_containers": count}),
+                    ("POST", f"{target}scale/", None, None)]
+        return [("POST", f"{target}{call}/", None, None)]
 
     def _follow(self, action_uri: str, timeout: float, stopping: threading.Event) -> str:
         """The action's terminal state; PermanentActionError if it does not end in time.

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from eventd.actions.base import ActionContext, ActionJob
+from eventd.actions.base import ActionContext
+from eventd.outbound import Address, Call, Outbound
+from eventd.records import ActionJob
 
 logger = logging.getLogger(__name__)
 
+_LOG_LINE = Outbound(kind="log", policy="local",
+                     calls=(Call("append", Address("log", path=__name__)),))
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
@@ -54,7 +58,11 @@ class LogAction:
     def flush(self) -> None:
         """Nothing buffered."""
 
-    def run(self, job: ActionJob) -> str:
+    def prepare(self, job: ActionJob) -> Outbound:
+        """A line on eventd's own log (the gate's `local` policy)."""
+        return _LOG_LINE
+
+    def send(self, job: ActionJob, outbound: Outbound) -> str:
         """Log the message with the rule's name."""
         level = LEVELS.get(job.options.get("level", "info"), logging.INFO)
         if logger.isEnabledFor(level):

@@ -7,7 +7,7 @@ hold only scheme://host:port: a webhook URL's path or query is often its secret.
 
 from __future__ import annotations
 
-import fnmatch
+import base64
 import json
 import re
 import threading
@@ -15,9 +15,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
-from eventd.actions.base import ActionContext, ActionJob
-from eventd.delivery.http import new_session, send
+from eventd.actions.base import ActionContext, utf8_message
+from eventd.clients.http import new_session, send_call
 from eventd.errors import ConfigError, PermanentActionError
+from eventd.ops.logconfig import MASK, redact
+from eventd.outbound import BadAddress, Call, Outbound, parse_url
+from eventd.records import ActionJob
 
 if TYPE_CHECKING:
     import requests  # loaded by new_session() on the first request
@@ -27,40 +30,56 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def origin(url: str) -> str:
-    """`scheme://host:port` of a URL (never user info, path or query); `invalid` if unparsable."""
+    """`scheme://host:port` of a URL (never user info, path or query); `invalid` if it cannot
+    be parsed unambiguously (the same parser the gate and the request use)."""
     try:
-        parts = urlsplit(url.strip())
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
+        return parse_url(url)[0].origin
+    except BadAddress:
         return "invalid"
-    if parts.scheme not in ("http", "https") or not host:
-        return "invalid"
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}:{port}"
 
 
-_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+#: a path segment that looks like a token (20+ characters mixing letters and digits)...
+_TOKEN_LIKE = re.compile(r"(?=[^/]*[0-9])(?=[^/]*[A-Za-z])[A-Za-z0-9_\-]{20,}")
+#: ...or names one (`/secret-token`, `/apikey`)
+_NAMES_A_SECRET = re.compile(r"(?i)token|key|secret|passw|pwd|sig|auth|cred")
 
 
-def check_destination(url: str, allow_hosts: tuple[str, ...] = ()) -> str | None:
-    """Why a rendered URL may not be used (None: it may): a path climbing with `.`/`..`
-    segments (also percent-encoded), or a host outside the --allow-host patterns."""
-    try:
-        parts = urlsplit(url.strip())
-        host = (parts.hostname or "").lower()
-    except ValueError:
-        return "url is not a valid URL"
-    path = parts.path
-    if _DOT_SEGMENT.search(path) or _DOT_SEGMENT.search(unquote(path)) or "\\" in path:
-        return "url path must not hold '.' or '..' segments"
-    if allow_hosts and not any(fnmatch.fnmatchcase(host, pattern.lower())
-                               for pattern in allow_hosts):
-        return f"host {host!r} is not allowed by --allow-host ({', '.join(allow_hosts)})"
-    return None
+def loggable(url: str) -> str:
+    """`scheme://host:port/path` for log lines: no user info, the query as `?...`, and path
+    parts that look like or name a token (and the webhook tokens the redactor knows) as `***`."""
+    where = origin(url)
+    if where == "invalid":
+        return where
+    parts = urlsplit(url.strip())
+    path = "/".join(MASK if _TOKEN_LIKE.fullmatch(segment) or _NAMES_A_SECRET.search(segment)
+                    else segment for segment in parts.path.split("/"))
+    return redact(where + path + ("?..." if parts.query else ""))
+
+
+#: header and query names that hold a secret (as eventd.ops.logconfig reads them)
+_SECRET_NAME = re.compile(r"(?i)authorization|cookie|token|key|secret|passw(?:or)?d|pwd|"
+                          r"signature|sig|auth|credential|session")
+#: headers eventd sets itself, which hold no secret
+_OWN_HEADERS = frozenset({"idempotency-key", "content-type", "accept", "user-agent"})
+
+
+def http_call(method: str, url: str, headers: Mapping[str, str],
+              body: bytes | None = None) -> Call:
+    """One HTTP Call to `url`, parsed once (BadAddress if it cannot be): user info becomes an
+    explicit `Authorization: Basic` header; a secret-looking header, user info or query key
+    marks the call as carrying credentials."""
+    address, userinfo = parse_url(url)
+    sent = dict(headers)
+    credentials = any(_SECRET_NAME.search(name) and name.lower() not in _OWN_HEADERS
+                      for name in sent)
+    if userinfo is not None:
+        credentials = True
+        if not any(name.lower() == "authorization" for name in sent):
+            sent["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+    if any(_SECRET_NAME.search(unquote(pair.partition("=")[0]))
+           for pair in address.query.split("&") if "=" in pair):
+        credentials = True
+    return Call(method, address, tuple(sent.items()), body, credentials=credentials)
 
 
 def is_template(value: object) -> bool:
@@ -127,7 +146,8 @@ class SessionPool:
 
 class HttpPostAction:
     """What every HTTP-delivered kind shares: a session pool, one queue per host, logs that
-    name only scheme://host:port. Subclasses set `name` and implement `run`."""
+    name scheme://host:port/path with secrets masked (`loggable`), sending what the gate
+    admitted. Subclasses set `name` and implement `prepare`."""
 
     name: ClassVar[str]
 
@@ -140,8 +160,8 @@ class HttpPostAction:
         return f"{self.name}:{origin(str(options.get('url', '')))}"
 
     def describe(self, job: ActionJob) -> str:
-        """Where the job goes, safe to log."""
-        return origin(str(job.options.get("url", "")))
+        """Where the job goes, safe to log (see `loggable`)."""
+        return loggable(str(job.options.get("url", "")))
 
     def inactive(self, options: dict[str, Any]) -> bool:
         """A request is always made."""
@@ -154,11 +174,17 @@ class HttpPostAction:
         """Close the HTTP sessions."""
         self._sessions.close()
 
-    def check(self, url: str) -> None:
-        """Refuse (permanently, no request made) a URL that may not be used."""
-        problem = check_destination(url, self.context.settings.allow_hosts)
-        if problem is not None:
-            raise PermanentActionError(f"{self.name}: refused, no request made: {problem}")
+    def outbound(self, *calls: Call) -> Outbound:
+        """The calls under the `http` policy of the gate."""
+        return Outbound(kind=self.name, policy="http", calls=calls)
+
+    def post(self, job: ActionJob, outbound: Outbound) -> str:
+        """Send the admitted call; `METHOD origin: HTTP status` of what was sent."""
+        call = outbound.calls[0]
+        where = call.address.origin
+        response = send_call(self._sessions.get(), call, f"{self.name} {where}",
+                             timeout=float(job.options.get("timeout") or DEFAULT_TIMEOUT))
+        return f"{call.method} {where}: HTTP {response.status_code}"
 
 
 #: a digest group's defaults (`group: {by, wait, max}`; eventd.alerts.groups collects them)
@@ -235,29 +261,26 @@ class WebhookAction(HttpPostAction):
                 problems.append(str(exc))
         return problems
 
-    def run(self, job: ActionJob) -> str:
-        """Send the request once; 2xx is success, 5xx/429/connection errors are retryable."""
+    def prepare(self, job: ActionJob) -> Outbound:
+        """The one request: method, the URL parsed once, headers with the Idempotency-Key."""
         options = job.options
-        url = str(options.get("url", ""))
-        where = origin(url)
-        problems = self.validate(options) if where == "invalid" else []
-        if problems:
-            raise PermanentActionError(f"webhook: {'; '.join(problems)}")
-        self.check(url)
         method = str(options.get("method") or "POST").upper()
+        if method not in METHODS:
+            raise PermanentActionError(f"webhook: method must be one of {', '.join(METHODS)}")
         headers = {str(k): str(v) for k, v in (options.get("headers") or {}).items()}
         headers["Idempotency-Key"] = job.id
-        kwargs: dict[str, Any] = {}
+        body: bytes | None = None
         if "json" in options:
-            kwargs["data"] = json.dumps(options["json"], separators=(",", ":")).encode()
+            body = json.dumps(options["json"], separators=(",", ":")).encode()
             _default_header(headers, "Content-Type", "application/json")
         elif "body" in options:
-            kwargs["data"] = str(options["body"]).encode("utf-8")
+            body = utf8_message(str(options["body"]), "webhook")  # a lone surrogate: dead
             _default_header(headers, "Content-Type", "text/plain; charset=utf-8")
-        response = send(self._sessions.get(), method, url, f"webhook {where}",
-                        timeout=float(options.get("timeout") or DEFAULT_TIMEOUT),
-                        headers=headers, **kwargs)
-        return f"{method} {where}: HTTP {response.status_code}"
+        return self.outbound(http_call(method, str(options.get("url", "")), headers, body))
+
+    def send(self, job: ActionJob, outbound: Outbound) -> str:
+        """Send it once; 2xx is success, 5xx/429/connection errors are retryable."""
+        return self.post(job, outbound)
 
 
 def _default_header(headers: dict[str, str], name: str, value: str) -> None:

@@ -17,15 +17,19 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from eventd.actions.base import ActionJob
 from eventd.actions.webhook import group_limits
 from eventd.errors import StoreError, TemplateError
 from eventd.ops.metrics import Metrics
+from eventd.records import ActionJob
 from eventd.ruleset.templates import build_context
 from eventd.stores.backpressure import until_stored
 from eventd.stores.base import OpenGroups
 
 log = logging.getLogger(__name__)
+
+#: digest groups open at once; one more closes the oldest early (10,000 keys of a `by` that
+#: takes an event field held 45 MB)
+MAX_OPEN_GROUPS = 1000
 
 class GroupedAction(Protocol):
     """The rule's action a closing group renders (an ActionSpec)."""
@@ -46,8 +50,10 @@ class Grouper:
 
     def __init__(self, store: OpenGroups, submit: Callable[[ActionJob], object],
                  metrics: Metrics, lookup: Lookup, target: Target,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None,
+                 max_open: int = MAX_OPEN_GROUPS) -> None:
         self._store = store
+        self.max_open = max(1, max_open)
         #: set: `add` (on the engine's thread) waits for an unreachable store until it is
         self._stopping = stopping
         self._submit = submit
@@ -57,8 +63,9 @@ class Grouper:
         self._lock = threading.Lock()
         #: key -> when it closes (POSIX time); the store holds the rest
         self._closing: dict[str, float] = {
-            key: float(meta.get("close_at", 0.0)) for key, meta, _ in store.group_list()}
+            key: _number(meta.get("close_at")) for key, meta, _ in store.group_list()}
         metrics.groups_open.set(len(self._closing))
+        self._capped = False  # said that the cap closed a group (once per run)
 
     @property
     def open(self) -> int:
@@ -89,6 +96,8 @@ class Grouper:
                 self._metrics.groups_open.set(len(self._closing))
                 log.info("rule %s: digest group %r opened; closes in %.0f s or at %d events",
                          rule, by, wait, size)
+                while len(self._closing) > self.max_open:
+                    self._close_oldest(now)
             if count >= size:
                 self._close(key, now)
         return count
@@ -101,6 +110,18 @@ class Grouper:
             for at, key in keys:
                 self._close(key, min(now, at))
         return len(keys)
+
+    def _close_oldest(self, now: float) -> None:
+        """Over the cap of open groups: the one opened first closes now, counted
+        (eventd_groups_closed_early_total) and said (the first time in a row only)."""
+        oldest = next(iter(self._closing))
+        self._metrics.groups_closed_early.inc()
+        if not self._capped:
+            self._capped = True
+            log.warning("more than %d digest groups open: closing the oldest early (a group "
+                        "`by` that takes many values?); counted in "
+                        "eventd_groups_closed_early_total", self.max_open)
+        self._close(oldest, now)
 
     def _close(self, key: str, now: float) -> None:
         self._closing.pop(key, None)
@@ -122,12 +143,14 @@ class Grouper:
     def _send(self, key: str, meta: dict[str, Any], events: list[dict[str, Any]],
               now: float) -> bool:
         """Render and hand over the group's one job; False only if `submit` refused it."""
-        rule, index = str(meta["rule"]), int(meta["index"])
-        spec = self._lookup(rule, index)
+        rule, index = str(meta.get("rule")), meta.get("index")
+        spec = self._lookup(rule, index) if type(index) is int else None
         if spec is None:
             log.warning("rule %s: digest group %r of %d events dropped: the rule or its action "
-                        "%d is no longer loaded", rule, meta.get("by"), len(events), index + 1)
-            self._metrics.dropped.labels(kind=str(meta.get("kind", "webhook")),
+                        "%s is no longer loaded", rule, meta.get("by"), len(events),
+                        index + 1 if type(index) is int else "?")
+            kind = meta.get("kind", "webhook")  # a label: bounded, whatever the store holds
+            self._metrics.dropped.labels(kind=kind if kind == "webhook" else "unknown",
                                          reason="group_rule_gone").inc(len(events))
             return True
         first = events[0] if events else {}
@@ -152,3 +175,12 @@ class Grouper:
         log.info("rule %s: digest group %r closed with %d events; one %s accepted", rule,
                  meta.get("by"), len(events), spec.kind)
         return True
+
+
+def _number(value: object) -> float:
+    """A stored time, or 0.0 (due now) for what is not one."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return number if number == number else 0.0

@@ -7,11 +7,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from eventd.actions.base import ActionJob
 from eventd.alerts.firing import AlertBook
 from eventd.alerts.groups import GroupedAction, Grouper
 from eventd.alerts.ticker import Ticker
 from eventd.ops.metrics import Metrics
+from eventd.records import ActionJob
 from eventd.settings import Settings
 from eventd.stores.base import FiringAlerts, OpenGroups
 
@@ -57,7 +57,10 @@ class Alerting:
         def target(kind: str, options: dict[str, Any]) -> str:
             return kinds[kind].target(options) if kind in kinds else kind
 
-        book = AlertBook(store, submit, metrics, resend=settings.alert_resend, stopping=stopping)
+        destinations = {name: kind.incident_destination for name, kind in kinds.items()
+                        if getattr(kind, "incident", False) and hasattr(kind, "incident_destination")}
+        book = AlertBook(store, submit, metrics, resend=settings.alert_resend, stopping=stopping,
+                         destinations=destinations)
         grouper = Grouper(store, submit, metrics, lookup, target, stopping)
         return cls(book, grouper, Ticker(book, grouper, metrics, stopping), source)
 

@@ -36,11 +36,29 @@ def connect(settings: Settings) -> redis.Redis:
     }
     if location.scheme == "redis+sentinel":
         watch = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        sentinel = Sentinel(list(location.hosts), sentinel_kwargs=watch,  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(location.hosts), sentinel_kwargs=watch,
                             **{k: v for k, v in common.items() if k != "retry"})
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(
             location.service or "", db=location.db, retry=common["retry"])
         return client
     [(host, port)] = location.hosts
     tls: dict[str, Any] = {"ssl": True, **location.tls} if location.scheme == "rediss" else {}
     return redis.Redis(host=host, port=port, db=location.db, **common, **tls)
+
+
+def follow_primary(client: redis.Redis) -> object:
+    """Behind Sentinel: ask which server is the primary now, and drop the idle connections to
+    one that no longer is. A restarted or cut-off primary goes on answering as a primary until
+    Sentinel demotes it (~10 s): leases renewed there while another replica takes them on the
+    promoted one would be two holders. Nothing for a plain Redis; a Sentinel that does not
+    answer changes nothing (the connections in use are kept). The primary's address as
+    Sentinel gives it (None: a plain Redis, or Sentinel did not answer)."""
+    import redis as redis_module
+
+    get_master_address = getattr(client.connection_pool, "get_master_address", None)
+    if get_master_address is None:
+        return None
+    try:
+        return get_master_address()
+    except redis_module.RedisError:
+        return None

@@ -21,15 +21,19 @@ from typing import Any
 
 import redis
 
+from eventd.clients.dockercloud.namespaces import label
+from eventd.cluster.connection import follow_primary
 from eventd.cluster.keys import Keys
 from eventd.cluster.leases import Lease, Leases
-from eventd.cluster.membership import Membership, quota
+from eventd.cluster.membership import Mac, Membership, quota, signed_by
 from eventd.cluster.metrics import ClusterMetrics
 from eventd.cluster.progress import Tracker
 from eventd.cluster.streams import Streams
+from eventd.errors import StoreError
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
-from eventd.sources.dockercloud.namespaces import label
+from eventd.records import ActionJob
+from eventd.stores.redis.client import is_data_error
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,18 @@ VALID_SHARE = 0.8
 #: ticks a namespace must be seen free before a replica at its quota takes it anyway
 #: (replicas' views of who is alive differ for a moment; a stream must not stay unconsumed)
 ORPHAN_TICKS = 2
+#: a replica whose stream of a leased namespace stayed unconnected for this share of a TTL (cut
+#: off from the stream server) hands it over, and takes no stream for CUT_OFF_TTLS TTLs (a
+#: standby meanwhile)
+UNCONNECTED_SHARE = 2 / 3
+CUT_OFF_TTLS = 5
+
+
+def _announces_gap(job: ActionJob) -> bool:
+    """Whether the job's event is eventd's own stream marker (`connected` with the gap...)."""
+    event = job.event
+    return isinstance(event, dict) and event.get("type") == "eventd" \
+        and event.get("action") == "stream"
 
 
 def new_replica_id() -> str:
@@ -54,7 +70,10 @@ class Coordinator:
                  ttl: float, streams: Streams, tracker: Tracker, metrics: Metrics,
                  cluster_metrics: ClusterMetrics, info: Callable[[], dict[str, Any]],
                  max_gap: float, replica_id: str | None = None,
-                 on_takeover: Callable[[], object] | None = None) -> None:
+                 on_takeover: Callable[[], object] | None = None,
+                 on_fatal: Callable[[str], object] | None = None,
+                 mac: Mac | None = None,
+                 quiesce: Callable[[str, float], bool] | None = None) -> None:
         """`on_takeover` is called when this replica takes a stream another one held (dead or
         stopped): it delivers what that one left in the shared spool."""
         self.replica_id = replica_id or new_replica_id()
@@ -70,11 +89,21 @@ class Coordinator:
         self._info = info
         self._max_gap = max_gap
         self._on_takeover = on_takeover
+        #: called once (with one line) when the cluster's keys hold garbage for a lease TTL
+        self._on_fatal = on_fatal
+        self._bad_data_since: float | None = None
+        #: waits until the requests sent under a lease's tokens are answered (the dispatcher)
+        self._quiesce = quiesce
         self._leases = Leases(client, self._keys, self.replica_id, ttl)
-        self._membership = Membership(client, self._keys, self.replica_id, ttl)
+        #: signs this replica's heartbeat and checks the others' (None: neither, as before)
+        self._mac = mac
+        self._membership = Membership(client, self._keys, self.replica_id, ttl, mac)
         self._held: dict[str, Lease] = {}
         self._held_lock = threading.Lock()
         self._free_ticks: dict[str, int] = {}
+        self._ignored: set[str] = set()  # replicas whose heartbeat was said to be ignored
+        self._refused: set[str] = set()  # leases whose token a server refused as stale
+        self._handed: set[str] = set()  # leases given back on purpose since last held here
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -83,12 +112,19 @@ class Coordinator:
         self._watch_until: float | None = None
         self.reachable = False
         self._unreachable_logged = False
+        #: the Redis primary seen last (Sentinel's address, the server's run id), and until
+        #: when no free lease is taken after it changed (see _watch_primary)
+        self._primary: tuple[object, object] | None = None
+        self._grace_until = 0.0
+        #: until when this replica takes no stream: one it held could not connect for a TTL
+        self._cut_off_until = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Join the cluster (a first tick now, so a lone replica consumes at once) and run."""
         self._tick()
-        for name, target in (("cluster", self._loop), ("cluster-listen", self._listen)):
+        for name, target in (("cluster", self._loop), ("cluster-listen", self._listen),
+                             ("cluster-expire", self._watch_leases)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -105,6 +141,9 @@ class Coordinator:
         running = self._streams.stop_all(max(0.5, min(1.5, deadline - time.monotonic())))
         with self._held_lock:
             held, self._held = dict(self._held), {}
+            self._handed.update(held)
+        if not self._quiet(list(held), max(0.1, min(2.0, deadline - time.monotonic()))):
+            running = running | set(held)  # requests still on their way: let the leases expire
         try:
             for name, lease in held.items():
                 self._cluster_metrics.follow(name, "released")
@@ -128,9 +167,59 @@ class Coordinator:
         """The namespaces this replica holds, sorted."""
         return sorted(self._held)
 
+    def job_token(self, job: ActionJob) -> str | None:
+        """The fencing header's value for a job of a leased namespace while this replica
+        holds that lease (`<cluster>/<ns>:<token>`); None while it does not (the job is left
+        in the spool for the holder); "" for a job of no leased namespace."""
+        name = self._name_of(job)
+        if name not in self._names:
+            return ""
+        return self._token(name)
+
+    def job_lease(self, job: ActionJob) -> tuple[str, str] | None:
+        """The lease of a job's namespace as the store checks it where the job is accepted
+        (key, `<replica>:`): refused if another replica holds it. A replica cut off from Redis
+        while it held the stream holds its last events' jobs until Redis answers, and by then
+        the stream may be another's, whose newer jobs they would follow (out of order); free,
+        or this replica's again, they are accepted (nothing newer is ahead of them). None for
+        a job of no leased namespace, or of one this replica handed over (rebalance, stop:
+        the release said where the stream was left, the last events received, so their jobs
+        are accepted whoever holds it next), or of eventd's own gap marker (the announcement
+        of a gap must land whoever holds the stream by then: refused, the events it covers
+        would be lost unannounced)."""
+        name = self._name_of(job)
+        if name not in self._names or (name in self._handed and name not in self._held):
+            return None
+        if _announces_gap(job):
+            return None
+        return self._keys.lease(name), f"{self.replica_id}:"
+
+    def _name_of(self, job: ActionJob) -> str:
+        namespace = job.event.get("namespace") if isinstance(job.event, dict) else None
+        return namespace if isinstance(namespace, str) and namespace in self._names \
+            else label(None)
+
+    def stream_token(self, name: str) -> Callable[[], str | None]:
+        """The fencing header value a stream's handshake carries (None: lease not held)."""
+        return lambda: self._token(name)
+
+    def _token(self, name: str) -> str | None:
+        lease = self._held.get(name)
+        if lease is None or not lease.valid(time.monotonic()):
+            return None
+        return f"{self._keys.cluster}/{name}:{lease.token}"
+
     def fence(self, name: str) -> Callable[[], bool]:
         """The check a leased stream's sink makes before every batch."""
         return lambda: self.holds(name)
+
+    def refused(self, name: str) -> None:
+        """A server refused this replica's token for `name` as stale: a Redis failover handed
+        out lower numbers than one it saw. The lease is given up (and freed) at once, so that
+        the next holder, this replica or another, draws a higher token: else the stream would
+        stay refused for as long as the lease is renewed."""
+        self._refused.add(name)
+        self._wake.set()
 
     def lease_lost(self, name: str) -> None:
         """A sink found its lease invalid: have the coordinator look now."""
@@ -152,16 +241,38 @@ class Coordinator:
             if self._stop.is_set():
                 return
             self._expire(time.monotonic())
+            self._give_up_refused()
             next_tick = time.monotonic() + self.interval
             try:
                 self._tick()
             except Exception as exc:  # noqa: BLE001 - the coordinator must keep running
                 report_internal_error("cluster", exc, self._metrics)
 
+    def _watch_leases(self) -> None:
+        """Close each stream the moment its lease runs out here, even while the loop waits on
+        Redis: a call's timeout can outlast the margin before Redis frees the lease, and the
+        connection would stay open beside the next holder's. The loop drops the lease."""
+        closed: set[int] = set()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._held_lock:
+                leases = list(self._held.values())
+            ended = [lease for lease in leases if not lease.valid(now) and id(lease) not in closed]
+            if ended:
+                try:
+                    self._streams.close([lease.namespace for lease in ended])
+                except Exception as exc:  # noqa: BLE001 - the watchdog must keep watching
+                    report_internal_error("cluster", exc, self._metrics)
+                self._wake.set()
+            closed = {id(lease) for lease in leases if not lease.valid(now)}
+            soonest = min((lease.valid_until for lease in leases if lease.valid(now)),
+                          default=now + self.interval)
+            self._stop.wait(max(0.005, min(self.interval, soonest - now + 0.001)))
+
     def _listen(self) -> None:
         """Wake the loop whenever a replica announces a change (joined, left, freed a lease)."""
         while not self._stop.is_set():
-            pubsub = self._client.pubsub(  # type: ignore[no-untyped-call]
+            pubsub = self._client.pubsub(
                 ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self._keys.channel)
@@ -187,11 +298,14 @@ class Coordinator:
     def _tick(self) -> None:
         if self._stop.is_set():
             return
+        address = follow_primary(self._client)  # behind Sentinel: never renew on a demoted one
         try:
-            joined = self._membership.heartbeat(self._info())
-            live = self._membership.live()
+            self._watch_primary(address, self._run_id())
+            joined = self._membership.heartbeat(self._heartbeat())
+            live = self._vetted(self._membership.live())
             self._renew()
             self._save_progress()
+            self._hand_over_unconnected(live)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return
@@ -203,6 +317,109 @@ class Coordinator:
             self._balance(want)
         except redis.RedisError as exc:
             self._unreachable(exc)
+            return
+        self._bad_data_since = None  # a whole tick without a refusal
+
+    def _heartbeat(self) -> dict[str, Any]:
+        """What this replica says of itself; `standby` while it takes no stream (cut off
+        from the stream server): the others' quotas leave it out, so they take its share
+        instead of handing streams over to it."""
+        info = self._info()
+        if self._cut_off_until > time.monotonic():
+            info = {**info, "standby": True}
+        return info
+
+    def _hand_over_unconnected(self, live: dict[str, dict[str, Any]]) -> None:
+        """Give back each lease whose stream has had no connection for 2/3 TTL, if another
+        replica could take it: this one is cut off from the stream server (a partition, a
+        handshake that hangs), and holding on would leave the stream unconsumed until the
+        partition heals. The next holder announces and backfills the gap."""
+        others = [r for r, info in live.items() if r != self.replica_id and not info.get("standby")]
+        if not others:
+            return
+        with self._held_lock:
+            held = list(self._held)
+        down = [name for name in held
+                if self._streams.down_for(name) > self.ttl * UNCONNECTED_SHARE]
+        if not down:
+            return
+        self._cut_off_until = time.monotonic() + CUT_OFF_TTLS * self.ttl
+        for name in down:
+            logger.warning("the stream of %s has not connected for %.1f s: handing it over "
+                           "and taking no stream for %.0f s", name,
+                           self._streams.down_for(name), CUT_OFF_TTLS * self.ttl)
+        # All told at once, then one wait for all: a handshake under way (a TCP connect in a
+        # partition) holds its consumer up to the handshake timeout, and the lease of one not
+        # stopped in time is left to expire rather than freed.
+        self._streams.close(down)
+        deadline = time.monotonic() + 2.0
+        for name in down:
+            self._give_back(name, "unconnected", deadline - time.monotonic())
+        self._membership.heartbeat(self._heartbeat())
+        self._membership.announce("released")
+
+    def _run_id(self) -> object:
+        """The Redis server's run id (a new one after a restart); None if INFO is refused."""
+        try:
+            return self._client.info("server").get("run_id")
+        except redis.ResponseError:  # not allowed to this user (ACL): the address alone
+            return None
+
+    def _watch_primary(self, address: object, run_id: object) -> None:
+        """Note a new Redis primary (another address behind Sentinel, or the same server
+        restarted: a new run id). Until a lease TTL after this replica saw it, it takes no
+        free lease: another replica may hold one on the old primary (taken or renewed while
+        Sentinel still named it, or lost from a restarted primary's last second of AOF), in
+        use until its local end, which is within a TTL of the old primary's last answer."""
+        if self._primary is not None and address is None:
+            address = self._primary[0]  # Sentinel did not answer: nothing known to change
+        primary = (address, run_id)
+        if primary == self._primary:
+            return
+        if self._primary is not None:
+            self._grace_until = time.monotonic() + self.ttl
+            logger.warning("cluster: a new Redis primary (%s); taking no free stream for %.1f "
+                           "s, while a lease taken on the old one may still be in use",
+                           "restarted" if address == self._primary[0] else "failover",
+                           self.ttl)
+        self._primary = primary
+
+    def _vetted(self, live: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The live replicas with the streams each really holds (by the leases), whatever its
+        heartbeat lists: a heartbeat is data anyone with access to Redis can write, and a
+        forged one must not make this replica hand its streams over. A malformed heartbeat,
+        or one listing streams that replica does not hold, is said once per replica and
+        counted (eventd_cluster_heartbeats_ignored_total{reason})."""
+        holders = self._leases.holders(sorted(self._names))
+        vetted: dict[str, dict[str, Any]] = {}
+        for replica, info in live.items():
+            held = [name for name, holder in holders.items() if holder == replica]
+            claimed = info.get("namespaces") or []
+            if replica != self.replica_id:
+                reason = None
+                if self._mac is not None and not signed_by(self._mac, replica, info):
+                    reason = "unsigned"  # not counted at all: anyone can write a heartbeat
+                elif info.get("malformed"):
+                    reason = "malformed"
+                elif set(claimed) - set(held):
+                    reason = "not_held"
+                if reason is not None:
+                    self._cluster_metrics.heartbeats_ignored.labels(reason=reason).inc()
+                    if len(self._ignored) < 1000 and replica not in self._ignored:
+                        self._ignored.add(replica)
+                        if reason == "unsigned":
+                            logger.warning("replica %r's heartbeat does not carry this "
+                                           "cluster's MAC (written by hand, or another job "
+                                           "key): not counted as a replica", replica[:80])
+                        else:
+                            logger.warning("replica %r's heartbeat is %s: counting the "
+                                           "streams its leases hold (%d), not what it lists",
+                                           replica[:80], "malformed" if reason == "malformed"
+                                           else "listing streams it does not hold", len(held))
+                if reason == "unsigned":
+                    continue
+            vetted[replica] = {**info, "namespaces": held}
+        return vetted
 
     def _renew(self) -> None:
         with self._held_lock:
@@ -211,6 +428,12 @@ class Coordinator:
             if not self._streams.alive(name):  # its consumer ended (credentials rejected...)
                 continue
             sent = time.monotonic()
+            if not lease.valid(sent):
+                # It ran out while this tick waited on Redis: its sink has dropped events
+                # since, which only a new take announces as a gap. Never revived.
+                self._streams.close([name])
+                self._drop(name, "unreachable")
+                continue
             if self._leases.renew(name, lease.token):
                 lease.valid_until = sent + self.ttl * VALID_SHARE
             else:
@@ -235,6 +458,13 @@ class Coordinator:
             for name in held[want:]:
                 self._give_back(name)
             self._membership.announce("released")
+            return
+        grace = self._grace_until - time.monotonic()
+        if grace > 0:  # a new primary: a lease on the old one may still be in use
+            self._watch_until = min(self._watch_until or float("inf"),
+                                    time.monotonic() + grace + 0.02)
+            return
+        if self._cut_off_until > time.monotonic():  # cut off from the stream server
             return
         free_ticks, self._free_ticks = self._free_ticks, {}
         for name in sorted(self._names):
@@ -263,22 +493,67 @@ class Coordinator:
         lease = Lease(name, token, sent + self.ttl * VALID_SHARE)
         with self._held_lock:
             self._held[name] = lease
+            self._handed.discard(name)
+        if self._on_takeover is not None:
+            # What earlier holders (another replica, or this one before it lost the lease)
+            # accepted and left in the spool: the dispatcher pages in this namespace's jobs
+            # only (it sends only the jobs of the leases held here). Before the stream
+            # starts: a job accepted from it then waits behind them in the spool, in order,
+            # instead of going straight to its lane ahead of them.
+            try:
+                self._on_takeover()
+            except StoreError as exc:
+                logger.warning("could not read the spool left for %s (%s); the sweep looks "
+                               "again", name, exc)
         self._streams.start(self._names[name], since, self.fence(name))
         self._cluster_metrics.lead(name, reason)
-        if progress.holder not in (None, self.replica_id) and self._on_takeover is not None:
-            self._on_takeover()  # what the previous holder accepted and left: deliver it here
         gap = f", gap since the last event {time.time() - since:.1f} s" if since else ""
         logger.info("consuming the stream of %s (lease token %d, %s%s)", name, token, reason, gap)
 
-    def _give_back(self, name: str) -> None:
-        """Rebalance: stop consuming, then free the lease for the replica that needs one."""
-        stopped = self._streams.stop(name, 2.0)
+    def _give_back(self, name: str, reason: str = "rebalanced", wait: float = 2.0) -> None:
+        """Rebalance (or cut off from the stream): stop consuming, then free the lease for the
+        replica that needs one."""
+        stopped = self._streams.stop(name, max(0.1, wait))
         with self._held_lock:
             lease = self._held.pop(name, None)
+            self._handed.add(name)
+        if lease is not None and stopped:
+            # No request starts under it now; those on their way are answered before it is
+            # freed (else the next holder's token could reach the server after one of them).
+            stopped = self._quiet([name], 2.0)
         if lease is not None and stopped:  # else its connection may still be open: it expires
             self._leases.release(name, lease.token, self._tracker.last_received(name))
-        self._cluster_metrics.follow(name, "rebalanced")
-        logger.info("handed the stream of %s over to even out the replicas", name)
+        self._cluster_metrics.follow(name, reason)
+        if reason == "rebalanced":
+            logger.info("handed the stream of %s over to even out the replicas", name)
+
+    def _give_up_refused(self) -> None:
+        """Stop consuming and free the leases whose token a server refused as stale."""
+        while self._refused:
+            name = self._refused.pop()
+            if not self._streams.stop(name, 2.0):
+                continue
+            with self._held_lock:
+                lease = self._held.pop(name, None)
+                self._handed.add(name)
+            if lease is None:
+                continue
+            self._cluster_metrics.follow(name, "lost")
+            logger.warning("the lease token %d of %s was refused as stale by a server (a Redis "
+                           "failover reissued lower tokens); giving the lease up for a newer one",
+                           lease.token, name)
+            try:
+                self._leases.release(name, lease.token, self._tracker.last_received(name))
+            except redis.RedisError:
+                pass  # it expires
+
+    def _quiet(self, names: list[str], timeout: float) -> bool:
+        """Whether every request sent under these leases was answered within `timeout`."""
+        if self._quiesce is None or not names:
+            return True
+        deadline = time.monotonic() + timeout
+        return all(self._quiesce(f"{self._keys.cluster}/{name}:",
+                                 max(0.0, deadline - time.monotonic())) for name in names)
 
     def _drop(self, name: str, reason: str) -> None:
         """Stop consuming a stream whose lease is gone or may be gone."""
@@ -296,6 +571,24 @@ class Coordinator:
 
     def _unreachable(self, exc: BaseException) -> None:
         self.reachable = False
+        if is_data_error(exc):
+            # Redis answered: the cluster's keys hold what no replica wrote. That does not
+            # pass by waiting (as an outage does): after a lease TTL of it, stop the replica
+            # with one line rather than stay alive and consume nothing.
+            now = time.monotonic()
+            if self._bad_data_since is None:
+                self._bad_data_since = now
+                logger.error("cluster: Redis refuses the cluster's keys (%s): they hold data "
+                             "no replica wrote; exiting unless it passes within %.1f s",
+                             _describe(exc), self.ttl)
+            self._expire(now)
+            if now - self._bad_data_since >= self.ttl and self._on_fatal is not None:
+                self._on_fatal(f"cluster {self._keys.cluster}: its keys in Redis hold data no "
+                               f"replica wrote ({_describe(exc)}); delete the cluster's keys "
+                               f"(`{self._keys.cluster}:*`) or use another --cluster")
+                self._on_fatal = None
+            return
+        self._bad_data_since = None
         if not self._unreachable_logged:
             self._unreachable_logged = True
             logger.warning("cluster: Redis unreachable (%s); streams held stop before their "

@@ -1,25 +1,37 @@
 """Leases on streams in Redis, each with a fencing token, taken and checked atomically (Lua).
 
 A lease is the key `lease:<ns>` = `<replica>:<token>` with a TTL. Taking a free lease
-increments the stream's token counter, so every holder in a stream's history has a larger
-token than the one before; renewing, releasing and recording progress are done only while
-the key still holds the caller's own `<replica>:<token>` (the fence): a replica whose lease
-expired cannot extend it, free it or move the stream's progress any more.
+increments the stream's token counter, at least to the Redis server's clock in ms, so every
+holder in a stream's history has a larger token than the one before, even across a failover
+or a restart that lost the counter's last steps; renewing, releasing and recording progress
+are done only while the key still holds the caller's own `<replica>:<token>` (the fence): a
+replica whose lease expired cannot extend it, free it or move the stream's progress any more.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import redis
 
 from eventd.cluster.keys import Keys
 
+# A new holder's token: the counter's next number, or the server's clock in ms if that is
+# higher (then the counter is set to it). A counter alone goes back when Redis does (a failover
+# to a replica that had not yet copied the last INCR, a restart from an older snapshot) and
+# hands a number out twice, once by each primary; the clock does not go back with them.
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   local token = redis.call('INCR', KEYS[2])
-  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  if token < now then
+    token = now
+    redis.call('SET', KEYS[2], string.format('%d', token))
+  end
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', token), 'PX', ARGV[2])
   return token
 end
 local at = string.find(cur, ':[^:]*$')
@@ -118,6 +130,14 @@ class Leases:
         value = self._client.get(self._keys.lease(namespace))
         return parse_holder(value)
 
+    def holders(self, namespaces: list[str]) -> dict[str, str | None]:
+        """Which replica holds each of these streams now (None: free or unreadable)."""
+        if not namespaces:
+            return {}
+        values = self._client.mget([self._keys.lease(ns) for ns in namespaces])
+        found = {ns: parse_holder(value) for ns, value in zip(namespaces, values, strict=True)}
+        return {ns: holder[0] if holder else None for ns, holder in found.items()}
+
     def time_left(self, namespaces: list[str]) -> dict[str, float]:
         """Seconds until each held lease of these ends unless renewed (free ones left out)."""
         pipe = self._client.pipeline(transaction=False)
@@ -130,7 +150,12 @@ class Leases:
         """Where the stream was left by its previous holders."""
         raw = self._client.hgetall(self._keys.progress(namespace))
         values = {_text(k): _text(v) for k, v in raw.items()}
-        at = float(values["at"]) if values.get("at") not in (None, "", "0.0", "0") else None
+        try:
+            at: float | None = float(values.get("at") or 0) or None
+        except ValueError:  # not what a replica wrote: no known position, take the max gap
+            at = None
+        if at is not None and not math.isfinite(at):
+            at = None
         return Progress(at, values.get("holder") or None, values.get("released") == "1")
 
 
@@ -139,7 +164,8 @@ def parse_holder(value: object) -> tuple[str, int] | None:
     if value is None:
         return None
     replica, _, token = _text(value).rpartition(":")
-    return (replica, int(token)) if replica and token.isdigit() else None
+    return (replica, int(token)) if replica and token.isascii() and token.isdigit() \
+        and len(token) < 20 else None
 
 
 def _text(value: object) -> str:

@@ -21,6 +21,10 @@ class ClusterMetrics:
         self.changes = Counter(
             "eventd_lease_changes", "Stream leases taken or given up by this replica, by reason",
             ["namespace", "reason"], registry=registry)
+        self.heartbeats_ignored = Counter(
+            "eventd_cluster_heartbeats_ignored", "Other replicas' heartbeats (or the streams "
+            "they list) not counted, by reason: malformed, or listing streams they do not hold",
+            ["reason"], registry=registry)
         for name in namespaces:  # configured names only: bounded
             self.leader.labels(namespace=name).set(0)
 

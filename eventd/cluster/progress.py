@@ -8,32 +8,41 @@ release the time of the last event received counts: the engine still finishes th
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
+from eventd.clients.dockercloud.namespaces import OWN, label
 from eventd.events import Received
-from eventd.sources.dockercloud.namespaces import label
 
 
 class Tracker:
-    """The newest received and processed event times, per namespace label (POSIX seconds)."""
+    """The newest received and processed event times, per namespace label (POSIX seconds).
 
-    def __init__(self) -> None:
+    An event's `namespace` key is data: only the stream tag eventd set (a configured
+    namespace) names a stream here; anything else (absent, a list, another organisation's
+    name) came from the user's own stream, so one hostile event cannot add a key or fail.
+    """
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._names = frozenset(names)
         self._received: dict[str, float] = {}
         self._processed: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    def _name(self, batch: list[Received]) -> str:
+        name = label(batch[-1].event.get("namespace"))
+        return name if name in self._names else OWN
+
     def received(self, batch: list[Received]) -> None:
         """A batch was handed to the engine."""
         if batch:
-            last = batch[-1]
-            name = label(last.event.get("namespace"))
+            last, name = batch[-1], self._name(batch)
             with self._lock:
                 self._received[name] = max(last.received_at, self._received.get(name, 0.0))
 
     def processed(self, batch: list[Received]) -> None:
         """The engine finished a batch (every event of one batch comes from one stream)."""
         if batch:
-            last = batch[-1]
-            name = label(last.event.get("namespace"))
+            last, name = batch[-1], self._name(batch)
             with self._lock:
                 self._processed[name] = max(last.received_at, self._processed.get(name, 0.0))
 

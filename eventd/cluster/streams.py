@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from eventd.clients.dockercloud.namespaces import label
 from eventd.events import Received
 from eventd.ops.metrics import Metrics
 from eventd.sources.base import ConsumerLoop
-from eventd.sources.dockercloud.namespaces import label
 from eventd.sources.dockercloud.stream import StreamConsumer
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,12 @@ class Streams:
         with self._lock:
             running = self._running.get(name)
         return running is not None and running.thread.is_alive()
+
+    def down_for(self, name: str) -> float:
+        """Seconds the consumer of this namespace has been without a connection (0: none runs)."""
+        with self._lock:
+            running = self._running.get(name)
+        return 0.0 if running is None else running.consumer.down_for()
 
     def status(self) -> str:
         """Readiness of the streams: `ok` (all connected), `standby` (none held: another

@@ -2,11 +2,14 @@
 
 The sample rules post to `ALERT_WEBHOOK_URL`, by default http://127.0.0.1:9099/alerts: in the
 two-terminal emulator flow this gives them somewhere to land. The same receiver as the demo's.
+Each request is one line with its whole body (JSON on one line); whatever a sender puts in it,
+control characters are printed escaped (`\x1b`), never to the terminal as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -15,6 +18,7 @@ from typing import Any, TextIO
 
 from eventd.commands.demo.receiver import Received, WebhookReceiver
 from eventd.ops.health import bind_error_reason
+from eventd.ops.logconfig import escape_controls
 
 DEFAULT_PORT = 9099
 
@@ -34,7 +38,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None,
     lock = threading.Lock()
 
     def show(received: Received) -> None:
-        line = f"{time.strftime('%H:%M:%S')}  {received.method} {received.path}  {received.text()}"
+        line = escape_controls(f"{received.method} {received.path}  {body(received)}")
+        line = f"{time.strftime('%H:%M:%S')}  {line}"
         with lock:
             print(line, file=out, flush=True)
 
@@ -59,3 +64,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None,
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def body(received: Received) -> str:
+    """The whole body as one line: JSON re-encoded compactly, anything else decoded as UTF-8."""
+    try:
+        return json.dumps(received.json(), ensure_ascii=False)
+    except ValueError:  # not JSON (or not UTF-8 JSON)
+        return received.body.decode("utf-8", "replace")

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from eventd.actions import ACTIONS, resolve
-from eventd.actions.base import ActionJob
 from eventd.engine import Engine, Outcome
 from eventd.errors import CredentialsMissing, MalformedEvent
 from eventd.events import Received, parse_event
 from eventd.ops.logconfig import redact
 from eventd.ops.metrics import Metrics
+from eventd.records import ActionJob
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
 from eventd.stores import open_store
@@ -84,9 +84,9 @@ class _DryEnricher:
     """The live enrichment (a read-only GET) when a REST host can be asked; notes what it did."""
 
     def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
-        from eventd.sources.dockercloud.auth import load_credentials
+        from eventd.clients.dockercloud.auth import load_credentials
+        from eventd.clients.dockercloud.rest import RestClient
         from eventd.sources.dockercloud.enrich import Enricher
-        from eventd.sources.dockercloud.rest import RestClient
 
         self.note = ""
         self.secrets: list[str] = []
@@ -174,8 +174,8 @@ def _print_outcome(out: IO[str], received: Received, outcome: Outcome, note: str
 
 def _real_run(path: Path, ruleset: Any, settings: Settings, environ: Mapping[str, str],
               metrics: Metrics, out: IO[str], timeout: float | None) -> int:
+    from eventd.clients.dockercloud.auth import load_credentials
     from eventd.pipeline import build_pipeline
-    from eventd.sources.dockercloud.auth import load_credentials
 
     try:
         credentials = load_credentials(environ)

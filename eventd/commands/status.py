@@ -1,9 +1,14 @@
 """`eventd status`: the cluster on a shared store: replicas, the namespaces each holds, spool depth
-and dead letters, and who consumes which stream."""
+and dead letters, and who consumes which stream.
+
+Exit 2, in one line, when there is nothing to show: no cluster store given, the store cannot
+be reached (in the words every command uses), or no cluster of that name in it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -12,7 +17,7 @@ from typing import IO, Any
 
 from eventd.errors import ConfigError, StoreError
 
-EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    """Print the cluster; 0, 1 if Redis cannot be reached, 2 without a cluster store."""
+    """Print the cluster; 0, or 2 without a cluster store, an unreachable one or no such
+    cluster."""
+    from eventd.clients.dockercloud.namespaces import label
     from eventd.cluster.connection import connect, is_cluster_store
     from eventd.settings import Settings, parse_namespaces
-    from eventd.sources.dockercloud.namespaces import label
+    from eventd.stores.redis.connect import parse, unreachable
 
     out = out or sys.stdout
     env = os.environ
@@ -54,13 +61,23 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
 
     from eventd.cluster.status import read_state
 
+    location = parse(store, settings.store_password)
     try:
         state = read_state(client, cluster, names)
+        missing = not state.replicas and not _has_keys(client, cluster)
+        others = _clusters(client) if missing else []
     except redis.RedisError as exc:
-        print(f"eventd status: cannot reach the store ({type(exc).__name__})", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        print(f"eventd status: {unreachable(location, exc) or exc}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         client.close()
+    if missing:
+        close = difflib.get_close_matches(cluster, others, n=1)
+        print(f"eventd status: there is no cluster {cluster!r} on {location.safe}"
+              + (f" (did you mean {close[0]!r}?)" if close else "")
+              + (f"; clusters there: {', '.join(others)}" if others else "; it holds none"),
+              file=sys.stderr)
+        return EXIT_USAGE
     counts = _store_counts(settings)
     if args.json:
         body = state.to_json()
@@ -69,6 +86,23 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         return EXIT_OK
     _print(state, counts, out)
     return EXIT_OK
+
+
+def _has_keys(client: Any, cluster: str) -> bool:
+    """Whether anything at all is stored under the cluster's prefix."""
+    return next(iter(client.scan_iter(match=f"{cluster}:*", count=1000)), None) is not None
+
+
+def _clusters(client: Any) -> list[str]:
+    """The clusters a Redis holds (those whose replicas said hello), sorted."""
+    from eventd.cluster.keys import Keys
+
+    suffix = Keys("").replicas  # `<cluster>:cluster:replicas`, the cluster left out
+    found = set()
+    for key in client.scan_iter(match=f"*{suffix}", count=1000):
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        found.add(text[:-len(suffix)])
+    return sorted(found)
 
 
 def _store_counts(settings: Any) -> dict[str, int] | None:

@@ -19,14 +19,15 @@ from typing import IO, Any
 import yaml
 
 from eventd.actions import ACTIONS, resolve
-from eventd.actions.base import ActionJob
 from eventd.alerts.groups import GroupedAction, Grouper
+from eventd.attachments import Attacher
 from eventd.commands.testfile import RuleTest, TestFileError, read
 from eventd.engine import Engine
 from eventd.errors import RuleError
 from eventd.events import Event, Received, parse_datetime
 from eventd.ops.metrics import Metrics
 from eventd.pipeline import rule_vocabulary
+from eventd.records import ActionJob
 from eventd.ruleset.loader import load_rules
 from eventd.stores.memory import MemoryStore
 
@@ -62,13 +63,19 @@ class _TestKind:
 
 
 class _Resources:
-    """`enrich: resource` answered from the test's `resources`, by resource URI."""
+    """`enrich: resource` and `enrich: logs` answered from the test's `resources` and `logs`,
+    by resource URI."""
 
-    def __init__(self, resources: dict[str, Any]) -> None:
+    def __init__(self, resources: dict[str, Any], logs: dict[str, list[str]]) -> None:
         self._resources = resources
+        self._logs = logs
 
     def resource(self, event: Event) -> Any:
         return self._resources.get(str(event.get("resource_uri", "")))
+
+    def logs(self, event: Event, lines: int, max_bytes: int, budget: float) -> list[str] | None:
+        found = self._logs.get(str(event.get("resource_uri", "")))
+        return None if found is None else [str(line) for line in found][-lines:]
 
 
 @dataclass
@@ -89,9 +96,12 @@ def run(paths: Sequence[Path], out: IO[str]) -> int:
             continue
         try:
             tests = read(path)
-            ruleset = load_rules(tests.rule_files, tests.env, rule_vocabulary(tests.source))
+            # the files a test names may be anyone's: quote nothing of one that is no rule file
+            ruleset = load_rules(tests.rule_files, tests.env, rule_vocabulary(tests.source),
+                                 quote_other_files=False)
         except TestFileError as exc:
-            print(f"ERROR {exc}", file=out)
+            for problem in exc.problems:
+                print(f"ERROR {problem}", file=out)
             unusable += 1
             continue
         except RuleError as exc:
@@ -143,13 +153,17 @@ def _unknown_rules(tests: Sequence[RuleTest], ruleset: Any) -> str:
 def _files(paths: Sequence[Path], out: IO[str]) -> list[Path | None]:
     found: list[Path | None] = []
     for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir()
-                                if p.suffix in (".yaml", ".yml") and p.is_file()))
-        elif path.exists():
-            found.append(path)
-        else:
-            print(f"ERROR {path}: no such file or directory", file=out)
+        try:
+            if path.is_dir():
+                found.extend(sorted(p for p in path.iterdir()
+                                    if p.suffix in (".yaml", ".yml") and p.is_file()))
+            elif path.exists():
+                found.append(path)
+            else:
+                print(f"ERROR {path}: no such file or directory", file=out)
+                found.append(None)
+        except OSError as exc:  # no permission to list or look at it: one line, not a trace
+            print(f"ERROR {path}: cannot read: {exc.strerror or exc}", file=out)
             found.append(None)
     return found
 
@@ -168,8 +182,10 @@ def run_test(ruleset: Any, test: RuleTest) -> Actual:
         return found.actions[index] if found is not None and index < len(found.actions) else None
 
     grouper = Grouper(store, grouped.append, metrics, lookup, lambda kind, options: kind)
-    engine = Engine(ruleset, jobs.append, kinds, store, metrics, enricher=_Resources(test.resources),
-                    clock=lambda: clock[0], grouper=grouper)
+    enricher = _Resources(test.resources, test.logs)
+    engine = Engine(ruleset, jobs.append, kinds, store, metrics, enricher=enricher,
+                    clock=lambda: clock[0], grouper=grouper,
+                    attacher=Attacher(enricher, store, metrics))  # history: in this store
     actual = Actual()
     for event in test.events:
         when = parse_datetime(event.get("datetime"))

@@ -2,7 +2,8 @@
 
 A test file names rule files and lists tests; each test gives events (inline, or a JSON-lines
 file recorded with `run --record`) and what must come of them. Paths are relative to the test
-file. `eventd schema --tests` prints the schema.
+file. `eventd schema --tests` prints the schema. What is wrong with a test file is said as
+`eventd check` says it of a rule file: `FILE:LINE:COL: message`, with a did-you-mean.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import yaml
 
 from eventd.errors import MalformedEvent
 from eventd.events import parse_event
+from eventd.ruleset.diagnostics import at, label, schema_issues
+from eventd.ruleset.model import Problem
+from eventd.ruleset.positions import Issue, JsonPath
 
 _ACTION = {
     "type": "object",
@@ -72,6 +76,10 @@ SCHEMA: dict[str, Any] = {
                 "resources": {"type": "object", "additionalProperties": {},
                               "description": "what `enrich: resource` reads, by resource URI "
                                              "(absent: the rule sees resource = none)"},
+                "logs": {"type": "object",
+                         "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                         "description": "what `enrich: logs` reads, by resource URI: the "
+                                        "container's output lines (redacted and cut as live)"},
                 "expect": {"type": "array", "items": {"$ref": "#/$defs/expectation"}},
                 "groups": {"type": "array", "items": {"$ref": "#/$defs/group"},
                            "description": "every digest sent by a grouped webhook, in the order "
@@ -110,7 +118,11 @@ SCHEMA: dict[str, Any] = {
 
 
 class TestFileError(Exception):
-    """A test file that cannot be read or does not follow the format."""
+    """A test file that cannot be read or does not follow the format; `problems`: one line each."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 @dataclass
@@ -123,6 +135,7 @@ class RuleTest:
     expect: list[dict[str, Any]] = field(default_factory=list)
     groups: list[dict[str, Any]] | None = None
     never: list[str] = field(default_factory=list)
+    logs: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,32 +152,85 @@ class TestFile:
 def read(path: Path) -> TestFile:
     """Read and check a test file; TestFileError says what is wrong and where."""
     try:
-        data = yaml.safe_load(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
+        data = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError) as exc:
         raise TestFileError(f"{path}: cannot read: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise TestFileError(f"{where}: YAML syntax error: "
+                            f"{exc.problem or exc.context or 'invalid YAML'}") from None
     except yaml.YAMLError as exc:
         raise TestFileError(f"{path}: YAML syntax error: {exc}") from None
-    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data),
-                    key=lambda e: list(e.absolute_path))
+    except (ValueError, RecursionError) as exc:  # an int of > 4300 digits, nesting too deep
+        raise TestFileError(f"{path}: cannot read: a value YAML cannot convert "
+                            f"({str(exc)[:200]})") from None
+    errors = list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data))
     if errors:
-        first = errors[0]
-        where = "/".join(str(p) for p in first.absolute_path) or "(top)"
-        raise TestFileError(f"{path}: {where}: {first.message}")
+        issues = dict.fromkeys(issue for error in errors for issue in _issues(error))
+        problems = sorted((_problem(path, text, issue) for issue in issues),
+                          key=lambda p: (p.line, p.col))
+        raise TestFileError(problems[0].format(), [p.format() for p in problems])
     base = path.parent
     tests = []
-    for raw in data["tests"]:
+    for index, raw in enumerate(data["tests"]):
         events = raw.get("events")
         if events is None:
             events = _read_events(base / raw["events_file"])
         for number, expectation in enumerate(raw.get("expect", [])):
             if expectation["event"] >= len(events):
-                raise TestFileError(f"{path}: test {raw['name']!r}: expect[{number}] names event "
-                                    f"{expectation['event']}, but there are {len(events)} events")
+                raise TestFileError(_problem(path, text, Issue(
+                    ("tests", index, "expect", number, "event"), False,
+                    f"test {raw['name']!r}: expect[{number}] names event "
+                    f"{expectation['event']}, but the test has {len(events)} "
+                    f"event{'' if len(events) == 1 else 's'}")).format())
         tests.append(RuleTest(raw["name"], [dict(e) for e in events], dict(raw.get("resources", {})),
                               list(raw.get("expect", [])), raw.get("groups"),
-                              list(raw.get("never", []))))
+                              list(raw.get("never", [])), dict(raw.get("logs", {}))))
     return TestFile(path, [base / p for p in data["rule_files"]], dict(data.get("env", {})), tests,
                     data.get("source", "dockercloud"))
+
+
+def _issues(error: jsonschema.ValidationError) -> list[Issue]:
+    """A schema error in the words `eventd check` uses (unknown keys get a did-you-mean)."""
+    path: JsonPath = tuple(error.absolute_path)
+    if error.validator == "oneOf" and path[:1] == ("tests",):
+        return [Issue(path, False, at(label(path), "a test gives its events in `events` or in "
+                                                   "`events_file`, one of the two"))]
+    return schema_issues(error)
+
+
+def _problem(path: Path, text: str, issue: Issue) -> Problem:
+    """The issue at the line and column where its key (or value) is in the file."""
+    line, col = _position(text, issue.path, issue.at_key)
+    return Problem(str(path), line, col, None, issue.message)
+
+
+def _position(text: str, path: JsonPath, at_key: bool) -> tuple[int, int]:
+    """Where `path` starts in the YAML text (its key's start if `at_key`); the closest enclosing
+    value when it cannot be followed (a merge key, an alias)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return 1, 1
+    mark = node.start_mark if node is not None else None
+    for depth, part in enumerate(path):
+        child = key = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                    key, child = key_node, value_node
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                and part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            break
+        last = depth == len(path) - 1
+        mark = key.start_mark if (last and at_key and key is not None) else child.start_mark
+        node = child
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:

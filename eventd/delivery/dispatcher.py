@@ -15,17 +15,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
-from eventd.actions.base import ActionContext, ActionJob, ActionKind, FollowInterrupted, FollowUp
-from eventd.delivery.attempts import Attempt, Attempts, Verdict
+from eventd.actions.base import ActionContext, ActionKind, FollowInterrupted, FollowUp
+from eventd.clients.http import describe_failure
+from eventd.delivery.attempts import Attempt, Attempts, Fence, Verdict
 from eventd.delivery.breaker import CircuitBreaker
-from eventd.delivery.http import describe_failure
+from eventd.delivery.gate import Gate, Policy
 from eventd.delivery.lanes import Lane, Lanes
-from eventd.delivery.retry import RetryPolicy
-from eventd.errors import PermanentActionError, StoreError
+from eventd.delivery.retry import (
+    DEFAULT_DEADLINE,
+    DEFAULT_INITIAL_WAIT,
+    DEFAULT_MAX_WAIT,
+    RetryPolicy,
+)
+from eventd.errors import LeaseLost, PermanentActionError, StoreError
 from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
+from eventd.records import ActionJob
 from eventd.stores.backpressure import until_stored
 from eventd.stores.base import Store
 
@@ -35,19 +42,23 @@ _BATCH = 512  # most jobs an in-memory lane's worker takes at once
 DEFAULT_WINDOW = 256  # jobs a durable lane keeps in memory; the rest stay in the spool
 DEFAULT_MAX_LANES = 256  # distinct targets with a lane; idle ones beyond are closed, LRU
 DEFAULT_MAX_FOLLOWING = 8  # Docker Cloud actions followed at once, beside the REST lane
+_FENCED_SCAN = 4  # windows of a target's spool a fenced lane reads to find its own jobs
 
 
 class Dispatcher:
     """Runs accepted action jobs on per-target lanes with retries, guards and dead letters."""
 
     def __init__(self, context: ActionContext, store: Store, kinds: Mapping[str, ActionKind], *,
-                 queue_size: int = DEFAULT_WINDOW, deadline: float = 600.0,
-                 deadlines: Mapping[str, float] | None = None, max_wait: float = 60.0,
-                 initial_wait: float = 1.0, breaker: CircuitBreaker | None = None,
+                 queue_size: int = DEFAULT_WINDOW, deadline: float = DEFAULT_DEADLINE,
+                 deadlines: Mapping[str, float] | None = None,
+                 max_wait: float = DEFAULT_MAX_WAIT, initial_wait: float = DEFAULT_INITIAL_WAIT,
+                 breaker: CircuitBreaker | None = None,
                  sleep: Callable[[float], None] | None = None,
                  clock: Callable[[], float] = time.time,
                  max_lanes: int = DEFAULT_MAX_LANES,
-                 max_following: int = DEFAULT_MAX_FOLLOWING) -> None:
+                 max_following: int = DEFAULT_MAX_FOLLOWING, gate: Gate | None = None) -> None:
+        """`gate`: the pipeline's, with the job key and the loaded rules; without one, a gate
+        with the settings' policy that neither signs jobs nor knows rules (tests, benches)."""
         self.context = context
         self.store = store
         self.kinds = dict(kinds)
@@ -59,7 +70,14 @@ class Dispatcher:
                                             initial_wait=initial_wait)
                           for kind, limit in (deadlines or {}).items()}
         self._default_policy = policy
-        self._attempts = Attempts(self.metrics)
+        rest = context.rest
+        self.gate = gate if gate is not None else Gate(Policy.from_settings(
+            context.settings, user=rest.account if rest is not None else None,
+            rest_host=rest.rest_host if rest is not None else None), self.metrics)
+        self._attempts = Attempts(self.metrics, self.gate)
+        #: in a cluster: which jobs are this replica's to send now, and under which token
+        self._fence: Fence | None = None
+        self._lease: Callable[[ActionJob], tuple[str, str] | None] | None = None
         self._sleep_fn = sleep
         self._clock = clock
         self._stopping = context.stopping
@@ -70,7 +88,6 @@ class Dispatcher:
         self._started = False
         self._closing = False
         self._close_deadline = float("inf")
-        self._outcomes: dict[tuple[str, str], Any] = {}
         self._following = threading.BoundedSemaphore(max(1, max_following))
         self._followers: set[threading.Thread] = set()
         self.overflowed = 0  # durable jobs left in the spool because their lane was full
@@ -94,17 +111,51 @@ class Dispatcher:
         if pending:
             logger.info("resuming %d spooled action(s) on %d target(s)", pending, len(counts))
 
-    def resume(self) -> int:
-        """Deliver what another process left in a shared spool (a replica that died): every
-        target with spooled jobs pages them in, oldest first; a job this process holds already
-        is not taken twice. How many jobs the spool holds."""
+    def use_fence(self, fence: Fence, sweep: float | None = None,
+                  lease: Callable[[ActionJob], tuple[str, str] | None] | None = None) -> None:
+        """Send only the jobs `fence` says are this replica's now, each with its lease's
+        fencing token (a cluster's replica: set before the first lease is taken). Jobs of
+        namespaces other replicas hold are neither paged in nor sent: left in the spool.
+        `sweep`: look at the shared spool this often for jobs of the leases held here that
+        another replica accepted late (its store write landed after this one took over).
+        `lease`: what the store checks where a job is accepted (the key and value its
+        namespace's lease must still hold; LeaseLost: not held here, the job is dropped)."""
+        self._fence = fence
+        self._lease = lease
+        self._attempts.fence = fence
+        if sweep is not None and sweep > 0:
+            thread = threading.Thread(target=self._sweep, args=(sweep,), daemon=True,
+                                      name="dispatch-sweep")
+            thread.start()
+
+    def _sweep(self, every: float) -> None:
+        while not self._stopping.wait(every):
+            if self._closing:
+                return
+            try:
+                self.resume(quiet=True)
+            except StoreError:
+                continue  # unreachable now: the next sweep looks again
+            except Exception as exc:  # noqa: BLE001 - the sweep must keep running
+                report_internal_error("dispatch", exc, self.metrics)
+
+    def quiesce(self, scope: str, timeout: float) -> bool:
+        """Wait until no request sent under a lease of `scope` (`<cluster>/<ns>:`) is on its
+        way (before that lease is freed); False at the timeout."""
+        return self._attempts.quiesce(scope, timeout)
+
+    def resume(self, quiet: bool = False) -> int:
+        """Deliver what another process left in a shared spool (a replica that died, a lease
+        taken over): every target with spooled jobs pages them in, oldest first; a job this
+        process holds already is not taken twice, and with a fence only the jobs of the
+        namespaces this replica holds are taken. How many jobs the spool holds."""
         counts = self.store.spool_targets()
         for target in counts:
             lane = self._lane(target, durable=True)
             with lane.cond:
                 lane.spilled = True
                 lane.cond.notify_all()
-        if counts:
+        if counts and not quiet:
             logger.info("taking over %d spooled action(s) on %d target(s)",
                         sum(counts.values()), len(counts))
         return sum(counts.values())
@@ -112,12 +163,19 @@ class Dispatcher:
     def submit_many(self, jobs: list[ActionJob]) -> None:
         """Accept several jobs; in-memory lanes take each lane's share under one lock."""
         by_lane: dict[str, list[ActionJob]] = {}
+        spooled: list[ActionJob] = []
+        many = getattr(self.store, "spool_add_many", None)
         for job in jobs:
             kind = self.kinds.get(job.kind)
-            if kind is not None and not kind.durable and not self._closing:
+            if kind is not None and not _durable(kind, job) and not self._closing:
                 by_lane.setdefault(job.target, []).append(job)
+            elif kind is not None and many is not None and self._started and not self._closing \
+                    and self._lease is None:
+                spooled.append(job)
             else:
                 self.submit(job)
+        if spooled:
+            self._submit_durable_many(spooled, many)
         for target, lane_jobs in by_lane.items():
             self._submit_blocking(target, lane_jobs)
 
@@ -133,7 +191,7 @@ class Dispatcher:
             logger.warning("%s action for rule %s arrived during shutdown; not accepted",
                            job.kind, job.rule)
             return False
-        if kind.durable:
+        if _durable(kind, job):
             return self._submit_durable(job)
         return self._submit_blocking(job.target, [job])
 
@@ -141,6 +199,10 @@ class Dispatcher:
         """True once every accepted job is delivered, skipped or dead-lettered."""
         with self._idle:
             return self._idle.wait_for(lambda: self._outstanding == 0, timeout)
+
+    def down_targets(self) -> list[str]:
+        """The queues whose target is failing now (what /readyz names)."""
+        return self.breaker.failing_targets()
 
     def lane_count(self) -> int:
         """How many lanes (targets) are open."""
@@ -180,16 +242,54 @@ class Dispatcher:
         return left
 
     # -- accepting ------------------------------------------------------------------------------
+    def _submit_durable_many(self, jobs: list[ActionJob], many: Any) -> None:
+        """Accept several durable jobs in one transaction of the store (`spool_add_many`)."""
+        for job in jobs:
+            self.gate.sign(job)
+        try:
+            added = until_stored(lambda: many(jobs), self._stopping, "spool_add")
+        except StoreError as exc:
+            logger.error("%d actions not accepted: stopping while the store is unreachable "
+                         "(%s)", len(jobs), exc)
+            return
+        for job, new in zip(jobs, added, strict=True):
+            if new:
+                self._accepted(job)
+
     def _submit_durable(self, job: ActionJob) -> bool:
+        self.gate.sign(job)  # what the store gives back runs only if this MAC still holds
+        lease = self._lease
         try:  # an unreachable store holds the caller (backpressure) rather than lose the job
-            added = until_stored(lambda: self.store.spool_add(job), self._stopping, "spool_add")
+            if lease is None:
+                added = until_stored(lambda: self.store.spool_add(job), self._stopping,
+                                     "spool_add")
+            else:  # each try asks the lease anew: held up past it, the job is not ours
+                add = cast(Any, self.store).spool_add
+                added = until_stored(lambda: add(job, lease=lease(job)), self._stopping,
+                                     "spool_add")
         except StoreError as exc:
             logger.error("%s action for rule %s not accepted: stopping while the store is "
                          "unreachable (%s)", job.kind, job.rule, exc)
             return False
+        except LeaseLost as exc:
+            # Its namespace's stream is another replica's now (this one was cut off from the
+            # store while it held it): that one's gap, announced, covers this event.
+            self.metrics.dropped.labels(kind=job.kind, reason="lease_lost").inc()
+            logger.warning("%s action for rule %s not accepted: %s; the event is in the gap "
+                           "the stream's new holder announced", job.kind, job.rule, exc)
+            return False
         if not added:
             return True  # already accepted and pending
+        self._accepted(job)
+        return True
+
+    def _accepted(self, job: ActionJob) -> None:
+        """A job just committed to the spool: counted, and queued on its lane (or left in
+        the spool when the lane's window is full)."""
         self.metrics.spool_pending.inc()
+        if logger.isEnabledFor(logging.DEBUG):  # a stage of bench/docker_latency.py's breakdown
+            logger.debug("%s job %s of event %s spooled", job.kind, job.id,
+                         job.event.get("uuid", "?"))
         with self._lock:
             self._outstanding += 1
         while True:
@@ -199,7 +299,7 @@ class Dispatcher:
                     continue
                 lane.last_used = time.monotonic()
                 if job.id in lane.known:
-                    return True
+                    return
                 if lane.spilled or len(lane.backlog) >= lane.size:
                     if not lane.spilled:
                         logger.info("queue for %s holds %d actions; further ones wait in the "
@@ -210,7 +310,7 @@ class Dispatcher:
                     lane.backlog.append(job)
                     lane.known.add(job.id)
                 lane.cond.notify_all()
-                return True
+                return
 
     def _submit_blocking(self, target: str, jobs: list[ActionJob]) -> bool:
         while True:
@@ -241,8 +341,9 @@ class Dispatcher:
         with lane.cond:
             if lane.thread is not None:
                 return
-            lane.thread = threading.Thread(target=self._work, args=(lane,), daemon=True,
-                                           name=f"dispatch-{lane.target[:60]}")
+            lane.thread = threading.Thread(
+                target=self.metrics.workers.run, args=("dispatch", lambda: self._work(lane)),
+                daemon=True, name=f"dispatch-{lane.target[:60]}")
             lane.thread.start()
 
     # -- working --------------------------------------------------------------------------------
@@ -253,15 +354,26 @@ class Dispatcher:
             if job is None:
                 return
             jobs = [job]
-            if not lane.durable:
+            kind = self.kinds.get(job.kind)
+            size = _batch_size(kind, job)
+            if not lane.durable or size > 1:
                 # In-memory lanes (audit, log) take what is queued in one go: one lock round
                 # per batch instead of per job, which is what two threads under one GIL need.
+                # A kind that sends batches (postgres) gets its queue's waiting jobs at once.
                 with lane.cond:
-                    while lane.backlog and len(jobs) < _BATCH:
+                    while lane.backlog and len(jobs) < max(size, 1 if lane.durable else _BATCH):
                         jobs.append(lane.take())
                     lane.cond.notify_all()
             following: set[str] = set()
-            for job in jobs:
+            if size > 1 and kind is not None:
+                try:
+                    wait = self._deliver_batch(lane, kind, jobs, wait)
+                except Exception as exc:  # never let one batch kill the lane
+                    report_internal_error("dispatch", exc, self.metrics)
+                jobs_done: list[ActionJob] = []
+            else:
+                jobs_done = jobs
+            for job in jobs_done:
                 try:
                     wait = self._deliver(lane, job, wait, following)
                 except Exception as exc:  # never let one job kill the lane
@@ -292,15 +404,24 @@ class Dispatcher:
                 lane.cond.wait(0.5)
 
     def _page_in(self, lane: Lane) -> None:
-        """Load the lane's oldest spooled jobs (caller holds lane.cond)."""
+        """Load the lane's oldest spooled jobs (caller holds lane.cond); with a fence, only
+        this replica's, looking past other replicas' jobs up to a few windows deep."""
         limit = lane.size + len(lane.known)
+        fence = self._fence
+        scan = limit if fence is None else limit * _FENCED_SCAN
         try:
-            jobs = self.store.spool_pending(target=lane.target, limit=limit)
+            jobs = self.store.spool_pending(target=lane.target, limit=scan)
         except StoreError as exc:
             logger.error("could not read the spool for %s (%s); trying again", lane.target, exc)
             lane.cond.wait(1.0)
             return
-        lane.page_in(jobs, limit)
+        if fence is None:
+            lane.page_in(jobs, limit)
+            return
+        mine = [job for job in jobs if fence(job) is not None]
+        lane.page_in(mine, limit)
+        if len(jobs) >= scan:  # more beyond what was read (the worker waits before looking)
+            lane.spilled = True
 
     def _flush(self, kind_name: str) -> None:
         kind = self.kinds.get(kind_name)
@@ -335,14 +456,21 @@ class Dispatcher:
                 if self._stopping.is_set():
                     self._left(job)
                     return 0.0
-            attempt = self._attempts.run(kind, job)
+            if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
+                logger.debug("%s job %s of event %s: attempt starts", job.kind, job.id,
+                             job.event.get("uuid", "?"))
+            attempt = self._attempts.run(kind, job, lane.durable)
             verdict = attempt.verdict
+            if verdict is Verdict.LEFT:
+                self._leave(lane, job)
+                return 0.0
             if verdict is Verdict.FAILED:
                 wait = self.breaker.failure(lane.target)
             elif verdict is Verdict.TOLD:
                 wait = self.breaker.told(lane.target, attempt.retry_after)
             else:
-                self.breaker.success(lane.target)  # the target answered: it is alive
+                if verdict is not Verdict.GATED:  # a refusal at the gate asked nobody
+                    self.breaker.success(lane.target)  # the target answered: it is alive
                 self._settle(lane, job, attempt, following)
                 return 0.0
             lane.last_error = describe_failure(attempt.error)
@@ -351,11 +479,94 @@ class Dispatcher:
                 return wait
             self._retrying(lane, job, attempt, wait)
 
-    def _retrying(self, lane: Lane, job: ActionJob, attempt: Attempt, wait: float) -> None:
-        self._count("retry", job.kind)
+    def _deliver_batch(self, lane: Lane, kind: ActionKind, jobs: list[ActionJob],
+                       wait: float) -> float:
+        """Run `jobs` (one queue's, in order) as batches until each is finished or left to
+        the next start; returns the lane's wait. Each job keeps its own outcome; those that
+        failed with the target are tried again together, the rest are settled at once."""
+        policy = self._policy(kind.name)
+        pending = jobs
+        while pending:
+            if wait > 0:
+                keep = []
+                for job in pending:
+                    if policy.gives_up(job.created_at, self._clock(), wait):
+                        self._give_up(lane, job, lane.last_error)
+                    else:
+                        keep.append(job)
+                pending = keep
+                if not pending:
+                    return wait
+                self._sleep(wait)
+                wait = 0.0
+                if self._stopping.is_set():
+                    for job in pending:
+                        self._left(job)
+                    return 0.0
+            attempts = self._attempts.run_batch(kind, pending, lane.durable)
+            finished: list[str] = []
+            failed: list[tuple[ActionJob, Attempt]] = []
+            answered = False
+            delivered: list[tuple[ActionJob, Attempt]] = []
+            for job, attempt in zip(pending, attempts, strict=True):
+                if attempt.verdict is Verdict.LEFT:
+                    self._leave(lane, job)
+                    continue
+                if attempt.verdict in (Verdict.FAILED, Verdict.TOLD):
+                    failed.append((job, attempt))
+                    continue
+                answered = answered or attempt.verdict is not Verdict.GATED
+                if attempt.verdict is Verdict.DONE:
+                    delivered.append((job, attempt))
+                self._settle(lane, job, attempt, set(), quiet=True, done=finished)
+            if finished:  # one transaction for the batch's jobs leaving the spool
+                self._spool_done_many(finished)
+                for _ in finished:
+                    self._finished()
+                finished = []
+            if delivered:  # one line per batch: a line per row would be the log's bulk
+                first, done = delivered[0]
+                retried = max(job.attempts for job, _ in delivered)
+                logger.info("%s: %d action(s) delivered to %s%s: %s", first.kind,
+                            len(delivered), self._where(first),
+                            f" (after {retried} attempts)" if retried > 1 else "", done.result)
+            if not failed:
+                if answered:
+                    self.breaker.success(lane.target)
+                return 0.0
+            head, attempt = failed[0]
+            if attempt.verdict is Verdict.TOLD:
+                wait = self.breaker.told(lane.target, attempt.retry_after)
+            else:
+                wait = self.breaker.failure(lane.target)
+            lane.last_error = describe_failure(attempt.error)
+            pending = []
+            for job, _ in failed:
+                if policy.gives_up(job.created_at, self._clock(), wait):
+                    self._give_up(lane, job, lane.last_error)
+                else:
+                    pending.append(job)
+            if pending:
+                self._retrying(lane, pending[0], attempt, wait, len(pending))
+                if lane.durable:
+                    for job in pending[1:]:
+                        self._store_attempts(job)
+        return wait
+
+    def _store_attempts(self, job: ActionJob) -> None:
+        self._store_call(lambda: self.store.spool_update_attempts(job.id, job.attempts))
+
+    def _retrying(self, lane: Lane, job: ActionJob, attempt: Attempt, wait: float,
+                  count: int = 1) -> None:
+        for _ in range(count):
+            self._count("retry", job.kind)
         if lane.durable:
             self._store_call(lambda: self.store.spool_update_attempts(job.id, job.attempts))
-        if attempt.verdict is Verdict.TOLD:
+        if count > 1:
+            logger.log(logging.DEBUG if self.breaker.is_open(lane.target) else logging.WARNING,
+                       "%d %s actions to %s failed (%s); retry %d in %.1f s", count, job.kind,
+                       self._where(job), lane.last_error, job.attempts + 1, wait)
+        elif attempt.verdict is Verdict.TOLD:
             logger.info("%s for rule %s to %s: the server asked to come back later (%s); "
                         "retry %d in %.1f s", job.kind, job.rule, self._where(job),
                         lane.last_error, job.attempts + 1, wait)
@@ -412,10 +623,11 @@ class Dispatcher:
                 self._followers.discard(threading.current_thread())
 
     # -- outcomes -------------------------------------------------------------------------------
-    def _settle(self, lane: Lane, job: ActionJob, attempt: Attempt, following: set[str]) -> None:
+    def _settle(self, lane: Lane, job: ActionJob, attempt: Attempt, following: set[str],
+                quiet: bool = False, done: list[str] | None = None) -> None:
         verdict = attempt.verdict
         if verdict is Verdict.DONE:
-            self._succeeded(lane, job, attempt.result)
+            self._succeeded(lane, job, attempt.result, quiet, done)
         elif verdict is Verdict.FOLLOW:
             assert attempt.follow_up is not None
             self._follow(lane, job, attempt.follow_up, following)
@@ -427,9 +639,12 @@ class Dispatcher:
             self._count("failed", job.kind)
             self._dead(lane, job, describe_failure(attempt.error), permanent=True)
 
-    def _succeeded(self, lane: Lane, job: ActionJob, result: str) -> None:
+    def _succeeded(self, lane: Lane, job: ActionJob, result: str, quiet: bool = False,
+                   done: list[str] | None = None) -> None:
         self._count("success", job.kind)
-        if job.attempts > 1:
+        if quiet:  # a batch: its line is logged once for all
+            logger.debug("%s for rule %s: %s", job.kind, job.rule, result)
+        elif job.attempts > 1:
             logger.info("%s for rule %s to %s succeeded on attempt %d: %s", job.kind, job.rule,
                         self._where(job), job.attempts, result)
         elif lane.durable:
@@ -437,13 +652,32 @@ class Dispatcher:
         else:  # log and audit: one line per event would double the log
             logger.debug("%s for rule %s: %s", job.kind, job.rule, result)
         hooks.on_delivered(job, result)
+        if done is not None and lane.durable:
+            done.append(job.id)  # left the spool with its batch (the caller finishes it)
+            self.metrics.spool_pending.dec()
+            return
         self._done(lane, job)
 
     def _done(self, lane: Lane, job: ActionJob) -> None:
         if lane.durable:
             self._store_call(lambda: self.store.spool_done(job.id))
             self.metrics.spool_pending.dec()
+            if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
+                logger.debug("%s job %s of event %s left the spool", job.kind, job.id,
+                             job.event.get("uuid", "?"))
         self._finished()
+
+    def _spool_done_many(self, ids: list[str]) -> None:
+        """Forget a batch's finished jobs: one transaction where the store offers it."""
+        many: Callable[[list[str]], None] | None = getattr(self.store, "spool_done_many", None)
+        if many is not None:
+            self._store_call(lambda: many(ids))
+            return
+        for job_id in ids:
+            self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        self._store_call(lambda: self.store.spool_done(job_id))
 
     def _give_up(self, lane: Lane, job: ActionJob, last_error: str) -> None:
         age = self._clock() - job.created_at
@@ -461,6 +695,14 @@ class Dispatcher:
                      job.id)
         hooks.on_dead_lettered(job, reason)
         self._finished()
+
+    def _leave(self, lane: Lane, job: ActionJob) -> None:
+        """Not ours to send any more (the lease of its namespace moved): it stays in the
+        spool, where the lease's holder pages it in; nothing was sent."""
+        self._count("left", job.kind)
+        logger.debug("%s for rule %s left in the spool: its namespace's lease is another "
+                     "replica's", job.kind, job.rule)
+        self._finished()  # still pending in the spool (whoever delivers it counts it done)
 
     def _left(self, job: ActionJob) -> None:
         logger.info("%s for rule %s interrupted by shutdown; it stays in the spool",
@@ -481,11 +723,8 @@ class Dispatcher:
                            "(same Idempotency-Key)", exc)
 
     def _count(self, outcome: str, kind: str) -> None:
-        child = self._outcomes.get((kind, outcome))
-        if child is None:
-            child = self.metrics.actions.labels(kind=kind, outcome=outcome)
-            self._outcomes[(kind, outcome)] = child
-        child.inc()
+        # this thread's own Counter (eventd.ops.metrics.Tally): no lock per job
+        self.metrics.actions.mine()[(kind, outcome)] += 1
 
     def _where(self, job: ActionJob) -> str:
         kind = self.kinds.get(job.kind)
@@ -496,3 +735,21 @@ class Dispatcher:
         except Exception as exc:
             report_internal_error("dispatch", exc, self.metrics)
             return job.target
+
+
+def _durable(kind: ActionKind, job: ActionJob) -> bool:
+    """Whether `job` goes through the spool: the kind's word, or its options' (an audit
+    trail in a PostgreSQL table is spooled, an audit file is not)."""
+    durable_for = getattr(kind, "durable_for", None)
+    return bool(durable_for(job.options)) if durable_for is not None else kind.durable
+
+
+def _batch_size(kind: ActionKind | None, job: ActionJob) -> int:
+    """How many of a queue's jobs the kind takes in one `send_batch` (1: one at a time)."""
+    batch_size = getattr(kind, "batch_size", None)
+    if batch_size is None:
+        return 1
+    try:
+        return max(1, int(batch_size(job.options)))
+    except Exception:  # noqa: BLE001 - a kind that cannot say sends one at a time
+        return 1

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from eventd.actions.base import ActionJob
+from eventd.records import ActionJob
 
 
 class Lane:

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from eventd.emulator.errors import ScenarioError
+from eventd.emulator.errors import ListenError, ScenarioError
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         try:
             emulator.start()
-        except OSError as exc:
-            print(f"eventd emulate: cannot listen: {exc}", file=sys.stderr)
+        except ListenError as exc:
+            print(f"eventd emulate: {exc} (--rest-port / --stream-port 0 picks a free port)",
+                  file=sys.stderr)
             emulator.stop()
-            return 1
+            return 2
         try:
             auth = args.token or emulator.auth_header
             for line in export_lines(emulator.rest_url, emulator.stream_url, args.user,

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -14,7 +15,9 @@ from typing import Any
 
 from eventd.emulator.api import RestApi
 from eventd.emulator.control import handle_control
+from eventd.emulator.errors import ListenError
 from eventd.emulator.faults import Faults
+from eventd.emulator.fencing import Fences
 from eventd.emulator.operations import Operator
 from eventd.emulator.records import Handshake, RecordedCall, StreamConnection
 from eventd.emulator.rest_server import Backend, RestServer
@@ -38,6 +41,10 @@ from eventd.emulator.world import (
 logger = logging.getLogger(__name__)
 
 
+#: a container's log lines the emulator keeps (the oldest go first)
+MAX_LOG_LINES = 10_000
+
+
 def _compact(event: Mapping[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"))
 
@@ -51,7 +58,11 @@ class Emulator:
                  host: str = "127.0.0.1", rest_port: int = 0, stream_port: int = 0,
                  tick: float = 0.05, seed: int | None = None, tls: bool = False,
                  tls_dir: Path | None = None, tls_client_ca: Path | None = None,
-                 namespaces: Sequence[str] = ()) -> None:
+                 namespaces: Sequence[str] = (),
+                 keepalive: tuple[float, float] | None = None, fencing: bool = False) -> None:
+        """`keepalive` (interval, timeout): ping stream clients and end those that do not
+        answer (off by default, as documented). `fencing`: refuse stream handshakes and REST
+        writes whose `Eventd-Fencing-Token` is stale, counted in `fences`."""
         self.user = user
         self.namespace = namespace
         #: further namespaces (organisations) served beside `namespace`, each its own stream;
@@ -72,6 +83,8 @@ class Emulator:
         self._handshakes: list[Handshake] = []
         self._connections: list[StreamConnection] = []
         self.faults = Faults()
+        #: the fencing tokens seen, with fencing on (None: the header is ignored)
+        self.fences: Fences | None = Fences() if fencing else None
         self.world = World(namespace, emit=self._emit_world_event,
                            rng=random.Random(seed) if seed is not None else None)
         build_world(self.world, self.scenario.world if self.scenario else DEFAULT_WORLD)
@@ -85,11 +98,15 @@ class Emulator:
         #: with tls: the self-signed certificate both servers present (clients' CA file)
         self.certificate: Certificate | None = write_self_signed(tls_dir, host) if tls else None
         self._tls = self.certificate.server_context(tls_client_ca) if self.certificate else None
+        self._logs: dict[str, list[dict[str, Any]]] = {}
+        self._logs_lock = threading.Lock()
         self._stream = StreamServer(host=host, port=stream_port, namespace=namespace,
                                     authorized=self.authorized, faults=self.faults,
                                     record=self._record_handshake, tls=self._tls,
                                     namespaces=self.namespaces,
-                                    record_connection=self._record_connection)
+                                    record_connection=self._record_connection,
+                                    keepalive=keepalive, fences=self.fences,
+                                    container_logs=self.container_logs)
         self._rest: RestServer | None = None
         self.faults.on_drop = self._stream.drop_all
         self.faults.on_silent = self._stream.set_silent
@@ -101,9 +118,17 @@ class Emulator:
             api=self.api.handle, authorized=self.authorized, record=self.record_call,
             control=lambda method, path, raw, query, content_type, client: handle_control(
                 self, method, path, raw, query, content_type, client),
-            faults=self.faults)
-        self._rest = RestServer(backend, self.host, self._rest_port, tls=self._tls)
-        self._stream.start()
+            faults=self.faults, fences=self.fences)
+        try:
+            self._rest = RestServer(backend, self.host, self._rest_port, tls=self._tls)
+        except OSError as exc:
+            raise ListenError("REST API", self.host, self._rest_port, exc) from None
+        try:
+            self._stream.start()
+        except OSError as exc:
+            self._rest.stop()
+            self._rest = None
+            raise ListenError("Stream API", self.host, self._stream.port, exc) from None
         self._rest.start()
         self.scheduler.start()
         for step in self.scenario.steps if self.scenario else ():
@@ -178,6 +203,19 @@ class Emulator:
         with self.world.lock:
             self._emit_world_event(dict(event))
 
+    def add_container_logs(self, uuid: str, lines: list[str], stream: str = "stdout") -> None:
+        """Give container `uuid` log output (what its process printed), oldest first."""
+        with self._logs_lock:
+            kept = self._logs.setdefault(uuid, [])
+            kept.extend({"type": "log", "log": line + "\n", "streamType": stream,
+                         "timestamp": int(time.time())} for line in lines)
+            del kept[:-MAX_LOG_LINES]
+
+    def container_logs(self, uuid: str) -> list[dict[str, Any]]:
+        """Container `uuid`'s log messages as the logs endpoint sends them, oldest first."""
+        with self._logs_lock:
+            return list(self._logs.get(uuid, ()))
+
     def emit_event(self, type: str = "container", action: str = "update",  # noqa: A002
                    state: str = "Running", resource_uri: str | None = None,
                    parents: list[str] | None = None,
@@ -240,11 +278,6 @@ class Emulator:
         """Every event dict broadcast so far, in order."""
         with self._records:
             return list(self._sent)
-
-    def clear_sent_events(self) -> None:
-        """Forget the events broadcast so far."""
-        with self._records:
-            self._sent.clear()
 
     # -- recordings ---------------------------------------------------------------------------
     def record_call(self, call: RecordedCall) -> None:

@@ -68,12 +68,15 @@ class RecordedCall:
     headers: Headers
     json: Any
     status: int
+    peer: str = ""  # the client's address:port
+    at: float = 0.0  # time.monotonic() when it was answered
 
     def to_json(self, reveal: bool = False) -> dict[str, Any]:
         """The call as JSON for the control endpoint (credentials redacted unless `reveal`)."""
         headers = dict(self.headers) if reveal else redact_headers(self.headers)
         return {"method": self.method, "path": self.path, "query": dict(self.query),
-                "headers": headers, "json": self.json, "status": self.status}
+                "headers": headers, "json": self.json, "status": self.status,
+                "peer": self.peer, "at": self.at}
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class Handshake:
     headers: Headers
     status: int
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    peer: str = ""  # the client's address:port
+    at: float = 0.0  # time.monotonic() when it was answered
 
     def to_json(self, reveal: bool = False) -> dict[str, Any]:
         """The handshake as JSON for the control endpoint (credentials redacted unless `reveal`)."""
@@ -98,14 +103,24 @@ class StreamConnection:
     """One accepted stream connection: its namespace and when it opened and closed.
 
     Times are `time.monotonic()` of the emulator's process; `closed` is None while open.
+    With keepalive pings on, `last_pong` is when the client last answered one (a client
+    that stopped answering was alive until then at least) and `ended` says who ended it:
+    `client` (it closed or hung up), `keepalive` (no pong in time), `server` (stopped or a
+    drop fault). `token` is the fencing-token header of its handshake, `frames` how many
+    frames were written to it.
     """
 
     namespace: str
     peer: str
     opened: float
     closed: float | None = None
+    token: str | None = None
+    last_pong: float | None = None
+    frames: int = 0
+    ended: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The connection as JSON for the control endpoint."""
         return {"namespace": self.namespace, "peer": self.peer, "opened": self.opened,
-                "closed": self.closed}
+                "closed": self.closed, "token": self.token, "last_pong": self.last_pong,
+                "frames": self.frames, "ended": self.ended}

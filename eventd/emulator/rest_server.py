@@ -20,6 +20,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from eventd.emulator.api import Reply, error
 from eventd.emulator.faults import Faults
+from eventd.emulator.fencing import HEADER as FENCING_HEADER
+from eventd.emulator.fencing import Fences
 from eventd.emulator.records import Headers, RecordedCall, redact_target
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class Backend:
     #: (method, path, raw body, query, content type, client address) -> reply
     control: Callable[[str, str, bytes, dict[str, str], str, str], Reply]
     faults: Faults
+    #: refuse a write (any method but GET) whose fencing token is stale, with 409
+    fences: Fences | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -139,10 +143,15 @@ class _Handler(BaseHTTPRequestHandler):
             reply = error(415, "Unsupported Media Type: send Content-Type: application/json")
         elif raw and body is None and raw.strip() != b"null":
             reply = error(400, "the request body is not valid JSON")
+        elif backend.fences is not None and method != "GET" \
+                and backend.fences.refuses(headers.get(FENCING_HEADER)):
+            reply = error(409, "stale or malformed fencing token: a newer lease holder exists")
         else:
             reply = backend.api(method, path, query, body, headers.get("User-Agent") or "")
         backend.record(RecordedCall(method=method, path=path, query=query,
-                                          headers=headers, json=body, status=reply.status))
+                                    headers=headers, json=body, status=reply.status,
+                                    peer=f"{self.client_address[0]}:{self.client_address[1]}",
+                                    at=time.monotonic()))
         logger.info("REST %s %s -> %d", method, redact_target(self.path), reply.status)
         self._send(reply)
 

@@ -23,6 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from eventd.emulator.faults import Faults
+from eventd.emulator.fencing import HEADER as FENCING_HEADER
+from eventd.emulator.fencing import Fences
 from eventd.emulator.records import Handshake, Headers, StreamConnection, redact_target
 from eventd.emulator.world import uri_key
 
@@ -35,9 +37,14 @@ _protocol_logger.setLevel(logging.INFO)
 AUTH_MESSAGE = json.dumps({"type": "auth"}, separators=(",", ":"))
 QUEUE_SIZE = 10_000
 _PATH = re.compile(r"^/(?:api/audit/v1/(?:(?P<ns>[^/]+)/)?events|v1/events)/?$")
+#: a container's logs (Stream API; the docker/docs "Container logs" page: `tail`, `follow`)
+_LOGS = re.compile(r"^/api/app/v1/(?:(?P<ns>[^/]+)/)?container/"
+                   r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/logs/?$")
+#: the most lines one logs connection sends (the reference's default `tail` is 300)
+LOGS_TAIL_DEFAULT = 300
 _REASONS = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
             308: "Permanent Redirect", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            429: "Too Many Requests",
+            409: "Conflict", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}
 _NAMESPACED = re.compile(r"^/api/(?:app|infra)/v1/(?P<ns>[^/]+)/[a-z]+/[^/]+/?$")
@@ -102,8 +109,19 @@ class StreamServer:
                  record: Callable[[Handshake], None],
                  tls: ssl.SSLContext | None = None,
                  namespaces: Collection[str] = (),
-                 record_connection: Callable[[StreamConnection], None] | None = None) -> None:
+                 record_connection: Callable[[StreamConnection], None] | None = None,
+                 keepalive: tuple[float, float] | None = None,
+                 fences: Fences | None = None,
+                 container_logs: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
+        """`container_logs(uuid)`: a container's log messages, oldest first (the logs
+        endpoint). `keepalive` (interval, timeout): ping every client and end a connection whose pong
+        does not come in time, as a load balancer ends a dead one (the reference documents
+        client pings only: off by default). `fences`: refuse a handshake whose fencing token
+        is stale (409)."""
         self.host = host
+        self._container_logs = container_logs
+        self._keepalive = keepalive
+        self._fences = fences
         self._tls = tls
         self.port = port
         self.namespace = namespace
@@ -145,10 +163,11 @@ class StreamServer:
                 loop.call_soon_threadsafe(stop.set)
             except RuntimeError:  # the loop closed in between
                 pass
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
         self._loop = None
+        if self._thread is None:  # never started (or stopped already): nothing to say
+            return
+        self._thread.join(10)
+        self._thread = None
         logger.info("stream server on port %d stopped", self.port)
 
     @property
@@ -230,7 +249,7 @@ class StreamServer:
         retry_after: str | None = None
         location: str | None = None
         failure = self._faults.take_handshake_failure()
-        match = _PATH.match(split.path)
+        match = _PATH.match(split.path) or _LOGS.match(split.path)
         if failure is not None:
             status, retry_after, location = failure.status, failure.retry_after, failure.location
         elif match is None or (match.group("ns") not in (None, *self.namespaces)):
@@ -238,9 +257,13 @@ class StreamServer:
         elif (self._faults.rejecting_auth
               or not self._authorized(request.headers.get("Authorization"))):
             status = 401
+        elif self._fences is not None and self._fences.refuses(
+                request.headers.get(FENCING_HEADER)):
+            status = 409
         headers = Headers(request.headers.raw_items())
-        self._record(Handshake(path=split.path, query=query, headers=headers, status=status))
         peer = connection.remote_address
+        self._record(Handshake(path=split.path, query=query, headers=headers, status=status,
+                               peer=_peer(peer), at=time.monotonic()))
         if status == 101:
             return None
         logger.info("stream handshake %s from %s refused with %d", split.path,
@@ -258,9 +281,14 @@ class StreamServer:
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         split = urlsplit(ws.request.path)
+        logs = _LOGS.match(split.path)
+        if logs is not None:
+            await self._serve_logs(ws, logs.group("uuid"), dict(parse_qsl(split.query)))
+            return
         match = _PATH.match(split.path)
         namespace = (match.group("ns") if match else None) or self.namespace
-        record = StreamConnection(namespace, _peer(ws.remote_address), time.monotonic())
+        record = StreamConnection(namespace, _peer(ws.remote_address), time.monotonic(),
+                                  token=ws.request.headers.get(FENCING_HEADER))
         conn = _Connection(ws, Filters.from_query(parse_qsl(split.query)), record)
         if self._record_connection is not None:
             self._record_connection(record)
@@ -273,6 +301,9 @@ class StreamServer:
             ws.transport.pause_reading()
         conn.queue.put_nowait(AUTH_MESSAGE)
         pump = asyncio.create_task(self._pump(conn))
+        tasks = [pump]
+        if self._keepalive is not None:
+            tasks.append(asyncio.create_task(self._keep_alive(conn, *self._keepalive)))
         try:
             async for _ in ws:  # what clients send is read (so control frames flow) and ignored
                 pass
@@ -280,15 +311,33 @@ class StreamServer:
             pass
         finally:
             record.closed = time.monotonic()
-            pump.cancel()
+            record.ended = record.ended or "client"
+            for task in tasks:
+                task.cancel()
             self._connections.discard(conn)
             self._set_count(len(self._connections))
-            try:
-                await pump
-            except (asyncio.CancelledError, ConnectionClosed):
-                pass
+            for task in tasks:
+                try:
+                    await task
+                except (asyncio.CancelledError, ConnectionClosed):
+                    pass
             logger.info("stream connection from %s closed (code %s); %d open",
                         _peer(ws.remote_address), ws.close_code, len(self._connections))
+
+    async def _serve_logs(self, ws: ServerConnection, uuid: str, query: dict[str, str]) -> None:
+        """Send a container's last `tail` log messages, one JSON text frame each, then close
+        (`follow=false`; with follow, the emulator has no live output: it closes too)."""
+        try:
+            tail = max(0, int(query.get("tail", LOGS_TAIL_DEFAULT)))
+        except ValueError:
+            tail = LOGS_TAIL_DEFAULT
+        messages = self._container_logs(uuid) if self._container_logs is not None else []
+        try:
+            for message in messages[-tail:] if tail else []:
+                await ws.send(json.dumps(message))
+            await ws.close(1000, "end of logs")
+        except ConnectionClosed:
+            pass
 
     async def _pump(self, conn: _Connection) -> None:
         assert self._talking is not None
@@ -296,6 +345,30 @@ class StreamServer:
             text = await conn.queue.get()
             await self._talking.wait()
             await conn.ws.send(text, text=True)  # bytes too: malformed-frame tests
+            conn.record.frames += 1
+
+    async def _keep_alive(self, conn: _Connection, interval: float, timeout: float) -> None:
+        """Ping every `interval`; no pong within `timeout` (the client is stopped, or the
+        network between is gone): end the connection without a close handshake."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._faults.silent:
+                continue  # a silent server pings nobody
+            try:
+                # The ping itself may wait behind a send that a dead peer never drains.
+                await asyncio.wait_for(self._ping(conn.ws), timeout)
+            except TimeoutError:
+                conn.record.ended = "keepalive"
+                logger.info("stream client %s answered no ping within %.1f s: connection ended",
+                            _peer(conn.ws.remote_address), timeout)
+                conn.ws.transport.abort()
+                return
+            conn.record.last_pong = time.monotonic()
+
+    @staticmethod
+    async def _ping(ws: ServerConnection) -> None:
+        pong = await ws.ping()
+        await pong
 
     def _broadcast(self, text: str | bytes, event: dict[str, Any] | None) -> None:
         if self._faults.silent:
@@ -315,6 +388,7 @@ class StreamServer:
 
     def _drop_all(self) -> None:
         for conn in list(self._connections):
+            conn.record.ended = conn.record.ended or "server"
             conn.ws.transport.abort()
 
     def _apply_silence(self, silent: bool) -> None:

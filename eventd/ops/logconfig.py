@@ -5,7 +5,9 @@ on the one handler, on the fully formatted message (arguments merged), the excep
 the stack text and any `extra` string, so a secret cannot leak through a traceback or a
 repr of a request. What it removes:
   * every string given in `secrets` (the Authorization header, its base64 token, the apikey),
-    also in its URL-quoted form;
+    also in its URL-quoted form; a short one (under 12 characters, e.g. the emulator's
+    `apikey`) only where it stands alone, not inside a longer word or file name
+    (`/run/secrets/demo-apikey.txt` stays readable);
   * `Authorization: <scheme> <value>` in headers, dict reprs and JSON;
   * query values whose key looks secret (token, key, apikey, secret, password, signature,
     sig, auth, ...), the password in `scheme://user:password@host`;
@@ -15,6 +17,7 @@ repr of a request. What it removes:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -35,7 +38,7 @@ _SECRET_KEY = (r"[\w.\-]*(?:token|key|secret|passw(?:or)?d|pwd|signature|sig|aut
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Basic xxx / 'Authorization': 'Bearer xxx' / "authorization": "xxx"
     (re.compile(r"""(?i)(\b(?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)"""
-                r"""((?:basic|bearer|token|digest)\s+)?[^\s'",}\]]+"""),
+                r"""((?:basic|bearer|token|digest|geniekey)\s+)?[^\s'",}\]]+"""),
      r"\1\2" + MASK),
     # ?token=xxx&apikey=yyy (also `;`-separated and in fragments)
     (re.compile(r"(?i)([?&;#](?:" + _SECRET_KEY + r")=)[^&;#\s'\"<>]+"), r"\1" + MASK),
@@ -54,11 +57,24 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict
     "message", "asctime", "taskName"}
 
 
+#: a secret this long is masked wherever it appears; a shorter one may be part of other words
+_STRONG = 12
+
+
+@functools.lru_cache(maxsize=64)
+def _standing_alone(secret: str) -> re.Pattern[str]:
+    """`secret` where it is not part of a longer word, file name or identifier."""
+    return re.compile(r"(?<![\w.\-])" + re.escape(secret) + r"(?![\w\-]|\.\w)")
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Replace the given secrets and secret-looking URL and header parts of `text` with ***."""
     for secret in _variants(secrets):
         if secret in text:
-            text = text.replace(secret, MASK)
+            if len(secret) >= _STRONG:
+                text = text.replace(secret, MASK)
+            else:
+                text = _standing_alone(secret).sub(MASK, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -104,13 +120,16 @@ def _utc(created: float, millis: bool) -> str:
 
 
 # Line breaks and other control characters (C0, DEL, C1, Unicode line/paragraph separators,
-# ESC of terminal escape sequences); a tab stays.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# ESC of terminal escape sequences) and the bidirectional overrides that reorder what a
+# terminal shows; a tab stays.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f"
+                      "\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r"}
 
 
 def escape_controls(text: str) -> str:
-    """`\\n`, `\\r`, `\\x1b`... for control characters: event data cannot start a log line."""
+    """`\\n`, `\\r`, `\\x1b`... for control characters: event data cannot start a log line,
+    nor steer the terminal it is printed on."""
     if not _CONTROL.search(text):
         return text
     return _CONTROL.sub(lambda m: _NAMED.get(m.group(0)) or (

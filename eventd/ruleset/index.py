@@ -8,6 +8,7 @@ costs an event little more than a small one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from eventd.ruleset.matching import Predicate
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["RuleSet"]
 
 _OTHER: Any = object()  # the index key for a type/action no rule names
+_KEY = itemgetter("type", "action", "state")
 _MEMO_SIZE = 4096
 Candidates = tuple[tuple["Rule", Predicate], ...]
 
@@ -68,7 +70,10 @@ class RuleSet:
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The enabled rules whose match holds for `event`, in load order."""
-        key = (event.get("type"), event.get("action"), event.get("state"))
+        try:
+            key = _KEY(event)  # one C call; an event without one of them is rare
+        except KeyError:
+            key = (event.get("type"), event.get("action"), event.get("state"))
         try:
             candidates = self._memo[key]
         except KeyError:
@@ -80,6 +85,11 @@ class RuleSet:
                 self._memo[key] = candidates
         except TypeError:  # an unhashable type/action/state: no index, check every rule
             return [r for r in self.rules if r.compiled.predicate(event)]
+        if not candidates:  # most events of a small rule set: no rule names their type
+            return []
         if isinstance(candidates, Plan):
             return candidates.match(event)
+        if len(candidates) == 1:  # no list comprehension (a function made per call)
+            rule, residual = candidates[0]
+            return [rule] if residual(event) else []
         return [rule for rule, residual in candidates if residual(event)]

@@ -148,7 +148,19 @@ def check_percent(text: str, args: Any) -> None:
         values = args if isinstance(args, tuple) else (args,)
         if any(type(v) is int and abs(v) > MAX_WIDTH for v in values):
             raise LimitError(f"a `*` format width or precision is over {MAX_WIDTH}")
-    refuse_over(len(text) + size(args), "the formatted text")
+    refuse_over(len(text) + text.count("%") * largest(args), "the formatted text")
+
+
+def largest(args: Any) -> int:
+    """The size of the largest value a format may insert, each field at most once per `%` or
+    `{` of its text: a mapping's `%(a)s` or `{a}` can repeat one value a thousand times."""
+    if isinstance(args, Mapping):
+        values: Iterable[Any] = list(args.values())
+    elif isinstance(args, (tuple, list)):
+        values = args
+    else:
+        return size(args)
+    return max((size(v) for v in values), default=0) + 8
 
 
 def binop(operator: str, left: Any, right: Any) -> None:
@@ -224,12 +236,33 @@ def _replaced(text: Any, old: Any, new: Any) -> int:
     return len(text) + count * max(0, len(new) - len(old))
 
 
-def call(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-    """Check a call before it runs: methods and globals that can build big values from small."""
+#: str, bytes and Markup methods whose result is at most a few times the text's size (case
+#: changes, splits, searches, tests, encodings): allowed, their result sized by `built`. Any
+#: method not named here or checked in `call` (one a later Python adds) is refused.
+_BOUNDED_METHODS = frozenset({
+    "capitalize", "casefold", "count", "decode", "encode", "endswith", "find", "hex", "index",
+    "isalnum", "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier", "islower",
+    "isnumeric", "isprintable", "isspace", "istitle", "isupper", "lower", "lstrip",
+    "partition", "removeprefix", "removesuffix", "rfind", "rindex", "rpartition", "rsplit",
+    "rstrip", "split", "splitlines", "startswith", "strip", "swapcase", "title", "upper",
+    "fromhex", "maketrans", "escape", "unescape", "striptags"})
+_CHECKED_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace",
+                              "join", "translate"})
+
+
+def call(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Check a call before it runs: methods and globals that can build big values from small.
+    Returns the arguments to call with (a `join` of an iterator gets it as a sized list)."""
     check_time()
     owner = getattr(obj, "__self__", None)
     name = getattr(obj, "__name__", "")
     if isinstance(owner, (str, bytes)):
+        if name not in _BOUNDED_METHODS and name not in _CHECKED_METHODS:
+            raise LimitError(f"{type(owner).__name__}.{name[:40]}() is not allowed in "
+                             "templates (its result is not bounded)")
+        if name == "join" and args and not isinstance(args[0], (list, tuple)):
+            # 'y'*200 joining a 990,000-character string built 221 MB: count it as it comes
+            args = (take(args[0], len(owner)), *args[1:])
         if name in ("center", "ljust", "rjust", "zfill"):
             width = _width(args, kwargs, "width")
             if type(width) is int:
@@ -254,6 +287,7 @@ def call(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         n, most = _width(args, kwargs, "n"), _width(args, kwargs, "max", 3)
         refuse_over((n if type(n) is int else 5) * (most if type(most) is int else 100) * 12,
                     "lipsum()")
+    return args
 
 
 # --- filters -----------------------------------------------------------------------------------
@@ -277,11 +311,27 @@ def _replace(value: Any, old: Any = "", new: Any = "", *_: Any, **__: Any) -> No
     refuse_over(_replaced(str(value), old, new), "replace")
 
 
+#: textwrap's work for one wordwrap: it cuts a long word a line at a time, copying the rest
+#: each time (about longest word squared / width characters copied: 1e10 was 0.3 s), and
+#: spends about 3 us a line; 999,999 characters at width 1 ran 13 s against the 1 s cap
+MAX_WRAP_COPIED = 2 * 10**9
+MAX_WRAP_LINES = 50_000
+_LONGEST_WORD = re.compile(r"\S+")
+
+
 def _wordwrap(value: Any, width: Any = 79, break_long_words: Any = True,
               wrapstring: Any = None, *_: Any, **__: Any) -> None:
     text, wrap = str(value), len(wrapstring) if isinstance(wrapstring, str) else 1
-    lines = len(text) // max(width if type(width) is int else 79, 1) + 1
+    columns = max(width if type(width) is int else 79, 1)
+    lines = len(text) // columns + 1
     refuse_over(len(text) + lines * wrap, "wordwrap")
+    if lines > MAX_WRAP_LINES:
+        raise LimitError(f"wordwrap would make more than {MAX_WRAP_LINES} lines")
+    if break_long_words:
+        longest = max((len(m) for m in _LONGEST_WORD.findall(text)), default=0)
+        if longest * longest // columns > MAX_WRAP_COPIED:
+            raise LimitError(f"wordwrap of a {longest}-character word at width {columns} "
+                             f"would take too long")
 
 
 def _count(what: str) -> Callable[..., None]:

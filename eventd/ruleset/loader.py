@@ -33,6 +33,7 @@ from eventd.ruleset.diagnostics import (
     match_warnings,
     schema_issues,
 )
+from eventd.ruleset.enrichment import parse_enrich
 from eventd.ruleset.index import RuleSet
 from eventd.ruleset.matching import compile_match, compile_problems
 from eventd.ruleset.model import ActionSpec, GroupSpec, Problem, Rule, ThrottleSpec
@@ -101,9 +102,12 @@ def _kind_class(name: str) -> Any:
 class _Checker:
     """Checks and compiles the rules of many files, remembering names across files."""
 
-    def __init__(self, environ: Mapping[str, str], vocabulary: Vocabulary = DOCKERCLOUD) -> None:
+    def __init__(self, environ: Mapping[str, str], vocabulary: Vocabulary = DOCKERCLOUD,
+                 quote_other_files: bool = True) -> None:
         self.environ = environ
         self.vocabulary = vocabulary  # the source's events, for the typo warnings
+        #: False: a file that is not a rule file gets one line that quotes nothing of it
+        self.quote_other_files = quote_other_files
         self.problems: list[Problem] = []
         self.rules: list[Rule] = []
         self.names: dict[str, tuple[str, int]] = {}
@@ -132,6 +136,8 @@ class _Checker:
             mark = exc.problem_mark or exc.context_mark
             line, col = pos(mark) if mark else (1, 1)
             detail = exc.problem or exc.context or "invalid YAML"
+            if not self.quote_other_files:  # PyYAML's words may quote it (an alias's name)
+                detail = f"not shown here (`eventd check {label}` shows it)"
             self.problems.append(Problem(label, line, col, None, doc.scrub(f"YAML syntax error: {detail}")))
             return
         except yaml.reader.ReaderError as exc:  # a control character: say where, on one line
@@ -142,10 +148,19 @@ class _Checker:
                                          "allowed in YAML (a control character)"))
             return
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            self.problems.append(Problem(label, 1, 1, None, f"cannot read: {exc}"))
+            self.problems.append(Problem(label, 1, 1, None, f"cannot read: {_why(exc)}"))
+            return
+        except ValueError as exc:  # a YAML scalar Python refuses: an int of > 4300 digits
+            self.problems.append(Problem(label, 1, 1, None,
+                                         f"cannot read: a value YAML cannot convert ({_why(exc)})"))
             return
         if doc.data is None:  # an empty file, or only comments
             doc.data = {}
+        if not self.quote_other_files and not (isinstance(doc.data, dict) and (
+                not doc.data or "rules" in doc.data)):
+            self.problems.append(Problem(label, 0, 0, None, "not a rule file (no top-level "
+                                         "`rules:`); nothing of it is quoted"))
+            return
         unexpanded = {i.path for i in doc.issues}
         doc.issues.extend(i for e in _schema_errors(_base_schema(), doc.data)
                           for i in schema_issues(e))
@@ -205,6 +220,12 @@ class _Checker:
                     doc.issues.append(Issue(base + ("throttle", "window"), False, str(exc)))
             if clean("throttle", "key") and isinstance(throttle.get("key"), str):
                 self._templates(doc, base + ("throttle", "key"), throttle["key"])
+        enrichment = None
+        if clean("enrich"):
+            try:
+                enrichment = parse_enrich(raw.get("enrich"))
+            except ConfigError as exc:
+                doc.issues.append(Issue(base + ("enrich",), False, str(exc)))
         when = raw.get("when")
         if clean("when") and isinstance(when, str):
             doc.issues.extend(Issue(base + ("when",), False, f"when: {m}")
@@ -223,7 +244,8 @@ class _Checker:
                 throttle=None if throttle is None else ThrottleSpec(
                     throttle["key"], window,
                     templates.compile_tree(throttle["key"], name, "throttle.key")),
-                enrich=raw.get("enrich"),
+                enrich="resource" if enrichment is not None and enrichment.resource else None,
+                enrichment=enrichment,
                 when=None if when is None else templates.Condition(when, name),
                 allow_self_caused=raw.get("allow_self_caused", False),
                 actions=tuple(
@@ -240,7 +262,11 @@ class _Checker:
         match = raw.get("match")
         if isinstance(match, dict):
             found.extend(match_warnings(match, base + ("match",), self.vocabulary))
-        enriched = raw.get("enrich") == "resource"
+        try:
+            found_enrich = parse_enrich(raw.get("enrich"))
+        except ConfigError:
+            found_enrich = None
+        enriched = found_enrich is not None and found_enrich.resource
         sources: list[tuple[JsonPath, Any, bool]] = [
             (base + ("when",), raw.get("when"), True),
             (base + ("throttle", "key"), (raw.get("throttle") or {}).get("key")
@@ -310,12 +336,31 @@ def _group(options: Any, rule: str) -> GroupSpec | None:
 
 
 def _files(given: str | Path) -> list[tuple[str, Path]] | None:
-    """The rule files a path names, labelled as given; None when it does not exist."""
+    """The rule files a path names, labelled as given; None when it does not exist. A path
+    that cannot be listed or looked at (no permission) is given back as one file, whose
+    reading then says why: one problem, never an OSError out of here."""
     name, path = str(given), Path(given)
-    if path.is_dir():
-        return [(os.path.join(name, child.name), child) for child in sorted(path.iterdir())
-                if child.suffix in (".yaml", ".yml") and child.is_file()]
-    return [(name, path)] if path.exists() else None
+    try:
+        if path.is_dir():
+            return [(os.path.join(name, child.name), child) for child in sorted(path.iterdir())
+                    if child.suffix in (".yaml", ".yml") and _is_file(child)]
+        return [(name, path)] if path.exists() else None
+    except OSError:
+        return [(name, path)]
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return True  # unreadable: reading it says so
+
+
+def _why(exc: BaseException) -> str:
+    """An OSError's reason without repeating the path (the problem's label names it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)[:200]
 
 
 @dataclass(frozen=True)
@@ -339,16 +384,19 @@ class CheckResult:
 
 
 def check(paths: Sequence[str | Path], environ: Mapping[str, str],
-          vocabulary: Vocabulary | None = None) -> CheckResult:
+          vocabulary: Vocabulary | None = None, *, quote_other_files: bool = True) -> CheckResult:
     """Check every rule file under `paths`: problems sorted by file, line and column.
 
     `vocabulary`: what the source's events hold (default: the Docker Cloud stream's).
+    `quote_other_files=False` (for paths named by someone else: a rule test's `rule_files`):
+    a file that is not a rule file (no top-level `rules:`, or not YAML) gets one problem that
+    quotes none of its content, so /etc/shadow named there is not printed line by line.
     """
-    checker = _Checker(environ, vocabulary or DOCKERCLOUD)
+    checker = _Checker(environ, vocabulary or DOCKERCLOUD, quote_other_files)
     for given in paths:
         files = _files(given)
         if files is None:
-            checker.problems.append(Problem(str(given), 1, 1, None, "no such file or directory"))
+            checker.problems.append(Problem(str(given), 0, 0, None, "no such file or directory"))
             continue
         before = (checker.found, len(checker.problems))
         for name, path in files:
@@ -366,12 +414,13 @@ def check_paths(paths: Sequence[str | Path], environ: Mapping[str, str]) -> list
 
 
 def load_rules(paths: Sequence[str | Path], environ: Mapping[str, str],
-               vocabulary: Vocabulary | None = None) -> RuleSet:
+               vocabulary: Vocabulary | None = None, *,
+               quote_other_files: bool = True) -> RuleSet:
     """Load, validate and compile rule files; raise RuleError listing every error.
 
     Warnings (likely typos, against `vocabulary`) do not stop the load: each is logged once.
     """
-    result = check(paths, environ, vocabulary)
+    result = check(paths, environ, vocabulary, quote_other_files=quote_other_files)
     errors = result.errors
     if errors:
         count = len(errors)

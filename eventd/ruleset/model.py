@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventd.ruleset import templates
+from eventd.ruleset.enrichment import Enrichment
 from eventd.ruleset.matching import CompiledMatch
 
 __all__ = ["MODES", "ActionSpec", "GroupSpec", "Problem", "Rule", "ThrottleSpec"]
@@ -20,7 +21,8 @@ MODES = ("live", "shadow")
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with a rule file, with where it is (line and column from 1)."""
+    """One thing wrong with a rule file, with where it is (line and column from 1; 0 when it
+    has no place in a file: a path that does not exist)."""
 
     file: str
     line: int
@@ -35,8 +37,10 @@ class Problem:
         return self.severity == "warning"
 
     def format(self) -> str:
-        """`FILE:LINE:COL: rule NAME: message`, as compilers print it, so editors can jump."""
-        where = f"{self.file}:{self.line}:{self.col}: " + ("warning: " if self.is_warning else "")
+        """`FILE:LINE:COL: rule NAME: message`, as compilers print it, so editors can jump
+        (`FILE: message` for a problem with no place in the file: line 0)."""
+        place = f"{self.file}:{self.line}:{self.col}: " if self.line > 0 else f"{self.file}: "
+        where = place + ("warning: " if self.is_warning else "")
         return where + (f"rule {self.rule}: " if self.rule else "") + self.message
 
     def __str__(self) -> str:
@@ -79,6 +83,12 @@ class ActionSpec:
     _render: templates.Renderer = field(repr=False)
     #: set for a grouped webhook: options are rendered when the group closes, not per event
     group: GroupSpec | None = None
+    #: the options hold no template and no group: rendering them needs no context
+    constant: bool = field(init=False, repr=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "constant", self.group is None
+                           and not templates.has_template(self.options))
 
     def render(self, context: Mapping[str, Any]) -> dict[str, Any]:
         """The options with every template rendered (raises TemplateError naming rule+action)."""
@@ -103,7 +113,12 @@ class Rule:
     match: Mapping[str, Any] = field(default_factory=dict, repr=False)
     compiled: CompiledMatch = field(default=None, repr=False)  # type: ignore[assignment]
     mode: str = "live"  # or "shadow": matched, counted and logged, no action runs
+    #: what `enrich` asks for besides the resource: logs, history (eventd.ruleset.enrichment)
+    enrichment: Enrichment | None = None
     _kinds: frozenset[str] = field(init=False, repr=False, default=frozenset())
+    #: live, no `when`, no throttle, every action's options constant: the engine builds no
+    #: template context for it
+    plain: bool = field(init=False, repr=False, default=False)
 
     def matches(self, event: Mapping[str, Any]) -> bool:
         """Whether the rule's `match` holds for `event`."""
@@ -124,3 +139,6 @@ class Rule:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_kinds", frozenset(a.kind for a in self.actions))
+        object.__setattr__(self, "plain", self.mode == "live" and self.when is None
+                           and self.throttle is None and self.enrichment is None
+                           and all(a.constant for a in self.actions))

@@ -7,6 +7,7 @@ that a hostile or broken file costs milliseconds and gets one clear line instead
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -23,6 +24,9 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_NODES = 100_000  # values, counted as often as aliases repeat them
 MAX_ALIASES = 1_000
 MAX_DEPTH = 64  # nested mappings and lists
+
+#: a quoted piece of a message (parsers quote the token they stopped at)
+_QUOTED = re.compile(r"(['\"])([^'\"]{1,200})\1")
 
 
 class LimitExceeded(Exception):
@@ -124,10 +128,21 @@ class Doc:
         """
         for expanded, source in self.expansions.items():
             message = message.replace(repr(expanded), repr(source))
-        for name, value in self.variables.items():
-            if len(value) >= 4:  # shorter ones are not secrets, and would garble the message
-                message = message.replace(value, "${" + name + "}")
-        return message
+        secrets = {name: value for name, value in self.variables.items() if len(value) >= 4}
+        for name, value in secrets.items():  # shorter ones are not secrets, would garble it
+            message = message.replace(value, "${" + name + "}")
+        if not secrets:
+            return message
+
+        def piece(match: re.Match[str]) -> str:
+            # A parser quotes one token of a value (Jinja: "got 'SECRETPART1'"): a piece of
+            # a secret is a secret too.
+            quoted = match.group(2)
+            for name, value in secrets.items():
+                if len(quoted) >= 2 and quoted in value:
+                    return f"{match.group(1)}(part of ${{{name}}}){match.group(1)}"
+            return match.group(0)
+        return _QUOTED.sub(piece, message)
 
 
 def pos(mark: yaml.Mark) -> tuple[int, int]:

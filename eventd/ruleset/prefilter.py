@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from eventd.fields import MISSING
@@ -33,25 +34,39 @@ Candidate = tuple["Rule", Predicate]
 
 #: Below this many candidates a plain scan is as fast as any plan.
 MIN_CANDIDATES = 8
+#: joins a list field's elements for one search of literals (none holds it)
+_SEPARATOR = "\0"
 
 
-def _guard(match: Mapping[str, Any], pinned: frozenset[str]) -> tuple[str, str, Any] | None:
-    """The best group-testable condition the rule requires: (kind, field, argument)."""
-    found: dict[str, tuple[str, str, Any]] = {}
+def _guard(match: Mapping[str, Any],
+           pinned: frozenset[str]) -> tuple[str, str, Any, bool, str | None] | None:
+    """The best group-testable condition the rule requires: (kind, field, argument, whole,
+    the literal a glob's pattern escapes).
+
+    `whole` is true when that condition is all the rule requires beyond its indexed type,
+    action and state, and the group test decides it exactly (a string equality, a glob
+    `*literal*`, `exists: true`): a candidate it finds then needs no check of its own.
+    """
+    found: dict[str, tuple[str, str, Any, bool, str | None]] = {}
+    alone = sum(1 for field in match if field not in pinned) == 1
     for field, condition in match.items():
         if field in ("any", "all", "not") or field in pinned:
             continue
         if isinstance(condition, str):
-            found.setdefault("eq", ("eq", field, condition))
+            found.setdefault("eq", ("eq", field, condition, alone, None))
         elif isinstance(condition, dict):
             if isinstance(condition.get("regex"), str):
-                found.setdefault("pattern", ("pattern", field, condition["regex"]))
+                found.setdefault("pattern", ("pattern", field, condition["regex"], False, None))
             elif isinstance(condition.get("glob"), str):
-                literal = _glob_literal(condition["glob"])
+                glob = condition["glob"]
+                literal = _glob_literal(glob)
                 if literal:  # a glob holds only where its longest literal part appears
-                    found.setdefault("pattern", ("pattern", field, re.escape(literal)))
+                    exact = alone and len(condition) == 1 and glob == f"*{literal}*"
+                    found.setdefault("pattern", ("pattern", field, re.escape(literal), exact,
+                                                 literal))
             elif condition.get("exists") is True:
-                found.setdefault("exists", ("exists", field, None))
+                found.setdefault("exists", ("exists", field, None, alone and len(condition) == 1,
+                                            None))
     for kind in ("eq", "pattern", "exists"):
         if kind in found:
             return found[kind]
@@ -73,39 +88,48 @@ def _joined(sources: Sequence[str]) -> re.Pattern[str] | None:
         return None
 
 
+#: A candidate in a plan: its load-order position, the rule, and the predicate still to
+#: check (None when the group test that found it decided the whole match).
+Entry = tuple[int, "Rule", Predicate | None]
+
+
 class _PatternTree:
     """Patterns of one field, joined by halves, so a hit narrows down in log(n) searches.
 
     One joined regex answers "does any pattern match?", but a single common pattern (say
-    `*/stack/*`) would then unlock every rule of the group. Splitting the group in halves,
-    each with its own joined regex, finds the rules whose patterns match in about
-    2 * log2(n) searches per matching pattern.
+    `*/stack/*`) would then unlock every rule of the group. Splitting the distinct patterns
+    in halves, each with its own joined regex, finds the ones that match in about
+    2 * log2(n) searches per matching pattern; a leaf is one pattern and every rule using it.
     """
 
-    __slots__ = ("search", "left", "right", "members")
+    __slots__ = ("search", "left", "right", "members", "check")
 
     def __init__(self, search: Callable[[str], Any],
-                 members: Sequence[tuple[int, Candidate, str]]) -> None:
+                 sources: Sequence[tuple[str, tuple[Entry, ...]]]) -> None:
         self.search = search
         self.left: _PatternTree | None = None
         self.right: _PatternTree | None = None
-        self.members = tuple((p, c) for p, c, _ in members)
-        if len(members) > 2:
-            half = len(members) // 2
-            left, right = _joined([m[2] for m in members[:half]]), _joined(
-                [m[2] for m in members[half:]])
+        self.members = tuple(entry for _, entries in sources for entry in entries)
+        self.check = any(entry[2] is not None for entry in self.members)
+        if len(sources) > 1:
+            half = len(sources) // 2
+            left = _joined([source for source, _ in sources[:half]])
+            right = _joined([source for source, _ in sources[half:]])
             if left is not None and right is not None:
-                self.left = _PatternTree(left.search, members[:half])
-                self.right = _PatternTree(right.search, members[half:])
+                self.left = _PatternTree(left.search, sources[:half])
+                self.right = _PatternTree(right.search, sources[half:])
 
-    def collect(self, value: str, out: list[tuple[int, Candidate]]) -> None:
-        """Add the members whose pattern may match `value` (the root already matched)."""
+    def collect(self, value: str, out: list[Entry]) -> bool:
+        """Add the members whose pattern may match `value` (the root already matched);
+        whether any of those needs its own check."""
         if self.left is None or self.right is None:
             out.extend(self.members)
-            return
+            return self.check
+        check = False
         for child in (self.left, self.right):
             if child.search(value) is not None:
-                child.collect(value, out)
+                check = child.collect(value, out) or check
+        return check
 
 
 class Plan:
@@ -113,87 +137,124 @@ class Plan:
 
     def __init__(self, candidates: Sequence[Candidate]) -> None:
         self.size = len(candidates)
-        unguarded: list[tuple[int, Candidate]] = []
-        equal: dict[str, dict[str, list[tuple[int, Candidate]]]] = {}
-        patterns: dict[str, list[tuple[int, Candidate, str]]] = {}
-        present: dict[str, list[tuple[int, Candidate]]] = {}
-        for position, candidate in enumerate(candidates):
-            rule = candidate[0]
+        unguarded: list[Entry] = []
+        equal: dict[str, dict[str, list[Entry]]] = {}
+        patterns: dict[str, dict[str, list[Entry]]] = {}
+        present: dict[str, list[Entry]] = {}
+        literals: dict[str, str] = {}  # pattern source -> the glob literal it escapes
+        for position, (rule, residual) in enumerate(candidates):
             pinned = frozenset(k for k, v in (("type", rule.compiled.types),
                                               ("action", rule.compiled.actions),
                                               ("state", rule.compiled.states)) if v)
             guard = _guard(rule.match, pinned)
             if guard is None:
-                unguarded.append((position, candidate))
-            elif guard[0] == "eq":
-                equal.setdefault(guard[1], {}).setdefault(guard[2], []).append((position, candidate))
-            elif guard[0] == "pattern":
-                patterns.setdefault(guard[1], []).append((position, candidate, guard[2]))
+                unguarded.append((position, rule, residual))
+                continue
+            kind, field, argument, whole, literal = guard
+            entry: Entry = (position, rule, None if whole else residual)
+            if kind == "eq":
+                equal.setdefault(field, {}).setdefault(argument, []).append(entry)
+            elif kind == "pattern":
+                patterns.setdefault(field, {}).setdefault(argument, []).append(entry)
+                if literal is not None:
+                    literals[argument] = literal
             else:
-                present.setdefault(guard[1], []).append((position, candidate))
-        self._unguarded = unguarded
+                present.setdefault(field, []).append(entry)
         # (field, getter for dotted fields or None, ...): plain fields are read inline.
         self._equal = [(f, _getter(f) if "." in f or '"' in f else None,
                         {v: tuple(c) for v, c in by_value.items()})
                        for f, by_value in equal.items()]
-        self._patterns: list[tuple[str, Any, Callable[[str], Any], _PatternTree]] = []
-        for field, members in patterns.items():
-            joined = _joined([source for _, _, source in members])
+        self._equal_keys = [(f, g, by_value, by_value.keys(),
+                             frozenset(v for v, c in by_value.items()
+                                       if any(e[2] is not None for e in c)))
+                            for f, g, by_value in self._equal]
+        self._patterns: list[tuple[str, Any, Callable[[str], Any], _PatternTree, bool]] = []
+        for field, by_source in patterns.items():
+            sources = [(source, tuple(entries)) for source, entries in by_source.items()]
+            joined = _joined([source for source, _ in sources])
             if joined is None:
-                unguarded.extend((p, c) for p, c, _ in members)
+                unguarded.extend((p, rule, rule.compiled.residual) for _, entries in sources
+                                 for p, rule, _ in entries)
             else:
+                # Only literals (from globs), none holding NUL: then a list's elements joined
+                # by NUL can be searched at once, since no literal spans two of them.
+                only_literals = all(source in literals and _SEPARATOR not in literals[source]
+                                    for source, _ in sources)
                 self._patterns.append((field, _getter(field) if "." in field or '"' in field else None,
-                                       joined.search, _PatternTree(joined.search, members)))
-        self._present = [(f, _getter(f) if "." in f or '"' in f else None, tuple(c))
-                         for f, c in present.items()]
+                                       joined.search, _PatternTree(joined.search, sources),
+                                       only_literals))
+        self._present = [(f, _getter(f) if "." in f or '"' in f else None, tuple(c),
+                          any(e[2] is not None for e in c)) for f, c in present.items()]
         unguarded.sort(key=_position)  # patterns that would not join were appended last
-        self._unguarded_candidates = tuple(c for _, c in unguarded)
+        self._unguarded = unguarded
+        self._unguarded_candidates = tuple((rule, residual) for _, rule, residual in unguarded)
+        self._unguarded_check = any(residual is not None for _, _, residual in unguarded)
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The rules whose match holds, in load order."""
-        extra: list[tuple[int, Candidate]] | None = None
+        extra: list[Entry] = []
         repeats = False  # a list field may hit the same rule through two elements
+        check = self._unguarded_check  # whether a survivor needs its own predicate
         get = event.get
-        for field, getter, by_value in self._equal:
+        for field, getter, by_value, values, checked in self._equal_keys:
             value = get(field, MISSING) if getter is None else getter(event)
             if type(value) is str:
                 hits = by_value.get(value)
                 if hits:
-                    extra = [*(extra or ()), *hits]
+                    extra.extend(hits)
+                    check = check or value in checked
             elif type(value) is list:
-                for item in value:
-                    if type(item) is str:
-                        hits = by_value.get(item)
-                        if hits:
-                            extra = [*(extra or ()), *hits]
-                            repeats = True
-        for field, getter, search, tree in self._patterns:
+                try:  # whether the list holds a value some rule pins, in one C call
+                    if values.isdisjoint(value):
+                        continue
+                    found = values & value
+                except TypeError:  # an element that is not hashable: one by one
+                    found = {item for item in value if type(item) is str and item in by_value}
+                for item in found:  # a rule pins one value: no rule comes twice
+                    extra.extend(by_value[item])
+                check = check or not checked.isdisjoint(found)
+        for field, getter, search, tree, literal in self._patterns:
             value = get(field, MISSING) if getter is None else getter(event)
             if type(value) is str:
                 if search(value) is not None:
-                    found: list[tuple[int, Candidate]] = []
-                    tree.collect(value, found)
-                    extra = [*(extra or ()), *found]
+                    repeats = repeats or bool(extra)
+                    check = tree.collect(value, extra) or check
             elif type(value) is list:
-                found = []
+                if literal:
+                    try:
+                        value = _SEPARATOR.join(value)
+                    except TypeError:  # an element that is not a string
+                        value = _SEPARATOR.join(item for item in value if type(item) is str)
+                    if search(value) is not None:
+                        repeats = repeats or bool(extra)
+                        check = tree.collect(value, extra) or check
+                    continue
                 for item in value:
                     if type(item) is str and search(item) is not None:
-                        tree.collect(item, found)
-                if found:
-                    extra = [*(extra or ()), *found]
-                    repeats = True
-        for field, getter, members in self._present:
+                        repeats = repeats or bool(extra)
+                        check = tree.collect(item, extra) or check
+        for field, getter, members, members_check in self._present:
             value = get(field, MISSING) if getter is None else getter(event)
             if value is not MISSING and value is not None:
-                extra = [*(extra or ()), *members]
-        if extra is None:  # the common case: only the unguarded rules are left, in order
-            return [rule for rule, residual in self._unguarded_candidates if residual(event)]
-        if repeats:
-            extra = list({position: item for position, item in ((i[0], i) for i in extra)}
-                         .values())
-        survivors = sorted(self._unguarded + extra, key=_position)
-        return [rule for _, (rule, residual) in survivors if residual(event)]
+                repeats = repeats or bool(extra)
+                extra.extend(members)
+                check = check or members_check
+        if not extra:  # the common case: only the unguarded rules are left, in order
+            if not self._unguarded_candidates:
+                return []
+            return [rule for rule, residual in self._unguarded_candidates
+                    if residual is None or residual(event)]
+        if repeats:  # one entry per position (the same entry each time)
+            extra = list({entry[0]: entry for entry in extra}.values())
+        # Positions are unique, so sorting compares positions only.
+        survivors = sorted(self._unguarded + extra) if self._unguarded else sorted(extra)
+        if not check:  # every survivor was decided by its group test: no Python per rule
+            return list(map(_RULE, survivors))
+        return [rule for _, rule, residual in survivors if residual is None or residual(event)]
 
 
-def _position(item: tuple[int, Candidate]) -> int:
+def _position(item: Entry) -> int:
     return item[0]
+
+
+_RULE = itemgetter(1)

@@ -179,6 +179,8 @@ _CHECKS: dict[str, Any] = {
     "items": _items,
     "minItems": _sized(list, len, lambda n, arg: n >= arg),
     "maxItems": _sized(list, len, lambda n, arg: n <= arg),
+    "uniqueItems": lambda arg, value, schema, root: not arg or not isinstance(value, list)
+    or not any(_equal(value[i], value[j]) for i in range(len(value)) for j in range(i)),
     "minLength": _sized(str, _length, lambda n, arg: n >= arg),
     "maxLength": _sized(str, _length, lambda n, arg: n <= arg),
     "pattern": lambda arg, value, schema, root: not isinstance(value, str)

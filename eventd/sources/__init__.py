@@ -4,6 +4,6 @@
 gap, restart cap, credentials policy, bad input counted) and the `SOURCES` registry by name;
 a source subclasses `ConsumerLoop` and implements connect, consume (batches of events),
 disconnect and `replay_since`. A source may import `eventd.events`, `eventd.errors`,
-`eventd.settings` and `eventd.ops` (and `eventd.delivery.http` for its HTTP session); never
+`eventd.settings` and `eventd.ops` (and `eventd.clients.http` for its HTTP session); never
 `ruleset`, `commands` or `emulator`.
 """

@@ -5,7 +5,8 @@ short reads and inside every wait); each lap connects once (`connect`), reads ba
 the connection ends (`consume`), and lets it go (`disconnect`). The loop owns what is the
 same for every source: gap events (`disconnected`, then `connected` with `gap_seconds`), a
 replay of the gap on a thread of its own (`replay_since`), the backoff between attempts
-(tenacity's full jitter, Retry-After honoured, interrupted by stop), a cap on the restart rate,
+(`eventd.backoff`, the policy delivery and backfill wait by too; Retry-After honoured,
+interrupted by stop), a cap on the restart rate,
 the policy for rejected credentials, and bad input logged once, counted and skipped.
 
 Hooks, for subclasses and observers: `on_connected(gap)`, `on_disconnected(exc, retry_in)`,
@@ -25,13 +26,13 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Any
 
-from tenacity import RetryCallState, wait_random_exponential
-
+from eventd.backoff import Backoff, Rng, Streak
 from eventd.errors import AuthRejected, ConfigError, MalformedEvent, StreamError
 from eventd.events import Received, stream_event
 from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
+from eventd.settings import DEFAULT_AUTH_ERROR_WAIT, DEFAULT_HEALTHY_AFTER
 
 Sink = Callable[[list[Received]], None]
 
@@ -59,11 +60,10 @@ class Disconnected(StreamError):
 class LoopOptions:
     """The loop's timings and policies."""
 
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    healthy_after: float = 30.0
+    backoff: Backoff = Backoff()
+    healthy_after: float = DEFAULT_HEALTHY_AFTER
     on_auth_error: str = "exit"  # exit | wait
-    auth_error_wait: float = 3600.0
+    auth_error_wait: float = DEFAULT_AUTH_ERROR_WAIT
     #: connection attempts allowed in a burst, then at most `restart_rate` per second
     restart_burst: int = 10
     restart_rate: float = 1.0
@@ -121,11 +121,16 @@ def resolve_source(name: str) -> SourceFactory:
 class ConsumerLoop(ABC):
     """Runs one source until `stopping` is set; subclasses implement the four abstract steps."""
 
+    #: the source sets `_last_heard` (monotonic) on every read, so a gap is dated from the
+    #: connection's last sign of life rather than from when its loss was noticed
+    tracks_liveness = False
+
     def __init__(self, *, sink: Sink, metrics: Metrics, stopping: threading.Event,
                  loop_options: LoopOptions, credentials_source: str = "",
                  replay: Callable[[float], object] | None = None,
                  sleep: Callable[[float], object] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 rng: Rng | None = None) -> None:
         self.connected = False
         self.log = logging.getLogger(type(self).__module__)
         self._loop = loop_options
@@ -136,14 +141,18 @@ class ConsumerLoop(ABC):
         self._replay = replay
         self._sleep: Callable[[float], object] = sleep if sleep is not None else self._wait_or_stop
         self._clock = clock if clock is not None else time.time
-        self._wait = wait_random_exponential(multiplier=loop_options.backoff_initial,
-                                             max=loop_options.backoff_max)
-        self._retry_state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        self._rng = rng
+        #: consecutive failed or short-lived connections, and the wait after each
+        self._streak = self._new_streak()
         self._restarts = RestartLimit(loop_options.restart_burst, loop_options.restart_rate)
-        self._failures = 0  # consecutive failed or short-lived connections
         self._auth_waited = False  # `wait` mode: the one more try was used
         self._gap_start: float | None = None  # wall time of the last disconnect
+        #: monotonic time the current connection last gave a sign of life (a frame, a pong):
+        #: a connection that died silently was lost then, not when its loss was noticed
+        self._last_heard: float | None = None
         self._connected_at: float | None = None  # monotonic time of the current connection
+        #: monotonic time since when no connection is open (from the start: none yet)
+        self._down_since: float | None = time.monotonic()
         self._invalid_logged: set[str] = set()
         self._close_requested = False
         self._replays: list[threading.Thread] = []
@@ -234,6 +243,12 @@ class ConsumerLoop(ABC):
         since = self._connected_at
         return since is not None and time.monotonic() - since >= self._loop.healthy_after
 
+    def down_for(self) -> float:
+        """Seconds without an open connection (0 while connected): a cluster replica that
+        holds the stream's lease but cannot reach the stream hands the lease over."""
+        since = self._down_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
     @property
     def replay_threads(self) -> list[threading.Thread]:
         """Replay threads started so far (so a caller can join them at shutdown)."""
@@ -263,6 +278,7 @@ class ConsumerLoop(ABC):
                 raise Disconnected("stopped")
         self.connect()
         began = time.monotonic()
+        self._last_heard = began if self.tracks_liveness else None
         now = self._clock()
         gap_start = self._gap_start
         gap = None if gap_start is None else max(0.0, now - gap_start)
@@ -287,7 +303,11 @@ class ConsumerLoop(ABC):
         self.disconnect(reason)
         if reason == "stopped":
             raise Disconnected("stopped", connected=True)
-        lost_at = self._clock()
+        # The gap began with the last sign of life, not when the loss was noticed (a ping
+        # interval and a pong timeout later): the events in between are in the gap too.
+        heard = self._last_heard
+        silent = max(0.0, time.monotonic() - heard) if heard is not None else 0.0
+        lost_at = self._clock() - silent
         self._gap_start = lost_at
         self._sink([Received(stream_event("disconnected", lost_at), lost_at, None, True)])
         healthy = time.monotonic() - began >= self._loop.healthy_after
@@ -301,15 +321,17 @@ class ConsumerLoop(ABC):
         """Count the loss, pick the backoff (Retry-After wins when longer), tell, sleep."""
         self._metrics.stream_reconnects.labels(reason=exc.reason).inc()
         if exc.healthy:
-            self._failures = 0
-        self._failures += 1
-        self._retry_state.attempt_number = self._failures
-        delay = float(self._wait(self._retry_state))
+            self._streak = self._new_streak()
+        delay = self._streak.failed()
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         self.on_disconnected(exc, delay)
         hooks.on_disconnected(exc.reason, delay, exc.connected)
         self._sleep(delay)
+
+    def _new_streak(self) -> Streak:
+        backoff = self._loop.backoff
+        return backoff.streak(self._rng) if self._rng is not None else backoff.streak()
 
     def _auth_rejected(self, exc: AuthRejected) -> None:
         """Never hot-loop on bad credentials: exit, or wait long and try exactly once more."""
@@ -331,6 +353,10 @@ class ConsumerLoop(ABC):
 
     def _set_connected(self, value: bool) -> None:
         self._connected_at = time.monotonic() if value else None
+        if value:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.monotonic()
         self.connected = value
         self._metrics.stream_connected.set(1 if value else 0)
 

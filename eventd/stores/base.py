@@ -2,9 +2,10 @@
 
 Each role is what one part of the pipeline needs, so a part can be typed against exactly
 that (the dispatcher a `Spool` + `DeadLetters`, the engine `Throttles`, the loop guard
-`Marks`, the de-dup window `DedupeSnapshots`). A store implements every role, converts its
-driver's errors into `StoreError` before they leave it (as httpx maps transport errors),
-and says whether it can be used right now (`healthy()`, behind `/readyz`).
+`Marks`, the de-dup window `DedupeSnapshots`, the silences' book `Silences`). A store
+implements every role, converts its driver's errors into `StoreError` before they leave it
+(as httpx maps transport errors), and says whether it can be used right now (`healthy()`,
+behind `/readyz`).
 
 Times are POSIX seconds (`time.time()`): a store may be shared by several processes.
 """
@@ -12,26 +13,16 @@ Times are POSIX seconds (`time.time()`): a store may be shared by several proces
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from eventd.actions.base import ActionJob
+from eventd.records import ActionJob, DeadLetter
 
 if TYPE_CHECKING:
     from eventd.settings import Settings
 
 __all__ = ["CallLimits", "DeadLetter", "DeadLetters", "DedupeSnapshots", "FiringAlerts", "Leases",
-           "Marks", "Observed", "OpenGroups", "SharedDedupe", "Spool", "Store", "StoreFactory",
-           "Throttles"]
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """An action that will not be retried on its own: the job, why, and when (POSIX time)."""
-
-    job: ActionJob
-    reason: str
-    at: float
+           "Marks", "Observed", "OpenGroups", "SharedDedupe", "Silences", "Spool", "Store",
+           "StoreFactory", "Throttles"]
 
 
 class Spool(Protocol):
@@ -184,8 +175,48 @@ class OpenGroups(Protocol):
         ...
 
 
+@runtime_checkable
+class EventHistory(Protocol):
+    """Each object's recent events (`enrich: history`), bounded in count and age per object.
+
+    Records are JSON-ready and carry `at` (POSIX time); a key is an object's resource URI.
+    Every store prunes what is older than `ttl` when it adds, so objects never seen again do
+    not stay.
+    """
+
+    def history_add(self, key: str, record: dict[str, Any], keep: int, ttl: float,
+                    now: float) -> None:
+        """Append `record` to `key`'s events, keeping the newest `keep` of the last `ttl` s."""
+        ...
+
+    def history_get(self, key: str, since: float) -> list[dict[str, Any]]:
+        """`key`'s kept events at or after `since`, oldest first."""
+        ...
+
+
+class Silences(Protocol):
+    """Silences (eventd.silences): JSON-ready records kept by their `id`, shared by every
+    process on the store; each holds `ends_at` (POSIX time), by which the store prunes.
+
+    The store keeps what it is given and checks nothing: a record read back is data that
+    eventd.silences checks again.
+    """
+
+    def silence_put(self, record: dict[str, Any]) -> None:
+        """Keep (or replace) the silence `record["id"]`."""
+        ...
+
+    def silence_list(self) -> list[dict[str, Any]]:
+        """Every silence kept, in no particular order."""
+        ...
+
+    def silence_prune(self, ended_before: float) -> int:
+        """Forget the silences whose `ends_at` is before `ended_before`; how many."""
+        ...
+
+
 class Store(Spool, DeadLetters, Throttles, Marks, DedupeSnapshots, FiringAlerts, OpenGroups,
-            Protocol):
+            Silences, Protocol):
     """Every role, plus a health check and a close."""
 
     #: the registry name ("sqlite", "memory", ...)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from eventd.errors import StateDirError
-from eventd.stores.files import FILE_MODE, restrict
+from eventd.files import FILE_MODE, restrict
 
 log = logging.getLogger(__name__)
 

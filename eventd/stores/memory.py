@@ -14,9 +14,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from eventd.actions.base import ActionJob
 from eventd.errors import StoreError
-from eventd.stores.base import DeadLetter, Store
+from eventd.records import ActionJob, DeadLetter
+from eventd.stores.base import Store
 
 if TYPE_CHECKING:
     from eventd.settings import Settings
@@ -57,6 +57,8 @@ class MemoryStore:
         self._dedupe = b""
         self._alerts: dict[str, str] = {}
         self._groups: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()  # key -> (meta, events)
+        self._silences: dict[str, str] = {}  # id -> record (JSON)
+        self._history: dict[str, list[tuple[float, str]]] = {}  # key -> [(at, record)]
         self._closed = False
 
     def _check(self, op: str) -> None:
@@ -301,6 +303,48 @@ class MemoryStore:
             return None
         return dict(json.loads(entry[0])), [dict(json.loads(e)) for e in entry[1]]
 
+    # -- silences -------------------------------------------------------------------------------
+    def history_add(self, key: str, record: dict[str, Any], keep: int, ttl: float,
+                    now: float) -> None:
+        """Append to an object's recent events; drop the oldest past `keep` or `ttl`."""
+        data = json.dumps(record, separators=(",", ":"), default=str)
+        with self._lock:
+            kept = [(at, r) for at, r in self._history.get(key, []) if at >= now - ttl]
+            kept.append((float(record.get("at", now)), data))
+            self._history[key] = kept[-keep:] if keep > 0 else []
+            if len(self._history) > 10_000:  # objects never seen again
+                for old in [k for k, v in self._history.items() if not v or v[-1][0] < now - ttl]:
+                    del self._history[old]
+
+    def history_get(self, key: str, since: float) -> list[dict[str, Any]]:
+        """An object's kept events at or after `since`, oldest first."""
+        with self._lock:
+            rows = list(self._history.get(key, []))
+        return [dict(json.loads(r)) for at, r in rows if at >= since]
+
+    def silence_put(self, record: dict[str, Any]) -> None:
+        """Keep (or replace) a silence."""
+        with self._lock:
+            self._check("silence_put")
+            self._silences[str(record["id"])] = json.dumps(record, separators=(",", ":"),
+                                                           default=str)
+
+    def silence_list(self) -> list[dict[str, Any]]:
+        """Every silence kept."""
+        with self._lock:
+            self._check("silence_list")
+            return [dict(json.loads(data)) for data in self._silences.values()]
+
+    def silence_prune(self, ended_before: float) -> int:
+        """Forget silences that ended before `ended_before`."""
+        with self._lock:
+            self._check("silence_prune")
+            old = [key for key, data in self._silences.items()
+                   if _ends_at(data) < ended_before]
+            for key in old:
+                del self._silences[key]
+            return len(old)
+
     # -- health and lifecycle -------------------------------------------------------------------
     def healthy(self) -> bool:
         """Usable until closed."""
@@ -309,6 +353,12 @@ class MemoryStore:
     def close(self) -> None:
         """Later calls raise StoreError; what was kept stays readable by nobody."""
         self._closed = True
+
+
+def _ends_at(data: str) -> float:
+    """A kept silence's end (a record without a usable one counts as ended long ago)."""
+    value = json.loads(data).get("ends_at")
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _conforms(store: MemoryStore) -> Store:

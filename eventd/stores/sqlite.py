@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from eventd.actions.base import ActionJob
 from eventd.errors import StateDirError, StoreError
-from eventd.stores.base import DeadLetter, Store
-from eventd.stores.files import private_dir, private_file
+from eventd.files import private_dir, private_file
+from eventd.records import ActionJob, DeadLetter, UndecodableRecord, job_from_json, quarantined_job
+from eventd.stores.base import Store
 from eventd.stores.lock import DirLock
 
 if TYPE_CHECKING:
@@ -73,6 +73,15 @@ CREATE TABLE IF NOT EXISTS group_events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS group_events_key ON group_events (key, seq);
+CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, ends_at REAL NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_key ON history (key, seq);
+CREATE INDEX IF NOT EXISTS history_at ON history (at);
 """
 
 P = ParamSpec("P")
@@ -98,10 +107,17 @@ def _dump(job: ActionJob) -> str:
 
 
 def _load(data: str, attempts: int | None = None) -> ActionJob:
-    job = ActionJob.from_dict(json.loads(data))
-    if attempts is not None:
-        job.attempts = attempts
-    return job
+    return job_from_json(data, attempts)
+
+
+def _letter(job_id: str, data: object, reason: object, at: object) -> DeadLetter:
+    """A dead letter as stored, or one that says its record is undecodable (shown, never run)."""
+    try:
+        return DeadLetter(_load(data), str(reason), float(at))  # type: ignore[arg-type]
+    except (UndecodableRecord, TypeError, ValueError) as exc:
+        why = str(exc) if isinstance(exc, UndecodableRecord) else type(exc).__name__
+        return DeadLetter(quarantined_job(job_id, "", data, why), f"undecodable dead letter: {why}",
+                          0.0)
 
 
 class SqliteStore:
@@ -133,6 +149,7 @@ class SqliteStore:
             raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
         self.state_dir = private_dir(Path(state_dir))
         self.path = self.state_dir / DB_NAME
+        self._on_error: Callable[[str], None] | None = None
         self._dirlock = DirLock(self.state_dir)
         if exclusive:
             self._dirlock.acquire()
@@ -195,6 +212,24 @@ class SqliteStore:
             self._after_commit()
 
     @_converted
+    def spool_add_many(self, jobs: list[ActionJob]) -> list[bool]:
+        """Accept several jobs in one transaction; for each, whether it was new."""
+        added = []
+        with self._lock, self._transaction():
+            for job in jobs:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO spool (id, target, attempts, data) VALUES (?, ?, ?, ?)",
+                    (job.id, job.target, job.attempts, _dump(job)))
+                added.append(cursor.rowcount == 1)
+        return added
+
+    @_converted
+    def spool_done_many(self, job_ids: list[str]) -> None:
+        """Forget several finished jobs in one transaction (a batch the kind sent at once)."""
+        with self._lock, self._transaction():
+            self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in job_ids])
+
+    @_converted
     def spool_update_attempts(self, job_id: str, attempts: int) -> None:
         """Remember how many attempts a job has had (shown in dead letters)."""
         with self._lock:
@@ -211,7 +246,7 @@ class SqliteStore:
     def spool_pending(self, target: str | None = None,
                       limit: int | None = None) -> list[ActionJob]:
         """Accepted jobs not yet finished, oldest first (optionally one target's, at most `limit`)."""
-        return [job for _, job in self._page(target, 0, limit)]
+        return [job for _, job in self._page(target, 0, limit) if job is not None]
 
     def spool_iter(self, target: str | None = None, page: int = 500) -> Iterator[ActionJob]:
         """Every spooled job (of one target), oldest first, `page` rows per query."""
@@ -219,14 +254,17 @@ class SqliteStore:
         while True:
             rows = self._page(target, after, max(1, page))
             for _, job in rows:
-                yield job
+                if job is not None:
+                    yield job
             if len(rows) < page:
                 return
             after = rows[-1][0]
 
     @_converted
     def _page(self, target: str | None, after: int,
-              limit: int | None) -> list[tuple[int, ActionJob]]:
+              limit: int | None) -> list[tuple[int, ActionJob | None]]:
+        """The rows after `after`, each with its job, or None for one quarantined now (kept in
+        the page so that a page cut short by quarantines does not look like the last one)."""
         sql = "SELECT seq, data, attempts FROM spool WHERE seq > ?"
         args: list[object] = [after]
         if target is not None:
@@ -236,9 +274,37 @@ class SqliteStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
+        sql = sql.replace("SELECT seq, data", "SELECT seq, id, target, data")
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [(seq, _load(data, attempts)) for seq, data, attempts in rows]
+        jobs: list[tuple[int, ActionJob | None]] = []
+        for seq, job_id, queue, data, attempts in rows:
+            try:
+                job = _load(data, attempts)
+                if job.id != job_id:
+                    raise UndecodableRecord("its id is not its row's")
+            except UndecodableRecord as exc:
+                self._quarantine(str(job_id), str(queue), data, str(exc))
+                jobs.append((seq, None))
+                continue
+            jobs.append((seq, job))
+        return jobs
+
+    def _quarantine(self, job_id: str, target: str, data: object, reason: str) -> None:
+        """Move an undecodable spool row to dead letters (the reason and the record cut short,
+        said once in the log, counted as eventd_store_errors_total{op="spool_decode"}) so that
+        the lane reading it goes on with the next job."""
+        logger.warning("spool record %r is undecodable (%s): moved to dead letters",
+                       job_id[:80], reason)
+        self.deadletter_add(quarantined_job(job_id, target, data, reason),
+                            f"undecodable spool record: {reason}")
+        if self._on_error is not None:
+            self._on_error("spool_decode")
+
+    def observe(self, on_error: Callable[[str], None], on_state: Callable[[bool], None]) -> None:
+        """Report records found undecodable (eventd_store_errors_total{op}); always reachable."""
+        self._on_error = on_error
+        on_state(True)
 
     @_converted
     def spool_targets(self) -> dict[str, int]:
@@ -270,8 +336,8 @@ class SqliteStore:
         """Every dead letter, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT data, reason, at FROM deadletter ORDER BY seq").fetchall()
-        return [DeadLetter(_load(data), reason, at) for data, reason, at in rows]
+                "SELECT id, data, reason, at FROM deadletter ORDER BY seq").fetchall()
+        return [_letter(job_id, data, reason, at) for job_id, data, reason, at in rows]
 
     @_converted
     def deadletter_count(self) -> int:
@@ -294,7 +360,7 @@ class SqliteStore:
             for job_id, data in rows:
                 if wanted is not None and job_id not in wanted:
                     continue
-                job = _load(data)
+                job = _letter(job_id, data, "", 0.0).job
                 job.attempts = 0
                 job.created_at = now
                 self._db.execute(
@@ -429,6 +495,53 @@ class SqliteStore:
             self._db.execute("DELETE FROM groups WHERE key = ?", (key,))
         return dict(json.loads(row[0])), events
 
+    # -- silences -------------------------------------------------------------------------------
+    @_converted
+    def history_add(self, key: str, record: dict[str, Any], keep: int, ttl: float,
+                    now: float) -> None:
+        """Append to an object's recent events; drop what is past `keep` (this object) or
+        older than `ttl` (every object), in one transaction."""
+        data = json.dumps(record, separators=(",", ":"), default=str)
+        with self._lock, self._transaction():
+            self._db.execute("INSERT INTO history (key, at, data) VALUES (?, ?, ?)",
+                             (key, float(record.get("at", now)), data))
+            self._db.execute("DELETE FROM history WHERE at < ?", (now - ttl,))
+            self._db.execute(
+                "DELETE FROM history WHERE key = ? AND seq NOT IN "
+                "(SELECT seq FROM history WHERE key = ? ORDER BY seq DESC LIMIT ?)",
+                (key, key, max(0, keep)))
+
+    @_converted
+    def history_get(self, key: str, since: float) -> list[dict[str, Any]]:
+        """An object's kept events at or after `since`, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM history WHERE key = ? AND at >= ? "
+                                    "ORDER BY seq", (key, since)).fetchall()
+        return [dict(json.loads(row[0])) for row in rows]
+
+    @_converted
+    def silence_put(self, record: dict[str, Any]) -> None:
+        """Keep (or replace) a silence (committed on return)."""
+        ends = record.get("ends_at")
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO silences (id, ends_at, data) VALUES (?, ?, ?)",
+                             (str(record["id"]), float(ends) if isinstance(ends, (int, float))
+                              else 0.0, json.dumps(record, separators=(",", ":"), default=str)))
+
+    @_converted
+    def silence_list(self) -> list[dict[str, Any]]:
+        """Every silence kept."""
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM silences").fetchall()
+        return [dict(json.loads(data)) for (data,) in rows]
+
+    @_converted
+    def silence_prune(self, ended_before: float) -> int:
+        """Forget silences that ended before `ended_before`."""
+        with self._lock:
+            return int(self._db.execute("DELETE FROM silences WHERE ends_at < ?",
+                                        (ended_before,)).rowcount)
+
     # -- de-dup snapshot --------------------------------------------------------------------------
     @_converted
     def dedupe_load(self) -> bytes:
@@ -436,7 +549,16 @@ class SqliteStore:
         with self._lock:
             row = self._db.execute("SELECT data FROM snapshot WHERE name = 'dedupe'").fetchone()
             if row is not None:
-                return bytes(row[0])
+                data = row[0]
+                if isinstance(data, bytes):
+                    return data
+                # Not a snapshot eventd wrote: an empty window rather than a failed start.
+                logger.warning("the de-dup snapshot in %s is undecodable (a %s, not bytes); "
+                               "starting with an empty de-dup window", self.path,
+                               type(data).__name__)
+                if self._on_error is not None:
+                    self._on_error("dedupe_decode")
+                return b""
             legacy = self._db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dedupe'").fetchone()
             if legacy is None:

@@ -4,6 +4,7 @@ The narrator listens to `eventd.hooks`, the metrics and the emulator's records, 
 text. Imports the daemon and the emulator; nothing in the core imports this package.
 """
 
-from eventd.commands.demo.story import USER, add_arguments, rules_path, run, scenario_path
+from eventd.commands.demo.story import USER, add_arguments, run, scenario_path
+from eventd.commands.samples import rules_path
 
 __all__ = ["USER", "add_arguments", "rules_path", "run", "scenario_path"]

@@ -17,13 +17,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from eventd.hooks import Observer
-from eventd.ops.logconfig import redact
+from eventd.ops.logconfig import escape_controls, redact
 
 if TYPE_CHECKING:
-    from eventd.actions.base import ActionJob
     from eventd.commands.demo.receiver import Received
     from eventd.emulator import Emulator
     from eventd.ops.metrics import Metrics
+    from eventd.records import ActionJob
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -104,7 +104,7 @@ class Narrator(Observer):
     def say(self, tag: str, text: str, at: float | None = None) -> None:
         """Print one line of the story, uuids shortened, secrets redacted."""
         elapsed = (at if at is not None else time.monotonic()) - self.started
-        text = _UUID.sub(lambda m: m.group(0)[:8] + "…", text)
+        text = escape_controls(_UUID.sub(lambda m: m.group(0)[:8] + "…", text))
         print(redact(f"{elapsed:5.1f}s  {tag:<7} {text}", self.secrets), file=self.out, flush=True)
 
     def poll(self, metrics: Metrics) -> None:

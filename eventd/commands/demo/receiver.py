@@ -28,6 +28,7 @@ class Received:
     body: bytes
     status: int = 200  # what the receiver answered
     at: float = 0.0  # time.monotonic() when it answered
+    peer: str = ""  # the client's address:port
 
     def json(self) -> Any:
         """The body decoded as JSON (ValueError if it is not)."""
@@ -55,13 +56,17 @@ class Received:
 
 class WebhookReceiver:
     """Records requests; `respond_with(status, count, headers)` scripts the next answers,
-    `down_for(seconds)` refuses connections for a while and then comes back by itself."""
+    `down_for(seconds)` refuses connections for a while and then comes back by itself.
+    `screen(request)` may decide a request's status before the script does (a server that
+    refuses a stale fencing token with 409, say); None lets the script answer."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 on_request: Callable[[Received], None] | None = None) -> None:
+                 on_request: Callable[[Received], None] | None = None,
+                 screen: Callable[[Received], int | None] | None = None) -> None:
         self.host = host
         self.port = port
         self.on_request = on_request  # called after each request is recorded, before the answer
+        self.screen = screen
         self._lock = threading.Lock()
         self._requests: list[Received] = []
         self._script: list[tuple[int, dict[str, str], bytes]] = []
@@ -89,9 +94,16 @@ class WebhookReceiver:
                 body = self.rfile.read(length) if length else b""
                 while receiver._hold.is_set() and receiver._server is not None:
                     receiver._released.wait(0.05)
-                status, headers, payload = receiver._next_answer()
+                peer = f"{self.client_address[0]}:{self.client_address[1]}"
+                refused = None if receiver.screen is None else receiver.screen(
+                    Received(self.command, self.path, dict(self.headers.items()), body,
+                             peer=peer))
+                if refused is None:
+                    status, headers, payload = receiver._next_answer()
+                else:
+                    status, headers, payload = refused, {}, json.dumps({"status": refused}).encode()
                 received = Received(self.command, self.path, dict(self.headers.items()), body,
-                                    status, time.monotonic())
+                                    status, time.monotonic(), peer)
                 with receiver._lock:
                     receiver._requests.append(received)
                 if receiver.on_request is not None:

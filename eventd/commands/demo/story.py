@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from typing import Any, TextIO
 import eventd
 from eventd.commands.demo.narrator import Narrator
 from eventd.commands.demo.receiver import WebhookReceiver
+from eventd.commands.samples import rules_path
 from eventd.ops.logconfig import RedactingFilter, TextFormatter, redact
 
 USER = "demo"
@@ -37,28 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep everything running after the story, until Ctrl-C")
     parser.add_argument("--speed", type=float, default=1.5, metavar="X",
                         help="play the story X times faster (default 1.5: about 15 s)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the demo's temporary directory (eventd's log, the audit file, "
+                             "the state) instead of removing it at the end")
 
 
 def scenario_path() -> Path:
     """The packaged demo scenario."""
     return Path(eventd.__file__).parent / "emulator" / "scenarios" / f"{SCENARIO}.yaml"
-
-
-def rules_path() -> Path:
-    """The sample rules: a checkout's top-level rules/, else the copy built into the package.
-
-    `setup.py` copies rules/ into `eventd/sample_rules/` when a wheel is built, so `pip install .`,
-    a wheel and the container image have them; an editable install reads the checkout's.
-    """
-    package = Path(eventd.__file__).parent
-    checkout = package.parent / "rules"
-    candidates = [package / "sample_rules"]
-    if (package.parent / "setup.cfg").is_file():
-        candidates.insert(0, checkout)
-    for candidate in candidates:
-        if candidate.is_dir() and any(candidate.glob("*.y*ml")):
-            return candidate
-    raise FileNotFoundError("no sample rules in " + " or ".join(str(c) for c in candidates))
 
 
 # -- the demo ------------------------------------------------------------------------------
@@ -85,19 +73,30 @@ def run(args: argparse.Namespace, out: TextIO | None = None, apikey: str | None 
 
     `apikey` is for tests that check it never shows; by default each run makes a fresh one.
     """
+    out = out or sys.stdout
+    speed = max(0.1, float(getattr(args, "speed", 1.5) or 1.5))
+    follow = bool(getattr(args, "follow", False))
+    keep = bool(getattr(args, "keep", False))
+    apikey = apikey or secrets.token_hex(16)  # a fresh key per run: nothing real to leak
+    workdir = Path(tempfile.mkdtemp(prefix="eventd-demo-"))
+    try:
+        return _run(out, speed, follow, keep, apikey, workdir)
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(out: TextIO, speed: float, follow: bool, keep: bool, apikey: str,
+         workdir: Path) -> int:
+    """The demo in `workdir` (removed afterwards unless `keep`); its exit code."""
+    from eventd.clients.dockercloud.auth import load_credentials
     from eventd.daemon import Daemon
     from eventd.emulator import Emulator
     from eventd.errors import EventdError
     from eventd.hooks import hooks
     from eventd.ruleset.loader import load_rules
     from eventd.settings import Settings
-    from eventd.sources.dockercloud.auth import load_credentials
 
-    out = out or sys.stdout
-    speed = max(0.1, float(getattr(args, "speed", 1.5) or 1.5))
-    follow = bool(getattr(args, "follow", False))
-    apikey = apikey or secrets.token_hex(16)  # a fresh key per run: nothing real to leak
-    workdir = Path(tempfile.mkdtemp(prefix="eventd-demo-"))
     audit, log_file = workdir / "audit.jsonl", workdir / "eventd.log"
     narrator: Narrator | None = None
     receiver: WebhookReceiver | None = None
@@ -170,7 +169,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, apikey: str | None 
             logging.getLogger().removeHandler(log_handler)
             log_handler.close()
         levels.restore()
-    return _summary(out, narrator, daemon, receiver, audit, log_file, metrics_url, follow)
+    return _summary(out, narrator, daemon, receiver, audit, log_file, metrics_url, follow, keep)
 
 
 class _Levels:
@@ -264,7 +263,7 @@ def _total(metrics: Any, name: str) -> float:
 
 
 def _summary(out: TextIO, narrator: Narrator | None, daemon: Any, receiver: WebhookReceiver | None,
-             audit: Path, log_file: Path, metrics_url: str, follow: bool) -> int:
+             audit: Path, log_file: Path, metrics_url: str, follow: bool, keep: bool) -> int:
     if narrator is None or daemon is None or receiver is None:
         return 1
     texts = [request.text() for request in receiver.requests]
@@ -285,15 +284,18 @@ def _summary(out: TextIO, narrator: Narrator | None, daemon: Any, receiver: Webh
         f"  alerts received            {len(texts)}  (about the crash: {crash_alerts})",
         f"  REST calls made by eventd  {len(calls)}  (redeploys: {redeploys})",
         f"  stream reconnects          {narrator.counts['reconnects']}",
-        f"  audit file                 {audit}  ({audit_lines} records)",
-        f"  eventd's log               {log_file}",
+        f"  audit file                 {audit_lines} records" + (f", in {audit}" if keep else ""),
+        "  eventd's log               "
+        + (str(log_file) if keep else "removed with the demo's temporary directory "
+                                      "(`eventd demo --keep` keeps it)"),
         f"  metrics                    were served at {metrics_url}metrics"
         + ("" if follow else " (`eventd demo --follow` keeps them up)"),
         "",
-        "Next: `eventd check rules/` validates rule files; `eventd emulate` runs the emulator",
-        "alone and `eventd receive` prints the alerts; `eventd run --rules rules/ --metrics-addr",
-        "127.0.0.1:9108` runs the daemon against Docker Cloud or the emulator; deploy/ has a",
-        "Dockerfile, compose, Kubernetes and systemd.",
+        "Next: `eventd init rules/` writes these sample rules and their tests to rules/;",
+        "`eventd check rules/` validates them and `eventd test rules/tests/` runs their tests;",
+        "`eventd emulate` runs the emulator alone and `eventd receive` prints the alerts;",
+        "`eventd run --rules rules/ --metrics-addr 127.0.0.1:9108` runs the daemon against",
+        "Docker Cloud or the emulator (`--source docker`: a Docker Engine's events instead).",
     ]
     print(redact("\n".join(lines), narrator.secrets), file=out, flush=True)
     if not texts or redeploys < 1:

@@ -28,12 +28,13 @@ import docker
 import docker.errors
 import orjson
 
+from eventd.clients.docker import describe_failure, safe_address
 from eventd.errors import MalformedEvent
 from eventd.events import Received
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
+from eventd.settings import DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT
 from eventd.sources.base import ConsumerLoop, Disconnected, LoopOptions, Sink
-from eventd.sources.docker.client import describe_failure, safe_address
 from eventd.sources.docker.mapping import engine_event, time_nano_of
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class EngineEvents(ConsumerLoop):
 
     def __init__(self, address: str, client_factory: ClientFactory, sink: Sink, metrics: Metrics,
                  stopping: threading.Event, loop_options: LoopOptions | None = None,
-                 ping_interval: float = 10.0, ping_timeout: float = 10.0,
+                 ping_interval: float = DEFAULT_PING_INTERVAL,
+                 ping_timeout: float = DEFAULT_PONG_TIMEOUT,
                  recorder: Any = None,
                  sleep: Callable[[float], object] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
@@ -166,6 +168,7 @@ class EngineEvents(ConsumerLoop):
         iterator: Iterator[Any] = iter(stream)
         sink = self.deliver
         set_last = self._metrics.stream_last_event.set
+        debug = logger.isEnabledFor(logging.DEBUG)  # bench/docker_latency.py's breakdown
         while True:
             if self.stopped():
                 return "stopped"
@@ -190,6 +193,9 @@ class EngineEvents(ConsumerLoop):
                 self.replayed += 1
             else:
                 replaying = False
+            if debug:
+                logger.debug("read %s %s event %s", event["type"], event["action"],
+                             event["uuid"])
             if self._recorder is not None:
                 self._record(event)
             sink([Received(event, now, None)])

@@ -13,6 +13,7 @@ import uuid as _uuid
 from typing import Any
 
 from eventd.errors import MalformedEvent
+from eventd.events import DOCKER_URI_PREFIX as URI_PREFIX  # re-exported
 from eventd.events import Event
 
 #: What eventd adds to each Engine event, with what it means (the README's table, `eventd schema`).
@@ -35,7 +36,6 @@ ENGINE_FIELDS: dict[str, str] = {
     "scope": "local or swarm", "time": "POSIX seconds", "timeNano": "POSIX nanoseconds",
 }
 
-URI_PREFIX = "/docker/"
 
 
 def event_uuid(time_nano: object, kind: str, object_id: str, action: str) -> str:

@@ -10,9 +10,10 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING
 
+from eventd.backoff import Backoff
+from eventd.clients.docker import describe_failure, make_client, safe_address
 from eventd.errors import ConfigError
 from eventd.sources.base import LoopOptions, SourceContext
-from eventd.sources.docker.client import describe_failure, make_client, safe_address
 from eventd.sources.docker.consumer import EngineEvents
 
 if TYPE_CHECKING:
@@ -42,8 +43,8 @@ def build(context: SourceContext) -> EngineEvents:
     """The Engine's event consumer, after checking the Engine answers."""
     settings = context.settings
     logger.info("source docker: %s", check_engine(settings))
-    options = LoopOptions(backoff_initial=settings.backoff_initial,
-                          backoff_max=settings.backoff_max, healthy_after=settings.healthy_after)
+    options = LoopOptions(backoff=Backoff(settings.backoff_initial, settings.backoff_max),
+                          healthy_after=settings.healthy_after)
     return EngineEvents(settings.docker_host, partial(make_client, settings), context.sink,
                         context.metrics, context.stopping, options,
                         ping_interval=settings.ping_interval, ping_timeout=settings.pong_timeout,

@@ -1,5 +1,5 @@
-"""The Docker Cloud source: Stream API websocket, REST client, auth, backfill, enrichment.
+"""The Docker Cloud source: Stream API websocket, framing, backfill, enrichment, recorder.
 
-Everything that knows Docker Cloud's URLs, headers and event shapes lives here (and in the
-`dockercloud` action, which uses `rest`). Never imports `commands` or `emulator`.
+The API client it shares with the `dockercloud` action (auth, REST, namespaces) lives in
+`eventd.clients.dockercloud`. Never imports `actions`, `delivery`, `commands` or `emulator`.
 """

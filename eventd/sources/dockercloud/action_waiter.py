@@ -13,9 +13,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from eventd.clients.dockercloud.rest import TERMINAL_STATES
 from eventd.events import object_ref
 
-TERMINAL_STATES = frozenset({"Success", "Failed", "Canceled"})
+__all__ = ["TERMINAL_STATES", "ActionWaiter"]
 
 
 class ActionWaiter:
@@ -26,31 +27,34 @@ class ActionWaiter:
         self.remember = remember
         self.max_entries = max_entries
         self._clock = clock
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # observe() takes it in C, not the Condition's Python
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0  # callers in wait(): only then does a terminal state notify
         self._states: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def observe(self, event: dict[str, Any]) -> None:
         """Note an `action` event's state if it is terminal."""
         state = event.get("state")
-        if state not in TERMINAL_STATES:
+        if not isinstance(state, str) or state not in TERMINAL_STATES:  # a list is data too
             return
         ref = object_ref(event.get("resource_uri"))
         if ref is None:
             return
         now = self._clock()
-        with self._cond:
+        with self._lock:
             self._states[ref.uuid] = (str(state), now)
             self._states.move_to_end(ref.uuid)
             while len(self._states) > self.max_entries:
                 self._states.popitem(last=False)
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
     def state(self, action_uri: str) -> str | None:
         """The terminal state seen for this action, or None."""
         ref = object_ref(action_uri)
         if ref is None:
             return None
-        with self._cond:
+        with self._lock:
             found = self._states.get(ref.uuid)
         if found is None or self._clock() - found[1] > self.remember:
             return None
@@ -71,4 +75,8 @@ class ActionWaiter:
                 left = deadline - time.monotonic()
                 if left <= 0 or (stopping is not None and stopping.is_set()):
                     return None
-                self._cond.wait(min(left, 0.2))
+                self._waiting += 1
+                try:
+                    self._cond.wait(min(left, 0.2))
+                finally:
+                    self._waiting -= 1

@@ -6,6 +6,8 @@ backfilled action events. The reference does not document the date format of tha
 and a server that ignores it returns every action in history: so the dates are checked here
 too, and only actions that started or ended inside the gap (1 s slack) are kept.
 Duplicates with events that did arrive are removed downstream (by action uuid and state).
+A server error is retried a few times by the one backoff policy (`eventd.backoff`, here
+without jitter: one replica backfills a gap), and a stop cuts the retries short.
 """
 
 from __future__ import annotations
@@ -14,13 +16,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tenacity import RetryCallState
+
+from eventd.backoff import Backoff
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.errors import PermanentActionError, RetryableActionError
 from eventd.events import Received, backfilled_action_event, iso_utc, parse_datetime
 from eventd.hooks import hooks
 from eventd.ops.metrics import Metrics
-from eventd.sources.dockercloud.rest import RestClient
+
+if TYPE_CHECKING:
+    from eventd.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,24 +37,34 @@ ACTIONS_PATH = "/api/audit/v1/action/"
 SLACK = 1.0
 
 Sink = Callable[[list[Received]], None]
+#: a backfill's retries: the backoff policy's steps without jitter (1 s, 2 s)
+BACKOFF = Backoff(jitter=False)
+
+
+def backfill_backoff(settings: Settings) -> Backoff:
+    """The daemon's backoff (--backoff-max...), without jitter, for a backfill's retries."""
+    return Backoff(settings.backoff_initial, settings.backoff_max, jitter=False)
+
+
+class _Stopped(Exception):
+    """Stop was asked for during a wait between attempts: no further attempt."""
 
 
 class Backfiller:
     """Callable as `backfill(gap_start)`: lists actions since the gap and emits them."""
 
     def __init__(self, rest: RestClient, sink: Sink, metrics: Metrics, *,
-                 attempts: int = 3, retry_wait: float = 1.0,
+                 attempts: int = 3, backoff: Backoff = BACKOFF,
                  stopping: threading.Event | None = None,
-                 sleep: Callable[[float], object] | None = None,
+                 sleep: Callable[[float], None] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self._rest = rest
         self._sink = sink
         self._metrics = metrics
         self._attempts = max(1, attempts)
-        self._retry_wait = retry_wait
+        self.backoff = backoff
         self._stopping = stopping if stopping is not None else threading.Event()
-        self._sleep: Callable[[float], object] = sleep if sleep is not None \
-            else self._stopping.wait
+        self._sleep = sleep
         self._clock = clock if clock is not None else time.time
         self._outside_logged = False
 
@@ -82,28 +100,34 @@ class Backfiller:
                        "further ones are only counted", since, len(outside))
         return kept
 
+    def _attempt(self, since: str) -> list[Any]:
+        if self._stopping.is_set():  # woken from the wait by a stop: no further attempt
+            raise _Stopped
+        return self._missed_actions(since)
+
     def __call__(self, gap_start: float) -> int:
         """Emit the actions started since `gap_start` (POSIX time); return how many."""
         since = iso_utc(gap_start)  # whole seconds, rounded down: never later than the gap
-        for attempt in range(1, self._attempts + 1):
-            try:
-                actions = self._missed_actions(since)
-            except RetryableActionError as exc:
-                if attempt < self._attempts and not self._stopping.is_set():
-                    wait = self._retry_wait * 2 ** (attempt - 1)
-                    logger.warning("backfill since %s failed (%s); retrying in %.1f s",
-                                   since, exc, wait)
-                    self._sleep(wait)
-                    if not self._stopping.is_set():
-                        continue
-                logger.warning("backfill since %s failed (%s); giving up, events of the gap "
-                               "may be missing", since, exc)
-                return 0
-            except (PermanentActionError, ValueError) as exc:  # ValueError: a body that is not JSON
-                logger.warning("backfill since %s failed (%s); giving up, events of the gap "
-                               "may be missing", since, exc)
-                return 0
-            break
+
+        def retrying_in(state: RetryCallState) -> None:
+            failure = state.outcome.exception() if state.outcome is not None else None
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            logger.warning("backfill since %s failed (%s); retrying in %.1f s", since, failure,
+                           wait)
+
+        retrying = self.backoff.retrying(attempts=self._attempts, stopping=self._stopping,
+                                         retry_on=RetryableActionError, sleep=self._sleep,
+                                         before_sleep=retrying_in)
+        try:
+            actions = retrying(self._attempt, since)
+        except _Stopped:
+            logger.warning("backfill since %s stopped; events of the gap may be missing", since)
+            return 0
+        # ValueError: a body that is not JSON
+        except (RetryableActionError, PermanentActionError, ValueError) as exc:
+            logger.warning("backfill since %s failed (%s); giving up, events of the gap "
+                           "may be missing", since, exc)
+            return 0
         now = self._clock()
         batch = [Received(backfilled_action_event(action), now, None, True)
                  for action in self._inside(actions, gap_start, now, since)]

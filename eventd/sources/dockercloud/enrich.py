@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.errors import ActionError, PermanentActionError
 from eventd.events import RESOURCE_URI, ObjectRef, object_ref
-from eventd.sources.dockercloud.rest import RestClient
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,10 @@ class Enricher:
 
     def __init__(self, rest: RestClient | None, ttl: float = 5.0, retries: int = 2, *,
                  retry_delay: float = 0.1, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, logs: Any = None) -> None:
         self.rest = rest
+        #: `enrich: logs`: a ContainerLogs (eventd.sources.dockercloud.logs), or None
+        self._logs = logs
         self.ttl = ttl
         self.retries = retries
         self.retry_delay = retry_delay
@@ -48,6 +50,14 @@ class Enricher:
         self._lock = threading.Lock()
         self._cache: dict[ObjectRef, tuple[float, dict[str, Any] | None]] = {}
         self.lookups = 0  # REST GETs made (tests and debugging)
+
+    def logs(self, event: dict[str, Any], lines: int, max_bytes: int,
+             budget: float) -> list[str] | None:
+        """A container's last lines from the Stream API (None without a reader or a container)."""
+        if self._logs is None:
+            return None
+        result: list[str] | None = self._logs.logs(event, lines, max_bytes, budget)
+        return result
 
     def resource(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event's object as the REST API shows it now, or None if it cannot be had."""

@@ -4,12 +4,14 @@ websocket-client's `recv()` makes three `socket.recv` calls per frame (header, l
 payload), which is most of the cost of a busy stream. This reader pulls large chunks with
 `recv_into` and cuts every complete frame out of the buffer per read, allocating only the
 payload. Control frames are handled here: pings are answered through `on_ping`, pongs are
-counted, a close frame ends the stream.
+counted, a close frame ends the stream. eventd negotiates no extension, so a frame with a
+reserved bit set (RSV1-3) breaks the protocol (RFC 6455 5.2): FramingError, as for a bad opcode.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Callable
 
 OP_CONTINUATION = 0x0
@@ -25,10 +27,31 @@ OP_PONG = 0xA
 DEFAULT_CHUNK = 64 * 1024
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 _MIN_FREE = 4096  # compact or grow the buffer before reading into less than this
+#: a frame's first two bytes, and the 16-bit length that follows when the second is 126
+_HEAD = struct.Struct(">HH")
+
+
+def _usual_frames() -> bytes:
+    """By a frame's first two bytes: 1 for a whole unmasked text or binary message under
+    126 bytes, 2 for one with a 16-bit length, 0 for every other frame."""
+    table = bytearray(65536)
+    for b0 in (0x81, 0x82):
+        for b1 in range(126):
+            table[b0 << 8 | b1] = 1
+        table[b0 << 8 | 126] = 2
+    return bytes(table)
+
+
+_USUAL = _usual_frames()
+
+
+#: RSV1, RSV2 and RSV3 of a frame's first byte: meaningful only with a negotiated extension
+_RESERVED = 0x70
 
 
 class FramingError(Exception):
-    """The peer broke RFC 6455 (bad opcode, oversized or interleaved message); drop the link."""
+    """The peer broke RFC 6455 (reserved bits, bad opcode, oversized or interleaved message);
+    drop the link."""
 
 
 class ConnectionEnded(Exception):
@@ -55,14 +78,18 @@ class FrameReader:
         self.pongs = 0
         #: set once a close frame arrived: (code, reason); reading stops there
         self.close_frame: tuple[int | None, str] | None = None
+        #: the protocol violation that ends the stream, once found
+        self.broken: FramingError | None = None
 
     def read(self) -> list[bytes]:
         """Receive once (blocking up to the socket's timeout) and return every complete message.
 
         May return an empty list (only control frames or a partial frame arrived). Raises the
         socket's TimeoutError when nothing arrived, ConnectionEnded on EOF, FramingError on a
-        protocol violation.
+        protocol violation (after the messages that came whole before it, if any).
         """
+        if self.broken is not None:
+            raise self.broken
         if self.close_frame is not None:
             return []
         end = self._end
@@ -73,7 +100,14 @@ class FrameReader:
         if not count:
             raise ConnectionEnded("connection closed by peer")
         self._end = end + count
-        return self._parse()
+        messages: list[bytes] = []
+        try:
+            self._parse(messages)
+        except FramingError as exc:
+            if not messages:
+                raise
+            self.broken = exc  # raised by the next read: first the messages that came whole
+        return messages
 
     @property
     def buffered(self) -> int:
@@ -121,69 +155,105 @@ class FrameReader:
             header += 4
         return header + length
 
-    def _parse(self) -> list[bytes]:
-        """Cut every complete frame out of the buffer; keep a trailing partial frame."""
+    def _parse(self, messages: list[bytes]) -> None:
+        """Cut every complete frame out of the buffer into `messages`; keep a trailing partial
+        frame.
+
+        The usual frame (a whole, unmasked text or binary message under 64 KiB) is cut here
+        in a few steps; every other frame goes through `_frame`.
+        """
         buf = self._buf
         view = self._view
         pos = self._start
         end = self._end
-        messages: list[bytes] = []
         append = messages.append
-        while end - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            length = b1 & 0x7F
-            if length < 126:
-                header = 2
-            elif length == 126:
-                if end - pos < 4:
-                    break
-                length = (buf[pos + 2] << 8) | buf[pos + 3]
-                header = 4
-            else:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                header = 10
-                if length > self._max_message:
-                    raise FramingError(f"frame of {length} bytes is larger than {self._max_message}")
-            if b1 & 0x80:  # servers must not mask, but tolerate it
-                header += 4
-            stop = pos + header + length
-            if stop > end:
+        head, usual = _HEAD.unpack_from, _USUAL
+        while True:
+            if self._fragments is None:  # no fragmented message in progress
+                last = end - 4  # where the last 4-byte header (the usual one) can start
+                while pos <= last:
+                    first, long_length = head(buf, pos)
+                    how = usual[first]
+                    if how == 2:  # 16-bit length: the bulk of a busy stream
+                        stop = pos + 4 + long_length
+                        if stop > end:
+                            break
+                        append(view[pos + 4:stop].tobytes())
+                    elif how:
+                        stop = pos + 2 + (first & 0x7F)
+                        if stop > end:
+                            break
+                        append(view[pos + 2:stop].tobytes())
+                    else:
+                        break
+                    pos = stop
+            if end - pos < 2:
                 break
-            opcode = b0 & 0x0F
-            if b1 & 0x80:
-                payload = _unmask(bytes(view[pos + header - 4:pos + header]),
-                                  bytes(view[pos + header:stop]))
-            else:
-                payload = view[pos + header:stop].tobytes()
+            stop = self._frame(pos, end, append)
+            if stop < 0:
+                break
             pos = stop
-            if b0 == 0x81 or b0 == 0x82:  # the usual case: a whole text or binary message
-                if self._fragments is not None:
-                    raise FramingError("new message inside a fragmented one")
-                append(payload)
-            elif opcode >= OP_CLOSE:
-                if not b0 & 0x80 or length > 125:
-                    raise FramingError("fragmented or oversized control frame")
-                if opcode == OP_PING:
-                    if self._on_ping is not None:
-                        self._on_ping(payload)
-                elif opcode == OP_PONG:
-                    self.pongs += 1
-                elif opcode == OP_CLOSE:
-                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                    self.close_frame = (code, payload[2:].decode("utf-8", "replace"))
-                    break
-                else:
-                    raise FramingError(f"unknown control opcode {opcode:#x}")
-            else:
-                self._fragment(opcode, bool(b0 & 0x80), payload, append)
+            if self.close_frame is not None:
+                break
         if pos == end:
             self._start = self._end = 0
         else:
             self._start = pos
-        return messages
+
+    def _frame(self, pos: int, end: int, append: Callable[[bytes], None]) -> int:
+        """Handle the frame at `pos`: where the next one starts, or -1 if it is incomplete."""
+        buf, view = self._buf, self._view
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        length = b1 & 0x7F
+        if length < 126:
+            header = 2
+        elif length == 126:
+            if end - pos < 4:
+                return -1
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+            header = 4
+        else:
+            if end - pos < 10:
+                return -1
+            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            header = 10
+            if length > self._max_message:
+                raise FramingError(f"frame of {length} bytes is larger than {self._max_message}")
+        if b1 & 0x80:  # servers must not mask, but tolerate it
+            header += 4
+        stop = pos + header + length
+        if stop > end:
+            return -1
+        opcode = b0 & 0x0F
+        if b1 & 0x80:
+            payload = _unmask(bytes(view[pos + header - 4:pos + header]),
+                              bytes(view[pos + header:stop]))
+        else:
+            payload = view[pos + header:stop].tobytes()
+        if b0 == 0x81 or b0 == 0x82:  # a whole text or binary message
+            if self._fragments is not None:
+                raise FramingError("new message inside a fragmented one")
+            append(payload)
+        elif b0 & _RESERVED:  # checked per header, off the usual case's path
+            raise FramingError(f"reserved bits {(b0 & _RESERVED) >> 4:03b} set in a frame "
+                               "header, and no extension was negotiated")
+        elif opcode >= OP_CLOSE:
+            if not b0 & 0x80 or length > 125:
+                raise FramingError("fragmented or oversized control frame")
+            if opcode == OP_PING:
+                if self._on_ping is not None:
+                    self._on_ping(payload)
+            elif opcode == OP_PONG:
+                self.pongs += 1
+            elif opcode == OP_CLOSE:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                self.close_frame = (code, payload[2:].decode("utf-8", "replace"))
+            else:
+                raise FramingError(f"unknown control opcode {opcode:#x}")
+        else:
+            self._fragment(opcode, bool(b0 & 0x80), payload, append)
+        return stop
 
     def _fragment(self, opcode: int, fin: bool, payload: bytes,
                   append: Callable[[bytes], None]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from eventd.stores.files import open_append
+from eventd.files import open_append
 
 
 class Recorder:

@@ -14,20 +14,35 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import orjson
 import websocket
 
 from eventd import __version__
-from eventd.delivery.http import parse_retry_after
+from eventd.backoff import Backoff, Rng
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.http import parse_retry_after
 from eventd.errors import AuthRejected, MalformedEvent
 from eventd.events import Received, parse_event
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
-from eventd.settings import TlsOptions, plaintext_warning
+from eventd.outbound import FENCING_HEADER
+from eventd.settings import (
+    DEFAULT_AUTH_ERROR_WAIT,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_HEALTHY_AFTER,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PONG_TIMEOUT,
+    TlsOptions,
+    plaintext_warning,
+)
 from eventd.sources.base import ConsumerLoop, Disconnected, LoopOptions
-from eventd.sources.dockercloud.auth import Credentials
 from eventd.sources.dockercloud.framing import ConnectionEnded, FrameReader, FramingError
 
 if TYPE_CHECKING:
@@ -45,20 +60,25 @@ MAX_REDIRECTS = 3
 #: consecutive 404 handshakes after which the log says the host serves no Stream API
 NOT_FOUND_HINT_AFTER = 3
 _CLOSE_WAIT = 0.25  # how long a graceful stop waits for the server's close frame
+#: `type` values that need a second look: none (parse_event says why), or a message that is
+#: not an event (`auth`, `error`)
+_NOT_EVENT = frozenset({"", "auth", "error"})
+_TYPE = itemgetter("type")
+_STR = {str}
 
 
 @dataclass(frozen=True)
 class StreamOptions:
     """Timings and policies of the stream consumer (defaults from the issue)."""
 
-    ping_interval: float = 10.0
-    pong_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    healthy_after: float = 30.0
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    pong_timeout: float = DEFAULT_PONG_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    healthy_after: float = DEFAULT_HEALTHY_AFTER
     on_auth_error: str = "exit"  # exit | wait
-    auth_error_wait: float = 3600.0
+    auth_error_wait: float = DEFAULT_AUTH_ERROR_WAIT
     user_agent: str = f"eventd/{__version__}"
     handshake_timeout: float = 10.0
     #: longest blocking socket read, so that stopping and deadlines are checked this often
@@ -88,7 +108,7 @@ class StreamOptions:
     @property
     def loop_options(self) -> LoopOptions:
         """The part the generic consumer loop needs."""
-        return LoopOptions(backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
+        return LoopOptions(backoff=Backoff(self.backoff_initial, self.backoff_max),
                            healthy_after=self.healthy_after, on_auth_error=self.on_auth_error,
                            auth_error_wait=self.auth_error_wait)
 
@@ -111,17 +131,25 @@ class _RedirectRefused(Exception):
 class StreamConsumer(ConsumerLoop):
     """Consumes the Docker Cloud event stream until `stopping` is set."""
 
+    tracks_liveness = True  # every read sets `_last_heard`
+
     def __init__(self, url: str, credentials: Credentials, sink: Sink, metrics: Metrics,
                  stopping: threading.Event, options: StreamOptions | None = None,
                  recorder: Recorder | None = None,
                  backfill: Callable[[float], object] | None = None,
                  sleep: Callable[[float], object] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 rng: Rng | None = None,
+                 fencing: Callable[[], str | None] | None = None,
+                 on_refused: Callable[[], object] | None = None) -> None:
+        """`fencing`: a cluster's replica: the lease's fencing header value for each handshake
+        (None once the lease is not held: no handshake is made); `on_refused`: called when a
+        handshake is refused (409) for its token."""
         self.options = options or StreamOptions()
         super().__init__(sink=sink, metrics=metrics, stopping=stopping,
                          loop_options=self.options.loop_options,
                          credentials_source=credentials.source, replay=backfill, sleep=sleep,
-                         clock=clock)
+                         clock=clock, rng=rng)
         self.url = url
         self.pongs = 0  # pongs received over the consumer's life (tests wait on it)
         self._credentials = credentials
@@ -132,11 +160,8 @@ class StreamConsumer(ConsumerLoop):
         self._reader: FrameReader | None = None
         self._lock = threading.Lock()
         self._close_sent = False
-
-    @property
-    def backfill_threads(self) -> list[threading.Thread]:
-        """Backfill threads started so far (so a caller can join them at shutdown)."""
-        return self.replay_threads
+        self._fencing = fencing
+        self._on_refused = on_refused
 
     def describe(self) -> str:
         """The stream URL without credentials or query."""
@@ -186,6 +211,8 @@ class StreamConsumer(ConsumerLoop):
             status = int(exc.status_code)
             if status in AUTH_STATUSES:
                 raise AuthRejected(f"handshake answered HTTP {status}", status_code=status) from None
+            if status == 409 and self._fencing is not None and self._on_refused is not None:
+                self._on_refused()  # a stale lease token: the coordinator gets a newer one
             headers: dict[str, Any] = exc.resp_headers or {}
             retry_after = parse_retry_after(headers.get("retry-after"))
             self._count_not_found(status)
@@ -198,6 +225,11 @@ class StreamConsumer(ConsumerLoop):
             _quietly(ws.shutdown)
             raise self._failed("connect_error", _describe(exc)) from None
         self._not_found = 0
+        if self.stopped():
+            # Stopped while the handshake was under way (a partition held it up): let the
+            # connection go at once rather than consume beside the stream's next holder.
+            _quietly(ws.shutdown)
+            raise Disconnected("stopped", detail="stopped during the handshake")
         # A failed pong write is left for the next read to notice as a dead socket.
         assert ws.sock is not None  # connect() succeeded
         self._reader = FrameReader(ws.sock,
@@ -215,6 +247,11 @@ class StreamConsumer(ConsumerLoop):
         """
         opts = self.options
         header = [f"Authorization: {self._credentials.header}", f"User-Agent: {opts.user_agent}"]
+        if self._fencing is not None:
+            token = self._fencing()
+            if token is None:
+                raise Disconnected("lease_lost", detail="the stream's lease is not held here")
+            header.append(f"{FENCING_HEADER}: {token}")
         url = self.url
         status = 0
         for _ in range(MAX_REDIRECTS + 1):
@@ -295,6 +332,7 @@ class StreamConsumer(ConsumerLoop):
             except (OSError, websocket.WebSocketException):
                 return "dropped"
             else:
+                self._last_heard = monotonic()
                 if messages:
                     deliver(messages)
                 now = last_data = monotonic()
@@ -316,8 +354,35 @@ class StreamConsumer(ConsumerLoop):
     def _deliver(self, messages: list[bytes]) -> None:
         """Parse one read's frames and hand the good ones to the sink as one batch."""
         now = self._clock()
+        auth_error: AuthRejected | None = None
+        try:
+            # The usual read, in C calls over the whole batch: every frame an object with a
+            # string `type` that is an event's (not auth/error). Anything else: one by one.
+            events = list(map(orjson.loads, messages))
+            kinds = list(map(_TYPE, events))  # TypeError: not an object; KeyError: no type
+            usual = _NOT_EVENT.isdisjoint(kinds) and set(map(type, kinds)) == _STR
+        except (orjson.JSONDecodeError, TypeError, KeyError):  # TypeError: unhashable too
+            usual = False
+        if usual:
+            batch: list[Received] = list(map(Received, events, repeat(now), messages))
+        else:
+            batch, auth_error = self._parse_each(messages, now)
+        self._metrics.stream_last_event.set(now)
+        if batch:
+            if self._recorder is not None:
+                try:
+                    self._recorder.write_batch([r.raw for r in batch if r.raw is not None])
+                except OSError as exc:  # a full disk must not stop the stream
+                    report_internal_error("recorder", exc, self._metrics)
+            self._sink(batch)
+        if auth_error is not None:
+            raise auth_error
+
+    def _parse_each(self, messages: list[bytes],
+                    now: float) -> tuple[list[Received], AuthRejected | None]:
+        """A read holding something else than events (auth, error, malformed frames): the
+        events, and the AuthRejected an `error` message means."""
         batch: list[Received] = []
-        append = batch.append
         auth_error: AuthRejected | None = None
         for payload in messages:
             try:
@@ -330,17 +395,8 @@ class StreamConsumer(ConsumerLoop):
                 if kind == "error" and self._error_message(event):
                     auth_error = AuthRejected("stream sent error UNAUTHORIZED")
                 continue
-            append(Received(event, now, payload))
-        self._metrics.stream_last_event.set(now)
-        if batch:
-            if self._recorder is not None:
-                try:
-                    self._recorder.write_batch([r.raw for r in batch if r.raw is not None])
-                except OSError as exc:  # a full disk must not stop the stream
-                    report_internal_error("recorder", exc, self._metrics)
-            self._sink(batch)
-        if auth_error is not None:
-            raise auth_error
+            batch.append(Received(event, now, payload))
+        return batch, auth_error
 
     def _error_message(self, event: dict[str, Any]) -> bool:
         """Log and count an `error` message; say whether it rejects the credentials."""

@@ -8,6 +8,8 @@ one Redis. What lives where:
     spool:order         ZSET  id by seq (all targets);  spool:t:<target>  ZSET id by seq
     spool:target        HASH  id -> target;  spool:targets  SET of targets with jobs waiting
     spool:by            HASH  id -> the call that accepted it (a retried call hears "accepted")
+    spool:gone          ZSET  id of a job finished in the last 10 min, by when: not accepted again
+                        (an add retried after an unconfirmed write, both sides of a split brain)
     dead, dead:order    HASH  id -> {job, reason, at};  ZSET id by seq
     throttle            HASH  key -> "acquired at|by call";  throttle:until  ZSET key by expiry
     marks               ZSET  loop-guard key by "until"
@@ -16,6 +18,7 @@ one Redis. What lives where:
     limit:<key>         ZSET  job id by call time (the per-target REST limit), expires
     lease:<name>        HASH  {owner, token}, PEXPIRE ttl; lease-tokens INCR (fencing)
     alerts, groups...   firing alerts and open digest groups (eventd.alerts): see `alerts`
+    silences...         silences (eventd.silences): see `silences`
 
 Why ordered sets and leases rather than Streams with a consumer group: delivery must keep
 each target's order (a webhook receiver sees events in the order they happened), and a
@@ -48,13 +51,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import redis
 
-from eventd.actions.base import ActionJob
+from eventd.errors import LeaseLost
+from eventd.records import ActionJob, UndecodableRecord, job_from_json, quarantined_job
 from eventd.stores.base import (
     CallLimits,
     DeadLetter,
@@ -66,11 +71,14 @@ from eventd.stores.base import (
 from eventd.stores.redis.alerts import AlertRoles
 from eventd.stores.redis.client import WAIT_MS, NotReplicated, converted
 from eventd.stores.redis.connect import parse
+from eventd.stores.redis.silences import SilenceRoles
 
 if TYPE_CHECKING:
     from eventd.settings import Settings
 
 __all__ = ["RedisStore"]
+
+logger = logging.getLogger(__name__)
 
 _MARK_PRUNE_EVERY = 100
 
@@ -80,17 +88,28 @@ def _dump(job: ActionJob) -> str:
 
 
 def _load(data: str, attempts: str | int | None = None) -> ActionJob:
-    job = ActionJob.from_dict(json.loads(data))
-    if attempts is not None:
-        job.attempts = int(attempts)
-    return job
+    return job_from_json(data, attempts)
+
+
+def _letter(job_id: str, data: str) -> DeadLetter:
+    """A dead letter as stored, or one that says its record is undecodable (shown, never run)."""
+    try:
+        record = json.loads(data)
+        if not isinstance(record, dict):
+            raise UndecodableRecord("not an object")
+        at = float(record.get("at", 0.0))
+        return DeadLetter(job_from_json(json.dumps(record.get("job"))), str(record["reason"]), at)
+    except (UndecodableRecord, ValueError, TypeError, KeyError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, UndecodableRecord) else type(exc).__name__
+        return DeadLetter(quarantined_job(job_id, "", data, reason),
+                          f"undecodable dead letter: {reason}", 0.0)
 
 
 def _num(value: float) -> str:
     return repr(float(value))
 
 
-class RedisStore(AlertRoles):
+class RedisStore(AlertRoles, SilenceRoles):
     """Every store role, plus leases, the shared REST limit and de-dup check, in Redis."""
 
     name: ClassVar[str] = "redis"
@@ -121,23 +140,35 @@ class RedisStore(AlertRoles):
             store.close()
 
     @converted
-    def spool_add(self, job: ActionJob) -> bool:
-        """Accept a job durably (in Redis on return); False if that id is already spooled."""
+    def spool_add(self, job: ActionJob, lease: tuple[str, str] | None = None) -> bool:
+        """Accept a job durably (in Redis on return); False if that id is already spooled, or
+        finished in the last `GONE_SECONDS` (an add repeated after an unconfirmed write).
+        `lease`: (key, `<replica>:`) of a cluster replica's job of a leased namespace: if
+        another replica holds that lease where the write lands, LeaseLost, nothing written."""
         try:
-            added = self._spool_add(job)
+            added = self._spool_add(job, lease)
         except redis.RedisError:
             self._unsure_adds.add(job.id)
             raise
+        if added == 3:
+            self._unsure_adds.discard(job.id)
+            raise LeaseLost(f"job {job.id} not accepted: the lease {lease[0] if lease else ''} "
+                            "is another replica's now")
+        if added == 2:  # finished lately (this call's earlier try accepted it, or another's)
+            self._unsure_adds.discard(job.id)
+            return False
         if job.id in self._unsure_adds:
             self._unsure_adds.discard(job.id)
             return True  # the earlier call (answer lost) or this one accepted it
-        return added
+        return bool(added)
 
-    def _spool_add(self, job: ActionJob) -> bool:
+    def _spool_add(self, job: ActionJob, lease: tuple[str, str] | None = None) -> int:
+        """The script's answer: 1 added (by this call), 0 spooled already, 2 finished lately,
+        3 refused (another replica holds the `lease`)."""
         args: list[str | int] = [self.prefix, job.id, job.target, _dump(job), job.attempts,
-                                 self._call_token()]
+                                 self._call_token(), *(lease or ())]
         if not self._replicas or (self._alone and not self._recheck_alone()):
-            return bool(self._scripts["SPOOL_ADD"](args=args))
+            return int(self._scripts["SPOOL_ADD"](args=args))
         # Behind Sentinel, a job is accepted once a replica has it too: a failover promotes
         # a replica, and what only the old primary had would be gone.
         pipe = self._db.pipeline(transaction=False)
@@ -146,7 +177,7 @@ class RedisStore(AlertRoles):
         added, acked = pipe.execute()
         if int(acked) < self._replicas and self._replica_alive():
             raise NotReplicated(f"no replica confirmed the write within {WAIT_MS} ms")
-        return bool(added)
+        return int(added)
 
     @converted
     def spool_done(self, job_id: str) -> None:
@@ -173,7 +204,33 @@ class RedisStore(AlertRoles):
         pipe.hmget(self._key("spool"), list(ids))
         pipe.hmget(self._key("spool", "att"), list(ids))
         datas, attempts = pipe.execute()
-        return [_load(data, att) for data, att in zip(datas, attempts, strict=True) if data is not None]
+        jobs = []
+        for job_id, data, att in zip(ids, datas, attempts, strict=True):
+            if data is None:
+                continue
+            try:
+                job = _load(data, att)
+                if job.id != job_id:
+                    raise UndecodableRecord("its id is not its key's")
+            except UndecodableRecord as exc:
+                self._quarantine(job_id, data, str(exc))
+                continue
+            jobs.append(job)
+        return jobs
+
+    def _quarantine(self, job_id: str, data: object, reason: str) -> None:
+        """Move an undecodable spool record to dead letters (the reason and the record cut
+        short, said once in the log, counted as eventd_store_errors_total{op="spool_decode"})
+        so that the lane reading it goes on with the next job."""
+        target = self._db.hget(self._key("spool", "target"), job_id)
+        job = quarantined_job(job_id, str(target or ""), data, reason)
+        logger.warning("spool record %r is undecodable (%s): moved to dead letters",
+                       job_id[:80], reason)
+        self._run("DEADLETTER_ADD", job_id, json.dumps(
+            {"job": job.to_dict(), "reason": f"undecodable spool record: {reason}",
+             "at": time.time()}, separators=(",", ":")))
+        if self._on_error is not None:
+            self._on_error("spool_decode")
 
     @converted
     def spool_pending(self, target: str | None = None,
@@ -235,11 +292,9 @@ class RedisStore(AlertRoles):
         if not ids:
             return []
         letters = []
-        for data in self._db.hmget(self._key("dead"), ids):
+        for job_id, data in zip(ids, self._db.hmget(self._key("dead"), ids), strict=True):
             if data is not None:
-                record = json.loads(data)
-                letters.append(DeadLetter(ActionJob.from_dict(record["job"]), record["reason"],
-                                          float(record["at"])))
+                letters.append(_letter(job_id, data))
         return letters
 
     @converted
@@ -341,10 +396,19 @@ class RedisStore(AlertRoles):
     @converted
     def dedupe_load(self) -> bytes:
         """The saved de-dup snapshot (empty if none; an older eventd's JSON list as it is)."""
-        text = self._db.get(self._key("dedupe"))
-        if not text:
+        try:
+            text = self._db.get(self._key("dedupe"))
+            if not text:
+                return b""
+            return text.encode() if text.startswith("[") else base64.b64decode(text, validate=True)
+        except (ValueError, redis.ResponseError) as exc:  # binascii.Error, UnicodeError too
+            # Not a snapshot eventd wrote (not text, not base64, another type of key): start
+            # with an empty window rather than fail every start; said, and counted.
+            logger.warning("the de-dup snapshot in %s is undecodable (%s); starting with an "
+                           "empty de-dup window", self._key("dedupe"), type(exc).__name__)
+            if self._on_error is not None:
+                self._on_error("dedupe_decode")
             return b""
-        return text.encode() if text.startswith("[") else base64.b64decode(text)
 
     @converted
     def dedupe_save(self, data: bytes) -> None:

@@ -3,6 +3,8 @@
     alerts              HASH  alert key -> firing alert (JSON); every replica re-sends from it
     groups              HASH  group key -> meta (JSON);  groups:order  ZSET key by seq
     group:<key>         LIST  the events of an open digest group, oldest first
+    history:<key>       LIST  an object's recent events (enrich: history), oldest first,
+                              trimmed to `keep` and expiring `ttl` after the last one
 
 Taking an alert, adding to a group and closing one are Lua scripts, so when replicas share the
 store one of them gets a record, never two.
@@ -11,9 +13,12 @@ store one of them gets a record, never two.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from eventd.stores.redis.client import RedisClient, converted
+
+logger = logging.getLogger(__name__)
 
 # Forget firing alert ARGV[2]: its record, or nil if it was not firing.
 ALERT_TAKE = """
@@ -44,6 +49,16 @@ return {meta, events}
 """
 
 
+# Append record ARGV[3] to history ARGV[2], keep the newest ARGV[4], expire in ARGV[5] ms.
+HISTORY_ADD = """
+local k = ARGV[1] .. 'history:' .. ARGV[2]
+redis.call('RPUSH', k, ARGV[3])
+redis.call('LTRIM', k, -tonumber(ARGV[4]), -1)
+redis.call('PEXPIRE', k, ARGV[5])
+return 1
+"""
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
@@ -54,7 +69,8 @@ class AlertRoles(RedisClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._alert_scripts = {name: self._db.register_script(source) for name, source in (
-            ("ALERT_TAKE", ALERT_TAKE), ("GROUP_ADD", GROUP_ADD), ("GROUP_TAKE", GROUP_TAKE))}
+            ("ALERT_TAKE", ALERT_TAKE), ("GROUP_ADD", GROUP_ADD), ("GROUP_TAKE", GROUP_TAKE),
+            ("HISTORY_ADD", HISTORY_ADD))}
 
     def _alert_run(self, script: str, *args: str) -> Any:
         return self._alert_scripts[script](args=[self.prefix, *args])
@@ -69,13 +85,13 @@ class AlertRoles(RedisClient):
     def alert_take(self, key: str) -> dict[str, Any] | None:
         """Forget a firing alert; its record (one replica gets it)."""
         data = self._alert_run("ALERT_TAKE", key)
-        return None if data is None else dict(json.loads(data))
+        return None if data is None else _object(data)
 
     @converted
     def alert_list(self) -> list[tuple[str, dict[str, Any]]]:
         """Every firing alert."""
-        return [(str(key), dict(json.loads(data)))
-                for key, data in self._db.hgetall(self._key("alerts")).items()]
+        return [(str(key), record) for key, data in self._db.hgetall(self._key("alerts")).items()
+                if (record := _object(data))]
 
     # -- open digest groups ---------------------------------------------------------------------
     @converted
@@ -94,9 +110,9 @@ class AlertRoles(RedisClient):
             pipe.hget(self._key("groups"), key)
             pipe.llen(self._key("group", key))
         answers = pipe.execute()
-        return [(str(key), dict(json.loads(meta)), int(size))
+        return [(str(key), record, int(size))
                 for key, meta, size in zip(keys, answers[::2], answers[1::2], strict=True)
-                if meta is not None]
+                if meta is not None and (record := _object(meta))]
 
     @converted
     def group_get(self, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -105,9 +121,10 @@ class AlertRoles(RedisClient):
         pipe.hget(self._key("groups"), key)
         pipe.lrange(self._key("group", key), 0, -1)
         meta, events = pipe.execute()
-        if meta is None:
+        record = None if meta is None else _object(meta)
+        if record is None:
             return None
-        return dict(json.loads(meta)), [dict(json.loads(e)) for e in events]
+        return record, [event for e in events if (event := _object(e))]
 
     @converted
     def group_take(self, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -116,4 +133,38 @@ class AlertRoles(RedisClient):
         if not found:
             return None
         meta, events = found
-        return dict(json.loads(meta)), [dict(json.loads(e)) for e in events]
+        return _object(meta) or {}, [event for e in events if (event := _object(e))]
+
+    @converted
+    def history_add(self, key: str, record: dict[str, Any], keep: int, ttl: float,
+                    now: float) -> None:
+        """Append to an object's recent events (one script: trimmed and expiring at once)."""
+        self._alert_run("HISTORY_ADD", key, _json(record), str(max(1, keep)),
+                        str(max(1, int(ttl * 1000))))
+
+    @converted
+    def history_get(self, key: str, since: float) -> list[dict[str, Any]]:
+        """An object's kept events at or after `since`, oldest first (what no eventd wrote
+        is skipped: a record read back is data)."""
+        rows = self._db.lrange(self.prefix + "history:" + key, 0, -1)
+        found = [record for row in rows if (record := _object(row))]
+        return [r for r in found if _at(r) >= since]
+
+
+def _at(record: dict[str, Any]) -> float:
+    """A history record's time, or 0 (older than any window) when it is not a number."""
+    at = record.get("at", 0.0)
+    return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else 0.0
+
+
+def _object(data: object) -> dict[str, Any] | None:
+    """A JSON object as stored, or None (said in the log) for what no eventd wrote: a record
+    read from Redis is data, and one torn or forged must not fail every read of its kind."""
+    try:
+        value = json.loads(data) if isinstance(data, (str, bytes)) else None
+    except (ValueError, RecursionError):
+        value = None
+    if isinstance(value, dict):
+        return value
+    logger.warning("an alert, digest group or history record in Redis is undecodable; skipped")
+    return None

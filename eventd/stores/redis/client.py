@@ -20,7 +20,7 @@ import redis
 
 from eventd.errors import StateDirError, StoreError
 from eventd.stores.redis import scripts
-from eventd.stores.redis.connect import Location, clients
+from eventd.stores.redis.connect import Location, clients, unreachable
 
 __all__ = ["LANE_LEASE_RENEW", "LANE_LEASE_TTL", "WAIT_MS", "NotReplicated", "RedisClient",
            "converted"]
@@ -55,12 +55,31 @@ def converted(method: Callable[Concatenate[C, P], R]) -> Callable[Concatenate[C,
             result = method(self, *args, **kwargs)
         except redis.RedisError as exc:
             self._failed(op, exc)
-            raise StoreError(f"redis store {self.location.safe}: {op} failed: "
+            self._bad_data_seen(op, exc)
+            gone = unreachable(self.location, exc, op)
+            if gone is not None:
+                raise gone from exc
+            raise StoreError(f"redis store {self.location.safe}: {op.lstrip('_')} failed: "
                              f"{self._scrub(exc)}", op=op) from exc
         if not self._up:
             self._set_up(True)
+        if self._bad_data:
+            self._bad_data.pop(op, None)
         return result
     return wrapper
+
+
+#: seconds one operation may keep failing on what a key holds before `on_bad_data` is told
+BAD_DATA_GRACE = 10.0
+#: what Redis says when a key holds another type or a value a script cannot use
+_DATA_ERRORS = ("WRONGTYPE", "not an integer", "not a valid float", "user_script")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether Redis refused a command because of what a key holds (not an outage, not a
+    read-only replica during a failover): waiting does not cure it."""
+    return isinstance(exc, redis.ResponseError) and not isinstance(exc, redis.ReadOnlyError) \
+        and any(marker in str(exc) for marker in _DATA_ERRORS)
 
 
 class RedisClient:
@@ -71,6 +90,10 @@ class RedisClient:
         self.cluster = cluster
         self.prefix = f"{cluster}:"
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: op -> since when it fails on what a key holds (cleared by its next success)
+        self._bad_data: dict[str, float] = {}
+        #: told once, with one line, when an op has failed so for BAD_DATA_GRACE seconds
+        self.on_bad_data: Callable[[str], object] | None = None
         # redis-py's reply types are a union for every decode mode: replies are read as Any
         # here (decode_responses=True: str) and checked by the contract suite.
         db, health, self._sentinel = clients(location, f"eventd-{cluster}-{os.getpid()}")
@@ -83,7 +106,8 @@ class RedisClient:
         self._alone = False  # behind Sentinel with no replica alive: accepting unreplicated
         self._alone_since = 0.0
         self._closed = False
-        self._up = True
+        #: whether Redis answers; None until the first call (whose error, if any, says it)
+        self._up: bool | None = None
         self._state_lock = threading.Lock()
         self._on_error: Callable[[str], None] | None = None
         self._on_state: Callable[[bool], None] | None = None
@@ -110,7 +134,20 @@ class RedisClient:
     def observe(self, on_error: Callable[[str], None], on_state: Callable[[bool], None]) -> None:
         """Report failed operations and changes of reachability (metrics)."""
         self._on_error, self._on_state = on_error, on_state
-        on_state(self._up)
+        on_state(self._up is not False)
+
+    def _bad_data_seen(self, op: str, exc: BaseException) -> None:
+        if not is_data_error(exc):
+            self._bad_data.pop(op, None)
+            return
+        now = time.monotonic()
+        since = self._bad_data.setdefault(op, now)
+        callback = self.on_bad_data
+        if callback is not None and now - since >= BAD_DATA_GRACE:
+            self.on_bad_data = None
+            callback(f"redis store {self.location.safe}: {op.lstrip('_')} has failed for "
+                     f"{now - since:.0f} s on data no eventd wrote ({self._scrub(exc)}); "
+                     f"delete the cluster's keys ({self.prefix}*) or use another --cluster")
 
     def _failed(self, op: str, exc: BaseException) -> None:
         if self._on_error is not None:
@@ -122,8 +159,11 @@ class RedisClient:
         with self._state_lock:
             if self._up == up:
                 return
-            self._up = up
-        if up:
+            first, self._up = self._up is None, up
+        if first:  # nothing changed: whoever made the first call hears of its failure
+            logger.debug("redis store %s is %s", self.location.safe,
+                         "reachable" if up else "unreachable")
+        elif up:
             logger.warning("redis store %s is reachable again", self.location.safe)
         else:
             logger.error("redis store %s is unreachable; accepting nothing until it is back",
@@ -152,7 +192,7 @@ class RedisClient:
         """Whether Sentinel knows a replica that is up (else a lone primary is all there is)."""
         assert self._sentinel is not None
         self._alone_since = time.monotonic()
-        alone = not self._sentinel.discover_slaves(self.location.service or "")  # type: ignore[no-untyped-call]
+        alone = not self._sentinel.discover_slaves(self.location.service or "")
         if alone != self._alone:
             self._alone = alone
             if alone:

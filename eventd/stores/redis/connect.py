@@ -5,7 +5,9 @@
     redis+sentinel://[[user]:password@]host:26379,host2:26379/service[/db]
 
 The password may also come from the settings (EVENTD_STORE_PASSWORD or _FILE); one in the URL
-wins. It never appears in `Location.safe` nor in any message built here.
+wins. It never appears in `Location.safe` nor in any message built here: a message about the
+URL names what is wrong, never a part of the URL that could hold the password (a password with
+`/`, `?` or `#` in it, not percent-encoded, ends the host part early).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from eventd.errors import ConfigError
+from eventd.errors import ConfigError, StoreUnreachable
 
 #: a call waits at most this long for an answer (a stopped Redis answers nothing)
 SOCKET_TIMEOUT = 2.0
@@ -59,6 +61,10 @@ def parse(url: str, password: str | None = None) -> Location:
         raise ConfigError("--store: not a URL (redis://host:port/db)") from None
     if scheme not in ("redis", "rediss", "redis+sentinel"):
         raise ConfigError(f"--store: unknown scheme {scheme!r} (redis, rediss, redis+sentinel)")
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise ConfigError(f"--store: the {scheme}:// URL has an '@' after its host part: a "
+                          "password holding '/', '?' or '#' must be percent-encoded (%2F, %3F, "
+                          "%23), or given in EVENTD_STORE_PASSWORD(_FILE)")
     user, _, secret = userinfo.partition(":")
     default_port = 26379 if scheme == "redis+sentinel" else 6379
     hosts = tuple(_host_port(item, default_port) for item in netloc.split(",") if item)
@@ -74,7 +80,7 @@ def parse(url: str, password: str | None = None) -> Location:
     elif len(hosts) > 1:
         raise ConfigError(f"--store: {scheme}:// takes one host (several: redis+sentinel://)")
     if len(path) > 1 or (path and not path[0].isdigit()):
-        raise ConfigError(f"--store: the database must be a number, got {'/'.join(path)!r}")
+        raise ConfigError(f"--store: the database must be a number ({scheme}://host:port/0)")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     unknown = sorted(set(query) - set(_TLS_OPTIONS))
     if unknown:
@@ -91,8 +97,26 @@ def _host_port(item: str, default: int) -> tuple[str, int]:
         host, port = item, str(default)
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--store: {item!r} is not HOST:PORT")
+        # not quoted: a password holding a '/', '?' or '#' puts its start here
+        raise ConfigError("--store: the host part of the URL is not HOST:PORT (a password "
+                          "holding '/', '?' or '#' must be percent-encoded)")
     return host, int(port)
+
+
+def unreachable(location: Location, exc: BaseException, op: str = "") -> StoreUnreachable | None:
+    """The error to raise for a redis-py error that means Redis did not answer, else None.
+
+    `Error 111 connecting to h:6379. Connection refused.` -> `connection refused`: the address
+    is said once, by StoreUnreachable, and the password never.
+    """
+    if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) \
+            or isinstance(exc, redis.AuthenticationError):
+        return None
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    reason = text.rsplit(". ", 1)[-1]
+    if location.password:
+        reason = reason.replace(location.password, "***")
+    return StoreUnreachable(location.safe, reason[:1].lower() + reason[1:], op=op)
 
 
 def clients(location: Location, client_name: str,
@@ -103,17 +127,20 @@ def clients(location: Location, client_name: str,
         "db": location.db, "username": location.username, "password": location.password,
         "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT,
         "client_name": client_name, "decode_responses": True,
+        # A value that is not UTF-8 (written by hand into Redis) must not fail the whole
+        # reply it is part of: it reads as text with U+FFFD, and is then undecodable data.
+        "encoding_errors": "replace",
     }
     retry: dict[str, Any] = {"retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES)}
     once: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}
     if location.scheme == "redis+sentinel":
         watch = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT}
         master = {k: v for k, v in common.items() if k != "db"}
-        sentinel = Sentinel(list(location.hosts), sentinel_kwargs=watch,  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(location.hosts), sentinel_kwargs=watch,
                             **master)
         service = location.service or ""
-        main = sentinel.master_for(service, db=location.db, **retry)  # type: ignore[no-untyped-call]
-        probe = sentinel.master_for(service, db=location.db, **once)  # type: ignore[no-untyped-call]
+        main = sentinel.master_for(service, db=location.db, **retry)
+        probe = sentinel.master_for(service, db=location.db, **once)
         return main, probe, sentinel
     [(host, port)] = location.hosts
     tls: dict[str, Any] = {}

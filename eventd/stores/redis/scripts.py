@@ -4,6 +4,7 @@ Keys are built from the prefix (ARGV[1]) inside the scripts where the target of 
 known from Redis, so the store runs on one Redis (standalone or Sentinel), not Redis Cluster.
 Layout under `<cluster>:` (see the package docstring for what each holds):
     seq  spool  spool:att  spool:target  spool:by  spool:order  spool:t:<target>  spool:targets
+    spool:gone
     dead  dead:order  throttle  throttle:until  marks  dedupe  limit:<key>  lease:<name>
 """
 
@@ -38,16 +39,39 @@ redis.call('SADD', p .. 'spool:targets', target)
 if ARGV[6] then redis.call('HSET', p .. 'spool:by', id, ARGV[6]) end
 """
 
+#: how long a finished job's id is remembered (`spool:gone`), so that it is not accepted again:
+#: an add retried after a write no replica confirmed (the job meanwhile delivered and
+#: finished), the same event run by both sides of a split brain
+GONE_SECONDS = 600
+
 # Accept job ARGV[2] unless spooled; ARGV[6] names this call, so a repeat of the same call
-# (redis-py retrying after a lost answer) hears that it was accepted.
+# (redis-py retrying after a lost answer) hears that it was accepted. 2: finished lately.
+# ARGV[7], ARGV[8] (a replica's job): the lease key and the holder's prefix (`<replica>:`);
+# if another replica holds that lease now, 3 and nothing written: a replica cut off from Redis
+# while it held the stream must not add its jobs behind the ones its successor accepted since
+# (they would go out of order). Free, or this replica's (again): accepted, in order.
 SPOOL_ADD = """
 if redis.call('HEXISTS', ARGV[1] .. 'spool', ARGV[2]) == 1 then
   if redis.call('HGET', ARGV[1] .. 'spool:by', ARGV[2]) == ARGV[6] then return 1 end
   return 0
 end
+if redis.call('ZSCORE', ARGV[1] .. 'spool:gone', ARGV[2]) then return 2 end
+if ARGV[7] then
+  local holder = redis.call('GET', ARGV[7])
+  if holder and string.sub(holder, 1, string.len(ARGV[8])) ~= ARGV[8] then return 3 end
+end
 """ + _SPOOL + "return 1\n"
 
-SPOOL_DONE = _UNSPOOL
+# Finish job ARGV[2]: out of the spool, its id remembered GONE_SECONDS in `spool:gone` (older
+# ids forgotten in the same step). 1 if it was there.
+SPOOL_DONE = "local function unspool()\n" + _UNSPOOL + "end\n" + f"""
+if unspool() == 0 then return 0 end
+local now = tonumber(redis.call('TIME')[1])
+local gone = ARGV[1] .. 'spool:gone'
+redis.call('ZADD', gone, now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', gone, '-inf', now - {GONE_SECONDS})
+return 1
+"""
 
 # Save attempts ARGV[3] and, if given, data ARGV[4] of a job still spooled.
 SPOOL_UPDATE = """

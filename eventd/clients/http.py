@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     import requests
 
 from eventd import __version__
+from eventd.clients.charset import defer as defer_charset
 from eventd.errors import ActionError, PermanentActionError, RetryableActionError
 from eventd.ops.logconfig import redact
+from eventd.outbound import Call
 
 USER_AGENT = f"eventd/{__version__}"
 DEFAULT_TIMEOUT = 10.0
@@ -34,13 +36,34 @@ def new_session(user_agent: str = USER_AGENT, tls: Any = None) -> requests.Sessi
 
     `tls` (settings.TlsOptions: --ca-file, --client-cert) configures its HTTPS connections.
     """
+    defer_charset()  # before requests imports it: 2.1 MiB eventd rarely needs (clients/charset.py)
     import requests  # here, not at the top: a daemon without HTTP actions never loads it (~8 MiB)
 
     session = requests.Session()
     session.headers["User-Agent"] = user_agent
+    # With trust_env, requests reads every environment variable (proxies, twice) and looks
+    # for a netrc file on every request: a third of a webhook's Python work. What it would
+    # find is read once here instead, unless there is a proxy or a netrc file to honour.
+    session.trust_env, bundle = environment_settings()
+    if bundle is not None:
+        session.verify = bundle
     if tls is not None:
         tls.configure(session)
     return session
+
+
+def environment_settings() -> tuple[bool, str | None]:
+    """What requests would take from this process's environment, read once (eventd's
+    environment does not change): whether it must still look on every request (a proxy
+    setting or a netrc file), and otherwise the CA bundle it would verify with, if any."""
+    import os
+    import urllib.request
+
+    home = os.path.expanduser("~")
+    if urllib.request.getproxies() or os.environ.get("NETRC") is not None \
+            or any(os.path.exists(os.path.join(home, name)) for name in (".netrc", "_netrc")):
+        return True, None
+    return False, os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -125,6 +148,13 @@ def send(session: requests.Session, method: str, url: str, what: str, *,
                                    detail=type(exc).__name__) from exc
     raise_for_status(response, what)
     return response
+
+
+def send_call(session: requests.Session, call: Call, what: str, *,
+              timeout: float = DEFAULT_TIMEOUT) -> requests.Response:
+    """Send one Call the gate admitted: its address's URL, headers and body, exactly."""
+    return send(session, call.method, call.address.url, what, timeout=timeout,
+                headers=dict(call.headers), data=call.body)
 
 
 # -- failure classification ---------------------------------------------------------------------

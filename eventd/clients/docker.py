@@ -47,26 +47,28 @@ def engine_environ(settings: Settings) -> dict[str, str]:
     return env
 
 
-def make_client(settings: Settings, timeout: float = API_TIMEOUT) -> docker.APIClient:
+def make_client(settings: Settings, timeout: float = API_TIMEOUT,
+                version: str | None = None) -> docker.APIClient:
     """An API client speaking the Engine's API version (one GET /version; raises if unreachable).
 
     Negotiated here rather than with `version="auto"`, which asks from inside the constructor
-    and leaves the half-built client's socket open when the Engine does not answer.
+    and leaves the half-built client's socket open when the Engine does not answer. `version`:
+    one negotiated before (a client made per call need not ask again each time).
     """
     kwargs: dict[str, Any] = docker.utils.kwargs_from_env(environment=engine_environ(settings))
     _probe_unix_socket(str(kwargs.get("base_url", "")), timeout)
-    client = docker.APIClient(version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=timeout,
-                              **kwargs)
-    try:
-        answer = client.version(api_version=False)
+    if not version:
+        probe = docker.APIClient(version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+                                 timeout=timeout, **kwargs)
+        try:
+            answer = probe.version(api_version=False)
+        finally:
+            probe.close()
         version = answer.get("ApiVersion") if isinstance(answer, dict) else None
         if not isinstance(version, str) or not version:
             raise ValueError("GET /version has no ApiVersion: not a Docker Engine")
-        client._version = version  # what docker-py's own "auto" does after asking
-    except BaseException:
-        client.close()
-        raise
-    return client
+    # a version given to the constructor is used as it is (no request): docker-py's public way
+    return docker.APIClient(version=version, timeout=timeout, **kwargs)
 
 
 def _probe_unix_socket(url: str, timeout: float) -> None:

@@ -48,6 +48,21 @@ class Credentials:
         token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
         return cls(header=f"Basic {token}", source=source, user=user)
 
+    @property
+    def account(self) -> str | None:
+        """The user name these credentials act as (a Basic DOCKERCLOUD_AUTH names it too), if
+        known: the user's own Docker Cloud namespace."""
+        if self.user:
+            return self.user
+        scheme, _, token = self.header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user = base64.b64decode(token, validate=True).decode("utf-8").partition(":")[0]
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return user or None
+
     def secrets(self) -> list[str]:
         """Strings that must never appear in output (the header and its token part)."""
         values = [self.header]

@@ -6,6 +6,7 @@ stream carries them (`/api/app/v1/<ns>/service/<uuid>/`), joined to the REST hos
 
 from __future__ import annotations
 
+import json as _json
 import logging
 import threading
 import time
@@ -13,14 +14,18 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from eventd.delivery.http import DEFAULT_TIMEOUT, USER_AGENT, new_session, send
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.http import DEFAULT_TIMEOUT, USER_AGENT, new_session, send, send_call
+from eventd.outbound import Call, parse_url
 from eventd.settings import TlsOptions, plaintext_warning
-from eventd.sources.dockercloud.auth import Credentials
 
 if TYPE_CHECKING:
     import requests  # loaded by new_session() on the first call
 
 logger = logging.getLogger(__name__)
+
+#: The states in which a Docker Cloud action has ended (the reference's action object).
+TERMINAL_STATES = frozenset({"Success", "Failed", "Canceled"})
 
 
 class RestClient:
@@ -40,6 +45,16 @@ class RestClient:
         # DOCKERCLOUD_RECONNECTION_INTERVAL: recycle a session idle for longer than this.
         self.reconnection_interval = reconnection_interval
         self._local = threading.local()
+
+    @property
+    def credentials(self) -> Credentials:
+        """The credentials it sends (the Stream API's logs use the same)."""
+        return self._credentials
+
+    @property
+    def account(self) -> str | None:
+        """The user name the credentials act as, if known (`Credentials.account`)."""
+        return self._credentials.account
 
     def url(self, path: str) -> str:
         """The absolute URL of a resource path, always with a trailing slash before the query."""
@@ -74,6 +89,30 @@ class RestClient:
             url += ("&" if "?" in url else "?") + urlencode(params)
         return send(self._session(), method, url, f"{method} {path.partition('?')[0]}",
                     timeout=timeout or self.timeout, headers=headers, json=json)
+
+    def call(self, method: str, path: str, *, json: Any = None,
+             params: dict[str, Any] | None = None) -> Call:
+        """One call as the gate sees it and `send_call` sends it: the URL parsed once (a `#`
+        is refused: nothing after it would be sent), the headers but for Authorization, which
+        `send_call` adds (`credentials=True`). BadAddress if the URL cannot be parsed."""
+        url = self.url(path)
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params)
+        address, _ = parse_url(url, fragment=False)
+        headers = [("Accept", "application/json")]
+        body = None
+        if json is not None:
+            headers.append(("Content-Type", "application/json"))
+            body = _json.dumps(json).encode()
+        return Call(method, address, tuple(headers), body, credentials=True)
+
+    def send_call(self, call: Call, timeout: float | None = None) -> requests.Response:
+        """Send a Call the gate admitted, with the credentials; errors as in `request`."""
+        headers = (("Authorization", self._credentials.header), *call.headers)
+        what = f"{call.method} {call.address.path}"
+        return send_call(self._session(), Call(call.method, call.address, headers, call.body,
+                                               credentials=True),
+                         what, timeout=timeout or self.timeout)
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         """GET a resource and return its JSON body."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any
 
 from eventd.errors import StoreError
@@ -66,10 +66,19 @@ class LoopGuard:
                 self._warn("could not share the loop guard's mark on %s/%s (%s); other "
                            "replicas may act on its events", ref.type, ref.uuid, exc)
 
+    def marks(self) -> Sized:
+        """The live view of the marks (the same object for the guard's life): the engine
+        asks `is_self_caused` only while it is not empty, a test in C per event."""
+        if self._refresher is None and self._shared is not None:
+            self._start_refreshing()
+        return self._until
+
     def is_self_caused(self, event: dict[str, Any]) -> bool:
         """Whether the event's object or one of its parents was acted on within the window."""
         if self._refresher is None and self._shared is not None:
             self._start_refreshing()
+        if not self._until:  # nothing acted on yet: asked for every event, so no lock
+            return False
         with self._lock:
             if not self._until:
                 return False

@@ -6,6 +6,7 @@ events: none of them is anybody else's business on a shared machine.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -54,13 +55,49 @@ def restrict(fd: int) -> None:
         os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~0o077 | FILE_MODE)
 
 
+class NotRegularFile(OSError):
+    """A path eventd would write to is a symbolic link, a FIFO, a device: never written."""
+
+
 def open_append(path: Path, buffering: int = -1) -> BinaryIO:
-    """Open `path` for appending, created 0600 (and made private if it was not)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                 FILE_MODE)
+    """Open `path` for appending, created 0600 (and made private if it was not).
+
+    Never through a symbolic link (O_NOFOLLOW: a link planted in a writable directory must
+    not make a root eventd append to, or chmod, another file), and only a regular file (a
+    FIFO or a device is refused, without blocking on it): NotRegularFile otherwise."""
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+             | getattr(os, "O_CLOEXEC", 0))
     try:
+        fd = os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "is a symbolic link (not followed)",
+                                 str(path)) from None
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads, opened without blocking
+            raise NotRegularFile(errno.ENXIO, "not a regular file", str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
         restrict(fd)
         return os.fdopen(fd, "ab", buffering=buffering)
     except BaseException:
         os.close(fd)
         raise
+
+
+def private_parents(path: Path) -> None:
+    """Create the missing directories above `path` 0700 (whatever the umask); directories
+    that exist are kept as they are."""
+    missing: list[Path] = []
+    parent = Path(path).parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs as it is
+        os.chmod(directory, DIR_MODE)

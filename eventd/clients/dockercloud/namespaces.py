@@ -22,9 +22,10 @@ _UNNAMESPACED = re.compile(r"^/api/(?P<sub>app|infra)/v1/"
                            r"(?P<rest>(?:stack|service|container|nodecluster|node)(?:/.*)?)$")
 
 
-def label(namespace: str | None) -> str:
-    """The bounded name of a namespace for metrics and keys (`(own)` for the user's own)."""
-    return namespace or OWN
+def label(namespace: object) -> str:
+    """The bounded name of a namespace for metrics and keys (`(own)` for the user's own, and
+    for anything that is not a name: an event's own `namespace` key can be any JSON)."""
+    return namespace if isinstance(namespace, str) and namespace else OWN
 
 
 def tagging(sink: Sink, namespace: str | None) -> Sink:
