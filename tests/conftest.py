@@ -20,6 +20,7 @@ from tests.external import (  # noqa: F401  (fixtures, found by pytest under the
     prometheus_rule_files,
     prometheus_targets,
 )
+from tests.postgres_server import pg_table  # noqa: F401  (fixture, as above)
 from tests.receiver import WebhookReceiver
 from tests.redis_server import redis_cluster, redis_url  # noqa: F401  (fixtures, as above)
 from tests.store_fixtures import store_and_reopen  # noqa: F401  (every store, as above)

@@ -6,10 +6,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from eventd.clients.dockercloud.auth import load_credentials
 from eventd.daemon import Daemon
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
-from eventd.sources.dockercloud.auth import load_credentials
 
 FAST = {
     "ping_interval": 0.5, "pong_timeout": 0.5, "backoff_initial": 0.05, "backoff_max": 0.3,

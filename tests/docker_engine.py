@@ -122,8 +122,8 @@ class DockerEngine:
 
     def client(self, timeout: float = 30) -> Any:
         """A docker-py APIClient (the version negotiated without leaking a socket on failure)."""
+        from eventd.clients.docker import make_client
         from eventd.settings import Settings
-        from eventd.sources.docker.client import make_client
 
         return make_client(Settings(docker_host=self.host), timeout)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from eventd.actions.alertmanager import AlertmanagerAction
-from eventd.actions.base import ActionJob
 from eventd.alerts.firing import DEFAULT_EXPIRE, AlertBook, alert_key
 from eventd.ops.metrics import Metrics
+from eventd.records import ActionJob
 from eventd.settings import Settings
 from eventd.stores import STORES, open_store
 from eventd.stores.base import Store
@@ -171,3 +171,20 @@ def test_a_zero_alert_resend_is_exit_2_naming_the_flag(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == ("eventd: configuration error: --alert-resend "
                                    "(EVENTD_ALERT_RESEND) must be more than 0, got 0 s")
+
+
+def test_resolve_after_resolves_what_stopped_firing(store, metrics) -> None:
+    """A crash loop pages once; each crash pushes the resolve back; quiet for resolve_after,
+    the firing rule's own options resolve it (so the gate knows them)."""
+    b = Book(store, metrics, resend=60)
+    b.book.submit(job(resolve_after="10m"))
+    b.at(300).book.submit(job(resolve_after="10m"))  # crashed again: 10 minutes from now
+    b.at(899).book.tick()  # a re-send (alertmanager), no resolve: not quiet for 10 min yet
+    resolves = [j for j in b.sent if "ends_at" in j.context]
+    assert resolves == []
+    b.at(900).book.tick()
+    [resolved] = [j for j in b.sent if "ends_at" in j.context]
+    assert resolved.options == job(resolve_after="10m").options  # no `resolve` key added
+    assert resolved.context["auto_resolved"] is True and resolved.context["ends_at"] == b.now[0]
+    assert b.book.active == 0 and store.alert_list() == []
+    assert b.at(2000).book.tick() == 0

@@ -44,10 +44,10 @@ def test_firing_and_grouping_wait_for_an_unreachable_redis(tmp_path: Path) -> No
     what it accepted is then stored once; nothing counts as an internal error."""
     import threading
 
-    from eventd.actions.base import ActionJob
     from eventd.alerts.firing import AlertBook
     from eventd.alerts.groups import Grouper
     from eventd.ops.metrics import Metrics
+    from eventd.records import ActionJob
     from eventd.settings import Settings
     from tests.redis_server import RedisServer
     from tests.waiting import wait_until

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from eventd.clients.dockercloud.auth import Credentials, load_credentials
 from eventd.errors import CredentialsMissing
-from eventd.sources.dockercloud.auth import Credentials, load_credentials
 
 
 def basic(user: str, secret: str) -> str:

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
+from eventd.backoff import Backoff
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.events import Received, iso_utc
-from eventd.sources.dockercloud.auth import Credentials
 from eventd.sources.dockercloud.backfill import Backfiller
-from eventd.sources.dockercloud.rest import RestClient
 from tests.waiting import wait_until
 
 
@@ -69,7 +70,8 @@ def test_server_errors_are_retried_with_a_short_backoff(emulator, rest, metrics)
     emulator.faults.fail_rest(503, count=2)
     waits: list[float] = []
     batches: list[list[Received]] = []
-    count = Backfiller(rest, batches.append, metrics, retry_wait=0.5, sleep=waits.append)(gap_start)
+    count = Backfiller(rest, batches.append, metrics, backoff=Backoff(0.5, jitter=False),
+                       sleep=waits.append)(gap_start)
     assert count == 1 and batches[0][0].event["resource_uri"] == uri
     assert waits == [0.5, 1.0]
     assert [c.status for c in action_calls(emulator)] == [503, 503, 200, 200]

@@ -20,8 +20,9 @@ from tests.waiting import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "rules"
 BROKEN = DATA / "broken"
-KNOWN = "known: alertmanager, audit, docker, dockercloud, log, webhook"
-NAMES = "known: event, parent, object, rule, now, resource"
+KNOWN = ("known: alertmanager, amqp, audit, docker, dockercloud, log, mqtt, msteams, nats, "
+         "opsgenie, pagerduty, postgres, slack, webhook")
+NAMES = "known: event, parent, object, rule, now, resource, logs, history"
 RULE_KEYS = ("expected one of: name, description, enabled, match, throttle, enrich, when, "
              "allow_self_caused, actions, mode")
 
@@ -89,8 +90,8 @@ def test_duplicate_name_reported_at_the_second_definition() -> None:
 def test_all_files_checked_at_once_and_sorted_by_file() -> None:
     found = lines(BROKEN / "wrong-type.yaml", BROKEN / "bad-regex.yaml", "no/such/file.yaml")
     assert [line.split(": ")[0] for line in found] == [
-        f"{BROKEN}/bad-regex.yaml:4:24", f"{BROKEN}/wrong-type.yaml:3:14", "no/such/file.yaml:1:1"]
-    assert found[-1] == "no/such/file.yaml:1:1: no such file or directory"
+        f"{BROKEN}/bad-regex.yaml:4:24", f"{BROKEN}/wrong-type.yaml:3:14", "no/such/file.yaml"]
+    assert found[-1] == "no/such/file.yaml: no such file or directory"  # no line:col to jump to
 
 
 def test_whole_directory_reports_every_broken_file() -> None:
@@ -125,7 +126,7 @@ def test_file_label_is_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
      "3:19: rule a: match.state[0]: expected a string or a number or true or false or null, "
      "got a list"),
     ("rules:\n- name: a\n  match: {}\n  enrich: everything\n  actions: [{log: {message: a}}]\n",
-     "4:11: rule a: enrich: 'everything' is not one of ['resource']"),
+     "4:11: rule a: enrich: 'everything' is not one of resource, logs, history"),
     ("rules:\n- name: a\n  match: {}\n  actions: [{log: {message: a}}]\n  name: b\n",
      "5:3: rule b: duplicate key 'name'"),
     ("rules:\n- name: a\n  match: {}\n  throttle: {key: k}\n  actions: [{log: {message: a}}]\n",
@@ -374,3 +375,15 @@ def test_fuzzing_finds_stay_fixed(tmp_path: Path, text: str, expected: str) -> N
     path = tmp_path / "r.yaml"
     path.write_text(text, encoding="utf-8")
     assert lines(path) == [f"{path}:{expected}"]
+
+
+def test_a_path_that_does_not_exist_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Issue 21.5: `eventd check rules/` without rules/ said `rules/:1:1: ...` with exit 1."""
+    done = eventd_check(str(tmp_path / "rules"), str(ROOT / "rules"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"eventd check: {tmp_path / 'rules'}: no such file or directory (`eventd init "
+        f"{tmp_path / 'rules'}` writes the sample rules and their tests there)"]
+    done = eventd_check(str(tmp_path / "x.yaml"))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"eventd check: {tmp_path / 'x.yaml'}: no such file or directory"]

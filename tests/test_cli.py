@@ -335,8 +335,40 @@ def test_receive_prints_what_arrives_and_stops_on_sigterm(tmp_path):
         out, err = proc.communicate(timeout=10)
     finally:
         proc.kill()
-    assert "POST /alerts  container web-1 crashed" in line
+    assert line.endswith('POST /alerts  {"text": "container web-1 crashed"}\n')
     assert proc.returncode == 0, err
+
+
+def test_receive_shows_the_whole_body_with_control_characters_escaped(tmp_path):
+    """Issues 21.5 and 20.14: `receive` showed only `text`, and printed a body's control
+    characters raw (an ESC sequence can retitle, clear or rewrite the user's terminal)."""
+    port = free_port()
+    proc = eventd("receive", "--port", str(port), env={})
+    hostile = [
+        b"\x1b]0;pwned\x07\x1b[2J\x1b[1A\rforged line\n2nd\x9b31m",  # not JSON
+        '{"text": "ok\u202eevil", "rule": "r\u0085x", "n": 1}'.encode(),  # JSON: C1, bidi
+    ]
+    try:
+        assert "receiving on" in proc.stdout.readline()
+        lines = []
+        for body in hostile:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(b"POST /al\x1b[31merts HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                             + body)
+                assert conn.recv(100).startswith(b"HTTP/1.1 200")
+            lines.append(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    first, second = (line.rstrip("\n") for line in lines)
+    assert first.endswith("POST /al\\x1b[31merts  \\x1b]0;pwned\\x07\\x1b[2J\\x1b[1A\\rforged "
+                          "line\\n2nd\ufffd31m")  # a lone 0x9b byte is not UTF-8: replaced
+    assert second.endswith('POST /al\\x1b[31merts  {"text": "ok\\u202eevil", "rule": '
+                           '"r\\x85x", "n": 1}')
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c == "\u202e"
+                   for c in first + second)
 
 
 def test_receive_on_a_port_in_use_is_one_line_and_exit_2():
@@ -385,3 +417,80 @@ def test_emulate_finds_the_shipped_scenario_by_name():
         proc.kill()
     assert first.startswith("export DOCKERCLOUD_REST_HOST="), err
     assert proc.returncode == 0, err
+
+
+def test_help_and_readme_speak_to_a_new_user():
+    """Issue 21.5: no "issue 14" in the README, --source docker in its first paragraph and in
+    `eventd --help`, and the rule count `eventd check rules/` really prints."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text("utf-8")
+    first = readme.split("\n\n")[1]
+    assert "--source docker" in first
+    assert not __import__("re").search(r"\bissues? \d+\b", readme)
+    done = subprocess.run([sys.executable, "-m", "eventd", "--help"], capture_output=True,
+                          text=True, timeout=30)
+    assert "--source docker" in " ".join(done.stdout.split()) and "init" in done.stdout
+    checked = subprocess.run([sys.executable, "-m", "eventd", "check", str(root / "rules")],
+                             capture_output=True, text=True, timeout=30)
+    said = checked.stdout.strip()  # e.g. "8 rules in 6 files: ok"
+    assert f"`{said}`" in readme
+
+
+def test_log_lines_read_as_written(emulator, tmp_path):
+    """Issue 21.5's log wording: `1 rules`, `state in state` with --store memory, the apikey
+    masked inside an unrelated path, a literal \\n in reload errors, webhook lines that named
+    only host:port."""
+    dead = free_port()
+    rules_dir = tmp_path / "apikey-rules"  # the emulator's apikey is "apikey"
+    rules = write_rules(rules_dir, f"""
+        rules:
+          - name: hook
+            match: {{type: container}}
+            actions:
+              - webhook: {{url: "http://127.0.0.1:{dead}/team-a/alerts?token=SECRETQ", json: {{}}}}
+    """)
+    port = free_port()
+    proc = eventd("run", "--rules", str(rules_dir), "--store", "memory", "--metrics-addr",
+                  f"127.0.0.1:{port}", env=emulator_env(emulator))
+
+    def metric(name: str) -> float | None:
+        try:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+        except requests.ConnectionError:
+            return None
+        found = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+        return float(found[0]) if found else None
+
+    try:
+        wait_until(lambda: emulator.connection_count == 1, 15, message="eventd connected")
+        emulator.emit_event()
+        wait_until(lambda: (metric("eventd_spool_pending") or 0) >= 1, 10)
+        rules.write_text("rules:\n  - name: hook\n    match: {type: container}\n"
+                         "    actions: [{webhook: {}}, {lgo: {}}]\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: metric("eventd_rules_reload_success") == 0, 10)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    lines = err.splitlines()
+
+    def line(text: str) -> str:
+        found = [entry for entry in lines if text in entry]
+        assert found, f"no line with {text!r} in:\n{err}"
+        return found[0]
+
+    assert line("eventd started: 1 rule, ").endswith(
+        "state in memory only (--store memory: nothing kept across a restart)")
+    assert line("rule reload failed").endswith(
+        "rule reload failed (2 problems); keeping the 1 rule in force")
+    reload_problems = [entry for entry in lines if "rule reload: " in entry]
+    assert len(reload_problems) == 2
+    assert all(f"rule reload: {rules}:" in entry for entry in reload_problems)  # not .../***-rules
+    assert f"to http://127.0.0.1:{dead}/team-a/alerts?... failed" in line("webhook for rule hook")
+    assert line("not finished").endswith(
+        "1 accepted action not finished, and lost: --store memory keeps nothing across a restart")
+    assert "\\n" not in err and "SECRETQ" not in err and "***" not in err

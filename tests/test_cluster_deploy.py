@@ -63,3 +63,137 @@ def test_compose_cluster_has_redis_and_replicas_pointed_at_it():
     served = emulate[emulate.index("--namespace") + 1].split(",")
     assert set(parse_namespaces(env["DOCKERCLOUD_NAMESPACE"])) <= set(served)
     assert parse_duration(args.lease_ttl) == 10.0
+
+
+# -- Redis is a trust boundary: a password from a Secret, a network of its own, a job key ----------
+def _container(deployment: str) -> dict[str, Any]:
+    (found,) = [d for d in kind("Deployment") if d["metadata"]["name"] == deployment]
+    (container,) = found["spec"]["template"]["spec"]["containers"]
+    return {"container": container, "pod": found["spec"]["template"], "volumes": {
+        v["name"]: v for v in found["spec"]["template"]["spec"]["volumes"]}}
+
+
+def _secret_file(deployment: str, path: str) -> tuple[str, str]:
+    """The (Secret, key) a file path in a Deployment's container comes from."""
+    found = _container(deployment)
+    for mount in found["container"]["volumeMounts"]:
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            secret = found["volumes"][mount["name"]]["secret"]
+            name = path[len(mount["mountPath"].rstrip("/")) + 1:]
+            items = {i["path"]: i["key"] for i in secret.get("items", [])}
+            return secret["secretName"], items.get(name, name)
+    raise AssertionError(f"{path} is mounted from no Secret in {deployment}")
+
+
+def _run_redis(script: str, secret_path: str, tmp_path: Path) -> tuple[Any, int]:
+    """The deploy file's Redis command, for real, its secret file in tmp_path."""
+    import socket
+    import subprocess
+
+    from tests.redis_server import redis_server_binary
+
+    redis_server_binary()  # skips (fails under CI=true) without redis-server
+    password = tmp_path / "password"
+    password.write_text("pw-" + "1" * 20)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = script.replace(secret_path, str(password)).replace(
+        "redis-server -", f"redis-server - --port {port} --bind 127.0.0.1 --dir {tmp_path}", 1)
+    return subprocess.Popen(["sh", "-c", script], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL), port
+
+
+def _asks_for_the_password(port: int) -> None:
+    import redis
+
+    from tests.waiting import wait_until
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis(port=port, password="pw-" + "1" * 20).ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_until(answers, 10, message="redis-server started from the deploy file's command")
+    try:
+        redis.Redis(port=port).ping()
+    except redis.AuthenticationError:
+        pass
+    else:
+        raise AssertionError("Redis answered without the password")
+
+
+def test_kubernetes_redis_asks_for_the_secrets_password_and_eventd_gives_it(tmp_path):
+    redis_pod = _container("eventd-redis")["container"]
+    argv = redis_pod["command"]
+    assert argv[:2] == ["sh", "-c"] and "requirepass $(cat /run/secrets/redis/redis-password)" \
+        in argv[2] and "REPLACE-ME" not in argv[2]
+    assert _secret_file("eventd-redis", "/run/secrets/redis/redis-password") == \
+        ("eventd-cluster", "redis-password")
+    env = {e["name"]: e.get("value") for e in _container("eventd")["container"]["env"]}
+    assert _secret_file("eventd", env["EVENTD_STORE_PASSWORD_FILE"]) == \
+        ("eventd-cluster", "redis-password")
+    assert _secret_file("eventd", env["EVENTD_JOB_KEY_FILE"]) == ("eventd-cluster", "job-key")
+    (secret,) = [s for s in kind("Secret") if s["metadata"]["name"] == "eventd-cluster"]
+    assert set(secret["stringData"]) == {"redis-password", "job-key"}
+    probe = " ".join(redis_pod["readinessProbe"]["exec"]["command"])
+    assert "REDISCLI_AUTH" in probe and "/run/secrets/redis/redis-password" in probe
+    process, port = _run_redis(argv[2], "/run/secrets/redis/redis-password", tmp_path)
+    try:
+        _asks_for_the_password(port)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_kubernetes_lets_only_eventd_reach_redis():
+    (policy,) = kind("NetworkPolicy")
+    spec = policy["spec"]
+    redis_pod = _container("eventd-redis")
+    eventd_pod = _container("eventd")
+    assert spec["podSelector"]["matchLabels"].items() <= redis_pod["pod"]["metadata"]["labels"].items()
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"} and spec["egress"] == []
+    (rule,) = spec["ingress"]
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}  # pods of this namespace, no ipBlock, no namespaces
+    assert source["podSelector"]["matchLabels"].items() <= \
+        eventd_pod["pod"]["metadata"]["labels"].items()
+    ports = {p["containerPort"] for p in redis_pod["container"]["ports"]}
+    assert [p["port"] for p in rule["ports"]] == sorted(ports) == [6379]
+
+
+def test_compose_redis_asks_for_the_secrets_password_on_a_network_of_its_own(tmp_path):
+    (compose,) = docs(DEPLOY / "docker-compose.cluster.yml")
+    services = compose["services"]
+    redis_service, eventd = services["redis"], services["eventd"]
+    script = redis_service["command"][2].replace("$$", "$")  # compose's escape of `$`
+    assert redis_service["command"][:2] == ["sh", "-c"]
+    assert "requirepass $(cat /run/secrets/redis-password)" in script
+    assert redis_service["secrets"] == ["redis-password"]
+    env = eventd["environment"]
+    assert env["EVENTD_STORE_PASSWORD_FILE"] == "/run/secrets/redis-password"
+    assert env["EVENTD_JOB_KEY_FILE"] == "/run/secrets/eventd-job-key"
+    assert {"redis-password", "eventd-job-key"} <= set(eventd["secrets"])
+    for name in ("redis-password", "eventd-job-key"):
+        assert (DEPLOY / compose["secrets"][name]["file"]).is_file()
+    assert compose["networks"]["store"]["internal"] is True
+    on_store = sorted(n for n, s in services.items() if "store" in s.get("networks", []))
+    assert on_store == ["eventd", "redis"] and redis_service["networks"] == ["store"]
+    process, port = _run_redis(script, "/run/secrets/redis-password", tmp_path)
+    try:
+        _asks_for_the_password(port)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_the_secret_files_the_deploy_files_name_are_read_by_eventd(tmp_path):
+    from eventd.settings import Settings
+
+    (tmp_path / "pw").write_text("redis-pw\n")
+    (tmp_path / "key").write_text("k" * 32 + "\n")
+    settings = Settings.from_env({"EVENTD_STORE_PASSWORD_FILE": str(tmp_path / "pw"),
+                                  "EVENTD_JOB_KEY_FILE": str(tmp_path / "key")})
+    assert settings.store_password == "redis-pw" and settings.job_key == "k" * 32
+    assert "redis-pw" not in repr(settings) and "k" * 32 not in repr(settings)

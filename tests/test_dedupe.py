@@ -10,8 +10,11 @@ import tracemalloc
 import uuid as uuidlib
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventd.dedupe import DedupeSaver, DedupeWindow, fingerprint
+from eventd.events import Received
 from eventd.stores.memory import MemoryStore
 from eventd.stores.sqlite import SqliteStore
 from tests.waiting import wait_until
@@ -157,3 +160,23 @@ def test_a_smaller_window_keeps_the_newest_generation_of_a_snapshot() -> None:
     small = DedupeWindow.restore(big.snapshot(), 10)
     assert all(f"u{n}" in small for n in range(10, 15))
     assert not any(f"u{n}" in small for n in range(10)) and len(small) == 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h", "", "\ud800",
+                                            5, None]), st.booleans()), max_size=60),
+       st.integers(2, 12), st.integers(1, 7))
+def test_a_batch_probe_finds_what_one_by_one_probes_find(items, size, batch_size) -> None:
+    """repeated(batch) is check_and_add over the batch: same repeats, same window after."""
+    one, many = DedupeWindow(size), DedupeWindow(size)
+    events = [Received({"type": "container", "uuid": uid}, 0.0, None, internal)
+              for uid, internal in items]
+    expected = [i for i, r in enumerate(events)
+                if not r.internal and isinstance(r.event["uuid"], str) and r.event["uuid"]
+                and one.check_and_add(r.event["uuid"])]
+    found: list[int] = []
+    for start in range(0, len(events), batch_size):
+        found += sorted(start + i for i in many.repeated(events[start:start + batch_size]) or ())
+    assert found == expected
+    assert many.snapshot() == one.snapshot()
+    assert many.version == one.version

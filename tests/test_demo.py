@@ -41,8 +41,11 @@ def test_the_demo_runs_to_the_end_and_shows_the_story(capsys: pytest.CaptureFixt
     assert "(about the crash: 1)" in text  # alerted once, not once per event
     assert re.search(r"REST calls made by eventd\s+\d+\s+\(redeploys: 1\)", text)
     assert summary_number(text, "stream reconnects") >= 1
-    audit = Path(re.search(r"audit file\s+(\S+)", text).group(1))  # type: ignore[union-attr]
-    assert audit.is_file() and audit.stat().st_size > 0
+    assert summary_number(text, "audit file") > 0
+    # The demo's temporary directory (state, log, audit file) is gone (issue 21.5).
+    workdir = Path(re.search(r"state in (\S+)/state,", text).group(1))  # type: ignore[union-attr]
+    assert workdir.name.startswith("eventd-demo-") and not workdir.exists()
+    assert "removed with the demo's temporary directory (`eventd demo --keep` keeps it)" in text
     # No credential in what the user sees, and no stray log output on stderr.
     token = base64.b64encode(f"{demo.USER}:{APIKEY}".encode()).decode()
     captured = capsys.readouterr()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -101,8 +102,8 @@ def test_429_retry_after_is_honoured(metrics, store, webhook_receiver, caplog):
     assert waits == [7.0]
     assert len(webhook_receiver.requests) == 2
     [line] = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
-    assert line == (f"webhook for rule rule-a to {webhook_receiver.url}: the server asked to "
-                    f"come back later (HTTP 429); retry 2 in 7.0 s")
+    assert line == (f"webhook for rule rule-a to {webhook_receiver.url}/***?...: the server "
+                    f"asked to come back later (HTTP 429); retry 2 in 7.0 s")
     assert "s3cr3t" not in caplog.text and "secret-token" not in caplog.text
 
 
@@ -131,8 +132,22 @@ def test_400_goes_to_dead_letters_and_deadletter_retry_resends(metrics, store, w
     assert deadletter_cli.run(parser.parse_args(["list", "--state-dir", str(state)])) == 0
     out = capsys.readouterr().out
     assert job.id in out and "kind=webhook" in out and "reason=HTTP 400: bad field" in out
+    # The gate runs only what a loaded rule can produce: without the rule, it stays dead.
+    code = deadletter_cli.run(parser.parse_args(["retry", job.id[:8], "--now", "--state-dir",
+                                                 str(state), "--rules", str(tmp_path / "none")]))
+    assert code == 1 and len(webhook_receiver.requests) == 1
+    capsys.readouterr()
+    assert deadletter_cli.run(parser.parse_args(["list", "--state-dir", str(state)])) == 0
+    assert "no rule named 'rule-a' is loaded" in capsys.readouterr().out
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""rules:
+      - name: rule-a
+        match: {{type: container}}
+        actions:
+          - webhook: {{url: "{webhook_receiver.url}", json: {{x: "{{{{ 1 }}}}"}}}}
+    """.replace("\n    ", "\n"))
     code = deadletter_cli.run(parser.parse_args(["retry", job.id[:8], "--now",
-                                                 "--state-dir", str(state)]))
+                                                 "--state-dir", str(state), "--rules", str(rules)]))
     assert code == 0, capsys.readouterr().out
     assert keys(webhook_receiver) == [job.id, job.id]  # re-sent, same Idempotency-Key
     assert deadletter_cli.run(parser.parse_args(["list", "--state-dir", str(state)])) == 0
@@ -250,7 +265,8 @@ def test_circuit_breaker_opens_and_closes(metrics, store, webhook_receiver, capl
 _CHILD = textwrap.dedent("""
     import sys, threading, time
     from pathlib import Path
-    from eventd.actions.base import ActionContext, ActionJob
+    from eventd.actions.base import ActionContext
+    from eventd.records import ActionJob
     from eventd.actions.webhook import WebhookAction
     from eventd.delivery.dispatcher import Dispatcher
     from eventd.ops.metrics import Metrics
@@ -440,3 +456,148 @@ def test_a_dead_target_is_probed_by_one_job_and_the_queue_expires_behind_it(metr
     for job in jobs[1:]:  # expired while waiting their turn: no attempt of their own
         assert letters[job.id].startswith("gave up after 0 attempt(s)")
         assert letters[job.id].endswith("HTTP 503")
+
+
+# -- fencing (a cluster's replica: issue 25) ----------------------------------------------------
+@pytest.fixture
+def fenced_receiver():
+    from eventd.emulator.fencing import HEADER, Fences
+
+    fences = Fences()
+    receiver = WebhookReceiver(screen=lambda r: 409 if fences.refuses(r.header(HEADER)) else None)
+    receiver.start()
+    receiver.fences = fences
+    yield receiver
+    receiver.stop()
+
+
+def test_a_fenced_dispatcher_sends_only_the_jobs_of_leases_it_holds_each_with_its_token(
+        metrics, store, fenced_receiver):
+    held: dict[str, str] = {"acme": "chaos/acme:3"}
+    dispatcher, hook = build(metrics, store)
+    dispatcher.use_fence(lambda job: held.get(job.event["namespace"]))
+    jobs = {ns: [make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {"n": n}},
+                          event={"uuid": f"{ns}-{n}", "namespace": ns}) for n in range(3)]
+            for ns in ("acme", "globex")}
+    try:
+        for acme, globex in zip(jobs["acme"], jobs["globex"], strict=True):
+            dispatcher.submit(acme)
+            dispatcher.submit(globex)
+        assert dispatcher.wait_idle(10)
+        # globex's lease is another replica's: nothing sent, its jobs stay in the spool
+        assert keys(fenced_receiver) == [job.id for job in jobs["acme"]]
+        assert [r.header("Eventd-Fencing-Token") for r in fenced_receiver.requests] == \
+            ["chaos/acme:3"] * 3
+        assert sorted(job.id for job in store.spool_pending()) == \
+            sorted(job.id for job in jobs["globex"])
+        assert store.deadletter_count() == 0
+        # this replica takes globex over: only then are its jobs paged in and sent
+        held["globex"] = "chaos/globex:5"
+        dispatcher.resume()
+        wait_until(lambda: len(fenced_receiver.requests) == 6)
+        assert keys(fenced_receiver)[3:] == [job.id for job in jobs["globex"]]
+        assert [r.header("Eventd-Fencing-Token") for r in fenced_receiver.requests][3:] == \
+            ["chaos/globex:5"] * 3
+        wait_until(lambda: store.spool_count() == 0)
+    finally:
+        dispatcher.close(2)
+
+
+def test_a_request_refused_for_a_stale_token_leaves_the_job_in_the_spool(
+        metrics, store, fenced_receiver):
+    # The lease is lost while the request is on its way (a pause, a partition): the server,
+    # which has seen the new holder's token, refuses it; the job is the new holder's to send,
+    # neither dead-lettered nor retried here.
+    fenced_receiver.fences.check("chaos/acme:4")  # the new holder wrote there already
+    asked: list[str] = []
+
+    def fence(job):
+        asked.append(job.id)
+        return "chaos/acme:3" if len(asked) == 1 else None  # lost once the request is out
+
+    dispatcher, hook = build(metrics, store)
+    dispatcher.use_fence(fence)
+    job = make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {}},
+                   event={"uuid": "u1", "namespace": "acme"})
+    try:
+        dispatcher.submit(job)
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.close(2)
+    assert [r.status for r in fenced_receiver.requests] == [409]
+    assert fenced_receiver.fences.snapshot()["stale"] == 1
+    assert [j.id for j in store.spool_pending()] == [job.id]
+    assert store.deadletter_count() == 0
+    assert sample(metrics, "eventd_actions_total", kind="webhook", outcome="left") == 1
+
+
+def test_a_fenced_dispatcher_finds_a_job_of_its_lease_another_replica_spooled_late(
+        metrics, store, fenced_receiver):
+    # A replica cut off from Redis (its requests arriving, the answers lost) lands its job in
+    # the shared spool after this one took the namespace over and paged the spool in.
+    dispatcher, hook = build(metrics, store)
+    dispatcher.use_fence(lambda job: "chaos/acme:2", sweep=0.1)
+    late = make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {}},
+                    event={"uuid": "late", "namespace": "acme"})
+    try:
+        assert store.spool_add(late)  # written by the other replica, not through this one
+        wait_until(lambda: keys(fenced_receiver) == [late.id], 10)
+        wait_until(lambda: store.spool_count() == 0)
+    finally:
+        dispatcher.close(2)
+
+
+def test_a_409_to_a_token_this_replica_still_holds_is_retried_not_dead_lettered(
+        metrics, store, fenced_receiver):
+    # A Redis split brain hands out tokens twice: the server saw a higher one from a holder
+    # this replica does not know of. Dead-lettering at once would lose the job to a passing
+    # split brain: it is retried (dead-lettered only at its deadline).
+    fenced_receiver.fences.check("chaos/acme:4")
+    held = {"acme": "chaos/acme:3"}
+    dispatcher, hook = build(metrics, store)
+    dispatcher.use_fence(lambda job: held.get(job.event["namespace"]))
+    job = make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {}},
+                   event={"uuid": "u1", "namespace": "acme"})
+    try:
+        dispatcher.submit(job)
+        wait_until(lambda: len(fenced_receiver.requests) >= 2, 20)
+        assert store.deadletter_count() == 0
+        held["acme"] = "chaos/acme:5"  # the split brain over, this replica's new lease
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.close(2)
+    statuses = [r.status for r in fenced_receiver.requests]
+    assert statuses[-1] == 200 and set(statuses[:-1]) == {409}
+    assert store.deadletter_count() == 0 and store.spool_count() == 0
+
+
+def test_quiesce_waits_for_the_requests_sent_under_a_lease_before_it_is_freed(metrics, store):
+    # A lease given back (rebalance, shutdown) is freed only once what was sent under it has
+    # been answered: else the next holder's token could reach the server after one of them.
+    from eventd.emulator.fencing import HEADER
+
+    release = threading.Event()
+
+    def slow(request):
+        release.wait(10)
+        return None
+
+    receiver = WebhookReceiver(screen=slow)
+    receiver.start()
+    dispatcher, hook = build(metrics, store)
+    dispatcher.use_fence(lambda job: "chaos/acme:3")
+    job = make_job(hook, {"url": receiver.url + "/hook", "json": {}},
+                   event={"uuid": "u1", "namespace": "acme"})
+    try:
+        dispatcher.submit(job)
+        wait_until(lambda: not dispatcher.quiesce("chaos/acme:", 0.0))  # on its way
+        assert dispatcher.quiesce("chaos/globex:", 0.0)  # another lease: nothing in flight
+        assert not dispatcher.quiesce("chaos/acme:", 0.3)
+        release.set()
+        assert dispatcher.quiesce("chaos/acme:", 10)
+        assert [r.header(HEADER) for r in receiver.requests] == ["chaos/acme:3"]
+        assert dispatcher.wait_idle(5)
+    finally:
+        release.set()
+        dispatcher.close(2)
+        receiver.stop()

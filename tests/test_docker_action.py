@@ -6,11 +6,11 @@ import pytest
 
 from eventd.actions import resolve
 from eventd.actions.docker import CALLS, DockerAction, container_uri
-from eventd.delivery.limits import TargetLimiter
 from eventd.errors import ActionSkipped, PermanentActionError, RetryableActionError
-from eventd.loopguard import LoopGuard
+from eventd.guards.calls import TargetLimiter
+from eventd.guards.loop import LoopGuard
 from eventd.settings import Settings
-from tests.actions import make_context, make_job
+from tests.actions import attempt, make_context, make_job
 from tests.docker_engine import DockerEngine
 from tests.waiting import wait_until
 
@@ -55,7 +55,7 @@ def test_each_call_does_what_it_says(docker_engine: DockerEngine):
     cid = docker_engine.run("act-calls", ["sh", "-c", SERVE])
     try:
         def run(**options):
-            return docker.run(make_job(docker, {"target": "act-calls", **options}))
+            return attempt(docker, make_job(docker, {"target": "act-calls", **options}))
 
         assert run(call="pause") == f"pause act-calls ({cid[:12]})"
         assert state(docker_engine, "act-calls")["Paused"] is True
@@ -82,9 +82,9 @@ def test_the_guards_see_the_full_container_id(docker_engine: DockerEngine):
     cid = docker_engine.run("act-guard", ["sh", "-c", SERVE])
     try:
         for _ in range(2):  # by a short id, as a user might write it
-            docker.run(make_job(docker, {"call": "restart", "target": cid[:12], "timeout": 1}))
+            attempt(docker, make_job(docker, {"call": "restart", "target": cid[:12], "timeout": 1}))
         with pytest.raises(ActionSkipped) as skipped:
-            docker.run(make_job(docker, {"call": "restart", "target": "act-guard"}))
+            attempt(docker, make_job(docker, {"call": "restart", "target": "act-guard"}))
         assert skipped.value.reason == "rate_limited"
         event = {"type": "container", "action": "restart", "resource_uri": container_uri(cid)}
         assert guard.is_self_caused(event)
@@ -99,7 +99,7 @@ def test_an_unknown_container_is_final(docker_engine: DockerEngine):
     docker = action(docker_engine.host)
     try:
         with pytest.raises(PermanentActionError, match="HTTP 404"):
-            docker.run(make_job(docker, {"call": "restart", "target": "no-such-container"}))
+            attempt(docker, make_job(docker, {"call": "restart", "target": "no-such-container"}))
     finally:
         docker.close()
 
@@ -110,7 +110,7 @@ def test_a_call_the_engine_refuses_is_final(docker_engine: DockerEngine):
     try:
         wait_until(lambda: not state(docker_engine, "act-stopped")["Running"], 5)
         with pytest.raises(PermanentActionError, match="HTTP 409"):  # not running: nothing to pause
-            docker.run(make_job(docker, {"call": "pause", "target": "act-stopped"}))
+            attempt(docker, make_job(docker, {"call": "pause", "target": "act-stopped"}))
     finally:
         docker.close()
         docker_engine.remove("act-stopped")
@@ -119,4 +119,4 @@ def test_a_call_the_engine_refuses_is_final(docker_engine: DockerEngine):
 def test_an_engine_that_is_away_is_retried_later(tmp_path):
     docker = action(f"unix://{tmp_path}/none.sock")
     with pytest.raises(RetryableActionError, match="no such socket"):
-        docker.run(make_job(docker, {"call": "restart", "target": "x"}))
+        attempt(docker, make_job(docker, {"call": "restart", "target": "x"}))

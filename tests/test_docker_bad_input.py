@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from eventd.clients.docker import make_client
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
-from eventd.sources.docker.client import make_client
 from eventd.sources.docker.consumer import EngineEvents
 from tests.docker_engine import DockerEngine, FakeEngine, SocketProxy
 from tests.test_docker_source import FAST, Collector, stop

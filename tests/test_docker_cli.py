@@ -9,8 +9,8 @@ from pathlib import Path
 
 import docker
 
+from eventd.clients.docker import engine_environ
 from eventd.settings import Settings
-from eventd.sources.docker.client import engine_environ
 from tests.docker_engine import DockerEngine
 from tests.waiting import wait_until
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import docker
 import pytest
 
+from eventd.backoff import Backoff
+from eventd.clients.docker import make_client
 from eventd.errors import MalformedEvent
 from eventd.events import Received
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
 from eventd.sources.base import LoopOptions
-from eventd.sources.docker.client import make_client
 from eventd.sources.docker.consumer import EngineEvents
 from eventd.sources.docker.mapping import engine_event
 from tests.docker_engine import DockerEngine, SocketProxy
@@ -95,7 +96,7 @@ class Collector:
             return [e["state"] for e in self.events if e.get("type") == "eventd"]
 
 
-FAST = LoopOptions(backoff_initial=0.05, backoff_max=0.3, healthy_after=1.0)
+FAST = LoopOptions(backoff=Backoff(0.05, 0.3), healthy_after=1.0)
 
 
 def consumer(host: str, sink: Collector, metrics: Metrics, **kwargs) -> tuple[EngineEvents, threading.Event]:

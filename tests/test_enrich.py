@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from eventd.sources.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.enrich import Enricher
-from eventd.sources.dockercloud.rest import RestClient
 
 
 class Clock:

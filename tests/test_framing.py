@@ -6,11 +6,14 @@ import base64
 import hashlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import websocket
 
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.events import Received
+from eventd.ops.metrics import Metrics
 from eventd.sources.dockercloud.framing import (
     OP_BINARY,
     OP_CLOSE,
@@ -23,19 +26,26 @@ from eventd.sources.dockercloud.framing import (
     FramingError,
     encode_frame,
 )
+from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
 from tests.waiting import wait_until
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class RawServer:
-    """Accepts one websocket client, then sends exactly the bytes a test scripts, in pieces."""
+    """Accepts a websocket client, then sends exactly the bytes a test scripts, in pieces.
 
-    def __init__(self, first: bytes = b"") -> None:
+    `later`: the bytes each further connection gets with its handshake answer (a client that
+    reconnects), one entry per connection; those connections stay open until close().
+    """
+
+    def __init__(self, first: bytes = b"", later: Sequence[bytes] = ()) -> None:
         self._first = first  # sent in the same TCP write as the handshake answer
+        self._later = list(later)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.conn: socket.socket | None = None
+        self.connections: list[socket.socket] = []
         self.received = bytearray()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -46,25 +56,34 @@ class RawServer:
         return f"ws://127.0.0.1:{self.port}/"
 
     def _accept(self) -> None:
-        conn, _ = self._listener.accept()
+        for number in range(1 + len(self._later)):
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self.connections.append(conn)
+            if number == 0:
+                self.conn = conn  # before answering: once answered, the test may close()
+            self._answer(conn, self._first if number == 0 else self._later[number - 1])
+            if number == 0:
+                self._ready.set()
+                threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket, data: bytes) -> None:
         request = b""
         while b"\r\n\r\n" not in request:
             request += conn.recv(1)  # byte by byte: leave nothing unread
         key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
                    if line.lower().startswith(b"sec-websocket-key"))
         accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
-        self.conn = conn  # before answering: once answered, the test may close() at any time
         conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                     + self._first)
-        self._ready.set()
-        threading.Thread(target=self._drain, daemon=True).start()
+                     + data)
 
-    def _drain(self) -> None:
-        assert self.conn is not None
+    def _drain(self, conn: socket.socket) -> None:
         while True:
             try:
-                data = self.conn.recv(65536)
+                data = conn.recv(65536)
             except OSError:
                 return
             if not data:
@@ -82,8 +101,8 @@ class RawServer:
                 self.conn.sendall(data[i:i + piece])
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        for conn in self.connections:
+            conn.close()
         self._listener.close()
 
 
@@ -204,6 +223,64 @@ def test_protocol_violations_raise_framing_error(server, client, data):
     reader = FrameReader(client.sock)
     with pytest.raises(FramingError):
         read_messages(reader, 1)
+
+
+#: RFC 6455 5.2: with no extension negotiated, a frame with RSV1-3 set fails the connection
+RESERVED_BITS = b"\xc1\x02hi" + b"\xf1\x02yo"
+
+
+def test_reserved_bits_without_an_extension_fail_the_connection(server, client):
+    server.send(RESERVED_BITS)
+    reader = FrameReader(client.sock)
+    with pytest.raises(FramingError, match="reserved bits 100"):
+        read_messages(reader, 1)
+
+
+@pytest.mark.parametrize("bits", [0x40, 0x20, 0x10, 0x70])
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY, OP_CONTINUATION, OP_PING, OP_PONG, OP_CLOSE])
+def test_any_reserved_bit_on_any_frame_is_a_violation(server, client, bits, opcode):
+    frame = bytearray(encode_frame(opcode, b"x"))
+    frame[0] |= bits
+    server.send(bytes(frame))
+    with pytest.raises(FramingError):
+        read_messages(FrameReader(client.sock), 1)
+
+
+def test_messages_before_a_violation_are_returned_first(server, client):
+    server.send(encode_frame(OP_TEXT, b"whole") + RESERVED_BITS)
+    reader = FrameReader(client.sock)
+    assert read_messages(reader, 1) == [b"whole"]
+    with pytest.raises(FramingError):
+        reader.read()
+
+
+def test_the_stream_drops_a_connection_that_sets_reserved_bits_counts_it_and_reconnects():
+    """A real raw-socket server sends the RFC's bad frames (an event with RSV1 set first), then
+    serves a good event on the next connection."""
+    bad_event = b'{"type":"service","action":"update","uuid":"bad-1","resource_uri":"/x/"}'
+    good_event = b'{"type":"service","action":"update","uuid":"good-1","resource_uri":"/y/"}'
+    frame = bytearray(encode_frame(OP_TEXT, bad_event))
+    frame[0] |= 0x40
+    srv = RawServer(first=bytes(frame) + RESERVED_BITS, later=[encode_frame(OP_TEXT, good_event)])
+    metrics = Metrics()
+    batches: list[list[Received]] = []
+    stopping = threading.Event()
+    consumer = StreamConsumer(srv.url, Credentials(header="Basic dTpr", source="test"),
+                              batches.append, metrics, stopping,
+                              options=StreamOptions(backoff_initial=0.01, backoff_max=0.02))
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: any(r.event.get("uuid") == "good-1" for b in batches for r in b))
+    finally:
+        stopping.set()
+        thread.join(5)
+        srv.close()
+    uuids = [r.event.get("uuid") for b in batches for r in b if r.event.get("type") != "eventd"]
+    assert uuids == ["good-1"]
+    assert metrics.registry.get_sample_value("eventd_stream_reconnects_total",
+                                             {"reason": "protocol_error"}) == 1
+    assert len(srv.connections) == 2
 
 
 def test_oversized_frame_is_refused_before_buffering_it(server, client):

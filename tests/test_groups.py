@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from eventd.actions.base import ActionJob
 from eventd.alerts.groups import Grouper
 from eventd.emulator.world import DEFAULT_SERVICE_UUIDS
+from eventd.records import ActionJob
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
 from eventd.stores import open_store
@@ -161,3 +161,37 @@ def test_a_group_the_dispatcher_refuses_stays_in_the_store(tmp_path: Path, metri
                     lambda kind, options: kind)
     assert again.due(200.0) == 1
     assert [job.options["json"] for job in sent] == [{"n": "1"}] and store.group_list() == []
+
+
+def test_open_groups_are_capped_the_oldest_closing_early_counted(tmp_path: Path, metrics):
+    """Issue 20 finding 15: 10,000 keys held 45 MB. Past the cap the oldest group closes now."""
+    from eventd.alerts.groups import MAX_OPEN_GROUPS
+
+    rules = write_rules(tmp_path, """
+        rules:
+          - name: g
+            match: {type: container}
+            actions:
+              - webhook:
+                  url: http://127.0.0.1:9/x
+                  group: {by: "{{ event.uuid }}", wait: 1h, max: 100}
+                  json: {key: "{{ group.key }}", n: "{{ group.count }}"}
+    """)
+    ruleset = load_rules([rules], {})
+    store = open_store(Settings(store="sqlite", state_dir=tmp_path / "state"))
+    sent: list[ActionJob] = []
+    grouper = Grouper(store, sent.append, metrics,
+                      lambda rule, index: ruleset.by_name[rule].actions[index],
+                      lambda kind, options: kind)
+    try:
+        total = MAX_OPEN_GROUPS + 50
+        for n in range(total):
+            grouper.add("g", 0, "webhook", f"u{n}", {"by": "x", "wait": "1h", "max": 100},
+                        {"uuid": f"u{n}"}, 100.0 + n)
+        assert grouper.open == MAX_OPEN_GROUPS
+        assert len(store.group_list()) == MAX_OPEN_GROUPS
+        assert [job.options["json"]["key"] for job in sent] == [f"u{n}" for n in range(50)]
+        assert metrics.registry.get_sample_value("eventd_groups_closed_early_total") == 50
+        assert metrics.registry.get_sample_value("eventd_groups_open") == MAX_OPEN_GROUPS
+    finally:
+        store.close()

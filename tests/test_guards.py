@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from eventd.delivery.breaker import CircuitBreaker
-from eventd.delivery.limits import TargetLimiter
 from eventd.delivery.retry import RetryPolicy
-from eventd.loopguard import LoopGuard
+from eventd.guards.calls import TargetLimiter
+from eventd.guards.loop import LoopGuard
 
 SVC = "09cbcf8d-a727-40d9-b420-c8e18b7fa55b"
 
@@ -64,10 +64,20 @@ def test_target_limiter_forgets_targets_whose_window_passed():
 
 def test_probe_waits_grow_with_failures_and_with_how_long_the_target_is_down():
     policy = RetryPolicy(initial_wait=1.0, max_wait=60.0)
-    top = [policy.probe_wait(n, down_for=10_000, rng=lambda: 1.0) for n in range(1, 9)]
-    assert top == [1, 2, 4, 8, 16, 32, 60, 60]
-    assert policy.probe_wait(6, down_for=5.0, rng=lambda: 1.0) == 5.0  # a 5 s blip: <= 5 s
-    assert policy.probe_wait(9, down_for=10_000, rng=lambda: 0.0) == 0.5  # full jitter, from ~1 s
+
+    def waits(rng: float, failures: int, apart: float) -> list[float]:
+        """The waits a breaker gives after `failures` failures, `apart` seconds apart."""
+        clock = Clock()
+        breaker = CircuitBreaker(policy, clock=clock, rng=lambda: rng)
+        found = []
+        for _ in range(failures):
+            found.append(breaker.failure("t"))
+            clock.now += apart
+        return found
+
+    assert waits(1.0, 8, 10_000) == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert waits(1.0, 6, 1.0)[-1] == 5.0  # down for 5 s: a 5 s blip is never waited out longer
+    assert waits(0.0, 9, 10_000)[-1] == 0.5  # full jitter, from ~1 s
     assert policy.told_wait(3600) == 60.0 and policy.told_wait(1) == 1.0
 
 

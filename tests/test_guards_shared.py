@@ -12,23 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from eventd.actions.base import ActionJob
 from eventd.actions.dockercloud import DockerCloudAction
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.delivery.attempts import Attempts, Verdict
-from eventd.delivery.limits import TargetLimiter
 from eventd.engine import Engine
 from eventd.errors import RetryableActionError
 from eventd.events import Received
-from eventd.loopguard import LoopGuard
+from eventd.guards.calls import TargetLimiter
+from eventd.guards.loop import LoopGuard
 from eventd.ops.metrics import Metrics
+from eventd.records import ActionJob
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
-from eventd.sources.dockercloud.auth import Credentials
-from eventd.sources.dockercloud.rest import RestClient
 from eventd.stores import open_store
 from eventd.stores.memory import MemoryStore
 from eventd.stores.redis import RedisStore
-from tests.actions import make_context, make_job
+from tests.actions import gate_for, make_context, make_job
 from tests.redis_server import RedisServer
 from tests.waiting import wait_until
 
@@ -61,7 +61,7 @@ def test_two_limiters_on_one_store_allow_three_calls_per_object_between_them(
     try:
         one = TargetLimiter(max_calls=3, per=600, shared=blue)
         other = TargetLimiter(max_calls=3, per=600, shared=green)
-        with caplog.at_level(logging.WARNING, logger="eventd.delivery.limits"):
+        with caplog.at_level(logging.WARNING, logger="eventd.guards.calls"):
             assert one.acquire(SERVICE, "job-0") and other.acquire(SERVICE, "job-1")
             assert one.acquire(f"/api/app/v1/service/{SVC}", "job-2")  # the same object
             assert not other.acquire(SERVICE, "job-3")  # the fourth, on either replica
@@ -88,7 +88,7 @@ def test_an_unreachable_limit_makes_no_call_and_the_job_is_retried(
             action = DockerCloudAction(context)
             service = emulator.world.uri("service", "web")
             job = make_job(action, {"call": "redeploy", "target": service})
-            attempts = Attempts(metrics)
+            attempts = Attempts(metrics, gate_for(action))  # as the dispatcher runs it
             server.pause()
             try:
                 failed = attempts.run(action, job)
@@ -168,7 +168,7 @@ def test_an_unreachable_store_never_stops_the_local_mark_and_is_counted(tmp_path
         try:
             server.pause()
             try:
-                with caplog.at_level(logging.WARNING, logger="eventd.loopguard"):
+                with caplog.at_level(logging.WARNING, logger="eventd.guards.loop"):
                     guard.record(SERVICE)  # no exception into the action
             finally:
                 server.resume()

@@ -137,6 +137,15 @@ def test_metrics_exposes_every_pinned_metric(endpoint: str, metrics: Metrics) ->
     assert value("eventd_build_info", version=__version__) == 1
 
 
+def test_no_created_series_beside_counters_and_histograms(endpoint: str, metrics: Metrics) -> None:
+    """Issue 21.5: every counter exported a `*_created` series, doubling the series count."""
+    metrics.actions.labels(kind="webhook", outcome="success").inc()
+    metrics.action_duration.labels(kind="webhook").observe(0.02)
+    text = requests.get(f"{endpoint}/metrics", timeout=5).text
+    assert "eventd_actions_total{" in text and "eventd_action_duration_seconds_count{" in text
+    assert [line for line in text.splitlines() if "_created" in line] == []
+
+
 def test_metrics_without_any_event_still_show_the_unlabelled_families(
         endpoint: str) -> None:
     """What a first scrape of an idle daemon shows: gauges and label-free counters at 0."""
@@ -265,12 +274,16 @@ def test_2000_half_sent_requests_cost_a_bounded_number_of_threads(metrics: Metri
         for _ in range(2000):
             socks.append(half_sent(server.server_port))
             peak = max(peak, threading.active_count())
-        # The ones over the cap were told at once, and closed.
-        busy = socks[-1]
+        # Half-sent heads cost no thread (one reads them all); past MAX_PENDING the oldest
+        # ones were told at once, and closed.
+        busy = socks[0]
         busy.settimeout(5)
         assert closed_by_server(busy).startswith(b"HTTP/1.0 503 ")
         peak = max(peak, threading.active_count())
-        assert peak - before <= health.MAX_CONNECTIONS
+        assert peak - before <= 1
+        # and a probe is answered meanwhile
+        assert requests.get(f"http://127.0.0.1:{server.server_port}/healthz",
+                            timeout=5).status_code == 200
     finally:
         for sock in socks:
             sock.close()
@@ -287,4 +300,54 @@ def test_2000_half_sent_requests_cost_a_bounded_number_of_threads(metrics: Metri
 
         wait_until(healthy, 10, interval=0.1, message="healthz after the flood")
     finally:
+        health.shutdown(server, thread, timeout=5)
+
+
+def test_probes_are_answered_while_idle_connections_fill_the_cap(metrics: Metrics) -> None:
+    """Issue 20 finding 5: 17 idle connections, renewed every 4 s, held /healthz at 503 for
+    20 s. Connections count only once their head has arrived, so probes are never refused."""
+    server, thread = health.serve("127.0.0.1", 0, metrics.registry, lambda: (True, {}))
+    port = server.server_port
+    idle: list[socket.socket] = []
+    answers: list[int] = []
+    try:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            # renew the idle ones, as the attack did: 3 x MAX_CONNECTIONS open at every moment
+            for sock in idle:
+                sock.close()
+            idle = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                    for _ in range(3 * health.MAX_CONNECTIONS)]
+            for path in ("/healthz", "/readyz"):
+                try:
+                    answers.append(requests.get(f"http://127.0.0.1:{port}{path}",
+                                                timeout=5).status_code)
+                except requests.RequestException:
+                    answers.append(0)
+            time.sleep(0.2)  # the attacker's pace, not a wait for a condition
+        assert answers and set(answers) == {200}, answers
+    finally:
+        for sock in idle:
+            sock.close()
+        health.shutdown(server, thread, timeout=5)
+
+
+def test_probes_keep_their_own_slots_while_slow_requests_fill_the_others(
+        metrics: Metrics) -> None:
+    """Requests whose head arrived but whose body trickles (a console POST) hold a slot each
+    until READ_TIMEOUT; the probes have slots of their own."""
+    server, thread = health.serve("127.0.0.1", 0, metrics.registry, lambda: (True, {}))
+    port = server.server_port
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(health.MAX_CONNECTIONS + 4):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"POST /ui/api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            slow.append(sock)
+        for _ in range(10):
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
         health.shutdown(server, thread, timeout=5)

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from eventd.clients.dockercloud.auth import Credentials
 from eventd.errors import ConfigError
 from eventd.ops import logconfig
-from eventd.sources.dockercloud.auth import Credentials
 
 CREDS = Credentials.basic("alice", "s3cr3t-apikey-0123456789", "test")
 SECRETS = CREDS.secrets()
@@ -95,7 +95,7 @@ def test_bad_format_or_level_is_a_config_error(fmt: str, level: str) -> None:
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_credentials_never_reach_the_output(log_format: str) -> None:
     out = configured(log_format)
-    log = logging.getLogger("eventd.delivery.http")
+    log = logging.getLogger("eventd.clients.http")
     header = CREDS.header
     token = header.split()[1]
     log.info("sending headers %s", {"Authorization": header, "Accept": "application/json"})
@@ -134,6 +134,8 @@ def test_a_secret_is_also_redacted_in_its_url_quoted_form() -> None:
      "connect https://bob:***@alerts.example:8443/hook"),
     ("Authorization: Bearer eyJhbGciOi.abc.def next",
      "Authorization: Bearer *** next"),
+    ("'Authorization': 'GenieKey 3f1b2c4d-0000-4000-8000-00000000beef'",  # Opsgenie
+     "'Authorization': 'GenieKey ***'"),
     ('{"authorization": "opaque-token-value"}',
      '{"authorization": "***"}'),
     ("ws://emulator:8081/api/audit/v1/events/ and http://127.0.0.1:9108/metrics",
@@ -169,6 +171,12 @@ def test_event_data_cannot_forge_a_text_log_line() -> None:
         in lines[0]
 
 
+def test_bidirectional_overrides_cannot_reorder_a_log_line() -> None:
+    out = configured("text")
+    logging.getLogger("eventd.engine").warning("container %s", "web\u202e1-bew\u2066x\u2069")
+    assert out.getvalue().rstrip("\n").endswith("container web\\u202e1-bew\\u2066x\\u2069")
+
+
 def test_a_traceback_stays_below_its_record_and_cannot_start_one() -> None:
     out = configured("text")
     try:
@@ -186,3 +194,17 @@ def test_json_lines_keep_the_data_as_is() -> None:
     logging.getLogger("eventd.engine").warning("state %s", "a\nb")
     lines = out.getvalue().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["message"] == "state a\nb"
+
+
+def test_a_short_secret_is_masked_where_it_stands_not_inside_other_words() -> None:
+    """The emulator's apikey is `apikey`: a path like /run/secrets/demo-apikey.txt must stay
+    readable (issue 21.5), while the key itself is masked wherever it stands alone."""
+    redact = logconfig.redact
+    secrets = ["apikey"]
+    assert redact("from /run/secrets/demo-apikey.txt", secrets) == "from /run/secrets/demo-apikey.txt"
+    assert redact("DOCKERCLOUD_APIKEY_FILE, apikey_file", secrets) == "DOCKERCLOUD_APIKEY_FILE, apikey_file"
+    for leaked, masked in [('{"key": "apikey"}', '{"key": "***"}'), ("user:apikey@h", "user:***@h"),
+                           ("bad key apikey.", "bad key ***."), ("k=apikey&x=1", "k=***&x=1")]:
+        assert redact(leaked, secrets) == masked
+    long_secret = "0123456789abcdef"  # a real key's length: masked even inside other text
+    assert redact(f"x{long_secret}y", [long_secret]) == "x***y"

@@ -45,6 +45,10 @@ ONLY_AFTER_TROUBLE = {
     "eventd_internal_errors_total": "created by the first unexpected error",
     "eventd_dropped_total": "created by the first work lost on purpose (e.g. at shutdown)",
     "eventd_store_errors_total": "created by the first failed store operation (Redis unreachable)",
+    "eventd_gate_refused_total": "created by the first request the gate refused",
+    "eventd_worker_restarts_total": "created by the first worker that died and was restarted",
+    "eventd_cluster_heartbeats_ignored_total": "created by the first heartbeat ignored "
+                                               "(a cluster's, on Redis)",
 }
 #: Grafana's variables, as a dashboard showing "All" over the last 5 minutes would fill them in.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$job": ".*", "$instance": ".*"}
@@ -87,7 +91,7 @@ def metric_names(expr: str) -> set[str]:
 
 def family(name: str) -> str:
     """The README's name for a series: a histogram's _bucket/_count/_sum belong to it."""
-    return re.sub(r"_(bucket|count|sum)$", "", name) if name.startswith("eventd_action_duration") else name
+    return re.sub(r"_(bucket|count|sum)$", "", name) if "_duration_seconds_" in name else name
 
 
 def readme_metrics() -> set[str]:

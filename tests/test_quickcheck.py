@@ -23,7 +23,9 @@ from eventd.ruleset import loader
 from eventd.ruleset.quickcheck import conforms
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "rules").glob("*.yaml"))]
+#: every shipped rule file (rules/tests/ holds their tests, not rules)
+SHIPPED = sorted(p for p in (ROOT / "rules").rglob("*.yaml") if "tests" not in p.parts[-2:-1])
+SEEDS = [yaml.safe_load(p.read_text()) for p in SHIPPED]
 KIND_SCHEMAS = {name: resolve(name).schema for name in ACTIONS}
 BASE = loader._base_schema()
 
@@ -38,7 +40,7 @@ def agree(schema: dict[str, Any], instance: Any) -> None:
         f"quickcheck says {answer} for {json.dumps(instance, default=str)[:400]}"
 
 
-@pytest.mark.parametrize("doc", SEEDS, ids=[p.name for p in sorted((ROOT / "rules").glob("*.yaml"))])
+@pytest.mark.parametrize("doc", SEEDS, ids=[str(p.relative_to(ROOT / "rules")) for p in SHIPPED])
 def test_shipped_rules_are_plainly_valid(doc: Any) -> None:
     assert conforms(BASE, doc) is True
     for rule in doc["rules"]:
@@ -59,6 +61,15 @@ def test_known_bad_documents_are_not_valid() -> None:
 def test_an_unknown_keyword_is_left_to_jsonschema() -> None:
     assert conforms({"type": "object", "unevaluatedProperties": False}, {"a": 1}) is None
     assert conforms({"$ref": "https://example.com/s.json"}, {}) is None
+
+
+def test_unique_items_as_jsonschema() -> None:
+    schema = {"type": "array", "uniqueItems": True}
+    for value in ([], ["logs"], ["logs", "history"], ["logs", "logs"], [1, 1.0], [1, True],
+                  [{"a": 1}, {"a": 1.0}], [[1], [True]], "not a list"):
+        assert conforms(schema, value) is not None
+        agree(schema, value)
+    agree({"uniqueItems": False}, [1, 1])
 
 
 def test_json_equality_and_numbers_as_jsonschema() -> None:

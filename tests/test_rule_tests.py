@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 
 from eventd.commands.testfile import SCHEMA
@@ -47,7 +48,13 @@ def test_every_sample_rule_is_tested() -> None:
             for expectation in test.get("expect", []):
                 tested.update(expectation.get("rules", []))
             tested.update(group["rule"] for group in test.get("groups", []))
-    every = {rule.name for rule in load_rules([SAMPLES, SAMPLES / "docker"], {}).rules}
+    every = {rule.name for rule in load_rules(
+        [SAMPLES, SAMPLES / "docker", SAMPLES / "postgres", SAMPLES / "bus",
+         SAMPLES / "incidents"],
+        {"EVENTD_PG_DSN": "postgresql://eventd@db.example/events?sslmode=verify-full",
+         "EVENTD_NATS_URL": "tls://nats.example:4222",
+         "EVENTD_MQTT_URL": "mqtts://broker.example:8883",
+         "EVENTD_AMQP_URL": "amqps://rabbit.example"}).rules}
     assert every - tested == set()
 
 
@@ -117,10 +124,11 @@ def test_a_file_that_cannot_be_used_is_exit_2_saying_why(tmp_path: Path) -> None
         """)
     done = eventd("test", "t.yaml", "bad.yaml", "nowhere.yaml", "typo.yaml", cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "ERROR bad.yaml: tests/0: Additional properties are not allowed ('event' was unexpected)" \
+    assert "ERROR bad.yaml:4:5: unknown key 'event' (did you mean 'events'?) in tests[0]; " \
+        "expected one of: name, events, events_file, resources, logs, expect, groups, never" \
         in done.stdout
     assert "ERROR t.yaml: the rules do not load:" in done.stdout
-    assert "missing.yaml:1:1: no such file or directory" in done.stdout
+    assert "missing.yaml: no such file or directory" in done.stdout
     assert "ERROR nowhere.yaml: no such file or directory" in done.stdout
     assert "ERROR typo.yaml: test 'x' names rule 'pgae' (did you mean 'page'?), which its rule " \
         "files do not define (or disable)" in done.stdout
@@ -196,3 +204,54 @@ def test_a_shadow_rule_shows_what_it_would_run(tmp_path: Path) -> None:
         """)
     done = eventd("test", "t.yaml", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_test_file_error_says_file_line_col_and_did_you_mean(tmp_path: Path) -> None:
+    """Issue 21.5: a misspelt `tests:` gave "'tests' is a required property", no line, no hint."""
+    write(tmp_path / "rules.yaml", """\
+        rules:
+          - {name: page, match: {type: node}, actions: [{log: {message: m}}]}
+        """)
+    write(tmp_path / "t.yaml", """\
+        rule_files: [rules.yaml]
+        test:
+          - name: x
+            events: [{type: node}]
+        """)
+    write(tmp_path / "u.yaml", """\
+        rule_files: [rules.yaml]
+        tests:
+          - name: x
+            events: [{type: node}]
+            expect:
+              - {event: 0, rules: [page]}
+              - {event: 2, rules: [page]}
+        """)
+    done = eventd("test", "t.yaml", "u.yaml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout.splitlines()[:-1] == [
+        "ERROR t.yaml:1:1: missing required key 'tests'",
+        "ERROR t.yaml:2:1: unknown key 'test' (did you mean 'tests'?); expected one of: "
+        "rule_files, source, env, tests",
+        "ERROR u.yaml:7:17: test 'x': expect[1] names event 2, but the test has 1 event"]
+
+
+@pytest.mark.parametrize("content", [
+    "root:$6$SECRETHASH:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",  # /etc/shadow
+    "api_key: SECRETVALUE\n",  # a YAML mapping, but no rule file
+    "password: *SECRETALIAS\n",  # not YAML: PyYAML's message names the alias
+    "- SECRETITEM\n",  # a YAML list
+])
+def test_a_file_that_is_not_a_rule_file_is_never_quoted(tmp_path: Path, content: str) -> None:
+    """Issue 20.13: `eventd test` printed the lines of any file named in `rule_files:`."""
+    (tmp_path / "secret").write_text(content)
+    write(tmp_path / "t.yaml", """\
+        rule_files: [secret]
+        tests:
+          - name: x
+            events: [{type: node}]
+        """)
+    done = eventd("test", "t.yaml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "SECRET" not in done.stdout + done.stderr
+    assert "\nsecret: not a rule file" in done.stdout or "\nsecret:1:" in done.stdout

@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 import yaml
 
-from eventd.actions.base import ActionJob
 from eventd.actions.log import LogAction
 from eventd.errors import RuleError, TemplateError
+from eventd.records import ActionJob
 from eventd.ruleset.interpolate import InterpolationError, expand
 from eventd.ruleset.loader import ActionSpec, Rule, ThrottleSpec, check_paths, load_rules, schema
 from eventd.ruleset.templates import build_context
@@ -109,6 +109,42 @@ rules:
         rule.when_holds(without)
 
 
+def test_plain_rules_render_constant_options_without_a_context(tmp_path: Path) -> None:
+    """A rule with constant options, no `when`, no throttle is `plain` (the engine builds it no
+    template context); each render still hands out a fresh dict, so a kind that changes its
+    job's options cannot change the next job's."""
+    path = write(tmp_path, """\
+rules:
+  - name: plain
+    match: {}
+    actions:
+      - audit: {path: /tmp/a.jsonl, fsync: 1000}
+  - name: templated
+    match: {}
+    actions:
+      - log: {message: "{{ event.state }}"}
+  - name: conditional
+    match: {}
+    when: "{{ event.state == 'Stopped' }}"
+    actions:
+      - audit: {path: /tmp/a.jsonl}
+  - name: shadowed
+    mode: shadow
+    match: {}
+    actions:
+      - audit: {path: /tmp/a.jsonl}
+""")
+    plain, templated, conditional, shadowed = load_rules([path], {}).rules
+    assert plain.plain and plain.actions[0].constant
+    assert not templated.plain and not templated.actions[0].constant
+    assert not conditional.plain and conditional.actions[0].constant
+    assert not shadowed.plain
+    first = plain.actions[0].render({})
+    assert first == {"path": "/tmp/a.jsonl", "fsync": 1000}
+    first["path"] = "/elsewhere"
+    assert plain.actions[0].render({}) == {"path": "/tmp/a.jsonl", "fsync": 1000}
+
+
 def test_durations(tmp_path: Path) -> None:
     text = "rules:\n" + "".join(
         f"  - {{name: r{i}, match: {{}}, throttle: {{key: k, window: {w}}}, "
@@ -130,7 +166,7 @@ def test_load_rules_raises_rule_error(tmp_path: Path) -> None:
     with pytest.raises(RuleError) as caught:
         load_rules([tmp_path / "missing.yaml"], {})
     assert [str(p) for p in caught.value.problems] == [
-        f"{tmp_path / 'missing.yaml'}:1:1: no such file or directory"]
+        f"{tmp_path / 'missing.yaml'}: no such file or directory"]
 
 
 # --- ${VAR} ------------------------------------------------------------------------------------
@@ -192,7 +228,8 @@ def test_schema_is_valid_json_schema_and_lists_every_kind() -> None:
     jsonschema.Draft202012Validator.check_schema(document)
     action = document["$defs"]["action"]
     assert set(action["properties"]) == {"log", "webhook", "alertmanager", "dockercloud", "audit",
-                                          "docker"}
+                                          "docker", "postgres", "nats", "mqtt", "amqp",
+                                          "pagerduty", "slack", "opsgenie", "msteams"}
     assert action["properties"]["log"]["required"] == ["message"]
     validator = jsonschema.Draft202012Validator(document)
     bad = {"rules": [{"name": "x", "match": {}, "actions": [{"lgo": {}}]}]}
@@ -266,9 +303,12 @@ def test_log_action_logs_at_the_level_with_the_rule(caplog: pytest.LogCaptureFix
     assert action.target({"message": "m"}) == "log"
     assert (LogAction.name, LogAction.durable, LogAction.per_event) == ("log", False, False)
     with caplog.at_level(logging.INFO, logger="eventd.actions.log"):
-        assert action.run(_job({"message": "hello", "level": "warning"})) == "logged"
-        assert action.run(_job({"message": "quiet", "level": "debug"})) == "logged"
-        assert action.run(_job({"message": "plain"})) == "logged"
+        for options in ({"message": "hello", "level": "warning"},
+                        {"message": "quiet", "level": "debug"}, {"message": "plain"}):
+            job = _job(options)
+            outbound = action.prepare(job)  # a local write: the gate's `local` policy
+            assert outbound.policy == "local" and outbound.calls[0].address.scheme == "log"
+            assert action.send(job, outbound) == "logged"
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         ("eventd.actions.log", "WARNING", "rule my-rule: hello"),
         ("eventd.actions.log", "INFO", "rule my-rule: plain")]

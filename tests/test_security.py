@@ -42,8 +42,10 @@ HUGE = "x" * (1024 * 1024)
 
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
-    """The emulator with an API key distinctive enough to search for in eventd's output."""
-    with Emulator(user="someone", apikey=APIKEY, tick=0.02) as found:
+    """The emulator with an API key distinctive enough to search for in eventd's output; the
+    user's objects live in the user's own namespace, as on Docker Cloud (the gate admits calls
+    in that namespace, or in DOCKERCLOUD_NAMESPACE's)."""
+    with Emulator(user="someone", apikey=APIKEY, namespace="someone", tick=0.02) as found:
         yield found
 
 

@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.errors import ConfigError
 from eventd.events import Received
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
 from eventd.sources.base import SOURCES, RestartLimit, SourceContext, resolve_source
-from eventd.sources.dockercloud.auth import Credentials
-from eventd.sources.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.stream import StreamConsumer
 from tests.waiting import wait_until
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eventd.actions.base import ActionJob
 from eventd.dedupe import DedupeWindow
+from eventd.records import ActionJob
 from eventd.stores.sqlite import DB_NAME, SqliteStore
 from tests.daemon_helpers import emulator_env, eventd_process, free_port, is_ready, write_rules
 from tests.waiting import wait_until
@@ -174,7 +174,7 @@ def test_every_file_eventd_writes_is_private_whatever_the_umask(emulator, webhoo
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert modes == {"eventd.sqlite3": 0o600, "eventd.sqlite3-wal": 0o600,
                      "eventd.sqlite3-shm": 0o600, "eventd.lock": 0o600, "audit.jsonl": 0o600,
-                     "events.jsonl": 0o600}
+                     "events.jsonl": 0o600, "job.key": 0o600}
 
 
 @pytest.mark.parametrize("command", [["run", "--rules", "RULES"], ["deadletter", "list"],

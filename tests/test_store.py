@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from eventd.actions.base import ActionJob
 from eventd.dedupe import DedupeWindow
 from eventd.errors import ConfigError, StoreError
+from eventd.records import ActionJob
 from eventd.stores import STORES, resolve_store, store_name
 from eventd.stores.base import Store
 
@@ -41,6 +41,17 @@ def test_registry_names_every_store_and_suggests_on_a_typo() -> None:
     with pytest.raises(ConfigError) as info:
         resolve_store("mongodb://user:hunter2@db/")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("sqlite:///some/dir/x.db", "sqlite takes no URL, its files are in --state-dir"),
+    ("sqlite://x.db", "sqlite takes no URL"),
+    ("memory://anything", "memory takes no URL"),
+])
+def test_a_path_given_to_a_local_store_is_refused_not_ignored(spec: str, says: str) -> None:
+    """Issue 21.5: `--store sqlite:///some/dir/x.db` was accepted and the path ignored."""
+    with pytest.raises(ConfigError, match=says):
+        resolve_store(spec)
 
 
 def test_spool_keeps_jobs_in_order_across_reopen(store_and_reopen) -> None:
@@ -215,6 +226,32 @@ def test_a_full_default_dedupe_window_roundtrips(store_and_reopen) -> None:
     restored = DedupeWindow.restore(store.dedupe_load())
     assert len(restored) == len(window) == 25_000  # the newest generation; the older was dropped
     assert all(u in restored for u in uuids[-25_000:])
+
+
+def _silence(ident: str, ends_at: float, comment: str = "deploy") -> dict:
+    return {"id": ident, "matchers": [{"name": "rule", "op": "=", "value": "crash"}],
+            "starts_at": 1000.0, "ends_at": ends_at, "created_by": "ops", "comment": comment,
+            "created_at": 1000.0, "updated_at": 1000.0}
+
+
+def test_silences_are_kept_by_id_across_reopen_and_replaced(store_and_reopen) -> None:
+    store, reopen = store_and_reopen
+    assert store.silence_list() == []
+    store.silence_put(_silence("a", 5000.0))
+    store.silence_put(_silence("b", 6000.0, comment="<script>x</script> \u2603"))
+    store.silence_put(_silence("a", 3000.0, comment="expired early"))  # same id: replaced
+    store = reopen(store)
+    kept = {record["id"]: record for record in store.silence_list()}
+    assert kept == {"a": _silence("a", 3000.0, comment="expired early"),
+                    "b": _silence("b", 6000.0, comment="<script>x</script> \u2603")}
+
+
+def test_silences_ended_before_a_time_are_pruned(store) -> None:
+    for n, ends in enumerate((100.0, 200.0, 300.0)):
+        store.silence_put(_silence(f"s{n}", ends))
+    assert store.silence_prune(250.0) == 2
+    assert [record["id"] for record in store.silence_list()] == ["s2"]
+    assert store.silence_prune(250.0) == 0
 
 
 def test_health_and_close(store) -> None:

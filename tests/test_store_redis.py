@@ -5,18 +5,22 @@ prefix, roles shared by replicas (two handles play two replicas), an unreachable
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from eventd.actions.base import ActionJob
 from eventd.errors import ConfigError, StateDirError, StoreError
 from eventd.ops.metrics import Metrics
+from eventd.records import ActionJob
 from eventd.settings import Settings
-from eventd.stores import open_store, store_exists
+from eventd.stores import open_store, resolve_store, store_exists
 from eventd.stores.backpressure import WaitingThrottles, until_stored
 from eventd.stores.redis import RedisStore
 from eventd.stores.redis.connect import parse
@@ -65,6 +69,39 @@ def test_a_bad_url_says_what_is_wrong_without_the_password(url: str, says: str) 
     with pytest.raises(ConfigError, match=says) as info:
         parse(url)
     assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:Zq9+sec#ret@host:6379/0",  # '#' in the password ends the host part there
+    "redis://user:Zq9/sec@host:6379/0",  # '/'
+    "redis://user:Zq9?sec@host:6379/0",  # '?'
+    "redis://:Zq9+sec",  # the host forgotten
+    "redis+sentinel://u:Zq9/sec@s1:26379/mymaster/0",
+    "user:Zq9+sec@host:6379",  # the scheme forgotten
+])
+def test_a_password_that_breaks_the_url_is_never_echoed(url: str) -> None:
+    """Issue 20.11: `--store: ':Zq9+sec' is not HOST:PORT` printed the password's start."""
+    with pytest.raises(ConfigError) as info:
+        resolve_store(url)
+        parse(url)
+    assert "Zq9" not in str(info.value) and "sec'" not in str(info.value)
+    assert str(info.value).startswith("--store: ")
+
+
+@given(st.text(alphabet="QZXJKW/?#@:%+ !", min_size=3, max_size=24),
+       st.sampled_from(["redis://u:{}@h:6379/0", "redis://:{}@h/1", "rediss://:{}@h",
+                        "redis+sentinel://:{}@s1:26379,s2/mymaster/0", "u:{}@h:6379"]))
+def test_no_part_of_a_password_is_ever_printed(password: str, form: str) -> None:
+    """Whatever a password holds, the error (or the printable URL) shows no piece of it."""
+    pieces = re.findall("[QZXJKW]{3,}", password)
+    assume(pieces)
+    url = form.format(password)
+    try:
+        resolve_store(url)
+        shown = parse(url).safe
+    except ConfigError as exc:
+        shown = str(exc)
+    assert not [piece for piece in pieces if piece in shown]
 
 
 def test_settings_take_store_cluster_and_the_password_from_env_or_a_file(tmp_path: Path) -> None:
@@ -149,6 +186,28 @@ def test_two_replicas_racing_for_a_throttle_key_acquire_it_once(redis_url: str,
     finally:
         for store in replicas:
             store.close()
+
+
+def test_a_job_finished_lately_is_not_accepted_again_by_a_retry_or_another_replica(
+        redis_url: str, redis_cluster: str) -> None:
+    # Issue 25: a spool_add retried after a write no Redis replica confirmed added the job
+    # again after another replica had delivered and finished it (2,122 jobs sent twice in a
+    # 10-minute chaos run); both sides of a split brain accepted the same event's job.
+    a, b = opened(redis_url, redis_cluster), opened(redis_url, redis_cluster)
+    try:
+        first = job(1)
+        assert a.spool_add(first)
+        assert [j.id for j in b.spool_pending()] == ["id-1"]
+        b.spool_done("id-1")  # delivered by b
+        a._unsure_adds.add("id-1")  # a's first try raised after Redis had run it
+        assert a.spool_add(first) is False  # the retry: accepted already, and finished
+        assert b.spool_add(job(1)) is False  # the other side of a split brain
+        assert a.spool_count() == 0 and a.spool_pending() == []
+        assert a.spool_add(job(2))  # a new job is accepted as ever
+        assert [j.id for j in a.spool_pending()] == ["id-2"]
+    finally:
+        a.close()
+        b.close()
 
 
 def test_the_rest_limit_holds_across_replicas(redis_url: str, redis_cluster: str) -> None:
@@ -338,3 +397,43 @@ def test_deadletter_commands_work_on_the_redis_store(redis_url: str, redis_clust
     assert not (tmp_path / "unused").exists()  # nothing written beside the Redis store
     code, out = run("list", "--store", "redis://127.0.0.1:1/0")
     assert code == 2 and "127.0.0.1:1" in out and "Traceback" not in out
+
+
+# -- one wording for "cannot reach the store" ---------------------------------------------------
+def test_cannot_reach_the_store_is_one_line_and_exit_2_in_every_command(tmp_path: Path) -> None:
+    """Issue 21.5: status said `cannot reach the store (ConnectionError)` with exit 1, deadletter
+    and run an internal name (`_exists failed`) after the daemon's "accepting nothing" line."""
+    with socket.socket() as sock:  # a port nothing listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"redis://:{SECRET}@127.0.0.1:{port}/0"
+    said = f"cannot reach the store at redis://127.0.0.1:{port}/0 (connection refused)"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: r, match: {type: x}, actions: [{log: {message: m}}]}\n")
+    env = {"HOME": str(tmp_path), "DOCKERCLOUD_USER": "u", "DOCKERCLOUD_APIKEY": "k" * 12}
+    for command, *args in (("status",), ("deadletter", "list"),
+                           ("run", "--rules", str(rules), "--state-dir", str(tmp_path / "s"))):
+        process = eventd_process(command, *args, "--store", url, env=env, cwd=tmp_path)
+        out, err = process.communicate(timeout=60)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert process.returncode == 2, (command, out, err)
+        assert lines[-1] in (f"eventd: {said}", f"eventd {command}: {said}"), (command, err)
+        assert not [line for line in lines if "unreachable" in line or "accepting" in line], err
+        assert "_exists" not in err and "Traceback" not in err and SECRET not in out + err
+
+
+def test_status_of_a_cluster_that_is_not_there_says_so(redis_url: str, redis_cluster: str,
+                                                       tmp_path: Path) -> None:
+    """Issue 21.5: `eventd status --cluster <typo>` printed `0 replica(s)` with exit 0."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.sadd(f"{redis_cluster}:cluster:replicas", "r1")  # a replica said hello
+    finally:
+        client.close()
+    typo = redis_cluster[:-1] + ("x" if not redis_cluster.endswith("x") else "y")
+    process = eventd_process("status", "--store", redis_url, "--cluster", typo,
+                             env={"HOME": str(tmp_path)}, cwd=tmp_path)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and out == ""
+    assert f"eventd status: there is no cluster {typo!r} on " in err
+    assert f"(did you mean {redis_cluster!r}?)" in err

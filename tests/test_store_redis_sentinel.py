@@ -11,8 +11,8 @@ import functools
 import threading
 from pathlib import Path
 
-from eventd.actions.base import ActionJob
 from eventd.errors import StoreError
+from eventd.records import ActionJob
 from eventd.settings import Settings
 from eventd.stores import open_store
 from eventd.stores.backpressure import until_stored

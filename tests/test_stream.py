@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.emulator import Emulator
 from eventd.errors import AuthRejected
 from eventd.events import Received
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
-from eventd.sources.dockercloud.auth import Credentials
 from eventd.sources.dockercloud.backfill import Backfiller
 from eventd.sources.dockercloud.recorder import Recorder
-from eventd.sources.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
 from tests.listener import Listener
 from tests.waiting import wait_until
@@ -306,6 +306,31 @@ def test_silent_server_is_detected_by_the_missing_pong(emulator, metrics, start)
     assert [e["state"] for e in run.gaps()][:2] == ["connected", "disconnected"]
     emulator.faults.clear()
     wait_until(lambda: run.consumer.connected)
+
+
+def test_a_silent_loss_is_dated_from_the_last_frame_heard_not_from_when_it_was_noticed(
+        emulator, metrics, start):
+    # Issue 25: a stream that goes silent (a partition: no RST, no FIN) is noticed a ping
+    # interval and a pong timeout later; the events sent in between are lost with it, so the
+    # gap (its event, the backfill) must begin at the last frame received.
+    since: list[float] = []
+    run = start(ping_interval=0.2, pong_timeout=2.0, idle_timeout=60,
+                backfill=lambda gap_start: since.append(gap_start))
+    wait_until(connected(run))
+    wait_until(lambda: run.consumer.pongs >= 2)
+    emulator.faults.set_silent(True)
+    silent_at = time.time()
+    wait_until(lambda: reconnects(metrics, "pong_timeout") >= 1, timeout=10)
+    noticed_at = time.time()
+    emulator.faults.clear()
+    wait_until(connected(run, 2), timeout=10)
+    wait_until(lambda: since, timeout=5)
+    gaps = run.gaps()
+    assert noticed_at - silent_at >= 2.0  # the pong timeout passed before the loss was noticed
+    assert silent_at - 1.0 <= since[0] <= silent_at + 0.3, (since[0] - silent_at)
+    reconnected_at = [r.received_at for r in run.received()
+                      if r.internal and r.event["state"] == "connected"][1]
+    assert gaps[2]["gap_seconds"] >= reconnected_at - silent_at - 0.1
 
 
 def test_idle_watchdog_reconnects_when_no_frame_arrives(emulator, metrics, start):
@@ -597,3 +622,75 @@ def test_a_host_that_answers_404_gets_one_clear_hint_and_is_still_retried(emulat
     hints = [r for r in caplog.records if "does not serve the Docker Cloud Stream API" in r.getMessage()]
     assert len(hints) == 1 and hints[0].levelno == logging.ERROR
     assert "DOCKERCLOUD_STREAM_HOST" in hints[0].getMessage()
+
+
+# -- a cluster's replica: the lease's fencing token on the handshake (issue 25) ------------------
+@pytest.fixture
+def fenced_emulator() -> Iterator[Emulator]:
+    emulator = Emulator(tick=0.01, fencing=True)
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def fenced_consumer(emulator: Emulator, metrics: Metrics, token: Callable[[], str | None],
+                    sink: Callable[[list[Received]], None],
+                    on_refused: Callable[[], object] | None = None) -> StreamConsumer:
+    return StreamConsumer(url=stream_url(emulator),
+                          credentials=Credentials(header=emulator.auth_header, source="test"),
+                          sink=sink, metrics=metrics, stopping=threading.Event(),
+                          options=StreamOptions(**FAST), fencing=token, on_refused=on_refused)
+
+
+def test_a_consumer_stopped_while_its_handshake_is_under_way_never_consumes(fenced_emulator,
+                                                                           metrics):
+    # The zombie of issue 25: stopped (its lease lost) while the handshake was held up by a
+    # partition, it must not go on consuming once the handshake completes.
+    received: list[Received] = []
+    holder: dict[str, StreamConsumer] = {}
+
+    def token() -> str:
+        holder["consumer"].close()  # stopped while connecting: nothing to interrupt yet
+        return "eventd/acme:1"
+
+    consumer = holder["consumer"] = fenced_consumer(fenced_emulator, metrics, token,
+                                                    received.extend)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert received == []  # no `connected` event: it never consumed
+    assert [h.headers.get("Eventd-Fencing-Token") for h in fenced_emulator.handshakes()] == \
+        ["eventd/acme:1"]
+    wait_until(lambda: fenced_emulator.namespace_counts().get(fenced_emulator.namespace, 0) == 0)
+
+
+def test_a_handshake_with_a_stale_lease_token_is_refused_and_none_without_a_lease(
+        fenced_emulator, metrics):
+    tokens = {"old": "eventd/acme:1"}
+    refused: list[str] = []  # the coordinator is told: it gives the stale lease up
+    old = fenced_consumer(fenced_emulator, metrics, lambda: tokens["old"], lambda batch: None,
+                          on_refused=lambda: refused.append("acme"))
+    new = fenced_consumer(fenced_emulator, metrics, lambda: "eventd/acme:2", lambda batch: None)
+    threads = []
+    try:
+        threads.append(threading.Thread(target=new.run, daemon=True))
+        threads[-1].start()
+        wait_until(lambda: new.connected)
+        threads.append(threading.Thread(target=old.run, daemon=True))
+        threads[-1].start()
+        wait_until(reconnected(metrics, "handshake_409"), timeout=5)
+        assert not old.connected and refused
+        tokens["old"] = None  # its lease is gone: it makes no handshake at all
+        handshakes = len(fenced_emulator.handshakes())
+        wait_until(reconnected(metrics, "lease_lost", 2), timeout=5)
+        assert len(fenced_emulator.handshakes()) == handshakes
+    finally:
+        old.close()
+        new.close()
+        for thread in threads:
+            thread.join(5)
+    assert fenced_emulator.fences is not None
+    assert fenced_emulator.fences.snapshot()["stale"] >= 1

@@ -17,13 +17,13 @@ import pytest
 import requests
 
 from eventd.actions.webhook import SessionPool
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.emulator import Emulator
 from eventd.emulator.tls import write_self_signed
 from eventd.errors import ConfigError, RetryableActionError
 from eventd.events import Received
 from eventd.settings import Settings, TlsOptions, plaintext_warning, tls_from_env
-from eventd.sources.dockercloud.auth import Credentials
-from eventd.sources.dockercloud.rest import RestClient
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
 from tests.daemon_helpers import write_rules
 from tests.waiting import wait_until
@@ -172,7 +172,7 @@ def test_plain_text_credentials_to_another_machine_are_warned_about(url, warned)
 
 
 def test_rest_client_warns_once_at_start_for_a_plain_http_host(caplog):
-    caplog.set_level(logging.WARNING, logger="eventd.sources.dockercloud.rest")
+    caplog.set_level(logging.WARNING, logger="eventd.clients.dockercloud.rest")
     RestClient("http://192.0.2.7:8080/", Credentials(header="Basic x", source="test")).close()
     RestClient("http://127.0.0.1:8080/", Credentials(header="Basic x", source="test")).close()
     assert [r.getMessage().split(" is ")[0] for r in caplog.records] == ["DOCKERCLOUD_REST_HOST"]

@@ -6,8 +6,9 @@ import itertools
 import time
 from typing import Any
 
-from eventd.actions.base import ActionContext, ActionJob
+from eventd.actions.base import ActionContext
 from eventd.ops.metrics import Metrics
+from eventd.records import ActionJob
 from eventd.settings import Settings
 
 _ids = itertools.count(1)
@@ -32,6 +33,44 @@ def make_job(kind_obj: Any, options: dict[str, Any], *, rule: str = "rule-a",
                      target=kind_obj.target(options),
                      created_at=time.time() if created_at is None else created_at,
                      context=dict(context or {}))
+
+
+def gate_for(kind_obj: Any, *, rules: Any = None, namespaces: tuple[str, ...] = ()) -> Any:
+    """The gate a dispatcher on this kind's context would use (no rules, no job key unless
+    given), with `namespaces` served besides the REST credentials' own."""
+    import dataclasses
+
+    from eventd.delivery.gate import Gate, Policy
+
+    context = kind_obj.context
+    rest = getattr(context, "rest", None)
+    policy = Policy.from_settings(context.settings,
+                                  user=rest.account if rest is not None else None,
+                                  rest_host=rest.rest_host if rest is not None else None)
+    if namespaces:
+        policy = dataclasses.replace(policy, namespaces=policy.namespaces | set(namespaces))
+    return Gate(policy, context.metrics, rules=rules)
+
+
+def attempt(kind_obj: Any, job: ActionJob, *, gate: Any = None) -> Any:
+    """One attempt as the dispatcher makes it: the gate, `prepare`, the gate, `send`.
+
+    Raises what the attempt raises (GateRefused when the gate refuses). Without rules, the
+    job's options count as what its rule wrote literally (a docker target named in the rule).
+    """
+    from eventd.delivery.gate import Grant
+    from eventd.outbound import BadAddress
+
+    gate = gate if gate is not None else gate_for(kind_obj)
+    grant = gate.check_job(job, kind_obj.durable)
+    if grant is None:
+        grant = Grant(job.kind, dict(job.options), frozenset(job.options), None)
+    try:
+        outbound = kind_obj.prepare(job)
+    except BadAddress as exc:
+        raise gate.unparsable(job, exc) from None
+    gate.admit(job, outbound, grant)
+    return kind_obj.send(job, outbound)
 
 
 _REQUIRED = object()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eventd.actions.alertmanager import AlertmanagerAction
-from tests.actions import make_context, make_job
+from tests.actions import attempt, make_context, make_job
 
 
 def test_posts_one_alert_list(metrics, webhook_receiver):
@@ -12,7 +12,7 @@ def test_posts_one_alert_list(metrics, webhook_receiver):
                             "annotations": {"summary": "web-1 stopped"},
                             "generator_url": "http://eventd/rules/web"}, rule="container-died")
     try:
-        action.run(job)
+        attempt(action, job)
     finally:
         action.close()
     [request] = webhook_receiver.requests
@@ -36,3 +36,15 @@ def test_alertname_can_be_overridden_and_target_is_per_host(metrics):
     assert alert["startsAt"].endswith("Z") and "generatorURL" not in alert
     assert job.target == "alertmanager:http://am:9093"
     assert AlertmanagerAction.validate({"url": "am:9093"}) != []
+
+
+def test_logs_and_history_become_annotations(metrics):
+    action = AlertmanagerAction(make_context(metrics))
+    job = make_job(action, {"url": "http://am:9093", "annotations": {"summary": "s"}},
+                   context={"logs": ["a", "token=***"],
+                            "history": {"summary": "2 events in the last 1h (die x2)"}})
+    assert action.alert(job)["annotations"] == {
+        "summary": "s", "logs": "a\ntoken=***", "history": "2 events in the last 1h (die x2)"}
+    given = make_job(action, {"url": "http://am:9093", "annotations": {"logs": "mine"}},
+                     context={"logs": ["a"]})
+    assert action.alert(given)["annotations"] == {"logs": "mine"}  # the rule's own wins

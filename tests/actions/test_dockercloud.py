@@ -8,16 +8,16 @@ import pytest
 
 from eventd.actions.base import FollowUp
 from eventd.actions.dockercloud import DockerCloudAction
+from eventd.clients.dockercloud.auth import Credentials
+from eventd.clients.dockercloud.rest import RestClient
 from eventd.delivery.dispatcher import Dispatcher
-from eventd.delivery.limits import TargetLimiter
-from eventd.errors import PermanentActionError
-from eventd.loopguard import LoopGuard
+from eventd.errors import GateRefused, PermanentActionError
+from eventd.guards.calls import TargetLimiter
+from eventd.guards.loop import LoopGuard
 from eventd.ops.metrics import Metrics
 from eventd.sources.dockercloud.action_waiter import ActionWaiter
-from eventd.sources.dockercloud.auth import Credentials
-from eventd.sources.dockercloud.rest import RestClient
 from eventd.stores.sqlite import SqliteStore
-from tests.actions import make_context, make_job, sample
+from tests.actions import attempt, make_context, make_job, sample
 from tests.waiting import wait_until
 
 
@@ -41,7 +41,7 @@ def calls(emulator):
 
 def run_to_end(action, job):
     """One attempt, and the follow-up the dispatcher would run beside the REST lane."""
-    result = action.run(job)
+    result = attempt(action, job)
     if isinstance(result, FollowUp):
         assert result.progress["action_uri"].startswith("/api/audit/v1/action/")
         return result.follow(action.context.stopping)
@@ -50,7 +50,7 @@ def run_to_end(action, job):
 
 def test_redeploy_makes_exactly_the_documented_call(emulator, action):
     service = emulator.world.uri("service", "web")
-    result = action.run(make_job(action, {"call": "redeploy", "target": service,
+    result = attempt(action, make_job(action, {"call": "redeploy", "target": service,
                                           "reuse_volumes": False}))
     [call] = emulator.rest_calls()
     assert (call.method, call.path, dict(call.query)) == \
@@ -66,14 +66,14 @@ def test_redeploy_without_reuse_volumes_sends_no_query_and_target_gets_a_slash(e
     service = emulator.world.uri("service", "web")
     run_to_end(action, make_job(action, {"call": "redeploy", "target": service.rstrip("/"),
                                          "wait": True}))
-    action.run(make_job(action, {"call": "redeploy", "target": service, "reuse_volumes": True}))
+    attempt(action, make_job(action, {"call": "redeploy", "target": service, "reuse_volumes": True}))
     posts = [c for c in calls(emulator) if c[0] == "POST"]
     assert posts == [("POST", f"{service}redeploy/", {})] * 2
 
 
 def test_scale_is_patch_then_post_scale(emulator, action):
     service = emulator.world.uri("service", "web")
-    action.run(make_job(action, {"call": "scale", "target": service, "containers": 3}))
+    attempt(action, make_job(action, {"call": "scale", "target": service, "containers": 3}))
     recorded = emulator.rest_calls()
     assert [(c.method, c.path) for c in recorded] == [("PATCH", service), ("POST", f"{service}scale/")]
     assert recorded[0].json == {"target_num_containers": 3}
@@ -83,18 +83,18 @@ def test_scale_is_patch_then_post_scale(emulator, action):
 def test_terminate_start_stop_and_raw_calls(emulator, action):
     container = emulator.world.uri("container", "db-1")
     stack = emulator.world.uri("stack", "demo")
-    action.run(make_job(action, {"call": "stop", "target": container}))
-    action.run(make_job(action, {"method": "GET", "path": stack}))
+    attempt(action, make_job(action, {"call": "stop", "target": container}))
+    attempt(action, make_job(action, {"method": "GET", "path": stack}))
     wait_until(lambda: emulator.world.get("container", emulator.world.uuid("container", "db-1"))
                ["state"] == "Stopped", 5, message="db-1 stopped: only then may it be terminated")
-    action.run(make_job(action, {"call": "terminate", "target": container}))
+    attempt(action, make_job(action, {"call": "terminate", "target": container}))
     assert calls(emulator) == [("POST", f"{container}stop/", {}), ("GET", stack, {}),
                                ("DELETE", container, {})]
 
 
 def test_un_namespaced_target_is_used_as_given(emulator, action):
     uuid = emulator.world.uuid("service", "web")
-    action.run(make_job(action, {"call": "stop", "target": f"/api/app/v1/service/{uuid}"}))
+    attempt(action, make_job(action, {"call": "stop", "target": f"/api/app/v1/service/{uuid}"}))
     assert calls(emulator) == [("POST", f"/api/app/v1/service/{uuid}/stop/", {})]
 
 
@@ -214,7 +214,7 @@ def test_queue_is_shared(action):
 def test_without_a_rest_client_it_fails_permanently(metrics):
     action = DockerCloudAction(make_context(metrics))
     with pytest.raises(PermanentActionError):
-        action.run(make_job(action, {"call": "stop", "target": "/api/app/v1/service/x/"}))
+        attempt(action, make_job(action, {"call": "stop", "target": "/api/app/v1/service/x/"}))
 
 
 
@@ -225,38 +225,60 @@ NODE = "fc1a5bb9-17f5-4819-b667-8c7cd819e949"
 
 @pytest.mark.parametrize("options, problem", [
     ({"call": "redeploy", "target": f"/api/app/v1/acme/stack/{SVC}/stop/?/service/{SVC}/"},
-     "is not a resource URI"),
+     "the call takes no query"),
     ({"call": "redeploy", "target": f"/api/app/v1/acme/service/{SVC}/../../stack/{SVC}/"},
-     "is not a resource URI"),
-    ({"call": "redeploy", "target": f"/api/app/v1/acme/service/{SVC}/#"}, "is not a resource URI"),
-    ({"call": "redeploy", "target": "/api/app/v1/acme/service/web/"}, "is not a resource URI"),
-    ({"call": "redeploy", "target": ""}, "target (a resource URI) is required"),
+     "is not a path of the Docker Cloud API"),
+    ({"call": "redeploy", "target": f"/api/app/v1/acme/service/{SVC}/#"}, "url holds a '#'"),
+    ({"call": "redeploy", "target": "/api/app/v1/acme/service/web/"},
+     "is not a path of the Docker Cloud API"),
     ({"call": "redeploy", "target": f"/api/infra/v1/acme/node/{NODE}/"},
      "redeploy does not apply to a node"),
     ({"call": "health-check", "target": f"/api/app/v1/service/{SVC}/"},
      "health-check does not apply to a service"),
-    ({"call": "stop", "target": f"/api/infra/v1/service/{SVC}/"}, "stop does not apply"),
-    ({"call": "stop/../../stack", "target": f"/api/app/v1/service/{SVC}/"}, "call must be one of"),
-    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/../stack/{SVC}/stop/"}, "must not hold"),
-    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/start/?x=1"}, "must not hold"),
-    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/start/#"}, "must not hold"),
-    ({"method": "POST", "path": "http://elsewhere/api/"}, "must start with /api/"),
+    ({"call": "stop", "target": f"/api/infra/v1/service/{SVC}/"}, "a service lives under /api/app/v1/"),
+    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/../stack/{SVC}/stop/"},
+     "is not a path of the Docker Cloud API"),
+    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/start/?x=1"}, "takes no query"),
+    ({"method": "POST", "path": f"/api/app/v1/service/{SVC}/start/#"}, "url holds a '#'"),
+    ({"method": "POST", "path": "http://elsewhere/api/"}, "is not a path of the Docker Cloud API"),
+    ({"method": "DELETE", "path": f"/api/app/v1/otherorg/service/{SVC}/"},
+     "namespace 'otherorg' is not one eventd serves (user)"),
 ])
 def test_rendered_targets_that_are_not_exact_resource_uris_are_refused(emulator, action, options,
                                                                        problem):
-    with pytest.raises(PermanentActionError, match="refused, no request made") as info:
-        action.run(make_job(action, options))
+    with pytest.raises(GateRefused, match="refused, no request made") as info:
+        attempt(action, make_job(action, options))
+    assert problem in str(info.value)
+    assert emulator.rest_calls() == []
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"call": "redeploy", "target": ""}, "target (a resource URI) is required"),
+    ({"call": "stop/../../stack", "target": f"/api/app/v1/service/{SVC}/"}, "call must be one of"),
+])
+def test_options_that_make_no_call_are_refused_before_the_gate(emulator, action, options, problem):
+    with pytest.raises(PermanentActionError) as info:
+        attempt(action, make_job(action, options))
     assert problem in str(info.value)
     assert emulator.rest_calls() == []
 
 
 def test_exact_resource_uris_of_the_right_type_pass():
-    check = DockerCloudAction.check_rendered
-    assert check({"call": "redeploy", "target": f"/api/app/v1/acme/service/{SVC}/"}) == []
-    assert check({"call": "redeploy", "target": f"/api/app/v1/service/{SVC}"}) == []
-    assert check({"call": "health-check", "target": f"/api/infra/v1/my.org/node/{NODE}/"}) == []
-    assert check({"call": "terminate", "target": f"/api/infra/v1/nodecluster/{NODE}/"}) == []
-    assert check({"method": "GET", "path": f"/api/app/v1/stack/{SVC}/export/"}) == []
+    from eventd.delivery.policies import dockercloud_call, namespace_of
+
+    assert dockercloud_call("POST", f"/api/app/v1/acme/service/{SVC}/redeploy/", "") is None
+    assert dockercloud_call("POST", f"/api/app/v1/service/{SVC}/redeploy/",
+                            "reuse_volumes=false") is None
+    assert dockercloud_call("POST", f"/api/infra/v1/my.org/node/{NODE}/health-check/", "") is None
+    assert dockercloud_call("DELETE", f"/api/infra/v1/nodecluster/{NODE}/", "") is None
+    assert dockercloud_call("GET", f"/api/app/v1/stack/{SVC}/export/", "") is None
+    assert dockercloud_call("POST", f"/api/app/v1/service/{SVC}/trigger/{NODE}/call/", "") is None
+    assert dockercloud_call("POST", f"/api/audit/v1/action/{SVC}/cancel/", "") is None
+    assert dockercloud_call("PATCH", f"/api/app/v1/container/{SVC}/", "") is not None
+    assert dockercloud_call("POST", f"/api/app/v1/service/{SVC}/", "") is not None
+    assert dockercloud_call("GET", f"/api/app/v1/service/{SVC}/redeploy/", "") is not None
+    assert namespace_of(f"/api/infra/v1/my.org/node/{NODE}/") == "my.org"
+    assert namespace_of(f"/api/infra/v1/node/{NODE}/") is None
 
 
 def test_parent_service_is_an_exact_uri_and_never_one_of_two_services():
@@ -352,3 +374,15 @@ def test_a_restart_during_a_wait_follows_the_same_action_and_never_calls_again(
     assert [c.path for c in posts] == [f"{web}redeploy/"]  # called once, across the restart
     assert redeploy_state(emu, web) == "Success"
     assert sample(again, "eventd_actions_total", kind="dockercloud", outcome="success") == 1
+
+
+@pytest.mark.parametrize("state", [["Failed"], {"Success": 1}, None, 3])
+def test_an_action_event_whose_state_is_not_a_string_is_ignored(state):
+    """Found by tests/fuzz/test_fuzz_gate.py: a list as `state` raised TypeError (unhashable)
+    in the engine thread for every such event."""
+    action = f"/api/audit/v1/action/{SVC}/"
+    waiter = ActionWaiter()
+    waiter.observe({"type": "action", "state": state, "resource_uri": action})
+    assert waiter.state(action) is None
+    waiter.observe({"type": "action", "state": "Failed", "resource_uri": action})
+    assert waiter.state(action) == "Failed"

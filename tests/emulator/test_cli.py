@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,23 @@ def test_a_broken_scenario_exits_2_naming_file_and_line(process, tmp_path):
     assert proc.returncode == 2
     assert out == ""
     assert f"{path}:3: unknown step 'node_unreachabel' (did you mean 'node_unreachable'?)" in err
+
+
+@pytest.mark.parametrize("which", ["--rest-port", "--stream-port"])
+def test_a_port_in_use_is_one_line_and_exit_2(process, which):
+    """Issue 21.5: a port in use exited 1 with the OSError and a stray `stream server ...
+    stopped` log line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = "--stream-port" if which == "--rest-port" else "--rest-port"
+        proc = process(which, str(port), other, "0")
+        out, err = proc.communicate(timeout=15)
+    api = "REST API" if which == "--rest-port" else "Stream API"
+    assert proc.returncode == 2 and out == ""
+    assert err.splitlines() == [f"eventd emulate: cannot listen on 127.0.0.1:{port} for the {api}: "
+                                "address in use (--rest-port / --stream-port 0 picks a free port)"]
 
 
 def test_tls_serves_https_and_wss_and_prints_the_certificate_path(process, tmp_path):

@@ -18,7 +18,9 @@ def test_calls_are_listed_and_cleared_without_auth(emu, rest):
     rest.get(emu.rest_url + "api/app/v1/service/?name=web")
     calls = control(emu, "GET", "calls").json()
     assert calls == [{"method": "GET", "path": "/api/app/v1/service/", "query": {"name": "web"},
-                      "headers": calls[0]["headers"], "json": None, "status": 200}]
+                      "headers": calls[0]["headers"], "json": None, "status": 200,
+                      "peer": calls[0]["peer"], "at": calls[0]["at"]}]
+    assert calls[0]["peer"].startswith("127.0.0.1:") and calls[0]["at"] > 0
     assert calls[0]["headers"]["Authorization"] == "Basic ***"  # redacted unless asked for
     assert emu.auth_header.split()[1] not in control(emu, "GET", "calls").text
     revealed = control(emu, "GET", "calls?reveal=1").json()

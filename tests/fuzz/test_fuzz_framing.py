@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -116,3 +118,32 @@ def test_any_bytes_end_in_framing_error_or_connection_ended(wire: bytes, chunk_s
                 reader.read()
         except (FramingError, ConnectionEnded):
             pass
+
+
+
+@given(frame_sequences(), st.integers(1, 7), st.sampled_from([OP_TEXT, OP_BINARY, OP_PING]),
+       chunk_sizes)
+def test_a_reserved_bit_ends_the_stream_after_the_messages_before_it(sequence, bits, opcode,
+                                                                    chunk_size) -> None:
+    """RFC 6455 5.2: no extension is negotiated, so RSV1-3 set on any frame fails the
+    connection; what came whole before it is still returned, the frame itself never."""
+    messages, _, _, wire = sequence
+    bad = bytearray(encode_frame(opcode, b"never-delivered"))
+    bad[0] |= bits << 4
+    received: list[bytes] = []
+    with reader_on_socket(chunk_size, []) as (peer, _, reader):
+
+        def send() -> None:  # from a thread: the whole wire may not fit the socket's buffer
+            try:
+                peer.sendall(wire + bytes(bad) + encode_frame(OP_TEXT, b"after"))
+                peer.shutdown(socket.SHUT_WR)
+            except OSError:  # the reader stopped reading and closed: fine
+                pass
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        with pytest.raises(FramingError):
+            while True:
+                received.extend(reader.read())
+    sender.join(5)
+    assert received == messages

@@ -1,0 +1,231 @@
+"""Facts the checker reads off a history: lease tenures, alive connections, gaps, the jobs.
+
+Everything here is derived from what the servers recorded (see `history`): which replica held
+which namespace's lease when (from Redis' own commands), when a stream connection was alive
+(the keepalive's pongs), which job each request or REST call was for and who accepted it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from eventd.engine import job_id
+from tests.chaos.history import History
+
+#: the rules the run loads (tests/chaos/run.py writes them): name -> what its jobs are
+FORWARD, RESTART, GAP = "forward", "restart", "gap"
+ACTIONS_PATH = "/api/audit/v1/action/"
+
+
+@dataclass
+class Tenure:
+    """One holder's lease on a namespace's stream as Redis saw it."""
+
+    holder: str  # replica id
+    token: int
+    start: float
+    end: float  # expiry, release, or the next holder's SET, whichever came first
+    how: str = "expired"
+
+
+def lease_timeline(redis_records: list[dict[str, Any]],
+                   default_ttl: float = 10.0) -> dict[str, list[Tenure]]:
+    """Per namespace, the tenures in order, from the lease scripts' SET/PEXPIRE/DEL."""
+    timeline: dict[str, list[Tenure]] = defaultdict(list)
+    for record in sorted(redis_records, key=lambda r: r["at"]):
+        key = record["key"]
+        if not key.startswith("cluster:lease:"):
+            continue
+        namespace, at, op, args = key.rpartition(":")[2], record["at"], record["op"], record["args"]
+        tenures = timeline[namespace]
+        current = tenures[-1] if tenures and tenures[-1].end > at else None
+        if op == "SET" and args:
+            holder, _, token = args[0].rpartition(":")
+            ttl = float(args[1]) / 1000 if len(args) > 1 and args[1].isdigit() else default_ttl
+            if current is not None:
+                current.end, current.how = at, "replaced"
+            tenures.append(Tenure(holder, int(token) if token.isdigit() else -1, at,
+                                  at + ttl))
+        elif op == "PEXPIRE" and current is not None and args:
+            current.end = at + float(args[0]) / 1000
+        elif op == "DEL" and current is not None:
+            current.end, current.how = at, "released"
+    return dict(timeline)
+
+
+def replica_hosts(history: History) -> dict[str, str]:
+    """Replica id (`<hostname>-<pid>-<random>`) prefix by pid -> host role."""
+    return {str(p["pid"]): p["host"] for p in history.processes}
+
+
+def holder_host(holder: str, by_pid: dict[str, str]) -> str:
+    parts = holder.rsplit("-", 2)
+    return by_pid.get(parts[1], f"?{holder}") if len(parts) == 3 else f"?{holder}"
+
+
+def iso_seconds(value: str) -> float | None:
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def alive_intervals(history: History) -> dict[str, list[tuple[str, float, float]]]:
+    """Per namespace, (host, from, to) in which a stream connection was alive."""
+    end_of_run = history.meta.get("ended") or max(
+        (c["closed"] or c["opened"] for c in history.connections), default=0.0)
+    out: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+    for conn in history.connections:
+        closed = conn["closed"] if conn["closed"] is not None else end_of_run
+        if conn.get("ended") == "keepalive":
+            closed = max(conn["opened"], conn.get("last_pong") or conn["opened"])
+        out[conn["ns"]].append((conn["host"], conn["opened"], closed))
+    for intervals in out.values():
+        intervals.sort(key=lambda i: i[1])
+    return out
+
+
+class Faults:
+    """Which fault a moment belongs to: the latest one begun before it that was active then,
+    or ended within `settle` seconds before. A slow receiver is a condition, not a cause: it
+    is named only when no other fault is."""
+
+    CONDITIONS = frozenset({"slow-receiver"})
+
+    def __init__(self, faults: list[dict[str, Any]], settle: float) -> None:
+        self.faults = sorted(faults, key=lambda f: f["start"])
+        self.settle = settle
+
+    def at(self, moment: float) -> str:
+        found, condition = "none", None
+        for fault in self.faults:
+            end = fault["end"] if fault["end"] is not None else float("inf")
+            if fault["start"] <= moment <= end + self.settle:
+                if fault["kind"] in self.CONDITIONS:
+                    condition = fault["kind"]
+                else:
+                    found = fault["kind"]
+        return condition if found == "none" and condition else found
+
+
+def shown_from(history: History) -> float:
+    """The moment times are shown from (t+...): the window's start, else the run's."""
+    window = history.meta.get("window")
+    return float(window[0] if window else history.meta.get("started") or 0.0)
+
+
+def find_gaps(history: History, window: list[float]) -> list[tuple[str, float, float]]:
+    """(namespace, start, end) of every interval without an alive consumer, after the first
+    consumer of the window; a namespace left unconsumed at the end gives a gap to the end."""
+    gaps = []
+    end_of_window = window[1]
+    for namespace, intervals in alive_intervals(history).items():
+        reach = None
+        for _host, start, end in intervals:
+            if reach is not None and start > reach:
+                gaps.append((namespace, reach, start))
+            reach = end if reach is None else max(reach, end)
+        if reach is not None and reach < end_of_window - 1.0 and end_of_window != float("inf"):
+            gaps.append((namespace, reach, end_of_window))
+    return [g for g in gaps if g[2] >= window[0]]
+
+
+def gap_events(history: History, jobs: Jobs) -> dict[str, list[tuple[float, float]]]:
+    """Per namespace, the (from, to) each forwarded gap event announced.
+
+    A gap event is made when its consumer connects, so it announces [opened - gap, opened]
+    of the connection its acceptor opened last before accepting it (its `datetime` has whole
+    seconds only, and it may reach the receiver late, behind other deliveries)."""
+    opened: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for conn in history.connections:
+        opened[(conn["host"], conn["ns"])].append(conn["opened"])
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for request in history.requests:
+        if request["path"] != "/gap" or request.get("gap") in (None, "", "None"):
+            continue
+        try:
+            gap = float(request["gap"])
+        except (TypeError, ValueError):
+            continue
+        accepted = jobs.accepted.get(request.get("key") or "", request["at"])
+        acceptor = jobs.acceptor.get(request.get("key") or "", request["host"])
+        candidates = [at for at in opened.get((acceptor, request["ns"]), []) if at <= accepted]
+        made = max(candidates) if candidates else request["at"]
+        out[request["ns"]].append((made - gap, made))
+    return out
+
+
+class Jobs:
+    """The jobs the run's rules make: which event each id is for, and which were accepted."""
+
+    def __init__(self, history: History) -> None:
+        self.event_of: dict[str, dict[str, Any]] = {}  # job id -> emitted event
+        self.rule_of: dict[str, str] = {}
+        self.rest_path: dict[str, str] = {}  # REST job id -> the path its call uses
+        for event in history.emitted:
+            shaped = {"uuid": event["uuid"], "resource_uri": event["uri"]}
+            forward = job_id(FORWARD, shaped, 0)
+            self.event_of[forward], self.rule_of[forward] = event, FORWARD
+            if event["state"] == "Stopped":
+                restart = job_id(RESTART, shaped, 0)
+                self.event_of[restart], self.rule_of[restart] = event, RESTART
+                self.rest_path[restart] = event["uri"].rstrip("/") + "/start/"
+        self.accepted: dict[str, float] = {}  # id -> when first accepted
+        self.acceptor: dict[str, str] = {}  # id -> the host whose script accepted it
+        self.acceptances: dict[str, int] = defaultdict(int)  # id -> times (re)accepted
+        self.seq: dict[str, int] = {}
+        self.target: dict[str, str] = {}
+        for record in history.redis:
+            if record["key"] == "spool" and record["op"] == "HSET":
+                job = record["args"][0]
+                self.accepted.setdefault(job, record["at"])
+                self.acceptor.setdefault(job, record.get("by") or "?")
+                self.acceptances[job] += 1
+            elif record["key"] == "spool:order" and record["op"] == "ZADD":
+                seq, job = record["args"]
+                self.seq.setdefault(job, int(float(seq)))
+            elif record["key"] == "spool:target" and record["op"] == "HSET":
+                self.target.setdefault(record["args"][0], record["args"][1])
+        self.delivered: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for request in history.requests:
+            if request.get("key") and 200 <= request["status"] < 300:
+                self.delivered[request["key"]].append(request)
+        self.by_path = {path: job for job, path in self.rest_path.items()}
+        for call in history.rest_calls:
+            job = self.by_path.get(call["path"])
+            if job is not None and call["status"] < 500 and call["status"] != 409:
+                self.delivered[job].append({**call, "key": job})
+        window = history.meta.get("window")
+        #: the jobs this history judges: those accepted in its window (a window's leftovers
+        #: delivered in the next are not held against it)
+        self.judged = {job for job, at in self.accepted.items()
+                       if window is None or window[0] <= at <= window[1]}
+
+
+def job_writes(history: History, jobs: Jobs) -> list[dict[str, Any]]:
+    """Every write a replica made for a namespace's job: webhook requests and REST calls
+    other than reads, with the namespace and the job they were for."""
+    replicas = set(history.meta.get("replicas") or [])
+    out = []
+    for request in history.requests:
+        if request["host"] in replicas and request.get("ns"):
+            out.append({"ns": request["ns"], "host": request["host"], "at": request["at"],
+                        "job": request.get("key"), "refused": _fenced_off(request),
+                        "what": f"{request['path']} {str(request.get('key'))[:8]}"})
+    for call in history.rest_calls:
+        if call["host"] in replicas and call["method"] != "GET":
+            parts = call["path"].split("/")
+            if len(parts) > 4 and parts[1] == "api" and parts[3] == "v1":
+                out.append({"ns": parts[4], "host": call["host"], "at": call["at"],
+                            "job": jobs.by_path.get(call["path"]), "refused": _fenced_off(call),
+                            "what": f"{call['method']} {call['path'][:60]}"})
+    return sorted(out, key=lambda r: r["at"])
+
+
+def _fenced_off(request: dict[str, Any]) -> bool:
+    """A request the server refused for its stale fencing token: no write was made."""
+    return request.get("status") == 409 and bool(request.get("token"))

@@ -1,0 +1,202 @@
+"""Recording what the store did, and making the load.
+
+`RedisMonitor` keeps, from each Redis server's MONITOR feed, the cluster's commands that tell
+its history: the lease scripts' inner SET/PEXPIRE/DEL (who held which stream, until when, as
+Redis saw it) and the spool's HSET/ZADD/HDEL (which job was accepted, in which order, and
+finished). A replica's MONITOR shows only its own clients' commands, not what it replicates,
+so the union over every server is what each one ran. A server that restarts leaves a blind
+moment until the monitor reconnects: it is measured and kept with the history.
+
+`Load` emits container events at a steady rate, round-robin over the namespaces, and
+journals each one (a share are `Stopped`, which the REST rule acts on).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from tests.chaos.history import Journal
+from tests.chaos.netns import Network
+
+#: one MONITOR line: `1796416592.174551 [0 lua] "SET" "k" "v"`
+_LINE = re.compile(r'^(?P<at>\d+\.\d+) \[(?P<db>\d+) (?P<client>[^\]]*)\] (?P<args>.*)$')
+_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_KEPT = {"SET", "PEXPIRE", "DEL", "HSET", "HDEL", "ZADD"}
+
+
+def parse_monitor_line(line: str) -> tuple[float, str, list[str]] | None:
+    """(time, client, args) of one MONITOR line; None if it is not one. Arguments keep
+    Redis' escapes (`\\"`, `\\xNN`): the keys and ids read here never hold any."""
+    match = _LINE.match(line)
+    if match is None:
+        return None
+    return float(match["at"]), match["client"], _ARG.findall(match["args"])
+
+
+def interesting(cluster: str, args: list[str]) -> dict[str, Any] | None:
+    """The part of one command the history keeps (None: not the cluster's, or not needed)."""
+    if len(args) < 2 or args[0].upper() not in _KEPT:
+        return None
+    op, key = args[0].upper(), args[1]
+    prefix = f"{cluster}:"
+    if not key.startswith(prefix):
+        return None
+    name = key[len(prefix):]
+    if name.startswith("cluster:lease:") and op in ("SET", "PEXPIRE", "DEL"):
+        if op == "SET":  # SET key holder:token PX ms -> [holder:token, ms]
+            ms = args[4] if len(args) >= 5 and args[3].upper() == "PX" else ""
+            return {"op": op, "key": name, "args": [args[2] if len(args) > 2 else "", ms]}
+        return {"op": op, "key": name, "args": args[2:3]}  # PEXPIRE's ms
+    if name == "spool" and op in ("HSET", "HDEL") and len(args) >= 3:
+        return {"op": op, "key": name, "args": [args[2]]}  # the job id (its JSON is not kept)
+    if name in ("spool:target", "dead") and op == "HSET" and len(args) >= 4:
+        return {"op": op, "key": name, "args": [args[2], args[3][:300]]}
+    if name == "spool:order" and op == "ZADD" and len(args) >= 4:
+        return {"op": op, "key": name, "args": [args[2], args[3]]}  # seq, id
+    return None
+
+
+class RedisMonitor:
+    """MONITOR on each server, from the observer host, reconnecting after a restart."""
+
+    def __init__(self, net: Network, servers: dict[str, str], cluster: str,
+                 observer: str = "obs", port: int = 6379) -> None:
+        self.net = net
+        self.servers = servers  # role -> address
+        self._nodes = set(servers.values())
+        self._hosts = {host.address: role for role, host in net.hosts.items()}
+        #: per server, the host whose EVAL/EVALSHA runs now: a script's inner commands follow
+        #: its own line in the feed, so each kept record says which replica made it
+        self._caller: dict[str, str] = {}
+        self.cluster = cluster
+        self.observer = observer
+        self.port = port
+        self.records: list[dict[str, Any]] = []
+        #: [server, from, until]: moments a server may have run commands unseen
+        self.blind: list[list[Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> RedisMonitor:
+        ready = [threading.Event() for _ in self.servers]
+
+        def spawn() -> None:  # on the observer: the threads inherit its namespace
+            for (role, address), seen in zip(self.servers.items(), ready, strict=True):
+                thread = threading.Thread(target=self._follow, args=(role, address, seen),
+                                          name=f"monitor-{role}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+        self.net.call(self.observer, spawn)
+        for seen in ready:
+            seen.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _follow(self, role: str, address: str, ready: threading.Event) -> None:
+        lost_at: float | None = None
+        while not self._stop.is_set():
+            connection = redis.Connection(host=address, port=self.port, socket_timeout=5,
+                                          socket_connect_timeout=0.5, decode_responses=True)
+            try:
+                connection.connect()
+                connection.send_command("MONITOR")
+                connection.read_response()  # +OK
+                if lost_at is not None:
+                    with self._lock:
+                        self.blind.append([role, lost_at, time.time()])
+                    lost_at = None
+                ready.set()
+                while not self._stop.is_set():
+                    if connection.can_read(0.5):  # (a timed-out read would drop the connection)
+                        self._keep(role, str(connection.read_response()))
+            except (redis.RedisError, OSError):
+                if lost_at is None:
+                    lost_at = time.time()
+                self._stop.wait(0.02)
+            finally:
+                connection.disconnect()
+        if lost_at is not None:
+            with self._lock:
+                self.blind.append([role, lost_at, time.time()])
+
+    def _keep(self, role: str, line: str) -> None:
+        parsed = parse_monitor_line(line)
+        if parsed is None:
+            return
+        at, client, args = parsed
+        address = client.rpartition(":")[0]
+        if address in self._nodes:
+            return  # a replica's copy of its primary's writes: the primary's feed has them
+        if client != "lua" and args and args[0].upper() in ("EVALSHA", "EVAL"):
+            self._caller[role] = self._hosts.get(address, address)
+            return
+        kept = interesting(self.cluster, args)
+        if kept is None:
+            return
+        by = self._caller.get(role) if client == "lua" else self._hosts.get(address, address)
+        kept.update(at=at, server=role, client=client, by=by)
+        with self._lock:
+            self.records.append(kept)
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+        """Copies of (records sorted by time, blind moments)."""
+        with self._lock:
+            return sorted(self.records, key=lambda r: r["at"]), [list(b) for b in self.blind]
+
+
+class Load:
+    """Container events at `rate` per second over `namespaces`, journalled as emitted."""
+
+    def __init__(self, emulator: Any, namespaces: Sequence[str], rate: float, journal: Journal,
+                 seed: int, rest_share: float = 0.1) -> None:
+        self.emulator = emulator
+        self.namespaces = list(namespaces)
+        self.rate = rate
+        self.journal = journal
+        self.rest_share = rest_share
+        self._random = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Load:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def _run(self) -> None:
+        interval = 1.0 / self.rate
+        next_at = time.monotonic()
+        index = 0
+        while not self._stop.is_set():
+            namespace = self.namespaces[index % len(self.namespaces)]
+            index += 1
+            state = "Stopped" if self._random.random() < self.rest_share else "Running"
+            at = time.time()
+            event = self.emulator.emit_event(type="container", state=state, namespace=namespace)
+            self.journal.emit(at, namespace, event)
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            elif delay < -1.0:
+                next_at = time.monotonic()  # fell behind (a paused test process): no burst

@@ -1,0 +1,318 @@
+"""The chaos checker on histories written by hand: each property fails on the history that
+breaks it and passes on the one that keeps it; the MONITOR parser takes hostile lines.
+
+These need no network namespaces: they are the checker's own tests (tests/test_chaos.py runs
+it on real histories).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eventd.engine import job_id
+from tests.chaos.checker import check
+from tests.chaos.history import History
+from tests.chaos.reading import FORWARD, GAP, RESTART, lease_timeline
+from tests.chaos.recorder import interesting, parse_monitor_line
+
+T0 = 1_800_000_000.0
+TTL = 2.0
+
+
+def base(**parts: Any) -> History:
+    """A window [T0, T0+30] of a cluster with replicas r1..r3 (pids 11, 12, 13)."""
+    history = History(
+        meta={"ttl": TTL, "started": T0, "ended": T0 + 30, "window": [T0, T0 + 30],
+              "replicas": ["r1", "r2", "r3"], "keepalive": [0.5, 1.0]},
+        processes=[{"host": f"r{i}", "pid": 10 + i, "started": T0 - 10, "ended": None,
+                    "how": None} for i in (1, 2, 3)],
+        store={"spool": [], "dead": {}, "blind": []})
+    for name, value in parts.items():
+        setattr(history, name, value)
+    return history
+
+
+def conn(ns: str, host: str, opened: float, closed: float | None, ended: str = "client",
+         last_pong: float | None = None) -> dict[str, Any]:
+    return {"ns": ns, "host": host, "opened": T0 + opened,
+            "closed": None if closed is None else T0 + closed, "ended": ended,
+            "last_pong": None if last_pong is None else T0 + last_pong, "token": None,
+            "frames": 1}
+
+
+def lease(ns: str, at: float, holder: str, token: int) -> dict[str, Any]:
+    return {"op": "SET", "key": f"cluster:lease:{ns}", "args": [f"vm-{holder}-abcdef:{token}",
+            str(int(TTL * 1000))], "at": T0 + at, "server": "redis1", "client": "lua"}
+
+
+def renew(ns: str, at: float) -> dict[str, Any]:
+    return {"op": "PEXPIRE", "key": f"cluster:lease:{ns}", "args": [str(int(TTL * 1000))],
+            "at": T0 + at, "server": "redis1", "client": "lua"}
+
+
+def accept(job: str, at: float, seq: int, by: str) -> list[dict[str, Any]]:
+    return [{"op": "HSET", "key": "spool", "args": [job], "at": T0 + at, "server": "redis1",
+             "client": "lua", "by": by},
+            {"op": "ZADD", "key": "spool:order", "args": [str(seq), job], "at": T0 + at,
+             "server": "redis1", "client": "lua", "by": by}]
+
+
+def event(uuid: str, at: float, ns: str = "acme", state: str = "Running") -> dict[str, Any]:
+    return {"at": T0 + at, "ns": ns, "uuid": uuid, "uri": f"/api/app/v1/{ns}/container/{uuid}/",
+            "state": state}
+
+
+def forward_id(e: dict[str, Any]) -> str:
+    return job_id(FORWARD, {"uuid": e["uuid"], "resource_uri": e["uri"]}, 0)
+
+
+def hook(e: dict[str, Any], at: float, host: str, status: int = 200) -> dict[str, Any]:
+    return {"path": "/hook", "key": forward_id(e), "ns": e["ns"], "uuid": e["uuid"],
+            "gap": None, "status": status, "host": host, "at": T0 + at, "token": None}
+
+
+def names(history: History) -> list[str]:
+    return check(history).failed()
+
+
+# -- single consumer ----------------------------------------------------------------------------
+def test_two_hosts_consuming_one_namespace_at_once_is_an_overlap_with_its_length():
+    history = base(connections=[conn("acme", "r1", 0, 5), conn("acme", "r2", 4.2, None)])
+    verdict = check(history).verdict("single consumer")
+    assert not verdict.ok and abs(verdict.figures["longest_overlap_s"] - 0.8) < 1e-6
+    assert check(base(connections=[conn("acme", "r1", 0, 5), conn("acme", "r2", 5.1, None)])
+                 ).verdict("single consumer").ok
+
+
+def test_a_connection_the_keepalive_ended_was_alive_only_until_its_last_pong():
+    # r1 stopped answering at 3.0 (SIGSTOP): the server closed it at 4.5, after r2 came at 4.
+    history = base(connections=[conn("acme", "r1", 0, 4.5, "keepalive", last_pong=3.0),
+                                conn("acme", "r2", 4.0, None)])
+    assert check(history).verdict("single consumer").ok
+    # ... but if it answered a ping after r2 had connected, both were alive.
+    history.connections[0]["last_pong"] = T0 + 4.3
+    assert not check(history).verdict("single consumer").ok
+
+
+def test_the_same_host_reconnecting_is_not_two_consumers():
+    history = base(connections=[conn("acme", "r1", 0, 5), conn("acme", "r1", 4.5, None)])
+    verdict = check(history).verdict("single consumer")
+    assert verdict.ok and verdict.notes
+
+
+# -- gaps and lost events -----------------------------------------------------------------------
+def gap_request(ns: str, host: str, at: float, gap: float, key: str) -> dict[str, Any]:
+    return {"path": "/gap", "key": key, "ns": ns, "uuid": None, "gap": str(gap),
+            "datetime": None, "status": 200, "host": host, "at": T0 + at, "token": None}
+
+
+def backfill(host: str, at: float, since: str) -> dict[str, Any]:
+    return {"method": "GET", "path": "/api/audit/v1/action/",
+            "query": {"start_date__gte": since}, "status": 200, "host": host, "at": T0 + at,
+            "token": None}
+
+
+def iso(offset: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(int(T0 + offset), datetime.timezone.utc) \
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def gap_history(announced_gap: float, backfill_since: float | None) -> History:
+    gap_job = "g" * 32
+    return base(
+        connections=[conn("acme", "r1", 0, 3.0), conn("acme", "r2", 5.0, None)],
+        requests=[gap_request("acme", "r2", 5.2, announced_gap, gap_job)],
+        redis=accept(gap_job, 5.05, 1, "r2"),
+        rest_calls=[] if backfill_since is None else [backfill("r2", 5.1, iso(backfill_since))])
+
+
+def test_a_gap_announced_and_backfilled_from_its_start_passes():
+    assert check(gap_history(2.0, 2.9)).verdict("gaps announced").ok
+
+
+def test_a_gap_event_that_starts_late_or_no_backfill_fails():
+    late = check(gap_history(0.5, 2.9)).verdict("gaps announced")  # announced [4.5, 5]
+    assert not late.ok and "without a gap event covering it" in late.violations[0].what
+    unfilled = check(gap_history(2.0, None)).verdict("gaps announced")
+    assert [v.what.split(": ")[1] for v in unfilled.violations] == ["gap of 2.00 s never backfilled"]
+
+
+def test_a_gap_longer_than_the_ttl_plus_5_s_fails_and_so_does_no_consumer_at_the_end():
+    long_gap = base(connections=[conn("acme", "r1", 0, 1.0), conn("acme", "r2", 9.0, None)],
+                    requests=[gap_request("acme", "r2", 9.1, 8.0, "g" * 32)],
+                    redis=accept("g" * 32, 9.05, 1, "r2"),
+                    rest_calls=[backfill("r2", 9.1, iso(0.0))])
+    assert any("longer than the lease TTL" in v.what
+               for v in check(long_gap).verdict("gaps announced").violations)
+    stranded = base(connections=[conn("acme", "r1", 0, 10.0)])
+    assert "no consumer from here to the end" in \
+        check(stranded).verdict("gaps announced").violations[0].what
+
+
+def test_an_event_lost_inside_the_announced_gap_is_counted_and_one_outside_fails():
+    inside, outside = event("e-in", 4.0), event("e-out", 1.0)
+    history = gap_history(2.0, 2.9)
+    history.emitted = [inside, outside]
+    verdict = check(history).verdict("events lost only in gaps")
+    assert verdict.figures["lost_in_gaps"] == 1
+    assert [v.what.split()[2] for v in verdict.violations] == ["e-out"[:8]]
+
+
+# -- accepted, delivered, in order --------------------------------------------------------------
+def test_every_accepted_job_must_reach_its_server_once_delivered_it_may_repeat():
+    first, second = event("e1", 1.0), event("e2", 1.1)
+    history = base(emitted=[first, second],
+                   redis=accept(forward_id(first), 1.0, 1, "r1")
+                   + accept(forward_id(second), 1.1, 2, "r1"),
+                   requests=[hook(first, 1.2, "r1"), hook(first, 1.3, "r1"),
+                             hook(second, 1.4, "r1", status=503)])
+    report = check(history)
+    lost = report.verdict("accepted delivered")
+    assert lost.figures["lost"] == 1 and "never received" in lost.violations[0].what
+    order = report.verdict("per-target order")
+    assert order.ok and order.figures["repeated_deliveries"] == 1
+
+
+def test_a_rest_job_answered_404_is_delivered_and_the_dead_letter_is_noted():
+    stopped = event("e1", 1.0, state="Stopped")
+    restart = job_id(RESTART, {"uuid": "e1", "resource_uri": stopped["uri"]}, 0)
+    history = base(emitted=[stopped], redis=accept(forward_id(stopped), 1.0, 1, "r1")
+                   + accept(restart, 1.0, 2, "r1"),
+                   requests=[hook(stopped, 1.1, "r1")],
+                   rest_calls=[{"method": "POST", "path": stopped["uri"] + "start/",
+                                "query": {}, "status": 404, "host": "r1", "at": T0 + 1.2,
+                                "token": None}],
+                   store={"spool": [], "dead": {restart: "HTTP 404"}, "blind": []})
+    verdict = check(history).verdict("accepted delivered")
+    assert verdict.ok and verdict.figures["answered_then_dead"] == 1
+
+
+def test_first_deliveries_out_of_acceptance_order_fail_per_namespace():
+    a, b, other = event("a", 1.0), event("b", 1.1), event("c", 1.2, ns="globex")
+    history = base(emitted=[a, b, other],
+                   redis=accept(forward_id(a), 1.0, 1, "r1") + accept(forward_id(b), 1.1, 2, "r1")
+                   + accept(forward_id(other), 1.2, 3, "r2"),
+                   requests=[hook(other, 1.25, "r2"), hook(b, 1.3, "r1"), hook(a, 1.4, "r1")])
+    verdict = check(history).verdict("per-target order")
+    assert [v.what.split(":")[0] for v in verdict.violations] == ["webhook/acme"]
+
+
+# -- the lease ----------------------------------------------------------------------------------
+def lease_history(hook_at: float, host: str = "r1") -> History:
+    e = event("e1", 1.0)
+    return base(emitted=[e],
+                redis=[lease("acme", 0.0, 11, 1), renew("acme", 1.0),  # r1 until 3.0
+                       lease("acme", 3.5, 12, 2), renew("acme", 4.0)]  # r2 from 3.5
+                + accept(forward_id(e), 1.0, 1, "r1"),
+                requests=[hook(e, hook_at, host)])
+
+
+def test_a_write_while_holding_the_lease_passes_and_one_after_a_newer_token_is_stale():
+    assert check(lease_history(2.0)).verdict("no request without the lease").ok
+    stale = check(lease_history(4.0)).verdict("no request without the lease")
+    assert stale.figures["stale"] == 1 and stale.figures["own_job"] == 1
+    assert "token 2 is r2's" in stale.violations[0].what
+    assert abs(stale.violations[0].size - 1.0) < 1e-6  # a second after its lease ended at 3.0
+
+
+def test_a_request_the_server_refused_for_its_stale_token_is_no_write():
+    history = lease_history(4.0)
+    history.requests[0].update(status=409, token="chaos/acme:1")
+    verdict = check(history).verdict("no request without the lease")
+    assert verdict.ok and verdict.figures["refused"] == 1 and verdict.figures["stale"] == 0
+    unfenced = lease_history(4.0)  # a 409 without a token is the target's own answer
+    unfenced.requests[0].update(status=409)
+    assert not check(unfenced).verdict("no request without the lease").ok
+
+
+def test_a_write_after_the_lease_expired_with_no_new_holder_is_expired_and_a_takeover_counts():
+    expired = check(lease_history(3.2)).verdict("no request without the lease")
+    assert expired.figures["expired"] == 1
+    taken = check(lease_history(2.0, host="r3")).verdict("no request without the lease")
+    assert taken.figures["taken_over"] == 1 and "it never held the lease" in taken.violations[0].what
+
+
+def test_lease_timeline_follows_renewals_releases_and_replacements():
+    records = [lease("acme", 0.0, 11, 1), renew("acme", 1.5),
+               {"op": "DEL", "key": "cluster:lease:acme", "args": [], "at": T0 + 2.0,
+                "server": "redis1", "client": "lua"},
+               lease("acme", 2.1, 12, 2), lease("acme", 2.5, 13, 3)]
+    tenures = lease_timeline(records)["acme"]
+    assert [(t.token, round(t.end - T0, 3), t.how) for t in tenures] == \
+        [(1, 2.0, "released"), (2, 2.5, "replaced"), (3, 4.5, "expired")]
+
+
+def test_a_token_given_twice_fails_tokens_increase():
+    history = base(redis=[lease("acme", 0.0, 11, 4),
+                          {**lease("acme", 5.0, 12, 4), "server": "redis2"}])
+    verdict = check(history).verdict("tokens increase")
+    assert not verdict.ok and "token 4 given to vm-12" in verdict.violations[0].what
+
+
+# -- history and the MONITOR feed ---------------------------------------------------------------
+def test_a_history_round_trips_through_its_directory(tmp_path):
+    history = gap_history(2.0, 2.9)
+    assert History.load(history.save(tmp_path / "h")) == history
+    assert check(History.load(tmp_path / "h")).ok == check(history).ok
+
+
+def test_a_window_keeps_what_began_in_it_and_the_lease_past():
+    history = lease_history(4.0)
+    window = history.window(T0 + 3.9, T0 + 10)
+    assert window.requests and not window.emitted
+    assert len(window.redis) == len(history.redis)
+    assert window.meta["window"] == [T0 + 3.9, T0 + 10]
+
+
+def test_the_monitor_parser_keeps_the_cluster_s_lease_and_spool_commands():
+    line = '1796416592.174551 [0 lua] "SET" "chaos:cluster:lease:acme" "vm-1-ab:7" "PX" "2000"'
+    at, client, args = parse_monitor_line(line)  # type: ignore[misc]
+    assert (at, client) == (1796416592.174551, "lua")
+    assert interesting("chaos", args) == {"op": "SET", "key": "cluster:lease:acme",
+                                          "args": ["vm-1-ab:7", "2000"]}
+    hset = '1.5 [0 10.250.0.17:4242] "HSET" "chaos:spool" "abc" "{\\"id\\": \\"x y\\"}"'
+    assert interesting("chaos", parse_monitor_line(hset)[2]) == {  # type: ignore[index]
+        "op": "HSET", "key": "spool", "args": ["abc"]}
+
+
+def test_hostile_monitor_lines_are_ignored_not_raised_on():
+    for line in ("", "OK", "garbage [0 lua]", '1.0 [0 lua "SET"', "1.0 [0 lua] SET k v",
+                 '1.0 [0 lua] "SET" "other:cluster:lease:acme" "x"',
+                 '1.0 [0 lua] "SET" "chaos2:cluster:lease:acme" "x"',
+                 '1.0 [0 lua] "HSET" "chaos:spool"', '1.0 [0 lua] "SET"'):
+        parsed = parse_monitor_line(line)
+        assert parsed is None or interesting("chaos", parsed[2]) is None
+
+
+def _quote(arg: str) -> str:
+    """An argument as MONITOR shows it (sdscatrepr: quotes, backslash escapes)."""
+    out = []
+    for char in arg:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif 32 <= ord(char) < 127:
+            out.append(char)
+        else:
+            out.append("".join(f"\\x{b:02x}" for b in char.encode()))
+    return '"' + "".join(out) + '"'
+
+
+@given(st.lists(st.text(max_size=20), min_size=1, max_size=6))
+def test_the_monitor_parser_splits_any_quoted_arguments_back(args: list[str]):
+    line = "1.25 [0 127.0.0.1:5] " + " ".join(_quote(a) for a in args)
+    parsed = parse_monitor_line(line)
+    assert parsed is not None and len(parsed[2]) == len(args)
+    assert [a for a in parsed[2]] == [_quote(a)[1:-1] for a in args]  # escapes kept as shown
+
+
+def test_the_gap_rule_name_is_the_one_the_run_writes():
+    from tests.chaos.run import RULES
+
+    assert all(f"name: {rule}" in RULES for rule in (FORWARD, RESTART, GAP))
