@@ -1,24 +1,47 @@
 """Die-to-webhook latency on a real Docker Engine: from the Engine's timeNano of a container's
 `die` to the webhook arriving at a receiver, through `eventd run --source docker`.
 
-`python bench/docker_latency.py [--count 100] [--parallel 1]` (issue 16). It starts its own
-dockerd (tests/docker_engine.py: rootful, vfs, all state in a temp dir; Debian's docker.io and
-busybox-static), a receiver that stamps each request on arrival, and eventd as a subprocess
-with one rule (die with a non-zero exit code -> webhook carrying `timeNano`). Then it runs
-`--count` containers that exit with code 1, `--parallel` at a time, and prints p50, p90, p99 and
-max of (arrival - timeNano). Engine, eventd and receiver share one host clock.
+`python bench/docker_latency.py [--count 100] [--parallel 1] [--enrich none|resource|logs]
+[--runs 1] [--breakdown]` (issues 16 and 26). It starts its own dockerd (tests/docker_engine.py:
+rootful, vfs, all state in a temp dir; Debian's docker.io and busybox-static), a receiver that
+stamps each request on arrival, and, for each run, a fresh eventd as a subprocess with the
+shipped sample rule `docker-container-died` (rules/docker/container-died.yaml: die with a
+non-zero exit code, not caused by eventd, throttled per container, a warning log line and a
+webhook), its webhook also carrying `timeNano` and the event's uuid. `--enrich resource` adds
+`enrich: resource` (one inspect per die, as rules/container-crash.yaml asks on Docker Cloud) and
+puts the container's RestartCount in the webhook; `--enrich logs` adds what
+rules/incidents/crash-loop-pagerduty.yaml asks (`logs: {lines: 20}`, `history: {window: 1h}`).
+Then it runs `--count` containers that exit with code 1, `--parallel` at a time, and prints
+p50, p90, p99 and max of (arrival - timeNano) per run, and their medians over `--runs`.
+
+`--breakdown` runs eventd with `--log-level DEBUG --log-format json` and says where the time
+goes, from the stage lines eventd logs at DEBUG for each event (each stage's p50/p90/p99 in ms):
+
+  engine->read      the Engine's stream to eventd's reader thread (a bare docker-py reader in
+                    this process, `engine->bare`, shows what the Engine and the CPU cost alone)
+  read->matched     the hand-off to the engine thread, enrichment, and rule matching; with
+                    `enrich: resource`, inside it: read->enriching (the hand-off to the
+                    engine thread), enrich wait (how long that thread waited for the
+                    inspect) and inspect (Engine) (the call itself, started by the reader
+                    thread as it read the event, on a pool of its own)
+  matched->spooled  throttle, rendering and the spool's commit (SQLite, fsync)
+  spooled->sending  the wait in the webhook lane (behind the jobs before it)
+  sending->arrived  the HTTP request to the receiver
+
+Engine, eventd and receiver share one host clock; eventd's log times are whole milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +52,23 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.docker_engine import DockerEngine  # noqa: E402
+
+#: what each --enrich adds to the sample rule (and to its webhook's body)
+ENRICH = {
+    "none": ("", ""),
+    "resource": ("enrich: resource", 'restarts: "{{ resource.RestartCount }}"'),
+    "logs": ("enrich: {logs: {lines: 20}, history: {window: 1h, max: 50}}",
+             'crashes: "{{ history.count }}"\n'
+             '            last_line: "{{ logs[-1] if logs else \'\' }}"'),
+}
+
+#: the stages of --breakdown, in order: (name, from, to)
+STAGES = (("engine->bare", "engine", "bare"), ("engine->read", "engine", "read"),
+          ("read->matched", "read", "matched"), ("  read->enriching", "read", "wait_start"),
+          ("  enrich wait", "wait_start", "wait_end"),
+          ("  inspect (Engine)", "inspect_start", "inspect_end"),
+          ("matched->spooled", "matched", "spooled"), ("spooled->sending", "spooled", "sending"),
+          ("sending->arrived", "sending", "arrived"), ("engine->arrived", "engine", "arrived"))
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -67,28 +107,125 @@ class Stamping:
         return f"http://127.0.0.1:{self.server.server_port}/die"
 
 
-def run(count: int = 100, parallel: int = 1) -> dict[str, float]:
-    """Run the scenario; the latency figures in milliseconds."""
-    workdir = Path(tempfile.mkdtemp(prefix="dkb", dir="/tmp"))
-    receiver = Stamping()
-    rules = workdir / "rules.yaml"
-    rules.write_text(textwrap.dedent(f"""
-        rules:
-          - name: died
-            match: {{type: container, action: die, attributes.exitCode: {{not: "0"}}}}
-            actions:
-              - webhook:
-                  url: "{receiver.url}"
-                  json: {{name: "{{{{ event.name }}}}", nano: "{{{{ event.timeNano }}}}"}}
-    """))
-    with DockerEngine(workdir / "e") as engine:
-        env = dict(os.environ, DOCKER_HOST=engine.host, EVENTD_SOURCE="docker")
+class BareReader:
+    """A bare docker-py `/events` reader: when each `die` reached a client doing nothing else."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self.seen: dict[int, int] = {}  # timeNano -> time.time_ns on receipt
+        self._client = engine.client()
+        self._stream = self._client.events(decode=True, filters={"event": "die"})
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self._stream:
+                self.seen[int(raw.get("timeNano", 0))] = time.time_ns()
+        except Exception:  # noqa: BLE001, S110 - closed at the end of the run
+            pass
+
+    def close(self) -> None:
+        self._stream.close()
+        self._client.close()
+        self._thread.join(5)
+
+
+#: rules/docker/container-died.yaml's rule, its webhook also carrying timeNano and the uuid
+SAMPLE = """
+rules:
+  - name: docker-container-died
+    match:
+      type: container
+      action: die
+      attributes.exitCode: {not: "0"}
+      caused_by_eventd: false
+    @ENRICH@
+    throttle: {key: "{{ event.id }}", window: 1m}
+    actions:
+      - log:
+          level: warning
+          message: "container {{ event.name }} ({{ event.attributes.image }}) exited with code {{ event.attributes.exitCode }}"
+      - webhook:
+          url: "@URL@"
+          json:
+            text: "container {{ event.name }} exited with code {{ event.attributes.exitCode }}"
+            container: "{{ event.name }}"
+            id: "{{ event.id }}"
+            image: "{{ event.attributes.image }}"
+            exitCode: "{{ event.attributes.exitCode }}"
+            service: "{{ event.attributes['com.docker.compose.service'] | default('') }}"
+            at: "{{ event.datetime }}"
+            nano: "{{ event.timeNano }}"
+            uuid: "{{ event.uuid }}"
+            @EXTRA@
+"""  # noqa: E501 - the sample's lines as shipped
+
+
+def rules_text(url: str, enrich: str) -> str:
+    """The sample rule docker-container-died (as shipped), plus timeNano, uuid and `enrich`."""
+    clause, extra = ENRICH[enrich]
+    return SAMPLE.replace("@ENRICH@", clause).replace("@URL@", url).replace("@EXTRA@", extra)
+
+
+def _log_ns(stamp: str) -> int:
+    """eventd's JSON log time (`2026-12-05T03:41:02.123Z`) as POSIX nanoseconds."""
+    whole, _, millis = stamp.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1_000_000_000 + int(millis or 0) * 1_000_000
+
+
+def stages_from_log(path: Path) -> dict[str, dict[str, int]]:
+    """Each event's stage times (POSIX ns) from eventd's DEBUG JSON log, by event uuid."""
+    times: dict[str, dict[str, int]] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        message = record.get("message", "")
+        at = _log_ns(record.get("time", ""))
+        words = message.split()
+        if message.startswith("read container die event "):
+            times.setdefault(words[-1], {})["read"] = at
+        elif message.startswith("inspected container ") and " for event " in message:
+            uuid, millis = words[5], float(words[7])
+            times.setdefault(uuid, {}).update(
+                inspect_start=at - int(millis * 1e6), inspect_end=at)
+        elif message.startswith("resource of container ") and " for event " in message:
+            uuid, millis = words[6], float(words[8])
+            times.setdefault(uuid, {}).update(wait_start=at - int(millis * 1e6), wait_end=at)
+        elif message.startswith("rule docker-container-died matched event "):
+            times.setdefault(words[4], {})["matched"] = at
+        elif message.startswith("webhook job ") and message.endswith(" spooled"):
+            times.setdefault(words[5], {})["spooled"] = at
+        elif message.startswith("webhook job ") and message.endswith(": attempt starts"):
+            times.setdefault(words[5].rstrip(":"), {}).setdefault("sending", at)
+    return times
+
+
+def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, count: int,
+             parallel: int, enrich: str, breakdown: bool,
+             source: Path | None = None) -> dict[str, Any]:
+    """One run with a fresh eventd (the tree `source`'s, else this one's); the latency figures
+    in milliseconds (and the stages)."""
+    rules = workdir / f"rules-{tag}.yaml"
+    rules.write_text(rules_text(receiver.url, enrich))
+    log_path = workdir / f"eventd-{tag}.log"
+    level = ["--log-level", "DEBUG", "--log-format", "json"] if breakdown else [
+        "--log-level", "WARNING"]
+    env = dict(os.environ, DOCKER_HOST=engine.host, EVENTD_SOURCE="docker")
+    if source is not None:  # `python -m eventd` finds that tree's package first
+        env["PYTHONPATH"] = str(source)
+    with receiver.lock:
+        receiver.arrivals.clear()
+    bare = BareReader(engine) if breakdown else None
+    names = [f"lat-{tag}-{i}" for i in range(count)]
+    with open(log_path, "wb") as log:
         eventd = subprocess.Popen(
             [sys.executable, "-m", "eventd", "run", "--rules", str(rules), "--state-dir",
-             str(workdir / "state"), "--log-level", "WARNING"], env=env)
+             str(workdir / f"state-{tag}"), *level], env=env, stderr=log, cwd=source)
         try:
             time.sleep(2.0)  # connected (a bench, not a test: no readiness probe needed here)
-            names = [f"lat-{i}" for i in range(count)]
 
             def one(name: str) -> None:
                 engine.run(name, ["false"])
@@ -103,26 +240,96 @@ def run(count: int = 100, parallel: int = 1) -> dict[str, float]:
         finally:
             eventd.terminate()
             eventd.wait(15)
+            if bare is not None:
+                bare.close()
             engine.remove(*names)
-    latencies = [(at - int(body["nano"])) / 1e6 for at, body in receiver.arrivals]
-    receiver.server.shutdown()
-    shutil.rmtree(workdir, ignore_errors=True)
-    return {"count": float(len(latencies)), "expected": float(count), "seconds": elapsed,
-            "p50_ms": _percentile(latencies, 0.50), "p90_ms": _percentile(latencies, 0.90),
-            "p99_ms": _percentile(latencies, 0.99), "max_ms": max(latencies, default=float("nan"))}
+    with receiver.lock:
+        arrivals = list(receiver.arrivals)
+    latencies = [(at - int(body["nano"])) / 1e6 for at, body in arrivals]
+    figures: dict[str, Any] = {
+        "count": len(latencies), "expected": count, "seconds": elapsed,
+        "p50_ms": _percentile(latencies, 0.50), "p90_ms": _percentile(latencies, 0.90),
+        "p99_ms": _percentile(latencies, 0.99), "max_ms": max(latencies, default=float("nan"))}
+    if breakdown:
+        assert bare is not None
+        times = stages_from_log(log_path)
+        for at, body in arrivals:
+            stage = times.setdefault(body["uuid"], {})
+            stage.update(engine=int(body["nano"]), arrived=at)
+            if int(body["nano"]) in bare.seen:
+                stage["bare"] = bare.seen[int(body["nano"])]
+        figures["stages"] = {
+            name: [(stage[end] - stage[start]) / 1e6 for stage in times.values()
+                   if start in stage and end in stage and "arrived" in stage]
+            for name, start, end in STAGES}
+    return figures
+
+
+def report(figures: dict[str, Any], label: str) -> str:
+    """One line of figures."""
+    return (f"{label}: die -> webhook over {int(figures['count'])}/{int(figures['expected'])} "
+            f"containers ({figures['seconds']:.1f} s): p50 {figures['p50_ms']:.1f} ms, "
+            f"p90 {figures['p90_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, "
+            f"max {figures['max_ms']:.1f} ms")
+
+
+def breakdown_table(runs: list[dict[str, Any]]) -> str:
+    """Each stage's p50/p90/p99 (ms), the median over the runs."""
+    lines = [f"{'stage':<18} {'n':>5} {'p50':>8} {'p90':>8} {'p99':>8}  (ms; median of "
+             f"{len(runs)} run(s))"]
+    for name, _, _ in STAGES:
+        samples = [run["stages"][name] for run in runs]
+        if not any(samples):
+            continue
+        cells = [statistics.median(_percentile(values, q) for values in samples)
+                 for q in (0.50, 0.90, 0.99)]
+        lines.append(f"{name:<18} {min(map(len, samples)):>5} "
+                     + " ".join(f"{cell:>8.1f}" for cell in cells))
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--enrich", choices=tuple(ENRICH), default="none")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="eventd at DEBUG: say where the time goes, stage by stage")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="another tree's eventd (e.g. `git archive main | tar -x -C DIR`), "
+                             "run alternately with this one's on the same Engine")
     args = parser.parse_args()
-    figures = run(args.count, args.parallel)
-    print(f"die -> webhook over {int(figures['count'])}/{int(figures['expected'])} containers "
-          f"({args.parallel} at a time, {figures['seconds']:.1f} s): p50 {figures['p50_ms']:.1f} ms, "
-          f"p90 {figures['p90_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, "
-          f"max {figures['max_ms']:.1f} ms")
-    return 0 if figures["count"] == figures["expected"] else 1
+    variants: list[tuple[str, Path | None]] = [("this tree", None)]
+    if args.baseline is not None:
+        variants.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
+    workdir = Path(tempfile.mkdtemp(prefix="dkb", dir="/tmp"))
+    receiver = Stamping()
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in variants}
+    try:
+        with DockerEngine(workdir / "e") as engine:
+            for number in range(args.runs):
+                for index, (label, source) in enumerate(variants):
+                    figures = run_once(engine, receiver, workdir, f"{number}-{index}",
+                                       args.count, args.parallel, args.enrich, args.breakdown,
+                                       source)
+                    runs[label].append(figures)
+                    print(report(figures, f"{label}, run {number + 1} ({args.parallel} at a "
+                                          f"time, enrich {args.enrich})"), flush=True)
+    finally:
+        receiver.server.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+    for label, done in runs.items():
+        if len(done) > 1:
+            median = {key: statistics.median(run[key] for run in done)
+                      for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms")}
+            median["expected"] = args.count
+            print(report(median, f"{label}, median of {len(done)} runs"))
+        if args.breakdown:
+            print(f"{label}:")
+            print(breakdown_table(done))
+    every = [run for done in runs.values() for run in done]
+    return 0 if all(run["count"] == run["expected"] for run in every) else 1
 
 
 if __name__ == "__main__":

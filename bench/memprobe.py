@@ -6,6 +6,8 @@ VmRSS once /metrics answers (before any event), after 100k events and at the end
 With `--trace N`, eventd runs under tracemalloc (N frames) and the largest allocation sites
 at the end are printed (tracemalloc itself costs memory and time: read its sites, not its RSS).
 `--webhook` adds a webhook rule to a receiver that is down, so the spool only grows.
+`--smaps` prints, at the end, the daemon's resident memory per library and mapping
+(bench/smaps.py: libpython, libcrypto, each package's extension modules, the heap).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 import rulegen  # noqa: E402
+import smaps  # noqa: E402
 
 MIB = 1024.0
 
@@ -66,8 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rules", type=int, default=100)
     parser.add_argument("--trace", type=int, default=0, metavar="FRAMES")
+    parser.add_argument("--mark-at", type=int, default=0, metavar="EVENTS",
+                        help="with --trace: compare the end with this many events counted "
+                             "(default: with the first /metrics answer)")
+    parser.add_argument("--dump-at", type=int, default=0, metavar="EVENTS",
+                        help="with --trace: print the sites with this many events counted, "
+                             "mid-stream (default: at the end)")
     parser.add_argument("--webhook", action="store_true",
                         help="every container event also goes to a webhook that is down")
+    parser.add_argument("--smaps", action="store_true",
+                        help="print the resident memory per library at the end (bench/smaps.py)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="set a variable for eventd (e.g. EVENTD_SPOOL_SYNC=full)")
     args = parser.parse_args(argv)
@@ -93,16 +104,24 @@ def main(argv: list[str] | None = None) -> int:
         ev = harness.EventdProcess(proc, port, work)
         try:
             ev.wait_ready(60)
-            if args.trace:
+            if args.trace and not args.mark_at:
                 proc.send_signal(signal.SIGUSR2)  # the baseline the end is compared to
             first = ev.samples[0]
             print(f"VmRSS when /metrics answers: {first.rss_kib / MIB:.1f} MiB "
                   f"(events counted {first.count}); {breakdown(ev)}")
             at_100k: list[int] = []
+            marked: list[int] = []
+            dumped: list[int] = []
 
             def watch(sample: harness.Sample) -> None:
                 if not at_100k and sample.count >= 100_000:
                     at_100k.append(sample.rss_kib)
+                if args.trace and args.mark_at and not marked and sample.count >= args.mark_at:
+                    marked.append(sample.count)
+                    proc.send_signal(signal.SIGUSR2)
+                if args.trace and args.dump_at and not dumped and sample.count >= args.dump_at:
+                    dumped.append(sample.count)
+                    proc.send_signal(signal.SIGUSR1)
 
             s, _ = ev.wait_count(args.events, 120 + args.events / 200, on_sample=watch)
             time.sleep(1.0)
@@ -114,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             for x in ev.samples[::step]:
                 curve.append(f"{x.count // 1000}k:{x.rss_kib / MIB:.1f}")
             print("VmRSS curve (events:MiB): " + " ".join(curve))
+            if args.smaps:
+                print(smaps.report(proc.pid))
             if args.trace:
-                proc.send_signal(signal.SIGUSR1)
+                if not dumped:
+                    proc.send_signal(signal.SIGUSR1)
                 deadline = time.monotonic() + 120
                 while not out.exists() and time.monotonic() < deadline:
                     time.sleep(0.2)

@@ -21,10 +21,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eventd.actions.base import ActionContext, ActionJob  # noqa: E402
+from eventd.actions.base import ActionContext  # noqa: E402
 from eventd.actions.webhook import WebhookAction  # noqa: E402
 from eventd.delivery.dispatcher import Dispatcher  # noqa: E402
 from eventd.ops.metrics import Metrics  # noqa: E402
+from eventd.records import ActionJob  # noqa: E402
 from eventd.settings import Settings  # noqa: E402
 from eventd.stores.sqlite import SqliteStore  # noqa: E402
 from tests.receiver import WebhookReceiver  # noqa: E402

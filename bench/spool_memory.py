@@ -54,10 +54,11 @@ def child(scenario: str, jobs: int, state: Path) -> dict[str, float]:
     """One scenario in this process; returns the figures."""
     import tracemalloc
 
-    from eventd.actions.base import ActionContext, ActionJob
+    from eventd.actions.base import ActionContext
     from eventd.actions.webhook import WebhookAction
     from eventd.delivery.dispatcher import Dispatcher
     from eventd.ops.metrics import Metrics
+    from eventd.records import ActionJob
     from eventd.settings import Settings
     from eventd.stores.sqlite import SqliteStore
 
