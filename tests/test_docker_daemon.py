@@ -7,7 +7,6 @@ arrived at the webhook, what the Engine did to the container, what /metrics says
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import pytest
 from eventd.daemon import Daemon
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
-from tests.docker_engine import DockerEngine, SocketProxy
+from tests.docker_engine import DockerEngine, SocketProxy, engine_workdir
 from tests.receiver import WebhookReceiver
 from tests.waiting import wait_until
 
@@ -169,7 +168,6 @@ def test_the_guard_holds_a_crash_looping_container_to_the_limit(docker_engine: D
 
 def test_eventd_rides_out_a_lost_link_and_an_engine_restart(tmp_path: Path, run_daemon,
                                                             webhook_receiver: WebhookReceiver):
-    workdir = Path(f"/tmp/dke{id(tmp_path) % 10**6}")
     gap_rules = write_rules(tmp_path / "gap", f"""
         rules:
           - name: gap
@@ -177,7 +175,7 @@ def test_eventd_rides_out_a_lost_link_and_an_engine_restart(tmp_path: Path, run_
             actions:
               - webhook: {{url: "{webhook_receiver.url}/gap", json: {{gap: "{{{{ event.gap_seconds }}}}"}}}}
     """)
-    with DockerEngine(workdir) as engine:
+    with engine_workdir("dke") as workdir, DockerEngine(workdir) as engine:
         proxy = SocketProxy(engine.socket, workdir / "p.sock")
         try:
             daemon = run_daemon(proxy.host, RULES, gap_rules)
@@ -206,7 +204,6 @@ def test_eventd_rides_out_a_lost_link_and_an_engine_restart(tmp_path: Path, run_
         finally:
             daemon.stop(timeout=5)  # before the proxy goes: no reconnect attempts to a dead socket
             proxy.close()
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_an_oom_kill_becomes_an_alertmanager_alert(docker_engine: DockerEngine, run_daemon,

@@ -18,7 +18,7 @@ from eventd.settings import Settings
 from eventd.sources.base import LoopOptions
 from eventd.sources.docker.consumer import EngineEvents
 from eventd.sources.docker.mapping import engine_event
-from tests.docker_engine import DockerEngine, SocketProxy
+from tests.docker_engine import DockerEngine, SocketProxy, engine_workdir
 from tests.waiting import wait_until
 
 DIE = {
@@ -188,11 +188,9 @@ def test_a_cut_before_any_event_is_replayed_from_the_first_connection(
         docker_engine.remove("src-first")
 
 
-def test_an_engine_restart_is_a_gap_and_the_consumer_reconnects_by_itself(tmp_path: Path,
-                                                                         metrics: Metrics):
+def test_an_engine_restart_is_a_gap_and_the_consumer_reconnects_by_itself(metrics: Metrics):
     # An Engine of its own: restarting the session's would disturb other tests.
-    workdir = Path(f"/tmp/dkr{id(tmp_path) % 10**6}")
-    with DockerEngine(workdir) as engine:
+    with engine_workdir("dkr") as workdir, DockerEngine(workdir) as engine:
         sink = Collector()
         source, stopping = consumer(engine.host, sink, metrics)
         try:
@@ -207,8 +205,6 @@ def test_an_engine_restart_is_a_gap_and_the_consumer_reconnects_by_itself(tmp_pa
             assert gap["gap_seconds"] > 0
         finally:
             stop(source, stopping)
-    import shutil
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_stop_ends_a_blocked_read_quickly(docker_engine: DockerEngine, metrics: Metrics):
