@@ -8,9 +8,10 @@ every `refresh` seconds, so silences added by the CLI, by another replica or by 
 of another replica take effect here within that; one added through this process's book takes
 effect at once.
 
-A `resolve: true` alertmanager action is never muted: a silence stops notifications, it never
-keeps a resolved alert firing. Nor does it resolve one: alerts already firing when it began
-are re-sent by the alert ticker (eventd.alerts) as before, so Alertmanager keeps them active.
+A `resolve: true` action of an alert kind (alertmanager, pagerduty, opsgenie, slack, msteams) is
+never muted: a silence stops notifications, it never keeps a resolved alert or incident open.
+Nor does it resolve one: alerts already firing when it began are re-sent by the alert ticker
+(eventd.alerts) as before, so Alertmanager keeps them active.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from eventd.errors import StoreError
 from eventd.ops.metrics import Metrics
-from eventd.silences.model import RETENTION, BadSilence, Silence, silence_from_record
+from eventd.silences.model import ALERT_KINDS, RETENTION, BadSilence, Silence, silence_from_record
 from eventd.stores.base import Silences
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class SilenceBook:
 
     def _find(self, watch: tuple[Silence, ...], rule: str, kind: str,
               event: Mapping[str, Any], options: Mapping[str, Any]) -> Silence | None:
-        if kind == "alertmanager" and options.get("resolve") is True:
+        if kind in ALERT_KINDS and options.get("resolve") is True:
             return None
         now = self._clock()
         for silence in watch:

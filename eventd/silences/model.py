@@ -5,7 +5,8 @@ regex matches the whole value) on these names:
 
     rule          the rule's name
     kind          the action kind (webhook, alertmanager, dockercloud, docker, log, audit)
-    label.NAME    the alert label NAME an `alertmanager` action sends (alertname included)
+    label.NAME    the alert label NAME an `alertmanager` action (or an incident kind's) sends
+                  (alertname included: the rule's name unless the labels set it)
     anything else an event field, as rules name them (`type`, `state`, `namespace`,
                   `attributes."com.docker.compose.service"` for a container's label)
 
@@ -64,6 +65,12 @@ class Matcher:
         return f"{self.name}{self.op}{self.value}"
 
 
+#: the kinds with an alert's lifecycle (fire, repeat, resolve) and labels that name the alert:
+#: Alertmanager's and the incident tools' (eventd.actions.incident); a silence matches their
+#: labels, and never mutes their resolve
+ALERT_KINDS = frozenset({"alertmanager", "pagerduty", "opsgenie", "slack", "msteams"})
+
+
 def _reader(name: str) -> Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Any]:
     """What a matcher's name reads: the rule, the kind, an alert label or an event field."""
     if name == "rule":
@@ -75,7 +82,7 @@ def _reader(name: str) -> Callable[[str, str, Mapping[str, Any], Mapping[str, An
 
         def read_label(rule: str, kind: str, event: Mapping[str, Any],
                        options: Mapping[str, Any]) -> Any:
-            if kind != "alertmanager":
+            if kind not in ALERT_KINDS:
                 return MISSING
             if label == "alertname" and "alertname" not in (options.get("labels") or {}):
                 return rule
