@@ -8,6 +8,7 @@ Every `sqlite3.Error` leaves this module as a `StoreError`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -41,7 +42,7 @@ DB_NAME = "eventd.sqlite3"
 WAL_RESTART_FRAMES = 10_000
 #: datetimes and dataclasses as `str()`, as `json.dumps(default=str)` writes them
 _DUMP = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-_CHUNK_MAX = 128  # rows in one statement (512 parameters: SQLite takes 32,766)
+_CHUNK_MAX = 256  # rows in one statement (1,024 parameters: SQLite takes 32,766)
 _THROTTLE_PRUNE_EVERY = 1000  # acquisitions between two deletions of expired throttle keys
 
 _SCHEMA = """
@@ -111,14 +112,15 @@ def _params(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def _chunks(items: list[T]) -> Iterator[list[T]]:
-    """`items` in slices of `_CHUNK_MAX` and, for the rest, of powers of two (300: 128,
-    128, 32, 8, 4): a statement per slice, and a few distinct statements for the cache."""
-    at = 0
-    while at < len(items):
-        size = min(_CHUNK_MAX, 1 << ((len(items) - at).bit_length() - 1))
-        yield items[at:at + size]
-        at += size
+def _chunks(items: list[T]) -> list[list[T]]:
+    """`items` in slices of `_CHUNK_MAX`, the last one padded to a power of two with copies
+    of its last item (a duplicate changes nothing in an `IN (...)` or an INSERT OR IGNORE):
+    a statement per slice, and a few distinct statements for the cache."""
+    chunks = [items[at:at + _CHUNK_MAX] for at in range(0, len(items), _CHUNK_MAX)]
+    if chunks:
+        last = chunks[-1]
+        last.extend([last[-1]] * ((1 << (len(last) - 1).bit_length()) - len(last)))
+    return chunks
 
 
 def _dump(job: ActionJob) -> str:
@@ -252,9 +254,11 @@ class SqliteStore:
         rows = [(job.id, job.target, job.attempts, _dump(job)) for job in jobs]
         added = []
         fresh: list[tuple[str, str, int, str]] = []
-        with self._lock, self._transaction():
-            # A few statements for the whole batch, not one per job: every statement gives
-            # the GIL away, and the lane's thread waits to get it back.
+        with self._lock:
+            # Two statements for a batch (ids already there, the rows), not one per job:
+            # every statement gives the GIL away, and whichever thread takes it keeps it for
+            # up to the switch interval. One INSERT is a transaction of its own; more take
+            # an explicit one, so that a batch is accepted whole or not at all.
             seen = self._spooled([row[0] for row in rows])
             for row in rows:
                 new = row[0] not in seen
@@ -262,11 +266,13 @@ class SqliteStore:
                 if new:
                     seen.add(row[0])
                     fresh.append(row)
-            for chunk in _chunks(fresh):
-                self._db.execute(
-                    "INSERT OR IGNORE INTO spool (id, target, attempts, data) VALUES "
-                    + ", ".join(("(?, ?, ?, ?)",) * len(chunk)),
-                    [value for row in chunk for value in row])
+            chunks = _chunks(fresh)
+            with self._transaction() if len(chunks) > 1 else _autocommit(self._after_commit):
+                for chunk in chunks:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO spool (id, target, attempts, data) VALUES "
+                        + ", ".join(("(?, ?, ?, ?)",) * len(chunk)),
+                        [value for row in chunk for value in row])
         return added
 
     def _spooled(self, job_ids: list[str]) -> set[str]:
@@ -281,8 +287,10 @@ class SqliteStore:
     def spool_done_many(self, job_ids: list[str]) -> None:
         """Forget several finished jobs in one transaction (the batches a lane delivered):
         a statement per slice of `_chunks`, not one per job."""
-        with self._lock, self._transaction():
-            for chunk in _chunks(job_ids):
+        chunks = _chunks(list(job_ids))
+        with self._lock, self._transaction() if len(chunks) > 1 \
+                else _autocommit(self._after_commit):
+            for chunk in chunks:
                 self._db.execute(f"DELETE FROM spool WHERE id IN ({_params(len(chunk))})", chunk)
 
     @_converted
@@ -738,6 +746,13 @@ class SqliteStore:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._after_commit)
+
+
+@contextlib.contextmanager
+def _autocommit(after_commit: Callable[[], None]) -> Iterator[None]:
+    """One statement, its own transaction: then what a transaction's end does."""
+    yield
+    after_commit()
 
 
 class _Transaction:
