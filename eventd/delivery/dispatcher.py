@@ -155,6 +155,7 @@ class Dispatcher:
             lane = self._lane(target, durable=True)
             with lane.cond:
                 lane.spilled = True
+                lane.spills += 1
                 lane.cond.notify_all()
         if counts and not quiet:
             logger.info("taking over %d spooled action(s) on %d target(s)",
@@ -307,6 +308,7 @@ class Dispatcher:
                         logger.info("queue for %s holds %d actions; further ones wait in the "
                                     "spool and are paged in as it drains", lane.target, lane.size)
                     lane.spilled = True
+                    lane.spills += 1
                     self.overflowed += 1
                 else:
                     lane.backlog.append(job)
@@ -398,36 +400,58 @@ class Dispatcher:
                 if lane.backlog:
                     return lane.take()
                 if lane.spilled:
-                    self._page_in(lane)
-                    if lane.backlog:
+                    if self._page_in(lane) or lane.backlog:
                         continue
                 if self._closing or (lane.retired and not lane.backlog):
                     return None
                 lane.cond.wait(0.5)
 
-    def _page_in(self, lane: Lane) -> None:
+    def _page_in(self, lane: Lane) -> bool:
         """Load the lane's oldest spooled jobs (caller holds lane.cond); with a fence, only
-        this replica's, looking past other replicas' jobs up to a few windows deep."""
+        this replica's, looking past other replicas' jobs up to a few windows deep. True:
+        jobs were accepted for the lane while it read, look again now."""
         limit = lane.size + len(lane.known)
         fence = self._fence
         scan = limit if fence is None else limit * _FENCED_SCAN
         window = getattr(self.store, "spool_window", None)
-        try:
-            if window is not None:  # the jobs the lane holds already are not decoded again
-                jobs, held = window(lane.target, scan, lane.known)
+        if window is not None:
+            # Read without holding the lane: the engine accepting jobs for it must not wait
+            # for a page-in. While the lane is spilled nothing joins its backlog; a job
+            # accepted meanwhile (`spills` moved) may be past what was read: look again.
+            known, spills = set(lane.known), lane.spills
+            lane.cond.release()
+            try:
+                jobs, held = window(lane.target, scan, known)  # held jobs: not decoded again
+            except StoreError as exc:
+                failed: StoreError | None = exc
             else:
+                failed = None
+            finally:
+                lane.cond.acquire()
+            moved = lane.spills != spills
+        else:
+            moved = False
+            try:
                 jobs, held = self.store.spool_pending(target=lane.target, limit=scan), 0
-        except StoreError as exc:
-            logger.error("could not read the spool for %s (%s); trying again", lane.target, exc)
+            except StoreError as exc:
+                failed = exc
+            else:
+                failed = None
+        if failed is not None:
+            logger.error("could not read the spool for %s (%s); trying again", lane.target,
+                         failed)
             lane.cond.wait(1.0)
-            return
+            return False
         if fence is None:
             lane.page_in(jobs, limit, held)
-            return
-        mine = [job for job in jobs if fence(job) is not None]
-        lane.page_in(mine, limit, held)
-        if len(jobs) + held >= scan:  # more beyond what was read (the worker waits to look)
+        else:
+            mine = [job for job in jobs if fence(job) is not None]
+            lane.page_in(mine, limit, held)
+            if len(jobs) + held >= scan:  # more beyond what was read (the worker waits)
+                lane.spilled = True
+        if moved:
             lane.spilled = True
+        return moved
 
     def _flush(self, kind_name: str) -> None:
         kind = self.kinds.get(kind_name)

@@ -28,6 +28,7 @@ class Lane:
         self.known: set[str] = set()  # ids in the backlog, running, or being followed
         self.leaving: set[str] = set()  # finished, known until their spool rows are gone
         self.spilled = False  # the spool holds jobs of this lane that are not in the backlog
+        self.spills = 0  # jobs left in the spool only (or spool takeovers) so far
         self.thread: threading.Thread | None = None
         self.retired = False  # closed to keep the number of lanes bounded; its worker exits
         self.last_used = time.monotonic()
