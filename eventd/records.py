@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 __all__ = ["ActionJob", "DeadLetter", "UndecodableRecord", "job_from_json", "quarantined_job"]
 
 #: the rule and kind of a placeholder job that stands for an undecodable spool record
@@ -80,9 +82,14 @@ def job_from_json(data: object, attempts: object = None) -> ActionJob:
     if not isinstance(data, str):
         raise UndecodableRecord(f"not text ({type(data).__name__})")
     try:
-        record = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise UndecodableRecord("not JSON") from exc
+        record = orjson.loads(data)  # a few times faster: a lane pages in hundreds at once
+    except orjson.JSONDecodeError:
+        # What orjson refuses and the json module reads (NaN, an integer past 64 bits, a
+        # lone surrogate, deep nesting) decodes as it always did.
+        try:
+            record = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise UndecodableRecord("not JSON") from exc
     if not isinstance(record, dict):
         raise UndecodableRecord(f"not an object ({type(record).__name__})")
     for name in _REQUIRED:

@@ -22,7 +22,7 @@ from eventd.clients.http import describe_failure
 from eventd.delivery.attempts import Attempt, Attempts, Fence, Verdict
 from eventd.delivery.breaker import CircuitBreaker
 from eventd.delivery.gate import Gate, Policy
-from eventd.delivery.lanes import Lane, Lanes
+from eventd.delivery.lanes import Departures, Lane, Lanes
 from eventd.delivery.retry import (
     DEFAULT_DEADLINE,
     DEFAULT_INITIAL_WAIT,
@@ -84,6 +84,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._lanes = Lanes(self.queue_size, max_lanes, on_retire=self.breaker.forget)
+        self._departures = Departures(self._forget_departed, self._finished_many)
         self._outstanding = 0  # accepted and not finished (delivered, skipped or dead-lettered)
         self._started = False
         self._closing = False
@@ -154,6 +155,7 @@ class Dispatcher:
             lane = self._lane(target, durable=True)
             with lane.cond:
                 lane.spilled = True
+                lane.spills += 1
                 lane.cond.notify_all()
         if counts and not quiet:
             logger.info("taking over %d spooled action(s) on %d target(s)",
@@ -225,6 +227,7 @@ class Dispatcher:
                 lane.cond.notify_all()
         for thread in [lane.thread for lane in lanes if lane.thread is not None] + followers:
             thread.join(max(0.0, self._close_deadline - time.monotonic()))
+        self._departures.close(self._close_deadline - time.monotonic())
         for lane in lanes:
             if not lane.durable:
                 with lane.cond:
@@ -305,6 +308,7 @@ class Dispatcher:
                         logger.info("queue for %s holds %d actions; further ones wait in the "
                                     "spool and are paged in as it drains", lane.target, lane.size)
                     lane.spilled = True
+                    lane.spills += 1
                     self.overflowed += 1
                 else:
                     lane.backlog.append(job)
@@ -380,7 +384,7 @@ class Dispatcher:
                     report_internal_error("dispatch", exc, self.metrics)
             with lane.cond:
                 for job in jobs:
-                    if job.id not in following:
+                    if job.id not in following and job.id not in lane.leaving:
                         lane.known.discard(job.id)
                 empty = not lane.backlog
                 if empty:  # someone may be waiting for this lane to drain
@@ -396,32 +400,58 @@ class Dispatcher:
                 if lane.backlog:
                     return lane.take()
                 if lane.spilled:
-                    self._page_in(lane)
-                    if lane.backlog:
+                    if self._page_in(lane) or lane.backlog:
                         continue
                 if self._closing or (lane.retired and not lane.backlog):
                     return None
                 lane.cond.wait(0.5)
 
-    def _page_in(self, lane: Lane) -> None:
+    def _page_in(self, lane: Lane) -> bool:
         """Load the lane's oldest spooled jobs (caller holds lane.cond); with a fence, only
-        this replica's, looking past other replicas' jobs up to a few windows deep."""
+        this replica's, looking past other replicas' jobs up to a few windows deep. True:
+        jobs were accepted for the lane while it read, look again now."""
         limit = lane.size + len(lane.known)
         fence = self._fence
         scan = limit if fence is None else limit * _FENCED_SCAN
-        try:
-            jobs = self.store.spool_pending(target=lane.target, limit=scan)
-        except StoreError as exc:
-            logger.error("could not read the spool for %s (%s); trying again", lane.target, exc)
+        window = getattr(self.store, "spool_window", None)
+        if window is not None:
+            # Read without holding the lane: the engine accepting jobs for it must not wait
+            # for a page-in. While the lane is spilled nothing joins its backlog; a job
+            # accepted meanwhile (`spills` moved) may be past what was read: look again.
+            known, spills = set(lane.known), lane.spills
+            lane.cond.release()
+            try:
+                jobs, held = window(lane.target, scan, known)  # held jobs: not decoded again
+            except StoreError as exc:
+                failed: StoreError | None = exc
+            else:
+                failed = None
+            finally:
+                lane.cond.acquire()
+            moved = lane.spills != spills
+        else:
+            moved = False
+            try:
+                jobs, held = self.store.spool_pending(target=lane.target, limit=scan), 0
+            except StoreError as exc:
+                failed = exc
+            else:
+                failed = None
+        if failed is not None:
+            logger.error("could not read the spool for %s (%s); trying again", lane.target,
+                         failed)
             lane.cond.wait(1.0)
-            return
+            return False
         if fence is None:
-            lane.page_in(jobs, limit)
-            return
-        mine = [job for job in jobs if fence(job) is not None]
-        lane.page_in(mine, limit)
-        if len(jobs) >= scan:  # more beyond what was read (the worker waits before looking)
+            lane.page_in(jobs, limit, held)
+        else:
+            mine = [job for job in jobs if fence(job) is not None]
+            lane.page_in(mine, limit, held)
+            if len(jobs) + held >= scan:  # more beyond what was read (the worker waits)
+                lane.spilled = True
+        if moved:
             lane.spilled = True
+        return moved
 
     def _flush(self, kind_name: str) -> None:
         kind = self.kinds.get(kind_name)
@@ -519,10 +549,12 @@ class Dispatcher:
                 if attempt.verdict is Verdict.DONE:
                     delivered.append((job, attempt))
                 self._settle(lane, job, attempt, set(), quiet=True, done=finished)
-            if finished:  # one transaction for the batch's jobs leaving the spool
-                self._spool_done_many(finished)
-                for _ in finished:
-                    self._finished()
+            if finished:  # deleted from the spool beside the lane, a transaction for all
+                if lane.durable and self._fence is None:
+                    self._departures.put(lane, finished)
+                else:
+                    self._spool_done_many(finished)
+                    self._finished_many(len(finished))
                 finished = []
             if delivered:  # one line per batch: a line per row would be the log's bulk
                 first, done = delivered[0]
@@ -676,6 +708,12 @@ class Dispatcher:
         for job_id in ids:
             self._forget(job_id)
 
+    def _forget_departed(self, ids: list[str]) -> None:
+        try:
+            self._spool_done_many(ids)
+        except Exception as exc:  # noqa: BLE001 - the departures' thread must keep running
+            report_internal_error("dispatch", exc, self.metrics)
+
     def _forget(self, job_id: str) -> None:
         self._store_call(lambda: self.store.spool_done(job_id))
 
@@ -709,9 +747,12 @@ class Dispatcher:
                     job.kind, job.rule)
 
     def _finished(self) -> None:
+        self._finished_many(1)
+
+    def _finished_many(self, count: int) -> None:
         with self._idle:
             # Never below 0: jobs taken over from a shared spool were not counted here.
-            self._outstanding = max(0, self._outstanding - 1)
+            self._outstanding = max(0, self._outstanding - count)
             if self._outstanding <= 0:
                 self._idle.notify_all()
 

@@ -3,6 +3,7 @@
 Durable lanes are a cache of the spool: when the window is full the lane "spills" (later
 jobs stay in the spool only) and the worker pages the rest in, in order, so memory does not
 grow with the spool's depth. In-memory lanes (log, audit) block their caller when full.
+What a durable lane finished leaves the spool through `Departures`, beside the lane.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class Lane:
         self.cond = threading.Condition()
         self.backlog: deque[ActionJob] = deque()
         self.known: set[str] = set()  # ids in the backlog, running, or being followed
+        self.leaving: set[str] = set()  # finished, known until their spool rows are gone
         self.spilled = False  # the spool holds jobs of this lane that are not in the backlog
+        self.spills = 0  # jobs left in the spool only (or spool takeovers) so far
         self.thread: threading.Thread | None = None
         self.retired = False  # closed to keep the number of lanes bounded; its worker exits
         self.last_used = time.monotonic()
@@ -44,10 +47,12 @@ class Lane:
             self.cond.notify_all()
         return job
 
-    def page_in(self, jobs: list[ActionJob], limit: int) -> None:
-        """Add the oldest spooled jobs read for this lane (`limit` were asked for)."""
+    def page_in(self, jobs: list[ActionJob], limit: int, held: int = 0) -> None:
+        """Add the oldest spooled jobs read for this lane (`limit` rows were asked for;
+        `held` of those the store read and left out: the lane holds them already, or they
+        were undecodable and went to dead letters)."""
         fresh = [job for job in jobs if job.id not in self.known]
-        self.spilled = len(jobs) >= limit or len(fresh) > self.size
+        self.spilled = len(jobs) + held >= limit or len(fresh) > self.size
         for job in fresh[: self.size]:
             self.backlog.append(job)
             self.known.add(job.id)
@@ -105,3 +110,67 @@ class Lanes:
             del self._lanes[lane.target]
             self._on_retire(lane.target)
             excess -= 1
+
+
+class Departures:
+    """Finished jobs on their way out of the spool, deleted by a thread of their own.
+
+    A lane hands its batch's finished ids over and goes on with the next batch while SQLite
+    deletes them (it gives the GIL away while it writes), so the lane's target is not kept
+    waiting for the spool's disk work. Each id stays in its lane's `known` until its row
+    is gone, so no page-in takes the job again; whatever arrives while a delete runs goes
+    in the next one, one transaction for all. `forget` deletes (and says nothing of a
+    failure), `finished` is told once per job afterwards.
+    """
+
+    def __init__(self, forget: Callable[[list[str]], None], finished: Callable[[int], None],
+                 most: int = 4096) -> None:
+        self._forget = forget
+        self._finished = finished
+        self._most = most  # ids waiting past which a lane handing more over waits
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[Lane, list[str]]] = []
+        self._count = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def put(self, lane: Lane, ids: list[str]) -> None:
+        """Delete `ids` (finished on `lane`, each in `lane.known`) from the spool soon."""
+        with lane.cond:
+            lane.leaving.update(ids)
+        with self._cond:
+            while self._count >= self._most and not self._closing:
+                self._cond.wait(0.1)
+            self._waiting.append((lane, ids))
+            self._count += len(ids)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="spool-done")
+                self._thread.start()
+            self._cond.notify_all()
+
+    def close(self, timeout: float) -> None:
+        """Delete what is waiting, within `timeout`, and stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, timeout))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closing:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                waiting, self._waiting = self._waiting, []
+                self._count = 0
+                self._cond.notify_all()
+            self._forget([job_id for _, ids in waiting for job_id in ids])
+            for lane, ids in waiting:
+                with lane.cond:
+                    lane.leaving.difference_update(ids)
+                    lane.known.difference_update(ids)
+                    lane.cond.notify_all()
+                self._finished(len(ids))

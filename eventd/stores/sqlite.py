@@ -8,6 +8,7 @@ Every `sqlite3.Error` leaves this module as a `StoreError`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
@@ -39,6 +40,9 @@ DB_NAME = "eventd.sqlite3"
 #: 40 MB: more than a second of writes at any steady rate, when the WAL restarts by itself
 #: after each passive round (forcing it there stalled the writers: webhook p99 5 -> 80 ms)
 WAL_RESTART_FRAMES = 10_000
+#: datetimes and dataclasses as `str()`, as `json.dumps(default=str)` writes them
+_DUMP = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_CHUNK_MAX = 256  # rows in one statement (1,024 parameters: SQLite takes 32,766)
 _THROTTLE_PRUNE_EVERY = 1000  # acquisitions between two deletions of expired throttle keys
 
 _SCHEMA = """
@@ -86,6 +90,7 @@ CREATE INDEX IF NOT EXISTS history_at ON history (at);
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def _converted(method: Callable[Concatenate[SqliteStore, P], R],
@@ -102,8 +107,32 @@ def _converted(method: Callable[Concatenate[SqliteStore, P], R],
     return wrapper
 
 
+def _params(count: int) -> str:
+    """`?, ?, ...`: `count` parameters."""
+    return ", ".join("?" * count)
+
+
+def _chunks(items: list[T]) -> list[list[T]]:
+    """`items` in slices of `_CHUNK_MAX`, the last one padded to a power of two with copies
+    of its last item (a duplicate changes nothing in an `IN (...)` or an INSERT OR IGNORE):
+    a statement per slice, and a few distinct statements for the cache."""
+    chunks = [items[at:at + _CHUNK_MAX] for at in range(0, len(items), _CHUNK_MAX)]
+    if chunks:
+        last = chunks[-1]
+        last.extend([last[-1]] * ((1 << (len(last) - 1).bit_length()) - len(last)))
+    return chunks
+
+
 def _dump(job: ActionJob) -> str:
-    return json.dumps(job.to_dict(), separators=(",", ":"), default=str)
+    """The job's record: orjson where it can (a few times faster than the json module, on
+    the engine's path), with `str()` of what JSON cannot hold as the json module writes it;
+    a non-string key, an integer past 64 bits or a lone surrogate go through the json module.
+    Both read back alike (orjson writes NaN as null, as every kind sends it anyway)."""
+    record = job.to_dict()
+    try:
+        return orjson.dumps(record, default=str, option=_DUMP).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(record, separators=(",", ":"), default=str)
 
 
 def _load(data: str, attempts: int | None = None) -> ActionJob:
@@ -181,6 +210,13 @@ class SqliteStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(throttle)")}
         if "until" not in columns:  # a state directory from before throttle keys expired
             self._db.execute("ALTER TABLE throttle ADD COLUMN until REAL")
+        # The lanes' page-ins read here: in WAL a reader never waits for the writer, so a
+        # lane does not wait behind the engine's spool writes to read its next jobs.
+        self._reader = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                       check_same_thread=False)
+        self._reader.execute("PRAGMA query_only=1")
+        self._reader.execute("PRAGMA cache_size=-512")
+        self._read_lock = threading.Lock()
         self._closed = False
         self._throttle_acquired = 0
         now = time.time()
@@ -214,20 +250,48 @@ class SqliteStore:
     @_converted
     def spool_add_many(self, jobs: list[ActionJob]) -> list[bool]:
         """Accept several jobs in one transaction; for each, whether it was new."""
+        # Encoded before the lock: the lane deleting what it delivered waits for this one.
+        rows = [(job.id, job.target, job.attempts, _dump(job)) for job in jobs]
         added = []
-        with self._lock, self._transaction():
-            for job in jobs:
-                cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO spool (id, target, attempts, data) VALUES (?, ?, ?, ?)",
-                    (job.id, job.target, job.attempts, _dump(job)))
-                added.append(cursor.rowcount == 1)
+        fresh: list[tuple[str, str, int, str]] = []
+        with self._lock:
+            # Two statements for a batch (ids already there, the rows), not one per job:
+            # every statement gives the GIL away, and whichever thread takes it keeps it for
+            # up to the switch interval. One INSERT is a transaction of its own; more take
+            # an explicit one, so that a batch is accepted whole or not at all.
+            seen = self._spooled([row[0] for row in rows])
+            for row in rows:
+                new = row[0] not in seen
+                added.append(new)
+                if new:
+                    seen.add(row[0])
+                    fresh.append(row)
+            chunks = _chunks(fresh)
+            with self._transaction() if len(chunks) > 1 else _autocommit(self._after_commit):
+                for chunk in chunks:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO spool (id, target, attempts, data) VALUES "
+                        + ", ".join(("(?, ?, ?, ?)",) * len(chunk)),
+                        [value for row in chunk for value in row])
         return added
+
+    def _spooled(self, job_ids: list[str]) -> set[str]:
+        """Which of these ids the spool holds (caller holds the lock)."""
+        there: set[str] = set()
+        for chunk in _chunks(job_ids):
+            there.update(job_id for (job_id,) in self._db.execute(
+                f"SELECT id FROM spool WHERE id IN ({_params(len(chunk))})", chunk))
+        return there
 
     @_converted
     def spool_done_many(self, job_ids: list[str]) -> None:
-        """Forget several finished jobs in one transaction (a batch the kind sent at once)."""
-        with self._lock, self._transaction():
-            self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in job_ids])
+        """Forget several finished jobs in one transaction (the batches a lane delivered):
+        a statement per slice of `_chunks`, not one per job."""
+        chunks = _chunks(list(job_ids))
+        with self._lock, self._transaction() if len(chunks) > 1 \
+                else _autocommit(self._after_commit):
+            for chunk in chunks:
+                self._db.execute(f"DELETE FROM spool WHERE id IN ({_params(len(chunk))})", chunk)
 
     @_converted
     def spool_update_attempts(self, job_id: str, attempts: int) -> None:
@@ -247,6 +311,34 @@ class SqliteStore:
                       limit: int | None = None) -> list[ActionJob]:
         """Accepted jobs not yet finished, oldest first (optionally one target's, at most `limit`)."""
         return [job for _, job in self._page(target, 0, limit) if job is not None]
+
+    @_converted
+    def spool_window(self, target: str, limit: int,
+                     known: Container[str]) -> tuple[list[ActionJob], int]:
+        """A lane's page-in: the oldest `limit` rows of `target`'s queue, decoded but for
+        those whose id is in `known` (the lane holds them already, running or queued); the
+        jobs, and how many rows were read and left out (known, or undecodable and moved to
+        dead letters), so that a page cut short that way does not look like the last."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT id, data, attempts FROM spool WHERE target = ? ORDER BY seq "
+                "LIMIT ?", (target, int(limit))).fetchall()
+        jobs: list[ActionJob] = []
+        held = 0
+        for job_id, data, attempts in rows:
+            if job_id in known:
+                held += 1
+                continue
+            try:
+                job = _load(data, attempts)
+                if job.id != job_id:
+                    raise UndecodableRecord("its id is not its row's")
+            except UndecodableRecord as exc:
+                self._quarantine(str(job_id), target, data, str(exc))
+                held += 1
+                continue
+            jobs.append(job)
+        return jobs, held
 
     def spool_iter(self, target: str | None = None, page: int = 500) -> Iterator[ActionJob]:
         """Every spooled job (of one target), oldest first, `page` rows per query."""
@@ -594,6 +686,8 @@ class SqliteStore:
         with self._lock:
             if self._closed:
                 return
+            with self._read_lock:
+                self._reader.close()
             try:
                 # Only the holder of the state directory empties the WAL: a `deadletter list`
                 # beside a running daemon must neither wait for its writers nor stall them.
@@ -652,6 +746,13 @@ class SqliteStore:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._after_commit)
+
+
+@contextlib.contextmanager
+def _autocommit(after_commit: Callable[[], None]) -> Iterator[None]:
+    """One statement, its own transaction: then what a transaction's end does."""
+    yield
+    after_commit()
 
 
 class _Transaction:

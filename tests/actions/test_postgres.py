@@ -21,6 +21,7 @@ from eventd.settings import Settings
 from eventd.stores.sqlite import SqliteStore
 from tests.actions import attempt, make_context, make_job, sample
 from tests.postgres_server import query
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -81,6 +82,32 @@ def test_rows_arrive_once_per_job_in_batches(metrics, store, pg_table):
     assert rows == [(f"id-{n:05d}", "rule-a", "container", f"u-{n:05d}") for n in range(600)]
     assert sample(metrics, "eventd_actions_total", kind="postgres", outcome="success") == 650
     assert store.spool_count() == 0
+
+
+def test_delivered_jobs_leave_the_spool_beside_the_lane_and_before_close_returns(
+        metrics, store, pg_table):
+    """A lane hands a batch's finished jobs to the spool's deleting thread and goes on: every
+    job is delivered once (none paged in again while its row is still there), the idle wait
+    returns only once their rows are gone, and a close right after the last delivery deletes
+    what was still waiting."""
+    dsn, table = pg_table
+    query(dsn, events_ddl(table))
+    dispatcher, kind = build(metrics, store, queue_size=64)
+    options = {"dsn": dsn, "table": table}
+    jobs = [make_job(kind, options, event=event(n), job_id=f"id-{n:05d}") for n in range(1500)]
+    try:
+        dispatcher.submit_many(jobs[:1000])
+        assert dispatcher.wait_idle(60)
+        assert store.spool_count() == 0
+        dispatcher.submit_many(jobs[1000:])
+        wait_until(lambda: sample(metrics, "eventd_actions_total", kind="postgres",
+                                  outcome="success", default=0) >= 1500, 60)
+    finally:
+        assert dispatcher.close(10) == 0
+    assert store.spool_count() == 0
+    assert sample(metrics, "eventd_actions_total", kind="postgres", outcome="success") == 1500
+    rows = query(dsn, f"SELECT count(*), count(DISTINCT id) FROM {table}")
+    assert rows == [(1500, 1500)]
 
 
 def test_a_templated_row_goes_to_the_users_columns(metrics, store, pg_table):
