@@ -243,15 +243,23 @@ class DedupeWindow:
     def snapshot(self) -> bytes:
         """The window as bytes, older generation first (what the store keeps).
 
-        Built in one array, header included, so a save holds two copies at most."""
-        entries = array("Q", [0])
+        One allocation of the snapshot's size, plus a copy of the current generation's order
+        (the engine appends to it meanwhile); the previous generation's order is read in
+        place: nothing appends to it once it is the previous one. The save runs every 2 s,
+        and each block above 128 KiB is mapped afresh (ops/malloc.py): building the same
+        bytes through an array that grows and two `tobytes` copies held 0.8 MB at once, a
+        peak the daemon's VmHWM kept."""
         with self._lock:  # both generations of one moment
-            entries.frombytes(self._previous.order.tobytes())
-            entries[0] = int.from_bytes(_HEADER.pack(_MAGIC, len(entries) - 1), "little")
-            entries.frombytes(self._current.order.tobytes())
+            previous = self._previous.order
+            current = self._current.order[:]
+        header = _HEADER.pack(_MAGIC, len(previous))
+        if sys.byteorder == "little" and previous.itemsize == 8:
+            return b"".join((header, previous, current))
+        entries = array("Q", previous)
+        entries.extend(current)
         if sys.byteorder != "little":
             entries.byteswap()
-        return entries.tobytes()
+        return header + entries.tobytes()
 
     @classmethod
     def restore(cls, data: bytes, size: int = DEFAULT_DEDUPE_WINDOW) -> DedupeWindow:

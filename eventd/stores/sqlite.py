@@ -568,10 +568,20 @@ class SqliteStore:
 
     @_converted
     def dedupe_save(self, data: bytes) -> None:
-        """Replace the saved snapshot (one row: a full 50k window is 400 kB, a few ms)."""
+        """Replace the saved snapshot (one row: a full 50k window is 400 kB, a few ms).
+
+        The row is made as a zeroblob of the snapshot's size and filled through SQLite's
+        incremental blob I/O: a bound blob is copied by SQLite, and copied again into the
+        record it builds, two more transient 400 kB blocks every 2 s."""
         with self._lock, self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO snapshot (name, data) VALUES ('dedupe', ?)",
-                             (data,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO snapshot (name, data) VALUES ('dedupe', zeroblob(?))",
+                (len(data),))
+            if data:
+                (row,) = self._db.execute(
+                    "SELECT rowid FROM snapshot WHERE name = 'dedupe'").fetchone()
+                with self._db.blobopen("snapshot", "data", row) as blob:
+                    blob.write(data)
             self._db.execute("DROP TABLE IF EXISTS dedupe")
 
     # -- health and lifecycle ---------------------------------------------------------------------
