@@ -27,7 +27,7 @@ import struct
 import sys
 import threading
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import orjson
@@ -241,17 +241,14 @@ class DedupeWindow:
             self._previous, self._current = self._current, fresh
 
     def snapshot(self) -> bytes:
-        """The window as bytes, older generation first (what the store keeps).
+        """The window as bytes, older generation first (what the store keeps)."""
+        return bytes(self.pieces())
 
-        Built in one array, header included, so a save holds two copies at most."""
-        entries = array("Q", [0])
+    def pieces(self) -> Snapshot:
+        """The snapshot of this moment, to be written piece by piece (see Snapshot)."""
         with self._lock:  # both generations of one moment
-            entries.frombytes(self._previous.order.tobytes())
-            entries[0] = int.from_bytes(_HEADER.pack(_MAGIC, len(entries) - 1), "little")
-            entries.frombytes(self._current.order.tobytes())
-        if sys.byteorder != "little":
-            entries.byteswap()
-        return entries.tobytes()
+            previous, current = self._previous.order, self._current.order
+            return Snapshot(previous, len(previous), current, len(current))
 
     @classmethod
     def restore(cls, data: bytes, size: int = DEFAULT_DEDUPE_WINDOW) -> DedupeWindow:
@@ -285,6 +282,48 @@ def _decode(data: bytes) -> Iterable[int]:
     if sys.byteorder != "little":
         entries.byteswap()
     return entries
+
+
+#: fingerprints per piece of a snapshot: 64 KiB, under glibc's mmap threshold (ops/malloc.py)
+_PIECE = 8192
+
+
+class Snapshot:
+    """A window's snapshot as pieces of at most 64 KiB, written one after another.
+
+    The save runs every 2 s. Built whole, a 50k window's snapshot is a 400 kB block, each
+    such block is a fresh mmap (ops/malloc.py), and the store copied it again (SQLite copies
+    a bound blob, then the record it builds): the daemon's VmHWM kept those peaks. A piece
+    is a copy of part of a generation's order, taken when it is written: the orders only
+    grow at their end (the engine appends without a lock), so the first `count` entries of
+    each are those of the moment the snapshot was taken. `bytes(snapshot)` joins the pieces.
+    """
+
+    __slots__ = ("_previous", "_previous_count", "_current", "_current_count")
+
+    def __init__(self, previous: array[int], previous_count: int, current: array[int],
+                 current_count: int) -> None:
+        self._previous, self._previous_count = previous, previous_count
+        self._current, self._current_count = current, current_count
+
+    def __len__(self) -> int:
+        return _HEADER.size + 8 * (self._previous_count + self._current_count)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def chunks(self) -> Iterator[bytes]:
+        """The header, then each generation's fingerprints (uint64 LE), oldest first."""
+        yield _HEADER.pack(_MAGIC, self._previous_count)
+        for order, count in ((self._previous, self._previous_count),
+                             (self._current, self._current_count)):
+            for start in range(0, count, _PIECE):
+                piece = order[start:min(start + _PIECE, count)]
+                if sys.byteorder != "little" or piece.itemsize != 8:
+                    piece = array("Q", piece)
+                    if sys.byteorder != "little":
+                        piece.byteswap()
+                yield piece.tobytes()
 
 
 class DedupeSaver:
@@ -321,7 +360,7 @@ class DedupeSaver:
             version = self.window.version
             if version == self._saved_version:
                 return True
-            data = self.window.snapshot()
+            data = self.window.pieces()
             try:
                 self._snapshots.dedupe_save(data)
             except StoreError as exc:

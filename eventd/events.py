@@ -41,7 +41,9 @@ class Received:
 
     event: Event
     received_at: float
-    raw: bytes | None = None  # the frame as received; None for eventd's own events
+    #: the frame as received, when something reads it again (the stream's recorder); None
+    #: for eventd's own events and when nothing records: the hand-off queue holds hundreds
+    raw: bytes | None = None
     internal: bool = False  # gap and backfilled events: not recorded, not de-duplicated by uuid
 
 

@@ -92,3 +92,26 @@ def test_the_docker_clients_import_leaves_charset_detection_unloaded() -> None:
     out = subprocess.run([sys.executable, "-W", "error::Warning", "-c", code],
                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, True]
+
+
+METADATA = """
+import json, sys
+from eventd.clients import metadata
+from eventd.clients.http import new_session
+new_session()  # as the daemon's first HTTP call: requests and urllib3 are imported here
+first = [metadata.deferred(), "urllib3.http2" in sys.modules]
+from urllib3.http2 import version  # what urllib3 took from the stand-in
+import importlib.metadata
+same = version("urllib3") == importlib.metadata.version("urllib3")
+print(json.dumps([first, same, metadata.deferred(),
+                  importlib.metadata.distribution("requests").metadata["Name"]]))
+"""
+
+
+def test_http_leaves_importlib_metadata_unloaded_until_something_asks() -> None:
+    out = subprocess.run([sys.executable, "-W", "error::Warning", "-c", METADATA],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    first, same, still_deferred, name = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first == [True, True]  # urllib3 is loaded, importlib.metadata is only its stand-in
+    assert same and not still_deferred  # the first call ran the real module, which answers
+    assert name == "requests"

@@ -9,6 +9,7 @@ why it sits below both. Imports only `errors`, `events`, `settings`, `ops` and t
 never `actions`, `delivery`, `sources`, `engine`, `commands` or `emulator`.
 """
 
-from eventd.clients.charset import defer
+from eventd.clients import charset, metadata
 
-defer()  # before any client imports requests (docker-py does at its import): see charset.py
+charset.defer()  # before any client imports requests (docker-py does at its import): see charset.py
+metadata.defer()  # before urllib3 (under requests) imports importlib.metadata: see metadata.py

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 from eventd import __version__
 from eventd.clients.charset import defer as defer_charset
+from eventd.clients.metadata import defer as defer_metadata
 from eventd.errors import ActionError, PermanentActionError, RetryableActionError
 from eventd.ops.logconfig import redact
 from eventd.outbound import Call
@@ -37,6 +38,7 @@ def new_session(user_agent: str = USER_AGENT, tls: Any = None) -> requests.Sessi
     `tls` (settings.TlsOptions: --ca-file, --client-cert) configures its HTTPS connections.
     """
     defer_charset()  # before requests imports it: 2.1 MiB eventd rarely needs (clients/charset.py)
+    defer_metadata()  # before urllib3 imports it: 0.34 MiB for HTTP/2 (clients/metadata.py)
     import requests  # here, not at the top: a daemon without HTTP actions never loads it (~8 MiB)
 
     session = requests.Session()

@@ -42,6 +42,9 @@ _BATCH = 512  # most jobs an in-memory lane's worker takes at once
 DEFAULT_WINDOW = 256  # jobs a durable lane keeps in memory; the rest stay in the spool
 DEFAULT_MAX_LANES = 256  # distinct targets with a lane; idle ones beyond are closed, LRU
 DEFAULT_MAX_FOLLOWING = 8  # Docker Cloud actions followed at once, beside the REST lane
+#: jobs a durable lane keeps in memory while its target fails: the others wait in the spool
+#: (each in-memory job holds its event, ~2 KiB) and are paged in when it answers again
+_FAILING_WINDOW = 16
 _FENCED_SCAN = 4  # windows of a target's spool a fenced lane reads to find its own jobs
 
 
@@ -594,6 +597,7 @@ class Dispatcher:
             self._count("retry", job.kind)
         if lane.durable:
             self._store_call(lambda: self.store.spool_update_attempts(job.id, job.attempts))
+            self._shrink(lane)
         if count > 1:
             logger.log(logging.DEBUG if self.breaker.is_open(lane.target) else logging.WARNING,
                        "%d %s actions to %s failed (%s); retry %d in %.1f s", count, job.kind,
@@ -608,6 +612,17 @@ class Dispatcher:
         else:
             logger.warning("%s for rule %s to %s failed (%s); retry %d in %.1f s", job.kind,
                            job.rule, self._where(job), lane.last_error, job.attempts + 1, wait)
+
+    def _shrink(self, lane: Lane) -> None:
+        """While a durable lane's target fails, only its head is tried (one probe at a time):
+        keep its next `_FAILING_WINDOW` jobs in memory and leave the newer ones to the spool
+        alone, which already holds them; they are paged in, in order, once it answers."""
+        with lane.cond:
+            if len(lane.backlog) <= _FAILING_WINDOW:
+                return
+            while len(lane.backlog) > _FAILING_WINDOW:
+                lane.known.discard(lane.backlog.pop().id)
+            lane.spilled = True
 
     def _sleep(self, seconds: float) -> None:
         if self._sleep_fn is not None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.resources
 import json
 import logging
 import os
+import pkgutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +53,11 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def _base_schema() -> dict[str, Any]:
-    text = importlib.resources.files("eventd.ruleset").joinpath("schema.json").read_text("utf-8")
-    result: dict[str, Any] = json.loads(text)
+    # pkgutil, not importlib.resources (and zipfile with it): 0.4 MiB less for `eventd run`
+    data = pkgutil.get_data("eventd.ruleset", "schema.json")
+    if data is None:
+        raise FileNotFoundError("eventd.ruleset: schema.json")
+    result: dict[str, Any] = json.loads(data)
     return result
 
 

@@ -126,8 +126,25 @@ class DedupeSnapshots(Protocol):
         """The last saved snapshot (empty if none). Its format is eventd.dedupe's business."""
         ...
 
-    def dedupe_save(self, data: bytes) -> None:
-        """Replace the saved snapshot."""
+    def dedupe_save(self, data: bytes | SnapshotPieces) -> None:
+        """Replace the saved snapshot (given whole, or in pieces: `bytes(data)` joins them)."""
+        ...
+
+
+class SnapshotPieces(Protocol):
+    """A snapshot handed over in pieces (eventd.dedupe.Snapshot), so that a store can write
+    it without one block of its whole size."""
+
+    def __len__(self) -> int:
+        """Its size in bytes."""
+        ...
+
+    def __bytes__(self) -> bytes:
+        """The pieces joined."""
+        ...
+
+    def chunks(self) -> Iterator[bytes]:
+        """The pieces, in order."""
         ...
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventd.errors import StoreError
 from eventd.records import ActionJob, DeadLetter
-from eventd.stores.base import Store
+from eventd.stores.base import SnapshotPieces, Store
 
 if TYPE_CHECKING:
     from eventd.settings import Settings
@@ -240,7 +240,7 @@ class MemoryStore:
             self._check("dedupe_load")
             return self._dedupe
 
-    def dedupe_save(self, data: bytes) -> None:
+    def dedupe_save(self, data: bytes | SnapshotPieces) -> None:
         """Replace the saved de-dup snapshot."""
         with self._lock:
             self._check("dedupe_save")

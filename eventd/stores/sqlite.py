@@ -25,7 +25,7 @@ import orjson
 from eventd.errors import StateDirError, StoreError
 from eventd.files import private_dir, private_file
 from eventd.records import ActionJob, DeadLetter, UndecodableRecord, job_from_json, quarantined_job
-from eventd.stores.base import Store
+from eventd.stores.base import SnapshotPieces, Store
 from eventd.stores.lock import DirLock
 
 if TYPE_CHECKING:
@@ -659,11 +659,23 @@ class SqliteStore:
                 "SELECT uuid FROM dedupe ORDER BY seq")])
 
     @_converted
-    def dedupe_save(self, data: bytes) -> None:
-        """Replace the saved snapshot (one row: a full 50k window is 400 kB, a few ms)."""
+    def dedupe_save(self, data: bytes | SnapshotPieces) -> None:
+        """Replace the saved snapshot (one row: a full 50k window is 400 kB, a few ms).
+
+        The row is made as a zeroblob of the snapshot's size and filled, piece by piece,
+        through SQLite's incremental blob I/O: a bound blob is copied by SQLite, and copied
+        again into the record it builds, two transient 400 kB blocks every 2 s."""
         with self._lock, self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO snapshot (name, data) VALUES ('dedupe', ?)",
-                             (data,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO snapshot (name, data) VALUES ('dedupe', zeroblob(?))",
+                (len(data),))
+            if data:
+                (row,) = self._db.execute(
+                    "SELECT rowid FROM snapshot WHERE name = 'dedupe'").fetchone()
+                with self._db.blobopen("snapshot", "data", row) as blob:
+                    for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) \
+                            else data.chunks():
+                        blob.write(chunk)
             self._db.execute("DROP TABLE IF EXISTS dedupe")
 
     # -- health and lifecycle ---------------------------------------------------------------------

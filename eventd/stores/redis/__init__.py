@@ -66,6 +66,7 @@ from eventd.stores.base import (
     Leases,
     Observed,
     SharedDedupe,
+    SnapshotPieces,
     Store,
 )
 from eventd.stores.redis.alerts import AlertRoles
@@ -411,10 +412,10 @@ class RedisStore(AlertRoles, SilenceRoles):
             return b""
 
     @converted
-    def dedupe_save(self, data: bytes) -> None:
+    def dedupe_save(self, data: bytes | SnapshotPieces) -> None:
         """Replace the saved snapshot (one SET of base64, since replies are decoded as text:
         a full 50k window is 530 kB)."""
-        self._db.set(self._key("dedupe"), base64.b64encode(data).decode("ascii"))
+        self._db.set(self._key("dedupe"), base64.b64encode(bytes(data)).decode("ascii"))
 
     @converted
     def seen_first(self, uuid: str, ttl: float) -> bool:
