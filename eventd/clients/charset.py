@@ -16,34 +16,17 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import types
-from typing import Any
+
+from eventd.clients.deferred import DeferredModule
 
 __all__ = ["NAME", "defer", "deferred"]
 
 NAME = "charset_normalizer"
 
 
-class _Deferred(types.ModuleType):
-    """The package's module object before its code ran: the first attribute asked runs it."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name.endswith("__") and name != "__all__":
-            raise AttributeError(name)  # probes (copy, inspect, pickle) load nothing
-        self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module from now on
-        spec = self.__spec__
-        assert spec is not None and spec.loader is not None
-        try:
-            spec.loader.exec_module(self)
-        except BaseException:
-            sys.modules.pop(NAME, None)  # as a failed import leaves it: the next one retries
-            raise
-        return getattr(self, name)
-
-
 def deferred() -> bool:
     """Whether the package is imported but its code has not run (the stand-in is in place)."""
-    return isinstance(sys.modules.get(NAME), _Deferred)
+    return isinstance(sys.modules.get(NAME), DeferredModule)
 
 
 def defer() -> None:
@@ -64,6 +47,6 @@ def defer() -> None:
     except (ImportError, OSError, SyntaxError):
         return  # requests imports the package itself, as it would without eventd
     module.__version__ = version.__version__  # type: ignore[attr-defined]
-    module.__class__ = _Deferred
+    module.__class__ = DeferredModule
     sys.modules[NAME] = module
     sys.modules[version_spec.name] = version  # the real __init__'s `from .version import` reuses it

@@ -14,36 +14,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-import types
-from typing import Any
+
+from eventd.clients.deferred import DeferredModule, load
 
 __all__ = ["NAME", "defer", "deferred", "version"]
 
 NAME = "importlib.metadata"
-
-
-class _Deferred(types.ModuleType):
-    """The module object before its code ran: the first attribute asked runs it."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name.endswith("__") and name != "__all__":
-            raise AttributeError(name)  # probes (copy, inspect, pickle) load nothing
-        _load(self)
-        return getattr(self, name)
-
-
-def _load(module: types.ModuleType) -> None:
-    """Run the real module's code into `module`, once."""
-    if not isinstance(module, _Deferred):
-        return
-    module.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module from now on
-    spec = module.__spec__
-    assert spec is not None and spec.loader is not None
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(NAME, None)  # as a failed import leaves it: the next one retries
-        raise
 
 
 def version(distribution_name: str) -> str:
@@ -51,14 +27,14 @@ def version(distribution_name: str) -> str:
     module = sys.modules.get(NAME)
     if module is None:
         module = importlib.import_module(NAME)
-    _load(module)
+    load(module)
     result: str = module.version(distribution_name)
     return result
 
 
 def deferred() -> bool:
     """Whether the module is imported but its code has not run (the stand-in is in place)."""
-    return isinstance(sys.modules.get(NAME), _Deferred)
+    return isinstance(sys.modules.get(NAME), DeferredModule)
 
 
 def defer() -> None:
@@ -73,6 +49,6 @@ def defer() -> None:
     except (ImportError, OSError):
         return  # urllib3 imports it itself, as it would without eventd
     module.version = version  # type: ignore[attr-defined]
-    module.__class__ = _Deferred
+    module.__class__ = DeferredModule
     sys.modules[NAME] = module
     importlib.metadata = module  # as an import sets it on its package
