@@ -49,8 +49,13 @@ def lease_timeline(redis_records: list[dict[str, Any]],
                 current.end, current.how = at, "replaced"
             tenures.append(Tenure(holder, int(token) if token.isdigit() else -1, at,
                                   at + ttl))
-        elif op == "PEXPIRE" and current is not None and args:
-            current.end = at + float(args[0]) / 1000
+        elif op == "PEXPIRE" and args and tenures and tenures[-1].how == "expired":
+            # The lease scripts PEXPIRE only a key that still holds the caller's own value
+            # (they GET it first): the last tenure went on, even where its modelled end passed
+            # a moment before (MONITOR stamps a script's inner commands after Redis judged the
+            # key's expiry: a renewal 1 ms "late" was counted as an expiry, and every request
+            # of the holder after it as made without the lease).
+            tenures[-1].end = at + float(args[0]) / 1000
         elif op == "DEL" and current is not None:
             current.end, current.how = at, "released"
     return dict(timeline)
