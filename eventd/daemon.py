@@ -22,7 +22,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eventd.clients.dockercloud.auth import Credentials
@@ -182,7 +182,7 @@ class Daemon:
                      else f"{settings.stream_host} (namespaces {', '.join(settings.namespaces)})",
                      settings.rest_host, self.credentials.source, state_where(settings))
 
-    def _source_sink(self, pipeline: Pipeline) -> Callable[[list[Received]], None]:
+    def _source_sink(self, pipeline: Pipeline) -> Callable[[Sequence[Received]], None]:
         """The engine's queue; for an enricher that can start inspects early (the Engine's),
         behind a sink that starts them as the reader sees the events that will ask."""
         prefetch = getattr(pipeline.enricher, "prefetch", None)
@@ -263,7 +263,7 @@ class Daemon:
         if fence is not None and tracker is not None and coordinator is not None:
             name, accepted = label(namespace), sink
 
-            def track(batch: list[Received]) -> None:
+            def track(batch: Sequence[Received]) -> None:
                 accepted(batch)
                 tracker.received(batch)
 
@@ -435,7 +435,7 @@ class Daemon:
             finally:
                 done()
 
-    def _sink(self, batch: list[Received]) -> None:
+    def _sink(self, batch: Sequence[Received]) -> None:
         self._put(batch, len(batch))
 
     def _put(self, item: Any, size: int = 0) -> None:

@@ -28,11 +28,12 @@ import sys
 import threading
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from eventd.errors import StoreError
+from eventd.events import Batch
 
 if TYPE_CHECKING:
     from eventd.events import Received
@@ -163,21 +164,28 @@ class DedupeWindow:
 
         check_and_add for a whole batch, in one call: eventd's own and backfilled events
         (`internal`) and events without a string uuid are left out, as the engine did."""
+        events: Sequence[Any]
+        if type(batch) is Batch:  # one read of a stream: its events as a list, one flag
+            if batch.internal:
+                return None
+            events = batch.events
+        else:  # an internal event stands in as None: skipped as an event without a uuid
+            events = [None if received.internal else received.event for received in batch]
         repeats: set[int] | None = None
         previous, current = self._previous.table, self._current
         table, order, homes, last, half = current.table, current.order, self._homes, \
             self._last, self._half
         reduce, from_bytes, mask = _reduce, _from_bytes, _MASK
         room = half - len(order) - 1  # additions before the current generation is full
-        for index, received in enumerate(batch):
+        for index, event in enumerate(events):
             try:
-                uuid = received.event["uuid"]
+                uuid = event["uuid"]
                 fp = reduce(from_bytes(uuid.encode(), "little")) & mask or 1
             except (KeyError, TypeError, AttributeError):  # no uuid, not a mapping (the
                 continue  # engine reports it), a uuid not a string (JSON's others: no encode)
             except UnicodeEncodeError:  # a lone surrogate
                 fp = fingerprint(uuid)
-            if received.internal or not uuid:
+            if not uuid:
                 continue
             home = fp % homes
             i = home

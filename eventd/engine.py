@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from eventd.attachments import Attacher
 from eventd.dedupe import DedupeWindow
 from eventd.errors import TemplateError
-from eventd.events import Event, Received, object_ref, parse_datetime
+from eventd.events import Batch, Event, Received, object_ref, parse_datetime
 from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import KNOWN_TYPES, Metrics
@@ -178,7 +178,7 @@ class Engine:
         self.rules = rules
 
     # -- processing ------------------------------------------------------------------
-    def process_batch(self, batch: list[Received]) -> None:
+    def process_batch(self, batch: Sequence[Received]) -> None:
         """Process a batch in order; one bad event never stops the rest.
 
         Per-event jobs (audit lines) of the whole batch are handed over together at the end.
@@ -192,7 +192,15 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - an action kind's inactive() failed: no shortcut
             report_internal_error("engine", exc, self._metrics)
             quiet, known = _NO_RULES, None
-        self._count_received(batch)
+        # The events, and which are internal (None: none is): a Batch carries them as lists
+        internal: list[bool] | None
+        if type(batch) is Batch:
+            events = batch.events
+            internal = [True] * len(events) if batch.internal else None
+        else:
+            events = list(map(_EVENT, batch))
+            internal = list(map(_INTERNAL, batch))
+        self._count_received(events)
         matches = self._matches
         waiter, guard = self._action_waiter, self._loop_guard
         # The marks are live (the engine's own record() adds to them in the middle of a
@@ -206,16 +214,15 @@ class Engine:
         processing = hooks.processing
         try:
             # process(), written out: a Python call per event costs as much as half of this
-            for index, received in enumerate(batch):
+            for index, event in enumerate(events):
                 if repeated and index in repeated:
                     continue
                 try:
-                    event = received.event
                     if event.get("type") == "action":
                         if self._action_duplicate(event):
                             duplicates += 1
                             continue
-                        if waiter is not None and not received.internal:
+                        if waiter is not None and (internal is None or not internal[index]):
                             waiter.observe(event)
                     if marks and self_caused(event):
                         event["caused_by_eventd"] = True
@@ -232,7 +239,7 @@ class Engine:
                         if processing:
                             hooks.on_processed(event, tuple(map(_NAME, matched)), ())
                         continue
-                    outcome = self._run_rules(received, event, matched, known)
+                    outcome = self._run_rules(batch[index], event, matched, known)
                     if processing:
                         hooks.on_processed(event, outcome.rules, outcome.decisions)
                 except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
@@ -249,7 +256,7 @@ class Engine:
         """Process one event; returns what was decided (None for a duplicate or no match)."""
         event = received.event
         kind = event.get("type")
-        self._count_received((received,))
+        self._count_received((event,))
         if self._is_duplicate(received, event, kind):
             self._duplicates[()] += 1
             return None
@@ -269,16 +276,16 @@ class Engine:
             hooks.on_processed(event, outcome.rules, outcome.decisions)
         return outcome
 
-    def _count_received(self, batch: Sequence[Received]) -> None:
+    def _count_received(self, events: Sequence[Event]) -> None:
         """Count events by type (a known type, or "other"), a whole batch in one C call."""
         counts = self._received
         try:
-            kinds = list(map(_TYPE, map(_EVENT, batch)))
-            set(kinds)  # TypeError for a type that is not hashable, before anything is counted
+            # counted apart first: a TypeError (a type that is not hashable) counts nothing
+            kinds: Mapping[Any, int] = Counter(map(_TYPE, events))
         except (KeyError, TypeError):  # an event without a type, or not a string: one by one
-            kinds = [kind if type(kind) is str else "other"
-                     for kind in (r.event.get("type") if isinstance(r.event, dict) else None
-                                  for r in batch)]
+            kinds = Counter([kind if type(kind) is str else "other"
+                             for kind in (e.get("type") if isinstance(e, dict) else None
+                                          for e in events)])
         counts.update(kinds)
         if len(counts) > len(KNOWN_TYPES) + 1:  # types nobody documented: keep memory flat
             self._received = self._metrics.events_received.fold(counts, _type_label)
@@ -628,6 +635,7 @@ _NONE: frozenset[int] = frozenset()
 _NO_RULES: frozenset[Rule] = frozenset()
 _NO_CONTEXT: Mapping[str, Any] = {}  # what a constant action's options are rendered with
 _EVENT = attrgetter("event")
+_INTERNAL = attrgetter("internal")
 _TYPE = itemgetter("type")
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventd.dedupe import DedupeSaver, DedupeWindow, fingerprint
-from eventd.events import Received
+from eventd.events import Batch, Received
 from eventd.stores.memory import MemoryStore
 from eventd.stores.sqlite import SqliteStore
 from tests.waiting import wait_until
@@ -180,3 +180,16 @@ def test_a_batch_probe_finds_what_one_by_one_probes_find(items, size, batch_size
     assert found == expected
     assert many.snapshot() == one.snapshot()
     assert many.version == one.version
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "", "\ud800", 5, None]), max_size=40),
+       st.integers(2, 12), st.booleans())
+def test_a_batch_of_lists_is_probed_as_its_received_are(uids, size, internal) -> None:
+    """A stream's Batch (events as one list, one `internal` flag) finds what the same
+    events as Received objects find, and leaves the same window."""
+    events = [{"type": "container", "uuid": uid} for uid in uids]
+    as_lists, as_objects = DedupeWindow(size), DedupeWindow(size)
+    batch = Batch(events, 0.0, None, internal)
+    assert as_lists.repeated(batch) == as_objects.repeated(list(batch))
+    assert as_lists.snapshot() == as_objects.snapshot()

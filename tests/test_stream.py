@@ -16,7 +16,7 @@ from eventd.clients.dockercloud.auth import Credentials
 from eventd.clients.dockercloud.rest import RestClient
 from eventd.emulator import Emulator
 from eventd.errors import AuthRejected
-from eventd.events import Received
+from eventd.events import Batch, Received, events_of
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
 from eventd.sources.dockercloud.backfill import Backfiller
@@ -696,3 +696,16 @@ def test_a_handshake_with_a_stale_lease_token_is_refused_and_none_without_a_leas
             thread.join(5)
     assert fenced_emulator.fences is not None
     assert fenced_emulator.fences.snapshot()["stale"] >= 1
+
+
+def test_a_batch_reads_as_the_received_it_stands_for() -> None:
+    """A read's Batch (events as one list) indexes, slices and iterates as Received."""
+    events: list[dict[str, Any]] = [{"type": "container", "uuid": str(n)} for n in range(3)]
+    raws = [b"a", b"b", b"c"]
+    plain, recorded = Batch(events, 5.0), Batch(events, 5.0, raws, internal=True)
+    assert list(plain) == [Received(e, 5.0) for e in events] and len(plain) == 3
+    assert plain[-1] == Received(events[2], 5.0) and plain[1:] == list(plain)[1:]
+    assert list(recorded) == [Received(e, 5.0, r, True) for e, r in zip(events, raws, strict=True)]
+    assert recorded[0].raw == b"a" and recorded[0].event is events[0]
+    assert events_of(plain) is events and events_of(list(plain)) == events
+    assert not Batch([], 1.0)

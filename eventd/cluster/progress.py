@@ -8,7 +8,7 @@ release the time of the last event received counts: the engine still finishes th
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from eventd.clients.dockercloud.namespaces import OWN, label
 from eventd.events import Received
@@ -28,18 +28,18 @@ class Tracker:
         self._processed: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def _name(self, batch: list[Received]) -> str:
+    def _name(self, batch: Sequence[Received]) -> str:
         name = label(batch[-1].event.get("namespace"))
         return name if name in self._names else OWN
 
-    def received(self, batch: list[Received]) -> None:
+    def received(self, batch: Sequence[Received]) -> None:
         """A batch was handed to the engine."""
         if batch:
             last, name = batch[-1], self._name(batch)
             with self._lock:
                 self._received[name] = max(last.received_at, self._received.get(name, 0.0))
 
-    def processed(self, batch: list[Received]) -> None:
+    def processed(self, batch: Sequence[Received]) -> None:
         """The engine finished a batch (every event of one batch comes from one stream)."""
         if batch:
             last, name = batch[-1], self._name(batch)

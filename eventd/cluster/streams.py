@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from eventd.clients.dockercloud.namespaces import label
@@ -23,7 +23,7 @@ from eventd.sources.dockercloud.stream import StreamConsumer
 
 logger = logging.getLogger(__name__)
 
-Sink = Callable[[list[Received]], None]
+Sink = Callable[[Sequence[Received]], None]
 #: builds the consumer of one namespace (None: the user's own) whose events go through `fence`
 Factory = Callable[[str | None, Callable[[], bool] | None], ConsumerLoop]
 Runner = Callable[[ConsumerLoop], None]
@@ -136,7 +136,7 @@ def fenced(sink: Sink, fence: Callable[[], bool], on_lost: Callable[[], None],
     """A sink that lets events through only while `fence()` holds (the lease is still ours)."""
     dropped = metrics.dropped.labels(kind="event", reason="lease_lost")
 
-    def put(batch: list[Received]) -> None:
+    def put(batch: Sequence[Received]) -> None:
         if not fence():
             dropped.inc(len(batch))
             on_lost()

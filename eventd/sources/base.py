@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Any
@@ -34,7 +34,7 @@ from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 from eventd.settings import DEFAULT_AUTH_ERROR_WAIT, DEFAULT_HEALTHY_AFTER
 
-Sink = Callable[[list[Received]], None]
+Sink = Callable[[Sequence[Received]], None]
 
 #: source name -> "module:factory"; the factory takes a SourceContext (kombu's TRANSPORT_ALIASES)
 SOURCES: dict[str, str] = {
@@ -254,7 +254,7 @@ class ConsumerLoop(ABC):
         """Replay threads started so far (so a caller can join them at shutdown)."""
         return list(self._replays)
 
-    def deliver(self, batch: list[Received]) -> None:
+    def deliver(self, batch: Sequence[Received]) -> None:
         """Hand one batch to the sink (which may block: backpressure)."""
         self._sink(batch)
 

@@ -8,15 +8,15 @@ with the namespace it came from (`event["namespace"]`, as `caused_by_eventd` is 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from eventd.events import Received
+from eventd.events import Received, events_of
 
 #: the name (metric label, Redis key part) of the user's own namespace, when none is given;
 #: no Docker ID or organisation name can contain parentheses, so it never clashes with one
 OWN = "(own)"
 
-Sink = Callable[[list[Received]], None]
+Sink = Callable[[Sequence[Received]], None]
 
 _UNNAMESPACED = re.compile(r"^/api/(?P<sub>app|infra)/v1/"
                            r"(?P<rest>(?:stack|service|container|nodecluster|node)(?:/.*)?)$")
@@ -33,9 +33,9 @@ def tagging(sink: Sink, namespace: str | None) -> Sink:
     if not namespace:
         return sink
 
-    def tag(batch: list[Received]) -> None:
-        for received in batch:
-            received.event["namespace"] = namespace
+    def tag(batch: Sequence[Received]) -> None:
+        for event in events_of(batch):  # a Batch's own list: no Received built
+            event["namespace"] = namespace
         sink(batch)
 
     return tag

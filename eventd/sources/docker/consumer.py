@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import docker
@@ -258,7 +258,7 @@ class EngineEvents(ConsumerLoop):
                        "than its buffer happened); events in between are lost", self.address)
         return False
 
-    def _pass_gap_events_if_needed(self, batch: list[Received]) -> None:
+    def _pass_gap_events_if_needed(self, batch: Sequence[Received]) -> None:
         """Drop the loop's gap events when the Engine replays the gap; pass them on otherwise."""
         if len(batch) == 1 and batch[0].internal and batch[0].event.get("type") == "eventd":
             event = batch[0].event
@@ -271,7 +271,7 @@ class EngineEvents(ConsumerLoop):
                     logger.info("%s replays the %.1f s gap through since=: no events lost",
                                 self.address, event["gap_seconds"])
                     return
-                batch = ([held] if held is not None else []) + batch
+                batch = ([held] if held is not None else []) + list(batch)
         self._downstream(batch)
 
     # -- watchdog -------------------------------------------------------------------------------

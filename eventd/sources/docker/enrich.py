@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
@@ -267,14 +267,14 @@ class Prefetching:
     (those whose match holds for the event), then hands the batch on."""
 
     def __init__(self, prefetch: Callable[[dict[str, Any]], None], rules: Callable[[], Any],
-                 sink: Callable[[list[Received]], None]) -> None:
+                 sink: Callable[[Sequence[Received]], None]) -> None:
         self._prefetch = prefetch
         self._rules = rules  # the rule set in force (it changes on reload)
         self._sink = sink
         self._seen: Any = None
         self._enriching: tuple[Rule, ...] = ()
 
-    def __call__(self, batch: list[Received]) -> None:
+    def __call__(self, batch: Sequence[Received]) -> None:
         rules = self._rules()
         if rules is not self._seen:
             self._seen = rules

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState
@@ -36,7 +36,7 @@ ACTIONS_PATH = "/api/audit/v1/action/"
 #: how far outside the gap a date may be and still count (the filter has whole seconds)
 SLACK = 1.0
 
-Sink = Callable[[list[Received]], None]
+Sink = Callable[[Sequence[Received]], None]
 #: a backfill's retries: the backoff policy's steps without jitter (1 s, 2 s)
 BACKOFF = Backoff(jitter=False)
 

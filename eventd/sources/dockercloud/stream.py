@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -27,7 +26,7 @@ from eventd.backoff import Backoff, Rng
 from eventd.clients.dockercloud.auth import Credentials
 from eventd.clients.http import parse_retry_after
 from eventd.errors import AuthRejected, MalformedEvent
-from eventd.events import Received, parse_event
+from eventd.events import Batch, Received, parse_event
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 from eventd.outbound import FENCING_HEADER
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Sink = Callable[[list[Received]], None]
+Sink = Callable[[Sequence[Received]], None]
 
 AUTH_STATUSES = frozenset({401, 403})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -366,15 +365,14 @@ class StreamConsumer(ConsumerLoop):
         if usual:
             # Without a recorder nothing reads the frames again: the batch does not keep
             # them (the hand-off queue holds ~700 events, 0.25 MB of frames beside them).
-            batch: list[Received] = list(map(Received, events, repeat(now))) \
-                if self._recorder is None else list(map(Received, events, repeat(now), messages))
+            batch = Batch(events, now, None if self._recorder is None else messages)
         else:
             batch, auth_error = self._parse_each(messages, now)
         self._metrics.stream_last_event.set(now)
         if batch:
-            if self._recorder is not None:
+            if batch.raws is not None and self._recorder is not None:
                 try:
-                    self._recorder.write_batch([r.raw for r in batch if r.raw is not None])
+                    self._recorder.write_batch(batch.raws)
                 except OSError as exc:  # a full disk must not stop the stream
                     report_internal_error("recorder", exc, self._metrics)
             self._sink(batch)
@@ -382,10 +380,11 @@ class StreamConsumer(ConsumerLoop):
             raise auth_error
 
     def _parse_each(self, messages: list[bytes],
-                    now: float) -> tuple[list[Received], AuthRejected | None]:
+                    now: float) -> tuple[Batch, AuthRejected | None]:
         """A read holding something else than events (auth, error, malformed frames): the
         events, and the AuthRejected an `error` message means."""
-        batch: list[Received] = []
+        events: list[dict[str, Any]] = []
+        raws: list[bytes] = []
         auth_error: AuthRejected | None = None
         for payload in messages:
             try:
@@ -398,8 +397,9 @@ class StreamConsumer(ConsumerLoop):
                 if kind == "error" and self._error_message(event):
                     auth_error = AuthRejected("stream sent error UNAUTHORIZED")
                 continue
-            batch.append(Received(event, now, payload if self._recorder is not None else None))
-        return batch, auth_error
+            events.append(event)
+            raws.append(payload)
+        return Batch(events, now, raws if self._recorder is not None else None), auth_error
 
     def _error_message(self, event: dict[str, Any]) -> bool:
         """Log and count an `error` message; say whether it rejects the credentials."""
