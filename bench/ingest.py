@@ -74,7 +74,7 @@ def run(events: int, rules: int, work: Path) -> int:
     data = cached.read_bytes() if cached.exists() else bytes(streamgen.build_stream(events).data)
     consumer = StreamConsumer("ws://127.0.0.1:1/", Credentials("u", "k", "test"),
                               engine.process_batch, metrics, stopping)
-    reader = FrameReader(_Feed(data))  # type: ignore[arg-type]
+    reader = FrameReader(_Feed(data), views=True)  # type: ignore[arg-type]
     deliver = consumer._deliver
     read = reader.read
     while True:

@@ -138,6 +138,26 @@ def test_many_frames_in_one_read_are_all_returned(server, client):
     assert reader.buffered == 0
 
 
+def test_views_are_the_messages_until_the_next_read_and_read_gives_bytes(server, client):
+    """With `views` (the stream's reader) the usual messages are views into the buffer, each
+    equal to its frame's payload when read; without, every message is bytes."""
+    frames = [b"x" * 10, b"y" * 200, b"z" * 70000, b"{}"] * 3  # 7-, 16- and 64-bit lengths
+    server.send(b"".join(encode_frame(OP_TEXT, f) for f in frames), piece=777)
+    viewing = FrameReader(client.sock, chunk_size=4096, views=True)
+    got: list[bytes] = []
+    kinds: set[type] = set()
+    while len(got) < len(frames):
+        messages = viewing.read()
+        kinds.update(map(type, messages))
+        got.extend(map(bytes, messages))  # copied before the next read reuses the buffer
+    assert got == frames and memoryview in kinds
+    server.send(b"".join(encode_frame(OP_TEXT, f) for f in frames))
+    copying = FrameReader(client.sock)
+    assert read_messages(copying, len(frames)) == frames
+    server.send(encode_frame(OP_TEXT, b"{}"))
+    assert all(type(m) is bytes for m in copying.read())
+
+
 def test_frames_split_across_reads_at_every_byte(server, client):
     frames = [b"x" * 10, b"y" * 200, b"z" * 70000, b"{}"]  # 7-bit, 16-bit and 64-bit lengths
     server.send(b"".join(encode_frame(OP_TEXT, f) for f in frames), piece=1)

@@ -63,8 +63,11 @@ class FrameReader:
 
     def __init__(self, sock: socket.socket, on_ping: Callable[[bytes], object] | None = None,
                  chunk_size: int = DEFAULT_CHUNK,
-                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE, views: bool = False) -> None:
+        """`views`: `read()` returns the usual messages as memoryviews into the buffer, valid
+        only until the next `read()` (the stream decodes them at once): no copy each."""
         self._sock = sock
+        self._views = views
         self._on_ping = on_ping
         self._max_message = max_message
         self._chunk = chunk_size
@@ -81,8 +84,9 @@ class FrameReader:
         #: the protocol violation that ends the stream, once found
         self.broken: FramingError | None = None
 
-    def read(self) -> list[bytes]:
-        """Receive once (blocking up to the socket's timeout) and return every complete message.
+    def read(self) -> list[bytes | memoryview]:
+        """Receive once (blocking up to the socket's timeout) and return every complete message
+        (bytes, or with `views` memoryviews valid until the next read).
 
         May return an empty list (only control frames or a partial frame arrived). Raises the
         socket's TimeoutError when nothing arrived, ConnectionEnded on EOF, FramingError on a
@@ -100,14 +104,14 @@ class FrameReader:
         if not count:
             raise ConnectionEnded("connection closed by peer")
         self._end = end + count
-        messages: list[bytes] = []
+        messages: list[bytes | memoryview] = []
         try:
             self._parse(messages)
         except FramingError as exc:
             if not messages:
                 raise
             self.broken = exc  # raised by the next read: first the messages that came whole
-        return messages
+        return messages if self._views else list(map(bytes, messages))
 
     @property
     def buffered(self) -> int:
@@ -155,12 +159,13 @@ class FrameReader:
             header += 4
         return header + length
 
-    def _parse(self, messages: list[bytes]) -> None:
+    def _parse(self, messages: list[bytes | memoryview]) -> None:
         """Cut every complete frame out of the buffer into `messages`; keep a trailing partial
         frame.
 
         The usual frame (a whole, unmasked text or binary message under 64 KiB) is cut here
-        in a few steps; every other frame goes through `_frame`.
+        in a few steps, as a view into the buffer (read() copies it unless `views`); every
+        other frame goes through `_frame`.
         """
         buf = self._buf
         view = self._view
@@ -178,12 +183,12 @@ class FrameReader:
                         stop = pos + 4 + long_length
                         if stop > end:
                             break
-                        append(view[pos + 4:stop].tobytes())
+                        append(view[pos + 4:stop])
                     elif how:
                         stop = pos + 2 + (first & 0x7F)
                         if stop > end:
                             break
-                        append(view[pos + 2:stop].tobytes())
+                        append(view[pos + 2:stop])
                     else:
                         break
                     pos = stop

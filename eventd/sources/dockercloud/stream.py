@@ -231,7 +231,7 @@ class StreamConsumer(ConsumerLoop):
             raise Disconnected("stopped", detail="stopped during the handshake")
         # A failed pong write is left for the next read to notice as a dead socket.
         assert ws.sock is not None  # connect() succeeded
-        self._reader = FrameReader(ws.sock,
+        self._reader = FrameReader(ws.sock, views=True,  # decoded by _deliver before the next read
                                    on_ping=lambda payload: _quietly(lambda: ws.pong(payload)))
 
     def _failed(self, reason: str, detail: str) -> Disconnected:
@@ -350,8 +350,11 @@ class StreamConsumer(ConsumerLoop):
                     except (OSError, websocket.WebSocketException):
                         return "dropped"
 
-    def _deliver(self, messages: list[bytes]) -> None:
-        """Parse one read's frames and hand the good ones to the sink as one batch."""
+    def _deliver(self, messages: list[bytes | memoryview]) -> None:
+        """Parse one read's frames and hand the good ones to the sink as one batch.
+
+        `messages` may be views into the reader's buffer: nothing here keeps one (the
+        recorder's frames are copied)."""
         now = self._clock()
         auth_error: AuthRejected | None = None
         try:
@@ -365,7 +368,8 @@ class StreamConsumer(ConsumerLoop):
         if usual:
             # Without a recorder nothing reads the frames again: the batch does not keep
             # them (the hand-off queue holds ~700 events, 0.25 MB of frames beside them).
-            batch = Batch(events, now, None if self._recorder is None else messages)
+            batch = Batch(events, now,
+                          None if self._recorder is None else list(map(bytes, messages)))
         else:
             batch, auth_error = self._parse_each(messages, now)
         self._metrics.stream_last_event.set(now)
@@ -379,14 +383,15 @@ class StreamConsumer(ConsumerLoop):
         if auth_error is not None:
             raise auth_error
 
-    def _parse_each(self, messages: list[bytes],
+    def _parse_each(self, messages: list[bytes | memoryview],
                     now: float) -> tuple[Batch, AuthRejected | None]:
         """A read holding something else than events (auth, error, malformed frames): the
         events, and the AuthRejected an `error` message means."""
         events: list[dict[str, Any]] = []
         raws: list[bytes] = []
         auth_error: AuthRejected | None = None
-        for payload in messages:
+        for message in messages:
+            payload = bytes(message)  # kept past the next read (a view would not be)
             try:
                 event = parse_event(payload)
             except MalformedEvent as exc:
