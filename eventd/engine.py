@@ -194,13 +194,14 @@ class Engine:
             quiet, known = _NO_RULES, None
         # The events, and which are internal (None: none is): a Batch carries them as lists
         internal: list[bool] | None
+        types: Mapping[Any, int] | None = None  # counted by the source, when it did
         if type(batch) is Batch:
-            events = batch.events
+            events, types = batch.events, batch.types
             internal = [True] * len(events) if batch.internal else None
         else:
             events = list(map(_EVENT, batch))
             internal = list(map(_INTERNAL, batch))
-        self._count_received(events)
+        self._count_received(events, types)
         matches = self._matches
         waiter, guard = self._action_waiter, self._loop_guard
         # The marks are live (the engine's own record() adds to them in the middle of a
@@ -276,16 +277,19 @@ class Engine:
             hooks.on_processed(event, outcome.rules, outcome.decisions)
         return outcome
 
-    def _count_received(self, events: Sequence[Event]) -> None:
-        """Count events by type (a known type, or "other"), a whole batch in one C call."""
+    def _count_received(self, events: Sequence[Event],
+                        kinds: Mapping[Any, int] | None = None) -> None:
+        """Count events by type (a known type, or "other"), a whole batch in one C call;
+        `kinds`: the batch's events already counted by type (a stream's read)."""
         counts = self._received
-        try:
-            # counted apart first: a TypeError (a type that is not hashable) counts nothing
-            kinds: Mapping[Any, int] = Counter(map(_TYPE, events))
-        except (KeyError, TypeError):  # an event without a type, or not a string: one by one
-            kinds = Counter([kind if type(kind) is str else "other"
-                             for kind in (e.get("type") if isinstance(e, dict) else None
-                                          for e in events)])
+        if kinds is None:
+            try:
+                # counted apart first: a TypeError (a type that is not hashable) counts nothing
+                kinds = Counter(map(_TYPE, events))
+            except (KeyError, TypeError):  # an event without a type, or not a string: one by one
+                kinds = Counter([kind if type(kind) is str else "other"
+                                 for kind in (e.get("type") if isinstance(e, dict) else None
+                                              for e in events)])
         counts.update(kinds)
         if len(counts) > len(KNOWN_TYPES) + 1:  # types nobody documented: keep memory flat
             self._received = self._metrics.events_received.fold(counts, _type_label)

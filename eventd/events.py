@@ -11,7 +11,7 @@ import datetime as _dt
 import email.utils
 import re
 import uuid as _uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple, overload
@@ -57,16 +57,20 @@ class Batch(Sequence[Received]):
     (a dataclass __init__, a Python call) cost about as much as cutting its frame; the engine
     reads `events` directly. Anything that takes a sequence of Received takes a Batch."""
 
-    __slots__ = ("events", "received_at", "raws", "internal")
+    __slots__ = ("events", "received_at", "raws", "internal", "types")
 
     def __init__(self, events: list[Event], received_at: float,
-                 raws: list[bytes] | None = None, internal: bool = False) -> None:
+                 raws: list[bytes] | None = None, internal: bool = False, *,
+                 types: Mapping[str, int] | None = None) -> None:
         self.events = events
         self.received_at = received_at
         #: the frames as received, one per event, when something reads them again (the
         #: stream's recorder); None otherwise
         self.raws = raws
         self.internal = internal
+        #: the events counted by `type` when they were decoded (what the engine counts as
+        #: received), or None; nothing on the way to the engine changes a type
+        self.types = types
 
     def __len__(self) -> int:
         return len(self.events)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections import Counter as Tallied
 
 import pytest
 import requests
@@ -20,7 +21,7 @@ from eventd.actions.audit import AuditAction
 from eventd.actions.base import ActionContext
 from eventd.actions.log import LogAction
 from eventd.engine import Engine
-from eventd.events import Received
+from eventd.events import Batch, Received
 from eventd.ops.metrics import Metrics, Spread, Tally
 from eventd.records import ActionJob
 from eventd.ruleset.loader import load_rules
@@ -311,3 +312,33 @@ def test_a_bad_event_in_a_batch_costs_only_itself(tmp_path, internal_errors):
     internal_errors.clear()  # caught on purpose
     engine.process_batch([event()])  # and the next batch is as usual
     assert sample("eventd_rule_matches_total", {"rule": "every"}) == 5
+
+
+@pytest.mark.parametrize("internal", [False, True])
+def test_a_stream_batch_counts_and_matches_as_its_received_do(tmp_path, internal):
+    """A read's Batch (events as one list, counted by type when decoded) counts, de-duplicates
+    and matches exactly as the same events handed over as Received."""
+    text = """
+        rules:
+          - name: every
+            match: {}
+            actions: [{log: {message: "x", level: debug}}]
+    """
+    as_lists, lists_metrics = engine_for(tmp_path / "a", text, Collected())
+    as_batch, batch_metrics = engine_for(tmp_path / "b", text, Collected())
+    events = [event(kind=kind).event for kind in ("container", "service", "action", "node")]
+    events.append(dict(events[0]))  # the same uuid again: a duplicate unless internal
+    batch = Batch(events, 0.0, None, internal, types=Tallied(e["type"] for e in events))
+    as_batch.process_batch(batch)
+    as_lists.process_batch([Received(dict(e), 0.0, None, internal) for e in events])
+    for name in ("eventd_events_received_total", "eventd_events_duplicate_total",
+                 "eventd_rule_matches_total"):
+        assert samples_named(batch_metrics, name) == samples_named(lists_metrics, name)
+    assert samples_named(batch_metrics, "eventd_events_duplicate_total") == (
+        {(): 0.0} if internal else {(): 1.0})
+    assert as_batch.processed == as_lists.processed == 5 - (not internal)
+
+
+def samples_named(metrics, name):
+    return {tuple(sorted(s.labels.items())): s.value for family in metrics.registry.collect()
+            for s in family.samples if s.name == name}

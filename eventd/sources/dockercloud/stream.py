@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -63,7 +64,6 @@ _CLOSE_WAIT = 0.25  # how long a graceful stop waits for the server's close fram
 #: not an event (`auth`, `error`)
 _NOT_EVENT = frozenset({"", "auth", "error"})
 _TYPE = itemgetter("type")
-_STR = {str}
 
 
 @dataclass(frozen=True)
@@ -361,15 +361,18 @@ class StreamConsumer(ConsumerLoop):
             # The usual read, in C calls over the whole batch: every frame an object with a
             # string `type` that is an event's (not auth/error). Anything else: one by one.
             events = list(map(orjson.loads, messages))
-            kinds = list(map(_TYPE, events))  # TypeError: not an object; KeyError: no type
-            usual = _NOT_EVENT.isdisjoint(kinds) and set(map(type, kinds)) == _STR
-        except (orjson.JSONDecodeError, TypeError, KeyError):  # TypeError: unhashable too
+            # counted here once, for the engine's count too; TypeError: not an object, or a
+            # type that is not hashable; KeyError: no type
+            types = Counter(map(_TYPE, events))
+            usual = _NOT_EVENT.isdisjoint(types) and all(type(kind) is str for kind in types)
+        except (orjson.JSONDecodeError, TypeError, KeyError):
             usual = False
         if usual:
             # Without a recorder nothing reads the frames again: the batch does not keep
             # them (the hand-off queue holds ~700 events, 0.25 MB of frames beside them).
             batch = Batch(events, now,
-                          None if self._recorder is None else list(map(bytes, messages)))
+                          None if self._recorder is None else list(map(bytes, messages)),
+                          types=types)
         else:
             batch, auth_error = self._parse_each(messages, now)
         self._metrics.stream_last_event.set(now)
