@@ -68,6 +68,11 @@ def run(events: int, rules: int, work: Path) -> int:
         engine._count_received = lambda events: None  # type: ignore[method-assign]
     if "dedupe" in stub:
         engine.dedupe.repeated = lambda *a: None  # type: ignore[method-assign]
+    if "action" in stub:
+        engine._action_duplicate = lambda event: False  # type: ignore[method-assign]
+        engine._action_waiter = None
+    if "match" in stub:
+        engine.rules.match = lambda event: []  # type: ignore[method-assign]
     if "engine" in stub:
         engine.process_batch = lambda batch: None  # type: ignore[method-assign]
     cached = work.parent / f"ingest-stream-{events}.bin"  # built outside the count

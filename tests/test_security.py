@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventd.emulator import Emulator
@@ -223,3 +225,14 @@ def test_a_huge_resource_uri_is_no_object_and_costs_no_time():
     assert object_ref(uri + HUGE) is None and object_ref(HUGE) is None
     assert time.monotonic() - started < 1
     assert object_ref(uri) is not None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="aZ_-09/.\n x", max_size=24))
+def test_a_resource_uri_names_the_object_the_tail_search_names(uri):
+    """object_ref tries the tail's pattern where a URI's type segment starts before searching:
+    the same object as the search from the left, for any text."""
+    from eventd.events import _TAIL, _tail
+
+    found, searched = _tail(uri), _TAIL.search(uri)
+    assert (found and found.groups()) == (searched and searched.groups())
