@@ -315,8 +315,11 @@ class Engine:
         ref = object_ref(event.get("resource_uri"))
         if ref is None:
             return False
-        key = (ref.uuid, str(event.get("state", "")))
-        backfilled = bool(event.get("backfilled"))
+        state = event.get("state", "")
+        # a quarter of the stream's events are actions: no call where a test does (str(),
+        # bool()), the uuid by index (a NamedTuple's field by name is a descriptor call)
+        key = (ref[1], state if type(state) is str else str(state))
+        backfilled = True if event.get("backfilled") else False
         seen_backfilled = self._action_states.get(key)
         if seen_backfilled is not None and (backfilled or seen_backfilled):
             return True

@@ -180,15 +180,19 @@ class FrameReader:
                     first, long_length = head(buf, pos)
                     how = usual[first]
                     if how == 2:  # 16-bit length: the bulk of a busy stream
-                        stop = pos + 4 + long_length
+                        pos += 4
+                        stop = pos + long_length
                         if stop > end:
+                            pos -= 4
                             break
-                        append(view[pos + 4:stop])
+                        append(view[pos:stop])
                     elif how:
-                        stop = pos + 2 + (first & 0x7F)
+                        pos += 2
+                        stop = pos + (first & 0x7F)
                         if stop > end:
+                            pos -= 2
                             break
-                        append(view[pos + 2:stop])
+                        append(view[pos:stop])
                     else:
                         break
                     pos = stop
