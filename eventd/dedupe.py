@@ -187,8 +187,7 @@ class DedupeWindow:
                 fp = fingerprint(uuid)
             if not uuid:
                 continue
-            home = fp % homes
-            i = home
+            i = home = fp % homes
             while slot := previous[i]:
                 if slot == fp:
                     break
