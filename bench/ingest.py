@@ -1,12 +1,15 @@
 """The ingest path in one thread, for counting it: frame reader -> the stream's `_deliver` -> engine.
 
 `python bench/ingest.py --events N [--rules R]` feeds N events of the blaster's stream
-(bench/streamgen.py) through eventd's FrameReader (over a socket pair, in the blaster's
-64 KiB chunks), StreamConsumer._deliver and Engine.process_batch of a pipeline built as the
-daemon builds it (the memory store, rulegen.scaled(R): log actions below the level), all on
-this thread. Under `valgrind --tool=callgrind` at two sizes, the difference over the events'
-difference is what the ingest path costs per event without the second thread, the hand-off
-and the daemon's start-up: `--callgrind N1 N2` runs both and prints it.
+(bench/streamgen.py) through eventd's FrameReader as the stream consumer makes it (over a
+stand-in socket handing out 64 KiB per read), StreamConsumer._deliver and
+Engine.process_batch of a pipeline built as the daemon builds it (the memory store,
+rulegen.scaled(R): log actions below the level), all on this thread. Under `valgrind
+--tool=callgrind` at two sizes, the difference over the events' difference is what the
+ingest path costs per event without the second thread, the hand-off and the daemon's
+start-up: `--callgrind N1 N2 [--out DIR]` runs both (the streams built outside the count)
+and prints it. `INGEST_STUB=count,dedupe,action,match,engine` leaves those stages out, to
+measure one by difference (that run is no longer eventd).
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def _total(out: Path) -> int:
     return int(found.group(1))
 
 
-def count(n1: int, n2: int, rules: int, out_dir: Path, keep: bool) -> float:
+def count(n1: int, n2: int, rules: int, out_dir: Path) -> float:
     totals = []
     for n in (n1, n2):
         (out_dir / f"ingest-stream-{n}.bin").write_bytes(bytes(streamgen.build_stream(n).data))
@@ -124,7 +127,7 @@ def main() -> int:
     if args.callgrind:
         with tempfile.TemporaryDirectory() as tmp:
             out = args.out or Path(tmp)
-            per_event = count(*args.callgrind, args.rules, out, args.out is not None)
+            per_event = count(*args.callgrind, args.rules, out)
         print(f"{args.rules} rules: {per_event:,.0f} instructions per event")
         return 0
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
