@@ -482,6 +482,44 @@ def test_a_lease_that_ran_out_while_a_tick_waited_on_redis_is_dropped_not_renewe
         streams.stop_all(2)
 
 
+def test_a_stream_without_a_connection_is_handed_over_when_due_not_at_the_next_tick(cluster):
+    # The chaos runs: a stream down for 2/3 TTL was handed over at the coordinator's next tick
+    # (every TTL/3), up to a tick late; the loop now wakes when the first one is due.
+    from eventd.cluster.coordinator import UNCONNECTED_SHARE, Coordinator
+    from eventd.cluster.metrics import ClusterMetrics
+    from eventd.cluster.progress import Tracker
+    from eventd.cluster.streams import Streams
+    from eventd.ops.metrics import Metrics
+
+    metrics = Metrics()
+    consumers: list[_Consumer] = []
+
+    def consumer(ns, fence) -> _Consumer:
+        consumers.append(_Consumer())
+        return consumers[-1]
+
+    streams = Streams(consumer, lambda running: running.run())
+    coordinator = Coordinator(
+        cluster.client, cluster=cluster.name, namespaces=("acme", "globex"), ttl=30,
+        streams=streams, tracker=Tracker(), metrics=metrics,
+        cluster_metrics=ClusterMetrics(metrics.registry, ["acme", "globex"]), info=dict,
+        max_gap=900, replica_id="a")
+    try:
+        coordinator._tick()  # alone: it takes both
+        assert coordinator.held() == ["acme", "globex"]
+        now = time.monotonic()
+        assert coordinator._hand_over_due(now) is None  # both connected
+        limit = 30 * UNCONNECTED_SHARE
+        consumers[0].down, consumers[1].down = 5.0, limit - 3.0
+        assert coordinator._hand_over_due(now) == pytest.approx(now + 3.0, abs=0.05)
+        consumers[1].down = limit + 1.0  # already due (kept: nobody else to take it)
+        assert coordinator._hand_over_due(now) == pytest.approx(now + limit - 5.0, abs=0.05)
+        consumers[0].down = limit + 1.0
+        assert coordinator._hand_over_due(now) is None  # the tick's interval, no busy loop
+    finally:
+        streams.stop_all(2)
+
+
 def test_a_replica_cut_off_from_the_stream_hands_its_lease_over_and_stands_by(cluster):
     # The chaos run (seed 12): a replica cut off from the stream server took a lease and held
     # it, its handshake hanging, until the partition healed (a 13 s gap). A stream with no

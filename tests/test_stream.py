@@ -337,6 +337,23 @@ def test_a_silent_loss_is_dated_from_the_last_frame_heard_not_from_when_it_was_n
     assert gaps[2]["gap_seconds"] >= reconnected_at - silent_at - 0.1
 
 
+def test_a_silent_loss_counts_as_down_from_the_last_frame_heard(emulator, metrics, start):
+    # A cluster replica hands over a stream it has not been connected to for 2/3 TTL
+    # (`down_for`): a silent loss, noticed a pong timeout later, counts from the last frame.
+    run = start(ping_interval=0.2, pong_timeout=2.0, idle_timeout=60, backoff_initial=5.0,
+                backoff_max=5.0)
+    wait_until(connected(run))
+    wait_until(lambda: run.consumer.pongs >= 2)
+    emulator.faults.set_silent(True)
+    silent_at = time.monotonic()
+    wait_until(lambda: reconnects(metrics, "pong_timeout") >= 1, timeout=10)
+    noticed_at = time.monotonic()
+    down_for = run.consumer.down_for()
+    assert noticed_at - silent_at >= 2.0
+    assert down_for >= time.monotonic() - silent_at - 0.5, (down_for, noticed_at - silent_at)
+    emulator.faults.clear()
+
+
 def test_idle_watchdog_reconnects_when_no_frame_arrives(emulator, metrics, start):
     run = start(ping_interval=30, pong_timeout=30, idle_timeout=0.4)
     wait_until(connected(run))
