@@ -197,6 +197,38 @@ class _Consumer:
         self.stopped.set()
 
 
+def test_a_stream_is_marked_by_when_its_last_event_was_sent_not_when_it_arrived():
+    # The chaos runs (kill, failover): a reader held up by a stalled spool read events seconds
+    # after they were sent, dropped the rest with its lease, and the next holder's gap began
+    # at the last processed event's *arrival*: events sent before then and never processed
+    # were lost outside the announced gap. The mark is the event's own (earlier) datetime.
+    from eventd.cluster.progress import MAX_LAG, Tracker
+
+    tracker = Tracker(["acme"])
+    sent = 1_800_000_000.0
+
+    def batch(arrived: float, datetime: str | None) -> list[Received]:
+        event = {"type": "container", "namespace": "acme", "uuid": str(arrived)}
+        if datetime is not None:
+            event["datetime"] = datetime
+        return [Received(event, arrived)]
+
+    late = batch(sent + 7.4, "2027-01-15T08:00:00Z")  # sent at `sent`, read 7.4 s later
+    tracker.received(late)
+    tracker.processed(late)
+    assert tracker.last_processed("acme") == tracker.last_received("acme") == sent
+    ahead = Tracker(["acme"])  # a server clock ahead of ours: the arrival is the bound
+    ahead.processed(batch(sent - 5.0, "2027-01-15T08:00:00Z"))
+    assert ahead.last_processed("acme") == sent - 5.0
+    behind = Tracker(["acme"])  # one far behind (or a made-up datetime): believed up to MAX_LAG
+    behind.processed(batch(sent, "2020-01-01T00:00:00Z"))
+    assert behind.last_processed("acme") == sent - MAX_LAG
+    plain = Tracker(["acme"])  # none, or not a datetime: the arrival
+    plain.processed(batch(sent, None))
+    plain.processed(batch(sent - 1, "yesterday"))
+    assert plain.last_processed("acme") == sent
+
+
 def test_a_replica_at_its_quota_takes_a_stream_only_after_two_consecutive_free_ticks(cluster):
     from eventd.cluster.coordinator import Coordinator
     from eventd.cluster.metrics import ClusterMetrics
