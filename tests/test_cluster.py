@@ -197,6 +197,38 @@ class _Consumer:
         self.stopped.set()
 
 
+def test_a_stream_is_marked_by_when_its_last_event_was_sent_not_when_it_arrived():
+    # The chaos runs (kill, failover): a reader held up by a stalled spool read events seconds
+    # after they were sent, dropped the rest with its lease, and the next holder's gap began
+    # at the last processed event's *arrival*: events sent before then and never processed
+    # were lost outside the announced gap. The mark is the event's own (earlier) datetime.
+    from eventd.cluster.progress import MAX_LAG, Tracker
+
+    tracker = Tracker(["acme"])
+    sent = 1_800_000_000.0
+
+    def batch(arrived: float, datetime: str | None) -> list[Received]:
+        event = {"type": "container", "namespace": "acme", "uuid": str(arrived)}
+        if datetime is not None:
+            event["datetime"] = datetime
+        return [Received(event, arrived)]
+
+    late = batch(sent + 7.4, "2027-01-15T08:00:00Z")  # sent at `sent`, read 7.4 s later
+    tracker.received(late)
+    tracker.processed(late)
+    assert tracker.last_processed("acme") == tracker.last_received("acme") == sent
+    ahead = Tracker(["acme"])  # a server clock ahead of ours: the arrival is the bound
+    ahead.processed(batch(sent - 5.0, "2027-01-15T08:00:00Z"))
+    assert ahead.last_processed("acme") == sent - 5.0
+    behind = Tracker(["acme"])  # one far behind (or a made-up datetime): believed up to MAX_LAG
+    behind.processed(batch(sent, "2020-01-01T00:00:00Z"))
+    assert behind.last_processed("acme") == sent - MAX_LAG
+    plain = Tracker(["acme"])  # none, or not a datetime: the arrival
+    plain.processed(batch(sent, None))
+    plain.processed(batch(sent - 1, "yesterday"))
+    assert plain.last_processed("acme") == sent
+
+
 def test_a_replica_at_its_quota_takes_a_stream_only_after_two_consecutive_free_ticks(cluster):
     from eventd.cluster.coordinator import Coordinator
     from eventd.cluster.metrics import ClusterMetrics
@@ -478,6 +510,44 @@ def test_a_lease_that_ran_out_while_a_tick_waited_on_redis_is_dropped_not_renewe
         assert not coordinator.holds("acme")
         coordinator._tick()
         assert consumers[0].stopped.is_set()  # its stream closed, not revived
+    finally:
+        streams.stop_all(2)
+
+
+def test_a_stream_without_a_connection_is_handed_over_when_due_not_at_the_next_tick(cluster):
+    # The chaos runs: a stream down for 2/3 TTL was handed over at the coordinator's next tick
+    # (every TTL/3), up to a tick late; the loop now wakes when the first one is due.
+    from eventd.cluster.coordinator import UNCONNECTED_SHARE, Coordinator
+    from eventd.cluster.metrics import ClusterMetrics
+    from eventd.cluster.progress import Tracker
+    from eventd.cluster.streams import Streams
+    from eventd.ops.metrics import Metrics
+
+    metrics = Metrics()
+    consumers: list[_Consumer] = []
+
+    def consumer(ns, fence) -> _Consumer:
+        consumers.append(_Consumer())
+        return consumers[-1]
+
+    streams = Streams(consumer, lambda running: running.run())
+    coordinator = Coordinator(
+        cluster.client, cluster=cluster.name, namespaces=("acme", "globex"), ttl=30,
+        streams=streams, tracker=Tracker(), metrics=metrics,
+        cluster_metrics=ClusterMetrics(metrics.registry, ["acme", "globex"]), info=dict,
+        max_gap=900, replica_id="a")
+    try:
+        coordinator._tick()  # alone: it takes both
+        assert coordinator.held() == ["acme", "globex"]
+        now = time.monotonic()
+        assert coordinator._hand_over_due(now) is None  # both connected
+        limit = 30 * UNCONNECTED_SHARE
+        consumers[0].down, consumers[1].down = 5.0, limit - 3.0
+        assert coordinator._hand_over_due(now) == pytest.approx(now + 3.0, abs=0.05)
+        consumers[1].down = limit + 1.0  # already due (kept: nobody else to take it)
+        assert coordinator._hand_over_due(now) == pytest.approx(now + limit - 5.0, abs=0.05)
+        consumers[0].down = limit + 1.0
+        assert coordinator._hand_over_due(now) is None  # the tick's interval, no busy loop
     finally:
         streams.stop_all(2)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from eventd.emulator import Emulator
+from eventd.events import parse_datetime
 from tests.cluster_helpers import Cluster, Replica, cluster_fixture, open_counts, overlaps, replicas_fixture
 from tests.daemon_helpers import write_rules
 from tests.receiver import WebhookReceiver
@@ -190,9 +191,14 @@ rules:
         last = emu.emit_event(type="container", namespace="globex")
         wait_until(lambda: any(r.path == "/hook" and r.json()["uuid"] == last["uuid"]
                                for r in webhook_receiver.requests), 15)
-        # The leader saves its progress every TTL/3: wait until Redis has this event's.
-        wait_until(lambda: float(cluster.client.hget(
-            f"{cluster.name}:cluster:progress:globex", "at") or 0) >= emitted_at - 0.01, 5)
+        # The leader saves its progress every TTL/3: wait until Redis has this event's, the
+        # time it was sent (its own datetime, whole seconds; the arrival if that is earlier),
+        # saved by the leader (not `released` by a replica that handed globex over to it: its
+        # mark may be in the same second).
+        sent = min(emitted_at, parse_datetime(last["datetime"]) or emitted_at)
+        key = f"{cluster.name}:cluster:progress:globex"
+        wait_until(lambda: cluster.client.hget(key, "released") == b"0" and float(
+            cluster.client.hget(key, "at") or 0) >= sent - 0.01, 5)
         webhook_receiver.clear()
         killed_at = time.monotonic()
         leader.kill()

@@ -233,7 +233,7 @@ class Coordinator:
             with self._held_lock:
                 soonest = min((lease.valid_until for lease in self._held.values()), default=None)
             wait = next_tick - now
-            for deadline in (soonest, self._watch_until):
+            for deadline in (soonest, self._watch_until, self._hand_over_due(now)):
                 if deadline is not None:
                     wait = min(wait, deadline - now)
             if self._wake.wait(max(0.0, wait)):
@@ -247,6 +247,15 @@ class Coordinator:
                 self._tick()
             except Exception as exc:  # noqa: BLE001 - the coordinator must keep running
                 report_internal_error("cluster", exc, self._metrics)
+
+    def _hand_over_due(self, now: float) -> float | None:
+        """When the first held stream without a connection will have been down for 2/3 TTL
+        (then the tick hands it over, not up to a tick interval later); None if none will."""
+        with self._held_lock:
+            held = list(self._held)
+        limit = self.ttl * UNCONNECTED_SHARE
+        due = [limit - down for down in map(self._streams.down_for, held) if 0 < down <= limit]
+        return now + min(due) + 0.01 if due else None
 
     def _watch_leases(self) -> None:
         """Close each stream the moment its lease runs out here, even while the loop waits on

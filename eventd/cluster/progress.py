@@ -3,6 +3,13 @@
 The engine reports every batch it finished (`processed`); the coordinator saves the latest
 time per namespace in Redis a few times per lease period, fenced by the lease. On a graceful
 release the time of the last event received counts: the engine still finishes those.
+
+An event's time here is when it was *sent* as far as eventd can tell: its own `datetime`
+(whole seconds) when that is earlier than its arrival. A reader held up (a stalled spool)
+reads events seconds after they were sent; the events sent after the last one it processed
+but before that one's arrival are dropped with the lease, and the next holder's gap must
+cover them. A `datetime` more than MAX_LAG before the arrival (a server clock behind) is not
+believed further than that.
 """
 
 from __future__ import annotations
@@ -11,7 +18,19 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from eventd.clients.dockercloud.namespaces import OWN, label
-from eventd.events import Received
+from eventd.events import Received, parse_datetime
+
+#: the most an event's own `datetime` may date its mark before its arrival (seconds)
+MAX_LAG = 60.0
+
+
+def sent_at(received: Received) -> float:
+    """When the event was sent, at the latest: its arrival, or its own earlier `datetime`."""
+    at = received.received_at
+    when = parse_datetime(received.event.get("datetime"))
+    if when is not None and when < at:
+        return max(when, at - MAX_LAG)
+    return at
 
 
 class Tracker:
@@ -37,21 +56,21 @@ class Tracker:
         if batch:
             last, name = batch[-1], self._name(batch)
             with self._lock:
-                self._received[name] = max(last.received_at, self._received.get(name, 0.0))
+                self._received[name] = max(sent_at(last), self._received.get(name, 0.0))
 
     def processed(self, batch: Sequence[Received]) -> None:
         """The engine finished a batch (every event of one batch comes from one stream)."""
         if batch:
             last, name = batch[-1], self._name(batch)
             with self._lock:
-                self._processed[name] = max(last.received_at, self._processed.get(name, 0.0))
+                self._processed[name] = max(sent_at(last), self._processed.get(name, 0.0))
 
     def last_processed(self, name: str) -> float | None:
-        """When the last event of this namespace that the engine finished had arrived."""
+        """When the last event of this namespace that the engine finished was sent (`sent_at`)."""
         with self._lock:
             return self._processed.get(name)
 
     def last_received(self, name: str) -> float | None:
-        """When the last event of this namespace handed to the engine had arrived."""
+        """When the last event of this namespace handed to the engine was sent (`sent_at`)."""
         with self._lock:
             return self._received.get(name) or self._processed.get(name)

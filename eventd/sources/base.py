@@ -356,7 +356,11 @@ class ConsumerLoop(ABC):
         if value:
             self._down_since = None
         elif self._down_since is None:
-            self._down_since = time.monotonic()
+            # Down since the last sign of life (a silent loss is noticed a ping interval and a
+            # pong timeout later): a replica hands a stream it cannot reach over that much sooner.
+            heard = self._last_heard
+            now = time.monotonic()
+            self._down_since = now if heard is None else min(now, heard)
         self.connected = value
         self._metrics.stream_connected.set(1 if value else 0)
 

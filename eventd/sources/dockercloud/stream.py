@@ -43,6 +43,7 @@ from eventd.settings import (
     plaintext_warning,
 )
 from eventd.sources.base import ConsumerLoop, Disconnected, LoopOptions
+from eventd.sources.dockercloud.dial import Dial
 from eventd.sources.dockercloud.framing import ConnectionEnded, FrameReader, FramingError
 
 if TYPE_CHECKING:
@@ -156,6 +157,7 @@ class StreamConsumer(ConsumerLoop):
         self._safe_url = _safe_url(url)
         self._not_found = 0  # consecutive handshakes answered 404
         self._ws: websocket.WebSocket | None = None
+        self._dial: Dial | None = None  # the connection being made (abortable)
         self._reader: FrameReader | None = None
         self._lock = threading.Lock()
         self._close_sent = False
@@ -168,6 +170,10 @@ class StreamConsumer(ConsumerLoop):
 
     def interrupt(self) -> None:
         """Close the socket with a close frame, or abort a handshake in progress."""
+        with self._lock:
+            dial = self._dial
+        if dial is not None:
+            dial.abort()  # a TCP connect, TLS or HTTP handshake held up by a partition
         ws = self._ws
         if ws is None:
             return
@@ -255,9 +261,15 @@ class StreamConsumer(ConsumerLoop):
         status = 0
         for _ in range(MAX_REDIRECTS + 1):
             ws.handshake_response = None
+            dial = Dial()
+            with self._lock:
+                self._dial = dial
+            if self.stopped():
+                raise Disconnected("stopped", detail="stopped before connecting")
             try:
+                sock = dial.open(url, opts.tls.sslopt(), opts.handshake_timeout)
                 ws.connect(url, timeout=opts.handshake_timeout,  # type: ignore[no-untyped-call]
-                           header=header, redirect_limit=0)
+                           header=header, redirect_limit=0, socket=sock)
                 return
             except websocket.WebSocketBadStatusException:
                 raise
@@ -266,6 +278,10 @@ class StreamConsumer(ConsumerLoop):
                 if response is None or response.status not in REDIRECT_STATUSES:
                     raise
                 status = int(response.status)
+            finally:
+                with self._lock:
+                    self._dial = None
+                dial.done()
             location = (response.headers or {}).get("location")
             target = urljoin(url, location) if isinstance(location, str) and location else ""
             if not target:
