@@ -158,14 +158,16 @@ class MatchCache:
     follow what the stream carries now.
     """
 
-    __slots__ = ("tables", "entries", "chars", "misses", "seen")
+    __slots__ = ("tables", "entries", "chars", "misses", "seen", "strings", "results")
 
     def __init__(self) -> None:
         self.tables: list[dict[Any, tuple[Rule, ...]]] = []
         self.entries = 0
-        self.chars = 0
+        self.chars = 0  # of the strings kept, each once (plans share a parent's URI)
         self.misses = 0
         self.seen: set[int] = set()
+        self.strings: dict[str, str] = {}
+        self.results: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
 
     def table(self) -> dict[Any, tuple[Rule, ...]]:
         """A new plan's own table, cleared with the others."""
@@ -188,15 +190,34 @@ class MatchCache:
                 seen.clear()
             seen.add(mark)
             return
-        table[key] = tuple(result)
+        key, added = self._shared(key)
+        answer = tuple(result)
+        table[key] = self.results.setdefault(answer, answer)
         self.entries += 1
-        self.chars += chars
+        self.chars += added
+
+    def _shared(self, value: Any) -> tuple[Any, int]:
+        """`value` made of the strings already kept (each kept once); the characters added."""
+        kind = type(value)
+        if kind is str:
+            kept = self.strings.setdefault(value, value)
+            return kept, len(value) if kept is value else 0
+        if kind is tuple:
+            items, added = [], 0
+            for item in value:
+                item, more = self._shared(item)
+                items.append(item)
+                added += more
+            return tuple(items), added
+        return value, 0
 
     def clear(self) -> None:
         for table in self.tables:
             table.clear()
         self.entries = self.chars = self.misses = 0
         self.seen.clear()
+        self.strings.clear()
+        self.results.clear()
 
 
 def _chars(value: Any) -> int:
