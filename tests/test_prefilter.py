@@ -80,3 +80,88 @@ def test_any_rule_set_matches_exactly_like_a_full_scan(seed: int) -> None:
         event = random_event(rng)
         expected = [r.name for r in rules.rules if r.compiled.predicate(event)]
         assert [r.name for r in rules.match(event)] == expected, event
+
+
+# -- the plans' remembered answers (MatchCache): keyed by the sender's values --------------
+
+HOSTILE_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2) | st.floats(allow_nan=True)
+    | st.sampled_from(PARENTS + URIS + ["", "x" * 5000]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
+        ["errorMessage", "a"]), inner, max_size=2),
+    max_leaves=6)
+
+
+def hostile_event(draw: st.DrawFn) -> dict:
+    event: dict = {"type": "container", "action": "update",
+                   "state": draw(st.sampled_from(["Running", "Stopped"]))}
+    for field in ("parents", "resource_uri", "data"):
+        if draw(st.booleans()):
+            event[field] = draw(HOSTILE_VALUES)
+    return event
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.composite(hostile_event)(), min_size=1, max_size=12))
+def test_remembered_answers_are_the_full_scans_whatever_the_values(
+        seed: int, events: list[dict]) -> None:
+    """Values of any type (unhashable lists and dicts, numbers beside booleans: 1 == True,
+    huge strings), each event matched three times (kept the second, answered the third)."""
+    rng = random.Random(seed)
+    rules = RuleSet([make_rule(f"r{i}", random_match(rng)) for i in range(rng.randrange(8, 60))]
+                    + [make_rule("one", {"type": "container", "parents": 1}),
+                       make_rule("yes", {"type": "container", "parents": True}),
+                       make_rule("list", {"type": "container", "parents": [PARENTS[0], 7]})])
+    for _ in range(3):
+        for event in events:
+            expected = [r.name for r in rules.rules if r.compiled.predicate(event)]
+            assert [r.name for r in rules.match(event)] == expected, event
+
+
+def test_one_and_true_and_a_tuple_are_not_taken_for_each_other() -> None:
+    rules = RuleSet([make_rule(f"p{i}", {"type": "container", "parents": p})
+                     for i, p in enumerate(PARENTS)]
+                    + [make_rule("one", {"type": "container", "parents": 1}),
+                       make_rule("listed", {"type": "container", "parents": [PARENTS[2]]})])
+    for value, names in [([1], ["one"]), ([True], []), ([1.0], ["one"]), ([PARENTS[2]], ["p2", "listed"]),
+                         ((PARENTS[2],), []), (PARENTS[2], ["p2", "listed"])]:
+        for _ in range(4):  # seen, kept, answered from memory
+            event = {"type": "container", "action": "update", "state": "Running", "parents": value}
+            assert [r.name for r in rules.match(event)] == names, value
+
+
+def test_many_distinct_and_huge_values_keep_memory_bounded() -> None:
+    """A sender varying its values (or sending huge ones) fills the cache no further than
+    its bounds, and each answer stays the full scan's."""
+    from eventd.ruleset import prefilter
+
+    rng = random.Random(1)
+    rules = RuleSet([make_rule(f"r{i}", random_match(rng)) for i in range(200)])
+    for i in range(prefilter.CACHE_ENTRIES + 1500):
+        uri = f"/api/app/v1/ns/service/s{i % 7}/{i}/" + ("y" * 20_000 if i % 100 == 0 else "")
+        event = {"type": "container", "action": "update", "state": "Running",
+                 "parents": [uri, PARENTS[i % 6]], "resource_uri": uri}
+        for _ in range(2):  # each value twice: every one of them would be kept
+            got = [r.name for r in rules.match(event)]
+        if i % 97 == 0:
+            assert got == [r.name for r in rules.rules if r.compiled.predicate(event)]
+        cache = rules._cache
+        assert cache.entries <= prefilter.CACHE_ENTRIES
+        assert cache.chars <= prefilter.CACHE_CHARS
+        assert len(cache.seen) <= prefilter.SEEN_MAX
+    assert sum(map(len, cache.tables)) == cache.entries
+    assert max((len(k) if isinstance(k, str) else sum(map(len, k)) for t in cache.tables
+                for k in t if isinstance(k, (str, tuple)) and all(isinstance(x, str) for x in
+                                                                   (k if isinstance(k, tuple) else (k,)))),
+               default=0) <= prefilter.KEY_CHARS
+
+
+def test_a_reloaded_rule_set_answers_from_its_own_rules() -> None:
+    event = {"type": "container", "action": "update", "state": "Running", "parents": [PARENTS[1]]}
+    rules = [make_rule(f"p{i}", {"type": "container", "parents": p}) for i, p in enumerate(PARENTS)]
+    before = RuleSet(rules)
+    for _ in range(3):
+        assert [r.name for r in before.match(event)] == ["p1"]
+    after = RuleSet(rules[2:] + [make_rule("new", {"type": "container", "parents": PARENTS[1]})])
+    assert [r.name for r in after.match(event)] == ["new"]
+    assert [r.name for r in before.match(event)] == ["p1"]

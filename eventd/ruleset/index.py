@@ -12,7 +12,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from eventd.ruleset.matching import Predicate
-from eventd.ruleset.prefilter import MIN_CANDIDATES, Plan
+from eventd.ruleset.prefilter import MIN_CANDIDATES, MatchCache, Plan
 
 if TYPE_CHECKING:
     from eventd.ruleset.model import Rule
@@ -35,6 +35,7 @@ class RuleSet:
         self.by_name: dict[str, Rule] = {r.name: r for r in self.rules}
         self._table, self._other_row = self._build_index()
         self._memo: dict[tuple[Any, Any, Any], Candidates | Plan] = {}
+        self._cache = MatchCache()  # the plans' remembered answers: a reload starts afresh
 
     def _build_index(self) -> tuple[dict[str, dict[Any, Candidates]], dict[Any, Candidates]]:
         types = {t for r in self.rules if r.compiled.types for t in r.compiled.types}
@@ -80,8 +81,10 @@ class RuleSet:
             if not all(k is None or isinstance(k, str) for k in key):
                 return [r for r in self.rules if r.compiled.predicate(event)]
             found = self.candidates(*key)
-            candidates = Plan(found) if len(found) >= MIN_CANDIDATES else found
-            if len(self._memo) < _MEMO_SIZE:  # type/action/state vocabularies are small
+            kept = len(self._memo) < _MEMO_SIZE  # type/action/state vocabularies are small
+            candidates = Plan(found, self._cache if kept else None) \
+                if len(found) >= MIN_CANDIDATES else found
+            if kept:  # type/action/state vocabularies are small
                 self._memo[key] = candidates
         except TypeError:  # an unhashable type/action/state: no index, check every rule
             return [r for r in self.rules if r.compiled.predicate(event)]

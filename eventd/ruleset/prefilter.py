@@ -14,6 +14,13 @@ match requires anyway:
 A guard only ever rules a candidate *out* when the rule's own predicate would fail too; the
 survivors are checked with their full predicates, in load order. So the result is exactly
 the plain scan's, at a cost that no longer grows with rules that cannot match.
+
+A plan also remembers its answers (`MatchCache`): its rules read only a few fields besides
+type, action and state (say `parents`), and events about the same objects repeat those
+values, so an event whose values were seen before gets the same rules back in one dict
+lookup. The values are the sender's data: only plain ones are kept (strings of bounded
+length, null, absent, lists of strings), a value is kept only the second time it is seen,
+and the cache is bounded in entries and characters.
 """
 
 from __future__ import annotations
@@ -132,11 +139,135 @@ class _PatternTree:
         return check
 
 
+#: The answers a rule set's plans remember at most, over all of them ...
+CACHE_ENTRIES = 4096
+#: ... the characters of the values they hold at most, and per answer.
+CACHE_CHARS = 262_144
+KEY_CHARS = 512
+#: The first sightings remembered (as hashes) so that a value is kept the second time.
+SEEN_MAX = 4096
+_NO_KEY: Any = object()  # a value that is not kept: the plan scans
+
+
+class MatchCache:
+    """The answers of a rule set's plans, by the values their rules read; bounded.
+
+    A value is kept only when seen a second time (a value seen once, such as a new
+    object's URI, costs a hash in a bounded set, not an entry). Once full, nothing is
+    added; after as many misses as it holds entries, it starts over, so the values kept
+    follow what the stream carries now.
+    """
+
+    __slots__ = ("tables", "entries", "chars", "misses", "seen", "strings", "results")
+
+    def __init__(self) -> None:
+        self.tables: list[dict[Any, tuple[Rule, ...]]] = []
+        self.entries = 0
+        self.chars = 0  # of the strings kept, each once (plans share a parent's URI)
+        self.misses = 0
+        self.seen: set[int] = set()
+        self.strings: dict[str, str] = {}
+        self.results: dict[tuple[Rule, ...], tuple[Rule, ...]] = {}
+
+    def table(self) -> dict[Any, tuple[Rule, ...]]:
+        """A new plan's own table, cleared with the others."""
+        table: dict[Any, tuple[Rule, ...]] = {}
+        self.tables.append(table)
+        return table
+
+    def admit(self, table: dict[Any, tuple[Rule, ...]], key: Any, chars: int,
+              result: list[Rule]) -> None:
+        """Keep `result` for `key` (of `chars` characters) if it is the key's second miss."""
+        if self.entries >= CACHE_ENTRIES or self.chars + chars > CACHE_CHARS:
+            self.misses += 1
+            if self.misses >= CACHE_ENTRIES:  # full of values the stream no longer carries
+                self.clear()
+            return
+        seen = self.seen
+        mark = hash(key)
+        if mark not in seen:
+            if len(seen) >= SEEN_MAX:
+                seen.clear()
+            seen.add(mark)
+            return
+        key, added = self._shared(key)
+        answer = tuple(result)
+        table[key] = self.results.setdefault(answer, answer)
+        self.entries += 1
+        self.chars += added
+
+    def _shared(self, value: Any) -> tuple[Any, int]:
+        """`value` made of the strings already kept (each kept once); the characters added."""
+        kind = type(value)
+        if kind is str:
+            kept = self.strings.setdefault(value, value)
+            return kept, len(value) if kept is value else 0
+        if kind is tuple:
+            items, added = [], 0
+            for item in value:
+                item, more = self._shared(item)
+                items.append(item)
+                added += more
+            return tuple(items), added
+        return value, 0
+
+    def clear(self) -> None:
+        for table in self.tables:
+            table.clear()
+        self.entries = self.chars = self.misses = 0
+        self.seen.clear()
+        self.strings.clear()
+        self.results.clear()
+
+
+def _chars(value: Any) -> int:
+    """The characters a kept value holds, or -1 when it is not kept (not plain, too long).
+
+    Only exact types whose equality means the same to every rule: a str, None, absent, a
+    list of str (as a tuple; 1 == True == 1.0 rules out numbers and booleans)."""
+    kind = type(value)
+    if kind is str:
+        return len(value)
+    if value is None or value is MISSING:
+        return 0
+    if kind is tuple:  # a list's elements (the lookup made the tuple from a list)
+        if all(type(item) is str for item in value):
+            return sum(map(len, value))
+    return -1
+
+
+def _read_paths(match: Any, out: set[str]) -> None:
+    """Every field path a match mapping reads (any/all/not included)."""
+    if not isinstance(match, Mapping):
+        return
+    for key, value in match.items():
+        if key in ("any", "all"):
+            for item in value if isinstance(value, list) else ():
+                _read_paths(item, out)
+        elif key == "not":
+            _read_paths(value, out)
+        else:
+            out.add(key)
+
+
 class Plan:
     """The candidates for one (type, action, state), with their guards grouped."""
 
-    def __init__(self, candidates: Sequence[Candidate]) -> None:
+    def __init__(self, candidates: Sequence[Candidate], cache: MatchCache | None = None) -> None:
         self.size = len(candidates)
+        # The fields the candidates read besides type, action and state (fixed for a plan):
+        # the key of the plan's remembered answers.
+        paths: set[str] = set()
+        for rule, _ in candidates:
+            _read_paths(rule.match, paths)
+        paths -= {"type", "action", "state"}
+        self._fields = tuple((f, _getter(f) if "." in f or '"' in f else None)
+                             for f in sorted(paths))
+        self._one = self._fields[0][0] if len(self._fields) == 1 \
+            and self._fields[0][1] is None else None
+        self._cache = cache
+        self._table: dict[Any, tuple[Rule, ...]] | None = \
+            cache.table() if cache is not None else None
         unguarded: list[Entry] = []
         equal: dict[str, dict[str, list[Entry]]] = {}
         patterns: dict[str, dict[str, list[Entry]]] = {}
@@ -191,7 +322,67 @@ class Plan:
         self._unguarded_check = any(residual is not None for _, _, residual in unguarded)
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
-        """The rules whose match holds, in load order."""
+        """The rules whose match holds, in load order (remembered by the values they read)."""
+        table = self._table
+        if table is None:
+            return self.scan(event)
+        one = self._one
+        if one is not None:  # the usual plan: its rules read one plain field (parents)
+            key = event.get(one, MISSING)
+            if type(key) is list:
+                try:
+                    key = tuple(key)
+                    found = table.get(key)
+                except TypeError:  # an element that is not hashable
+                    return self.scan(event)
+            elif type(key) is tuple:  # not from JSON: would look like a list's key
+                return self.scan(event)
+            else:
+                try:
+                    found = table.get(key)
+                except TypeError:
+                    return self.scan(event)
+        else:
+            key = self._key(event)
+            if key is _NO_KEY:
+                return self.scan(event)
+            found = table.get(key)
+        if found is not None:
+            return list(found)
+        result = self.scan(event)
+        chars = _chars(key) if one is not None else self._key_chars(key)
+        if 0 <= chars <= KEY_CHARS and self._cache is not None:
+            self._cache.admit(table, key, chars, result)
+        return result
+
+    def _key(self, event: Mapping[str, Any]) -> Any:
+        """The values the plan's rules read, as a key; _NO_KEY when one is not plain."""
+        values = []
+        get = event.get
+        for field, getter in self._fields:
+            value = get(field, MISSING) if getter is None else getter(event)
+            kind = type(value)
+            if kind is list:
+                if not all(type(item) is str for item in value):
+                    return _NO_KEY
+                value = tuple(value)
+            elif kind is not str and value is not None and value is not MISSING:
+                return _NO_KEY
+            values.append(value)
+        return tuple(values)
+
+    @staticmethod
+    def _key_chars(key: tuple[Any, ...]) -> int:
+        total = 0
+        for value in key:
+            chars = _chars(value)
+            if chars < 0:
+                return -1
+            total += chars
+        return total
+
+    def scan(self, event: Mapping[str, Any]) -> list[Rule]:
+        """The rules whose match holds, in load order, by the group tests."""
         extra: list[Entry] = []
         repeats = False  # a list field may hit the same rule through two elements
         check = self._unguarded_check  # whether a survivor needs its own predicate
