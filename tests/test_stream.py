@@ -337,6 +337,48 @@ def test_a_silent_loss_is_dated_from_the_last_frame_heard_not_from_when_it_was_n
     assert gaps[2]["gap_seconds"] >= reconnected_at - silent_at - 0.1
 
 
+def test_a_loss_while_the_sink_held_the_reader_up_is_dated_from_before_the_hold(
+        emulator, metrics, start):
+    # Issue 25 (chaos, a stalled store): the reader sat in a sink that blocked for seconds,
+    # the server dropped the connection meanwhile, and what it had sent before was still in
+    # the socket. Reading that at once after the hold dated the loss from *then*: the gap
+    # event and the backfill began after the events the server sent into no connection.
+    gate = threading.Event()
+    run = start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
+    inner = run.consumer._sink
+
+    def holding_sink(batch):
+        inner(batch)
+        if any(e.get("state") == "Hold" for e in events_of(batch)):
+            gate.wait(10)
+
+    run.consumer._sink = holding_sink
+    try:
+        wait_until(connected(run))
+        emulator.emit_event(state="Hold")
+        wait_until(lambda: [e["state"] for e in run.events()] == ["Hold"])
+        emulator.emit_event(state="Buffered")  # in the socket, unread while the sink holds
+        wait_until(lambda: sum(c.frames for c in emulator.stream_connections()) >= 3)
+        dropped_at = time.time()
+        emulator.faults.drop_connections()
+        wait_until(lambda: emulator.connection_count == 0)
+        lost = emulator.emit_event(state="Lost")  # sent while nobody is connected
+        time.sleep(1.5)  # the hold goes on: the loss must not be dated from its end
+        gate.set()
+        wait_until(connected(run, 2), timeout=10)
+    finally:
+        gate.set()
+    gaps = run.gaps()
+    assert [e["state"] for e in gaps] == ["connected", "disconnected", "connected"]
+    lost_at = [r.received_at for r in run.received()
+               if r.internal and r.event["state"] == "disconnected"][0]
+    assert lost_at <= dropped_at + 0.05, (lost_at - dropped_at)
+    assert lost not in run.events()
+    reconnected_at = [r.received_at for r in run.received()
+                      if r.internal and r.event["state"] == "connected"][1]
+    assert gaps[2]["gap_seconds"] >= reconnected_at - dropped_at - 0.05
+
+
 def test_a_silent_loss_counts_as_down_from_the_last_frame_heard(emulator, metrics, start):
     # A cluster replica hands over a stream it has not been connected to for 2/3 TTL
     # (`down_for`): a silent loss, noticed a pong timeout later, counts from the last frame.

@@ -61,6 +61,9 @@ MAX_REDIRECTS = 3
 #: consecutive 404 handshakes after which the log says the host serves no Stream API
 NOT_FOUND_HINT_AFTER = 3
 _CLOSE_WAIT = 0.25  # how long a graceful stop waits for the server's close frame
+#: a read that took this long waited for its data (it came in then); a faster one found it
+#: waiting, come in at some time since the read before
+_WAITED = 0.002
 #: `type` values that need a second look: none (parse_event says why), or a message that is
 #: not an event (`auth`, `error`)
 _NOT_EVENT = frozenset({"", "auth", "error"})
@@ -323,13 +326,14 @@ class StreamConsumer(ConsumerLoop):
         read = reader.read
         deliver = self._deliver
         now = monotonic()
-        last_data = now
+        last_data = returned = now
         next_ping = now + ping_interval
         pong_due: float | None = None
         pongs = 0
         while True:
             if stopping.is_set() or self._close_requested:
                 return "stopped"
+            asked = monotonic()
             try:
                 messages = read()
             except TimeoutError:
@@ -347,7 +351,13 @@ class StreamConsumer(ConsumerLoop):
             except (OSError, websocket.WebSocketException):
                 return "dropped"
             else:
-                self._last_heard = monotonic()
+                # What a read finds already waiting may have come in any time since the last
+                # read returned: a sink that held this loop up for seconds (a stalled store)
+                # while the server gave up on us must not move the gap's start past the
+                # events the server sent into nobody's connection meanwhile.
+                heard = monotonic()
+                self._last_heard = heard if heard - asked >= _WAITED else returned
+                returned = heard
                 if messages:
                     deliver(messages)
                 now = last_data = monotonic()
