@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -478,12 +479,9 @@ def test_a_job_is_fenced_by_its_lease_unless_the_lease_was_handed_over_on_purpos
         streams.stop_all(2)
 
 
-def test_a_lease_that_ran_out_while_a_tick_waited_on_redis_is_dropped_not_renewed(cluster):
-    # A partition shorter than the TTL: the tick waits on Redis past the lease's local end
-    # (its sink drops events from then on, unannounced), then Redis answers. Renewing it
-    # would revive the stream with those events lost and no gap said (the chaos run's
-    # random-schedule: 3 events "never accepted and in no announced gap"): it is dropped,
-    # and a new take announces the gap.
+def _lone_coordinator(cluster, namespaces: tuple[str, ...]) -> tuple[Any, Any, list[_Consumer]]:
+    """A coordinator of replica "a" alone (TTL 30 s) whose streams are `_Consumer`s: the
+    coordinator, its Streams and the consumers made so far, in order."""
     from eventd.cluster.coordinator import Coordinator
     from eventd.cluster.metrics import ClusterMetrics
     from eventd.cluster.progress import Tracker
@@ -499,10 +497,20 @@ def test_a_lease_that_ran_out_while_a_tick_waited_on_redis_is_dropped_not_renewe
 
     streams = Streams(consumer, lambda running: running.run())
     coordinator = Coordinator(
-        cluster.client, cluster=cluster.name, namespaces=("acme",), ttl=30, streams=streams,
+        cluster.client, cluster=cluster.name, namespaces=namespaces, ttl=30, streams=streams,
         tracker=Tracker(), metrics=metrics,
-        cluster_metrics=ClusterMetrics(metrics.registry, ["acme"]), info=dict, max_gap=900,
-        replica_id="a")
+        cluster_metrics=ClusterMetrics(metrics.registry, list(namespaces)), info=dict,
+        max_gap=900, replica_id="a")
+    return coordinator, streams, consumers
+
+
+def test_a_lease_that_ran_out_while_a_tick_waited_on_redis_is_dropped_not_renewed(cluster):
+    # A partition shorter than the TTL: the tick waits on Redis past the lease's local end
+    # (its sink drops events from then on, unannounced), then Redis answers. Renewing it
+    # would revive the stream with those events lost and no gap said (the chaos run's
+    # random-schedule: 3 events "never accepted and in no announced gap"): it is dropped,
+    # and a new take announces the gap.
+    coordinator, streams, consumers = _lone_coordinator(cluster, ("acme",))
     try:
         coordinator._tick()
         assert coordinator.held() == ["acme"] and len(consumers) == 1
@@ -517,25 +525,9 @@ def test_a_lease_that_ran_out_while_a_tick_waited_on_redis_is_dropped_not_renewe
 def test_a_stream_without_a_connection_is_handed_over_when_due_not_at_the_next_tick(cluster):
     # The chaos runs: a stream down for 2/3 TTL was handed over at the coordinator's next tick
     # (every TTL/3), up to a tick late; the loop now wakes when the first one is due.
-    from eventd.cluster.coordinator import UNCONNECTED_SHARE, Coordinator
-    from eventd.cluster.metrics import ClusterMetrics
-    from eventd.cluster.progress import Tracker
-    from eventd.cluster.streams import Streams
-    from eventd.ops.metrics import Metrics
+    from eventd.cluster.coordinator import UNCONNECTED_SHARE
 
-    metrics = Metrics()
-    consumers: list[_Consumer] = []
-
-    def consumer(ns, fence) -> _Consumer:
-        consumers.append(_Consumer())
-        return consumers[-1]
-
-    streams = Streams(consumer, lambda running: running.run())
-    coordinator = Coordinator(
-        cluster.client, cluster=cluster.name, namespaces=("acme", "globex"), ttl=30,
-        streams=streams, tracker=Tracker(), metrics=metrics,
-        cluster_metrics=ClusterMetrics(metrics.registry, ["acme", "globex"]), info=dict,
-        max_gap=900, replica_id="a")
+    coordinator, streams, consumers = _lone_coordinator(cluster, ("acme", "globex"))
     try:
         coordinator._tick()  # alone: it takes both
         assert coordinator.held() == ["acme", "globex"]
