@@ -104,9 +104,10 @@ def test_the_same_host_reconnecting_is_not_two_consumers():
 
 
 # -- gaps and lost events -----------------------------------------------------------------------
-def gap_request(ns: str, host: str, at: float, gap: float, key: str) -> dict[str, Any]:
+def gap_request(ns: str, host: str, at: float, gap: float, key: str,
+                datetime: str | None = None) -> dict[str, Any]:
     return {"path": "/gap", "key": key, "ns": ns, "uuid": None, "gap": str(gap),
-            "datetime": None, "status": 200, "host": host, "at": T0 + at, "token": None}
+            "datetime": datetime, "status": 200, "host": host, "at": T0 + at, "token": None}
 
 
 def backfill(host: str, at: float, since: str) -> dict[str, Any]:
@@ -140,6 +141,25 @@ def test_a_gap_event_that_starts_late_or_no_backfill_fails():
     assert not late.ok and "without a gap event covering it" in late.violations[0].what
     unfilled = check(gap_history(2.0, None)).verdict("gaps announced")
     assert [v.what.split(": ")[1] for v in unfilled.violations] == ["gap of 2.00 s never backfilled"]
+
+
+def test_a_gap_event_accepted_after_its_replicas_next_connection_covers_its_own_gap():
+    # Chaos seed 15: r2's gap event for its connection at t+5 waited in a stalled spool and
+    # was accepted after r2 had reconnected at t+9; read as the t+9 connection's, it left
+    # the gap it announced (t+3 to t+5) uncovered.
+    first, second = "g" * 32, "h" * 32
+    history = base(
+        connections=[conn("acme", "r1", 0, 3.0), conn("acme", "r2", 5.0, 8.0, "keepalive", 7.9),
+                     conn("acme", "r2", 9.0, None)],
+        requests=[gap_request("acme", "r2", 9.6, 2.0, first, iso(5.0)),
+                  gap_request("acme", "r2", 9.8, 1.1, second, iso(9.0))],
+        redis=accept(first, 9.4, 1, "r2") + accept(second, 9.5, 2, "r2"),
+        rest_calls=[backfill("r2", 5.1, iso(2.9)), backfill("r2", 9.1, iso(7.8))])
+    verdict = check(history).verdict("gaps announced")
+    assert verdict.ok, [v.what for v in verdict.violations]
+    without_datetime = base(**{**history.__dict__, "requests": [
+        {**r, "datetime": None} for r in history.requests]})
+    assert not check(without_datetime).verdict("gaps announced").ok  # the mapping it fixes
 
 
 def test_a_gap_longer_than_the_ttl_plus_5_s_fails_and_so_does_no_consumer_at_the_end():

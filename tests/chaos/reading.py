@@ -143,8 +143,9 @@ def gap_events(history: History, jobs: Jobs) -> dict[str, list[tuple[float, floa
     """Per namespace, the (from, to) each forwarded gap event announced.
 
     A gap event is made when its consumer connects, so it announces [opened - gap, opened]
-    of the connection its acceptor opened last before accepting it (its `datetime` has whole
-    seconds only, and it may reach the receiver late, behind other deliveries)."""
+    of the connection its acceptor opened last before accepting it, among those opened in the
+    second its `datetime` names (whole seconds only; it may be accepted and reach the receiver
+    late, behind other deliveries and after the replica's next connection)."""
     opened: dict[tuple[str, str], list[float]] = defaultdict(list)
     for conn in history.connections:
         opened[(conn["host"], conn["ns"])].append(conn["opened"])
@@ -159,6 +160,12 @@ def gap_events(history: History, jobs: Jobs) -> dict[str, list[tuple[float, floa
         accepted = jobs.accepted.get(request.get("key") or "", request["at"])
         acceptor = jobs.acceptor.get(request.get("key") or "", request["host"])
         candidates = [at for at in opened.get((acceptor, request["ns"]), []) if at <= accepted]
+        # A gap job held up in a stalled spool is accepted after its replica's next
+        # connection opened: the event's own whole-second `datetime` names its connection.
+        stamped = iso_seconds(request.get("datetime") or "")
+        if stamped is not None:
+            candidates = [at for at in candidates if stamped - 0.5 <= at < stamped + 1.0] \
+                or candidates
         made = max(candidates) if candidates else request["at"]
         out[request["ns"]].append((made - gap, made))
     return out
