@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -363,7 +364,9 @@ def test_a_loss_while_the_sink_held_the_reader_up_is_dated_from_before_the_hold(
         emulator.faults.drop_connections()
         wait_until(lambda: emulator.connection_count == 0)
         lost = emulator.emit_event(state="Lost")  # sent while nobody is connected
-        time.sleep(1.5)  # the hold goes on: the loss must not be dated from its end
+        # The hold goes on a while (what the test is about: the loss must not be dated from
+        # its end), then lets go.
+        wait_until(lambda: time.time() - dropped_at >= 1.5, timeout=5)
         gate.set()
         wait_until(connected(run, 2), timeout=10)
     finally:
@@ -613,6 +616,11 @@ class Stuck:
         self.held.append(conn)
         self.accepted.set()
 
+    def heard_from_client(self) -> bool:
+        """The accepted client has sent something (and now waits for an answer)."""
+        readable, _, _ = select.select(self.held, [], [], 0)
+        return bool(readable)
+
     def close(self) -> None:
         for sock in [*self.held, self.server]:
             sock.close()
@@ -630,11 +638,12 @@ def test_a_consumer_stopped_while_its_connection_hangs_returns_at_once(emulator,
     try:
         run = start(url=stream_url(emulator, host=f"{scheme}://127.0.0.1:{stuck.port}/"),
                     handshake_timeout=10.0)
-        if jammed:
-            time.sleep(0.5)
-        else:
+        if jammed:  # its socket made and connecting (the connect's SYN unanswered)
+            wait_until(lambda: run.consumer._dial is not None
+                       and run.consumer._dial._handle is not None)
+        else:  # its ClientHello or upgrade request sent: it waits for the answer
             assert stuck.accepted.wait(5)
-            time.sleep(0.2)
+            wait_until(stuck.heard_from_client)
         assert run.thread.is_alive() and not run.consumer.connected
         began = time.monotonic()
         run.consumer.close()
