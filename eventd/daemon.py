@@ -8,9 +8,13 @@ With a shared (Redis) store the process is one replica of a cluster: the Coordin
 (threads "cluster", "cluster-listen") decides which namespaces' streams it consumes.
 
 The reader never waits on actions: it only blocks when the engine's queue is full
-(backpressure, never a drop). `stop()` stops reading first, lets the engine drain what
-was received and the dispatcher finish or keep (spool) what was accepted, within the
-shutdown timeout.
+(backpressure, never a drop). A read that found a backlog (at least `INLINE_BATCH` events:
+the stream is busy, and the reader would soon block on the full queue anyway) waits until
+the engine is idle (nothing queued, nothing in process) and is processed on the reader's
+own thread, in turn: handing it over costs two thread wake-ups and the GIL passed back and forth per
+batch, and the engine meets the events in another core's cache (bench/wallprobe.py).
+`stop()` stops reading first, lets the engine drain what was received and the dispatcher
+finish or keep (spool) what was accepted, within the shutdown timeout.
 
 What runs is built by `eventd.pipeline.build_pipeline(settings)`, the one place that opens
 the store and wires it to the engine, the dispatcher and the action kinds.
@@ -61,6 +65,8 @@ EXIT_OK = 0
 EXIT_AUTH = 3
 
 _STOP = object()
+#: a batch at least this big is processed on the reader's thread when the engine is idle
+INLINE_BATCH = 32
 
 
 def count(number: int, thing: str) -> str:
@@ -97,6 +103,8 @@ class Daemon:
         self.exit_code = EXIT_OK
         self.health_port: int | None = None
         self._queue = EventQueue(settings.queue_size)
+        #: held while a batch is processed, on the engine's thread or inline on a reader's
+        self._engine_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._rules_loaded = False
         self._health: tuple[Any, Any] | None = None
@@ -424,19 +432,41 @@ class Daemon:
         done = self._queue.task_done
         process = self.engine.process_batch
         tracker = self.tracker
+        lock = self._engine_lock
         while True:
             batch = get()
             try:
                 if batch is _STOP:
                     return
-                process(batch)
-                if tracker is not None:
-                    tracker.processed(batch)
+                with lock:
+                    process(batch)
+                    if tracker is not None:
+                        tracker.processed(batch)
             finally:
                 done()
 
     def _sink(self, batch: Sequence[Received]) -> None:
-        self._put(batch, len(batch))
+        size = len(batch)
+        if size >= INLINE_BATCH:
+            # A backlog: wait for the engine to finish what it has (the reader would wait on
+            # the full queue soon anyway), then process this batch here, in turn.
+            while not self.stopping.is_set():
+                if self._queue.claim(timeout=0.5):
+                    self._process_inline(batch)
+                    return
+        self._put(batch, size)
+
+    def _process_inline(self, batch: Sequence[Received]) -> None:
+        """Process a claimed batch on this (a reader's) thread, as the engine's would."""
+        try:
+            with self._engine_lock:
+                self.engine.process_batch(batch)
+                if self.tracker is not None:
+                    self.tracker.processed(batch)
+        except Exception as exc:  # noqa: BLE001 - as the engine's worker: reported, not raised
+            report_internal_error("engine", exc, self.metrics)
+        finally:
+            self._queue.task_done()
 
     def _put(self, item: Any, size: int = 0) -> None:
         """Blocking put (backpressure) that still gives up once the daemon has stopped."""

@@ -3,6 +3,10 @@
 The reader hands over whole batches (one socket read each), but the bound is on events, so
 memory stays flat whether a batch holds one event or a thousand. A full queue blocks the
 reader (backpressure); nothing is ever dropped.
+
+`claim()` lets a producer skip the queue when nothing waits in it and nothing is being
+processed: it then processes its item on its own thread, in turn (the daemon's reader does
+so with a read that found a backlog, see eventd.daemon).
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ class EventQueue:
             self._events += size
             self._unfinished += 1
             self._not_empty.notify()
+            return True
+
+    def claim(self, timeout: float | None = 0.0) -> bool:
+        """Take the next turn without queueing, once nothing is queued or being processed
+        (waiting up to `timeout` for that; None: as long as it takes): True means the caller
+        processes its item at once and then calls `task_done()`, and until then every `put`
+        waits its turn behind it (`join` counts it too). False if the timeout passed."""
+        with self._lock:
+            if self._unfinished and (timeout == 0 or not self._all_done.wait_for(
+                    lambda: not self._unfinished, timeout)):
+                return False
+            self._unfinished += 1
             return True
 
     def get(self) -> Any:
