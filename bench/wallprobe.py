@@ -41,6 +41,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 EXTRA: list[str] = []  # more `eventd run` arguments (--eventd-arg)
 PERF: list[str] = []  # --perf FILE: `perf record -g` of eventd into FILE
 CURVE: list[bool] = []  # --curve: print the scrapes' (time, count)
+THREADS: list[bool] = []  # --threads: name eventd's threads
 KEYS = ("utime", "stime", "run", "wait", "vcs", "ivcs")
 ZERO = dict.fromkeys(KEYS, 0.0)
 
@@ -134,7 +135,7 @@ def eventd(events: int, rules: Path, rest_host: str, trace: bool,
     """eventd as bench/run.py runs it; its threads' CPU from the first byte to the scrape that
     counted N."""
     work.mkdir()
-    if os.environ.get("WALLPROBE_TIDS"):
+    if THREADS:  # read by bench/wallsite/sitecustomize.py in eventd, and only there
         os.environ["WALLPROBE_TIDS"] = str(work / "tids")
     extra = tuple(EXTRA)
     with harness.blaster("--events", str(events)) as b:
@@ -151,6 +152,7 @@ def eventd(events: int, rules: Path, rest_host: str, trace: bool,
             s, _ = ev.wait_count(events, 120 + events / 500)
             after = _task_figures(ev.proc.pid)
             names = _thread_names()
+            os.environ.pop("WALLPROBE_TIDS", None)
             after = {names.get(k.split("/")[1], k): v for k, v in after.items()}
             before = {names.get(k.split("/")[1], k): v for k, v in before.items()}
             calls = _strace_done(tracer, work / "strace.ev") if tracer else {}
@@ -213,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     EXTRA[:] = args.eventd_arg
     PERF[:] = [args.perf] if args.perf else []
     CURVE[:] = [True] if args.curve else []
-    if args.threads:
-        os.environ["WALLPROBE_TIDS"] = "on"
+    THREADS[:] = [True] if args.threads else []
     if args.taskset:  # everything, the blaster too, as `taskset -c 0 make bench` would
         os.sched_setaffinity(0, {int(c) for c in args.taskset.split(",")})
     codes: list[str] = args.code or [""]
