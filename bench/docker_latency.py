@@ -23,7 +23,11 @@ goes, from the stage lines eventd logs at DEBUG for each event (each stage's p50
                     `enrich: resource`, inside it: read->enriching (the hand-off to the
                     engine thread), enrich wait (how long that thread waited for the
                     inspect) and inspect (Engine) (the call itself, started by the reader
-                    thread as it read the event, on a pool of its own)
+                    thread as it read the event, on a pool of its own); with `enrich: logs`:
+                    read->logs asked (the hand-off, and the inspect if any), logs wait (how
+                    long the engine thread waited for the logs), logs read (Engine) (the
+                    read itself, started early on the same pool) and logs->matched (the
+                    history in the store, the `when`)
   matched->spooled  throttle, rendering and the spool's commit (SQLite, fsync)
   spooled->sending  the wait in the webhook lane (behind the jobs before it)
   sending->arrived  the HTTP request to the receiver
@@ -67,6 +71,10 @@ STAGES = (("engine->bare", "engine", "bare"), ("engine->read", "engine", "read")
           ("read->matched", "read", "matched"), ("  read->enriching", "read", "wait_start"),
           ("  enrich wait", "wait_start", "wait_end"),
           ("  inspect (Engine)", "inspect_start", "inspect_end"),
+          ("  read->logs asked", "read", "logs_wait_start"),
+          ("  logs wait", "logs_wait_start", "logs_wait_end"),
+          ("  logs read (Engine)", "logs_start", "logs_end"),
+          ("  logs->matched", "logs_wait_end", "matched"),
           ("matched->spooled", "matched", "spooled"), ("spooled->sending", "spooled", "sending"),
           ("sending->arrived", "sending", "arrived"), ("engine->arrived", "engine", "arrived"))
 
@@ -194,6 +202,13 @@ def stages_from_log(path: Path) -> dict[str, dict[str, int]]:
         elif message.startswith("resource of container ") and " for event " in message:
             uuid, millis = words[6], float(words[8])
             times.setdefault(uuid, {}).update(wait_start=at - int(millis * 1e6), wait_end=at)
+        elif message.startswith("read logs of container ") and " for event " in message:
+            uuid, millis = words[7], float(words[9])
+            times.setdefault(uuid, {}).update(logs_start=at - int(millis * 1e6), logs_end=at)
+        elif message.startswith("logs of container ") and message.endswith(")"):
+            uuid, millis = words[6], float(words[8])
+            times.setdefault(uuid, {}).update(logs_wait_start=at - int(millis * 1e6),
+                                              logs_wait_end=at)
         elif message.startswith("rule docker-container-died matched event "):
             times.setdefault(words[4], {})["matched"] = at
         elif message.startswith("webhook job ") and message.endswith(" spooled"):
