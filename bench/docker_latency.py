@@ -24,7 +24,8 @@ goes, from the stage lines eventd logs at DEBUG for each event (each stage's p50
                     engine thread), enrich wait (how long that thread waited for the
                     inspect) and inspect (Engine) (the call itself, started by the reader
                     thread as it read the event, on a pool of its own); with `enrich: logs`:
-                    read->logs asked (the hand-off, and the inspect if any), logs wait (how
+                    read->logs read (until the read starts: the pool's queue), read->logs
+                    asked (the hand-off, and the inspect if any), logs wait (how
                     long the engine thread waited for the logs), logs read (Engine) (the
                     read itself, started early on the same pool) and logs->matched (the
                     history in the store, the `when`)
@@ -71,6 +72,7 @@ STAGES = (("engine->bare", "engine", "bare"), ("engine->read", "engine", "read")
           ("read->matched", "read", "matched"), ("  read->enriching", "read", "wait_start"),
           ("  enrich wait", "wait_start", "wait_end"),
           ("  inspect (Engine)", "inspect_start", "inspect_end"),
+          ("  read->logs read", "read", "logs_start"),
           ("  read->logs asked", "read", "logs_wait_start"),
           ("  logs wait", "logs_wait_start", "logs_wait_end"),
           ("  logs read (Engine)", "logs_start", "logs_end"),
