@@ -75,7 +75,7 @@ class DockerEnricher:
     """
 
     def __init__(self, client_factory: ClientFactory, ttl: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, workers: int = 8) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int = 16) -> None:
         self._factory = client_factory
         self.ttl = ttl
         self._clock = clock
