@@ -6,6 +6,8 @@ age, and within their caps whatever the container wrote."""
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import textwrap
 import threading
 import time
@@ -14,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 from eventd.attachments import LOGS_BUDGET
@@ -25,7 +28,7 @@ from eventd.ruleset.enrichment import parse_enrich
 from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
 from eventd.sources.docker.enrich import MAX_LOG_READS, DockerEnricher, Prefetching
-from tests.docker_engine import DockerEngine
+from tests.docker_engine import DockerEngine, SocketProxy
 from tests.receiver import WebhookReceiver
 from tests.waiting import wait_until
 
@@ -205,10 +208,19 @@ def test_the_logs_read_starts_before_the_engine_thread_asks(docker_engine: Docke
         assert enricher.log_reads == 2 and "(read now)" in caplog.text
         # Other caps are another read; `enrich: resource` and logs from one prefetch call.
         enricher.prefetch(event, logs=[(5, 16384)])
+        wait_until(lambda: enricher.log_reads == 3, 10, message="read early")
         assert enricher.logs(event, 5, 16384, LOGS_BUDGET) == lines[-5:]
         resource = enricher.resource(event)
         assert resource is not None and resource["State"]["ExitCode"] == 3
         assert (enricher.log_reads, enricher.logs_taken, enricher.prefetched) == (3, 2, 1)
+        # The same container's next die (another event) is read again, not given this read.
+        again = {"type": "container", "id": cid, "uuid": "u-again"}
+        enricher.prefetch(again, resource=False, logs=[(20, 16384)])
+        enricher.prefetch(event, resource=False, logs=[(20, 16384)])
+        wait_until(lambda: enricher.log_reads == 5, 10, message="both read early")
+        assert enricher.logs(again, 20, 16384, LOGS_BUDGET) == lines
+        assert enricher.logs(event, 20, 16384, LOGS_BUDGET) == lines
+        assert (enricher.log_reads, enricher.logs_taken, enricher.logs_prefetched) == (5, 4, 4)
     finally:
         enricher.close()
         docker_engine.remove("enr-logs")
@@ -236,6 +248,7 @@ def test_hostile_logs_are_read_within_the_caps(docker_engine: DockerEngine, name
         wait_until(lambda: exited(docker_engine, name), 20, message="exited")
         event = {"type": "container", "id": name, "uuid": "u-" + name}
         enricher.prefetch(event, resource=False, logs=[(spec.lines, spec.max_bytes)])
+        wait_until(lambda: enricher.log_reads == 1, 10, message="read early")
         started = time.monotonic()
         raw = enricher.logs(event, spec.lines, spec.max_bytes, LOGS_BUDGET)
         assert time.monotonic() - started <= LOGS_BUDGET + 0.5
@@ -278,7 +291,8 @@ def test_a_burst_holds_a_bounded_number_of_reads_each_dropped_after_ttl(tmp_path
         # Each read ran (and failed at once: no Engine there); one taken is dropped.
         wait_until(lambda: enricher.log_reads == MAX_LOG_READS, 10, message="reads ran")
         with pytest.raises(Exception):  # noqa: B017 - whatever the client raises
-            enricher.logs({"type": "container", "id": "c0"}, 20, 16384, LOGS_BUDGET)
+            enricher.logs({"type": "container", "id": "c0", "uuid": "u0"}, 20, 16384,
+                          LOGS_BUDGET)
         assert enricher.logs_taken == 1
         now[0] += 5.0  # ttl later, the next prefetch drops every read nobody took
         enricher.prefetch({"type": "container", "id": "late", "uuid": "u"}, resource=False,
@@ -382,11 +396,45 @@ def test_containers_dying_together_have_their_logs_read_early(
         bodies = sorted((r.json() for r in webhook_receiver.requests), key=lambda b: b["name"])
         assert bodies == [{"name": name, "last": "line 50", "lines": "20"} for name in names]
         enricher = daemon.pipeline.enricher
-        # Each read started by the reader and taken by the engine thread; no inspect.
-        assert (enricher.log_reads, enricher.logs_prefetched, enricher.logs_taken,
-                enricher.lookups) == (4, 4, 4, 0)
+        # Each read started by the reader, each container read once (by the pool, or by the
+        # engine thread for a read still queued when it asked: under load); no inspect.
+        assert (enricher.log_reads, enricher.logs_prefetched, enricher.lookups) == (4, 4, 0)
+        assert enricher.logs_taken <= 4 and enricher.logs_reread == 0
         assert daemon.metrics.registry.get_sample_value(
             "eventd_enrich_duration_seconds_count", {"what": "logs"}) == 4
     finally:
         daemon.stop(timeout=5)
         docker_engine.remove(*names)
+
+
+def test_an_early_read_that_failed_is_read_again_within_the_budget(docker_engine: DockerEngine):
+    """A read started before the engine thread asks may fail where a read made when it asks
+    would not (the Engine slow with the container then, the link cut): what is left of the
+    engine thread's budget goes to one more read. A container that is gone is not asked twice."""
+    cid = docker_engine.run("enr-reread", ["sh", "-c", FIFTY])
+    where = Path(tempfile.mkdtemp(prefix="px", dir="/tmp"))
+    proxy = SocketProxy(docker_engine.socket, where / "p.sock")
+    enricher = DockerEnricher(partial(make_client, Settings(docker_host=proxy.host)))
+    try:
+        wait_until(lambda: exited(docker_engine, "enr-reread"), 10, message="exited")
+        event = {"type": "container", "id": cid, "uuid": "u-reread"}
+        lines = enricher.logs(event, 20, 16384, LOGS_BUDGET)  # a client, through the proxy
+        assert lines == [f"line {i}" for i in range(31, 51)]
+        proxy.cut()
+        enricher.prefetch(event, resource=False, logs=[(20, 16384)])
+        wait_until(lambda: enricher.log_reads == 2 and all(
+            future.done() for _, future in enricher._log_reads.values()), 10,
+            message="the early read failed")
+        proxy.restore()
+        assert enricher.logs(event, 20, 16384, LOGS_BUDGET) == lines
+        assert (enricher.log_reads, enricher.logs_taken, enricher.logs_reread) == (3, 1, 1)
+        gone = {"type": "container", "id": "enr-no-such-container", "uuid": "u-gone"}
+        enricher.prefetch(gone, resource=False, logs=[(20, 16384)])
+        with pytest.raises(docker.errors.NotFound):
+            enricher.logs(gone, 20, 16384, LOGS_BUDGET)
+        assert (enricher.log_reads, enricher.logs_reread) == (4, 1)
+    finally:
+        enricher.close()
+        proxy.close()
+        shutil.rmtree(where, ignore_errors=True)
+        docker_engine.remove("enr-reread")

@@ -46,8 +46,11 @@ _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,254}")
 _CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 #: prefetched log reads held at once (under way, queued, or done and not yet taken)
 MAX_LOG_READS = 64
-#: what identifies one log read: container id, lines, max_bytes, budget
-LogKey = tuple[str, int, int, float]
+#: the least left of the engine thread's budget for which a failed early read is read again (s)
+MIN_REREAD = 0.05
+#: what identifies one log read: container id, event uuid (a container that dies again is read
+#: again), lines, max_bytes, budget
+LogKey = tuple[str, str, int, int, float]
 
 
 def _plain_reference(object_id: str) -> bool:
@@ -95,6 +98,7 @@ class DockerEnricher:
         self.logs_taken = 0  # prefetched reads the engine thread took (not read again)
         self.logs_dropped = 0  # prefetched reads nobody took within ttl (or closing)
         self.logs_skipped = 0  # prefetches not started: MAX_LOG_READS held already
+        self.logs_reread = 0  # prefetched reads that failed, read again within the budget
         self._version: str | None = None  # the API version the first client negotiated
 
     def _client(self) -> docker.APIClient:
@@ -173,9 +177,9 @@ class DockerEnricher:
             now = self._clock()
             dropped = self._expire_logs_locked(now)
             for lines, max_bytes in specs:
-                key: LogKey = (object_id, lines, max_bytes, LOGS_BUDGET)
+                key: LogKey = (object_id, str(uuid), lines, max_bytes, LOGS_BUDGET)
                 if key in self._log_reads:
-                    continue  # the same read under way for an earlier event of it
+                    continue  # under way already (a batch seen twice)
                 if len(self._log_reads) >= MAX_LOG_READS:
                     self.logs_skipped += 1  # the engine thread reads it itself
                     continue
@@ -303,7 +307,7 @@ class DockerEnricher:
         if _CONTAINER.fullmatch(object_id) is None:
             raise ValueError(f"{object_id[:40]!r} is not a container id the Engine could send")
         uuid = event.get("uuid", "?")
-        key: LogKey = (object_id, lines, max_bytes, budget)
+        key: LogKey = (object_id, str(uuid), lines, max_bytes, budget)
         began = time.monotonic()
         with self._lock:
             dropped = self._expire_logs_locked(self._clock())
@@ -322,6 +326,19 @@ class DockerEnricher:
                     from None
             except CancelledError:  # closing
                 return None
+            except docker.errors.NotFound:
+                raise  # gone: asking again gives nothing
+            except Exception:
+                # Started before this thread asked, the read may have spent its budget on an
+                # Engine still busy with the container (a timeout); what is left of this
+                # thread's own budget goes to one more read, as if it had read just now.
+                left = began + budget - time.monotonic()
+                if left < MIN_REREAD:
+                    raise
+                how = "prefetched, failed: read again"
+                with self._lock:
+                    self.logs_reread += 1
+                result = self._read_logs(key, uuid, False, left)
         else:  # not prefetched, or still queued behind a busy pool (cancelled now)
             result = self._read_logs(key, uuid, False)
         if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
@@ -329,9 +346,12 @@ class DockerEnricher:
                          uuid, (time.monotonic() - began) * 1000, how)
         return result
 
-    def _read_logs(self, key: LogKey, uuid: object, early: bool) -> list[str] | None:
-        """One read of a container's last lines on a client kept open, under the caps."""
-        object_id, lines, max_bytes, budget = key
+    def _read_logs(self, key: LogKey, uuid: object, early: bool,
+                   budget: float | None = None) -> list[str] | None:
+        """One read of a container's last lines on a client kept open, under the caps (within
+        `budget` s if given: what is left of the key's)."""
+        object_id, _, lines, max_bytes, full = key
+        budget = full if budget is None else min(budget, full)
         with self._lock:
             self.log_reads += 1
         began = time.monotonic()
