@@ -14,6 +14,10 @@ rules/incidents/crash-loop-pagerduty.yaml asks (`logs: {lines: 20}`, `history: {
 Then it runs `--count` containers that exit with code 1, `--parallel` at a time, and prints
 p50, p90, p99 and max of (arrival - timeNano) per run, and their medians over `--runs`.
 
+`--engine-floor` runs no eventd: a bare reader asks the Engine for each dead container's
+logs (and, beside it, lists the container, which does not wait for the container's lock), from
+the die's timeNano to the answer: the least die -> webhook can take with `enrich: logs`.
+
 `--breakdown` runs eventd with `--log-level DEBUG --log-format json` and says where the time
 goes, from the stage lines eventd logs at DEBUG for each event (each stage's p50/p90/p99 in ms):
 
@@ -23,7 +27,12 @@ goes, from the stage lines eventd logs at DEBUG for each event (each stage's p50
                     `enrich: resource`, inside it: read->enriching (the hand-off to the
                     engine thread), enrich wait (how long that thread waited for the
                     inspect) and inspect (Engine) (the call itself, started by the reader
-                    thread as it read the event, on a pool of its own)
+                    thread as it read the event, on a pool of its own); with `enrich: logs`:
+                    read->logs read (until the read starts: the pool's queue), read->logs
+                    asked (the hand-off, and the inspect if any), logs wait (how
+                    long the engine thread waited for the logs), logs read (Engine) (the
+                    read itself, started early on the same pool) and logs->matched (the
+                    history in the store, the `when`)
   matched->spooled  throttle, rendering and the spool's commit (SQLite, fsync)
   spooled->sending  the wait in the webhook lane (behind the jobs before it)
   sending->arrived  the HTTP request to the receiver
@@ -67,8 +76,17 @@ STAGES = (("engine->bare", "engine", "bare"), ("engine->read", "engine", "read")
           ("read->matched", "read", "matched"), ("  read->enriching", "read", "wait_start"),
           ("  enrich wait", "wait_start", "wait_end"),
           ("  inspect (Engine)", "inspect_start", "inspect_end"),
+          ("  read->logs read", "read", "logs_start"),
+          ("  read->logs asked", "read", "logs_wait_start"),
+          ("  logs wait", "logs_wait_start", "logs_wait_end"),
+          ("  logs read (Engine)", "logs_start", "logs_end"),
+          ("  logs->matched", "logs_wait_end", "matched"),
           ("matched->spooled", "matched", "spooled"), ("spooled->sending", "spooled", "sending"),
           ("sending->arrived", "sending", "arrived"), ("engine->arrived", "engine", "arrived"))
+
+
+#: loggers whose warnings the bench expects (the rule's `log` action; settings left unset)
+QUIET_LOGGERS = frozenset({"eventd.actions.log", "eventd.delivery.signing", "eventd.pipeline"})
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -194,6 +212,13 @@ def stages_from_log(path: Path) -> dict[str, dict[str, int]]:
         elif message.startswith("resource of container ") and " for event " in message:
             uuid, millis = words[6], float(words[8])
             times.setdefault(uuid, {}).update(wait_start=at - int(millis * 1e6), wait_end=at)
+        elif message.startswith("read logs of container ") and " for event " in message:
+            uuid, millis = words[7], float(words[9])
+            times.setdefault(uuid, {}).update(logs_start=at - int(millis * 1e6), logs_end=at)
+        elif message.startswith("logs of container ") and message.endswith(")"):
+            uuid, millis = words[6], float(words[8])
+            times.setdefault(uuid, {}).update(logs_wait_start=at - int(millis * 1e6),
+                                              logs_wait_end=at)
         elif message.startswith("rule docker-container-died matched event "):
             times.setdefault(words[4], {})["matched"] = at
         elif message.startswith("webhook job ") and message.endswith(" spooled"):
@@ -201,6 +226,21 @@ def stages_from_log(path: Path) -> dict[str, dict[str, int]]:
         elif message.startswith("webhook job ") and message.endswith(": attempt starts"):
             times.setdefault(words[5].rstrip(":"), {}).setdefault("sending", at)
     return times
+
+
+def warnings_in(path: Path) -> list[str]:
+    """eventd's warnings and errors, but for the sample rule's own log line per die and the
+    start-up's notes on settings the bench leaves unset."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("level") in ("WARNING", "ERROR", "CRITICAL") \
+                and record.get("logger") not in QUIET_LOGGERS:
+            found.append(f"{record.get('logger')}: {record.get('message')}")
+    return found
 
 
 def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, count: int,
@@ -250,6 +290,9 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
         "count": len(latencies), "expected": count, "seconds": elapsed,
         "p50_ms": _percentile(latencies, 0.50), "p90_ms": _percentile(latencies, 0.90),
         "p99_ms": _percentile(latencies, 0.99), "max_ms": max(latencies, default=float("nan"))}
+    figures["warnings"] = warnings_in(log_path)
+    figures["logs_unread"] = sum("enrich: logs of " in line and " not read (" in line
+                                 for line in log_path.read_text(errors="replace").splitlines())
     if breakdown:
         assert bare is not None
         times = stages_from_log(log_path)
@@ -265,12 +308,90 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
     return figures
 
 
+class EngineFloor:
+    """No eventd: a bare docker-py reader that, as each `die` arrives, asks the Engine for the
+    container's last 20 lines (as `enrich: logs` does, on a pool of clients kept open) and,
+    beside it, lists the container (`GET /containers/json`, which reads the Engine's in-memory
+    view, not the container under its lock): from the die's timeNano to each answer. The logs'
+    figure is the least die -> webhook can take with `enrich: logs` on this Engine and load."""
+
+    def __init__(self, engine: DockerEngine, workers: int = 16) -> None:
+        self.logs: dict[int, int] = {}  # timeNano -> time.time_ns when the logs were read
+        self.listed: dict[int, int] = {}  # timeNano -> time.time_ns when the list answered
+        self._clients = [engine.client() for _ in range(2 * workers)]
+        self._free = list(self._clients)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(2 * workers)
+        self._events = engine.client()
+        self._stream = self._events.events(decode=True, filters={"event": "die"})
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _call(self, into: dict[int, int], nano: int, cid: str, logs: bool) -> None:
+        with self._lock:
+            client = self._free.pop()
+        try:
+            if logs:
+                client.logs(cid, stdout=True, stderr=True, tail=20)
+            else:
+                client.containers(all=True, filters={"id": cid})
+            into[nano] = time.time_ns()
+        finally:
+            with self._lock:
+                self._free.append(client)
+
+    def _read(self) -> None:
+        try:
+            for raw in self._stream:
+                nano, cid = int(raw.get("timeNano", 0)), raw.get("id", "")
+                self._pool.submit(self._call, self.logs, nano, cid, True)
+                self._pool.submit(self._call, self.listed, nano, cid, False)
+        except Exception:  # noqa: BLE001, S110 - closed at the end of the run
+            pass
+
+    def close(self) -> None:
+        self._stream.close()
+        self._events.close()
+        self._thread.join(5)
+        self._pool.shutdown(wait=True)
+        for client in self._clients:
+            client.close()
+
+
+def floor_once(engine: DockerEngine, tag: str, count: int, parallel: int) -> dict[str, Any]:
+    """One run of --engine-floor: die -> logs read and die -> listed, in milliseconds."""
+    floor = EngineFloor(engine)
+    names = [f"flo-{tag}-{i}" for i in range(count)]
+    try:
+        began = time.monotonic()
+        with ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(lambda name: engine.run(name, ["false"]), names))
+        deadline = time.monotonic() + 30
+        while len(floor.logs) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        elapsed = time.monotonic() - began
+    finally:
+        floor.close()
+        engine.remove(*names)
+    figures: dict[str, Any] = {"seconds": elapsed, "expected": count}
+    for what, seen in (("logs", floor.logs), ("listed", floor.listed)):
+        latencies = [(at - nano) / 1e6 for nano, at in seen.items()]
+        figures[what] = {"count": len(latencies), "expected": count, "seconds": elapsed,
+                         "p50_ms": _percentile(latencies, 0.50),
+                         "p90_ms": _percentile(latencies, 0.90),
+                         "p99_ms": _percentile(latencies, 0.99),
+                         "max_ms": max(latencies, default=float("nan"))}
+    return figures
+
+
 def report(figures: dict[str, Any], label: str) -> str:
     """One line of figures."""
     return (f"{label}: die -> webhook over {int(figures['count'])}/{int(figures['expected'])} "
             f"containers ({figures['seconds']:.1f} s): p50 {figures['p50_ms']:.1f} ms, "
             f"p90 {figures['p90_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, "
-            f"max {figures['max_ms']:.1f} ms")
+            f"max {figures['max_ms']:.1f} ms"
+            + (f"; logs not read (budget spent or failed): {figures['logs_unread']:g}"
+               if "logs_unread" in figures else ""))
 
 
 def breakdown_table(runs: list[dict[str, Any]]) -> str:
@@ -299,7 +420,12 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
                         help="another tree's eventd (e.g. `git archive main | tar -x -C DIR`), "
                              "run alternately with this one's on the same Engine")
+    parser.add_argument("--engine-floor", action="store_true",
+                        help="no eventd: how long the Engine takes to give a dead container's "
+                             "logs (the least die -> webhook can take with enrich: logs)")
     args = parser.parse_args()
+    if args.engine_floor:
+        return engine_floor(args.count, args.parallel, args.runs)
     variants: list[tuple[str, Path | None]] = [("this tree", None)]
     if args.baseline is not None:
         variants.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
@@ -314,6 +440,11 @@ def main() -> int:
                                        args.count, args.parallel, args.enrich, args.breakdown,
                                        source)
                     runs[label].append(figures)
+                    warned = figures.get("warnings", [])
+                    for line in warned[:3]:
+                        print(f"  eventd warned: {line[:300]}", flush=True)
+                    if len(warned) > 3:
+                        print(f"  eventd warned {len(warned)} times in all", flush=True)
                     print(report(figures, f"{label}, run {number + 1} ({args.parallel} at a "
                                           f"time, enrich {args.enrich})"), flush=True)
     finally:
@@ -322,7 +453,8 @@ def main() -> int:
     for label, done in runs.items():
         if len(done) > 1:
             median = {key: statistics.median(run[key] for run in done)
-                      for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms")}
+                      for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+                                  "logs_unread")}
             median["expected"] = args.count
             print(report(median, f"{label}, median of {len(done)} runs"))
         if args.breakdown:
@@ -330,6 +462,31 @@ def main() -> int:
             print(breakdown_table(done))
     every = [run for done in runs.values() for run in done]
     return 0 if all(run["count"] == run["expected"] for run in every) else 1
+
+
+def engine_floor(count: int, parallel: int, runs: int) -> int:
+    """--engine-floor: die -> logs read and die -> listed per run, and their medians."""
+    workdir = Path(tempfile.mkdtemp(prefix="dkf", dir="/tmp"))
+    done: list[dict[str, Any]] = []
+    try:
+        with DockerEngine(workdir / "e") as engine:
+            for number in range(runs):
+                figures = floor_once(engine, str(number), count, parallel)
+                done.append(figures)
+                for what in ("logs", "listed"):
+                    print(report(figures[what], f"engine floor, run {number + 1} ({parallel} at "
+                                                f"a time): die -> {what}").replace(
+                        "die -> webhook over", "over"), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if runs > 1:
+        for what in ("logs", "listed"):
+            median = {key: statistics.median(run[what][key] for run in done)
+                      for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms")}
+            median["expected"] = count
+            print(report(median, f"engine floor, median of {runs} runs: die -> {what}").replace(
+                "die -> webhook over", "over"))
+    return 0 if all(run["logs"]["count"] == count for run in done) else 1
 
 
 if __name__ == "__main__":

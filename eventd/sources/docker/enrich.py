@@ -7,7 +7,10 @@ answer gives `None`, and a log line says why.
 
 For `enrich: logs`, `logs()` asks the Engine for the container's last lines (`tail`, stdout
 and stderr) as a stream, and stops reading at `max_bytes` or when the time budget is spent,
-whatever the size of the log: a 100 MB log costs the cap, not 100 MB.
+whatever the size of the log: a 100 MB log costs the cap, not 100 MB. That read too can start
+early, from the reader thread (`prefetch(event, logs=...)`), on the inspects' pool; at most
+`MAX_LOG_READS` such reads are held at once, each dropped once the engine thread took it or
+`ttl` seconds after it started, so a burst of dies holds a bounded number of log buffers.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 from urllib.parse import quote
 
 import docker
 import docker.errors
+import requests
 
+from eventd.attachments import LOGS_BUDGET
 from eventd.clients.docker import describe_failure
 from eventd.events import Received
 from eventd.ruleset.model import Rule
@@ -36,6 +42,15 @@ INSPECT = {"container": "inspect_container", "image": "inspect_image",
            "network": "inspect_network", "volume": "inspect_volume"}
 
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,254}")
+#: a container's id or name as the Engine gives them (no `/`, `%`, `?`): one path segment
+_CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+#: prefetched log reads held at once (under way, queued, or done and not yet taken)
+MAX_LOG_READS = 64
+#: the least left of the engine thread's budget for which a failed early read is read again (s)
+MIN_REREAD = 0.05
+#: what identifies one log read: container id, event uuid (a container that dies again is read
+#: again), lines, max_bytes, budget
+LogKey = tuple[str, str, int, int, float]
 
 
 def _plain_reference(object_id: str) -> bool:
@@ -56,12 +71,14 @@ class DockerEnricher:
     pool as soon as the reader sees an event that a rule with `enrich: resource` matches, so
     the inspects of containers dying together overlap instead of waiting in line behind the
     engine thread (the Engine answers the first inspect of a container that just died only
-    once it has cleaned up after it: about 10 ms, more under load). Clients are kept open
-    between calls, each used by one thread at a time, and closed by `close()`.
+    once it has cleaned up after it: about 10 ms, more under load). The same goes for the
+    reads of `enrich: logs` (`prefetch(event, logs=[(lines, max_bytes)])`): the engine thread
+    then waits only for a read already under way. Clients are kept open between calls, each
+    used by one thread at a time, and closed by `close()`.
     """
 
     def __init__(self, client_factory: ClientFactory, ttl: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, workers: int = 8) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int = 16) -> None:
         self._factory = client_factory
         self.ttl = ttl
         self._clock = clock
@@ -74,6 +91,14 @@ class DockerEnricher:
         self._closed = False
         self.lookups = 0  # Engine calls made (tests and debugging)
         self.prefetched = 0  # of which started by prefetch()
+        #: log reads started early, each with when it started (self._clock)
+        self._log_reads: dict[LogKey, tuple[float, Future[list[str] | None]]] = {}
+        self.log_reads = 0  # log reads made, on the pool or the engine thread
+        self.logs_prefetched = 0  # of which started by prefetch()
+        self.logs_taken = 0  # prefetched reads the engine thread took (not read again)
+        self.logs_dropped = 0  # prefetched reads nobody took within ttl (or closing)
+        self.logs_skipped = 0  # prefetches not started: MAX_LOG_READS held already
+        self.logs_reread = 0  # prefetched reads that failed, read again within the budget
         self._version: str | None = None  # the API version the first client negotiated
 
     def _client(self) -> docker.APIClient:
@@ -107,9 +132,17 @@ class DockerEnricher:
             return None
         return kind, object_id
 
-    def prefetch(self, event: dict[str, Any]) -> None:
-        """Start inspecting the event's object now, on the pool (the reader thread calls this
-        for events a rule with `enrich: resource` matches); `resource()` takes the answer."""
+    def prefetch(self, event: dict[str, Any], resource: bool = True,
+                 logs: Sequence[tuple[int, int]] = ()) -> None:
+        """Start inspecting the event's object now (`resource`), and reading its logs (each
+        `(lines, max_bytes)` of `logs`), on the pool: the reader thread calls this for events
+        a rule with `enrich` matches; `resource()` and `logs()` take the answers."""
+        if resource:
+            self._prefetch_resource(event)
+        if logs:
+            self._prefetch_logs(event, logs)
+
+    def _prefetch_resource(self, event: dict[str, Any]) -> None:
         key = self._key(event)
         if key is None:
             return
@@ -119,13 +152,58 @@ class DockerEnricher:
             cached = self._cache.get(key)
             if cached is not None and self._clock() - cached[0] < self.ttl:
                 return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="eventd-inspect")
+            pool = self._pool_locked()
             try:
-                self._pending[key] = self._pool.submit(self._fetch, key, event.get("uuid", "?"))
+                self._pending[key] = pool.submit(self._fetch, key, event.get("uuid", "?"))
             except RuntimeError:  # shut down meanwhile: the engine thread inspects by itself
                 return
             self.prefetched += 1
+
+    def _pool_locked(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="eventd-inspect")
+        return self._pool
+
+    def _prefetch_logs(self, event: dict[str, Any], specs: Sequence[tuple[int, int]]) -> None:
+        object_id = event.get("id")
+        if event.get("type") != "container" or not isinstance(object_id, str) \
+                or _CONTAINER.fullmatch(object_id) is None:
+            return
+        uuid = event.get("uuid", "?")
+        started = 0
+        with self._lock:
+            if self._closed:
+                return
+            now = self._clock()
+            dropped = self._expire_logs_locked(now)
+            for lines, max_bytes in specs:
+                key: LogKey = (object_id, str(uuid), lines, max_bytes, LOGS_BUDGET)
+                if key in self._log_reads:
+                    continue  # under way already (a batch seen twice)
+                if len(self._log_reads) >= MAX_LOG_READS:
+                    self.logs_skipped += 1  # the engine thread reads it itself
+                    continue
+                try:
+                    future = self._pool_locked().submit(self._read_logs, key, uuid, True)
+                except RuntimeError:  # shut down meanwhile
+                    break
+                self._log_reads[key] = (now, future)
+                self.logs_prefetched += 1
+                started += 1
+        for future in dropped:
+            future.cancel()
+        if started and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("logs of container %s for event %s: read started early",
+                         object_id[:12], uuid)
+
+    def _expire_logs_locked(self, now: float) -> list[Future[list[str] | None]]:
+        """Drop the prefetched reads older than ttl nobody took; their futures, to cancel
+        (those not started yet) outside the lock."""
+        stale = [key for key, (started, _) in self._log_reads.items()
+                 if now - started >= self.ttl]
+        dropped = [self._log_reads.pop(key)[1] for key in stale]
+        self.logs_dropped += len(dropped)
+        return dropped
 
     def _fetch(self, key: tuple[str, str], uuid: object) -> dict[str, Any] | None:
         """One inspect on the pool: cached and no longer pending under one lock, so that
@@ -209,6 +287,8 @@ class DockerEnricher:
             self._closed = True
             pool, self._pool = self._pool, None
             idle, self._idle = self._idle, []
+            self.logs_dropped += len(self._log_reads)
+            self._log_reads.clear()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         for client in idle:
@@ -218,12 +298,66 @@ class DockerEnricher:
              budget: float) -> list[str] | None:
         """The container's last `lines` (stdout and stderr, in order), reading at most
         `max_bytes` within `budget` s; None when the event is not about a container. Raises
-        when the Engine cannot give them (the caller logs it and goes on)."""
+        when the Engine cannot give them (the caller logs it and goes on). A read `prefetch`
+        started for the same container and caps is taken (and dropped from the cache) instead
+        of reading again; one still queued behind a busy pool is read here instead."""
         object_id = event.get("id")
         if event.get("type") != "container" or not isinstance(object_id, str) or not object_id:
             return None
-        deadline = time.monotonic() + budget
-        client = self._client()
+        if _CONTAINER.fullmatch(object_id) is None:
+            raise ValueError(f"{object_id[:40]!r} is not a container id the Engine could send")
+        uuid = event.get("uuid", "?")
+        key: LogKey = (object_id, str(uuid), lines, max_bytes, budget)
+        began = time.monotonic()
+        with self._lock:
+            dropped = self._expire_logs_locked(self._clock())
+            entry = self._log_reads.pop(key, None)
+        for stale in dropped:
+            stale.cancel()
+        how = "read now"
+        if entry is not None and not entry[1].cancel():  # under way or done: wait for it
+            how = "prefetched"
+            with self._lock:
+                self.logs_taken += 1
+            try:
+                result = entry[1].result(timeout=budget)
+            except FutureTimeout:
+                raise TimeoutError(f"the logs of {object_id[:12]} took more than {budget} s") \
+                    from None
+            except CancelledError:  # closing
+                return None
+            except docker.errors.NotFound:
+                raise  # gone: asking again gives nothing
+            except Exception:
+                # Started before this thread asked, the read may have spent its budget on an
+                # Engine still busy with the container (a timeout); what is left of this
+                # thread's own budget goes to one more read, as if it had read just now.
+                left = began + budget - time.monotonic()
+                if left < MIN_REREAD:
+                    raise
+                how = "prefetched, failed: read again"
+                with self._lock:
+                    self.logs_reread += 1
+                result = self._read_logs(key, uuid, False, left)
+        else:  # not prefetched, or still queued behind a busy pool (cancelled now)
+            result = self._read_logs(key, uuid, False)
+        if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
+            logger.debug("logs of container %s for event %s in %.1f ms (%s)", object_id[:12],
+                         uuid, (time.monotonic() - began) * 1000, how)
+        return result
+
+    def _read_logs(self, key: LogKey, uuid: object, early: bool,
+                   budget: float | None = None) -> list[str] | None:
+        """One read of a container's last lines on a client kept open, under the caps (within
+        `budget` s if given: what is left of the key's)."""
+        object_id, _, lines, max_bytes, full = key
+        budget = full if budget is None else min(budget, full)
+        with self._lock:
+            self.log_reads += 1
+        began = time.monotonic()
+        deadline = began + budget
+        client = self._borrow()
+        data = bytearray()
         try:
             # GET /containers/{id}/logs as a stream read by hand: docker-py's own stream
             # leaves its unix socket to the garbage collector when closed early.
@@ -235,16 +369,24 @@ class DockerEnricher:
                 if response.status_code == 404:
                     raise docker.errors.NotFound(f"container {object_id[:12]} is gone")
                 response.raise_for_status()
-                data = bytearray()
                 while len(data) < max_bytes and time.monotonic() < deadline:
                     chunk = response.raw.read(min(65536, max_bytes - len(data)))
                     if not chunk:
                         break
                     data += chunk
             finally:
-                response.close()
-        finally:
+                response.close()  # a stream cut short closes its connection, not the client
+        except (docker.errors.NotFound, requests.HTTPError):
+            self._give_back(client)  # the Engine answered: the client is fine
+            raise
+        except BaseException:
             client.close()
+            raise
+        self._give_back(client)
+        if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
+            logger.debug("read logs of container %s for event %s in %.1f ms (%d bytes%s)",
+                         object_id[:12], uuid, (time.monotonic() - began) * 1000, len(data),
+                         ", early" if early else "")
         return _text(bytes(data)).splitlines()[-lines:]
 
 
@@ -263,26 +405,47 @@ def _text(data: bytes) -> str:
 
 
 class Prefetching:
-    """The reader's sink: starts the inspects that rules with `enrich: resource` will ask for
-    (those whose match holds for the event), then hands the batch on."""
+    """The reader's sink: starts the inspects and log reads that rules with `enrich: resource`
+    or `enrich: logs` will ask for (those whose match holds for the event), then hands the
+    batch on. The prefetch callable is `DockerEnricher.prefetch`: `prefetch(event)` for the
+    resource alone, `prefetch(event, resource=..., logs=[(lines, max_bytes), ...])` else."""
 
-    def __init__(self, prefetch: Callable[[dict[str, Any]], None], rules: Callable[[], Any],
+    def __init__(self, prefetch: Callable[..., None], rules: Callable[[], Any],
                  sink: Callable[[Sequence[Received]], None]) -> None:
         self._prefetch = prefetch
         self._rules = rules  # the rule set in force (it changes on reload)
         self._sink = sink
         self._seen: Any = None
-        self._enriching: tuple[Rule, ...] = ()
+        #: the rules that enrich: each with whether it inspects and the log caps it reads
+        self._enriching: tuple[tuple[Rule, bool, tuple[int, int] | None], ...] = ()
+
+    @staticmethod
+    def _asks(rule: Rule) -> tuple[Rule, bool, tuple[int, int] | None]:
+        spec = rule.enrichment.logs if rule.enrichment is not None else None
+        return rule, bool(rule.enrich), None if spec is None else (spec.lines, spec.max_bytes)
 
     def __call__(self, batch: Sequence[Received]) -> None:
         rules = self._rules()
         if rules is not self._seen:
             self._seen = rules
-            self._enriching = tuple(rule for rule in rules if rule.enrich)
+            self._enriching = tuple(
+                asks for asks in map(self._asks, rules) if asks[1] or asks[2] is not None)
         if self._enriching:
             for received in batch:
-                event = received.event
-                if not received.internal and any(rule.matches(event)
-                                                 for rule in self._enriching):
-                    self._prefetch(event)
+                if not received.internal:
+                    self._start(received.event)
         self._sink(batch)
+
+    def _start(self, event: dict[str, Any]) -> None:
+        resource = False
+        logs: list[tuple[int, int]] = []
+        for rule, inspects, caps in self._enriching:
+            if (inspects and not resource) or (caps is not None and caps not in logs):
+                if rule.matches(event):
+                    resource = resource or inspects
+                    if caps is not None and caps not in logs:
+                        logs.append(caps)
+        if logs:
+            self._prefetch(event, resource=resource, logs=logs)
+        elif resource:
+            self._prefetch(event)
