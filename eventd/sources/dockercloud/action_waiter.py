@@ -49,6 +49,23 @@ class ActionWaiter:
             if self._waiting:
                 self._cond.notify_all()
 
+    def observe_states(self, seen: list[tuple[str, str]]) -> None:
+        """`observe` a batch's actions at once, in order, as (action uuid, state) pairs
+        (the engine's, at the batch's end): one lock, one reading of the clock."""
+        terminal = [pair for pair in seen if pair[1] in TERMINAL_STATES]
+        if not terminal:
+            return
+        now = self._clock()
+        states, limit = self._states, self.max_entries
+        with self._lock:
+            for uuid, state in terminal:
+                states[uuid] = (state, now)
+                states.move_to_end(uuid)
+            while len(states) > limit:  # the newest `limit`, as when each was observed alone
+                states.popitem(last=False)
+            if self._waiting:
+                self._cond.notify_all()
+
     def state(self, action_uri: str) -> str | None:
         """The terminal state seen for this action, or None."""
         ref = object_ref(action_uri)
