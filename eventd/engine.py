@@ -239,7 +239,7 @@ class Engine:
                     continue
                 try:
                     if event.get("type") == "action":
-                        if defer is not None and not event.get("backfilled") \
+                        if defer is not None and "backfilled" not in event \
                                 and type(event.get("state")) is str:
                             defer.append(event)
                         else:
@@ -363,7 +363,7 @@ class Engine:
         """Note a stream's actions in the window and show them to the waiter, in order, and
         empty `events`: what _action_duplicate and observe() would have done one by one.
 
-        Only for events that are no duplicate: not backfilled, a string `state`, while the
+        Only for events that are no duplicate: no `backfilled` key, a string `state`, while the
         window holds no backfilled sighting (all its values False: only a new key changes it).
         Written out (a call per action cost as much as the rest): the URI's ref from the
         cache, object_ref on a miss."""
