@@ -238,7 +238,11 @@ class Engine:
                 if repeated and index in repeated:
                     continue
                 try:
-                    if event.get("type") == "action":
+                    try:  # a subscript, not a call of get() (its cost, for every event)
+                        kind = event["type"]
+                    except (KeyError, TypeError):  # no type; not a dict: as get() is
+                        kind = event.get("type")
+                    if kind == "action":
                         if defer is not None and "backfilled" not in event \
                                 and type(event.get("state")) is str:
                             defer.append(event)
