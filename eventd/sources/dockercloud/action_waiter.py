@@ -1,6 +1,7 @@
 """Follow Docker Cloud actions through the stream's `action` events instead of polling.
 
-The engine feeds every `action` event to `observe`; a `dockercloud` action with `wait: true`
+The engine feeds every `action` event to `observe` (a stream batch's, as (uuid, state) pairs
+to `observe_states` at the batch's end); a `dockercloud` action with `wait: true`
 calls `wait(action_uri, timeout)`. Terminal states are remembered for a while, because the
 event may arrive before the caller starts waiting (the REST answer and the stream race).
 """
