@@ -21,7 +21,14 @@ from typing import Any, Protocol
 from eventd.attachments import Attacher
 from eventd.dedupe import DedupeWindow
 from eventd.errors import TemplateError
-from eventd.events import Batch, Event, Received, object_ref, parse_datetime
+from eventd.events import (
+    Batch,
+    Event,
+    Received,
+    cached_object_ref,
+    object_ref,
+    parse_datetime,
+)
 from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import KNOWN_TYPES, Metrics
@@ -161,6 +168,12 @@ class Engine:
         self._silences = silences
         self._action_states: OrderedDict[tuple[str, str], bool] = OrderedDict()
         self._action_window = action_window
+        self._backfilled = 0  # the window's backfilled sightings (0: no stream action repeats)
+        #: a batch's (action uuid, state) to the waiter at once; a waiter that can not take
+        #: them so is shown each action event where it comes (and no action is deferred)
+        self._observe_states: Callable[[list[tuple[str, str]]], object] | None = getattr(
+            action_waiter, "observe_states", None)
+        self._defer_actions = action_waiter is None or self._observe_states is not None
         self._action_children: dict[tuple[str, str], Any] = {}
         self.dedupe = dedupe if dedupe is not None else DedupeWindow()
         self._check_and_add = self.dedupe.check_and_add
@@ -213,18 +226,36 @@ class Engine:
         duplicates = len(repeated)
         # the console's Live page listens (on by default with the metrics port); read once
         processing = hooks.processing
+        # A stream's action is a duplicate only of a backfilled sighting: while the window
+        # holds none, its actions are not asked one by one but noted (and shown to the waiter)
+        # together at the batch's end, in order (see _settle_actions).
+        pending: list[Event] = []
+        defer = pending if internal is None and self._defer_actions and not self._backfilled \
+            else None
         try:
             # process(), written out: a Python call per event costs as much as half of this
             for index, event in enumerate(events):
                 if repeated and index in repeated:
                     continue
                 try:
-                    if event.get("type") == "action":
-                        if self._action_duplicate(event):
-                            duplicates += 1
-                            continue
-                        if waiter is not None and (internal is None or not internal[index]):
-                            waiter.observe(event)
+                    try:  # a subscript, not a call of get() (its cost, for every event)
+                        kind = event["type"]
+                    except (KeyError, TypeError):  # no type; not a dict: as get() is
+                        kind = event.get("type")
+                    if kind == "action":
+                        if defer is not None and "backfilled" not in event \
+                                and type(event.get("state")) is str:
+                            defer.append(event)
+                        else:
+                            if pending:  # the window and the waiter as of this event
+                                self._settle_actions(pending)
+                            if self._action_duplicate(event):
+                                duplicates += 1
+                                continue
+                            if waiter is not None and (internal is None or not internal[index]):
+                                waiter.observe(event)
+                            if self._backfilled:
+                                defer = None
                     if marks and self_caused(event):
                         event["caused_by_eventd"] = True
                     matched = match(event)
@@ -246,6 +277,8 @@ class Engine:
                 except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
                     report_internal_error("engine", exc, self._metrics)
         finally:
+            if pending:
+                self._settle_actions(pending)
             if duplicates:
                 self._duplicates[()] += duplicates
             self.processed += len(batch) - duplicates
@@ -325,9 +358,45 @@ class Engine:
             return True
         if seen_backfilled is None:
             self._action_states[key] = backfilled
+            self._backfilled += backfilled
             if len(self._action_states) > self._action_window:
-                self._action_states.popitem(last=False)
+                self._backfilled -= self._action_states.popitem(last=False)[1]
         return False
+
+    def _settle_actions(self, events: list[Event]) -> None:
+        """Note a stream's actions in the window and show them to the waiter, in order, and
+        empty `events`: what _action_duplicate and observe() would have done one by one.
+
+        Only for events that are no duplicate: no `backfilled` key, a string `state`, while the
+        window holds no backfilled sighting (all its values False: only a new key changes it).
+        Written out (a call per action cost as much as the rest): the URI's ref from the
+        cache, object_ref on a miss."""
+        try:
+            states, window, cached = self._action_states, self._action_window, cached_object_ref
+            seen: list[tuple[str, str]] = []  # (action uuid, state), in order
+            note = seen.append
+            for event in events:
+                uri = event.get("resource_uri")
+                try:
+                    ref = cached(uri, _UNSET)
+                except TypeError:  # not hashable: not a string either
+                    continue
+                if ref is _UNSET:  # not seen lately, not a string, or too long
+                    ref = object_ref(uri)
+                if ref is None:
+                    continue
+                key = (ref[1], event["state"])
+                note(key)
+                if key not in states:
+                    states[key] = False
+                    if len(states) > window:
+                        self._backfilled -= states.popitem(last=False)[1]
+            if self._observe_states is not None and seen:
+                self._observe_states(seen)
+        except Exception as exc:  # noqa: BLE001 - as in the batch's loop: reported, not fatal
+            report_internal_error("engine", exc, self._metrics)
+        finally:
+            events.clear()
 
     def _run_rules(self, received: Received, event: Event, matched: list[Rule],
                    quiet: frozenset[Rule] | None = None) -> Outcome:

@@ -11,7 +11,7 @@ import datetime as _dt
 import email.utils
 import re
 import uuid as _uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple, overload
@@ -156,6 +156,12 @@ def object_ref(uri: object) -> ObjectRef | None:
         _REF_CACHE.clear()
     _REF_CACHE[uri] = ref
     return ref
+
+
+#: The cache's own `get(uri, default)`: a URI's ObjectRef (or None) as object_ref found it
+#: lately, else `default` (then ask object_ref); for a loop over a batch's URIs, without a
+#: call of object_ref each. Only strings are ever in it (an unhashable `uri` raises TypeError).
+cached_object_ref: Callable[[object, Any], Any] = _REF_CACHE.get  # type: ignore[assignment]
 
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"

@@ -1,6 +1,7 @@
 """Follow Docker Cloud actions through the stream's `action` events instead of polling.
 
-The engine feeds every `action` event to `observe`; a `dockercloud` action with `wait: true`
+The engine feeds every `action` event to `observe` (a stream batch's, as (uuid, state) pairs
+to `observe_states` at the batch's end); a `dockercloud` action with `wait: true`
 calls `wait(action_uri, timeout)`. Terminal states are remembered for a while, because the
 event may arrive before the caller starts waiting (the REST answer and the stream race).
 """
@@ -46,6 +47,23 @@ class ActionWaiter:
             self._states.move_to_end(ref.uuid)
             while len(self._states) > self.max_entries:
                 self._states.popitem(last=False)
+            if self._waiting:
+                self._cond.notify_all()
+
+    def observe_states(self, seen: list[tuple[str, str]]) -> None:
+        """`observe` a batch's actions at once, in order, as (action uuid, state) pairs
+        (the engine's, at the batch's end): one lock, one reading of the clock."""
+        terminal = [pair for pair in seen if pair[1] in TERMINAL_STATES]
+        if not terminal:
+            return
+        now = self._clock()
+        states, limit = self._states, self.max_entries
+        with self._lock:
+            for uuid, state in terminal:
+                states[uuid] = (state, now)
+                states.move_to_end(uuid)
+            while len(states) > limit:  # the newest `limit`, as when each was observed alone
+                states.popitem(last=False)
             if self._waiting:
                 self._cond.notify_all()
 
