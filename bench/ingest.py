@@ -127,6 +127,7 @@ def main() -> int:
     if args.callgrind:
         with tempfile.TemporaryDirectory() as tmp:
             out = args.out or Path(tmp)
+            out.mkdir(parents=True, exist_ok=True)
             per_event = count(*args.callgrind, args.rules, out)
         print(f"{args.rules} rules: {per_event:,.0f} instructions per event")
         return 0
