@@ -122,6 +122,12 @@ class Streams:
             running = self._running.get(name)
         return 0.0 if running is None else running.consumer.down_for()
 
+    def held_for(self, name: str) -> float:
+        """Seconds the reader of this namespace has been held up in its sink (0: reading)."""
+        with self._lock:
+            running = self._running.get(name)
+        return 0.0 if running is None else running.consumer.held_for()
+
     def status(self) -> str:
         """Readiness of the streams: `ok` (all connected), `standby` (none held: another
         replica consumes them) or `disconnected`."""
