@@ -17,7 +17,7 @@ from eventd.cluster.membership import Membership, quota
 from eventd.delivery.dispatcher import Dispatcher
 from eventd.emulator import Emulator
 from eventd.errors import ConfigError, LeaseLost
-from eventd.events import Received, stream_event
+from eventd.events import Received, parse_datetime, stream_event
 from eventd.records import ActionJob
 from eventd.settings import Settings, parse_namespaces
 from eventd.stores import open_store
@@ -187,6 +187,9 @@ class _Consumer:
 
     def down_for(self) -> float:
         return self.down
+
+    def held_for(self) -> float:
+        return 0.0
 
     def resume_after(self, since: float) -> None:
         self.since = since
@@ -585,3 +588,92 @@ def test_a_replica_cut_off_from_the_stream_hands_its_lease_over_and_stands_by(cl
         assert coordinator.held() == [] and len(consumers) == 1
     finally:
         streams.stop_all(2)
+
+
+# -- a stalled reader, requests on their way when the lease ends (chaos seed 14) ----------------
+def _leased_replica(cluster, emu: Emulator, replica_id: str, ttl: float,
+                    hold: threading.Event | None) -> dict[str, Any]:
+    """A coordinator with real stream consumers of `emu` (namespace acme); `hold`: its sink
+    blocks on an event whose state is `Hold` until that is set (a store that no Redis replica
+    confirms a write to). What its sink let through is in `received`."""
+    from eventd.clients.dockercloud.auth import Credentials
+    from eventd.cluster.coordinator import Coordinator
+    from eventd.cluster.metrics import ClusterMetrics
+    from eventd.cluster.progress import Tracker
+    from eventd.cluster.streams import Streams, fenced
+    from eventd.ops.metrics import Metrics
+    from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
+
+    metrics = Metrics()
+    tracker = Tracker(["acme"])
+    replica: dict[str, Any] = {"received": [], "consumers": []}
+
+    def record(batch) -> None:
+        if hold is not None and any(r.event.get("state") == "Hold" for r in batch):
+            hold.wait(30)
+        replica["received"].extend(batch)
+        tracker.received(batch)
+        tracker.processed(batch)
+
+    def consumer(ns, fence) -> StreamConsumer:
+        coordinator = replica["coordinator"]
+        sink = fenced(tagging(record, ns), fence, lambda: coordinator.lease_lost(label(ns)),
+                      metrics)
+        made = StreamConsumer(
+            url=Settings.from_env({"DOCKERCLOUD_STREAM_HOST": emu.stream_url,
+                                   "DOCKERCLOUD_NAMESPACE": ns}).stream_url,
+            credentials=Credentials(header=emu.auth_header, source="test"), sink=sink,
+            metrics=metrics, stopping=threading.Event(),
+            options=StreamOptions(ping_interval=0.2, pong_timeout=0.5, backoff_initial=0.05,
+                                  backoff_max=0.2, handshake_timeout=2.0),
+            fencing=coordinator.stream_token(label(ns)))
+        replica["consumers"].append(made)
+        return made
+
+    streams = Streams(consumer, lambda running: running.run())
+    replica["coordinator"] = Coordinator(
+        cluster.client, cluster=cluster.name, namespaces=("acme",), ttl=ttl, streams=streams,
+        tracker=tracker, metrics=metrics,
+        cluster_metrics=ClusterMetrics(metrics.registry, ["acme"]), info=dict, max_gap=900,
+        replica_id=replica_id)
+    return replica
+
+
+def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(cluster):
+    # Chaos seed 14: r1's reader sat 36 s in a spool_add no Redis replica confirmed (after a
+    # failover) while r1 went on renewing the stream's lease: nobody read umbrella for 17 s.
+    # A reader held up in its sink for about a TTL gives the stream up: the lease is not
+    # renewed, another replica takes it and announces the gap from where the stalled one was.
+    hold = threading.Event()
+    ttl = 1.5
+    with Emulator(tick=0.02, namespaces=("acme",)) as emu:
+        a = _leased_replica(cluster, emu, "a", ttl, hold)
+        b = _leased_replica(cluster, emu, "b", ttl, None)
+        try:
+            a["coordinator"].start()  # alone: it takes acme
+            wait_until(lambda: emu.namespace_counts() == {"acme": 1}, 10)
+            b["coordinator"].start()
+            before = emu.emit_event(state="Before", namespace="acme")
+            wait_until(lambda: any(r.event.get("uuid") == before["uuid"]
+                                   for r in a["received"]), 5)
+            time.sleep(ttl / 2)  # noqa: TID251 - a tick of `a` saves where its stream is
+            held = emu.emit_event(state="Hold", namespace="acme")  # a's sink blocks on it
+            held_at = time.monotonic()
+            wait_until(lambda: cluster.holder("acme") == "b" and b["consumers"]
+                       and b["consumers"][-1].connected, timeout=4 * ttl + 3)
+            taken_after = time.monotonic() - held_at
+            assert cluster.holder("acme") == "b"
+            assert not a["coordinator"].holds("acme")
+            wait_until(lambda: emu.namespace_counts() == {"acme": 1}, 5)  # a's connection closed
+            # b announces the gap from the last event a processed, so the held one is in it
+            marker = next(r.event for r in b["received"]
+                          if r.internal and r.event["state"] == "connected")
+            assert marker["gap_seconds"] is not None
+            gap_start = parse_datetime(marker["datetime"]) - marker["gap_seconds"]
+            assert gap_start <= parse_datetime(held["datetime"]) + 0.01, \
+                (gap_start, held["datetime"])
+            assert taken_after < 3 * ttl + 2, taken_after
+        finally:
+            hold.set()
+            a["coordinator"].stop(3)
+            b["coordinator"].stop(3)

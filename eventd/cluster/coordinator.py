@@ -48,6 +48,10 @@ ORPHAN_TICKS = 2
 #: standby meanwhile)
 UNCONNECTED_SHARE = 2 / 3
 CUT_OFF_TTLS = 5
+#: a replica whose reader of a leased stream has been held up in its sink this share of a TTL
+#: (a store write no Redis replica confirms) hands the stream over the same way: nobody reads
+#: it meanwhile, and the stream server drops the silent connection
+HELD_SHARE = 1.0
 
 
 def _announces_gap(job: ActionJob) -> bool:
@@ -249,12 +253,15 @@ class Coordinator:
                 report_internal_error("cluster", exc, self._metrics)
 
     def _hand_over_due(self, now: float) -> float | None:
-        """When the first held stream without a connection will have been down for 2/3 TTL
-        (then the tick hands it over, not up to a tick interval later); None if none will."""
+        """When the first held stream without a connection will have been down for 2/3 TTL,
+        or whose reader will have been held up in its sink for HELD_SHARE of a TTL (then the
+        tick hands it over, not up to a tick interval later); None if none will."""
         with self._held_lock:
             held = list(self._held)
         limit = self.ttl * UNCONNECTED_SHARE
         due = [limit - down for down in map(self._streams.down_for, held) if 0 < down <= limit]
+        stall = self.ttl * HELD_SHARE
+        due += [stall - hold for hold in map(self._streams.held_for, held) if 0 < hold <= stall]
         return now + min(due) + 0.01 if due else None
 
     def _watch_leases(self) -> None:
@@ -312,6 +319,7 @@ class Coordinator:
             self._watch_primary(address, self._run_id())
             joined = self._membership.heartbeat(self._heartbeat())
             live = self._vetted(self._membership.live())
+            self._hand_over_stalled(live)  # before the renewal: a stalled one is not renewed
             self._renew()
             self._save_progress()
             self._hand_over_unconnected(live)
@@ -366,6 +374,41 @@ class Coordinator:
             self._give_back(name, "unconnected", deadline - time.monotonic())
         self._membership.heartbeat(self._heartbeat())
         self._membership.announce("released")
+
+    def _hand_over_stalled(self, live: dict[str, dict[str, Any]]) -> None:
+        """Stop renewing each lease whose reader has been held up in its sink for a TTL, if
+        another replica could take it: a store write no Redis replica confirms (a failover
+        resyncing) held the reader for 36 s in a chaos run while the lease was renewed and
+        nobody read the stream (a 17 s gap). Its connection is closed and the lease expires
+        (the reader still holds a batch: it is not freed); the next holder announces and backfills the gap from the progress saved now.
+        This replica takes no stream for CUT_OFF_TTLS TTLs (its store is stalled)."""
+        others = [r for r, info in live.items() if r != self.replica_id and not info.get("standby")]
+        if not others:
+            return
+        with self._held_lock:
+            held = list(self._held)
+        stalled = [name for name in held if self._streams.held_for(name) > self.ttl * HELD_SHARE]
+        if not stalled:
+            return
+        self._cut_off_until = time.monotonic() + CUT_OFF_TTLS * self.ttl
+        self._streams.close(stalled)
+        for name in stalled:
+            logger.warning("the reader of %s has been held up for %.1f s (a stalled store): "
+                           "handing its stream over and taking no stream for %.0f s", name,
+                           self._streams.held_for(name), CUT_OFF_TTLS * self.ttl)
+            lease = self._held.get(name)
+            at = self._tracker.last_processed(name)
+            if lease is not None and at is not None and lease.valid(time.monotonic()):
+                try:  # where the next holder's gap begins (else at the last tick's mark)
+                    self._leases.record(name, lease.token, at)
+                except redis.RedisError:
+                    pass
+        with self._held_lock:
+            for name in stalled:
+                self._held.pop(name, None)
+        for name in stalled:
+            self._streams.stop(name, 0.1)  # its reader lets go when the sink does
+            self._cluster_metrics.follow(name, "stalled")
 
     def _run_id(self) -> object:
         """The Redis server's run id (a new one after a restart); None if INFO is refused."""
