@@ -677,3 +677,97 @@ def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(c
             hold.set()
             a["coordinator"].stop(3)
             b["coordinator"].stop(3)
+
+
+class _Holding:
+    """An HTTP server that reads each request and never answers, and says how each connection
+    ended: `reset` (RST: the sender discarded it), `closed` (FIN), or still open."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests: list[bytes] = []
+        self.ends: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._serve, daemon=True)]
+        self._threads[0].start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._hold, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _hold(self, conn: Any) -> None:
+        conn.settimeout(0.1)
+        data = b""
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    self.ends.append("reset")
+                    return
+                if not chunk:
+                    self.ends.append("closed")
+                    return
+                data += chunk
+                if b"\r\n\r\n" in data and data not in self.requests:
+                    self.requests.append(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(2)
+        self.sock.close()
+
+
+def test_a_request_on_its_way_when_the_lease_is_lost_is_reset_and_left_for_the_next_holder(
+        cluster, tmp_path):
+    # Chaos seed 14: a webhook sent under r1's lease just before a 2 s partition reached the
+    # receiver 1,158 ms after that lease had expired, TCP retransmitting it once the partition
+    # healed. When the lease ends here, the requests still on their way under it are reset
+    # (RST, SO_LINGER 0: nothing queued is sent any more), and the job stays in the spool for
+    # the next holder, who sends it under its own token.
+    from tests.cluster_helpers import Replica
+
+    receiver = _Holding()
+    with Emulator(tick=0.02, namespaces=("acme",)) as emu:
+        rules = write_rules(tmp_path / "rules", f"""
+            rules:
+              - name: forward
+                match: {{type: container, state: Stopping}}
+                actions:
+                  - webhook: {{url: "{receiver.url}/hook", timeout: 60}}
+            """)
+        replica = Replica(emu, rules, tmp_path, "a", cluster, namespaces="acme", ttl="2s")
+        replica.start()
+        try:
+            wait_until(lambda: emu.namespace_counts() == {"acme": 1}, 20)
+            emu.emit_event(state="Stopping", namespace="acme")
+            wait_until(lambda: receiver.requests, 10)  # on its way, unanswered
+            assert b"Eventd-Fencing-Token" in receiver.requests[0]
+            assert receiver.ends == []
+            # Another replica takes the lease (as after a partition): a's next renewal fails.
+            key = f"{cluster.name}:cluster:lease:acme"
+            cluster.client.set(key, "b:99999999999999", px=60_000)
+            lost_at = time.monotonic()
+            wait_until(lambda: receiver.ends, timeout=8)
+            assert receiver.ends == ["reset"], receiver.ends
+            assert time.monotonic() - lost_at < 5
+            # Not done nor dead-lettered: in the spool for the lease's next holder.
+            assert cluster.client.hlen(f"{cluster.name}:spool") == 1
+            assert not [k for k in cluster.keys() if ":dead" in k], cluster.keys()
+        finally:
+            replica.terminate()
+            receiver.close()
+            print(replica.log()[-6000:])  # shown when the test fails

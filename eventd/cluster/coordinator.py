@@ -77,9 +77,12 @@ class Coordinator:
                  on_takeover: Callable[[], object] | None = None,
                  on_fatal: Callable[[str], object] | None = None,
                  mac: Mac | None = None,
-                 quiesce: Callable[[str, float], bool] | None = None) -> None:
+                 quiesce: Callable[[str, float], bool] | None = None,
+                 abort: Callable[[str], object] | None = None) -> None:
         """`on_takeover` is called when this replica takes a stream another one held (dead or
-        stopped): it delivers what that one left in the shared spool."""
+        stopped): it delivers what that one left in the shared spool. `quiesce` waits until
+        the requests sent under a lease are answered; `abort` resets those still on their
+        way once the lease is no longer this replica's (the dispatcher's)."""
         self.replica_id = replica_id or new_replica_id()
         self.ttl = ttl
         self.interval = ttl / 3
@@ -98,6 +101,8 @@ class Coordinator:
         self._bad_data_since: float | None = None
         #: waits until the requests sent under a lease's tokens are answered (the dispatcher)
         self._quiesce = quiesce
+        #: resets the requests still on their way under a lease's tokens (the dispatcher)
+        self._abort_requests = abort
         self._leases = Leases(client, self._keys, self.replica_id, ttl)
         #: signs this replica's heartbeat and checks the others' (None: neither, as before)
         self._mac = mac
@@ -148,6 +153,7 @@ class Coordinator:
             self._handed.update(held)
         if not self._quiet(list(held), max(0.1, min(2.0, deadline - time.monotonic()))):
             running = running | set(held)  # requests still on their way: let the leases expire
+            self._abort(list(held))  # and reset them: they must not land after the expiry
         try:
             for name, lease in held.items():
                 self._cluster_metrics.follow(name, "released")
@@ -277,6 +283,9 @@ class Coordinator:
             if ended:
                 try:
                     self._streams.close([lease.namespace for lease in ended])
+                    # A request sent under it must not reach its server from now on (TCP
+                    # retransmitting it once a partition heals): reset, left for the next holder.
+                    self._abort([lease.namespace for lease in ended])
                 except Exception as exc:  # noqa: BLE001 - the watchdog must keep watching
                     report_internal_error("cluster", exc, self._metrics)
                 self._wake.set()
@@ -379,8 +388,9 @@ class Coordinator:
         """Stop renewing each lease whose reader has been held up in its sink for a TTL, if
         another replica could take it: a store write no Redis replica confirms (a failover
         resyncing) held the reader for 36 s in a chaos run while the lease was renewed and
-        nobody read the stream (a 17 s gap). Its connection is closed and the lease expires
-        (the reader still holds a batch: it is not freed); the next holder announces and backfills the gap from the progress saved now.
+        nobody read the stream (a 17 s gap). Its connection is closed, the requests sent
+        under it are reset, and the lease expires (the reader still holds a batch: it is not
+        freed); the next holder announces and backfills the gap from the progress saved now.
         This replica takes no stream for CUT_OFF_TTLS TTLs (its store is stalled)."""
         others = [r for r, info in live.items() if r != self.replica_id and not info.get("standby")]
         if not others:
@@ -406,6 +416,7 @@ class Coordinator:
         with self._held_lock:
             for name in stalled:
                 self._held.pop(name, None)
+        self._abort(stalled)
         for name in stalled:
             self._streams.stop(name, 0.1)  # its reader lets go when the sink does
             self._cluster_metrics.follow(name, "stalled")
@@ -573,6 +584,8 @@ class Coordinator:
             # No request starts under it now; those on their way are answered before it is
             # freed (else the next holder's token could reach the server after one of them).
             stopped = self._quiet([name], 2.0)
+        if lease is not None and not stopped:
+            self._abort([name])  # reset what is still on its way; the lease expires
         if lease is not None and stopped:  # else its connection may still be open: it expires
             self._leases.release(name, lease.token, self._tracker.last_received(name))
         self._cluster_metrics.follow(name, reason)
@@ -594,10 +607,19 @@ class Coordinator:
             logger.warning("the lease token %d of %s was refused as stale by a server (a Redis "
                            "failover reissued lower tokens); giving the lease up for a newer one",
                            lease.token, name)
+            self._abort([name])
             try:
                 self._leases.release(name, lease.token, self._tracker.last_received(name))
             except redis.RedisError:
                 pass  # it expires
+
+    def _abort(self, names: list[str]) -> None:
+        """Reset the requests still on their way under these leases (their jobs stay in the
+        spool for the next holder, who sends them under its own token)."""
+        if self._abort_requests is None:
+            return
+        for name in names:
+            self._abort_requests(f"{self._keys.cluster}/{name}:")
 
     def _quiet(self, names: list[str], timeout: float) -> bool:
         """Whether every request sent under these leases was answered within `timeout`."""
@@ -613,6 +635,7 @@ class Coordinator:
             lease = self._held.pop(name, None)
         if lease is None:
             return
+        self._abort([name])
         self._streams.stop(name, 1.0)
         self._cluster_metrics.follow(name, reason)
         if reason == "lost":
