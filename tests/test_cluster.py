@@ -673,6 +673,12 @@ def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(c
             assert gap_start <= parse_datetime(held["datetime"]) + 0.01, \
                 (gap_start, held["datetime"])
             assert taken_after < 3 * ttl + 2, taken_after
+            # a stands by while its store holds the reader, and is back once it lets go
+            members = Membership(cluster.client, Keys(cluster.name), "c", ttl=ttl)
+            wait_until(lambda: members.live().get("a", {}).get("standby") is True, 3 * ttl)
+            hold.set()
+            wait_until(lambda: "a" in members.live()
+                       and not members.live()["a"].get("standby"), 3 * ttl)
         finally:
             hold.set()
             a["coordinator"].stop(3)

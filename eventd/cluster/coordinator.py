@@ -351,7 +351,7 @@ class Coordinator:
         from the stream server): the others' quotas leave it out, so they take its share
         instead of handing streams over to it."""
         info = self._info()
-        if self._cut_off_until > time.monotonic():
+        if self._standing_by():
             info = {**info, "standby": True}
         return info
 
@@ -391,7 +391,9 @@ class Coordinator:
         nobody read the stream (a 17 s gap). Its connection is closed, the requests sent
         under it are reset, and the lease expires (the reader still holds a batch: it is not
         freed); the next holder announces and backfills the gap from the progress saved now.
-        This replica takes no stream for CUT_OFF_TTLS TTLs (its store is stalled)."""
+        This replica stands by (takes no stream) until its held reader lets go: a store stalled
+        for every replica (a failover) then has them back as soon as it answers, rather than
+        all standing by for a fixed time while nobody reads."""
         others = [r for r, info in live.items() if r != self.replica_id and not info.get("standby")]
         if not others:
             return
@@ -400,12 +402,11 @@ class Coordinator:
         stalled = [name for name in held if self._streams.held_for(name) > self.ttl * HELD_SHARE]
         if not stalled:
             return
-        self._cut_off_until = time.monotonic() + CUT_OFF_TTLS * self.ttl
         self._streams.close(stalled)
         for name in stalled:
             logger.warning("the reader of %s has been held up for %.1f s (a stalled store): "
-                           "handing its stream over and taking no stream for %.0f s", name,
-                           self._streams.held_for(name), CUT_OFF_TTLS * self.ttl)
+                           "handing its stream over and taking no stream until it lets go",
+                           name, self._streams.held_for(name))
             lease = self._held.get(name)
             at = self._tracker.last_processed(name)
             if lease is not None and at is not None and lease.valid(time.monotonic()):
@@ -420,6 +421,11 @@ class Coordinator:
         for name in stalled:
             self._streams.stop(name, 0.1)  # its reader lets go when the sink does
             self._cluster_metrics.follow(name, "stalled")
+
+    def _standing_by(self) -> bool:
+        """Whether this replica takes no stream now: cut off from the stream server (for
+        CUT_OFF_TTLS TTLs), or a reader it handed over is still held up by its store."""
+        return self._cut_off_until > time.monotonic() or self._streams.held_up()
 
     def _run_id(self) -> object:
         """The Redis server's run id (a new one after a restart); None if INFO is refused."""
@@ -527,7 +533,7 @@ class Coordinator:
             self._watch_until = min(self._watch_until or float("inf"),
                                     time.monotonic() + grace + 0.02)
             return
-        if self._cut_off_until > time.monotonic():  # cut off from the stream server
+        if self._standing_by():  # cut off from the stream server, or its store stalled
             return
         free_ticks, self._free_ticks = self._free_ticks, {}
         for name in sorted(self._names):
