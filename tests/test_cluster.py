@@ -189,7 +189,7 @@ class _Consumer:
         return self.down
 
     def held_for(self) -> float:
-        return 0.0
+        return getattr(self, "held", 0.0)
 
     def resume_after(self, since: float) -> None:
         self.since = since
@@ -777,3 +777,27 @@ def test_a_request_on_its_way_when_the_lease_is_lost_is_reset_and_left_for_the_n
             replica.terminate()
             receiver.close()
             print(replica.log()[-6000:])  # shown when the test fails
+
+
+def test_a_stalled_reader_is_not_handed_over_while_every_other_replica_is_stalled_too(cluster):
+    # Chaos (a failover): every replica's store write waited for a Redis replica at once, and
+    # each handed its streams over in turn, adding a gap per move while nobody could read.
+    # A replica whose reader is held up says so in its heartbeat; a stream moves only to a
+    # replica that is not.
+    coordinator, streams, consumers = _lone_coordinator(cluster, ("acme",))
+    other = Membership(cluster.client, Keys(cluster.name), "b", ttl=30)
+    try:
+        other.heartbeat({"stalled": True})
+        coordinator._tick()  # takes acme (b is at its quota of 0 streams)
+        assert coordinator.held() == ["acme"]
+        consumers[0].held = 11.0  # held past a third of the TTL: said in a's heartbeat
+        coordinator._tick()
+        assert other.live()["a"].get("stalled") is True
+        consumers[0].held = 31.0  # past a TTL, but b is stalled too: kept
+        coordinator._tick()
+        assert coordinator.held() == ["acme"] and not consumers[0].stopped.is_set()
+        other.heartbeat({})  # b reads again: acme goes to it
+        coordinator._tick()
+        assert coordinator.held() == [] and consumers[0].stopped.is_set()
+    finally:
+        streams.stop_all(2)

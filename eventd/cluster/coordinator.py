@@ -52,6 +52,9 @@ CUT_OFF_TTLS = 5
 #: (a store write no Redis replica confirms) hands the stream over the same way: nobody reads
 #: it meanwhile, and the stream server drops the silent connection
 HELD_SHARE = 1.0
+#: ...if another replica's reader is not held up too: one held this share of a TTL says so in
+#: its heartbeat (`stalled`), and a store stalled for every replica (a failover) moves nothing
+STALLED_SHARE = 1 / 3
 
 
 def _announces_gap(job: ActionJob) -> bool:
@@ -353,6 +356,8 @@ class Coordinator:
         info = self._info()
         if self._standing_by():
             info = {**info, "standby": True}
+        if self._reader_stalled():
+            info = {**info, "stalled": True}
         return info
 
     def _hand_over_unconnected(self, live: dict[str, dict[str, Any]]) -> None:
@@ -391,10 +396,12 @@ class Coordinator:
         nobody read the stream (a 17 s gap). Its connection is closed, the requests sent
         under it are reset, and the lease expires (the reader still holds a batch: it is not
         freed); the next holder announces and backfills the gap from the progress saved now.
-        This replica stands by (takes no stream) until its held reader lets go: a store stalled
-        for every replica (a failover) then has them back as soon as it answers, rather than
-        all standing by for a fixed time while nobody reads."""
-        others = [r for r, info in live.items() if r != self.replica_id and not info.get("standby")]
+        This replica stands by (takes no stream) for a TTL, and on until its held reader lets
+        go. Nothing moves
+        while every other replica's reader is held up too (`stalled` in its heartbeat): a
+        store stalled for all (a failover) would only add a gap per hand-over."""
+        others = [r for r, info in live.items() if r != self.replica_id
+                  and not info.get("standby") and not info.get("stalled")]
         if not others:
             return
         with self._held_lock:
@@ -402,6 +409,9 @@ class Coordinator:
         stalled = [name for name in held if self._streams.held_for(name) > self.ttl * HELD_SHARE]
         if not stalled:
             return
+        # A TTL at least (the lease's end in Redis, for another to take it), then for as long
+        # as the held reader is held
+        self._cut_off_until = max(self._cut_off_until, time.monotonic() + self.ttl)
         self._streams.close(stalled)
         for name in stalled:
             logger.warning("the reader of %s has been held up for %.1f s (a stalled store): "
@@ -421,6 +431,15 @@ class Coordinator:
         for name in stalled:
             self._streams.stop(name, 0.1)  # its reader lets go when the sink does
             self._cluster_metrics.follow(name, "stalled")
+
+    def _reader_stalled(self) -> bool:
+        """Whether a reader of this replica has been held up in its sink for STALLED_SHARE of
+        a TTL, or one it handed over still is (said in its heartbeat)."""
+        with self._held_lock:
+            held = list(self._held)
+        limit = self.ttl * STALLED_SHARE
+        return any(self._streams.held_for(name) > limit for name in held) \
+            or self._streams.held_up()
 
     def _standing_by(self) -> bool:
         """Whether this replica takes no stream now: cut off from the stream server (for
