@@ -482,7 +482,8 @@ def test_a_job_is_fenced_by_its_lease_unless_the_lease_was_handed_over_on_purpos
         streams.stop_all(2)
 
 
-def _lone_coordinator(cluster, namespaces: tuple[str, ...]) -> tuple[Any, Any, list[_Consumer]]:
+def _lone_coordinator(cluster, namespaces: tuple[str, ...],
+                     tracker: Any = None) -> tuple[Any, Any, list[_Consumer]]:
     """A coordinator of replica "a" alone (TTL 30 s) whose streams are `_Consumer`s: the
     coordinator, its Streams and the consumers made so far, in order."""
     from eventd.cluster.coordinator import Coordinator
@@ -501,7 +502,7 @@ def _lone_coordinator(cluster, namespaces: tuple[str, ...]) -> tuple[Any, Any, l
     streams = Streams(consumer, lambda running: running.run())
     coordinator = Coordinator(
         cluster.client, cluster=cluster.name, namespaces=namespaces, ttl=30, streams=streams,
-        tracker=Tracker(), metrics=metrics,
+        tracker=tracker or Tracker(), metrics=metrics,
         cluster_metrics=ClusterMetrics(metrics.registry, list(namespaces)), info=dict,
         max_gap=900, replica_id="a")
     return coordinator, streams, consumers
@@ -799,5 +800,34 @@ def test_a_stalled_reader_is_not_handed_over_while_every_other_replica_is_stalle
         other.heartbeat({})  # b reads again: acme goes to it
         coordinator._tick()
         assert coordinator.held() == [] and consumers[0].stopped.is_set()
+    finally:
+        streams.stop_all(2)
+
+
+def test_a_stream_given_back_is_left_at_the_last_event_processed_not_the_last_received(
+        cluster):
+    # Chaos seeds 11 and 12: a replica whose store a failover stalled gave a stream back
+    # (rebalance) saying it was left at the last event *received*; seconds of events sat in
+    # its queue behind the stalled spool_add, and it was killed before running them: 250-270
+    # events lost outside the gap the next holder announced. The mark is the last processed.
+    from eventd.cluster.leases import Leases
+    from eventd.cluster.progress import Tracker
+
+    tracker = Tracker(["acme"])
+    coordinator, streams, consumers = _lone_coordinator(cluster, ("acme",), tracker)
+    sent = time.time() - 5
+
+    def batch(at: float) -> list[Received]:
+        return [Received({"type": "container", "namespace": "acme", "uuid": str(at)}, at)]
+
+    try:
+        coordinator._tick()
+        assert coordinator.held() == ["acme"]
+        tracker.received(batch(sent))
+        tracker.processed(batch(sent))
+        tracker.received(batch(sent + 3))  # queued behind a stalled store, not run yet
+        coordinator._give_back("acme")
+        progress = Leases(cluster.client, Keys(cluster.name), "b", ttl=30).progress("acme")
+        assert progress.released and progress.at == pytest.approx(sent, abs=0.01)
     finally:
         streams.stop_all(2)
