@@ -239,7 +239,8 @@ class Daemon:
             tracker=self.tracker, metrics=self.metrics, cluster_metrics=self.cluster_metrics,
             info=self._replica_info, max_gap=settings.max_event_age,
             on_takeover=self.dispatcher.resume, on_fatal=self._fatal,
-            mac=self._heartbeat_mac(), quiesce=self.dispatcher.quiesce)
+            mac=self._heartbeat_mac(), quiesce=self.dispatcher.quiesce,
+            abort=self.dispatcher.abort)
         # Before the first lease: only jobs of namespaces held here are sent, fenced.
         self.dispatcher.use_fence(self.coordinator.job_token, sweep=settings.lease_ttl / 3,
                                   lease=self.coordinator.job_lease)

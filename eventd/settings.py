@@ -166,15 +166,20 @@ class TlsOptions:
     def configure(self, session: requests.Session) -> requests.Session:
         """Make a requests Session verify (and present a certificate) with `context`."""
         if self.custom:
-            session.mount("https://", _context_adapter(self.context))
+            session.mount("https://", _context_adapter(self.context,
+                                                       type(session.get_adapter("https://"))))
         return session
 
 
-def _context_adapter(context: ssl.SSLContext) -> Any:
-    """A requests HTTPAdapter whose connections use `context` for trust and certificates."""
+def _context_adapter(context: ssl.SSLContext, base: Any = None) -> Any:
+    """A requests HTTPAdapter whose connections use `context` for trust and certificates;
+    built on `base`, the session's own adapter class (eventd's resets a lease's requests)."""
     from requests.adapters import HTTPAdapter
 
-    class ContextAdapter(HTTPAdapter):
+    if not (isinstance(base, type) and issubclass(base, HTTPAdapter)):
+        base = HTTPAdapter
+
+    class ContextAdapter(base):  # type: ignore[misc]
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             kwargs["ssl_context"] = context
             super().init_poolmanager(*args, **kwargs)

@@ -503,17 +503,43 @@ def test_a_fenced_dispatcher_sends_only_the_jobs_of_leases_it_holds_each_with_it
         dispatcher.close(2)
 
 
+def test_a_request_whose_lease_ended_before_it_was_written_is_not_sent(
+        metrics, store, fenced_receiver):
+    # Chaos (a webhook that reached its receiver after the lease had expired): the lease is
+    # read again once the connection is ready, just before the request is written. Lost in
+    # between (a connect held up by a partition, a paused process), nothing is sent and the
+    # job stays in the spool for the lease's next holder.
+    asked: list[str] = []
+
+    def fence(job):
+        asked.append(job.id)
+        return "chaos/acme:3" if len(asked) == 1 else None  # lost once the token was read
+
+    dispatcher, hook = build(metrics, store)
+    dispatcher.use_fence(fence)
+    job = make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {}},
+                   event={"uuid": "u1", "namespace": "acme"})
+    try:
+        dispatcher.submit(job)
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.close(2)
+    assert fenced_receiver.requests == []
+    assert [j.id for j in store.spool_pending()] == [job.id]
+    assert store.deadletter_count() == 0
+
+
 def test_a_request_refused_for_a_stale_token_leaves_the_job_in_the_spool(
         metrics, store, fenced_receiver):
     # The lease is lost while the request is on its way (a pause, a partition): the server,
     # which has seen the new holder's token, refuses it; the job is the new holder's to send,
     # neither dead-lettered nor retried here.
     fenced_receiver.fences.check("chaos/acme:4")  # the new holder wrote there already
-    asked: list[str] = []
 
     def fence(job):
-        asked.append(job.id)
-        return "chaos/acme:3" if len(asked) == 1 else None  # lost once the request is out
+        # lost once the request is out (the lease is read again just before it is written:
+        # lost before that, it would not be sent at all)
+        return None if fenced_receiver.requests else "chaos/acme:3"
 
     dispatcher, hook = build(metrics, store)
     dispatcher.use_fence(fence)

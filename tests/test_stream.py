@@ -745,6 +745,34 @@ def test_close_from_another_thread_ends_run(emulator, start):
     assert emulator.wait_for_connections(0, timeout=2)
 
 
+def test_close_while_the_sink_holds_the_reader_up_ends_the_connection_at_once(emulator, start):
+    # Issue 25 (chaos, a 362 ms overlap after `oneway-redis-out`): a lease ran out while its
+    # reader sat in a stalled sink; the close frame went out, but the server counts a
+    # connection open until TCP closes, which only the held reader would have done, after the
+    # next holder had connected. A close while the reader is held shuts the socket too.
+    gate = threading.Event()
+    run = start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
+    inner = run.consumer._sink
+
+    def holding_sink(batch):
+        inner(batch)
+        if any(e.get("state") == "Hold" for e in events_of(batch)):
+            gate.wait(10)
+
+    run.consumer._sink = holding_sink
+    try:
+        wait_until(connected(run))
+        emulator.emit_event(state="Hold")
+        wait_until(lambda: [e["state"] for e in run.events()] == ["Hold"])  # now held
+        run.consumer.close()
+        assert emulator.wait_for_connections(0, timeout=1.0)
+        assert run.thread.is_alive()  # still held: the connection ended without it
+    finally:
+        gate.set()
+    run.thread.join(2)
+    assert not run.thread.is_alive() and run.error is None
+
+
 # -- secrets ------------------------------------------------------------------------------------
 
 def test_no_secret_in_logs_over_reconnects_and_auth_failure(metrics, caplog):

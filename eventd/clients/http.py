@@ -9,8 +9,12 @@ origin only), because following one would send the headers and body to another h
 from __future__ import annotations
 
 import email.utils
+import socket
+import struct
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -49,9 +53,154 @@ def new_session(user_agent: str = USER_AGENT, tls: Any = None) -> requests.Sessi
     session.trust_env, bundle = environment_settings()
     if bundle is not None:
         session.verify = bundle
+    adapter = _abortable_adapter()
+    session.mount("http://", adapter())
+    session.mount("https://", adapter())
     if tls is not None:
         tls.configure(session)
     return session
+
+
+# -- requests made under a lease, reset when it ends (issue 25) -----------------------------------
+class Abortable:
+    """The sockets of the requests one thread makes under one fencing token.
+
+    A replica whose lease ended (ran out, taken, given up) must not have a request made under
+    it reach its server afterwards: one written just before a partition is retransmitted by
+    TCP once the partition heals, seconds after the lease went to another replica. `abort`
+    shuts those sockets down with SO_LINGER 0: the thread sending wakes at once, its
+    connection is closed with a reset, and the kernel discards what it still held to send."""
+
+    __slots__ = ("aborted", "sockets", "still_ours", "token")
+
+    def __init__(self, token: str, still_ours: Callable[[], bool]) -> None:
+        self.token = token
+        self.still_ours = still_ours
+        self.sockets: list[socket.socket] = []
+        self.aborted = False
+
+    def end(self) -> None:
+        """The attempt is over: its sockets are the pool's again, not the lease's."""
+        _current.scope = None
+        with _scopes_lock:
+            _scopes.discard(self)
+
+
+_scopes: set[Abortable] = set()
+_scopes_lock = threading.Lock()
+_current = threading.local()
+_LINGER_0 = struct.pack("ii", 1, 0)
+
+
+def requests_under(token: str, still_ours: Callable[[], bool]) -> Abortable:
+    """Tie the requests this thread makes from now until `end()` to `token`: `abort_requests`
+    resets them, and one whose connection is ready when `still_ours()` no longer holds (the
+    lease ran out meanwhile) is not written at all."""
+    scope = Abortable(token, still_ours)
+    with _scopes_lock:
+        _scopes.add(scope)
+    _current.scope = scope
+    return scope
+
+
+def abort_requests(prefix: str) -> int:
+    """Reset every request on its way under a token starting with `prefix`; how many
+    attempts were hit (each ends with a connection error and `aborted` set)."""
+    with _scopes_lock:
+        hit = [scope for scope in _scopes if scope.token.startswith(prefix)]
+        for scope in hit:
+            scope.aborted = True
+        sockets = [sock for scope in hit for sock in scope.sockets]
+    for sock in sockets:
+        _reset(sock)
+    return len(hit)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST, not FIN, whoever closes it: nothing queued is sent any more."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+        # The read half only: the thread waiting for the answer wakes with end of file and
+        # closes the connection (a reset, nothing else is sent: no FIN behind the queued
+        # request). socket.socket's own shutdown, also for a TLS socket (its own would drop
+        # its TLS state under the thread reading).
+        socket.socket.shutdown(sock, socket.SHUT_RD)
+    except OSError:
+        pass  # closed meanwhile
+
+
+def _enlist(sock: socket.socket | None) -> None:
+    """Called by a connection about to write a request: tie its socket to this thread's
+    lease, or refuse (ConnectionAbortedError) if that lease is no longer ours."""
+    scope: Abortable | None = getattr(_current, "scope", None)
+    if scope is None:
+        return
+    ours = scope.still_ours()
+    with _scopes_lock:
+        if not ours:
+            scope.aborted = True
+        if scope.aborted:
+            raise ConnectionAbortedError("the lease this request was made under has ended")
+        if sock is not None and sock not in scope.sockets:
+            scope.sockets.append(sock)
+
+
+_ADAPTER: Any = None
+
+
+def _abortable_adapter() -> Any:
+    """The HTTPAdapter class whose connections enlist their socket before each request
+    (`_enlist`): urllib3's connection pools with a ConnectionCls of ours."""
+    global _ADAPTER
+    if _ADAPTER is not None:
+        return _ADAPTER
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class PlainConnection(HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            _enlist(self.sock)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            _enlist(self.sock)  # a new connection enlists once connected (above)
+            super().request(*args, **kwargs)
+
+    class SecureConnection(HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            _enlist(self.sock)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            _enlist(self.sock)
+            super().request(*args, **kwargs)
+
+    class PlainPool(HTTPConnectionPool):
+        ConnectionCls = PlainConnection
+
+    class SecurePool(HTTPSConnectionPool):
+        ConnectionCls = SecureConnection
+
+    def abortable(manager: Any) -> Any:
+        classes = manager.pool_classes_by_scheme
+        if classes.get("http") is HTTPConnectionPool and \
+                classes.get("https") is HTTPSConnectionPool:  # a SOCKS proxy's: its own
+            manager.pool_classes_by_scheme = {**classes, "http": PlainPool, "https": SecurePool}
+        return manager
+
+    class AbortableAdapter(HTTPAdapter):
+        """requests' adapter, its requests resettable while a lease's attempt runs."""
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            abortable(self.poolmanager)
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            return abortable(super().proxy_manager_for(proxy, **kwargs))
+
+    _ADAPTER = AbortableAdapter
+    return _ADAPTER
 
 
 def environment_settings() -> tuple[bool, str | None]:

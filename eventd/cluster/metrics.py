@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 #: why a lease changed: taken free, taken after its holder died, given back on a stop, given
-#: back to even out the replicas, found taken by another, or not renewable in time
-REASONS = ("acquired", "takeover", "released", "rebalanced", "lost", "unreachable")
+#: back to even out the replicas, found taken by another, not renewable in time, or handed over
+#: because its reader was held up by a stalled store
+REASONS = ("acquired", "takeover", "released", "rebalanced", "lost", "unreachable", "stalled")
 
 
 class ClusterMetrics:

@@ -43,6 +43,9 @@ class Streams:
         self._factory = factory
         self._runner = runner
         self._running: dict[str, _Running] = {}
+        #: consumers stopped while their reader was held up in its sink (a stalled store):
+        #: their thread ends when the sink lets go
+        self._held_up: list[_Running] = []
         self._lock = threading.Lock()
 
     def start(self, namespace: str | None, since: float | None = None,
@@ -69,6 +72,9 @@ class Streams:
             return True
         running.consumer.close()
         running.thread.join(max(0.1, timeout))
+        if running.thread.is_alive() and running.consumer.held_for() > 0:
+            with self._lock:
+                self._held_up.append(running)
         if running.thread.is_alive():
             logger.warning("stream consumer of namespace %s did not stop within %.1f s", name,
                            timeout)
@@ -121,6 +127,20 @@ class Streams:
         with self._lock:
             running = self._running.get(name)
         return 0.0 if running is None else running.consumer.down_for()
+
+    def held_for(self, name: str) -> float:
+        """Seconds the reader of this namespace has been held up in its sink (0: reading)."""
+        with self._lock:
+            running = self._running.get(name)
+        return 0.0 if running is None else running.consumer.held_for()
+
+    def held_up(self) -> bool:
+        """Whether a consumer stopped while held up in its sink is still held there (the
+        store that held it has not let go yet)."""
+        with self._lock:
+            self._held_up = [item for item in self._held_up
+                             if item.thread.is_alive() and item.consumer.held_for() > 0]
+            return bool(self._held_up)
 
     def status(self) -> str:
         """Readiness of the streams: `ok` (all connected), `standby` (none held: another

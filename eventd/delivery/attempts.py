@@ -11,6 +11,9 @@ Fencing (issue 25): in a cluster each request carries `Eventd-Fencing-Token: <cl
 <token>`, the lease of the job's namespace, read where the request is made (not when the job
 was accepted), so a replica that lost its lease (paused, cut off) never sends on it, and a
 server that keeps the highest token seen refuses (409) a request that was already on its way.
+A request still on its way when the lease ends here is reset (`abort`): TCP would deliver it
+after a partition heals, under a lease that is another replica's by then; its job is LEFT
+in the spool for the next holder, who sends it under its own token.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from eventd.actions.base import ActionKind, Batching, FollowUp
-from eventd.clients.http import error_reason, is_told
+from eventd.clients.http import Abortable, abort_requests, error_reason, is_told, requests_under
 from eventd.delivery.gate import Gate
 from eventd.errors import (
     ActionError,
@@ -99,6 +102,12 @@ class Attempts:
             return self._quiet.wait_for(
                 lambda: not any(token.startswith(scope) for token in self._inflight), timeout)
 
+    def abort(self, scope: str) -> int:
+        """Reset the requests on their way under a token of `scope` (`<cluster>/<ns>:`): the
+        lease ended here. Their attempts end LEFT (the job stays in the spool for the next
+        holder). How many attempts were hit."""
+        return abort_requests(scope)
+
     def _sending(self, token: str, change: int) -> None:
         if not token:
             return
@@ -121,6 +130,7 @@ class Attempts:
         started = time.perf_counter()
         gate = self.gate
         self._sending(token, 1)
+        scope: Abortable | None = None
         try:
             grant = gate.check_job(job, durable)
             try:
@@ -128,27 +138,37 @@ class Attempts:
             except BadAddress as exc:
                 raise gate.unparsable(job, exc) from None
             gate.admit(job, outbound, grant)
+            if token:  # reset if the lease ends while it is on its way (see abort)
+                scope = requests_under(token, lambda: self._token(job) == token)
             returned = kind.send(job, outbound)
         except GateRefused as exc:
             return Attempt(Verdict.GATED, error=exc)
         except ActionSkipped as exc:
             return Attempt(Verdict.SKIPPED, error=exc)
         except PermanentActionError as exc:
+            if scope is not None and scope.aborted:
+                return Attempt(Verdict.LEFT, error=exc)
             fenced_off = self._fenced_off(job, token, exc)
             if fenced_off is not None:
                 return fenced_off
             self._count_error(job.kind, exc)
             return Attempt(Verdict.REFUSED, error=exc)
         except RetryableActionError as exc:
+            if scope is not None and scope.aborted:
+                return Attempt(Verdict.LEFT, error=exc)
             self._count_error(job.kind, exc)
             return Attempt(Verdict.TOLD if is_told(exc) else Verdict.FAILED, error=exc)
         except Exception as exc:
+            if scope is not None and scope.aborted:
+                return Attempt(Verdict.LEFT, error=exc)
             self.metrics.action_errors.labels(kind=job.kind, reason="internal").inc()
             report_internal_error("action", exc, self.metrics)
             wrapped = RetryableActionError(f"internal error ({type(exc).__name__})")
             wrapped.__cause__ = exc
             return Attempt(Verdict.FAILED, error=wrapped)
         finally:
+            if scope is not None:
+                scope.end()
             self._sending(token, -1)
             self._duration(job.kind).observe(time.perf_counter() - started)
         if isinstance(returned, FollowUp):

@@ -148,6 +148,11 @@ class Dispatcher:
         way (before that lease is freed); False at the timeout."""
         return self._attempts.quiesce(scope, timeout)
 
+    def abort(self, scope: str) -> int:
+        """Reset the requests on their way under a lease of `scope` (`<cluster>/<ns>:`), which
+        ended here: their jobs stay in the spool for the lease's next holder."""
+        return self._attempts.abort(scope)
+
     def resume(self, quiet: bool = False) -> int:
         """Deliver what another process left in a shared spool (a replica that died, a lease
         taken over): every target with spooled jobs pages them in, oldest first; a job this
@@ -751,7 +756,8 @@ class Dispatcher:
 
     def _leave(self, lane: Lane, job: ActionJob) -> None:
         """Not ours to send any more (the lease of its namespace moved): it stays in the
-        spool, where the lease's holder pages it in; nothing was sent."""
+        spool, where the lease's holder pages it in; nothing was sent, or what was sent was
+        reset when the lease ended (Attempts.abort)."""
         self._count("left", job.kind)
         logger.debug("%s for rule %s left in the spool: its namespace's lease is another "
                      "replica's", job.kind, job.rule)

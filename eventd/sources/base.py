@@ -153,6 +153,9 @@ class ConsumerLoop(ABC):
         self._connected_at: float | None = None  # monotonic time of the current connection
         #: monotonic time since when no connection is open (from the start: none yet)
         self._down_since: float | None = time.monotonic()
+        #: monotonic time the reader handed its current batch to the sink (None: not in it):
+        #: a sink that blocks (a stalled store) holds the reader up while it looks connected
+        self._sink_since: float | None = None
         self._invalid_logged: set[str] = set()
         self._close_requested = False
         self._replays: list[threading.Thread] = []
@@ -249,6 +252,13 @@ class ConsumerLoop(ABC):
         since = self._down_since
         return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
+    def held_for(self) -> float:
+        """Seconds the reader has been held up in the sink by one batch (0 while it reads):
+        a cluster replica whose reader is stuck behind a stalled store hands the lease over,
+        as the stream is read by nobody meanwhile."""
+        since = self._sink_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
     @property
     def replay_threads(self) -> list[threading.Thread]:
         """Replay threads started so far (so a caller can join them at shutdown)."""
@@ -287,7 +297,9 @@ class ConsumerLoop(ABC):
         hooks.on_connected(self.describe(), gap)
         auth_error: AuthRejected | None = None
         try:
+            self._sink_since = time.monotonic()
             self._sink([Received(stream_event("connected", now, gap), now, None, True)])
+            self._sink_since = None
             if gap_start is not None and self.can_replay:
                 self._start_replay(gap_start)
             reason = self.consume()
@@ -353,6 +365,7 @@ class ConsumerLoop(ABC):
 
     def _set_connected(self, value: bool) -> None:
         self._connected_at = time.monotonic() if value else None
+        self._sink_since = None  # a sink that raised leaves no hold behind
         if value:
             self._down_since = None
         elif self._down_since is None:

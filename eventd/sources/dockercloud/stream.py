@@ -182,6 +182,10 @@ class StreamConsumer(ConsumerLoop):
             return
         if self.connected:
             self._send_close(ws)
+            if self._sink_since is not None:
+                # Held up in the sink, the reader cannot finish the close handshake, and the
+                # server counts the connection open (beside the next holder's) until TCP closes.
+                _quietly(ws.shutdown)
         else:
             _quietly(ws.shutdown)
 
@@ -359,7 +363,9 @@ class StreamConsumer(ConsumerLoop):
                 self._last_heard = heard if heard - asked >= _WAITED else returned
                 returned = heard
                 if messages:
+                    self._sink_since = heard  # held_for(): a sink that blocks holds us up
                     deliver(messages)
+                    self._sink_since = None
                 now = last_data = monotonic()
                 if reader.pongs != pongs:
                     self.pongs += reader.pongs - pongs
