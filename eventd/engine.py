@@ -31,7 +31,7 @@ from eventd.events import (
 )
 from eventd.hooks import hooks
 from eventd.ops.internal import report_internal_error
-from eventd.ops.metrics import KNOWN_TYPES, Metrics
+from eventd.ops.metrics import KNOWN_TYPES, MATCH_KEYS, Metrics, rule_labels
 from eventd.records import ActionJob
 from eventd.ruleset.model import ActionSpec, Rule
 from eventd.ruleset.templates import build_context
@@ -181,7 +181,7 @@ class Engine:
         # received by type (a known type, or "other"), duplicates, matches by rule name.
         self._received = metrics.events_received.counts(_type_label)
         self._duplicates = metrics.events_duplicate.counts()
-        self._matches = metrics.rule_matches.counts()
+        self._matches = metrics.rule_matches.counts(rule_labels)
         self._quiet_plan: _QuietPlan | None = None
         self.processed = 0
 
@@ -267,7 +267,7 @@ class Engine:
                         if len(matched) == 1:
                             matches[matched[0].name] += 1
                         else:
-                            matches.update(map(_NAME, matched))
+                            matches[tuple(matched)] += 1  # one count for them all
                         if processing:
                             hooks.on_processed(event, tuple(map(_NAME, matched)), ())
                         continue
@@ -281,6 +281,8 @@ class Engine:
                 self._settle_actions(pending)
             if duplicates:
                 self._duplicates[()] += duplicates
+            if len(self._matches) > MATCH_KEYS:  # many distinct sets of matched rules
+                self._matches = self._metrics.rule_matches.fold(self._matches, rule_labels)
             self.processed += len(batch) - duplicates
             held, self._held = self._held, None
             if held:

@@ -165,3 +165,37 @@ def test_a_reloaded_rule_set_answers_from_its_own_rules() -> None:
     after = RuleSet(rules[2:] + [make_rule("new", {"type": "container", "parents": PARENTS[1]})])
     assert [r.name for r in after.match(event)] == ["new"]
     assert [r.name for r in before.match(event)] == ["p1"]
+
+
+def test_keys_with_the_same_candidates_share_one_plan_and_its_answers() -> None:
+    """(type, action, state) keys whose candidates are the same rules share one plan, so an
+    answer kept for one is the answer for the others; each stays the full scan's."""
+    rules = RuleSet([make_rule(f"p{i}", {"type": "container", "parents": p})
+                     for i, p in enumerate(PARENTS)]
+                    + [make_rule("g", {"type": "container", "parents": {"glob": "*/s3/"}}),
+                       make_rule("h", {"type": "container", "parents": {"regex": "s9/$"}})]
+                    + [make_rule("stopped", {"type": "container", "state": "Stopped",
+                                             "parents": PARENTS[0]})])
+    events = [{"type": "container", "action": action, "state": state,
+               "parents": [PARENTS[1], PARENTS[3]]}
+              for action in ("create", "update", "delete") for state in ("Running", "Starting")]
+    for event in events * 2:
+        expected = [r.name for r in rules.rules if r.compiled.predicate(event)]
+        assert [r.name for r in rules.match(event)] == expected == ["p1", "p3", "g"]
+    plans = {id(plan) for plan in rules._memo.values()}
+    assert len(plans) == 1  # "stopped" is no candidate for these states: one candidate tuple
+    stopped = {"type": "container", "action": "update", "state": "Stopped",
+               "parents": [PARENTS[0]]}
+    assert [r.name for r in rules.match(stopped)] == ["p0", "stopped"]
+    assert len({id(plan) for plan in rules._memo.values()}) == 2
+
+
+def test_a_value_is_answered_from_memory_after_its_first_sighting() -> None:
+    rules = RuleSet([make_rule(f"p{i}", {"type": "container", "parents": p})
+                     for i, p in enumerate(PARENTS)]
+                    + [make_rule(f"q{i}", {"type": "container", "parents": {"regex": f"s{i}/$"}})
+                       for i in range(4)])
+    event = {"type": "container", "action": "update", "state": "Running", "parents": [PARENTS[2]]}
+    assert [r.name for r in rules.match(event)] == ["p2", "q2"]
+    assert rules._cache.entries == 1  # kept at once: the cache is far from half full
+    assert [r.name for r in rules.match(dict(event, parents=list(event["parents"])))] == ["p2", "q2"]

@@ -13,6 +13,7 @@ import threading
 from bisect import bisect_left
 from collections import Counter as _Counts
 from collections.abc import Callable, Hashable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,6 +49,17 @@ RECONNECT_REASONS = ("dropped", "closed", "pong_timeout", "idle", "protocol_erro
 
 
 LabelsOf = Callable[[Hashable], tuple[str, ...]]
+#: the keys a Counter of matched rules may hold before it is folded into rule names
+MATCH_KEYS = 4096
+
+
+def rule_labels(key: Hashable) -> Any:
+    """A rule-match key's series: a rule name, or a tuple of matched rules (anything with a
+    `name`) counted once per event that matched exactly them: one series per rule, so the
+    engine adds one count per event instead of one per matched rule."""
+    if type(key) is tuple:
+        return [(rule.name,) for rule in key]
+    return (str(key),)
 
 
 def _as_labels(key: Hashable) -> tuple[str, ...]:
@@ -123,9 +135,10 @@ class Tally:
         nobody documented, stays as small as its labels; `labels_of` must map a label
         value to itself). A scrape sees either Counter, never half of each."""
         folded: _Counts[Hashable] = _Counts()
-        for key, amount in counts.items():
-            labels = labels_of(key)
-            folded[labels[0] if len(labels) == 1 else labels] += amount
+        for key, amount in list(counts.items()):
+            found: Any = labels_of(key)
+            for labels in found if type(found) is list else (found,):
+                folded[labels[0] if len(labels) == 1 else labels] += amount
         with self._lock:
             self._sources = [(folded, labels_of) if source is counts else (source, of)
                              for source, of in self._sources]
@@ -157,8 +170,9 @@ class Tally:
         totals: dict[tuple[str, ...], int] = dict.fromkeys(list(self._declared), 0)
         for counts, labels_of in sources:
             for key, amount in counts.items():
-                labels = labels_of(key)
-                totals[labels] = totals.get(labels, 0) + amount
+                found: Any = labels_of(key)  # a list: a key counting in several series
+                for labels in found if type(found) is list else (found,):
+                    totals[labels] = totals.get(labels, 0) + amount
         return totals
 
     def describe(self) -> Iterator[Metric]:

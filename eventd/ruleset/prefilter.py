@@ -185,7 +185,9 @@ class MatchCache:
             return
         seen = self.seen
         mark = hash(key)
-        if mark not in seen:
+        # While under half full, a value is kept the first time it is seen; past that, only
+        # the second (one-off values then cost a hash, not an entry).
+        if self.entries >= CACHE_ENTRIES // 2 and mark not in seen:
             if len(seen) >= SEEN_MAX:
                 seen.clear()
             seen.add(mark)
@@ -268,6 +270,8 @@ class Plan:
         self._cache = cache
         self._table: dict[Any, tuple[Rule, ...]] | None = \
             cache.table() if cache is not None else None
+        #: read by RuleSet.match for the usual answer inline (a list value's key is its tuple)
+        self.one, self.table = self._one, self._table
         unguarded: list[Entry] = []
         equal: dict[str, dict[str, list[Entry]]] = {}
         patterns: dict[str, dict[str, list[Entry]]] = {}
