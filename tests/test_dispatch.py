@@ -503,6 +503,20 @@ def test_a_fenced_dispatcher_sends_only_the_jobs_of_leases_it_holds_each_with_it
         dispatcher.close(2)
 
 
+def _send_fenced(metrics, store, receiver, fence):
+    """One webhook job to `receiver`, sent by a dispatcher fenced by `fence`; the job."""
+    dispatcher, hook = build(metrics, store)
+    dispatcher.use_fence(fence)
+    job = make_job(hook, {"url": receiver.url + "/hook", "json": {}},
+                   event={"uuid": "u1", "namespace": "acme"})
+    try:
+        dispatcher.submit(job)
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.close(2)
+    return job
+
+
 def test_a_request_whose_lease_ended_before_it_was_written_is_not_sent(
         metrics, store, fenced_receiver):
     # Chaos (a webhook that reached its receiver after the lease had expired): the lease is
@@ -515,15 +529,7 @@ def test_a_request_whose_lease_ended_before_it_was_written_is_not_sent(
         asked.append(job.id)
         return "chaos/acme:3" if len(asked) == 1 else None  # lost once the token was read
 
-    dispatcher, hook = build(metrics, store)
-    dispatcher.use_fence(fence)
-    job = make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {}},
-                   event={"uuid": "u1", "namespace": "acme"})
-    try:
-        dispatcher.submit(job)
-        assert dispatcher.wait_idle(10)
-    finally:
-        dispatcher.close(2)
+    job = _send_fenced(metrics, store, fenced_receiver, fence)
     assert fenced_receiver.requests == []
     assert [j.id for j in store.spool_pending()] == [job.id]
     assert store.deadletter_count() == 0
@@ -541,15 +547,7 @@ def test_a_request_refused_for_a_stale_token_leaves_the_job_in_the_spool(
         # lost before that, it would not be sent at all)
         return None if fenced_receiver.requests else "chaos/acme:3"
 
-    dispatcher, hook = build(metrics, store)
-    dispatcher.use_fence(fence)
-    job = make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {}},
-                   event={"uuid": "u1", "namespace": "acme"})
-    try:
-        dispatcher.submit(job)
-        assert dispatcher.wait_idle(10)
-    finally:
-        dispatcher.close(2)
+    job = _send_fenced(metrics, store, fenced_receiver, fence)
     assert [r.status for r in fenced_receiver.requests] == [409]
     assert fenced_receiver.fences.snapshot()["stale"] == 1
     assert [j.id for j in store.spool_pending()] == [job.id]

@@ -147,16 +147,23 @@ rules:
 """
 
 
-def test_containers_dying_together_are_each_inspected_once(
-        docker_engine: DockerEngine, webhook_receiver: WebhookReceiver, tmp_path: Path):
+def _started_daemon(rules_text: str, docker_engine: DockerEngine,
+                    webhook_receiver: WebhookReceiver, tmp_path: Path) -> Daemon:
+    """eventd following `docker_engine` with these rules, its webhooks to the receiver."""
     rules = tmp_path / "rules.yaml"
-    rules.write_text(ENRICHED)
+    rules.write_text(rules_text)
     env = {"DOCKER_HOST": docker_engine.host, "HOME": "/nonexistent",
            "ALERT_WEBHOOK_URL": f"{webhook_receiver.url}/died"}
     settings = Settings.from_env(env, source="docker", rules=(rules,),
                                  state_dir=tmp_path / "state", shutdown_timeout=5.0)
     daemon = Daemon(settings, None, env, Metrics())
     daemon.start()
+    return daemon
+
+
+def test_containers_dying_together_are_each_inspected_once(
+        docker_engine: DockerEngine, webhook_receiver: WebhookReceiver, tmp_path: Path):
+    daemon = _started_daemon(ENRICHED, docker_engine, webhook_receiver, tmp_path)
     names = [f"enr-burst-{i}" for i in range(4)] + ["enr-ok"]
     try:
         wait_until(lambda: daemon.consumer.connected, 10, message="eventd connected")
@@ -374,14 +381,7 @@ rules:
 
 def test_containers_dying_together_have_their_logs_read_early(
         docker_engine: DockerEngine, webhook_receiver: WebhookReceiver, tmp_path: Path):
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(LOGGED)
-    env = {"DOCKER_HOST": docker_engine.host, "HOME": "/nonexistent",
-           "ALERT_WEBHOOK_URL": f"{webhook_receiver.url}/died"}
-    settings = Settings.from_env(env, source="docker", rules=(rules,),
-                                 state_dir=tmp_path / "state", shutdown_timeout=5.0)
-    daemon = Daemon(settings, None, env, Metrics())
-    daemon.start()
+    daemon = _started_daemon(LOGGED, docker_engine, webhook_receiver, tmp_path)
     names = [f"enr-logs-burst-{i}" for i in range(4)]
     try:
         wait_until(lambda: daemon.consumer.connected, 10, message="eventd connected")

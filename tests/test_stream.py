@@ -338,22 +338,29 @@ def test_a_silent_loss_is_dated_from_the_last_frame_heard_not_from_when_it_was_n
     assert gaps[2]["gap_seconds"] >= reconnected_at - silent_at - 0.1
 
 
+def _hold_after(run, state: str) -> threading.Event:
+    """Make the run's sink (the engine, for the reader) block after a batch holding an event
+    in `state`, as a stalled store does, until the returned gate is set (10 s at most)."""
+    gate = threading.Event()
+    inner = run.consumer._sink
+
+    def holding_sink(batch):
+        inner(batch)
+        if any(e.get("state") == state for e in events_of(batch)):
+            gate.wait(10)
+
+    run.consumer._sink = holding_sink
+    return gate
+
+
 def test_a_loss_while_the_sink_held_the_reader_up_is_dated_from_before_the_hold(
         emulator, metrics, start):
     # Issue 25 (chaos, a stalled store): the reader sat in a sink that blocked for seconds,
     # the server dropped the connection meanwhile, and what it had sent before was still in
     # the socket. Reading that at once after the hold dated the loss from *then*: the gap
     # event and the backfill began after the events the server sent into no connection.
-    gate = threading.Event()
     run = start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
-    inner = run.consumer._sink
-
-    def holding_sink(batch):
-        inner(batch)
-        if any(e.get("state") == "Hold" for e in events_of(batch)):
-            gate.wait(10)
-
-    run.consumer._sink = holding_sink
+    gate = _hold_after(run, "Hold")
     try:
         wait_until(connected(run))
         emulator.emit_event(state="Hold")
@@ -750,16 +757,8 @@ def test_close_while_the_sink_holds_the_reader_up_ends_the_connection_at_once(em
     # reader sat in a stalled sink; the close frame went out, but the server counts a
     # connection open until TCP closes, which only the held reader would have done, after the
     # next holder had connected. A close while the reader is held shuts the socket too.
-    gate = threading.Event()
     run = start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
-    inner = run.consumer._sink
-
-    def holding_sink(batch):
-        inner(batch)
-        if any(e.get("state") == "Hold" for e in events_of(batch)):
-            gate.wait(10)
-
-    run.consumer._sink = holding_sink
+    gate = _hold_after(run, "Hold")
     try:
         wait_until(connected(run))
         emulator.emit_event(state="Hold")
