@@ -199,3 +199,38 @@ def test_a_value_is_answered_from_memory_after_its_first_sighting() -> None:
     assert [r.name for r in rules.match(event)] == ["p2", "q2"]
     assert rules._cache.entries == 1  # kept at once: the cache is far from half full
     assert [r.name for r in rules.match(dict(event, parents=list(event["parents"])))] == ["p2", "q2"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.composite(hostile_event)(), min_size=1, max_size=12))
+def test_the_engines_uncopied_answers_are_the_full_scans(seed: int, events: list[dict]) -> None:
+    """matched() (the engine's call) hands out the remembered tuple itself: its answers are
+    still the full scan's, and a caller changing match()'s list changes no later answer."""
+    rng = random.Random(seed)
+    rules = RuleSet([make_rule(f"r{i}", random_match(rng)) for i in range(rng.randrange(1, 60))]
+                    + [make_rule("one", {"type": "container", "parents": 1}),
+                       make_rule("list", {"type": "container", "parents": [PARENTS[0], 7]})])
+    for _ in range(3):
+        for event in events:
+            expected = [r for r in rules.rules if r.compiled.predicate(event)]
+            assert list(rules.matched(event)) == expected, event
+            mine = rules.match(event)
+            assert mine == expected, event
+            mine.append(rules.rules[0])  # the caller's own list: nothing else sees this
+            mine.clear()
+            assert list(rules.matched(event)) == expected, event
+
+
+def test_a_remembered_answer_is_handed_out_without_a_copy() -> None:
+    rules = RuleSet([make_rule(f"p{i}", {"type": "container", "parents": p})
+                     for i, p in enumerate(PARENTS)]
+                    + [make_rule(f"q{i}", {"type": "container", "parents": {"regex": f"s{i}/$"}})
+                       for i in range(4)])
+    event = {"type": "container", "action": "update", "state": "Running",
+             "parents": [PARENTS[2], PARENTS[3]]}
+    rules.matched(event)  # kept
+    first = rules.matched(dict(event, parents=list(event["parents"])))
+    assert isinstance(first, tuple) and [r.name for r in first] == ["p2", "p3", "q2", "q3"]
+    assert rules.matched(event) is first
+    assert rules.match(event) is not first and rules.match(event) == list(first)
+    assert rules.matched({"type": "stack", "action": "update", "state": "Running"}) == ()

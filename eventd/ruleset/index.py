@@ -7,7 +7,7 @@ costs an event little more than a small one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,11 @@ class RuleSet:
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The enabled rules whose match holds for `event`, in load order."""
+        return list(self.matched(event))
+
+    def matched(self, event: Mapping[str, Any]) -> Sequence[Rule]:
+        """As match(), but possibly a tuple shared with later answers (the engine's per-event
+        call): a remembered answer is not copied, no match is an empty tuple. Never mutate it."""
         try:
             key = _KEY(event)  # one C call; an event without one of them is rare
         except KeyError:
@@ -99,7 +104,7 @@ class RuleSet:
         except TypeError:  # an unhashable type/action/state: no index, check every rule
             return [r for r in self.rules if r.compiled.predicate(event)]
         if not candidates:  # most events of a small rule set: no rule names their type
-            return []
+            return ()
         if isinstance(candidates, Plan):
             # The plan's usual answer inline (a Python call per event costs ~500
             # instructions): its rules read one plain field, a list of strings or a string
@@ -114,13 +119,13 @@ class RuleSet:
                     except TypeError:  # an element that is not hashable
                         found_rules = None
                     if found_rules is not None:
-                        return list(found_rules)
+                        return found_rules
                 elif kind is str:
                     found_rules = table.get(value)
                     if found_rules is not None:
-                        return list(found_rules)
-            return candidates.match(event)
+                        return found_rules
+            return candidates.matched(event)
         if len(candidates) == 1:  # no list comprehension (a function made per call)
             rule, residual = candidates[0]
-            return [rule] if residual(event) else []
+            return (rule,) if residual(event) else ()
         return [rule for rule, residual in candidates if residual(event)]
