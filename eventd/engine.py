@@ -46,6 +46,7 @@ class Rules(Protocol):
     """The active rule set: the rules an event matches, in order."""
 
     def match(self, event: Event) -> list[Rule]: ...
+    def matched(self, event: Event) -> Sequence[Rule]: ...  # as match(), maybe shared: read only
     def __len__(self) -> int: ...
 
 
@@ -221,7 +222,7 @@ class Engine:
         # batch): asked for each event, but only while there is one.
         marks, self_caused = (guard.marks(), guard.is_self_caused) if guard is not None \
             else ((), _never)
-        match = self.rules.match  # read once: a reload takes effect at the next batch
+        match = self.rules.matched  # read once: a reload takes effect at the next batch
         repeated = self.dedupe.repeated(batch) or _NONE  # by uuid, the whole batch at once
         duplicates = len(repeated)
         # the console's Live page listens (on by default with the metrics port); read once
@@ -302,7 +303,7 @@ class Engine:
             event["caused_by_eventd"] = True
         self.processed += 1
         rules = self.rules  # read once: a reload never lands in the middle of an event
-        matched = rules.match(event)
+        matched = rules.matched(event)
         if not matched:
             if hooks.processing:  # the console's Live page listens; nobody else, usually
                 hooks.on_processed(event, (), ())
@@ -400,7 +401,7 @@ class Engine:
         finally:
             events.clear()
 
-    def _run_rules(self, received: Received, event: Event, matched: list[Rule],
+    def _run_rules(self, received: Received, event: Event, matched: Sequence[Rule],
                    quiet: frozenset[Rule] | None = None) -> Outcome:
         """`quiet`: the batch's rules whose every action does nothing now (None: ask each)."""
         now = self._clock()

@@ -193,3 +193,28 @@ def test_a_batch_of_lists_is_probed_as_its_received_are(uids, size, internal) ->
     batch = Batch(events, 0.0, None, internal)
     assert as_lists.repeated(batch) == as_objects.repeated(list(batch))
     assert as_lists.snapshot() == as_objects.snapshot()
+
+
+#: its UTF-8 bytes read as an int are 2**60: the fingerprint's `& mask` is 0, kept as 1
+_MASKED_TO_ZERO = "\0" * 7 + "\x10"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "c", "", _MASKED_TO_ZERO, "\x01", "é" * 40,
+                                          "x" * 5000, "\ud800", 5, None, "MISSING"]),
+                         max_size=12), max_size=8),
+       st.integers(2, 12))
+def test_a_streams_batches_are_probed_as_one_by_one(batches, size) -> None:
+    """A stream's Batch (the fingerprints taken in C calls over the whole batch, or one by
+    one when an event has no string uuid) finds what check_and_add finds, same window after;
+    an empty uuid is skipped, a uuid whose fingerprint masks to 0 is kept as 1."""
+    one, many = DedupeWindow(size), DedupeWindow(size)
+    for uids in batches:
+        events = [{"type": "container"} if uid == "MISSING" else {"type": "container", "uuid": uid}
+                  for uid in uids]
+        expected = {i for i, e in enumerate(events)
+                    if isinstance(e.get("uuid"), str) and e["uuid"] and one.check_and_add(e["uuid"])}
+        assert (many.repeated(Batch(events, 0.0)) or set()) == expected
+        assert many.snapshot() == one.snapshot()
+        assert many.version == one.version
+    assert DedupeWindow(4, [_MASKED_TO_ZERO]).check_and_add(_MASKED_TO_ZERO)

@@ -199,3 +199,78 @@ def test_a_value_is_answered_from_memory_after_its_first_sighting() -> None:
     assert [r.name for r in rules.match(event)] == ["p2", "q2"]
     assert rules._cache.entries == 1  # kept at once: the cache is far from half full
     assert [r.name for r in rules.match(dict(event, parents=list(event["parents"])))] == ["p2", "q2"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.composite(hostile_event)(), min_size=1, max_size=12))
+def test_the_engines_uncopied_answers_are_the_full_scans(seed: int, events: list[dict]) -> None:
+    """matched() (the engine's call) hands out the remembered tuple itself: its answers are
+    still the full scan's, and a caller changing match()'s list changes no later answer."""
+    rng = random.Random(seed)
+    rules = RuleSet([make_rule(f"r{i}", random_match(rng)) for i in range(rng.randrange(1, 60))]
+                    + [make_rule("one", {"type": "container", "parents": 1}),
+                       make_rule("list", {"type": "container", "parents": [PARENTS[0], 7]})])
+    for _ in range(3):
+        for event in events:
+            expected = [r for r in rules.rules if r.compiled.predicate(event)]
+            assert list(rules.matched(event)) == expected, event
+            mine = rules.match(event)
+            assert mine == expected, event
+            mine.append(rules.rules[0])  # the caller's own list: nothing else sees this
+            mine.clear()
+            assert list(rules.matched(event)) == expected, event
+
+
+def test_a_remembered_answer_is_handed_out_without_a_copy() -> None:
+    rules = RuleSet([make_rule(f"p{i}", {"type": "container", "parents": p})
+                     for i, p in enumerate(PARENTS)]
+                    + [make_rule(f"q{i}", {"type": "container", "parents": {"regex": f"s{i}/$"}})
+                       for i in range(4)])
+    event = {"type": "container", "action": "update", "state": "Running",
+             "parents": [PARENTS[2], PARENTS[3]]}
+    rules.matched(event)  # kept
+    first = rules.matched(dict(event, parents=list(event["parents"])))
+    assert isinstance(first, tuple) and [r.name for r in first] == ["p2", "p3", "q2", "q3"]
+    assert rules.matched(event) is first
+    assert rules.match(event) is not first and rules.match(event) == list(first)
+    assert rules.matched({"type": "stack", "action": "update", "state": "Running"}) == ()
+
+
+EQUALS_MATCHES = st.fixed_dictionaries(
+    {"type": st.sampled_from(["container", ["container", "service"], {"glob": "cont*"}])},
+    optional={"state": st.sampled_from(["Running", ["Running", "Stopped"]]),
+              "parents": st.sampled_from(PARENTS + ["", "a\0b", "x" * 5000]) | st.text(max_size=5),
+              "resource_uri": st.sampled_from(URIS) | st.integers(0, 2),
+              "data.errorMessage": st.sampled_from(["x", "a\0b"])})
+
+
+@settings(max_examples=80, deadline=None)
+@given(EQUALS_MATCHES, st.lists(st.composite(hostile_event)(), min_size=1, max_size=10))
+def test_a_lone_candidate_tested_inline_answers_as_its_residual(
+        match: dict, events: list[dict]) -> None:
+    """One rule (few candidates: no Plan): a residual of one plain field equal to a string
+    is tested inline, with any value the sender puts there (lists of anything, NULs, huge)."""
+    rules = RuleSet([make_rule("only", match)])
+    for _ in range(2):
+        for event in events + [dict(events[0], parents=[match.get("parents"), 1, None])]:
+            expected = [r for r in rules.rules if r.compiled.predicate(event)]
+            assert list(rules.matched(event)) == expected, (match, event)
+            assert rules.match(event) == expected, (match, event)
+
+
+def test_a_lone_plain_equality_is_inlined_and_nothing_else_is() -> None:
+    from eventd.ruleset.index import _Equals
+
+    event = {"type": "container", "action": "update", "state": "Running", "parents": [PARENTS[1]]}
+    inlined = RuleSet([make_rule("p", {"type": "container", "parents": PARENTS[1]})])
+    assert [r.name for r in inlined.matched(event)] == ["p"]
+    assert [type(v) for v in inlined._memo.values()] == [_Equals]
+    assert inlined.matched(dict(event, parents=PARENTS[1])) != ()
+    assert inlined.matched(dict(event, parents=[PARENTS[2]])) == ()
+    for match in ({"type": "container", "parents": {"glob": "*"}},
+                  {"type": "container", "parents": PARENTS[1], "resource_uri": URIS[0]},
+                  {"type": "container", "data.errorMessage": "x"},
+                  {"type": "container", "parents": [PARENTS[1]]}):
+        rules = RuleSet([make_rule("r", match)])
+        rules.matched(event)
+        assert not any(type(v) is _Equals for v in rules._memo.values()), match

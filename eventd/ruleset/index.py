@@ -7,7 +7,7 @@ costs an event little more than a small one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,13 @@ _MEMO_SIZE = 4096
 Candidates = tuple[tuple["Rule", Predicate], ...]
 
 
+class _Equals(tuple[Any, ...]):
+    """(rule, field, value): the lone candidate whose residual is `field` equal to (or a
+    list holding) the string `value` (CompiledMatch.residual_equals), tested inline."""
+
+    __slots__ = ()
+
+
 class RuleSet:
     """The enabled rules, in load order, with an index by event type and action."""
 
@@ -34,7 +41,7 @@ class RuleSet:
         self.disabled: tuple[Rule, ...] = tuple(r for r in loaded if not r.enabled)
         self.by_name: dict[str, Rule] = {r.name: r for r in self.rules}
         self._table, self._other_row = self._build_index()
-        self._memo: dict[tuple[Any, Any, Any], Candidates | Plan] = {}
+        self._memo: dict[tuple[Any, Any, Any], Candidates | Plan | _Equals] = {}
         #: one Plan per distinct candidate tuple: the (type, action, state) keys whose
         #: candidates are the same rules share its remembered answers (fewer misses)
         self._plans: dict[Candidates, Plan] = {}
@@ -74,12 +81,17 @@ class RuleSet:
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The enabled rules whose match holds for `event`, in load order."""
+        return list(self.matched(event))
+
+    def matched(self, event: Mapping[str, Any]) -> Sequence[Rule]:
+        """As match(), but possibly a tuple shared with later answers (the engine's per-event
+        call): a remembered answer is not copied, no match is an empty tuple. Never mutate it."""
         try:
             key = _KEY(event)  # one C call; an event without one of them is rare
         except KeyError:
             key = (event.get("type"), event.get("action"), event.get("state"))
         try:
-            candidates = self._memo[key]
+            candidates: Any = self._memo[key]
         except KeyError:
             if not all(k is None or isinstance(k, str) for k in key):
                 return [r for r in self.rules if r.compiled.predicate(event)]
@@ -92,6 +104,8 @@ class RuleSet:
                     if kept:
                         self._plans[found] = plan
                 candidates = plan
+            elif len(found) == 1 and found[0][0].compiled.residual_equals is not None:
+                candidates = _Equals((found[0][0], *found[0][0].compiled.residual_equals))
             else:
                 candidates = found
             if kept:  # type/action/state vocabularies are small
@@ -99,28 +113,36 @@ class RuleSet:
         except TypeError:  # an unhashable type/action/state: no index, check every rule
             return [r for r in self.rules if r.compiled.predicate(event)]
         if not candidates:  # most events of a small rule set: no rule names their type
-            return []
-        if isinstance(candidates, Plan):
+            return ()
+        kind = type(candidates)  # one call for both tests (candidates: Any, as mypy narrows no alias)
+        if kind is _Equals:  # one candidate, a field equal to a string: inline
+            rule, field, condition = candidates
+            got = event.get(field)
+            return (rule,) if got == condition or (type(got) is list and condition in got) \
+                else ()
+        if kind is Plan:
             # The plan's usual answer inline (a Python call per event costs ~500
             # instructions): its rules read one plain field, a list of strings or a string
             # whose answer the plan remembers; anything else is the plan's own match.
             one, table = candidates.one, candidates.table
             if one is not None and table is not None:
                 value: Any = event.get(one)
-                kind = type(value)
-                if kind is list:
+                found_rules: Sequence[Rule] | None  # the cache's own tuple (never changed)
+                held = type(value)
+                if held is list:
                     try:
                         found_rules = table.get(tuple(value))
                     except TypeError:  # an element that is not hashable
                         found_rules = None
                     if found_rules is not None:
-                        return list(found_rules)
-                elif kind is str:
+                        return found_rules
+                elif held is str:
                     found_rules = table.get(value)
                     if found_rules is not None:
-                        return list(found_rules)
-            return candidates.match(event)
+                        return found_rules
+            answer: Sequence[Rule] = candidates.matched(event)
+            return answer
         if len(candidates) == 1:  # no list comprehension (a function made per call)
             rule, residual = candidates[0]
-            return [rule] if residual(event) else []
+            return (rule,) if residual(event) else ()
         return [rule for rule, residual in candidates if residual(event)]

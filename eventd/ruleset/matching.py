@@ -59,6 +59,9 @@ class CompiledMatch:
     types: frozenset[str] | None  # the event types the rule can match; None = any
     actions: frozenset[str] | None  # the event actions it can match; None = any
     states: frozenset[str] | None = None  # the event states it can match; None = any
+    #: (field, value) when the residual is one plain field equal to (or a list holding) a
+    #: string: the index then tests it inline, without a Python call per event
+    residual_equals: tuple[str, str] | None = None
 
 
 def _true(event: Mapping[str, Any]) -> bool:
@@ -272,8 +275,17 @@ def _compile(match: Mapping[str, Any], path: Path, problems: list[MatchProblem])
     states = _fixed(match.get("state"))
     skip = frozenset(k for k, pinned in (("type", types), ("action", actions), ("state", states))
                      if pinned)
+    left = [(key, value) for key, value in match.items() if key not in skip]
+    residual_equals = None
+    if len(left) == 1:  # the case _field inlines as `equals`: the same test, exactly
+        key, value = left[0]
+        if key not in ("any", "all", "not") and '"' not in key and "." not in key \
+                and isinstance(value, str) and isinstance(key, str):
+            residual_equals = (key, value)
+    unused: list[MatchProblem] = []  # the same problems as above
+    residual = _compile_mapping(match, path, skip, unused)
     return CompiledMatch(
         predicate=_compile_mapping(match, path, frozenset(), problems),
-        residual=_compile_mapping(match, path, skip, []),  # same problems as above
-        types=types, actions=actions, states=states,
+        residual=residual, types=types, actions=actions, states=states,
+        residual_equals=None if unused else residual_equals,
     )

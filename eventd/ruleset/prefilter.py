@@ -327,6 +327,10 @@ class Plan:
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The rules whose match holds, in load order (remembered by the values they read)."""
+        return list(self.matched(event))
+
+    def matched(self, event: Mapping[str, Any]) -> Sequence[Rule]:
+        """As match(), but a remembered answer is the cache's own tuple (never mutate it)."""
         table = self._table
         if table is None:
             return self.scan(event)
@@ -352,7 +356,7 @@ class Plan:
                 return self.scan(event)
             found = table.get(key)
         if found is not None:
-            return list(found)
+            return found
         result = self.scan(event)
         chars = _chars(key) if one is not None else self._key_chars(key)
         if 0 <= chars <= KEY_CHARS and self._cache is not None:
