@@ -657,7 +657,10 @@ def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(c
             before = emu.emit_event(state="Before", namespace="acme")
             wait_until(lambda: any(r.event.get("uuid") == before["uuid"]
                                    for r in a["received"]), 5)
-            time.sleep(ttl / 2)  # noqa: TID251 - a tick of `a` saves where its stream is
+            # a tick of `a` saves where its stream is (at least as far as `before`)
+            leases = Leases(cluster.client, Keys(cluster.name), "observer", ttl)
+            wait_until(lambda: (leases.progress("acme").at or 0)
+                       >= parse_datetime(before["datetime"]) - 0.05, 3 * ttl)
             held = emu.emit_event(state="Hold", namespace="acme")  # a's sink blocks on it
             held_at = time.monotonic()
             wait_until(lambda: cluster.holder("acme") == "b" and b["consumers"]

@@ -147,6 +147,15 @@ rules:
 """
 
 
+def _run_together(docker_engine: DockerEngine, runs: list[tuple[str, list[str]]]) -> None:
+    """Run these containers (name, command) at once, as a burst, and wait for them to end."""
+    threads = [threading.Thread(target=docker_engine.run, args=run) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+
 def _started_daemon(rules_text: str, docker_engine: DockerEngine,
                     webhook_receiver: WebhookReceiver, tmp_path: Path) -> Daemon:
     """eventd following `docker_engine` with these rules, its webhooks to the receiver."""
@@ -167,13 +176,8 @@ def test_containers_dying_together_are_each_inspected_once(
     names = [f"enr-burst-{i}" for i in range(4)] + ["enr-ok"]
     try:
         wait_until(lambda: daemon.consumer.connected, 10, message="eventd connected")
-        threads = [threading.Thread(target=docker_engine.run, args=(name, ["sh", "-c", "exit 3"]))
-                   for name in names[:4]]
-        threads.append(threading.Thread(target=docker_engine.run, args=("enr-ok", ["true"])))
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        _run_together(docker_engine, [(name, ["sh", "-c", "exit 3"]) for name in names[:4]]
+                      + [("enr-ok", ["true"])])
         wait_until(lambda: len(webhook_receiver.requests) >= 4, 20, message="4 webhooks")
         assert daemon.wait_idle(5)
         bodies = sorted((r.json() for r in webhook_receiver.requests), key=lambda b: b["name"])
@@ -385,12 +389,7 @@ def test_containers_dying_together_have_their_logs_read_early(
     names = [f"enr-logs-burst-{i}" for i in range(4)]
     try:
         wait_until(lambda: daemon.consumer.connected, 10, message="eventd connected")
-        threads = [threading.Thread(target=docker_engine.run, args=(name, ["sh", "-c", FIFTY]))
-                   for name in names]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        _run_together(docker_engine, [(name, ["sh", "-c", FIFTY]) for name in names])
         wait_until(lambda: len(webhook_receiver.requests) >= 4, 20, message="4 webhooks")
         assert daemon.wait_idle(5)
         bodies = sorted((r.json() for r in webhook_receiver.requests), key=lambda b: b["name"])
