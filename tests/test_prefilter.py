@@ -274,3 +274,39 @@ def test_a_lone_plain_equality_is_inlined_and_nothing_else_is() -> None:
         rules = RuleSet([make_rule("r", match)])
         rules.matched(event)
         assert not any(type(v) is _Equals for v in rules._memo.values()), match
+
+
+TYPE_CONSTRAINTS = st.sampled_from([
+    "container", "service", "5", "", "Container", ["container", "action"], {"glob": "contain*"},
+    {"not": "container"}, {"in": ["node", "5"]}, {"regex": "^act"}, None])
+EVENT_TYPES = st.one_of(st.sampled_from(["container", "service", "action", "node", "5", "",
+                                         "Container", "containers", "x" * 5000, "\0"]),
+                        st.integers(-1, 6), st.none(), st.lists(st.just("container"), max_size=2),
+                        st.just("missing"))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(TYPE_CONSTRAINTS, min_size=1, max_size=6), st.lists(EVENT_TYPES, max_size=12))
+def test_an_event_of_a_type_no_rule_names_is_answered_as_the_full_scan(
+        types: list, event_types: list) -> None:
+    """matched() answers an event whose string type no rule names with no rule, without its
+    index key; whatever the rules' type conditions (globs, negations, none at all) and the
+    event's type (numbers, None, a list, missing), the answers are the full scan's."""
+    rules = RuleSet([make_rule(f"r{i}", {} if t is None else {"type": t})
+                     for i, t in enumerate(types)])
+    for kind in event_types:
+        event: dict = {"action": "update", "state": "Running"}
+        if kind != "missing":
+            event["type"] = kind
+        expected = [r for r in rules.rules if r.compiled.predicate(event)]
+        assert list(rules.matched(event)) == expected, (types, event)
+
+
+def test_a_rule_set_whose_rules_all_name_their_types_skips_the_others_at_once() -> None:
+    rules = RuleSet([make_rule("c", {"type": "container", "state": "Running"}),
+                     make_rule("s", {"type": ["service", "stack"]})])
+    assert rules.matched({"type": "node", "action": "update", "state": "Running"}) == ()
+    assert rules._memo == {}  # answered without an index key: nothing remembered
+    assert [r.name for r in rules.matched({"type": "container", "state": "Running"})] == ["c"]
+    anything = RuleSet([make_rule("any", {"state": "Running"})])
+    assert [r.name for r in anything.matched({"type": "node", "state": "Running"})] == ["any"]

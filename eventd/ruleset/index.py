@@ -41,6 +41,11 @@ class RuleSet:
         self.disabled: tuple[Rule, ...] = tuple(r for r in loaded if not r.enabled)
         self.by_name: dict[str, Rule] = {r.name: r for r in self.rules}
         self._table, self._other_row = self._build_index()
+        #: when every rule names its types: the types some rule may match (an event of
+        #: another string type has no candidates, found without building its index key);
+        #: None when a rule matches any type
+        self._live_types: frozenset[str] | None = None if any(self._other_row.values()) \
+            else frozenset(self._table)
         self._memo: dict[tuple[Any, Any, Any], Candidates | Plan | _Equals] = {}
         #: one Plan per distinct candidate tuple: the (type, action, state) keys whose
         #: candidates are the same rules share its remembered answers (fewer misses)
@@ -86,6 +91,15 @@ class RuleSet:
     def matched(self, event: Mapping[str, Any]) -> Sequence[Rule]:
         """As match(), but possibly a tuple shared with later answers (the engine's per-event
         call): a remembered answer is not copied, no match is an empty tuple. Never mutate it."""
+        live = self._live_types
+        if live is not None:  # most events of a small rule set: a type no rule names
+            try:
+                kind = event["type"]
+            except KeyError:
+                pass
+            else:
+                if type(kind) is str and kind not in live:
+                    return ()
         try:
             key = _KEY(event)  # one C call; an event without one of them is rare
         except KeyError:
