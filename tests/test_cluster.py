@@ -25,6 +25,7 @@ from eventd.stores.redis import RedisStore
 from tests.actions import make_context, make_job, sample
 from tests.cluster_helpers import Cluster, cluster_fixture
 from tests.daemon_helpers import emulator_env, start_daemon, write_rules
+from tests.listener import HoldingServer
 from tests.waiting import wait_until
 
 
@@ -689,58 +690,6 @@ def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(c
             b["coordinator"].stop(3)
 
 
-class _Holding:
-    """An HTTP server that reads each request and never answers, and says how each connection
-    ended: `reset` (RST: the sender discarded it), `closed` (FIN), or still open."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.requests: list[bytes] = []
-        self.ends: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._serve, daemon=True)]
-        self._threads[0].start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            thread = threading.Thread(target=self._hold, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _hold(self, conn: Any) -> None:
-        conn.settimeout(0.1)
-        data = b""
-        with conn:
-            while not self._stop.is_set():
-                try:
-                    chunk = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except ConnectionResetError:
-                    self.ends.append("reset")
-                    return
-                if not chunk:
-                    self.ends.append("closed")
-                    return
-                data += chunk
-                if b"\r\n\r\n" in data and data not in self.requests:
-                    self.requests.append(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(2)
-        self.sock.close()
-
-
 def test_a_request_on_its_way_when_the_lease_is_lost_is_reset_and_left_for_the_next_holder(
         cluster, tmp_path):
     # Chaos seed 14: a webhook sent under r1's lease just before a 2 s partition reached the
@@ -750,7 +699,7 @@ def test_a_request_on_its_way_when_the_lease_is_lost_is_reset_and_left_for_the_n
     # the next holder, who sends it under its own token.
     from tests.cluster_helpers import Replica
 
-    receiver = _Holding()
+    receiver = HoldingServer()
     with Emulator(tick=0.02, namespaces=("acme",)) as emu:
         rules = write_rules(tmp_path / "rules", f"""
             rules:
