@@ -192,13 +192,22 @@ class Daemon:
 
     def _source_sink(self, pipeline: Pipeline) -> Callable[[Sequence[Received]], None]:
         """The engine's queue; for an enricher that can start inspects early (the Engine's),
-        behind a sink that starts them as the reader sees the events that will ask."""
+        behind a sink that starts them as the reader sees the events that will ask, and
+        follows the logs of the containers whose die a rule with `enrich: logs` could match."""
         prefetch = getattr(pipeline.enricher, "prefetch", None)
         if prefetch is None:
             return self._sink
         from eventd.sources.docker.enrich import Prefetching
 
-        return Prefetching(prefetch, lambda: self.engine.rules, self._sink)
+        enricher = pipeline.enricher
+        followers = getattr(enricher, "followers", None)
+        if followers is None:
+            return Prefetching(prefetch, lambda: self.engine.rules, self._sink)
+        # the Engine's: containers' logs followed from their start for `enrich: logs`
+        self.metrics.registry.register(followers)
+        sink = Prefetching(prefetch, lambda: self.engine.rules, self._sink, follower=enricher)
+        sink.prime()
+        return sink
 
     def _console(self, pipeline: Pipeline) -> list[tuple[str, Any]]:
         """The console's mounts on the metrics port (none with --ui off)."""
