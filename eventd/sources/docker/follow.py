@@ -269,8 +269,9 @@ class LogFollowers:
 
     def take(self, container: str, uuid: str, lines: int, max_bytes: int,
              budget: float) -> list[str] | None:
-        """The claimed tail of the container's end, waiting for its stream to end within
-        `budget` s; None when there is none to take (the caller reads instead)."""
+        """The claimed tail of the container's end, waiting for its stream to end within half
+        of `budget` s (the other half is the caller's, to read instead if it does not); None
+        when there is none to take."""
         with self._lock:
             entry = self._claimed.get((container, uuid))
             if entry is None:
@@ -280,7 +281,7 @@ class LogFollowers:
                 del self._claimed[(container, uuid)]
             else:
                 self._claimed[(container, uuid)] = (follower, uses - 1, when)
-        if not follower.ended.wait(budget):
+        if not follower.ended.wait(budget / 2):
             with self._lock:
                 self.counts["not_ended"] += 1
                 self._claimed.pop((container, uuid), None)
