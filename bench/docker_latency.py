@@ -18,8 +18,9 @@ exits within milliseconds of its start; `--command live` runs `sh -c 'echo x; sl
 1'`, a container that lives a little as real services do. With `--enrich logs` eventd follows
 each container's logs from its `start` event (eventd.sources.docker.follow) and the run says
 how many dies took the tail a follower held (`followed`, from eventd's /metrics) instead of
-reading the logs at die: a `false` container is often gone before its start event reaches
-eventd.
+reading the logs at die, and of those how many had their stream open before the die (`in
+time`; a late one waited for the Engine's clean-up as a read at die does): a `false` container
+is often gone before its start event reaches eventd.
 
 `--engine-floor` runs no eventd: a bare reader asks the Engine for each dead container's
 logs (and, beside it, lists the container, which does not wait for the container's lock), from
@@ -261,16 +262,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _followed(port: int) -> float:
-    """eventd_docker_log_follows_total{outcome="taken"} from eventd's /metrics (nan when that
-    eventd has no followers: an older tree)."""
+def _followed(port: int, outcome: str = "taken") -> float:
+    """eventd_docker_log_follows_total{outcome} from eventd's /metrics (nan when that eventd
+    has no followers: an older tree)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             text = answer.read().decode()
     except OSError:
         return float("nan")
     for line in text.splitlines():
-        if line.startswith('eventd_docker_log_follows_total{outcome="taken"}'):
+        if line.startswith(f'eventd_docker_log_follows_total{{outcome="{outcome}"}}'):
             return float(line.rsplit(" ", 1)[1])
     return float("nan")
 
@@ -293,7 +294,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
     bare = BareReader(engine) if breakdown else None
     names = [f"lat-{tag}-{i}" for i in range(count)]
     port = _free_port()
-    followed = float("nan")
+    followed = in_time = float("nan")
     with open(log_path, "wb") as log:
         eventd = subprocess.Popen(
             [sys.executable, "-m", "eventd", "run", "--rules", str(rules), "--state-dir",
@@ -313,7 +314,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
                 time.sleep(0.05)
             elapsed = time.monotonic() - began
             if enrich == "logs":
-                followed = _followed(port)
+                followed, in_time = _followed(port), _followed(port, "in_time")
         finally:
             eventd.terminate()
             eventd.wait(15)
@@ -327,7 +328,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
         "count": len(latencies), "expected": count, "seconds": elapsed,
         "p50_ms": _percentile(latencies, 0.50), "p90_ms": _percentile(latencies, 0.90),
         "p99_ms": _percentile(latencies, 0.99), "max_ms": max(latencies, default=float("nan"))}
-    figures["followed"] = followed
+    figures["followed"], figures["in_time"] = followed, in_time
     figures["warnings"] = warnings_in(log_path)
     figures["logs_unread"] = sum("enrich: logs of " in line and " not read (" in line
                                  for line in log_path.read_text(errors="replace").splitlines())
@@ -431,7 +432,8 @@ def report(figures: dict[str, Any], label: str) -> str:
             f"max {figures['max_ms']:.1f} ms"
             + (f"; logs not read (budget spent or failed): {figures['logs_unread']:g}"
                if "logs_unread" in figures else "")
-            + (f"; logs taken from a follower: {figures['followed']:g}"
+            + (f"; logs taken from a follower: {figures['followed']:g} (its stream open "
+               f"before the die: {figures['in_time']:g})"
                if figures.get("followed", float("nan")) == figures.get("followed") else ""))
 
 
@@ -499,7 +501,7 @@ def main() -> int:
         if len(done) > 1:
             median = {key: statistics.median(run[key] for run in done)
                       for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms",
-                                  "logs_unread", "followed")}
+                                  "logs_unread", "followed", "in_time")}
             median["expected"] = args.count
             print(report(median, f"{label}, median of {len(done)} runs"))
         if args.breakdown:

@@ -174,6 +174,26 @@ def test_a_follow_stream_that_breaks_falls_back_to_reading(docker_engine: Docker
         docker_engine.remove("fol-cut")
 
 
+def test_a_stream_that_does_not_end_leaves_half_the_budget_to_read(docker_engine: DockerEngine):
+    """A die claims a follower whose stream does not end (here: the container still runs, as
+    with an Engine whose follow stream outlives the container's log): the engine thread
+    waits half the budget for it, then reads with the other half."""
+    cid = docker_engine.run("fol-endless", ["sh", "-c", FIFTY_THEN_WAIT.format(wait=60)])
+    enricher = _enricher(docker_engine.host)
+    try:
+        enricher.follow_logs(_start(cid), (20, 16384))
+        followers = enricher.followers
+        wait_until(lambda: followers.held > 0, 10, message="following")
+        enricher.prefetch(_die(cid), resource=False, logs=[(20, 16384)])
+        assert enricher.logs(_die(cid), 20, 16384, 1.0)[-1] == "line 50"
+        assert followers.counts["not_ended"] == 1 and enricher.log_reads == 1
+        wait_until(lambda: not _follower_threads() and followers.held == 0, 5,
+                   message="the follower was stopped")
+    finally:
+        enricher.close()
+        docker_engine.remove("fol-endless")
+
+
 @pytest.mark.parametrize("cid", ["../../info", "a/b", "%2e%2e", "x?follow=0", "", "-rf",
                                  "a" * 300, "ok\nHost: evil"])
 def test_ids_that_are_no_container_id_follow_nothing(cid: str):
@@ -318,6 +338,8 @@ def test_a_daemon_takes_followed_tails_at_die(
         # fol-other is never followed: no rule with enrich: logs could match it.
         assert sample("eventd_docker_log_follows_total", {"outcome": "started"}) == 2
         assert sample("eventd_docker_log_follows_total", {"outcome": "taken"}) == 2
+        # Their follow requests were answered while they ran, before their die.
+        assert sample("eventd_docker_log_follows_total", {"outcome": "in_time"}) == 2
         assert daemon.pipeline.enricher.log_reads == 0
         assert sample("eventd_docker_log_followers") == 0
     finally:

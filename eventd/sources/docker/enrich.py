@@ -222,8 +222,9 @@ class DockerEnricher:
                 or _CONTAINER.fullmatch(object_id) is None:
             return
         uuid = event.get("uuid", "?")
-        if event.get("action") == "die" and self.followers.claim(object_id, str(uuid),
-                                                                 len(specs)):
+        died = event.get("timeNano")
+        if event.get("action") == "die" and self.followers.claim(
+                object_id, str(uuid), len(specs), died if isinstance(died, int) else None):
             return  # its follower's tail is taken at logs(): nothing to read
         started = 0
         with self._lock:

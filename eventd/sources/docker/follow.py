@@ -49,7 +49,8 @@ CHUNK = 65536
 #: die-time attributes: a rule's condition on them says nothing about whether to follow
 _DIE_ONLY = frozenset(("exitCode", "execDuration", "signal"))
 #: the outcomes eventd_docker_log_follows_total counts
-OUTCOMES = ("started", "skipped_cap", "taken", "not_ended", "failed", "overflow")
+OUTCOMES = ("started", "skipped_cap", "in_time", "late", "taken", "not_ended", "failed",
+            "overflow")
 
 
 def _known_at_start(key: str) -> bool:
@@ -151,6 +152,7 @@ class Follower:
     ended_at: float = 0.0
     thread: threading.Thread | None = None
     counted: int = 0  # its bytes in LogFollowers' held total
+    answered_ns: int = 0  # when the Engine answered the follow request (time.time_ns)
     _socket: Any = None
     _stop: bool = False
 
@@ -226,14 +228,19 @@ class LogFollowers:
         thread.start()
         return True
 
-    def claim(self, container: str, uuid: str, uses: int) -> bool:
+    def claim(self, container: str, uuid: str, uses: int, died_ns: int | None = None) -> bool:
         """At a container's `die`: its follower (if one can give a tail) is set aside for the
         engine thread's `take` (`uses` times, one per log cap the rules ask), so that a
-        later `start` follows anew."""
+        later `start` follows anew. Counted `in_time` when the Engine answered its request
+        before the die's `timeNano` (`died_ns`), else `late` (the request waited for the
+        Engine's clean-up, as a read at die does)."""
         with self._lock:
             follower = self._live.get(container)
             if follower is None or follower.broken:
                 return False
+            if died_ns is not None:
+                answered = follower.answered_ns
+                self.counts["in_time" if 0 < answered < died_ns else "late"] += 1
             del self._live[container]
             self._claimed[(container, uuid)] = (follower, uses, self._clock())
             return True
@@ -331,6 +338,7 @@ class LogFollowers:
                 f"{quote(follower.container, safe='')}/logs",
                 params={"follow": 1, "stdout": 1, "stderr": 1, "tail": follower.lines},
                 stream=True, timeout=(10, None))  # a quiet container sends nothing for long
+            follower.answered_ns = time.time_ns()
             follower._socket = _socket_of(response)
             if follower._stop:
                 return
