@@ -194,6 +194,7 @@ class Daemon:
         """The engine's queue; for an enricher that can start inspects early (the Engine's),
         behind a sink that starts them as the reader sees the events that will ask, and
         follows the logs of the containers whose die a rule with `enrich: logs` could match."""
+        self._prefetching: Any = None  # primed again after each reload
         prefetch = getattr(pipeline.enricher, "prefetch", None)
         if prefetch is None:
             return self._sink
@@ -207,6 +208,7 @@ class Daemon:
         self.metrics.registry.register(followers)
         sink = Prefetching(prefetch, lambda: self.engine.rules, self._sink, follower=enricher)
         sink.prime()
+        self._prefetching = sink
         return sink
 
     def _console(self, pipeline: Pipeline) -> list[tuple[str, Any]]:
@@ -383,6 +385,8 @@ class Daemon:
             return False
         self.pipeline.use_rules(ruleset)  # first: the new rules' jobs must find their grants
         self.engine.swap_rules(ruleset)
+        if self._prefetching is not None:  # followers chosen by the old rules stop now
+            self._prefetching.prime()
         self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)
         self.metrics.rules_reloads.labels(result="success").inc()

@@ -346,3 +346,46 @@ def test_a_daemon_takes_followed_tails_at_die(
         daemon.stop(timeout=5)
         docker_engine.remove(*names)
     assert not _follower_threads()
+
+
+def test_containers_running_when_eventd_starts_are_followed(
+        docker_engine: DockerEngine, webhook_receiver: WebhookReceiver, tmp_path: Path):
+    """eventd lists the running containers at start (no start event will come for them) and
+    follows those a rule with `enrich: logs` could match; a reload that changes those rules
+    stops the followers and follows anew, one that does not keeps them."""
+    rules = textwrap.dedent("""
+        rules:
+          - name: crashed
+            match: {type: container, action: die, name: fol-running}
+            enrich: {logs: {lines: 5}}
+            actions:
+              - webhook:
+                  url: "${ALERT_WEBHOOK_URL}"
+                  json: {last: "{{ logs[-1] if logs else '' }}"}
+    """)
+    cid = docker_engine.run("fol-running", ["sh", "-c", FIFTY_THEN_WAIT.format(wait=6)])
+    docker_engine.run("fol-running-not", ["sh", "-c", FIFTY_THEN_WAIT.format(wait=6)])
+    daemon = _started_daemon(rules, docker_engine, webhook_receiver, tmp_path)
+    try:
+        followers = daemon.pipeline.enricher.followers
+        wait_until(lambda: followers.followed() == 1 and followers.held > 0, 10,
+                   message="the running container followed")
+        assert followers.counts["started"] == 1
+        assert daemon.reload()  # the same rules: the follower goes on
+        assert followers.counts["started"] == 1 and followers.followed() == 1
+        path = tmp_path / "rules.yaml"
+        path.write_text(rules.replace("name: fol-running}", "name: fol-other}"))
+        assert daemon.reload()  # no rule could match it now: its follower stops
+        assert followers.followed() == 0 and followers.held == 0
+        path.write_text(rules)
+        assert daemon.reload()
+        wait_until(lambda: followers.counts["started"] == 2 and followers.held > 0, 10,
+                   message="followed again after the reload")
+        wait_until(lambda: webhook_receiver.requests, 20, message="the webhook")
+        assert webhook_receiver.requests[0].json() == {"last": "line 50"}
+        assert followers.counts["taken"] == 1 and daemon.pipeline.enricher.log_reads == 0
+    finally:
+        daemon.stop(timeout=5)
+        docker_engine.remove("fol-running", "fol-running-not")
+        assert not _follower_threads()
+    assert cid

@@ -510,10 +510,13 @@ class Prefetching:
         self._follower = follower
         #: the rules with `enrich: logs`: whether a start could lead to a match, their caps
         self._following: tuple[tuple[Callable[[Any], bool], tuple[int, int]], ...] = ()
+        #: what chose the containers followed now (their rules' match and caps)
+        self._follow_key: tuple[tuple[str, tuple[int, int]], ...] = ()
+        self._using = threading.Lock()  # the reader thread, and a reload's prime()
 
     def prime(self) -> None:
-        """Take the rules in force now (at start: follow the running containers at once,
-        not at the first event)."""
+        """Take the rules in force now (at start and after a reload: follow the running
+        containers at once, not at the next event)."""
         self._use(self._rules())
 
     @staticmethod
@@ -537,17 +540,24 @@ class Prefetching:
         self._sink(batch)
 
     def _use(self, rules: Any) -> None:
-        """The rules changed: what to prefetch, and (with a follower) whom to follow."""
-        self._seen = rules
-        self._enriching = tuple(
-            asks for asks in map(self._asks, rules) if asks[1] or asks[2] is not None)
-        if self._follower is None:
-            return
-        was = bool(self._following)
-        self._following = tuple((could_match(rule), caps)
-                                for rule, _, caps in self._enriching if caps is not None)
-        if was or self._following:  # reload: followers chosen by the old rules stop
-            self._follower.refollow(self.caps_for)
+        """The rules changed: what to prefetch, and (with a follower) whom to follow. When
+        the rules with `enrich: logs` changed, every follower stops and the running
+        containers the new rules could match are followed anew."""
+        with self._using:
+            if rules is self._seen:
+                return
+            enriching = tuple(
+                asks for asks in map(self._asks, rules) if asks[1] or asks[2] is not None)
+            if self._follower is not None:
+                key = tuple((repr(rule.match), caps)
+                            for rule, _, caps in enriching if caps is not None)
+                if key != self._follow_key:
+                    self._follow_key = key
+                    self._following = tuple((could_match(rule), caps)
+                                            for rule, _, caps in enriching if caps is not None)
+                    self._follower.refollow(self.caps_for)
+            self._enriching = enriching
+            self._seen = rules
 
     def caps_for(self, event: dict[str, Any]) -> tuple[int, int] | None:
         """The largest lines and bytes the rules with `enrich: logs` that could match the
