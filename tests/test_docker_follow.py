@@ -11,6 +11,7 @@ import stat
 import tempfile
 import textwrap
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,26 @@ def test_a_stream_that_does_not_end_leaves_half_the_budget_to_read(docker_engine
     finally:
         enricher.close()
         docker_engine.remove("fol-endless")
+
+
+def test_a_stream_that_ended_long_before_the_die_is_not_its_tail(docker_engine: DockerEngine):
+    """A die whose follower's stream ended more than a second before it (a die the reader saw
+    late, or a stream the Engine ended early) is read at die, not taken from a stale tail."""
+    cid = docker_engine.run("fol-stale", ["sh", "-c", FIFTY_THEN_WAIT.format(wait=1)])
+    enricher = _enricher(docker_engine.host)
+    try:
+        enricher.follow_logs(_start(cid), (20, 16384))
+        followers = enricher.followers
+        wait_until(lambda: followers.held > 0, 10, message="following")
+        wait_until(lambda: all(f.ended.is_set() for f in followers._live.values()), 10,
+                   message="the stream ended")
+        late = dict(_die(cid), timeNano=time.time_ns() + 2_000_000_000)
+        enricher.prefetch(late, resource=False, logs=[(20, 16384)])
+        assert enricher.logs(late, 20, 16384, LOGS_BUDGET)[-1] == "line 50"
+        assert followers.counts["taken"] == 0 and enricher.log_reads == 1
+    finally:
+        enricher.close()
+        docker_engine.remove("fol-stale")
 
 
 @pytest.mark.parametrize("cid", ["../../info", "a/b", "%2e%2e", "x?follow=0", "", "-rf",

@@ -46,6 +46,9 @@ MAX_FOLLOWERS = 128
 MAX_HELD = 8 * 1024 * 1024
 #: what a follower reads at once
 CHUNK = 65536
+#: a stream that ended this long before a die is no tail of that die's run (ns): the Engine
+#: ends it when it closes the container's log, just before the die (or after, under load)
+STALE_NS = 1_000_000_000
 #: die-time attributes: a rule's condition on them says nothing about whether to follow
 _DIE_ONLY = frozenset(("exitCode", "execDuration", "signal"))
 #: the outcomes eventd_docker_log_follows_total counts
@@ -153,6 +156,7 @@ class Follower:
     thread: threading.Thread | None = None
     counted: int = 0  # its bytes in LogFollowers' held total
     answered_ns: int = 0  # when the Engine answered the follow request (time.time_ns)
+    ended_ns: int = 0  # when its stream ended (time.time_ns)
     _socket: Any = None
     _stop: bool = False
 
@@ -238,6 +242,9 @@ class LogFollowers:
             follower = self._live.get(container)
             if follower is None or follower.broken:
                 return False
+            if died_ns is not None and follower.ended.is_set() \
+                    and follower.ended_ns < died_ns - STALE_NS:
+                return False  # ended long before this die: not the tail of this run
             if died_ns is not None:
                 answered = follower.answered_ns
                 self.counts["in_time" if 0 < answered < died_ns else "late"] += 1
@@ -264,13 +271,6 @@ class LogFollowers:
                 self._release_locked(follower)
         for follower in followers:
             follower.stop()
-
-    def live(self, container: str) -> Follower | None:
-        """The container's follower while it reads (a running container's tail, for events
-        that are not its end: `health_status`, `oom`...)."""
-        with self._lock:
-            follower = self._live.get(container)
-        return follower if follower is not None and not follower.broken else None
 
     # -- the engine thread's side -------------------------------------------------------------
 
@@ -376,6 +376,7 @@ class LogFollowers:
                 if follower.broken:
                     self._release_locked(follower)
                 follower.ended_at = self._clock()
+                follower.ended_ns = time.time_ns()
             follower.ended.set()
 
     @property
