@@ -5,6 +5,7 @@ bytes and ids are data (hostile frames, huge lines, ids that are no ids)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -12,6 +13,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,22 @@ def _start(cid: str) -> dict[str, Any]:
 def _die(cid: str, uuid: str = "die-1") -> dict[str, Any]:
     return {"type": "container", "action": "die", "id": cid, "uuid": uuid,
             "attributes": {"exitCode": "3"}}
+
+
+@contextlib.contextmanager
+def _followed(engine: DockerEngine, name: str, wait: int,
+              host: str | None = None) -> Iterator[tuple[str, DockerEnricher]]:
+    """A container that writes 50 lines then sleeps `wait` s, followed (through `host` if
+    given) until its follower holds those lines; removed, and the enricher closed, after."""
+    cid = engine.run(name, ["sh", "-c", FIFTY_THEN_WAIT.format(wait=wait)])
+    enricher = _enricher(host or engine.host)
+    try:
+        enricher.follow_logs(_start(cid), (20, 16384))
+        wait_until(lambda: enricher.followers.held > 0, 10, message="following")
+        yield cid, enricher
+    finally:
+        enricher.close()
+        engine.remove(name)
 
 
 def test_a_followed_container_s_die_takes_the_tail_held(docker_engine: DockerEngine):
@@ -153,66 +171,47 @@ def test_the_caps_on_followers_and_bytes_fall_back_to_reading(docker_engine: Doc
 
 
 def test_a_follow_stream_that_breaks_falls_back_to_reading(docker_engine: DockerEngine):
-    cid = docker_engine.run("fol-cut", ["sh", "-c", FIFTY_THEN_WAIT.format(wait=2)])
     where = Path(tempfile.mkdtemp(prefix="fx", dir="/tmp"))
     proxy = SocketProxy(docker_engine.socket, where / "p.sock")
-    enricher = _enricher(proxy.host)
     try:
-        enricher.follow_logs(_start(cid), (20, 16384))
-        followers = enricher.followers
-        wait_until(lambda: followers.held > 0, 10, message="following")
-        proxy.cut()
-        wait_until(lambda: followers.counts["failed"] == 1, 10, message="the stream broke")
-        proxy.restore()
-        wait_until(lambda: exited(docker_engine, "fol-cut"), 10, message="exited")
-        enricher.prefetch(_die(cid), resource=False, logs=[(20, 16384)])
-        assert enricher.logs(_die(cid), 20, 16384, LOGS_BUDGET)[-1] == "line 50"
-        assert followers.counts["taken"] == 0 and enricher.log_reads == 1
+        with _followed(docker_engine, "fol-cut", 2, proxy.host) as (cid, enricher):
+            followers = enricher.followers
+            proxy.cut()
+            wait_until(lambda: followers.counts["failed"] == 1, 10, message="the stream broke")
+            proxy.restore()
+            wait_until(lambda: exited(docker_engine, "fol-cut"), 10, message="exited")
+            enricher.prefetch(_die(cid), resource=False, logs=[(20, 16384)])
+            assert enricher.logs(_die(cid), 20, 16384, LOGS_BUDGET)[-1] == "line 50"
+            assert followers.counts["taken"] == 0 and enricher.log_reads == 1
     finally:
-        enricher.close()
         proxy.close()
         shutil.rmtree(where, ignore_errors=True)
-        docker_engine.remove("fol-cut")
 
 
 def test_a_stream_that_does_not_end_leaves_half_the_budget_to_read(docker_engine: DockerEngine):
     """A die claims a follower whose stream does not end (here: the container still runs, as
     with an Engine whose follow stream outlives the container's log): the engine thread
     waits half the budget for it, then reads with the other half."""
-    cid = docker_engine.run("fol-endless", ["sh", "-c", FIFTY_THEN_WAIT.format(wait=60)])
-    enricher = _enricher(docker_engine.host)
-    try:
-        enricher.follow_logs(_start(cid), (20, 16384))
+    with _followed(docker_engine, "fol-endless", 60) as (cid, enricher):
         followers = enricher.followers
-        wait_until(lambda: followers.held > 0, 10, message="following")
         enricher.prefetch(_die(cid), resource=False, logs=[(20, 16384)])
         assert enricher.logs(_die(cid), 20, 16384, 1.0)[-1] == "line 50"
         assert followers.counts["not_ended"] == 1 and enricher.log_reads == 1
         wait_until(lambda: not _follower_threads() and followers.held == 0, 5,
                    message="the follower was stopped")
-    finally:
-        enricher.close()
-        docker_engine.remove("fol-endless")
 
 
 def test_a_stream_that_ended_long_before_the_die_is_not_its_tail(docker_engine: DockerEngine):
     """A die whose follower's stream ended more than a second before it (a die the reader saw
     late, or a stream the Engine ended early) is read at die, not taken from a stale tail."""
-    cid = docker_engine.run("fol-stale", ["sh", "-c", FIFTY_THEN_WAIT.format(wait=1)])
-    enricher = _enricher(docker_engine.host)
-    try:
-        enricher.follow_logs(_start(cid), (20, 16384))
+    with _followed(docker_engine, "fol-stale", 1) as (cid, enricher):
         followers = enricher.followers
-        wait_until(lambda: followers.held > 0, 10, message="following")
         wait_until(lambda: all(f.ended.is_set() for f in followers._live.values()), 10,
                    message="the stream ended")
         late = dict(_die(cid), timeNano=time.time_ns() + 2_000_000_000)
         enricher.prefetch(late, resource=False, logs=[(20, 16384)])
         assert enricher.logs(late, 20, 16384, LOGS_BUDGET)[-1] == "line 50"
         assert followers.counts["taken"] == 0 and enricher.log_reads == 1
-    finally:
-        enricher.close()
-        docker_engine.remove("fol-stale")
 
 
 @pytest.mark.parametrize("cid", ["../../info", "a/b", "%2e%2e", "x?follow=0", "", "-rf",
