@@ -2,17 +2,25 @@
 `die` to the webhook arriving at a receiver, through `eventd run --source docker`.
 
 `python bench/docker_latency.py [--count 100] [--parallel 1] [--enrich none|resource|logs]
-[--runs 1] [--breakdown]` (issues 16 and 26). It starts its own dockerd (tests/docker_engine.py:
-rootful, vfs, all state in a temp dir; Debian's docker.io and busybox-static), a receiver that
-stamps each request on arrival, and, for each run, a fresh eventd as a subprocess with the
-shipped sample rule `docker-container-died` (rules/docker/container-died.yaml: die with a
-non-zero exit code, not caused by eventd, throttled per container, a warning log line and a
-webhook), its webhook also carrying `timeNano` and the event's uuid. `--enrich resource` adds
-`enrich: resource` (one inspect per die, as rules/container-crash.yaml asks on Docker Cloud) and
-puts the container's RestartCount in the webhook; `--enrich logs` adds what
-rules/incidents/crash-loop-pagerduty.yaml asks (`logs: {lines: 20}`, `history: {window: 1h}`).
-Then it runs `--count` containers that exit with code 1, `--parallel` at a time, and prints
-p50, p90, p99 and max of (arrival - timeNano) per run, and their medians over `--runs`.
+[--command false|live] [--runs 1] [--breakdown]` (issues 16 and 26). It starts its own dockerd
+(tests/docker_engine.py: rootful, vfs, all state in a temp dir; Debian's docker.io and
+busybox-static), a receiver that stamps each request on arrival, and, for each run, a fresh
+eventd as a subprocess with the shipped sample rule `docker-container-died`
+(rules/docker/container-died.yaml: die with a non-zero exit code, not caused by eventd,
+throttled per container, a warning log line and a webhook), its webhook also carrying
+`timeNano` and the event's uuid. `--enrich resource` adds `enrich: resource` (one inspect per
+die, as rules/container-crash.yaml asks on Docker Cloud) and puts the container's RestartCount
+in the webhook; `--enrich logs` adds what rules/incidents/crash-loop-pagerduty.yaml asks
+(`logs: {lines: 20}`, `history: {window: 1h}`). Then it runs `--count` containers that exit
+with code 1, `--parallel` at a time, and prints p50, p90, p99 and max of (arrival - timeNano)
+per run, and their medians over `--runs`. `--command false` (the default) runs `false`, which
+exits within milliseconds of its start; `--command live` runs `sh -c 'echo x; sleep 0.2; exit
+1'`, a container that lives a little as real services do. With `--enrich logs` eventd follows
+each container's logs from its `start` event (eventd.sources.docker.follow) and the run says
+how many dies took the tail a follower held (`followed`, from eventd's /metrics) instead of
+reading the logs at die, and of those how many had their stream open before the die (`in
+time`; a late one waited for the Engine's clean-up as a read at die does): a `false` container
+is often gone before its start event reaches eventd.
 
 `--engine-floor` runs no eventd: a bare reader asks the Engine for each dead container's
 logs (and, beside it, lists the container, which does not wait for the container's lock), from
@@ -47,12 +55,14 @@ import calendar
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -70,6 +80,9 @@ ENRICH = {
              'crashes: "{{ history.count }}"\n'
              '            last_line: "{{ logs[-1] if logs else \'\' }}"'),
 }
+
+#: what each --command runs in each container (exit code 1 either way)
+COMMANDS = {"false": ["false"], "live": ["sh", "-c", "echo x; sleep 0.2; exit 1"]}
 
 #: the stages of --breakdown, in order: (name, from, to)
 STAGES = (("engine->bare", "engine", "bare"), ("engine->read", "engine", "read"),
@@ -243,9 +256,29 @@ def warnings_in(path: Path) -> list[str]:
     return found
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _followed(port: int, outcome: str = "taken") -> float:
+    """eventd_docker_log_follows_total{outcome} from eventd's /metrics (nan when that eventd
+    has no followers: an older tree)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return float("nan")
+    for line in text.splitlines():
+        if line.startswith(f'eventd_docker_log_follows_total{{outcome="{outcome}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return float("nan")
+
+
 def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, count: int,
              parallel: int, enrich: str, breakdown: bool,
-             source: Path | None = None) -> dict[str, Any]:
+             source: Path | None = None, command: str = "false") -> dict[str, Any]:
     """One run with a fresh eventd (the tree `source`'s, else this one's); the latency figures
     in milliseconds (and the stages)."""
     rules = workdir / f"rules-{tag}.yaml"
@@ -260,15 +293,18 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
         receiver.arrivals.clear()
     bare = BareReader(engine) if breakdown else None
     names = [f"lat-{tag}-{i}" for i in range(count)]
+    port = _free_port()
+    followed = in_time = float("nan")
     with open(log_path, "wb") as log:
         eventd = subprocess.Popen(
             [sys.executable, "-m", "eventd", "run", "--rules", str(rules), "--state-dir",
-             str(workdir / f"state-{tag}"), *level], env=env, stderr=log, cwd=source)
+             str(workdir / f"state-{tag}"), "--metrics-addr", f"127.0.0.1:{port}", *level],
+            env=env, stderr=log, cwd=source)
         try:
             time.sleep(2.0)  # connected (a bench, not a test: no readiness probe needed here)
 
             def one(name: str) -> None:
-                engine.run(name, ["false"])
+                engine.run(name, COMMANDS[command])
 
             began = time.monotonic()
             with ThreadPoolExecutor(parallel) as pool:
@@ -277,6 +313,8 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
             while len(receiver.arrivals) < count and time.monotonic() < deadline:
                 time.sleep(0.05)
             elapsed = time.monotonic() - began
+            if enrich == "logs":
+                followed, in_time = _followed(port), _followed(port, "in_time")
         finally:
             eventd.terminate()
             eventd.wait(15)
@@ -290,6 +328,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
         "count": len(latencies), "expected": count, "seconds": elapsed,
         "p50_ms": _percentile(latencies, 0.50), "p90_ms": _percentile(latencies, 0.90),
         "p99_ms": _percentile(latencies, 0.99), "max_ms": max(latencies, default=float("nan"))}
+    figures["followed"], figures["in_time"] = followed, in_time
     figures["warnings"] = warnings_in(log_path)
     figures["logs_unread"] = sum("enrich: logs of " in line and " not read (" in line
                                  for line in log_path.read_text(errors="replace").splitlines())
@@ -358,14 +397,15 @@ class EngineFloor:
             client.close()
 
 
-def floor_once(engine: DockerEngine, tag: str, count: int, parallel: int) -> dict[str, Any]:
+def floor_once(engine: DockerEngine, tag: str, count: int, parallel: int,
+               command: str = "false") -> dict[str, Any]:
     """One run of --engine-floor: die -> logs read and die -> listed, in milliseconds."""
     floor = EngineFloor(engine)
     names = [f"flo-{tag}-{i}" for i in range(count)]
     try:
         began = time.monotonic()
         with ThreadPoolExecutor(parallel) as pool:
-            list(pool.map(lambda name: engine.run(name, ["false"]), names))
+            list(pool.map(lambda name: engine.run(name, COMMANDS[command]), names))
         deadline = time.monotonic() + 30
         while len(floor.logs) < count and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -391,7 +431,10 @@ def report(figures: dict[str, Any], label: str) -> str:
             f"p90 {figures['p90_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, "
             f"max {figures['max_ms']:.1f} ms"
             + (f"; logs not read (budget spent or failed): {figures['logs_unread']:g}"
-               if "logs_unread" in figures else ""))
+               if "logs_unread" in figures else "")
+            + (f"; logs taken from a follower: {figures['followed']:g} (its stream open "
+               f"before the die: {figures['in_time']:g})"
+               if figures.get("followed", float("nan")) == figures.get("followed") else ""))
 
 
 def breakdown_table(runs: list[dict[str, Any]]) -> str:
@@ -415,6 +458,9 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--enrich", choices=tuple(ENRICH), default="none")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--command", choices=tuple(COMMANDS), default="false",
+                        help="what each container runs: false (exits at once) or live "
+                             "(echo, sleep 0.2 s, exit 1)")
     parser.add_argument("--breakdown", action="store_true",
                         help="eventd at DEBUG: say where the time goes, stage by stage")
     parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
@@ -425,7 +471,7 @@ def main() -> int:
                              "logs (the least die -> webhook can take with enrich: logs)")
     args = parser.parse_args()
     if args.engine_floor:
-        return engine_floor(args.count, args.parallel, args.runs)
+        return engine_floor(args.count, args.parallel, args.runs, args.command)
     variants: list[tuple[str, Path | None]] = [("this tree", None)]
     if args.baseline is not None:
         variants.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
@@ -438,7 +484,7 @@ def main() -> int:
                 for index, (label, source) in enumerate(variants):
                     figures = run_once(engine, receiver, workdir, f"{number}-{index}",
                                        args.count, args.parallel, args.enrich, args.breakdown,
-                                       source)
+                                       source, args.command)
                     runs[label].append(figures)
                     warned = figures.get("warnings", [])
                     for line in warned[:3]:
@@ -446,7 +492,8 @@ def main() -> int:
                     if len(warned) > 3:
                         print(f"  eventd warned {len(warned)} times in all", flush=True)
                     print(report(figures, f"{label}, run {number + 1} ({args.parallel} at a "
-                                          f"time, enrich {args.enrich})"), flush=True)
+                                          f"time, enrich {args.enrich}, command "
+                                          f"{args.command})"), flush=True)
     finally:
         receiver.server.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -454,7 +501,7 @@ def main() -> int:
         if len(done) > 1:
             median = {key: statistics.median(run[key] for run in done)
                       for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms",
-                                  "logs_unread")}
+                                  "logs_unread", "followed", "in_time")}
             median["expected"] = args.count
             print(report(median, f"{label}, median of {len(done)} runs"))
         if args.breakdown:
@@ -464,14 +511,14 @@ def main() -> int:
     return 0 if all(run["count"] == run["expected"] for run in every) else 1
 
 
-def engine_floor(count: int, parallel: int, runs: int) -> int:
+def engine_floor(count: int, parallel: int, runs: int, command: str = "false") -> int:
     """--engine-floor: die -> logs read and die -> listed per run, and their medians."""
     workdir = Path(tempfile.mkdtemp(prefix="dkf", dir="/tmp"))
     done: list[dict[str, Any]] = []
     try:
         with DockerEngine(workdir / "e") as engine:
             for number in range(runs):
-                figures = floor_once(engine, str(number), count, parallel)
+                figures = floor_once(engine, str(number), count, parallel, command)
                 done.append(figures)
                 for what in ("logs", "listed"):
                     print(report(figures[what], f"engine floor, run {number + 1} ({parallel} at "

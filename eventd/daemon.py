@@ -192,13 +192,24 @@ class Daemon:
 
     def _source_sink(self, pipeline: Pipeline) -> Callable[[Sequence[Received]], None]:
         """The engine's queue; for an enricher that can start inspects early (the Engine's),
-        behind a sink that starts them as the reader sees the events that will ask."""
+        behind a sink that starts them as the reader sees the events that will ask, and
+        follows the logs of the containers whose die a rule with `enrich: logs` could match."""
+        self._prefetching: Any = None  # primed again after each reload
         prefetch = getattr(pipeline.enricher, "prefetch", None)
         if prefetch is None:
             return self._sink
         from eventd.sources.docker.enrich import Prefetching
 
-        return Prefetching(prefetch, lambda: self.engine.rules, self._sink)
+        enricher = pipeline.enricher
+        followers = getattr(enricher, "followers", None)
+        if followers is None:
+            return Prefetching(prefetch, lambda: self.engine.rules, self._sink)
+        # the Engine's: containers' logs followed from their start for `enrich: logs`
+        self.metrics.registry.register(followers)
+        sink = Prefetching(prefetch, lambda: self.engine.rules, self._sink, follower=enricher)
+        sink.prime()
+        self._prefetching = sink
+        return sink
 
     def _console(self, pipeline: Pipeline) -> list[tuple[str, Any]]:
         """The console's mounts on the metrics port (none with --ui off)."""
@@ -374,6 +385,8 @@ class Daemon:
             return False
         self.pipeline.use_rules(ruleset)  # first: the new rules' jobs must find their grants
         self.engine.swap_rules(ruleset)
+        if self._prefetching is not None:  # followers chosen by the old rules stop now
+            self._prefetching.prime()
         self.metrics.rules_loaded_now([rule.name for rule in ruleset.rules])
         self.metrics.rules_reload_success.set(1)
         self.metrics.rules_reloads.labels(result="success").inc()

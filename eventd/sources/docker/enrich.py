@@ -11,6 +11,9 @@ whatever the size of the log: a 100 MB log costs the cap, not 100 MB. That read 
 early, from the reader thread (`prefetch(event, logs=...)`), on the inspects' pool; at most
 `MAX_LOG_READS` such reads are held at once, each dropped once the engine thread took it or
 `ttl` seconds after it started, so a burst of dies holds a bounded number of log buffers.
+Better still, a container's logs can be followed from its `start` (`follow_logs`, see
+eventd.sources.docker.follow): its `die` then takes the tail already held instead of waiting
+for the Engine's clean-up.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from eventd.attachments import LOGS_BUDGET
 from eventd.clients.docker import describe_failure
 from eventd.events import Received
 from eventd.ruleset.model import Rule
+from eventd.sources.docker.follow import LogFollowers, could_match
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +104,8 @@ class DockerEnricher:
         self.logs_skipped = 0  # prefetches not started: MAX_LOG_READS held already
         self.logs_reread = 0  # prefetched reads that failed, read again within the budget
         self._version: str | None = None  # the API version the first client negotiated
+        #: containers whose logs are followed from their start, for `enrich: logs` at die
+        self.followers = LogFollowers(self._client, ttl=ttl, clock=clock)
 
     def _client(self) -> docker.APIClient:
         """A new client, on the API version negotiated once."""
@@ -164,12 +170,62 @@ class DockerEnricher:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="eventd-inspect")
         return self._pool
 
+    def follow_logs(self, event: dict[str, Any], caps: tuple[int, int] | None) -> None:
+        """A container event the reader saw, for the followers: a `start` (with the largest
+        `(lines, max_bytes)` of the rules that could match the container, else None) starts
+        following its logs, a `destroy` drops its follower."""
+        object_id = event.get("id")
+        if event.get("type") != "container" or not isinstance(object_id, str) \
+                or _CONTAINER.fullmatch(object_id) is None:
+            return
+        action = event.get("action")
+        if action == "start" and caps is not None:
+            self.followers.follow(object_id, *caps)
+        elif action == "destroy":
+            self.followers.forget(object_id)
+
+    def refollow(self, caps_for: Callable[[dict[str, Any]], tuple[int, int] | None]) -> None:
+        """The rules changed (or eventd starts): stop every follower, then follow the running
+        containers the rules now could match (listed on the pool, as start events would
+        show them: `caps_for` says with which caps)."""
+        self.followers.drop_all()
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._pool_locked().submit(self._follow_running, caps_for)
+            except RuntimeError:  # shut down meanwhile
+                pass
+
+    def _follow_running(self, caps_for: Callable[[dict[str, Any]], tuple[int, int] | None]
+                        ) -> None:
+        try:
+            client = self._borrow()
+            try:
+                listed = client.containers()
+            except BaseException:
+                client.close()
+                raise
+            self._give_back(client)
+        except Exception as exc:  # noqa: BLE001 - the Engine away: start events still follow
+            logger.info("enrichment: running containers not listed (%s); their logs are read "
+                        "at their end", describe_failure(exc).detail)
+            return
+        for entry in listed if isinstance(listed, list) else ():
+            event = _as_started(entry)
+            if event is not None:
+                self.follow_logs(event, caps_for(event))
+
     def _prefetch_logs(self, event: dict[str, Any], specs: Sequence[tuple[int, int]]) -> None:
         object_id = event.get("id")
         if event.get("type") != "container" or not isinstance(object_id, str) \
                 or _CONTAINER.fullmatch(object_id) is None:
             return
         uuid = event.get("uuid", "?")
+        died = event.get("timeNano")
+        if event.get("action") == "die" and self.followers.claim(
+                object_id, str(uuid), len(specs), died if isinstance(died, int) else None):
+            return  # its follower's tail is taken at logs(): nothing to read
         started = 0
         with self._lock:
             if self._closed:
@@ -289,6 +345,7 @@ class DockerEnricher:
             idle, self._idle = self._idle, []
             self.logs_dropped += len(self._log_reads)
             self._log_reads.clear()
+        self.followers.close()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         for client in idle:
@@ -309,6 +366,17 @@ class DockerEnricher:
         uuid = event.get("uuid", "?")
         key: LogKey = (object_id, str(uuid), lines, max_bytes, budget)
         began = time.monotonic()
+        followed = self.followers.take(object_id, str(uuid), lines, max_bytes, budget)
+        if followed is not None:
+            if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
+                logger.debug("logs of container %s for event %s in %.1f ms (followed)",
+                             object_id[:12], uuid, (time.monotonic() - began) * 1000)
+            return followed
+        left = began + budget - time.monotonic()
+        if left < budget - MIN_REREAD:  # a claimed follower failed late: what is left
+            if left < MIN_REREAD:
+                raise TimeoutError(f"the logs of {object_id[:12]} took more than {budget} s")
+            return self._read_logs(key, uuid, False, left)
         with self._lock:
             dropped = self._expire_logs_locked(self._clock())
             entry = self._log_reads.pop(key, None)
@@ -390,6 +458,26 @@ class DockerEnricher:
         return _text(bytes(data)).splitlines()[-lines:]
 
 
+def _as_started(entry: object) -> dict[str, Any] | None:
+    """A running container as `GET /containers/json` lists it, as its start event would show
+    it to a rule (type, id, name, attributes: its labels, image and name); None if the entry
+    is not one."""
+    if not isinstance(entry, dict):
+        return None
+    object_id, names, labels = entry.get("Id"), entry.get("Names"), entry.get("Labels")
+    if not isinstance(object_id, str) or _CONTAINER.fullmatch(object_id) is None:
+        return None
+    name = names[0].lstrip("/") if isinstance(names, list) and names \
+        and isinstance(names[0], str) else object_id
+    attributes = {key: value for key, value in labels.items()
+                  if isinstance(key, str) and isinstance(value, str)} \
+        if isinstance(labels, dict) else {}
+    image = entry.get("Image")
+    attributes.update(name=name, **({"image": image} if isinstance(image, str) else {}))
+    return {"type": "container", "action": "start", "id": object_id, "name": name,
+            "attributes": attributes}
+
+
 def _text(data: bytes) -> str:
     """The Engine's log stream as text: 8-byte frame headers (stream, 0, 0, 0, size) taken
     out when the container has no TTY; a frame cut by the cap keeps what came."""
@@ -411,13 +499,25 @@ class Prefetching:
     resource alone, `prefetch(event, resource=..., logs=[(lines, max_bytes), ...])` else."""
 
     def __init__(self, prefetch: Callable[..., None], rules: Callable[[], Any],
-                 sink: Callable[[Sequence[Received]], None]) -> None:
+                 sink: Callable[[Sequence[Received]], None], follower: Any = None) -> None:
         self._prefetch = prefetch
         self._rules = rules  # the rule set in force (it changes on reload)
         self._sink = sink
         self._seen: Any = None
         #: the rules that enrich: each with whether it inspects and the log caps it reads
         self._enriching: tuple[tuple[Rule, bool, tuple[int, int] | None], ...] = ()
+        #: what follows containers' logs from their start (DockerEnricher), or None
+        self._follower = follower
+        #: the rules with `enrich: logs`: whether a start could lead to a match, their caps
+        self._following: tuple[tuple[Callable[[Any], bool], tuple[int, int]], ...] = ()
+        #: what chose the containers followed now (their rules' match and caps)
+        self._follow_key: tuple[tuple[str, tuple[int, int]], ...] = ()
+        self._using = threading.Lock()  # the reader thread, and a reload's prime()
+
+    def prime(self) -> None:
+        """Take the rules in force now (at start and after a reload: follow the running
+        containers at once, not at the next event)."""
+        self._use(self._rules())
 
     @staticmethod
     def _asks(rule: Rule) -> tuple[Rule, bool, tuple[int, int] | None]:
@@ -427,14 +527,46 @@ class Prefetching:
     def __call__(self, batch: Sequence[Received]) -> None:
         rules = self._rules()
         if rules is not self._seen:
-            self._seen = rules
-            self._enriching = tuple(
-                asks for asks in map(self._asks, rules) if asks[1] or asks[2] is not None)
+            self._use(rules)
         if self._enriching:
+            following = bool(self._following)
             for received in batch:
                 if not received.internal:
-                    self._start(received.event)
+                    event = received.event
+                    if following and event.get("type") == "container" \
+                            and event.get("action") in ("start", "destroy"):
+                        self._follower.follow_logs(event, self.caps_for(event))
+                    self._start(event)
         self._sink(batch)
+
+    def _use(self, rules: Any) -> None:
+        """The rules changed: what to prefetch, and (with a follower) whom to follow. When
+        the rules with `enrich: logs` changed, every follower stops and the running
+        containers the new rules could match are followed anew."""
+        with self._using:
+            if rules is self._seen:
+                return
+            enriching = tuple(
+                asks for asks in map(self._asks, rules) if asks[1] or asks[2] is not None)
+            if self._follower is not None:
+                key = tuple((repr(rule.match), caps)
+                            for rule, _, caps in enriching if caps is not None)
+                if key != self._follow_key:
+                    self._follow_key = key
+                    self._following = tuple((could_match(rule), caps)
+                                            for rule, _, caps in enriching if caps is not None)
+                    self._follower.refollow(self.caps_for)
+            self._enriching = enriching
+            self._seen = rules
+
+    def caps_for(self, event: dict[str, Any]) -> tuple[int, int] | None:
+        """The largest lines and bytes the rules with `enrich: logs` that could match the
+        container of this start event read; None when no such rule could."""
+        lines = size = 0
+        for could, (rule_lines, rule_bytes) in self._following:
+            if could(event):
+                lines, size = max(lines, rule_lines), max(size, rule_bytes)
+        return (lines, size) if lines else None
 
     def _start(self, event: dict[str, Any]) -> None:
         resource = False
