@@ -173,14 +173,12 @@ class Follower:
 
 
 def _socket_of(response: Any) -> Any:
-    """The socket under a docker-py streamed response (as docker-py's attach finds it), or
-    None: closing the response from another thread does not wake a blocked read, shutting
-    the socket down does."""
-    try:
-        raw = response.raw._fp.fp.raw
-    except AttributeError:
-        return None
-    sock = getattr(raw, "_sock", raw)
+    """The socket under a streamed response, or None: closing the response from another
+    thread does not wake a blocked read, shutting the socket down does. Reached through
+    public attributes only: a streamed requests response keeps its urllib3 connection
+    (`HTTPResponse.connection`), whose `sock` is the connected socket."""
+    connection = getattr(getattr(response, "raw", None), "connection", None)
+    sock = getattr(connection, "sock", None)
     return sock if hasattr(sock, "shutdown") else None
 
 
