@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from eventd.ruleset.matching import Predicate
+from eventd.ruleset.matching import Predicate, always_true
 from eventd.ruleset.prefilter import MIN_CANDIDATES, MatchCache, Plan
 
 if TYPE_CHECKING:
@@ -28,6 +28,13 @@ Candidates = tuple[tuple["Rule", Predicate], ...]
 class _Equals(tuple[Any, ...]):
     """(rule, field, value): the lone candidate whose residual is `field` equal to (or a
     list holding) the string `value` (CompiledMatch.residual_equals), tested inline."""
+
+    __slots__ = ()
+
+
+class _Fixed(tuple["Rule", ...]):
+    """The answer itself, for a (type, action, state) whose every candidate the index decides
+    alone (its residual is always true: a rule on type, action and state only, or none)."""
 
     __slots__ = ()
 
@@ -118,6 +125,8 @@ class RuleSet:
                     if kept:
                         self._plans[found] = plan
                 candidates = plan
+            elif found and all(residual is always_true for _, residual in found):
+                candidates = _Fixed(rule for rule, _ in found)
             elif len(found) == 1 and found[0][0].compiled.residual_equals is not None:
                 candidates = _Equals((found[0][0], *found[0][0].compiled.residual_equals))
             else:
@@ -128,7 +137,9 @@ class RuleSet:
             return [r for r in self.rules if r.compiled.predicate(event)]
         if not candidates:  # most events of a small rule set: no rule names their type
             return ()
-        kind = type(candidates)  # one call for both tests (candidates: Any, as mypy narrows no alias)
+        kind = type(candidates)  # one call for the tests (candidates: Any, as mypy narrows no alias)
+        if kind is _Fixed:  # no rule has anything left to test: the answer, never mutated
+            return candidates  # type: ignore[no-any-return]
         if kind is _Equals:  # one candidate, a field equal to a string: inline
             rule, field, condition = candidates
             got = event.get(field)
