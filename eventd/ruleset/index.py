@@ -129,8 +129,9 @@ class RuleSet:
                 candidates = _Fixed(rule for rule, _ in found)
             elif len(found) == 1 and found[0][0].compiled.residual_equals is not None:
                 candidates = _Equals((found[0][0], *found[0][0].compiled.residual_equals))
-            else:
-                candidates = found
+            else:  # a residual always true is None: the scan below skips its call
+                candidates = tuple((rule, None if residual is always_true else residual)
+                                   for rule, residual in found)
             if kept:  # type/action/state vocabularies are small
                 self._memo[key] = candidates
         except TypeError:  # an unhashable type/action/state: no index, check every rule
@@ -170,4 +171,4 @@ class RuleSet:
         if len(candidates) == 1:  # no list comprehension (a function made per call)
             rule, residual = candidates[0]
             return (rule,) if residual(event) else ()
-        return [rule for rule, residual in candidates if residual(event)]
+        return [rule for rule, residual in candidates if residual is None or residual(event)]
