@@ -349,7 +349,7 @@ def test_an_answer_the_index_decides_alone_is_kept_and_handed_out_as_is() -> Non
     event = {"type": "action", "action": "update", "state": "Success", "resource_uri": "/a/x/b"}
     first = rules.matched(event)
     assert [r.name for r in first] == ["all", "done"]
-    assert type(first) is _Fixed and rules.matched(dict(event)) is first
+    assert type(first) is tuple and rules.matched(dict(event)) is first
     container = dict(event, type="container")  # a candidate with a test left: not kept as is
     assert [r.name for r in rules.matched(container)] == ["all", "glob"]
     assert [r.name for r in rules.matched(dict(container, resource_uri="/y/"))] == ["all"]

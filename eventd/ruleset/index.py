@@ -32,11 +32,15 @@ class _Equals(tuple[Any, ...]):
     __slots__ = ()
 
 
-class _Fixed(tuple["Rule", ...]):
+class _Fixed:
     """The answer itself, for a (type, action, state) whose every candidate the index decides
-    alone (its residual is always true: a rule on type, action and state only, or none)."""
+    alone (its residual is always true: a rule on type, action and state only, or none); a
+    plain tuple, so that the engine's tuple() of it is no copy."""
 
-    __slots__ = ()
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
 
 
 class RuleSet:
@@ -53,7 +57,7 @@ class RuleSet:
         #: None when a rule matches any type
         self._live_types: frozenset[str] | None = None if any(self._other_row.values()) \
             else frozenset(self._table)
-        self._memo: dict[tuple[Any, Any, Any], Candidates | Plan | _Equals] = {}
+        self._memo: dict[tuple[Any, Any, Any], Candidates | Plan | _Equals | _Fixed] = {}
         #: one Plan per distinct candidate tuple: the (type, action, state) keys whose
         #: candidates are the same rules share its remembered answers (fewer misses)
         self._plans: dict[Candidates, Plan] = {}
@@ -126,7 +130,7 @@ class RuleSet:
                         self._plans[found] = plan
                 candidates = plan
             elif found and all(residual is always_true for _, residual in found):
-                candidates = _Fixed(rule for rule, _ in found)
+                candidates = _Fixed(tuple(rule for rule, _ in found))
             elif len(found) == 1 and found[0][0].compiled.residual_equals is not None:
                 candidates = _Equals((found[0][0], *found[0][0].compiled.residual_equals))
             else:  # a residual always true is None: the scan below skips its call
@@ -140,7 +144,7 @@ class RuleSet:
             return ()
         kind = type(candidates)  # one call for the tests (candidates: Any, as mypy narrows no alias)
         if kind is _Fixed:  # no rule has anything left to test: the answer, never mutated
-            return candidates  # type: ignore[no-any-return]
+            return candidates.rules  # type: ignore[no-any-return]
         if kind is _Equals:  # one candidate, a field equal to a string: inline
             rule, field, condition = candidates
             got = event.get(field)

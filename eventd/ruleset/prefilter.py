@@ -371,19 +371,20 @@ class Plan:
 
     def _key(self, event: Mapping[str, Any]) -> Any:
         """The values the plan's rules read, as a key; _NO_KEY when one is not plain."""
-        values = []
-        get = event.get
+        values: list[Any] = []
+        add, get = values.append, event.get
         for field, getter in self._fields:
             value = get(field, MISSING) if getter is None else getter(event)
             kind = type(value)
-            if kind is list:
+            if kind is str or value is MISSING or value is None:
+                add(value)
+            elif kind is list:
                 # only strings (in C: a generator made per list cost more than the scan)
                 if value and set(map(type, value)) != _ONLY_STR:
                     return _NO_KEY
-                value = tuple(value)
-            elif kind is not str and value is not None and value is not MISSING:
+                add(tuple(value))
+            else:
                 return _NO_KEY
-            values.append(value)
         return tuple(values)
 
     @staticmethod
