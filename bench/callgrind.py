@@ -18,7 +18,10 @@ Rows: the bare websocket-client recv() loop with wsaccel installed and skip_utf8
 (the honest baseline: eventd does not validate UTF-8 either), the same loop validating; eventd
 with 1, 100 and 1,000 rules of rulegen.scaled (each rule follows one object, so matches grow
 with rules: 0.75 and 7.4 per event at 100 and 1,000); 100 rules plus an audit action on
-every event; 100 rules plus a webhook on 10% of events (node and nodecluster events). The
+every event; 100 rules plus a webhook on 10% of events (node and nodecluster events);
+`eventd_wall`, the configuration of the wall-clock bench's 100-rule row (bench/run.py:
+rulegen.rules(100), 2.5 matches an event, a metrics port, so the console's Live ring listens
+to every event; nothing scrapes it during the count), the wall target's proxy. The
 cost of one matched rule is the 1,000-rule row minus the 100-rule row, over the matches
 they differ by (counted in-process on the same stream with eventd's own RuleSet).
 """
@@ -50,7 +53,7 @@ from harness import BENCH, PYTHON, ROOT, BenchError  # noqa: E402
 
 N1, N2 = 5_000, 15_000
 ROWS = ("bare", "bare_validating", "eventd_1", "eventd_100", "eventd_1000", "eventd_audit",
-        "eventd_webhook")
+        "eventd_webhook", "eventd_wall")
 #: issue 26's targets, instructions per event
 TARGETS = {"eventd_1": 25_000, "eventd_100": 30_000, "eventd_1000": 50_000}
 TARGET_PER_MATCH = 2_000
@@ -116,6 +119,7 @@ class EventdRun:
 
     rules: list[dict[str, Any]]
     done: Callable[[Path, int, Any], bool] | None = None  # (workdir, n, receiver) -> finished?
+    metrics: bool = False  # a metrics port (and so the console and its Live ring), never scraped
 
 
 def count_eventd(n: int, work: Path, run: EventdRun, rest_host: str, receiver: Any) -> int:
@@ -135,6 +139,8 @@ def count_eventd(n: int, work: Path, run: EventdRun, rest_host: str, receiver: A
                "--ping-interval", "1h", "--pong-timeout", "1h",
                # SIGTERM lets the engine drain what was read: all of it, however slow
                "--shutdown-timeout", "1h"]
+        if run.metrics:
+            cmd += ["--metrics-addr", f"127.0.0.1:{harness.free_port()}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, env=env, cwd=work)
         closed = threading.Event()
@@ -241,6 +247,10 @@ def measure(rows: tuple[str, ...], n1: int = N1, n2: int = N2) -> dict[str, dict
                         "actions": [{"webhook": {"url": hook_url, "json": {
                             "uuid": "{{ event.uuid }}", "state": "{{ event.state }}"}}}]}
                 return EventdRun(rulegen.scaled(100) + [rule], lambda _w, n, r: len(r.hits) >= webhooks[n])
+            if name == "eventd_wall":
+                # the wall-clock bench's eventd_100 (bench/run.py): rulegen.rules(100), 2.5
+                # matches an event, the metrics port on (the console's Live ring listens)
+                return EventdRun(rulegen.rules(100), metrics=True)
             return None
 
         for name in rows:
@@ -289,6 +299,7 @@ LABELS = {
     "eventd_1000": "eventd, 1,000 rules",
     "eventd_audit": "eventd, 100 rules + audit on every event",
     "eventd_webhook": "eventd, 100 rules + webhook on 10% of events",
+    "eventd_wall": "eventd, the wall-clock bench's 100 rules (rulegen.rules), metrics port on",
 }
 
 

@@ -4,7 +4,8 @@
 (bench/streamgen.py) through eventd's FrameReader as the stream consumer makes it (over a
 stand-in socket handing out 64 KiB per read), StreamConsumer._deliver and
 Engine.process_batch of a pipeline built as the daemon builds it (the memory store,
-rulegen.scaled(R): log actions below the level), all on this thread. Under `valgrind
+rulegen.scaled(R): log actions below the level), all on this thread; `--wall`: the wall-clock
+bench's rules instead (rulegen.rules(R)) and the console's Live ring listening. Under `valgrind
 --tool=callgrind` at two sizes, the difference over the events' difference is what the
 ingest path costs per event without the second thread, the hand-off and the daemon's
 start-up: `--callgrind N1 N2 [--out DIR]` runs both (the streams built outside the count)
@@ -48,7 +49,7 @@ class _Feed:
         return n
 
 
-def run(events: int, rules: int, work: Path) -> int:
+def run(events: int, rules: int, work: Path, wall: bool = False) -> int:
     from eventd.clients.dockercloud.auth import Credentials
     from eventd.ops.metrics import Metrics
     from eventd.pipeline import build_pipeline
@@ -58,7 +59,12 @@ def run(events: int, rules: int, work: Path) -> int:
     from eventd.sources.dockercloud.stream import StreamConsumer
 
     logging.getLogger("eventd").setLevel(logging.INFO)  # log actions at debug: inactive
-    ruleset = load_rules([rulegen.write(work, "rules", rulegen.scaled(rules))], {})
+    chosen = rulegen.rules(rules) if wall else rulegen.scaled(rules)
+    ruleset = load_rules([rulegen.write(work, "rules", chosen)], {})
+    if wall:  # the metrics port's console: its Live ring hears every event
+        from eventd.console.live import LiveRing
+        from eventd.hooks import hooks
+        hooks.subscribe(LiveRing())
     settings = Settings(state_dir=work / "state", store="memory")
     metrics = Metrics()
     stopping = threading.Event()
@@ -103,15 +109,16 @@ def _total(out: Path) -> int:
     return int(found.group(1))
 
 
-def count(n1: int, n2: int, rules: int, out_dir: Path) -> float:
+def count(n1: int, n2: int, rules: int, out_dir: Path, wall: bool = False) -> float:
     totals = []
     for n in (n1, n2):
         (out_dir / f"ingest-stream-{n}.bin").write_bytes(bytes(streamgen.build_stream(n).data))
-        out = out_dir / f"ingest.{rules}.{n}.out"
+        out = out_dir / f"ingest.{rules}{'w' if wall else ''}.{n}.out"
         env = dict(os.environ, PYTHONHASHSEED="0")
         subprocess.run([shutil.which("valgrind") or "valgrind", "--tool=callgrind", "-q",
                         f"--callgrind-out-file={out}", sys.executable, __file__,
-                        "--events", str(n), "--rules", str(rules), "--work", str(out_dir)],
+                        "--events", str(n), "--rules", str(rules), "--work", str(out_dir),
+                        *(["--wall"] if wall else [])],
                        check=True, env=env)
         totals.append(_total(out))
     return (totals[1] - totals[0]) / (n2 - n1)
@@ -124,16 +131,19 @@ def main() -> int:
     parser.add_argument("--callgrind", type=int, nargs=2, metavar=("N1", "N2"))
     parser.add_argument("--work", type=Path, default=None, help="where a prebuilt stream is")
     parser.add_argument("--out", type=Path, default=None, help="keep callgrind files here")
+    parser.add_argument("--wall", action="store_true",
+                        help="the wall-clock bench's configuration: rulegen.rules(R) (2.5 "
+                             "matches an event at 100) and the console's Live ring listening")
     args = parser.parse_args()
     if args.callgrind:
         with tempfile.TemporaryDirectory() as tmp:
             out = args.out or Path(tmp)
             out.mkdir(parents=True, exist_ok=True)
-            per_event = count(*args.callgrind, args.rules, out)
+            per_event = count(*args.callgrind, args.rules, out, args.wall)
         print(f"{args.rules} rules: {per_event:,.0f} instructions per event")
         return 0
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        processed = run(args.events, args.rules, Path(tmp))
+        processed = run(args.events, args.rules, Path(tmp), args.wall)
     print(f"processed {processed}", file=sys.stderr)
     return 0
 

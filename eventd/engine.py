@@ -29,7 +29,7 @@ from eventd.events import (
     object_ref,
     parse_datetime,
 )
-from eventd.hooks import hooks
+from eventd.hooks import Processed, hooks
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import KNOWN_TYPES, MATCH_KEYS, Metrics, rule_labels
 from eventd.records import ActionJob
@@ -225,8 +225,11 @@ class Engine:
         match = self.rules.matched  # read once: a reload takes effect at the next batch
         repeated = self.dedupe.repeated(batch) or _NONE  # by uuid, the whole batch at once
         duplicates = len(repeated)
-        # the console's Live page listens (on by default with the metrics port); read once
-        processing = hooks.processing
+        # the console's Live page listens (on by default with the metrics port); read once.
+        # Its events are handed over once, at the batch's end (a hook call per event cost
+        # more than the ring's append): (event, rules, decisions), the rules as matched.
+        shown: list[Processed] | None = [] if hooks.processing else None
+        show = shown.append if shown is not None else None
         # A stream's action is a duplicate only of a backfilled sighting: while the window
         # holds none, its actions are not asked one by one but noted (and shown to the waiter)
         # together at the batch's end, in order (see _settle_actions).
@@ -261,25 +264,27 @@ class Engine:
                         event["caused_by_eventd"] = True
                     matched = match(event)
                     if not matched:
-                        if processing:
-                            hooks.on_processed(event, (), ())
+                        if show is not None:
+                            show((event, (), ()))
                         continue
                     if quiet.issuperset(matched):  # every action of each does nothing now
                         if len(matched) == 1:
                             matches[matched[0].name] += 1
                         else:
                             matches[tuple(matched)] += 1  # one count for them all
-                        if processing:
-                            hooks.on_processed(event, tuple(map(_NAME, matched)), ())
+                        if show is not None:
+                            show((event, matched, ()))
                         continue
                     outcome = self._run_rules(batch[index], event, matched, known)
-                    if processing:
-                        hooks.on_processed(event, outcome.rules, outcome.decisions)
+                    if show is not None:
+                        show((event, outcome.rules, outcome.decisions))
                 except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
                     report_internal_error("engine", exc, self._metrics)
         finally:
             if pending:
                 self._settle_actions(pending)
+            if shown:
+                hooks.on_processed_batch(shown)
             if duplicates:
                 self._duplicates[()] += duplicates
             if len(self._matches) > MATCH_KEYS:  # many distinct sets of matched rules
@@ -700,9 +705,6 @@ class _QuietPlan:
                                                                           strict=True)
                                     if verdict for rule in members)
         return self._quiet
-
-
-_NAME = attrgetter("name")
 
 
 def _never(event: Event) -> bool:

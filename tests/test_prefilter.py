@@ -310,3 +310,47 @@ def test_a_rule_set_whose_rules_all_name_their_types_skips_the_others_at_once() 
     assert [r.name for r in rules.matched({"type": "container", "state": "Running"})] == ["c"]
     anything = RuleSet([make_rule("any", {"state": "Running"})])
     assert [r.name for r in anything.matched({"type": "node", "state": "Running"})] == ["any"]
+
+
+INDEXED_ONLY = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["container", ["container", "action"], {"glob": "cont*"}]),
+    "action": st.sampled_from(["update", ["create", "update"], {"not": "delete"}]),
+    "state": st.sampled_from(["Running", ["Running", "Success"], {"in": ["Stopped"]}])})
+KEY_VALUES = st.one_of(st.sampled_from(["container", "action", "update", "create", "delete",
+                                        "Running", "Success", "Stopped", "x" * 3000]),
+                       st.none(), st.integers(0, 2), st.lists(st.just("container"), max_size=2),
+                       st.just("missing"))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(INDEXED_ONLY, min_size=1, max_size=6),
+       st.lists(st.tuples(KEY_VALUES, KEY_VALUES, KEY_VALUES), min_size=1, max_size=12))
+def test_candidates_the_index_decides_alone_are_answered_as_the_full_scan(
+        matches: list, keys: list) -> None:
+    """Rules on type, action and state only (pinned, globbed, negated, none): where every
+    candidate of a key is decided by the index, its answer is kept as is; whatever the event's
+    values (numbers, None, lists, missing, huge), the answers are the full scan's."""
+    rules = RuleSet([make_rule(f"r{i}", m) for i, m in enumerate(matches)])
+    for _ in range(2):
+        for values in keys:
+            event = {name: value for name, value in zip(("type", "action", "state"), values,
+                                                          strict=True) if value != "missing"}
+            expected = [r for r in rules.rules if r.compiled.predicate(event)]
+            assert list(rules.matched(event)) == expected, (matches, event)
+            assert rules.match(event) == expected, (matches, event)
+
+
+def test_an_answer_the_index_decides_alone_is_kept_and_handed_out_as_is() -> None:
+    from eventd.ruleset.index import _Fixed
+
+    rules = RuleSet([make_rule("all", {}), make_rule("done", {"type": "action",
+                                                                "state": ["Success", "Failed"]}),
+                     make_rule("glob", {"type": "container", "resource_uri": {"glob": "*/x/*"}})])
+    event = {"type": "action", "action": "update", "state": "Success", "resource_uri": "/a/x/b"}
+    first = rules.matched(event)
+    assert [r.name for r in first] == ["all", "done"]
+    assert type(first) is tuple and rules.matched(dict(event)) is first
+    container = dict(event, type="container")  # a candidate with a test left: not kept as is
+    assert [r.name for r in rules.matched(container)] == ["all", "glob"]
+    assert [r.name for r in rules.matched(dict(container, resource_uri="/y/"))] == ["all"]
+    assert [type(v) for v in rules._memo.values()].count(_Fixed) == 1

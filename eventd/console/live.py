@@ -1,27 +1,35 @@
 """The Live page's memory: the last events, the rules each matched, what each action did.
 
-An `Observer` of eventd.hooks: on the engine's thread each event costs one tuple appended to a
-bounded deque (no lock, no copy, no JSON: an entry is shaped only when someone looks), and
-each matched rule one dict write (its last match). What an accepted action then did arrives
+An `Observer` of eventd.hooks: on the engine's thread each batch costs one call, and each event
+one tuple appended to a bounded deque in C (no lock, no copy, no JSON, no rule names: an entry
+is shaped only when someone looks), and each distinct set of matched rules in the batch one
+dict write per rule (its last match). What an accepted action then did arrives
 from the delivery side (`on_delivered`, `on_dead_lettered`) by job id, kept in a bounded map.
 Readers page by sequence number: `since(seq)` is what the event stream sends next.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
-from eventd.hooks import Observer
+from eventd.hooks import Observer, Processed
 from eventd.records import ActionJob
 
 __all__ = ["DEFAULT_SIZE", "LiveRing"]
 
 _now = time.time
+_RULES = itemgetter(1)
+
+
+def _names(rules: Sequence[Any]) -> tuple[str, ...]:
+    """A kept entry's rules by name (the engine may hand over the Rules themselves)."""
+    return tuple(rule if type(rule) is str else rule.name for rule in rules)
 
 #: events kept (newest win); each holds a reference to an event the engine already made
 DEFAULT_SIZE = 500
@@ -33,9 +41,10 @@ class LiveRing(Observer):
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
-        self._ring: deque[tuple[int, float, Mapping[str, Any], Sequence[str], Sequence[Any]]] = \
-            deque(maxlen=size)
-        self._seq = itertools.count(1)
+        #: (seq, time, (event, rules, decisions)) as the engine handed it over: shaped into
+        #: an entry (rules by name) only when someone reads
+        self._ring: deque[tuple[int, float, Processed]] = deque(maxlen=size)
+        self._next = 1  # the next sequence number (one writer: the engine, batch by batch)
         self.last_match: dict[str, float] = {}
         self._results: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._results_lock = threading.Lock()
@@ -44,12 +53,25 @@ class LiveRing(Observer):
     def on_processed(self, event: Mapping[str, Any], rules: Sequence[str],
                      decisions: Sequence[Any]) -> None:
         """Keep the event (a reference) and its decisions; note each rule's last match."""
+        self.on_processed_batch(((event, rules, decisions),))
+
+    def on_processed_batch(self, entries: Sequence[Processed]) -> None:
+        """Keep a batch's events (references), numbered in order, at one time (the batch's
+        end: its events were processed within it); note each matched rule's last match.
+
+        One call and C loops per batch, where a call per event cost ~2,500 instructions."""
+        count = len(entries)
+        if not count:
+            return
         now = _now()
-        self._ring.append((next(self._seq), now, event, rules, decisions))
-        if rules:
-            last_match = self.last_match
+        first = self._next
+        self._next = first + count
+        self._ring.extend(zip(range(first, first + count), repeat(now), entries))
+        last_match = self.last_match
+        # each distinct set of matched rules once (the index hands out the same tuples)
+        for rules in dict.fromkeys(map(tuple, map(_RULES, entries))):
             for rule in rules:
-                last_match[rule] = now
+                last_match[rule if type(rule) is str else rule.name] = now
 
     def on_delivered(self, job: ActionJob, result: str) -> None:
         """An accepted action ran: shown beside its decision."""
@@ -76,7 +98,8 @@ class LiveRing(Observer):
                 break
             except RuntimeError:  # the engine appended during the copy: copy again
                 continue
-        return [entry for entry in snapshot if entry[0] > after]
+        return [(seq, at, event, _names(rules), decisions)
+                for seq, at, (event, rules, decisions) in snapshot if seq > after]
 
     @property
     def last(self) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from eventd.ruleset.matching import Predicate
+from eventd.ruleset.matching import Predicate, always_true
 from eventd.ruleset.prefilter import MIN_CANDIDATES, MatchCache, Plan
 
 if TYPE_CHECKING:
@@ -32,6 +32,17 @@ class _Equals(tuple[Any, ...]):
     __slots__ = ()
 
 
+class _Fixed:
+    """The answer itself, for a (type, action, state) whose every candidate the index decides
+    alone (its residual is always true: a rule on type, action and state only, or none); a
+    plain tuple, so that the engine's tuple() of it is no copy."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+
+
 class RuleSet:
     """The enabled rules, in load order, with an index by event type and action."""
 
@@ -46,7 +57,7 @@ class RuleSet:
         #: None when a rule matches any type
         self._live_types: frozenset[str] | None = None if any(self._other_row.values()) \
             else frozenset(self._table)
-        self._memo: dict[tuple[Any, Any, Any], Candidates | Plan | _Equals] = {}
+        self._memo: dict[tuple[Any, Any, Any], Candidates | Plan | _Equals | _Fixed] = {}
         #: one Plan per distinct candidate tuple: the (type, action, state) keys whose
         #: candidates are the same rules share its remembered answers (fewer misses)
         self._plans: dict[Candidates, Plan] = {}
@@ -118,17 +129,22 @@ class RuleSet:
                     if kept:
                         self._plans[found] = plan
                 candidates = plan
+            elif found and all(residual is always_true for _, residual in found):
+                candidates = _Fixed(tuple(rule for rule, _ in found))
             elif len(found) == 1 and found[0][0].compiled.residual_equals is not None:
                 candidates = _Equals((found[0][0], *found[0][0].compiled.residual_equals))
-            else:
-                candidates = found
+            else:  # a residual always true is None: the scan below skips its call
+                candidates = tuple((rule, None if residual is always_true else residual)
+                                   for rule, residual in found)
             if kept:  # type/action/state vocabularies are small
                 self._memo[key] = candidates
         except TypeError:  # an unhashable type/action/state: no index, check every rule
             return [r for r in self.rules if r.compiled.predicate(event)]
         if not candidates:  # most events of a small rule set: no rule names their type
             return ()
-        kind = type(candidates)  # one call for both tests (candidates: Any, as mypy narrows no alias)
+        kind = type(candidates)  # one call for the tests (candidates: Any, as mypy narrows no alias)
+        if kind is _Fixed:  # no rule has anything left to test: the answer, never mutated
+            return candidates.rules  # type: ignore[no-any-return]
         if kind is _Equals:  # one candidate, a field equal to a string: inline
             rule, field, condition = candidates
             got = event.get(field)
@@ -159,4 +175,4 @@ class RuleSet:
         if len(candidates) == 1:  # no list comprehension (a function made per call)
             rule, residual = candidates[0]
             return (rule,) if residual(event) else ()
-        return [rule for rule, residual in candidates if residual(event)]
+        return [rule for rule, residual in candidates if residual is None or residual(event)]

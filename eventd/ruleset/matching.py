@@ -68,6 +68,10 @@ def _true(event: Mapping[str, Any]) -> bool:
     return True
 
 
+#: the residual of a rule the index decides alone (RuleSet answers it without a call)
+always_true = _true
+
+
 def _all(predicates: Sequence[Callable[[Any], bool]]) -> Callable[[Any], bool]:
     if not predicates:
         return _true

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventd.fields import MISSING
 from eventd.fields import field_getter as _getter
+from eventd.ruleset.matching import always_true as _always
 
 if TYPE_CHECKING:
     from eventd.ruleset.model import Rule
@@ -147,6 +148,7 @@ KEY_CHARS = 512
 #: The first sightings remembered (as hashes) so that a value is kept the second time.
 SEEN_MAX = 4096
 _NO_KEY: Any = object()  # a value that is not kept: the plan scans
+_ONLY_STR = {str}
 
 
 class MatchCache:
@@ -176,7 +178,7 @@ class MatchCache:
         return table
 
     def admit(self, table: dict[Any, tuple[Rule, ...]], key: Any, chars: int,
-              result: list[Rule]) -> None:
+              result: Sequence[Rule]) -> None:
         """Keep `result` for `key` (of `chars` characters) if it is the key's second miss."""
         if self.entries >= CACHE_ENTRIES or self.chars + chars > CACHE_CHARS:
             self.misses += 1
@@ -282,8 +284,8 @@ class Plan:
                                               ("action", rule.compiled.actions),
                                               ("state", rule.compiled.states)) if v)
             guard = _guard(rule.match, pinned)
-            if guard is None:
-                unguarded.append((position, rule, residual))
+            if guard is None:  # a residual always true is None: nothing left to check
+                unguarded.append((position, rule, None if residual is _always else residual))
                 continue
             kind, field, argument, whole, literal = guard
             entry: Entry = (position, rule, None if whole else residual)
@@ -324,6 +326,10 @@ class Plan:
         self._unguarded = unguarded
         self._unguarded_candidates = tuple((rule, residual) for _, rule, residual in unguarded)
         self._unguarded_check = any(residual is not None for _, _, residual in unguarded)
+        #: what no group test adds to, when none of those rules has a test left: the usual
+        #: answer, handed out as is (a scan's answer is never mutated)
+        self._unguarded_rules: tuple[Rule, ...] | None = None if self._unguarded_check \
+            else tuple(rule for _, rule, _ in unguarded)
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The rules whose match holds, in load order (remembered by the values they read)."""
@@ -365,18 +371,20 @@ class Plan:
 
     def _key(self, event: Mapping[str, Any]) -> Any:
         """The values the plan's rules read, as a key; _NO_KEY when one is not plain."""
-        values = []
-        get = event.get
+        values: list[Any] = []
+        add, get = values.append, event.get
         for field, getter in self._fields:
             value = get(field, MISSING) if getter is None else getter(event)
             kind = type(value)
-            if kind is list:
-                if not all(type(item) is str for item in value):
+            if kind is str or value is MISSING or value is None:
+                add(value)
+            elif kind is list:
+                # only strings (in C: a generator made per list cost more than the scan)
+                if value and set(map(type, value)) != _ONLY_STR:
                     return _NO_KEY
-                value = tuple(value)
-            elif kind is not str and value is not None and value is not MISSING:
+                add(tuple(value))
+            else:
                 return _NO_KEY
-            values.append(value)
         return tuple(values)
 
     @staticmethod
@@ -389,7 +397,7 @@ class Plan:
             total += chars
         return total
 
-    def scan(self, event: Mapping[str, Any]) -> list[Rule]:
+    def scan(self, event: Mapping[str, Any]) -> Sequence[Rule]:
         """The rules whose match holds, in load order, by the group tests."""
         extra: list[Entry] = []
         repeats = False  # a list field may hit the same rule through two elements
@@ -439,8 +447,8 @@ class Plan:
                 extra.extend(members)
                 check = check or members_check
         if not extra:  # the common case: only the unguarded rules are left, in order
-            if not self._unguarded_candidates:
-                return []
+            if self._unguarded_rules is not None:
+                return self._unguarded_rules
             return [rule for rule, residual in self._unguarded_candidates
                     if residual is None or residual(event)]
         if repeats:  # one entry per position (the same entry each time)
