@@ -115,6 +115,8 @@ class Daemon:
         #: the last rule (re)load, for the console: whether it worked, when, its problems
         self.last_reload: dict[str, Any] = {"ok": False, "at": None, "problems": []}
         self.console: Any = None
+        #: the Engine source's sink that follows containers' logs (primed after each reload)
+        self._prefetching: Any = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -194,7 +196,6 @@ class Daemon:
         """The engine's queue; for an enricher that can start inspects early (the Engine's),
         behind a sink that starts them as the reader sees the events that will ask, and
         follows the logs of the containers whose die a rule with `enrich: logs` could match."""
-        self._prefetching: Any = None  # primed again after each reload
         prefetch = getattr(pipeline.enricher, "prefetch", None)
         if prefetch is None:
             return self._sink
