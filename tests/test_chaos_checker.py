@@ -222,6 +222,23 @@ def test_first_deliveries_out_of_acceptance_order_fail_per_namespace():
     assert [v.what.split(":")[0] for v in verdict.violations] == ["webhook/acme"]
 
 
+def test_order_is_acceptance_order_even_where_a_failover_handed_a_seq_out_again():
+    # Chaos seed 11, t+77: job a got seq 6778 on redis2 and was sent; a failover lost that
+    # write, and redis1 gave seq 6777 to job b, accepted 11 s later and sent after a. In
+    # order: a was accepted first. A job accepted first and sent second still fails.
+    a, b, c = event("a", 1.0), event("b", 12.0), event("c", 12.5)
+    redis = accept(forward_id(a), 1.0, 6778, "r3") + accept(forward_id(b), 12.0, 6777, "r3") \
+        + accept(forward_id(c), 12.5, 6779, "r3")
+    history = base(emitted=[a, b, c], redis=redis,
+                   requests=[hook(a, 1.1, "r3"), hook(b, 12.1, "r3"), hook(c, 12.6, "r3")])
+    assert check(history).verdict("per-target order").ok
+    late = base(emitted=[a, b, c], redis=redis,
+                requests=[hook(a, 1.1, "r3"), hook(c, 12.6, "r3"), hook(b, 12.7, "r3")])
+    verdict = check(late).verdict("per-target order")
+    assert [v.what.split(" (")[0] for v in verdict.violations] == \
+        [f"webhook/acme: job {forward_id(b)[:8]}"]
+
+
 # -- the lease ----------------------------------------------------------------------------------
 def lease_history(hook_at: float, host: str = "r1") -> History:
     e = event("e1", 1.0)
