@@ -64,6 +64,9 @@ _CLOSE_WAIT = 0.25  # how long a graceful stop waits for the server's close fram
 #: a read that took this long waited for its data (it came in then); a faster one found it
 #: waiting, come in at some time since the read before
 _WAITED = 0.002
+#: a sink that held the reader up this long (a stalled store): until a read waits again, the
+#: data found waiting is dated from before the hold, however many reads it takes
+_HELD = 0.25
 #: `type` values that need a second look: none (parse_event says why), or a message that is
 #: not an event (`auth`, `error`)
 _NOT_EVENT = frozenset({"", "auth", "error"})
@@ -331,6 +334,7 @@ class StreamConsumer(ConsumerLoop):
         deliver = self._deliver
         now = monotonic()
         last_data = returned = now
+        held_from: float | None = None  # the reader was held up in the sink since then
         next_ping = now + ping_interval
         pong_due: float | None = None
         pongs = 0
@@ -359,14 +363,24 @@ class StreamConsumer(ConsumerLoop):
                 # read returned: a sink that held this loop up for seconds (a stalled store)
                 # while the server gave up on us must not move the gap's start past the
                 # events the server sent into nobody's connection meanwhile.
+                # More than one read's worth may have come in during a hold (chaos seed 1,
+                # t+420: the second read after a 10 s hold dated the loss after 16 events the
+                # server sent into no connection): dated from before the hold until a read
+                # waits for its data again (the socket drained).
                 heard = monotonic()
-                self._last_heard = heard if heard - asked >= _WAITED else returned
+                if heard - asked >= _WAITED:
+                    held_from = None
+                    self._last_heard = heard
+                else:
+                    self._last_heard = returned if held_from is None else held_from
                 returned = heard
                 if messages:
                     self._sink_since = heard  # held_for(): a sink that blocks holds us up
                     deliver(messages)
                     self._sink_since = None
                 now = last_data = monotonic()
+                if held_from is None and now - heard >= _HELD:
+                    held_from = self._last_heard
                 if reader.pongs != pongs:
                     self.pongs += reader.pongs - pongs
                     pongs = reader.pongs
