@@ -577,16 +577,27 @@ def test_a_409_to_a_token_this_replica_still_holds_is_retried_not_dead_lettered(
     # this replica does not know of. Dead-lettering at once would lose the job to a passing
     # split brain: it is retried (dead-lettered only at its deadline).
     fenced_receiver.fences.check("chaos/acme:4")
-    held = {"acme": "chaos/acme:3"}
+
+    def refused() -> float:
+        """The 409s this replica judged (each counted once its lease was read again)."""
+        return sum(sample.value for family in metrics.registry.collect()
+                   if family.name == "eventd_action_errors" for sample in family.samples
+                   if sample.name.endswith("_total") and sample.labels["kind"] == "webhook")
+
+    def lease(job):
+        # The split brain is over, this replica's new lease, once two 409s were judged under
+        # the old token: the lease moves between attempts, never while one is on its way
+        # (a token that moved during an attempt means the lease went elsewhere: LEFT).
+        return "chaos/acme:5" if refused() >= 2 else "chaos/acme:3"
+
     dispatcher, hook = build(metrics, store)
-    dispatcher.use_fence(lambda job: held.get(job.event["namespace"]))
+    dispatcher.use_fence(lease)
     job = make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {}},
                    event={"uuid": "u1", "namespace": "acme"})
     try:
         dispatcher.submit(job)
         wait_until(lambda: len(fenced_receiver.requests) >= 2, 20)
         assert store.deadletter_count() == 0
-        held["acme"] = "chaos/acme:5"  # the split brain over, this replica's new lease
         assert dispatcher.wait_idle(10)
     finally:
         dispatcher.close(2)
