@@ -503,14 +503,17 @@ def test_a_fenced_dispatcher_sends_only_the_jobs_of_leases_it_holds_each_with_it
         dispatcher.close(2)
 
 
-def _send_fenced(metrics, store, receiver, fence):
-    """One webhook job to `receiver`, sent by a dispatcher fenced by `fence`; the job."""
+def _send_fenced(metrics, store, receiver, fence, meanwhile=None):
+    """One webhook job to `receiver`, sent by a dispatcher fenced by `fence` (`meanwhile`
+    called once it is submitted, before the dispatcher is waited for); the job."""
     dispatcher, hook = build(metrics, store)
     dispatcher.use_fence(fence)
     job = make_job(hook, {"url": receiver.url + "/hook", "json": {}},
                    event={"uuid": "u1", "namespace": "acme"})
     try:
         dispatcher.submit(job)
+        if meanwhile is not None:
+            meanwhile()
         assert dispatcher.wait_idle(10)
     finally:
         dispatcher.close(2)
@@ -590,17 +593,11 @@ def test_a_409_to_a_token_this_replica_still_holds_is_retried_not_dead_lettered(
         # (a token that moved during an attempt means the lease went elsewhere: LEFT).
         return "chaos/acme:5" if refused() >= 2 else "chaos/acme:3"
 
-    dispatcher, hook = build(metrics, store)
-    dispatcher.use_fence(lease)
-    job = make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {}},
-                   event={"uuid": "u1", "namespace": "acme"})
-    try:
-        dispatcher.submit(job)
+    def refused_twice_kept() -> None:
         wait_until(lambda: len(fenced_receiver.requests) >= 2, 20)
         assert store.deadletter_count() == 0
-        assert dispatcher.wait_idle(10)
-    finally:
-        dispatcher.close(2)
+
+    _send_fenced(metrics, store, fenced_receiver, lease, meanwhile=refused_twice_kept)
     statuses = [r.status for r in fenced_receiver.requests]
     assert statuses[-1] == 200 and set(statuses[:-1]) == {409}
     assert store.deadletter_count() == 0 and store.spool_count() == 0
