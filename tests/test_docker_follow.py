@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -224,6 +225,32 @@ def test_ids_that_are_no_container_id_follow_nothing(cid: str):
         assert _as_started({"Id": cid, "Names": ["/x"], "Labels": {}}) is None
     finally:
         enricher.close()
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entry=_JSON | st.fixed_dictionaries(
+    {"Id": st.sampled_from(["a" * 64, "0" * 64, "../x"]) | _JSON}, optional={
+        "Names": _JSON | st.lists(st.text(max_size=30) | _JSON, max_size=3),
+        "Labels": _JSON | st.dictionaries(st.text(max_size=20), st.text(max_size=20) | _JSON),
+        "Image": _JSON, "image": _JSON}))
+def test_a_hostile_container_listing_gives_a_start_of_strings_or_nothing(entry: Any):
+    # What the Engine lists (GET /containers/json) is data: any shape gives None or a start
+    # event whose id is safe in a URL path and whose name and attributes are strings; never raises
+    # and never lets the listing name the event's type or action.
+    started = _as_started(entry)
+    if started is None:
+        return
+    assert started["type"] == "container" and started["action"] == "start"
+    # an id or a name as the Engine takes it in a path: no "/", "?", "%", space or line break
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", started["id"])
+    assert isinstance(started["name"], str)
+    assert all(isinstance(k, str) and isinstance(v, str)
+               for k, v in started["attributes"].items())
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
