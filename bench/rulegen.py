@@ -1,10 +1,11 @@
 """Rule sets for the benchmark, written into a temp dir: 100 or 1,000 rules, a few match each event.
 
-About 2.5 rules match an average event of the blaster's mix (one catch-all, one per type on
-its settled states, a few on action/state pairs). All the others cannot match, in the ways
-real rule sets miss: types the stream never carries, states it never reaches (node
-Upgrading, stack "Not running" with a small r), regexes and globs on resource_uri or parents
-that fail, equality with a parent URI nobody has, a field that is absent. Many of them are
+About 2 rules match an average event of the blaster's mix (1.98 counted by eventd's RuleSet
+over the blaster's 15,000 events: one catch-all, one per type on its settled states, a few
+on action/state pairs). All the others cannot match, in the ways real rule sets miss: types
+the stream never carries, states it never reaches (node Upgrading, stack "Not running" with
+a small r), regexes and globs on resource_uri or parents that fail, equality with a parent
+URI nobody has, a field that is absent. Many of them are
 keyed on types the stream does carry, so an index on `type` alone cannot skip them.
 """
 
@@ -19,7 +20,7 @@ import streamgen
 
 LOG = {"log": {"message": "{{ event.type }} {{ event.state }}", "level": "debug"}}
 
-#: Rules that match: with the blaster's mix, about 2.5 per event.
+#: Rules that match: with the blaster's mix, about 2 per event (1.98 counted).
 MATCHING: list[dict[str, Any]] = [
     {"name": "m-all", "match": {}},
     {"name": "m-container-settled",
