@@ -7,7 +7,9 @@ which namespace's lease when (from Redis' own commands), when a stream connectio
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -191,7 +193,18 @@ class Jobs:
         self.acceptances: dict[str, int] = defaultdict(int)  # id -> times (re)accepted
         self.seq: dict[str, int] = {}
         self.target: dict[str, str] = {}
+        #: jobs written on a server Sentinel did not name primary then (a restarted old primary
+        #: is a second one until Sentinel demotes it): no acceptance, since `spool_add` returns
+        #: only once a replica of the primary Sentinel names has the job
+        self.unnamed: set[str] = set()
+        named = primary_at(history.primaries)
         for record in history.redis:
+            if record["key"] in ("spool", "spool:order", "spool:target") \
+                    and record["op"] in ("HSET", "ZADD") \
+                    and named(record["at"]) not in (None, record.get("server")):
+                self.unnamed.add(record["args"][-1] if record["op"] == "ZADD"
+                                 else record["args"][0])
+                continue
             if record["key"] == "spool" and record["op"] == "HSET":
                 job = record["args"][0]
                 self.accepted.setdefault(job, record["at"])
@@ -216,6 +229,17 @@ class Jobs:
         #: delivered in the next are not held against it)
         self.judged = {job for job, at in self.accepted.items()
                        if window is None or window[0] <= at <= window[1]}
+
+
+def primary_at(primaries: list[dict[str, Any]]) -> Callable[[float], str | None]:
+    """`at -> the server Sentinel named primary then` (None before the first naming, or
+    without Sentinel: any server's write counts)."""
+    moments = [p["at"] for p in primaries]
+
+    def named(at: float) -> str | None:
+        index = bisect.bisect_right(moments, at) - 1
+        return primaries[index]["server"] if index >= 0 else None
+    return named
 
 
 def job_writes(history: History, jobs: Jobs) -> list[dict[str, Any]]:

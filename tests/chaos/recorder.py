@@ -29,6 +29,11 @@ from tests.chaos.netns import Network
 _LINE = re.compile(r'^(?P<at>\d+\.\d+) \[(?P<db>\d+) (?P<client>[^\]]*)\] (?P<args>.*)$')
 _ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _KEPT = {"SET", "PEXPIRE", "DEL", "HSET", "HDEL", "ZADD"}
+#: a Sentinel log line that names a new primary: `1:X 06 Dec 2026 09:31:23.693 # +promoted-slave
+#: slave 10.0.0.2:6379 10.0.0.2 6379 @ mymaster 10.0.0.1 6379` (from then on Sentinel answers
+#: with its address), or `... # +switch-master mymaster 10.0.0.1 6379 10.0.0.2 6379`
+_NAMED = re.compile(r'^\d+:X (?P<when>\d+ \w+ \d+ [\d:.]+) [#*] (?:\+promoted-slave slave '
+                    r'\S+ (?P<promoted>\S+) \d+ @|\+switch-master \S+ \S+ \d+ (?P<switched>\S+) \d+)')
 
 
 def parse_monitor_line(line: str) -> tuple[float, str, list[str]] | None:
@@ -61,6 +66,26 @@ def interesting(cluster: str, args: list[str]) -> dict[str, Any] | None:
     if name == "spool:order" and op == "ZADD" and len(args) >= 4:
         return {"op": op, "key": name, "args": [args[2], args[3]]}  # seq, id
     return None
+
+
+def sentinel_primaries(log: str, roles: dict[str, str]) -> list[dict[str, Any]]:
+    """From a Sentinel's log, each server it named primary and from when (its local time):
+    [{at, server}], `server` the host's role by `roles` (address -> role)."""
+    named: list[dict[str, Any]] = []
+    for line in log.splitlines():
+        match = _NAMED.match(line)
+        if match is None:
+            continue
+        when, _, fraction = match["when"].partition(".")
+        try:
+            at = time.mktime(time.strptime(when, "%d %b %Y %H:%M:%S")) + float(f"0.{fraction}")
+        except ValueError:
+            continue
+        address = match["promoted"] or match["switched"]
+        server = roles.get(address, address)
+        if not named or named[-1]["server"] != server:
+            named.append({"at": at, "server": server})
+    return named
 
 
 class RedisMonitor:

@@ -34,7 +34,7 @@ from tests.chaos.checker import Report, check
 from tests.chaos.history import History, Journal
 from tests.chaos.hosts import FAST_FLAGS, OBSERVER, RedisNode, Replica, Sentinel
 from tests.chaos.netns import Network
-from tests.chaos.recorder import Load, RedisMonitor
+from tests.chaos.recorder import Load, RedisMonitor, sentinel_primaries
 from tests.daemon_helpers import emulator_env
 from tests.receiver import WebhookReceiver
 from tests.waiting import wait_until
@@ -339,7 +339,18 @@ class ChaosCluster:
         return History(meta=meta, connections=connections, handshakes=handshakes,
                        rest_calls=rest_calls, requests=requests, emitted=emitted,
                        redis=redis_records, processes=processes, faults=faults,
-                       store={**self.store_contents(), "blind": blind})
+                       store={**self.store_contents(), "blind": blind},
+                       primaries=self.primaries(hosts))
+
+    def primaries(self, hosts: dict[str, str]) -> list[dict[str, Any]]:
+        """Who Sentinel named primary, from when (the first node from the start; then its
+        log's promotions); empty without Sentinel."""
+        if self.sentinel is None:
+            return []
+        log = self.sentinel.directory / "sentinel.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return [{"at": 0.0, "server": self.redis_nodes[0].role},
+                *sentinel_primaries(text, hosts)]
 
     def store_contents(self) -> dict[str, Any]:
         """The spool's job ids and the dead letters' reasons, read from the primary."""
@@ -379,4 +390,6 @@ class ChaosCluster:
             log = node.directory / "redis.log"
             if log.exists():
                 shutil.copy(log, directory / f"{node.role}.log")
+        if self.sentinel is not None and (self.sentinel.directory / "sentinel.log").exists():
+            shutil.copy(self.sentinel.directory / "sentinel.log", directory / "sentinel.log")
         return directory
