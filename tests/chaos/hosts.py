@@ -105,6 +105,24 @@ class RedisNode:
                 and not persistence.get("aof_rewrite_in_progress")
         return self.net.call(OBSERVER, ask)
 
+    def follows(self, primary: str | None) -> bool:
+        """Whether it agrees that `primary` (an address) is the primary: it is that one and
+        says it is a primary, or it is a replica of it, linked and synced."""
+        def ask() -> bool:
+            client = self.client()
+            try:
+                info = client.info("replication")
+                persistence = client.info("persistence")
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            if self.address == primary:
+                return bool(info.get("role") == "master")
+            return info.get("role") == "slave" and info.get("master_host") == primary \
+                and info.get("master_link_status") == "up" and not persistence.get("loading")
+        return self.net.call(OBSERVER, ask)
+
     def kill(self) -> None:
         """SIGKILL (after SIGCONT: a paused server must be able to die)."""
         if self.process is not None and self.process.poll() is None:
