@@ -25,7 +25,7 @@ from eventd.stores.redis import scripts
 from eventd.stores.redis.connect import RETRIES, Location, clients, unreachable
 
 __all__ = ["LANE_LEASE_RENEW", "LANE_LEASE_TTL", "WAIT_MS", "NotReplicated", "RedisClient",
-           "converted"]
+           "converted", "converted_as"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,18 @@ R = TypeVar("R")
 
 def converted(method: Callable[Concatenate[C, P], R]) -> Callable[Concatenate[C, P], R]:
     """Turn redis-py's errors into StoreError(op=<method name>), counted, at the boundary."""
-    op = method.__name__
+    return converted_as(method.__name__)(method)
+
+
+def converted_as(op: str) -> Callable[[Callable[Concatenate[C, P], R]],
+                                      Callable[Concatenate[C, P], R]]:
+    """`converted`, counting the errors under `op` (a variant of an operation counts as it)."""
+    def decorate(method: Callable[Concatenate[C, P], R]) -> Callable[Concatenate[C, P], R]:
+        return _converted(method, op)
+    return decorate
+
+
+def _converted(method: Callable[Concatenate[C, P], R], op: str) -> Callable[Concatenate[C, P], R]:
 
     @functools.wraps(method)
     def wrapper(self: C, /, *args: P.args, **kwargs: P.kwargs) -> R:
