@@ -11,6 +11,8 @@ import functools
 import threading
 from pathlib import Path
 
+import pytest
+
 from eventd.errors import StoreError
 from eventd.records import ActionJob
 from eventd.settings import Settings
@@ -108,3 +110,31 @@ def test_a_call_tried_again_goes_to_the_primary_sentinel_names_not_the_address_t
             store.close()
             for client in (old, new, sentinel):
                 client.close()
+
+
+def test_after_a_failover_the_next_try_goes_to_the_new_primary_not_the_old_one_still_up(
+        tmp_path: Path) -> None:
+    """SENTINEL FAILOVER leaves the old primary a primary until Sentinel demotes it (~10 s): a
+    spool_add there finds no replica for its WAIT. The try after that goes to the primary
+    Sentinel names (where WAIT waits for the old one to become its replica), not again to the
+    old one, whose writes its demotion throws away."""
+    with SentinelSet(tmp_path / "sentinel") as redis_set:
+        store = open_store(Settings(store=redis_set.url, cluster="moved"))
+        old, new = redis_set.primary.client(), redis_set.replica.client()
+        try:
+            wait_until(lambda: new.info("replication").get("master_link_status") == "up", 20,
+                       0.05, "the replica to be in sync")
+            assert store.spool_add(job(0))
+            redis_set.failover()
+            assert old.info("replication")["role"] == "master"  # not demoted yet
+            for n in (1, 2):  # neither confirmed by a replica: both StoreError
+                with pytest.raises(StoreError):
+                    store.spool_add(job(n))
+            assert old.info("replication")["role"] == "master"  # still: the demotion is later
+            assert old.hget("moved:spool", job(1).id) is not None  # the first try went there
+            assert old.hget("moved:spool", job(2).id) is None
+            assert new.hget("moved:spool", job(2).id) is not None
+        finally:
+            store.close()
+            old.close()
+            new.close()

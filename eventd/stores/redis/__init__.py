@@ -188,8 +188,13 @@ class RedisStore(AlertRoles, SilenceRoles):
         self._scripts["SPOOL_ADD"](args=args, client=pipe)
         pipe.execute_command("WAIT", self._replicas, WAIT_MS)
         added, acked = pipe.execute()
-        if int(acked) < self._replicas and self._replica_alive():
-            raise NotReplicated(f"no replica confirmed the write within {WAIT_MS} ms")
+        if int(acked) < self._replicas:
+            # A primary Sentinel no longer names (after a failover it stays one until Sentinel
+            # demotes it, ~10 s) has no replica: asking Sentinel drops the connections to it,
+            # so the next try goes to the one it names
+            self._follow_primary()
+            if self._replica_alive():
+                raise NotReplicated(f"no replica confirmed the write within {WAIT_MS} ms")
         return int(added)
 
     @converted

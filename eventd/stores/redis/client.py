@@ -149,7 +149,9 @@ class RedisClient:
             retry_on=(redis.ConnectionError, redis.TimeoutError), before_sleep=self._follow_primary)
         return retrying(call)
 
-    def _follow_primary(self, _state: RetryCallState) -> None:
+    def _follow_primary(self, _state: RetryCallState | None = None) -> None:
+        """Ask Sentinel which server is the primary; if another than before, the pool drops
+        its idle connections to the old one."""
         try:
             self._db.connection_pool.get_master_address()
         except redis.RedisError:  # Sentinel does not answer: the next try says so
