@@ -31,9 +31,11 @@ _ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _KEPT = {"SET", "PEXPIRE", "DEL", "HSET", "HDEL", "ZADD"}
 #: a Sentinel log line that names a new primary: `1:X 06 Dec 2026 09:31:23.693 # +promoted-slave
 #: slave 10.0.0.2:6379 10.0.0.2 6379 @ mymaster 10.0.0.1 6379` (from then on Sentinel answers
-#: with its address), or `... # +switch-master mymaster 10.0.0.1 6379 10.0.0.2 6379`
-_NAMED = re.compile(r'^\d+:X (?P<when>\d+ \w+ \d+ [\d:.]+) [#*] (?:\+promoted-slave slave '
-                    r'\S+ (?P<promoted>\S+) \d+ @|\+switch-master \S+ \S+ \d+ (?P<switched>\S+) \d+)')
+#: with its address), or `... # +switch-master mymaster 10.0.0.1 6379 10.0.0.2 6379`; and the
+#: one that makes it a primary, `+failover-state-send-slaveof-noone slave 10.0.0.2:6379 ...`
+_NAMED = re.compile(r'^\d+:X (?P<when>\d+ \w+ \d+ [\d:.]+) [#*] (?:(?P<event>\+promoted-slave|'
+                    r'\+failover-state-send-slaveof-noone) slave \S+ (?P<promoted>\S+) \d+ @|'
+                    r'\+switch-master \S+ \S+ \d+ (?P<switched>\S+) \d+)')
 
 
 def parse_monitor_line(line: str) -> tuple[float, str, list[str]] | None:
@@ -70,8 +72,11 @@ def interesting(cluster: str, args: list[str]) -> dict[str, Any] | None:
 
 def sentinel_primaries(log: str, roles: dict[str, str]) -> list[dict[str, Any]]:
     """From a Sentinel's log, each server it named primary and from when (its local time):
-    [{at, server}], `server` the host's role by `roles` (address -> role)."""
+    [{at, server}], `server` the host's role by `roles` (address -> role). A promoted server
+    counts from when Sentinel told it to be a primary (SLAVEOF NO ONE), as it takes writes
+    from then on, though Sentinel names it only once it sees the promotion (~1 s later)."""
     named: list[dict[str, Any]] = []
+    promoting: dict[str, float] = {}  # address -> when Sentinel made it a primary
     for line in log.splitlines():
         match = _NAMED.match(line)
         if match is None:
@@ -82,7 +87,11 @@ def sentinel_primaries(log: str, roles: dict[str, str]) -> list[dict[str, Any]]:
         except ValueError:
             continue
         address = match["promoted"] or match["switched"]
+        if match["event"] == "+failover-state-send-slaveof-noone":
+            promoting[address] = at  # a primary from now, named once promoted
+            continue
         server = roles.get(address, address)
+        at = promoting.pop(address, at)
         if not named or named[-1]["server"] != server:
             named.append({"at": at, "server": server})
     return named
