@@ -246,12 +246,16 @@ def test_a_job_written_on_a_server_sentinel_did_not_name_primary_is_not_accepted
     # primary Sentinel names, the same job is accepted and must be delivered.
     e = event("e1", 5.0)
     stale = [{**record, "server": "redis1"} for record in accept(forward_id(e), 5.0, 9, "r3")]
-    named = [{"at": 0.0, "server": "redis1"}, {"at": T0 + 2.0, "server": "redis2"}]
+    named = [{"at": 0.0, "server": "redis1"},
+             {"at": T0 + 2.0, "server": "redis2", "from": T0 + 1.0}]
     history = base(emitted=[e], redis=stale, primaries=named)
     verdict = check(history).verdict("accepted delivered")
     assert verdict.ok and verdict.figures["accepted"] == 0
     assert any("Sentinel did not name primary" in note for note in verdict.notes)
+    # SLAVEOF NO ONE sent at 4.5 s, seen done at 6 s: until then the old one may take writes
+    promoting = [named[0], {**named[1], "from": T0 + 4.5, "at": T0 + 6.0}]
     for on_named in (base(emitted=[e], redis=stale, primaries=named[:1]),
+                     base(emitted=[e], redis=stale, primaries=promoting),
                      base(emitted=[e], redis=stale)):  # no Sentinel: every write counts
         assert check(on_named).verdict("accepted delivered").figures["lost"] == 1
 
@@ -273,8 +277,9 @@ def test_the_primaries_sentinel_named_are_read_off_its_log():
         "10.250.0.11 6379"])
     named = sentinel_primaries(log, {"10.250.0.11": "redis1", "10.250.0.12": "redis2"})
     assert [p["server"] for p in named] == ["redis2", "redis1"]
-    # redis2 from SLAVEOF NO ONE (09:31:22.719), when it began to take writes
-    assert abs(named[1]["at"] - named[0]["at"] - 64.757) < 1e-3
+    assert abs(named[1]["at"] - named[0]["at"] - 63.783) < 1e-3  # +promoted-slave, +switch-master
+    assert abs(named[0]["at"] - named[0]["from"] - 0.974) < 1e-3  # SLAVEOF NO ONE sent before
+    assert named[1]["from"] == named[1]["at"]
 
 
 # -- the lease ----------------------------------------------------------------------------------

@@ -200,8 +200,8 @@ class Jobs:
         named = primary_at(history.primaries)
         for record in history.redis:
             if record["key"] in ("spool", "spool:order", "spool:target") \
-                    and record["op"] in ("HSET", "ZADD") \
-                    and named(record["at"]) not in (None, record.get("server")):
+                    and record["op"] in ("HSET", "ZADD") and "server" in record \
+                    and record["server"] not in (named(record["at"]) or {record["server"]}):
                 self.unnamed.add(record["args"][-1] if record["op"] == "ZADD"
                                  else record["args"][0])
                 continue
@@ -231,14 +231,18 @@ class Jobs:
                        if window is None or window[0] <= at <= window[1]}
 
 
-def primary_at(primaries: list[dict[str, Any]]) -> Callable[[float], str | None]:
-    """`at -> the server Sentinel named primary then` (None before the first naming, or
-    without Sentinel: any server's write counts)."""
+def primary_at(primaries: list[dict[str, Any]]) -> Callable[[float], set[str]]:
+    """`at -> the servers a write may have been accepted on then`: the one Sentinel named
+    primary, and during a promotion (between SLAVEOF NO ONE and Sentinel seeing it done) the
+    promoted one too. Empty (any server's write counts) before the first naming, or without
+    Sentinel."""
     moments = [p["at"] for p in primaries]
 
-    def named(at: float) -> str | None:
+    def named(at: float) -> set[str]:
         index = bisect.bisect_right(moments, at) - 1
-        return primaries[index]["server"] if index >= 0 else None
+        servers = {primaries[index]["server"]} if index >= 0 else set()
+        servers.update(p["server"] for p in primaries if p.get("from", p["at"]) <= at < p["at"])
+        return servers if index >= 0 else set()
     return named
 
 

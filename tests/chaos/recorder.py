@@ -32,7 +32,7 @@ _KEPT = {"SET", "PEXPIRE", "DEL", "HSET", "HDEL", "ZADD"}
 #: a Sentinel log line that names a new primary: `1:X 06 Dec 2026 09:31:23.693 # +promoted-slave
 #: slave 10.0.0.2:6379 10.0.0.2 6379 @ mymaster 10.0.0.1 6379` (from then on Sentinel answers
 #: with its address), or `... # +switch-master mymaster 10.0.0.1 6379 10.0.0.2 6379`; and the
-#: one that makes it a primary, `+failover-state-send-slaveof-noone slave 10.0.0.2:6379 ...`
+#: one that tells it to be one, `+failover-state-send-slaveof-noone slave 10.0.0.2:6379 ...`
 _NAMED = re.compile(r'^\d+:X (?P<when>\d+ \w+ \d+ [\d:.]+) [#*] (?:(?P<event>\+promoted-slave|'
                     r'\+failover-state-send-slaveof-noone) slave \S+ (?P<promoted>\S+) \d+ @|'
                     r'\+switch-master \S+ \S+ \d+ (?P<switched>\S+) \d+)')
@@ -72,9 +72,9 @@ def interesting(cluster: str, args: list[str]) -> dict[str, Any] | None:
 
 def sentinel_primaries(log: str, roles: dict[str, str]) -> list[dict[str, Any]]:
     """From a Sentinel's log, each server it named primary and from when (its local time):
-    [{at, server}], `server` the host's role by `roles` (address -> role). A promoted server
-    counts from when Sentinel told it to be a primary (SLAVEOF NO ONE), as it takes writes
-    from then on, though Sentinel names it only once it sees the promotion (~1 s later)."""
+    [{at, server, from}], `server` the host's role by `roles` (address -> role), `from` when
+    Sentinel sent it SLAVEOF NO ONE: between `from` and `at` (~1 s, when Sentinel sees it
+    promoted) the command may have run or not, so either server may take writes."""
     named: list[dict[str, Any]] = []
     promoting: dict[str, float] = {}  # address -> when Sentinel made it a primary
     for line in log.splitlines():
@@ -88,12 +88,12 @@ def sentinel_primaries(log: str, roles: dict[str, str]) -> list[dict[str, Any]]:
             continue
         address = match["promoted"] or match["switched"]
         if match["event"] == "+failover-state-send-slaveof-noone":
-            promoting[address] = at  # a primary from now, named once promoted
+            promoting[address] = at  # told to be a primary now, named once it is one
             continue
         server = roles.get(address, address)
-        at = promoting.pop(address, at)
+        told = promoting.pop(address, at)
         if not named or named[-1]["server"] != server:
-            named.append({"at": at, "server": server})
+            named.append({"at": at, "server": server, "from": told})
     return named
 
 
