@@ -148,3 +148,20 @@ def test_fault(cluster: ChaosCluster, fault: Fault, prop: str) -> None:
     report, kept = run_fault(cluster, fault)
     verdict = report.verdict(prop)
     assert verdict.ok, f"{fault.name}: {prop} violated (history kept in {kept}):\n{report.format()}"
+
+
+def test_settle_ends_once_the_redis_nodes_agree_with_sentinel(cluster: ChaosCluster) -> None:
+    """A primary killed and started again without --replicaof is a second primary until
+    Sentinel demotes it (~10 s) and it has synced; meanwhile every spool_add's WAIT finds no
+    replica and its event is held. settle() returns only once every node agrees with
+    Sentinel and no replica's accepting call still fails, so the drain sees those events."""
+    assert cluster.sentinel is not None
+    sentinel = cluster.sentinel
+    old = cluster.primary()
+    old.kill()
+    wait_until(lambda: sentinel.master() not in (None, old.address), 30,
+               message="Sentinel to promote the replica")
+    old.start()  # a primary of its own, as a restarted old primary is
+    cluster.settle(Nemesis(cluster))
+    named = sentinel.master()
+    assert [node.role for node in cluster.redis_nodes if not node.follows(named)] == []

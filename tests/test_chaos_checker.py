@@ -16,7 +16,7 @@ from eventd.engine import job_id
 from tests.chaos.checker import check
 from tests.chaos.history import History
 from tests.chaos.reading import FORWARD, GAP, RESTART, lease_timeline
-from tests.chaos.recorder import interesting, parse_monitor_line
+from tests.chaos.recorder import interesting, parse_monitor_line, sentinel_primaries
 
 T0 = 1_800_000_000.0
 TTL = 2.0
@@ -237,6 +237,49 @@ def test_order_is_acceptance_order_even_where_a_failover_handed_a_seq_out_again(
     verdict = check(late).verdict("per-target order")
     assert [v.what.split(" (")[0] for v in verdict.violations] == \
         [f"webhook/acme: job {forward_id(b)[:8]}"]
+
+
+def test_a_job_written_on_a_server_sentinel_did_not_name_primary_is_not_accepted():
+    # Chaos seed 15, t+167: redis1, killed and started again without --replicaof, was a
+    # second primary for ~10 s; r3's spool_add ran its script there (WAIT found no replica,
+    # so it was never acknowledged, and its event lay in an announced gap). Written on the
+    # primary Sentinel names, the same job is accepted and must be delivered.
+    e = event("e1", 5.0)
+    stale = [{**record, "server": "redis1"} for record in accept(forward_id(e), 5.0, 9, "r3")]
+    named = [{"at": 0.0, "server": "redis1"},
+             {"at": T0 + 2.0, "server": "redis2", "from": T0 + 1.0}]
+    history = base(emitted=[e], redis=stale, primaries=named)
+    verdict = check(history).verdict("accepted delivered")
+    assert verdict.ok and verdict.figures["accepted"] == 0
+    assert any("Sentinel did not name primary" in note for note in verdict.notes)
+    # SLAVEOF NO ONE sent at 4.5 s, seen done at 6 s: until then the old one may take writes
+    promoting = [named[0], {**named[1], "from": T0 + 4.5, "at": T0 + 6.0}]
+    for on_named in (base(emitted=[e], redis=stale, primaries=named[:1]),
+                     base(emitted=[e], redis=stale, primaries=promoting),
+                     base(emitted=[e], redis=stale)):  # no Sentinel: every write counts
+        assert check(on_named).verdict("accepted delivered").figures["lost"] == 1
+
+
+def test_the_primaries_sentinel_named_are_read_off_its_log():
+    log = "\n".join([
+        "9566:X 06 Dec 2026 09:31:22.657 # +sdown master mymaster 10.250.0.11 6379",
+        "9566:X 06 Dec 2026 09:31:22.719 * +failover-state-send-slaveof-noone slave "
+        "10.250.0.12:6379 10.250.0.12 6379 @ mymaster 10.250.0.11 6379",
+        "9566:X 06 Dec 2026 09:31:23.693 # +promoted-slave slave 10.250.0.12:6379 10.250.0.12 "
+        "6379 @ mymaster 10.250.0.11 6379",
+        "9566:X 06 Dec 2026 09:31:23.758 # +switch-master mymaster 10.250.0.11 6379 "
+        "10.250.0.12 6379",
+        "9566:X 06 Dec 2026 09:31:33.875 * +convert-to-slave slave 10.250.0.11:6379 "
+        "10.250.0.11 6379 @ mymaster 10.250.0.12 6379",
+        "9566:X 99 Foo 2026 09:32:00.000 # +switch-master mymaster a 1 b 2",  # no date: skipped
+        "garbage", "",
+        "9566:X 06 Dec 2026 09:32:27.476 # +switch-master mymaster 10.250.0.12 6379 "
+        "10.250.0.11 6379"])
+    named = sentinel_primaries(log, {"10.250.0.11": "redis1", "10.250.0.12": "redis2"})
+    assert [p["server"] for p in named] == ["redis2", "redis1"]
+    assert abs(named[1]["at"] - named[0]["at"] - 63.783) < 1e-3  # +promoted-slave, +switch-master
+    assert abs(named[0]["at"] - named[0]["from"] - 0.974) < 1e-3  # SLAVEOF NO ONE sent before
+    assert named[1]["from"] == named[1]["at"]
 
 
 # -- the lease ----------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import functools
 import threading
 from pathlib import Path
 
+import pytest
+
 from eventd.errors import StoreError
 from eventd.records import ActionJob
 from eventd.settings import Settings
@@ -73,3 +75,66 @@ def test_a_failover_of_the_primary_loses_no_accepted_job(tmp_path: Path) -> None
             assert client.hlen("sentinel:spool") == len(spooled) - 1
         finally:
             client.close()
+
+
+def test_a_call_tried_again_goes_to_the_primary_sentinel_names_not_the_address_that_failed(
+        tmp_path: Path) -> None:
+    """A call that times out on a primary Sentinel no longer names is tried again on the one it
+    names: redis-py's own retry reconnects to the address that failed, and a restarted old
+    primary answers there as a second primary until Sentinel demotes it."""
+    with SentinelSet(tmp_path / "sentinel") as redis_set:
+        store = open_store(Settings(store=redis_set.url, cluster="stale"))
+        old, new = redis_set.primary.client(), redis_set.replica.client()
+        sentinel = redis_set.sentinel_client()
+        try:
+            wait_until(lambda: new.info("replication").get("master_link_status") == "up", 20,
+                       0.05, "the replica to be in sync")
+            assert store.spool_add(job(0))  # the store's connection is to the old primary
+            # Sentinel names the replica now; the old primary goes on as a primary of its own
+            new.replicaof("NO", "ONE")
+            sentinel.execute_command("SENTINEL", "REMOVE", SentinelSet.SERVICE)
+            sentinel.execute_command("SENTINEL", "MONITOR", SentinelSet.SERVICE, "127.0.0.1",
+                                     redis_set.replica.port, 1)
+            wait_until(lambda: redis_set.master_port() == redis_set.replica.port, 20, 0.05,
+                       "Sentinel to name the replica primary")
+            # the old primary holds every command past the store's timeout (2 s), then answers
+            old.execute_command("CLIENT", "PAUSE", 3500, "ALL")
+            assert store.spool_add(job(1))
+            assert store.lease_acquire("lane:t1", "r1", 10.0) > 0
+            wait_until(lambda: old.ping(), 10, 0.05, "the old primary to answer again")
+            assert old.hkeys("stale:spool") == [job(0).id]  # nothing written there since
+            assert not old.exists("stale:lease:lane:t1")
+            assert new.hget("stale:spool", job(1).id) is not None
+            assert new.hget("stale:lease:lane:t1", "owner") == "r1"
+        finally:
+            store.close()
+            for client in (old, new, sentinel):
+                client.close()
+
+
+def test_after_a_failover_the_next_try_goes_to_the_new_primary_not_the_old_one_still_up(
+        tmp_path: Path) -> None:
+    """SENTINEL FAILOVER leaves the old primary a primary until Sentinel demotes it (~10 s): a
+    spool_add there finds no replica for its WAIT. The try after that goes to the primary
+    Sentinel names (where WAIT waits for the old one to become its replica), not again to the
+    old one, whose writes its demotion throws away."""
+    with SentinelSet(tmp_path / "sentinel") as redis_set:
+        store = open_store(Settings(store=redis_set.url, cluster="moved"))
+        old, new = redis_set.primary.client(), redis_set.replica.client()
+        try:
+            wait_until(lambda: new.info("replication").get("master_link_status") == "up", 20,
+                       0.05, "the replica to be in sync")
+            assert store.spool_add(job(0))
+            redis_set.failover()
+            assert old.info("replication")["role"] == "master"  # not demoted yet
+            for n in (1, 2):  # neither confirmed by a replica: both StoreError
+                with pytest.raises(StoreError):
+                    store.spool_add(job(n))
+            assert old.info("replication")["role"] == "master"  # still: the demotion is later
+            assert old.hget("moved:spool", job(1).id) is not None  # the first try went there
+            assert old.hget("moved:spool", job(2).id) is None
+            assert new.hget("moved:spool", job(2).id) is not None
+        finally:
+            store.close()
+            old.close()
+            new.close()

@@ -189,22 +189,24 @@ class Coordinator:
             return ""
         return self._token(name)
 
-    def job_lease(self, job: ActionJob) -> tuple[str, str] | None:
+    def job_lease(self, job: ActionJob) -> tuple[str, ...] | None:
         """The lease of a job's namespace as the store checks it where the job is accepted
         (key, `<replica>:`): refused if another replica holds it. A replica cut off from Redis
         while it held the stream holds its last events' jobs until Redis answers, and by then
         the stream may be another's, whose newer jobs they would follow (out of order); free,
-        or this replica's again, they are accepted (nothing newer is ahead of them). None for
-        a job of no leased namespace, or of one this replica handed over (rebalance, stop:
-        the release said where the stream was left, the last events received, so their jobs
-        are accepted whoever holds it next), or of eventd's own gap marker (the announcement
-        of a gap must land whoever holds the stream by then: refused, the events it covers
-        would be lost unannounced)."""
+        or this replica's again, they are accepted (nothing newer is ahead of them). For a
+        namespace this replica handed over (rebalance, stop: the release said where the stream
+        was left, the last events received), (key, `<replica>:`, "any"): its jobs are accepted
+        whoever holds it next, and named late to that holder, whose newer jobs for the same
+        target then go out after them (through the spool), not before. None for a job of no
+        leased namespace, or of eventd's own gap marker (the announcement of a gap must land
+        whoever holds the stream by then: refused, the events it covers would be lost
+        unannounced)."""
         name = self._name_of(job)
-        if name not in self._names or (name in self._handed and name not in self._held):
+        if name not in self._names or _announces_gap(job):
             return None
-        if _announces_gap(job):
-            return None
+        if name in self._handed and name not in self._held:
+            return self._keys.lease(name), f"{self.replica_id}:", "any"
         return self._keys.lease(name), f"{self.replica_id}:"
 
     def _name_of(self, job: ActionJob) -> str:

@@ -80,7 +80,7 @@ class Dispatcher:
         self._attempts = Attempts(self.metrics, self.gate)
         #: in a cluster: which jobs are this replica's to send now, and under which token
         self._fence: Fence | None = None
-        self._lease: Callable[[ActionJob], tuple[str, str] | None] | None = None
+        self._lease: Callable[[ActionJob], tuple[str, ...] | None] | None = None
         self._sleep_fn = sleep
         self._clock = clock
         self._stopping = context.stopping
@@ -116,7 +116,7 @@ class Dispatcher:
             logger.info("resuming %d spooled action(s) on %d target(s)", pending, len(counts))
 
     def use_fence(self, fence: Fence, sweep: float | None = None,
-                  lease: Callable[[ActionJob], tuple[str, str] | None] | None = None) -> None:
+                  lease: Callable[[ActionJob], tuple[str, ...] | None] | None = None) -> None:
         """Send only the jobs `fence` says are this replica's now, each with its lease's
         fencing token (a cluster's replica: set before the first lease is taken). Jobs of
         namespaces other replicas hold are neither paged in nor sent: left in the spool.
@@ -270,14 +270,20 @@ class Dispatcher:
     def _submit_durable(self, job: ActionJob) -> bool:
         self.gate.sign(job)  # what the store gives back runs only if this MAC still holds
         lease = self._lease
+        behind = False
         try:  # an unreachable store holds the caller (backpressure) rather than lose the job
             if lease is None:
                 added = until_stored(lambda: self.store.spool_add(job), self._stopping,
                                      "spool_add")
             else:  # each try asks the lease anew: held up past it, the job is not ours
-                add = cast(Any, self.store).spool_add
-                added = until_stored(lambda: add(job, lease=lease(job)), self._stopping,
-                                     "spool_add")
+                store = cast(Any, self.store)
+                fenced = getattr(store, "spool_add_fenced", None)
+                if fenced is None:
+                    added = until_stored(lambda: store.spool_add(job, lease=lease(job)),
+                                         self._stopping, "spool_add")
+                else:
+                    added, behind = until_stored(lambda: fenced(job, lease=lease(job)),
+                                                 self._stopping, "spool_add")
         except StoreError as exc:
             logger.error("%s action for rule %s not accepted: stopping while the store is "
                          "unreachable (%s)", job.kind, job.rule, exc)
@@ -291,12 +297,14 @@ class Dispatcher:
             return False
         if not added:
             return True  # already accepted and pending
-        self._accepted(job)
+        self._accepted(job, behind)
         return True
 
-    def _accepted(self, job: ActionJob) -> None:
+    def _accepted(self, job: ActionJob, behind: bool = False) -> None:
         """A job just committed to the spool: counted, and queued on its lane (or left in
-        the spool when the lane's window is full)."""
+        the spool when the lane's window is full, or when it is `behind` a job of its
+        namespace accepted late by the replica that handed the stream over: the lane pages
+        them in, in the spool's order, instead of sending this one first)."""
         self.metrics.spool_pending.inc()
         if logger.isEnabledFor(logging.DEBUG):  # a stage of bench/docker_latency.py's breakdown
             logger.debug("%s job %s of event %s spooled", job.kind, job.id,
@@ -311,13 +319,13 @@ class Dispatcher:
                 lane.last_used = time.monotonic()
                 if job.id in lane.known:
                     return
-                if lane.spilled or len(lane.backlog) >= lane.size:
-                    if not lane.spilled:
+                if lane.spilled or behind or len(lane.backlog) >= lane.size:
+                    if not lane.spilled and not behind:
                         logger.info("queue for %s holds %d actions; further ones wait in the "
                                     "spool and are paged in as it drains", lane.target, lane.size)
                     lane.spilled = True
                     lane.spills += 1
-                    self.overflowed += 1
+                    self.overflowed += not behind
                 else:
                     lane.backlog.append(job)
                     lane.known.add(job.id)

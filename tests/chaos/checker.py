@@ -302,6 +302,10 @@ def accepted_delivered(history: History, faults: Faults, jobs: Jobs, window: lis
     if ghosts:
         verdict.notes.append(f"{len(ghosts)} delivered job(s) still in the spool after the "
                              "drain (their removal was lost): the next takeover sends them again")
+    unnamed = jobs.unnamed - set(jobs.accepted)
+    if unnamed:
+        verdict.notes.append(f"{len(unnamed)} job(s) written only on a server Sentinel did not "
+                             "name primary then (a restarted old primary): not accepted")
     if history.store.get("blind"):
         blind = sum(b[2] - b[1] for b in history.store["blind"])
         verdict.notes.append(f"MONITOR was blind {blind:.2f} s in all (Redis restarts): a job "

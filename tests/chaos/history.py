@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 FILES = ("meta", "connections", "handshakes", "rest_calls", "requests", "emitted", "redis",
-         "processes", "faults", "store")
+         "processes", "faults", "store", "primaries")
 
 
 @dataclass
@@ -44,6 +44,9 @@ class History:
     faults: list[dict[str, Any]] = field(default_factory=list)
     #: the store after the run: spool (ids left), dead ({id: reason}), blind (MONITOR gaps)
     store: dict[str, Any] = field(default_factory=dict)
+    #: the server Sentinel named primary from `at` on (its log: +promoted-slave, +switch-master);
+    #: empty without Sentinel (one server: every write is on the primary)
+    primaries: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, directory: Path) -> Path:
         """Write one JSON file per source into `directory` (made if missing)."""
@@ -79,7 +82,8 @@ class History:
             processes=[p for p in self.processes if overlaps(p["started"], p["ended"])],
             faults=[f for f in self.faults if overlaps(f["start"], f["end"])],
             store={**self.store, "blind": [b for b in self.store.get("blind", [])
-                                           if overlaps(b[1], b[2])]})
+                                           if overlaps(b[1], b[2])]},
+            primaries=list(self.primaries))
 
 
 class Journal:

@@ -90,20 +90,34 @@ class RedisNode:
                 client.close()
         return self.net.call(OBSERVER, ping)
 
-    def in_sync(self) -> bool:
-        """A replica: whether its link to the primary is up and its first sync is done."""
-        def ask() -> bool:
+    def _state(self) -> dict[str, Any] | None:
+        """INFO replication and persistence in one dict (None: it does not answer)."""
+        def ask() -> dict[str, Any] | None:
             client = self.client()
             try:
-                info = client.info("replication")
-                persistence = client.info("persistence")
+                return {**client.info("replication"), **client.info("persistence")}
             except redis.RedisError:
-                return False
+                return None
             finally:
                 client.close()
-            return info.get("master_link_status") == "up" and not persistence.get("loading") \
-                and not persistence.get("aof_rewrite_in_progress")
         return self.net.call(OBSERVER, ask)
+
+    def in_sync(self) -> bool:
+        """A replica: whether its link to the primary is up and its first sync is done."""
+        state = self._state()
+        return state is not None and state.get("master_link_status") == "up" \
+            and not state.get("loading") and not state.get("aof_rewrite_in_progress")
+
+    def follows(self, primary: str | None) -> bool:
+        """Whether it agrees that `primary` (an address) is the primary: it is that one and
+        says it is a primary, or it is a replica of it, linked and synced."""
+        state = self._state()
+        if state is None:
+            return False
+        if self.address == primary:
+            return bool(state.get("role") == "master")
+        return state.get("role") == "slave" and state.get("master_host") == primary \
+            and state.get("master_link_status") == "up" and not state.get("loading")
 
     def kill(self) -> None:
         """SIGKILL (after SIGCONT: a paused server must be able to die)."""

@@ -7,7 +7,9 @@ which namespace's lease when (from Redis' own commands), when a stream connectio
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -191,7 +193,18 @@ class Jobs:
         self.acceptances: dict[str, int] = defaultdict(int)  # id -> times (re)accepted
         self.seq: dict[str, int] = {}
         self.target: dict[str, str] = {}
+        #: jobs written on a server Sentinel did not name primary then (a restarted old primary
+        #: is a second one until Sentinel demotes it): no acceptance, since `spool_add` returns
+        #: only once a replica of the primary Sentinel names has the job
+        self.unnamed: set[str] = set()
+        named = primary_at(history.primaries)
         for record in history.redis:
+            if record["key"] in ("spool", "spool:order", "spool:target") \
+                    and record["op"] in ("HSET", "ZADD") and "server" in record \
+                    and record["server"] not in (named(record["at"]) or {record["server"]}):
+                self.unnamed.add(record["args"][-1] if record["op"] == "ZADD"
+                                 else record["args"][0])
+                continue
             if record["key"] == "spool" and record["op"] == "HSET":
                 job = record["args"][0]
                 self.accepted.setdefault(job, record["at"])
@@ -216,6 +229,21 @@ class Jobs:
         #: delivered in the next are not held against it)
         self.judged = {job for job, at in self.accepted.items()
                        if window is None or window[0] <= at <= window[1]}
+
+
+def primary_at(primaries: list[dict[str, Any]]) -> Callable[[float], set[str]]:
+    """`at -> the servers a write may have been accepted on then`: the one Sentinel named
+    primary, and during a promotion (between SLAVEOF NO ONE and Sentinel seeing it done) the
+    promoted one too. Empty (any server's write counts) before the first naming, or without
+    Sentinel."""
+    moments = [p["at"] for p in primaries]
+
+    def named(at: float) -> set[str]:
+        index = bisect.bisect_right(moments, at) - 1
+        servers = {primaries[index]["server"]} if index >= 0 else set()
+        servers.update(p["server"] for p in primaries if p.get("from", p["at"]) <= at < p["at"])
+        return servers if index >= 0 else set()
+    return named
 
 
 def job_writes(history: History, jobs: Jobs) -> list[dict[str, Any]]:

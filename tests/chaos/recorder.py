@@ -29,6 +29,13 @@ from tests.chaos.netns import Network
 _LINE = re.compile(r'^(?P<at>\d+\.\d+) \[(?P<db>\d+) (?P<client>[^\]]*)\] (?P<args>.*)$')
 _ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _KEPT = {"SET", "PEXPIRE", "DEL", "HSET", "HDEL", "ZADD"}
+#: a Sentinel log line that names a new primary: `1:X 06 Dec 2026 09:31:23.693 # +promoted-slave
+#: slave 10.0.0.2:6379 10.0.0.2 6379 @ mymaster 10.0.0.1 6379` (from then on Sentinel answers
+#: with its address), or `... # +switch-master mymaster 10.0.0.1 6379 10.0.0.2 6379`; and the
+#: one that tells it to be one, `+failover-state-send-slaveof-noone slave 10.0.0.2:6379 ...`
+_NAMED = re.compile(r'^\d+:X (?P<when>\d+ \w+ \d+ [\d:.]+) [#*] (?:(?P<event>\+promoted-slave|'
+                    r'\+failover-state-send-slaveof-noone) slave \S+ (?P<promoted>\S+) \d+ @|'
+                    r'\+switch-master \S+ \S+ \d+ (?P<switched>\S+) \d+)')
 
 
 def parse_monitor_line(line: str) -> tuple[float, str, list[str]] | None:
@@ -61,6 +68,33 @@ def interesting(cluster: str, args: list[str]) -> dict[str, Any] | None:
     if name == "spool:order" and op == "ZADD" and len(args) >= 4:
         return {"op": op, "key": name, "args": [args[2], args[3]]}  # seq, id
     return None
+
+
+def sentinel_primaries(log: str, roles: dict[str, str]) -> list[dict[str, Any]]:
+    """From a Sentinel's log, each server it named primary and from when (its local time):
+    [{at, server, from}], `server` the host's role by `roles` (address -> role), `from` when
+    Sentinel sent it SLAVEOF NO ONE: between `from` and `at` (~1 s, when Sentinel sees it
+    promoted) the command may have run or not, so either server may take writes."""
+    named: list[dict[str, Any]] = []
+    promoting: dict[str, float] = {}  # address -> when Sentinel made it a primary
+    for line in log.splitlines():
+        match = _NAMED.match(line)
+        if match is None:
+            continue
+        when, _, fraction = match["when"].partition(".")
+        try:
+            at = time.mktime(time.strptime(when, "%d %b %Y %H:%M:%S")) + float(f"0.{fraction}")
+        except ValueError:
+            continue
+        address = match["promoted"] or match["switched"]
+        if match["event"] == "+failover-state-send-slaveof-noone":
+            promoting[address] = at  # told to be a primary now, named once it is one
+            continue
+        server = roles.get(address, address)
+        told = promoting.pop(address, at)
+        if not named or named[-1]["server"] != server:
+            named.append({"at": at, "server": server, "from": told})
+    return named
 
 
 class RedisMonitor:

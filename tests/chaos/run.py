@@ -34,7 +34,7 @@ from tests.chaos.checker import Report, check
 from tests.chaos.history import History, Journal
 from tests.chaos.hosts import FAST_FLAGS, OBSERVER, RedisNode, Replica, Sentinel
 from tests.chaos.netns import Network
-from tests.chaos.recorder import Load, RedisMonitor
+from tests.chaos.recorder import Load, RedisMonitor, sentinel_primaries
 from tests.daemon_helpers import emulator_env
 from tests.receiver import WebhookReceiver
 from tests.waiting import wait_until
@@ -84,6 +84,11 @@ rules:
           json: {{ns: "{{{{ event.namespace }}}}", gap: "{{{{ event.gap_seconds }}}}",
                  datetime: "{{{{ event.datetime }}}}"}}
 """
+
+
+#: seconds without a failed accepting store call before the drain: more than the engine's
+#: longest wait between tries (2 s) and a WAIT (1 s)
+STORE_QUIET = 4.0
 
 
 class ChaosCluster:
@@ -251,6 +256,11 @@ class ChaosCluster:
         for node in self.redis_nodes:
             if node.process is None or node.process.poll() is not None:
                 node.start()
+        # A restarted old primary is a second one until Sentinel demotes it (~10 s) and it has
+        # synced; until then a spool_add's WAIT finds no replica and its event is held: what
+        # the drain waits for must be what the cluster can finish.
+        if not self.agreed(60):
+            logger.warning("the Redis nodes do not agree with Sentinel after 60 s")
         if not self.recovered(30):
             # Stuck (the checker reports the gap): start the replicas again, so that the
             # next window begins from a working cluster.
@@ -260,7 +270,53 @@ class ChaosCluster:
                 replica.stop(timeout=5)
                 replica.start()
             self.steady(60)
+        if not self.store_quiet(30):
+            logger.warning("a replica's accepting store calls still failed after 30 s")
         self.drain(drain)
+
+    def agreed(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) until every Redis node agrees with Sentinel: the one it
+        names says it is primary, the others are its synced replicas; False if they do not."""
+        if self.sentinel is None:
+            return True
+        sentinel = self.sentinel
+
+        def agree() -> bool:
+            named = sentinel.master()
+            return named is not None and all(node.follows(named) for node in self.redis_nodes)
+
+        try:
+            wait_until(agree, timeout, 0.2, "the Redis nodes to agree with Sentinel")
+        except AssertionError:
+            return False
+        return True
+
+    def store_quiet(self, timeout: float, quiet: float = STORE_QUIET) -> bool:
+        """Wait (at most `timeout`) until no replica's accepting store call (spool_add,
+        throttle_acquire) has failed for `quiet` seconds: none holds an event behind one (a
+        held event is tried again every 2 s at most); False if that did not happen."""
+        last: dict[str, tuple[float, float]] = {}
+
+        def failures(replica: Replica) -> float:
+            from prometheus_client.parser import text_string_to_metric_families
+
+            return sum(sample.value for family in text_string_to_metric_families(replica.metrics())
+                       for sample in family.samples if sample.name == "eventd_store_errors_total"
+                       and sample.labels.get("op") in ("spool_add", "throttle_acquire"))
+
+        def still() -> bool:
+            now = time.monotonic()
+            for role, replica in self.replicas.items():
+                count = failures(replica)
+                if last.get(role, (None, 0.0))[0] != count:
+                    last[role] = (count, now)
+            return all(now - since >= quiet for _, since in last.values())
+
+        try:
+            wait_until(still, timeout, 0.5, "the replicas' store calls to succeed")
+        except AssertionError:
+            return False
+        return True
 
     def spool_size(self) -> int:
         def count() -> int:
@@ -339,7 +395,18 @@ class ChaosCluster:
         return History(meta=meta, connections=connections, handshakes=handshakes,
                        rest_calls=rest_calls, requests=requests, emitted=emitted,
                        redis=redis_records, processes=processes, faults=faults,
-                       store={**self.store_contents(), "blind": blind})
+                       store={**self.store_contents(), "blind": blind},
+                       primaries=self.primaries(hosts))
+
+    def primaries(self, hosts: dict[str, str]) -> list[dict[str, Any]]:
+        """Who Sentinel named primary, from when (the first node from the start; then its
+        log's promotions); empty without Sentinel."""
+        if self.sentinel is None:
+            return []
+        log = self.sentinel.directory / "sentinel.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return [{"at": 0.0, "server": self.redis_nodes[0].role},
+                *sentinel_primaries(text, hosts)]
 
     def store_contents(self) -> dict[str, Any]:
         """The spool's job ids and the dead letters' reasons, read from the primary."""
@@ -379,4 +446,6 @@ class ChaosCluster:
             log = node.directory / "redis.log"
             if log.exists():
                 shutil.copy(log, directory / f"{node.role}.log")
+        if self.sentinel is not None and (self.sentinel.directory / "sentinel.log").exists():
+            shutil.copy(self.sentinel.directory / "sentinel.log", directory / "sentinel.log")
         return directory

@@ -10,6 +10,8 @@ one Redis. What lives where:
     spool:by            HASH  id -> the call that accepted it (a retried call hears "accepted")
     spool:gone          ZSET  id of a job finished in the last 10 min, by when: not accepted again
                         (an add retried after an unconfirmed write, both sides of a split brain)
+    spool:late          HASH  "<lease key>|<target>" -> the last job accepted for a stream handed
+                        over after another replica took it: the holder's jobs go behind it
     dead, dead:order    HASH  id -> {job, reason, at};  ZSET id by seq
     throttle            HASH  key -> "acquired at|by call";  throttle:until  ZSET key by expiry
     marks               ZSET  loop-guard key by "until"
@@ -70,7 +72,7 @@ from eventd.stores.base import (
     Store,
 )
 from eventd.stores.redis.alerts import AlertRoles
-from eventd.stores.redis.client import WAIT_MS, NotReplicated, converted
+from eventd.stores.redis.client import WAIT_MS, NotReplicated, converted, converted_as
 from eventd.stores.redis.connect import parse
 from eventd.stores.redis.silences import SilenceRoles
 
@@ -140,12 +142,22 @@ class RedisStore(AlertRoles, SilenceRoles):
         finally:
             store.close()
 
-    @converted
-    def spool_add(self, job: ActionJob, lease: tuple[str, str] | None = None) -> bool:
+    def spool_add(self, job: ActionJob, lease: tuple[str, ...] | None = None) -> bool:
         """Accept a job durably (in Redis on return); False if that id is already spooled, or
         finished in the last `GONE_SECONDS` (an add repeated after an unconfirmed write).
         `lease`: (key, `<replica>:`) of a cluster replica's job of a leased namespace: if
-        another replica holds that lease where the write lands, LeaseLost, nothing written."""
+        another replica holds that lease where the write lands, LeaseLost, nothing written;
+        (key, `<replica>:`, "any") for a stream that replica handed over: accepted whoever
+        holds it (see `spool_add_fenced`)."""
+        return self.spool_add_fenced(job, lease)[0]
+
+    @converted_as("spool_add")
+    def spool_add_fenced(self, job: ActionJob,
+                         lease: tuple[str, ...] | None = None) -> tuple[bool, bool]:
+        """`spool_add`, and whether the job is behind a late one: a job of its namespace and
+        target that the replica which handed the stream over accepted after the holder took
+        it (events its engine still held), still spooled. Such a job must go out through the
+        spool, after the late one, not at once."""
         try:
             added = self._spool_add(job, lease)
         except redis.RedisError:
@@ -157,15 +169,15 @@ class RedisStore(AlertRoles, SilenceRoles):
                             "is another replica's now")
         if added == 2:  # finished lately (this call's earlier try accepted it, or another's)
             self._unsure_adds.discard(job.id)
-            return False
+            return False, False
         if job.id in self._unsure_adds:
             self._unsure_adds.discard(job.id)
-            return True  # the earlier call (answer lost) or this one accepted it
-        return bool(added)
+            return True, added == 4  # the earlier call (answer lost) or this one accepted it
+        return bool(added), added == 4
 
-    def _spool_add(self, job: ActionJob, lease: tuple[str, str] | None = None) -> int:
+    def _spool_add(self, job: ActionJob, lease: tuple[str, ...] | None = None) -> int:
         """The script's answer: 1 added (by this call), 0 spooled already, 2 finished lately,
-        3 refused (another replica holds the `lease`)."""
+        3 refused (another replica holds the `lease`), 4 added behind a late job."""
         args: list[str | int] = [self.prefix, job.id, job.target, _dump(job), job.attempts,
                                  self._call_token(), *(lease or ())]
         if not self._replicas or (self._alone and not self._recheck_alone()):
@@ -176,8 +188,13 @@ class RedisStore(AlertRoles, SilenceRoles):
         self._scripts["SPOOL_ADD"](args=args, client=pipe)
         pipe.execute_command("WAIT", self._replicas, WAIT_MS)
         added, acked = pipe.execute()
-        if int(acked) < self._replicas and self._replica_alive():
-            raise NotReplicated(f"no replica confirmed the write within {WAIT_MS} ms")
+        if int(acked) < self._replicas:
+            # A primary Sentinel no longer names (after a failover it stays one until Sentinel
+            # demotes it, ~10 s) has no replica: asking Sentinel drops the connections to it,
+            # so the next try goes to the one it names
+            self._follow_primary()
+            if self._replica_alive():
+                raise NotReplicated(f"no replica confirmed the write within {WAIT_MS} ms")
         return int(added)
 
     @converted

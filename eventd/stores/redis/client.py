@@ -17,13 +17,15 @@ from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis
+from tenacity import RetryCallState
 
+from eventd.backoff import Backoff
 from eventd.errors import StateDirError, StoreError
 from eventd.stores.redis import scripts
-from eventd.stores.redis.connect import Location, clients, unreachable
+from eventd.stores.redis.connect import RETRIES, Location, clients, unreachable
 
 __all__ = ["LANE_LEASE_RENEW", "LANE_LEASE_TTL", "WAIT_MS", "NotReplicated", "RedisClient",
-           "converted"]
+           "converted", "converted_as"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ LANE_LEASE_TTL = 15.0
 LANE_LEASE_RENEW = 5.0
 #: behind Sentinel, how long `spool_add` waits for a replica to confirm the job
 WAIT_MS = 1000
+#: behind Sentinel, the waits between a call's tries (redis-py's were 0.1 s, then 0.2 s)
+RETRY_BACKOFF = Backoff(initial=0.1, maximum=0.5)
 
 
 class NotReplicated(redis.RedisError):
@@ -45,14 +49,25 @@ R = TypeVar("R")
 
 def converted(method: Callable[Concatenate[C, P], R]) -> Callable[Concatenate[C, P], R]:
     """Turn redis-py's errors into StoreError(op=<method name>), counted, at the boundary."""
-    op = method.__name__
+    return converted_as(method.__name__)(method)
+
+
+def converted_as(op: str) -> Callable[[Callable[Concatenate[C, P], R]],
+                                      Callable[Concatenate[C, P], R]]:
+    """`converted`, counting the errors under `op` (a variant of an operation counts as it)."""
+    def decorate(method: Callable[Concatenate[C, P], R]) -> Callable[Concatenate[C, P], R]:
+        return _converted(method, op)
+    return decorate
+
+
+def _converted(method: Callable[Concatenate[C, P], R], op: str) -> Callable[Concatenate[C, P], R]:
 
     @functools.wraps(method)
     def wrapper(self: C, /, *args: P.args, **kwargs: P.kwargs) -> R:
         if self._closed:
             raise StoreError(f"redis store {self.location.safe}: {op} after close", op=op)
         try:
-            result = method(self, *args, **kwargs)
+            result = self._attempts(lambda: method(self, *args, **kwargs))
         except redis.RedisError as exc:
             self._failed(op, exc)
             self._bad_data_seen(op, exc)
@@ -117,6 +132,30 @@ class RedisClient:
         self._calls = 0
         self._delivery_stop = threading.Event()
         self._delivery_thread: threading.Thread | None = None
+        self._closing = threading.Event()  # ends a call's retries
+
+    def _attempts(self, call: Callable[[], R]) -> R:
+        """One store call. Behind Sentinel, redis-py retries nothing: its retry reconnects to
+        the address that failed, which may be a primary Sentinel names no longer (a restarted
+        old primary is a second one until Sentinel demotes it, and a write there is lost).
+        A transport error is tried again here, up to RETRIES times, after asking Sentinel which
+        server is the primary (which drops the idle connections to another); the pool makes
+        the next connection by asking Sentinel too. A repeated call whose first answer was
+        lost says what the first did (`spool_add`, `throttle_acquire`)."""
+        if self._sentinel is None:
+            return call()
+        retrying = RETRY_BACKOFF.retrying(
+            attempts=RETRIES + 1, stopping=self._closing,
+            retry_on=(redis.ConnectionError, redis.TimeoutError), before_sleep=self._follow_primary)
+        return retrying(call)
+
+    def _follow_primary(self, _state: RetryCallState | None = None) -> None:
+        """Ask Sentinel which server is the primary; if another than before, the pool drops
+        its idle connections to the old one."""
+        try:
+            self._db.connection_pool.get_master_address()
+        except redis.RedisError:  # Sentinel does not answer: the next try says so
+            pass
 
     def _run(self, script: str, *args: str | int) -> Any:
         return self._scripts[script](args=[self.prefix, *args])
@@ -253,6 +292,7 @@ class RedisClient:
         """Give the delivery lease up and close the connections (idempotent)."""
         if self._closed:
             return
+        self._closing.set()
         self._delivery_stop.set()
         if self._delivery_thread is not None:
             self._delivery_thread.join(timeout=LANE_LEASE_RENEW + 5.0)

@@ -25,7 +25,10 @@ from eventd.errors import ConfigError, StoreUnreachable
 
 #: a call waits at most this long for an answer (a stopped Redis answers nothing)
 SOCKET_TIMEOUT = 2.0
-#: transport errors are retried this often within one call (a Sentinel failover, a restart)
+#: transport errors are retried this often within one call (a Sentinel failover, a restart):
+#: by redis-py for a plain Redis; behind Sentinel by the store itself (`RedisClient`), since
+#: redis-py's retry reconnects to the failed connection's address, which may be a primary
+#: Sentinel no longer names (a restarted old one is a second primary for ~10 s)
 RETRIES = 2
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
@@ -121,8 +124,10 @@ def unreachable(location: Location, exc: BaseException, op: str = "") -> StoreUn
 
 def clients(location: Location, client_name: str,
             ) -> tuple[redis.Redis, redis.Redis, Sentinel | None]:
-    """The client for the store's calls (retries transport errors a little), one for the
-    health check (no retry, so /readyz answers within one timeout), and the Sentinel."""
+    """The client for the store's calls (a plain Redis: redis-py retries transport errors a
+    little; behind Sentinel it retries nothing, `RedisClient` does on a connection that asks
+    Sentinel), one for the health check (no retry, so /readyz answers within one timeout), and
+    the Sentinel."""
     common: dict[str, Any] = {
         "db": location.db, "username": location.username, "password": location.password,
         "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT,
@@ -139,7 +144,7 @@ def clients(location: Location, client_name: str,
         sentinel = Sentinel(list(location.hosts), sentinel_kwargs=watch,
                             **master)
         service = location.service or ""
-        main = sentinel.master_for(service, db=location.db, **retry)
+        main = sentinel.master_for(service, db=location.db, **once)
         probe = sentinel.master_for(service, db=location.db, **once)
         return main, probe, sentinel
     [(host, port)] = location.hosts

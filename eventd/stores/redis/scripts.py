@@ -4,7 +4,7 @@ Keys are built from the prefix (ARGV[1]) inside the scripts where the target of 
 known from Redis, so the store runs on one Redis (standalone or Sentinel), not Redis Cluster.
 Layout under `<cluster>:` (see the package docstring for what each holds):
     seq  spool  spool:att  spool:target  spool:by  spool:order  spool:t:<target>  spool:targets
-    spool:gone
+    spool:gone  spool:late
     dead  dead:order  throttle  throttle:until  marks  dedupe  limit:<key>  lease:<name>
 """
 
@@ -45,22 +45,41 @@ if ARGV[6] then redis.call('HSET', p .. 'spool:by', id, ARGV[6]) end
 GONE_SECONDS = 600
 
 # Accept job ARGV[2] unless spooled; ARGV[6] names this call, so a repeat of the same call
-# (redis-py retrying after a lost answer) hears that it was accepted. 2: finished lately.
+# (a retry after a lost answer) hears that it was accepted. 2: finished lately.
 # ARGV[7], ARGV[8] (a replica's job): the lease key and the holder's prefix (`<replica>:`);
 # if another replica holds that lease now, 3 and nothing written: a replica cut off from Redis
 # while it held the stream must not add its jobs behind the ones its successor accepted since
 # (they would go out of order). Free, or this replica's (again): accepted, in order.
+# ARGV[9] 'any' (a stream this replica handed over on purpose): accepted whoever holds the
+# lease; if another replica does, the job is late (older than what the holder accepts now) and
+# `spool:late` names it for the holder's lease and target. The holder's own accept that finds
+# such a late job still spooled answers 4 (accepted, behind it): it goes through the spool,
+# after the late job, rather than at once.
 SPOOL_ADD = """
-if redis.call('HEXISTS', ARGV[1] .. 'spool', ARGV[2]) == 1 then
-  if redis.call('HGET', ARGV[1] .. 'spool:by', ARGV[2]) == ARGV[6] then return 1 end
+local p, id, target = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HEXISTS', p .. 'spool', id) == 1 then
+  if redis.call('HGET', p .. 'spool:by', id) == ARGV[6] then return 1 end
   return 0
 end
-if redis.call('ZSCORE', ARGV[1] .. 'spool:gone', ARGV[2]) then return 2 end
+if redis.call('ZSCORE', p .. 'spool:gone', id) then return 2 end
+local late, behind = nil, false
 if ARGV[7] then
   local holder = redis.call('GET', ARGV[7])
-  if holder and string.sub(holder, 1, string.len(ARGV[8])) ~= ARGV[8] then return 3 end
+  local other = holder and string.sub(holder, 1, string.len(ARGV[8])) ~= ARGV[8]
+  late = ARGV[7] .. '|' .. target
+  if other and ARGV[9] ~= 'any' then return 3 end
+  if other then
+    redis.call('HSET', p .. 'spool:late', late, id)
+  else
+    local older = redis.call('HGET', p .. 'spool:late', late)
+    if older and redis.call('HEXISTS', p .. 'spool', older) == 1 then
+      behind = true
+    elseif older then
+      redis.call('HDEL', p .. 'spool:late', late)
+    end
+  end
 end
-""" + _SPOOL + "return 1\n"
+""" + _SPOOL + "if behind then return 4 end\nreturn 1\n"
 
 # Finish job ARGV[2]: out of the spool, its id remembered GONE_SECONDS in `spool:gone` (older
 # ids forgotten in the same step). 1 if it was there.
