@@ -433,3 +433,21 @@ def test_an_inline_key_is_never_taken_for_another_events(other: dict) -> None:
     event = dict(usual, **other)
     for _ in range(3):
         assert list(rules.matched(event)) == [r for r in rules.rules if r.compiled.predicate(event)]
+
+
+@pytest.mark.parametrize("condition", [
+    {"action": {"not": "update"}}, {"state": {"glob": "Run*"}}, {"type": {"regex": "^serv"}},
+    {"any": [{"action": "create"}, {"state": "Stopped"}]},
+    {"type": "service", "any": [{"type": "node"}, {"action": "create"}]}])
+def test_keys_sharing_a_plan_do_not_share_answers_that_read_type_action_or_state(
+        condition: dict) -> None:
+    """(type, action, state) keys with the same candidates share a plan: an answer that
+    depends on a type, action or state the index does not pin is not handed to another key."""
+    rules = RuleSet([make_rule(f"g{i}", {"parents": {"glob": f"*x{i}*"}}) for i in range(8)]
+                    + [make_rule("cond", condition)])
+    events = [{"type": t, "action": a, "state": s, "parents": ["/p/"]}
+              for t in ("service", "node") for a in ("update", "create")
+              for s in ("Running", "Stopped")]
+    for event in events * 3:  # seen, kept, answered from memory
+        expected = [r.name for r in rules.rules if r.compiled.predicate(event)]
+        assert [r.name for r in rules.match(event)] == expected, event

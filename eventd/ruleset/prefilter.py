@@ -272,12 +272,18 @@ class Plan:
 
     def __init__(self, candidates: Sequence[Candidate], cache: MatchCache | None = None) -> None:
         self.size = len(candidates)
-        # The fields the candidates read besides type, action and state (fixed for a plan):
-        # the key of the plan's remembered answers.
+        # The fields the candidates' residuals read: the key of the plan's remembered
+        # answers. A type, action or state the index pins (a plain value or list) is left
+        # out; read otherwise (`action: {not: update}`, a glob, inside `any`) it is part of
+        # the key, since keys of several (type, action, state) share a plan.
         paths: set[str] = set()
         for rule, _ in candidates:
-            _read_paths(rule.match, paths)
-        paths -= {"type", "action", "state"}
+            compiled = rule.compiled
+            pinned = {field for field, values in (("type", compiled.types),
+                                                  ("action", compiled.actions),
+                                                  ("state", compiled.states)) if values}
+            _read_paths({k: v for k, v in rule.match.items() if k not in pinned}
+                        if pinned else rule.match, paths)
         # plain fields first, then the dotted ones (the key's layout: see `plain`, `tail`)
         self._fields = tuple((f, _getter(f) if _dotted(f) else None)
                              for f in sorted(paths, key=lambda f: (_dotted(f), f)))
