@@ -451,3 +451,28 @@ def test_keys_sharing_a_plan_do_not_share_answers_that_read_type_action_or_state
     for event in events * 3:  # seen, kept, answered from memory
         expected = [r.name for r in rules.rules if r.compiled.predicate(event)]
         assert [r.name for r in rules.match(event)] == expected, event
+
+
+def test_two_candidates_with_a_test_left_are_answered_from_memory() -> None:
+    """A catch-all beside a glob on parents (the wall-clock bench's services): a plan, whose
+    answer for parents seen before is its kept tuple, not a scan."""
+    from eventd.ruleset.prefilter import Plan
+
+    rules = RuleSet([make_rule("all", {}),
+                     make_rule("in-stack", {"type": "service", "parents": {"glob": "*/s2/*"}})])
+    event = {"type": "service", "action": "update", "state": "Running",
+             "parents": ["/api/app/v1/ns/s2/x/"]}
+    first = rules.matched(event)
+    assert [r.name for r in first] == ["all", "in-stack"]
+    assert rules.matched(dict(event)) is rules.matched(dict(event))
+    assert [type(v) for v in rules._memo.values()] == [Plan]
+
+
+def test_many_candidates_the_index_decides_alone_are_answered_as_is() -> None:
+    from eventd.ruleset.index import _Fixed
+
+    rules = RuleSet([make_rule(f"s{i}", {"type": "service", "state": ["Running", f"S{i}"]})
+                     for i in range(9)] + [make_rule("all", {})])
+    event = {"type": "service", "action": "update", "state": "Running"}
+    assert len(rules.matched(event)) == 10
+    assert [type(v) for v in rules._memo.values()] == [_Fixed]

@@ -123,15 +123,15 @@ class RuleSet:
                 return [r for r in self.rules if r.compiled.predicate(event)]
             found = self.candidates(*key)
             kept = len(self._memo) < _MEMO_SIZE  # type/action/state vocabularies are small
-            if len(found) >= MIN_CANDIDATES:
+            if found and all(residual is always_true for _, residual in found):
+                candidates = _Fixed(tuple(rule for rule, _ in found))
+            elif len(found) >= MIN_CANDIDATES:
                 plan = self._plans.get(found) if kept else None
                 if plan is None:
                     plan = Plan(found, self._cache if kept else None)
                     if kept:
                         self._plans[found] = plan
                 candidates = plan
-            elif found and all(residual is always_true for _, residual in found):
-                candidates = _Fixed(tuple(rule for rule, _ in found))
             elif len(found) == 1 and found[0][0].compiled.residual_equals is not None:
                 candidates = _Equals((found[0][0], *found[0][0].compiled.residual_equals))
             else:  # a residual always true is None: the scan below skips its call

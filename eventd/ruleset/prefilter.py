@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 Predicate = Callable[[Mapping[str, Any]], bool]
 Candidate = tuple["Rule", Predicate]
 
-#: Below this many candidates a plain scan is as fast as any plan.
-MIN_CANDIDATES = 8
+#: Below this many candidates a plain scan is as fast as any plan: two candidates with a test
+#: left (a glob on parents beside a catch-all) cost more scanned than remembered.
+MIN_CANDIDATES = 2
 #: joins a list field's elements for one search of literals (none holds it)
 _SEPARATOR = "\0"
 
