@@ -115,7 +115,7 @@ class LiveRing(Observer):
                 break
             except RuntimeError:  # the engine appended during the copy: copy again
                 continue
-        out = []
+        out: list[tuple[int, float, Mapping[str, Any], Sequence[str], Sequence[Any]]] = []
         for first, at, batch in snapshot:
             skip = after + 1 - first  # entries of this batch at or before `after`
             if skip >= len(batch):

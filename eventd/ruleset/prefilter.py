@@ -280,11 +280,11 @@ class Plan:
         paths: set[str] = set()
         for rule, _ in candidates:
             compiled = rule.compiled
-            pinned = {field for field, values in (("type", compiled.types),
-                                                  ("action", compiled.actions),
-                                                  ("state", compiled.states)) if values}
-            _read_paths({k: v for k, v in rule.match.items() if k not in pinned}
-                        if pinned else rule.match, paths)
+            indexed = {field for field, values in (("type", compiled.types),
+                                                   ("action", compiled.actions),
+                                                   ("state", compiled.states)) if values}
+            _read_paths({k: v for k, v in rule.match.items() if k not in indexed}
+                        if indexed else rule.match, paths)
         # plain fields first, then the dotted ones (the key's layout: see `plain`, `tail`)
         self._fields = tuple((f, _getter(f) if _dotted(f) else None)
                              for f in sorted(paths, key=lambda f: (_dotted(f), f)))
