@@ -23,12 +23,13 @@ before a SIGKILL and sent again after the restart is not acted on twice.
 from __future__ import annotations
 
 import logging
+import mmap
 import struct
 import sys
 import threading
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -88,16 +89,21 @@ def _prime_at_least(n: int) -> int:
 #: The slots' type: C unsigned long where it has 8 bytes, since storing an int into it
 #: takes a few instructions per digit, where "Q" goes through a generic byte conversion
 #: (about 350 instructions per store); snapshots are "Q" (little-endian) everywhere.
-_SLOT = "L" if array("L").itemsize == 8 else "Q"
+_SLOT: Literal["L", "Q"] = "L" if array("L").itemsize == 8 else "Q"
 
 
 class _Generation:
-    """One generation: a probe table of fingerprints (0 is an empty slot) and their order."""
+    """One generation: a probe table of fingerprints (0 is an empty slot) and their order.
+
+    The table is an anonymous mapping seen as 8-byte slots: its pages are the kernel's zero
+    pages until written, so a new generation costs no resident memory at its rotation and
+    grows as it fills (an array of zeros was 0.5 MiB written at once, beside the two full
+    generations: the streaming peak's top)."""
 
     __slots__ = ("table", "order")
 
     def __init__(self, slots: int) -> None:
-        self.table = array(_SLOT, bytes(8 * slots))
+        self.table: memoryview[int] = memoryview(mmap.mmap(-1, 8 * slots)).cast(_SLOT)
         self.order = array(_SLOT)
 
 
@@ -214,7 +220,7 @@ class DedupeWindow:
             repeats.add(index)
         return repeats
 
-    def _find(self, table: array[int], fp: int) -> tuple[bool, int]:
+    def _find(self, table: memoryview[int], fp: int) -> tuple[bool, int]:
         """(found, where the probe stopped)."""
         i = fp % self._homes
         while slot := table[i]:
@@ -223,7 +229,7 @@ class DedupeWindow:
             i += 1
         return False, i
 
-    def _insert(self, table: array[int], i: int, fp: int) -> None:
+    def _insert(self, table: memoryview[int], i: int, fp: int) -> None:
         current = self._current
         if i >= self._last:  # never in practice (see _SPILL): start the next generation now
             self._rotate()

@@ -10,6 +10,7 @@ import tracemalloc
 import uuid as uuidlib
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -218,3 +219,36 @@ def test_a_streams_batches_are_probed_as_one_by_one(batches, size) -> None:
         assert many.snapshot() == one.snapshot()
         assert many.version == one.version
     assert DedupeWindow(4, [_MASKED_TO_ZERO]).check_and_add(_MASKED_TO_ZERO)
+
+
+def _status_kib(name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {name} in /proc/self/status")
+
+
+def test_a_new_generation_costs_no_resident_memory_until_it_fills() -> None:
+    """The tables of a 400k window are 2 x 4 MB of 8-byte slots: resident only as they are
+    written. Turning a full generation (the streaming peak's moment) adds no fresh table's
+    worth to the peak RSS (an array of zeros was written whole at once, beside the two full
+    generations)."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc (Linux)")
+    before = _status_kib("VmRSS")
+    window = DedupeWindow(400_000)
+    assert _status_kib("VmRSS") - before < 1024, "a new window's tables are resident at once"
+    uuids = [str(uuidlib.uuid4()) for _ in range(200_001)]
+    for uuid in uuids[:199_999]:  # the current generation one short of turning
+        window.check_and_add(uuid)
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # VmHWM := VmRSS
+    except OSError:
+        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
+    full = _status_kib("VmRSS")
+    for uuid in uuids[199_999:]:  # the turn, and the first uuid of the new generation
+        assert not window.check_and_add(uuid)
+    assert _status_kib("VmHWM") - full < 1024, "the turn wrote a fresh table whole"
+    assert all(uuid in window for uuid in uuids[::1000])

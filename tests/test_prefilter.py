@@ -354,3 +354,125 @@ def test_an_answer_the_index_decides_alone_is_kept_and_handed_out_as_is() -> Non
     assert [r.name for r in rules.matched(container)] == ["all", "glob"]
     assert [r.name for r in rules.matched(dict(container, resource_uri="/y/"))] == ["all"]
     assert [type(v) for v in rules._memo.values()].count(_Fixed) == 1
+
+
+# -- a plan reading several fields: its remembered answer looked up inline by RuleSet.matched --
+
+SEVERAL_FIELDS = [make_rule("uri", {"type": "container", "resource_uri": {"regex": "c[13]/$"}}),
+                  make_rule("parent", {"type": "container", "parents": PARENTS[1]}),
+                  make_rule("glob", {"type": "container", "parents": {"glob": "*/s2/"}}),
+                  make_rule("error", {"type": "container", "data.errorMessage": {"exists": True}}),
+                  make_rule("quoted", {"type": "container", '"data".code': "E1"}),
+                  make_rule("one", {"type": "container", "parents": 1}),
+                  make_rule("listed", {"type": "container", "parents": [PARENTS[0], 7]}),
+                  make_rule("other", {"type": "container", "parents": PARENTS[3]})]
+
+
+DATA_VARIANTS = [{}, {"data": {"errorMessage": "x"}}, {"data": {"code": "E1"}}, {"data": "text"},
+                 {"data": None}]
+
+
+def several_fields_event(draw: st.DrawFn) -> dict:
+    """Mostly the usual event (no `data`: the inline key), sometimes `data` of any shape,
+    values of any type (tuples too: never from JSON, never taken for a list)."""
+    event = hostile_event(draw)
+    if "data" in event and draw(st.booleans()):
+        del event["data"]
+    if draw(st.integers(0, 9)) == 0:
+        event["parents"] = tuple(draw(st.lists(st.sampled_from(PARENTS), max_size=2)))
+    return event
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.composite(several_fields_event)(), min_size=1, max_size=12))
+def test_an_inline_answer_of_a_plan_reading_several_fields_is_the_full_scans(
+        events: list[dict]) -> None:
+    """RuleSet.matched builds a several-field plan's key itself when the event has no dotted
+    field's first segment: each event three times (seen, kept, answered) gives the scan's."""
+    rules = RuleSet(SEVERAL_FIELDS)
+    # each event also without `data` and with a few: the same plain values, other answers
+    variants = [{**{k: v for k, v in event.items() if k != "data"}, **extra}
+                for event in events for extra in DATA_VARIANTS] + events
+    variants += [dict(event, parents=tuple(event["parents"])) for event in variants
+                 if type(event.get("parents")) is list]  # a tuple is no list's key
+    for _ in range(3):
+        for event in variants:
+            expected = [r for r in rules.rules if r.compiled.predicate(event)]
+            assert list(rules.matched(event)) == expected, event
+            assert rules.match(event) == expected, event
+
+
+def test_a_plan_reading_several_fields_answers_a_usual_event_without_its_own_calls() -> None:
+    from eventd.ruleset.prefilter import Plan
+
+    rules = RuleSet(SEVERAL_FIELDS)
+    event = {"type": "container", "action": "update", "state": "Running",
+             "resource_uri": URIS[1], "parents": [PARENTS[1], PARENTS[2]]}
+    for _ in range(2):  # seen, kept
+        assert [r.name for r in rules.matched(event)] == ["uri", "parent", "glob"]
+    (plan,) = [p for p in rules._memo.values() if type(p) is Plan]
+    assert plan.many and plan.head == "data" and plan.plain == ("parents", "resource_uri")
+    calls: list[dict] = []
+    plan.matched = lambda e: calls.append(e) or Plan.matched(plan, e)  # type: ignore[method-assign]
+    assert [r.name for r in rules.matched(dict(event))] == ["uri", "parent", "glob"]
+    assert calls == []  # answered inline
+    with_data = dict(event, data={"errorMessage": "x"})
+    assert [r.name for r in rules.matched(with_data)] == ["uri", "parent", "glob", "error"]
+    assert calls == [with_data]  # a dotted field present: the plan's own key
+
+
+@pytest.mark.parametrize("other", [
+    {"parents": (PARENTS[1],)},  # a tuple (not from JSON) is no list's key
+    {"data": {"errorMessage": "x"}}, {"data": {"code": "E1"}}, {"data": "text"}, {"data": None}])
+def test_an_inline_key_is_never_taken_for_another_events(other: dict) -> None:
+    rules = RuleSet(SEVERAL_FIELDS)
+    usual = {"type": "container", "action": "update", "state": "Running",
+             "resource_uri": URIS[0], "parents": [PARENTS[1]]}
+    for _ in range(3):  # seen, kept, answered from memory
+        assert [r.name for r in rules.matched(usual)] == ["parent"]
+    event = dict(usual, **other)
+    for _ in range(3):
+        assert list(rules.matched(event)) == [r for r in rules.rules if r.compiled.predicate(event)]
+
+
+@pytest.mark.parametrize("condition", [
+    {"action": {"not": "update"}}, {"state": {"glob": "Run*"}}, {"type": {"regex": "^serv"}},
+    {"any": [{"action": "create"}, {"state": "Stopped"}]},
+    {"type": "service", "any": [{"type": "node"}, {"action": "create"}]}])
+def test_keys_sharing_a_plan_do_not_share_answers_that_read_type_action_or_state(
+        condition: dict) -> None:
+    """(type, action, state) keys with the same candidates share a plan: an answer that
+    depends on a type, action or state the index does not pin is not handed to another key."""
+    rules = RuleSet([make_rule(f"g{i}", {"parents": {"glob": f"*x{i}*"}}) for i in range(8)]
+                    + [make_rule("cond", condition)])
+    events = [{"type": t, "action": a, "state": s, "parents": ["/p/"]}
+              for t in ("service", "node") for a in ("update", "create")
+              for s in ("Running", "Stopped")]
+    for event in events * 3:  # seen, kept, answered from memory
+        expected = [r.name for r in rules.rules if r.compiled.predicate(event)]
+        assert [r.name for r in rules.match(event)] == expected, event
+
+
+def test_two_candidates_with_a_test_left_are_answered_from_memory() -> None:
+    """A catch-all beside a glob on parents (the wall-clock bench's services): a plan, whose
+    answer for parents seen before is its kept tuple, not a scan."""
+    from eventd.ruleset.prefilter import Plan
+
+    rules = RuleSet([make_rule("all", {}),
+                     make_rule("in-stack", {"type": "service", "parents": {"glob": "*/s2/*"}})])
+    event = {"type": "service", "action": "update", "state": "Running",
+             "parents": ["/api/app/v1/ns/s2/x/"]}
+    first = rules.matched(event)
+    assert [r.name for r in first] == ["all", "in-stack"]
+    assert rules.matched(dict(event)) is rules.matched(dict(event))
+    assert [type(v) for v in rules._memo.values()] == [Plan]
+
+
+def test_many_candidates_the_index_decides_alone_are_answered_as_is() -> None:
+    from eventd.ruleset.index import _Fixed
+
+    rules = RuleSet([make_rule(f"s{i}", {"type": "service", "state": ["Running", f"S{i}"]})
+                     for i in range(9)] + [make_rule("all", {})])
+    event = {"type": "service", "action": "update", "state": "Running"}
+    assert len(rules.matched(event)) == 10
+    assert [type(v) for v in rules._memo.values()] == [_Fixed]

@@ -1,9 +1,10 @@
 """The Live page's memory: the last events, the rules each matched, what each action did.
 
-An `Observer` of eventd.hooks: on the engine's thread each batch costs one call, and each event
-one tuple appended to a bounded deque in C (no lock, no copy, no JSON, no rule names: an entry
-is shaped only when someone looks), and each distinct set of matched rules in the batch one
-dict write per rule (its last match). What an accepted action then did arrives
+An `Observer` of eventd.hooks: on the engine's thread each batch costs one call, kept whole
+as the engine handed it over (one tuple of its entries, numbered from its first; no lock, no
+JSON, no rule names: an entry is shaped only when someone looks; the oldest batch is cut to
+keep `size` events), and each distinct set of matched rules in the batch one dict write per
+rule (its last match). What an accepted action then did arrives
 from the delivery side (`on_delivered`, `on_dead_lettered`) by job id, kept in a bounded map.
 Readers page by sequence number: `since(seq)` is what the event stream sends next.
 """
@@ -14,7 +15,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -40,10 +40,12 @@ class LiveRing(Observer):
     """The last `size` events with their decisions, and rules' last matches."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
-        self.size = size
-        #: (seq, time, (event, rules, decisions)) as the engine handed it over: shaped into
-        #: an entry (rules by name) only when someone reads
-        self._ring: deque[tuple[int, float, Processed]] = deque(maxlen=size)
+        self.size = max(1, size)
+        #: (first seq, time, ((event, rules, decisions), ...)): each batch as the engine
+        #: handed it over, shaped into entries (rules by name) only when someone reads; the
+        #: newest `size` events in all (the oldest batch cut at its front)
+        self._batches: deque[tuple[int, float, tuple[Processed, ...]]] = deque()
+        self._held = 0  # events in _batches
         self._next = 1  # the next sequence number (one writer: the engine, batch by batch)
         self.last_match: dict[str, float] = {}
         self._results: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -59,14 +61,29 @@ class LiveRing(Observer):
         """Keep a batch's events (references), numbered in order, at one time (the batch's
         end: its events were processed within it); note each matched rule's last match.
 
-        One call and C loops per batch, where a call per event cost ~2,500 instructions."""
+        One call and C loops per batch, where a call per event cost ~2,500 instructions (and
+        a numbered tuple per event, kept, ~300)."""
         count = len(entries)
         if not count:
             return
         now = _now()
         first = self._next
+        size, batches = self.size, self._batches
+        kept = tuple(entries[-size:]) if count > size else tuple(entries)
+        # in this order: a reader sees a batch whole, numbered, before its events are counted
+        batches.append((first + count - len(kept), now, kept))
         self._next = first + count
-        self._ring.extend(zip(range(first, first + count), repeat(now), entries))
+        held = self._held + len(kept)
+        while held > size:  # drop the oldest events: whole batches, then the front of one
+            start, at, oldest = batches[0]
+            excess = held - size
+            if excess >= len(oldest):
+                batches.popleft()
+                held -= len(oldest)
+            else:
+                batches[0] = (start + excess, at, oldest[excess:])
+                held -= excess
+        self._held = held
         last_match = self.last_match
         # each distinct set of matched rules once (the index hands out the same tuples)
         for rules in dict.fromkeys(map(tuple, map(_RULES, entries))):
@@ -94,20 +111,28 @@ class LiveRing(Observer):
         """The kept events with a sequence number above `after`, oldest first."""
         while True:
             try:
-                snapshot = list(self._ring)
+                snapshot = list(self._batches)
                 break
             except RuntimeError:  # the engine appended during the copy: copy again
                 continue
-        return [(seq, at, event, _names(rules), decisions)
-                for seq, at, (event, rules, decisions) in snapshot if seq > after]
+        out: list[tuple[int, float, Mapping[str, Any], Sequence[str], Sequence[Any]]] = []
+        for first, at, batch in snapshot:
+            skip = after + 1 - first  # entries of this batch at or before `after`
+            if skip >= len(batch):
+                continue
+            skip = max(skip, 0)
+            out.extend((seq, at, event, _names(rules), decisions)
+                       for seq, (event, rules, decisions) in enumerate(batch[skip:], first + skip))
+        return out[-self.size:]  # a reader between the engine's append and its cut
 
     @property
     def last(self) -> int:
         """The newest entry's sequence number (0 before the first)."""
         try:
-            return self._ring[-1][0]
+            first, _, batch = self._batches[-1]
         except IndexError:
             return 0
+        return first + len(batch) - 1
 
     def result(self, job_id: str) -> tuple[str, str] | None:
         """What an accepted job did since (delivered or dead-lettered), if known."""

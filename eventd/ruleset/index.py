@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from eventd.fields import MISSING
 from eventd.ruleset.matching import Predicate, always_true
 from eventd.ruleset.prefilter import MIN_CANDIDATES, MatchCache, Plan
 
@@ -122,15 +123,15 @@ class RuleSet:
                 return [r for r in self.rules if r.compiled.predicate(event)]
             found = self.candidates(*key)
             kept = len(self._memo) < _MEMO_SIZE  # type/action/state vocabularies are small
-            if len(found) >= MIN_CANDIDATES:
+            if found and all(residual is always_true for _, residual in found):
+                candidates = _Fixed(tuple(rule for rule, _ in found))
+            elif len(found) >= MIN_CANDIDATES:
                 plan = self._plans.get(found) if kept else None
                 if plan is None:
                     plan = Plan(found, self._cache if kept else None)
                     if kept:
                         self._plans[found] = plan
                 candidates = plan
-            elif found and all(residual is always_true for _, residual in found):
-                candidates = _Fixed(tuple(rule for rule, _ in found))
             elif len(found) == 1 and found[0][0].compiled.residual_equals is not None:
                 candidates = _Equals((found[0][0], *found[0][0].compiled.residual_equals))
             else:  # a residual always true is None: the scan below skips its call
@@ -170,6 +171,29 @@ class RuleSet:
                     found_rules = table.get(value)
                     if found_rules is not None:
                         return found_rules
+            elif candidates.many:
+                # Several fields (a container's URI, parents, data.errorMessage): the key
+                # Plan._key makes, built here without its calls, when the event has no
+                # dotted field's first segment (the usual event: no `data`)
+                head = candidates.head
+                if head is None or head not in event:
+                    values = []
+                    get = event.get
+                    for name in candidates.plain:
+                        value = get(name, MISSING)
+                        held = type(value)
+                        if held is list:
+                            value = tuple(value)
+                        elif held is tuple:  # not from JSON: would look like a list's key
+                            break
+                        values.append(value)
+                    else:
+                        try:
+                            found_rules = table.get((*values, *candidates.tail))
+                        except TypeError:  # a value that is not hashable
+                            found_rules = None
+                        if found_rules is not None:
+                            return found_rules
             answer: Sequence[Rule] = candidates.matched(event)
             return answer
         if len(candidates) == 1:  # no list comprehension (a function made per call)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from eventd.fields import MISSING
+from eventd.fields import MISSING, FieldPathError, split_path
 from eventd.fields import field_getter as _getter
 from eventd.ruleset.matching import always_true as _always
 
@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 Predicate = Callable[[Mapping[str, Any]], bool]
 Candidate = tuple["Rule", Predicate]
 
-#: Below this many candidates a plain scan is as fast as any plan.
-MIN_CANDIDATES = 8
+#: Below this many candidates a plain scan is as fast as any plan: two candidates with a test
+#: left (a glob on parents beside a catch-all) cost more scanned than remembered.
+MIN_CANDIDATES = 2
 #: joins a list field's elements for one search of literals (none holds it)
 _SEPARATOR = "\0"
 
@@ -240,6 +241,19 @@ def _chars(value: Any) -> int:
     return -1
 
 
+def _dotted(field: str) -> bool:
+    """Whether a field is read through eventd.fields.field_getter (not one plain key)."""
+    return "." in field or '"' in field
+
+
+def _head(field: str) -> str:
+    """A field path's first segment: an event without that key reads the field as absent."""
+    try:
+        return split_path(field)[0]
+    except FieldPathError:  # read as a plain key (field_getter)
+        return field
+
+
 def _read_paths(match: Any, out: set[str]) -> None:
     """Every field path a match mapping reads (any/all/not included)."""
     if not isinstance(match, Mapping):
@@ -259,14 +273,21 @@ class Plan:
 
     def __init__(self, candidates: Sequence[Candidate], cache: MatchCache | None = None) -> None:
         self.size = len(candidates)
-        # The fields the candidates read besides type, action and state (fixed for a plan):
-        # the key of the plan's remembered answers.
+        # The fields the candidates' residuals read: the key of the plan's remembered
+        # answers. A type, action or state the index pins (a plain value or list) is left
+        # out; read otherwise (`action: {not: update}`, a glob, inside `any`) it is part of
+        # the key, since keys of several (type, action, state) share a plan.
         paths: set[str] = set()
         for rule, _ in candidates:
-            _read_paths(rule.match, paths)
-        paths -= {"type", "action", "state"}
-        self._fields = tuple((f, _getter(f) if "." in f or '"' in f else None)
-                             for f in sorted(paths))
+            compiled = rule.compiled
+            indexed = {field for field, values in (("type", compiled.types),
+                                                   ("action", compiled.actions),
+                                                   ("state", compiled.states)) if values}
+            _read_paths({k: v for k, v in rule.match.items() if k not in indexed}
+                        if indexed else rule.match, paths)
+        # plain fields first, then the dotted ones (the key's layout: see `plain`, `tail`)
+        self._fields = tuple((f, _getter(f) if _dotted(f) else None)
+                             for f in sorted(paths, key=lambda f: (_dotted(f), f)))
         self._one = self._fields[0][0] if len(self._fields) == 1 \
             and self._fields[0][1] is None else None
         self._cache = cache
@@ -274,6 +295,17 @@ class Plan:
             cache.table() if cache is not None else None
         #: read by RuleSet.match for the usual answer inline (a list value's key is its tuple)
         self.one, self.table = self._one, self._table
+        #: for RuleSet.match's inline key of a plan reading several fields: the plain ones,
+        #: and the first segment of the dotted ones (at most one: None when there is none,
+        #: or more than one). An event without that key reads every dotted field as absent,
+        #: so the key is the plain fields' values followed by `tail` (MISSING for each).
+        dotted = [f for f, getter in self._fields if getter is not None]
+        self.plain = tuple(f for f, getter in self._fields if getter is None)
+        self.tail: tuple[Any, ...] = (MISSING,) * len(dotted)
+        heads = {_head(f) for f in dotted}
+        self.head: str | None = heads.pop() if len(heads) == 1 else None
+        self.many = self._table is not None and self._one is None \
+            and (not dotted or self.head is not None)
         unguarded: list[Entry] = []
         equal: dict[str, dict[str, list[Entry]]] = {}
         patterns: dict[str, dict[str, list[Entry]]] = {}
