@@ -266,6 +266,8 @@ class SocketProxy:
     `cut()` closes every connection through it and refuses new ones (the socket file stays,
     connections are reset), as a lost link between eventd and the Engine would; the Engine
     itself keeps running and keeps its events. `restore()` lets connections through again.
+    `hold(path)` keeps the answers to requests for that path from the client (the Engine slow
+    to give a container's logs) until `release()`.
     """
 
     def __init__(self, target: Path, path: Path) -> None:
@@ -278,6 +280,9 @@ class SocketProxy:
         self._lock = threading.Lock()
         self._open: list[Any] = []
         self._cut = False
+        self._holds: list[bytes] = []  # requests whose answers wait for release()
+        self.held = 0  # requests held so far
+        self._released = threading.Event()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(path))
         self._server.listen(64)
@@ -310,12 +315,33 @@ class SocketProxy:
                     client.close()
                     continue
                 self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            held = threading.Event()  # this connection asked what hold() names
+            threading.Thread(target=self._pipe, args=(client, upstream, held, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, held, False),
+                             daemon=True).start()
 
-    def _pipe(self, source: Any, destination: Any) -> None:
+    def hold(self, path: bytes) -> None:
+        """Answer no request whose first line holds `path` (its answer waits, the connection
+        open) until `release()`: a log stream that the Engine is slow to give."""
+        self._released.clear()
+        self._holds.append(path)
+
+    def release(self) -> None:
+        self._holds.clear()
+        self._released.set()
+
+    def _pipe(self, source: Any, destination: Any, held: Any = None,
+              asking: bool = False) -> None:
         try:
             while data := source.recv(65536):
+                if asking and held is not None and any(
+                        path in data.split(b"\r\n", 1)[0] for path in self._holds):
+                    held.set()
+                    with self._lock:
+                        self.held += 1
+                if not asking and held is not None and held.is_set():
+                    self._released.wait(60)
                 destination.sendall(data)
         except OSError:
             pass
