@@ -442,6 +442,10 @@ class Daemon:
         """True once everything received was processed and every accepted action is done."""
         deadline = time.monotonic() + timeout
         self._queue.join(timeout)
+        while self.engine.waiting and time.monotonic() < deadline:
+            # events set aside for their logs: processed on a wake queued when those come
+            self.stopped.wait(0.01)
+            self._queue.join(max(0.0, deadline - time.monotonic()))
         return self.dispatcher.wait_idle(max(0.0, deadline - time.monotonic()))
 
     # -- threads ---------------------------------------------------------------------

@@ -751,6 +751,11 @@ class Engine:
             hooks.on_processed_batch(shown)
         return resumed
 
+    @property
+    def waiting(self) -> int:
+        """Events set aside now, waiting for their logs."""
+        return len(self._parked)
+
     def resume_parked(self) -> None:
         """Process the events set aside whose logs are in now (the engine's thread, woken)."""
         if self._parked or self._to_journal or self._unjournal:
