@@ -26,23 +26,10 @@ from eventd.settings import Settings
 from tests.docker_engine import IMAGE, DockerEngine, SocketProxy
 from tests.external import free_port
 from tests.receiver import WebhookReceiver
-from tests.test_docker_enrich import exited
+from tests.test_docker_enrich import FIFTY, LOGGED, exited
 from tests.waiting import wait_until
 
-LOGGED = """
-rules:
-  - name: crashed
-    match: {type: container, action: die, attributes.exitCode: {not: "0"}}
-    enrich: {logs: {lines: 20}, history: {window: 1h}}
-    actions:
-      - webhook:
-          url: "${ALERT_WEBHOOK_URL}"
-          json: {name: "{{ event.name }}", last: "{{ logs[-1] if logs else '' }}",
-                 lines: "{{ logs | length }}"}
-"""
-
 TREE = Path(__file__).resolve().parent.parent  # the eventd under test, for its subprocesses
-FIFTY = "i=1; while [ $i -le 50 ]; do echo \"line $i\"; i=$((i+1)); done; exit 3"
 
 
 @pytest.fixture
