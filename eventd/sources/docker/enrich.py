@@ -366,7 +366,21 @@ class DockerEnricher:
         uuid = event.get("uuid", "?")
         key: LogKey = (object_id, str(uuid), lines, max_bytes, budget)
         began = time.monotonic()
-        followed = self.followers.take(object_id, str(uuid), lines, max_bytes, budget)
+        followed = self.followers.take(object_id, str(uuid), lines, max_bytes, budget,
+                                       lambda left: self._read_beside(key, uuid, left))
+        if isinstance(followed, Future):  # its stream had not ended: read beside it
+            try:
+                result = followed.result(timeout=max(0.0, began + budget - time.monotonic()))
+            except FutureTimeout:
+                raise TimeoutError(f"the logs of {object_id[:12]} took more than {budget} s") \
+                    from None
+            except CancelledError:  # closing
+                return None
+            if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
+                logger.debug("logs of container %s for event %s in %.1f ms (follower not "
+                             "ended: read beside it)", object_id[:12], uuid,
+                             (time.monotonic() - began) * 1000)
+            return result
         if followed is not None:
             if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
                 logger.debug("logs of container %s for event %s in %.1f ms (followed)",
@@ -413,6 +427,20 @@ class DockerEnricher:
             logger.debug("logs of container %s for event %s in %.1f ms (%s)", object_id[:12],
                          uuid, (time.monotonic() - began) * 1000, how)
         return result
+
+    def _read_beside(self, key: LogKey, uuid: object, left: float
+                     ) -> Future[list[str] | None]:
+        """A read of the container's logs on the pool, within `left` s, beside a follower
+        whose stream has not ended (cancelled at once when closing)."""
+        with self._lock:
+            if not self._closed:
+                try:
+                    return self._pool_locked().submit(self._read_logs, key, uuid, False, left)
+                except RuntimeError:  # shut down meanwhile
+                    pass
+        closing: Future[list[str] | None] = Future()
+        closing.cancel()
+        return closing
 
     def _read_logs(self, key: LogKey, uuid: object, early: bool,
                    budget: float | None = None) -> list[str] | None:
