@@ -674,6 +674,18 @@ class Engine:
             self._logs_rules = (rules, found)
         return found
 
+    def _logs_specs(self, matched: Sequence[Rule],
+                    quiet: frozenset[Rule] | None) -> list[LogsSpec]:
+        """The log caps the matched rules read (each once; none for a quiet rule)."""
+        logs_rules = self._logs_rules_of(self.rules)
+        specs: list[LogsSpec] = []
+        for rule in matched:
+            if rule in logs_rules and (quiet is None or rule not in quiet) \
+                    and rule.enrichment is not None and rule.enrichment.logs is not None \
+                    and rule.enrichment.logs not in specs:
+                specs.append(rule.enrichment.logs)
+        return specs
+
     def _park(self, received: Received, event: Event, matched: Sequence[Rule],
               quiet: frozenset[Rule] | None) -> Any:
         """Set the event aside if it waits for logs (or its object has an event set aside):
@@ -683,12 +695,7 @@ class Engine:
         if not parked and logs_rules.isdisjoint(matched):
             return None
         obj = _object_of(event)
-        specs: list[LogsSpec] = []
-        for rule in matched:
-            if rule in logs_rules and (quiet is None or rule not in quiet) \
-                    and rule.enrichment is not None and rule.enrichment.logs is not None \
-                    and rule.enrichment.logs not in specs:
-                specs.append(rule.enrichment.logs)
+        specs = self._logs_specs(matched, quiet)
         if not specs and obj not in parked:
             return None
         assert self._attacher is not None
@@ -780,33 +787,58 @@ class Engine:
     def recover_parked(self) -> int:
         """At start: process the events a crash left set aside, oldest first, with the rules
         in force now and the logs read now (what the Engine still holds; none, and one
-        warning, for a container removed since); how many."""
+        warning, for a container removed since); how many. Their logs are asked all at once
+        (MAX_PARKED events at a time, on the attacher's waiting threads), then each event is
+        processed in order with its own."""
         journal = self._journal
         if journal is None:
             return 0
         items = journal.parked_list()
-        for key, record in items:
-            event = record.get("event")
-            at = record.get("received_at")
-            try:
-                if isinstance(event, dict):
-                    received = Received(event, float(at) if isinstance(at, (int, float))
-                                        else self._clock())
-                    matched = self.rules.matched(event)
-                    if matched:
-                        self._held = []
-                        try:
-                            self._run_rules(received, event, matched)
-                        finally:
-                            held, self._held = self._held, None
-                            if held:
-                                self._submit_many(held)
-            except Exception as exc:  # noqa: BLE001 - one bad record never stops the rest
-                report_internal_error("engine", exc, self._metrics)
-            journal.parked_done([key])
+        for first in range(0, len(items), MAX_PARKED):
+            chunk = items[first:first + MAX_PARKED]
+            started = [self._recovering(record) for _, record in chunk]
+            wait_futures([future for begun in started if begun is not None
+                          for future in begun[3].values()], timeout=LOGS_BUDGET * 2)
+            for (key, _), begun in zip(chunk, started, strict=True):
+                if begun is not None:
+                    received, event, matched, waits = begun
+                    attached = {("logs", spec): future.result() if future.done() else []
+                                for spec, future in waits.items()}
+                    self._held = []
+                    try:
+                        self._run_rules(received, event, matched, None, attached)
+                    except Exception as exc:  # noqa: BLE001 - one bad record never stops the rest
+                        report_internal_error("engine", exc, self._metrics)
+                    finally:
+                        held, self._held = self._held, None
+                        if held:
+                            self._submit_many(held)
+                journal.parked_done([key])
         if items:
             log.info("%d event(s) left waiting for logs by the last run processed", len(items))
         return len(items)
+
+    def _recovering(self, record: dict[str, Any]) -> tuple[
+            Received, Event, Sequence[Rule], dict[LogsSpec, Future[list[str]]]] | None:
+        """A kept event to process again, its logs asked already; None when no rule matches
+        it now (or the record is not one)."""
+        event = record.get("event")
+        at = record.get("received_at")
+        try:
+            if not isinstance(event, dict):
+                return None
+            received = Received(event, float(at) if isinstance(at, (int, float))
+                                else self._clock())
+            matched = self.rules.matched(event)
+            if not matched:
+                return None
+            attacher = self._attacher
+            waits = {spec: attacher.logs_started(event, spec)
+                     for spec in self._logs_specs(matched, None)} if attacher is not None else {}
+        except Exception as exc:  # noqa: BLE001 - one bad record never stops the rest
+            report_internal_error("engine", exc, self._metrics)
+            return None
+        return received, event, matched, waits
 
     def _write_journal(self) -> None:
         """Keep this batch's new events set aside, forget those processed (their actions are

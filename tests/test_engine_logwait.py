@@ -98,3 +98,40 @@ def test_each_object_s_events_are_processed_once_in_order_whatever_the_logs_orde
         "eventd_rule_matches_total", {"rule": "any"}) == len(events)
     assert metrics.registry.get_sample_value("eventd_enrich_logs_waiting") == 0
     assert engine.processed == len(events)
+
+
+class TogetherLogs:
+    """A log reader whose reads answer only once `count` of them are under way at once."""
+
+    def __init__(self, count: int) -> None:
+        self.barrier = threading.Barrier(count, timeout=5)
+
+    def logs(self, event: dict[str, Any], lines: int, max_bytes: int,
+             budget: float) -> list[str]:
+        self.barrier.wait()  # broken (no logs) if the others are not asked meanwhile
+        return [f"{event['id']} last"]
+
+
+def test_events_left_waiting_by_a_crash_have_their_logs_asked_together(tmp_path):
+    """At start, the dies a crash left waiting for logs have their logs asked all at once,
+    then are processed in order, each with its own logs. (Before, one at a time: each read
+    waited for the one before, here for ever: none had its logs.)"""
+    rules = load_rules([write_rules(tmp_path, RULES)], {})
+    metrics = Metrics()
+    store = MemoryStore()
+    store.parked_add([(f"k{n}", {"event": {"type": "container", "action": "die", "id": cid,
+                                           "resource_uri": f"/docker/container/{cid}/",
+                                           "uuid": f"u{n}"}, "received_at": 1.0})
+                      for n, cid in enumerate(CONTAINERS)])
+    jobs: list = []
+    attacher = Attacher(TogetherLogs(len(CONTAINERS)), None, metrics)
+    engine = Engine(rules, jobs.append, {"log": LogAction()}, None, metrics, attacher=attacher)
+    engine.park_logs(store, lambda: None)
+    try:
+        assert engine.recover_parked() == len(CONTAINERS)
+    finally:
+        attacher.close()
+    assert [(job.event["uuid"], job.rule, job.options["message"]) for job in jobs] == [
+        (f"u{n}", rule, f"u{n} {cid} last" if rule == "died" else f"u{n}")
+        for n, cid in enumerate(CONTAINERS) for rule in ("died", "any")]
+    assert store.parked_list() == []
