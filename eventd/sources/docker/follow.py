@@ -9,9 +9,10 @@ closes the container's log driver, tens of milliseconds before a read asked at `
 answered (measured: bench/docker_latency.py `--command live`). So for every container a rule
 with `enrich: logs` could match (its conditions known at start: type, id, name, image,
 labels), a follower thread holds the last bytes the container wrote; at `die` the reader
-claims it, and the engine thread waits for its end (within the logs budget) and takes its
-tail. When there is none (not followed, follower cap reached, stream failed, bytes cap
-reached) the enricher reads as before.
+claims it, and the thread that waits for the die's logs waits for its end (within the logs
+budget; after half of it a read is started beside it, for a stream that outlives the
+container's log) and takes its tail. When there is none (not followed, follower cap reached,
+stream failed, bytes cap reached) the enricher reads as before.
 
 Bounds: at most `max_followers` followers (one thread and one connection each), at most
 `max_bytes` held by each (its rule's cap) and `max_held` by all; a follower is dropped at its
