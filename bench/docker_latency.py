@@ -294,7 +294,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
     bare = BareReader(engine) if breakdown else None
     names = [f"lat-{tag}-{i}" for i in range(count)]
     port = _free_port()
-    followed = in_time = float("nan")
+    followed = in_time = not_ended = float("nan")
     with open(log_path, "wb") as log:
         eventd = subprocess.Popen(
             [sys.executable, "-m", "eventd", "run", "--rules", str(rules), "--state-dir",
@@ -315,6 +315,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
             elapsed = time.monotonic() - began
             if enrich == "logs":
                 followed, in_time = _followed(port), _followed(port, "in_time")
+                not_ended = _followed(port, "not_ended")
         finally:
             eventd.terminate()
             eventd.wait(15)
@@ -329,6 +330,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
         "p50_ms": _percentile(latencies, 0.50), "p90_ms": _percentile(latencies, 0.90),
         "p99_ms": _percentile(latencies, 0.99), "max_ms": max(latencies, default=float("nan"))}
     figures["followed"], figures["in_time"] = followed, in_time
+    figures["not_ended"] = not_ended
     figures["warnings"] = warnings_in(log_path)
     figures["logs_unread"] = sum("enrich: logs of " in line and " not read (" in line
                                  for line in log_path.read_text(errors="replace").splitlines())
@@ -434,7 +436,10 @@ def report(figures: dict[str, Any], label: str) -> str:
                if "logs_unread" in figures else "")
             + (f"; logs taken from a follower: {figures['followed']:g} (its stream open "
                f"before the die: {figures['in_time']:g})"
-               if figures.get("followed", float("nan")) == figures.get("followed") else ""))
+               if figures.get("followed", float("nan")) == figures.get("followed") else "")
+            + (f"; streams not ended within half the budget (read instead or beside): "
+               f"{figures['not_ended']:g}"
+               if figures.get("not_ended", float("nan")) == figures.get("not_ended") else ""))
 
 
 def breakdown_table(runs: list[dict[str, Any]]) -> str:
@@ -501,7 +506,7 @@ def main() -> int:
         if len(done) > 1:
             median = {key: statistics.median(run[key] for run in done)
                       for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms",
-                                  "logs_unread", "followed", "in_time")}
+                                  "logs_unread", "followed", "in_time", "not_ended")}
             median["expected"] = args.count
             print(report(median, f"{label}, median of {len(done)} runs"))
         if args.breakdown:

@@ -11,7 +11,9 @@ goes on with no logs (or no history).
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from eventd.events import Event, parse_datetime
@@ -21,8 +23,11 @@ from eventd.stores.base import EventHistory
 
 log = logging.getLogger(__name__)
 
-#: the most time one log read may take (the engine's thread waits for it)
+#: the most time one log read may take (a waiting thread of logs_started, or the engine's)
 LOGS_BUDGET = 1.0
+#: threads that wait for containers' logs for the engine (`logs_started`): a burst of dies
+#: waits on this many at once, each for at most LOGS_BUDGET
+LOG_WAITERS = 16
 
 
 class LogReader(Protocol):
@@ -43,6 +48,8 @@ class Attacher:
         self._store = store
         self._metrics = metrics
         self._warned: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None  # made on the first logs_started
+        self._pool_lock = threading.Lock()
 
     def logs(self, event: Event, spec: LogsSpec) -> list[str]:
         """The redacted last lines; [] when there are none or they cannot be read."""
@@ -62,6 +69,27 @@ class Attacher:
         finally:
             self._metrics.enrich_seconds.labels(what="logs").observe(time.monotonic() - started)
         return spec.redact(raw) if raw else []
+
+    def logs_started(self, event: Event, spec: LogsSpec) -> Future[list[str]]:
+        """`logs(event, spec)` on one of LOG_WAITERS threads: the engine goes on with other
+        events meanwhile (a closed attacher reads on the caller's thread instead)."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(LOG_WAITERS, thread_name_prefix="eventd-logs")
+            pool = self._pool
+        try:
+            return pool.submit(self.logs, event, spec)
+        except RuntimeError:  # shut down meanwhile
+            done: Future[list[str]] = Future()
+            done.set_result(self.logs(event, spec))
+            return done
+
+    def close(self) -> None:
+        """Stop the waiting threads (a read under way ends within its budget)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def history(self, event: Event, spec: HistorySpec, now: float) -> dict[str, Any] | None:
         """The object's recent events, this one included; None when it cannot be had."""

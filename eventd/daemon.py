@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from eventd.attachments import LOGS_BUDGET
 from eventd.clients.dockercloud.auth import Credentials
 from eventd.clients.dockercloud.namespaces import label, tagging
 from eventd.cluster.connection import is_cluster_store
@@ -65,6 +66,7 @@ EXIT_OK = 0
 EXIT_AUTH = 3
 
 _STOP = object()
+_WAKE = object()  # logs the engine waited for are in (Engine.resume_parked)
 #: a batch at least this big is processed on the reader's thread when the engine is idle
 INLINE_BATCH = 32
 
@@ -181,6 +183,7 @@ class Daemon:
         if is_cluster_store(settings.store):  # before the engine starts: it reports progress
             self.tracker = Tracker(names)
         self.metrics.workers.resume()
+        self._park_logs(pipeline)
         self._spawn("engine", self._engine_loop)
         self._start_streams()
         if self.credentials is None:
@@ -191,6 +194,19 @@ class Daemon:
                      count(len(ruleset), "rule"), settings.stream_url if not settings.namespaces
                      else f"{settings.stream_host} (namespaces {', '.join(settings.namespaces)})",
                      settings.rest_host, self.credentials.source, state_where(settings))
+
+    def _park_logs(self, pipeline: Pipeline) -> None:
+        """The Engine's source, on a store that keeps events waiting for logs: the engine
+        waits for containers' logs off its thread (eventd.engine's park_logs), after
+        processing what a crash left waiting."""
+        from eventd.stores.base import ParkedEvents
+
+        store = pipeline.store
+        if self.settings.source != "docker" or not isinstance(store, ParkedEvents) \
+                or is_cluster_store(self.settings.store):
+            return
+        self.engine.park_logs(store, lambda: self._put(_WAKE))
+        self.engine.recover_parked()
 
     def _source_sink(self, pipeline: Pipeline) -> Callable[[Sequence[Received]], None]:
         """The engine's queue; for an enricher that can start inspects early (the Engine's),
@@ -426,6 +442,10 @@ class Daemon:
         """True once everything received was processed and every accepted action is done."""
         deadline = time.monotonic() + timeout
         self._queue.join(timeout)
+        while self.engine.waiting and time.monotonic() < deadline:
+            # events set aside for their logs: processed on a wake queued when those come
+            self.stopped.wait(0.01)
+            self._queue.join(max(0.0, deadline - time.monotonic()))
         return self.dispatcher.wait_idle(max(0.0, deadline - time.monotonic()))
 
     # -- threads ---------------------------------------------------------------------
@@ -452,7 +472,13 @@ class Daemon:
             batch = get()
             try:
                 if batch is _STOP:
+                    with lock:  # the logs still awaited, within their budget
+                        self.engine.settle_parked(LOGS_BUDGET * 2)
                     return
+                if batch is _WAKE:
+                    with lock:
+                        self.engine.resume_parked()
+                    continue
                 with lock:
                     process(batch)
                     if tracker is not None:

@@ -4,21 +4,32 @@ It de-duplicates, marks events eventd caused itself, matches rules, enriches, ap
 `when`, throttles, renders actions and hands jobs to a submit function (the dispatcher, or
 a printer in `replay --dry-run`). It runs on one thread; the rule set is swapped between
 two events, never in the middle of one.
+
+With the Engine's source (`park_logs`), an event whose rules read its container's logs does
+not hold that thread while the logs come (a follower's stream ending after the die, or a read
+at die, up to the 1 s budget): it is kept in the store, set aside, and processed once its
+logs are in, while the events after it go on. Events of one object stay in order (a later
+one waits behind one set aside); jobs of other objects' events may be spooled, and so
+delivered, before the jobs of one that waits for its logs. A crash while it waits loses
+nothing: the next start processes what the store still holds, the logs read then.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence, Sized
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
-from eventd.attachments import Attacher
+from eventd.attachments import LOGS_BUDGET, Attacher
 from eventd.dedupe import DedupeWindow
 from eventd.errors import TemplateError
 from eventd.events import (
@@ -33,6 +44,7 @@ from eventd.hooks import Processed, hooks
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import KNOWN_TYPES, MATCH_KEYS, Metrics, rule_labels
 from eventd.records import ActionJob
+from eventd.ruleset.enrichment import LogsSpec
 from eventd.ruleset.model import ActionSpec, Rule
 from eventd.ruleset.templates import build_context
 
@@ -40,6 +52,9 @@ log = logging.getLogger(__name__)
 
 #: An event older than this (by its `datetime`) is audited but triggers no REST action.
 DEFAULT_MAX_EVENT_AGE = 900.0
+#: events held at once while their containers' logs are awaited off the engine's thread;
+#: past that the engine waits for the oldest (backpressure, as a full queue is)
+MAX_PARKED = 256
 
 
 class Rules(Protocol):
@@ -100,6 +115,32 @@ class Muter(Protocol):
 
     def muted(self, rule: str, kind: str, event: Mapping[str, Any],
               options: Mapping[str, Any]) -> Any: ...
+
+
+class ParkedJournal(Protocol):
+    """Where events waiting for logs are kept until their actions are spooled
+    (eventd.stores.base.ParkedEvents)."""
+
+    def parked_add(self, items: list[tuple[str, dict[str, Any]]]) -> None: ...
+    def parked_done(self, keys: list[str]) -> None: ...
+    def parked_list(self) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+@dataclass
+class _Parked:
+    """One event whose rules wait for its container's logs (and every later event of the same
+    object, behind it): processed once each wait is done, in order per object."""
+
+    key: str  # its journal key
+    obj: str  # the object it is about (its resource URI)
+    received: Received
+    event: Event
+    matched: Sequence[Rule]
+    quiet: frozenset[Rule] | None
+    waits: dict[LogsSpec, Future[list[str]]]
+
+    def ready(self) -> bool:
+        return all(future.done() for future in self.waits.values())
 
 
 class EngineStore(Protocol):
@@ -185,6 +226,18 @@ class Engine:
         self._matches = metrics.rule_matches.counts(rule_labels)
         self._quiet_plan: _QuietPlan | None = None
         self.processed = 0
+        # Waiting for logs off this thread (park_logs): the events held, oldest first, how
+        # many each object has held, the new ones still to journal, the done ones to forget.
+        self._journal: ParkedJournal | None = None
+        self._wake: Callable[[], object] | None = None
+        self._parked: deque[_Parked] = deque()
+        self._parked_objects: Counter[str] = Counter()
+        self._to_journal: list[_Parked] = []
+        self._unjournal: list[str] = []
+        self._park_ids = itertools.count()
+        self._park_prefix = f"{time.time_ns():x}"
+        self._logs_rules: tuple[Any, frozenset[Rule]] = (None, frozenset())
+        self.parked_total = 0  # events that waited for logs off this thread (tests, metrics)
 
     # -- the rule set ----------------------------------------------------------------
     def swap_rules(self, rules: Rules) -> None:
@@ -224,6 +277,7 @@ class Engine:
             else ((), _never)
         match = self.rules.matched  # read once: a reload takes effect at the next batch
         repeated = self.dedupe.repeated(batch) or _NONE  # by uuid, the whole batch at once
+        parking = self._journal is not None and self._attacher is not None
         duplicates = len(repeated)
         # the console's Live page listens (on by default with the metrics port); read once.
         # Its events are handed over once, at the batch's end (a hook call per event cost
@@ -275,11 +329,19 @@ class Engine:
                         if show is not None:
                             show((event, matched, ()))
                         continue
-                    outcome = self._run_rules(batch[index], event, matched, known)
+                    if parking:  # the logs of the Engine's containers: awaited off this thread
+                        attached = self._park(batch[index], event, matched, known)
+                        if attached is _PARKED:
+                            continue
+                        outcome = self._run_rules(batch[index], event, matched, known, attached)
+                    else:
+                        outcome = self._run_rules(batch[index], event, matched, known)
                     if show is not None:
                         show((event, outcome.rules, outcome.decisions))
                 except Exception as exc:  # noqa: BLE001 - the one place the engine keeps running
                     report_internal_error("engine", exc, self._metrics)
+            if self._parked:
+                self._resume_ready(show)
         finally:
             if pending:
                 self._settle_actions(pending)
@@ -293,6 +355,8 @@ class Engine:
             held, self._held = self._held, None
             if held:
                 self._submit_many(held)
+            if self._to_journal or self._unjournal:
+                self._write_journal()
 
     def process(self, received: Received) -> Outcome | None:
         """Process one event; returns what was decided (None for a duplicate or no match)."""
@@ -407,8 +471,10 @@ class Engine:
             events.clear()
 
     def _run_rules(self, received: Received, event: Event, matched: Sequence[Rule],
-                   quiet: frozenset[Rule] | None = None) -> Outcome:
-        """`quiet`: the batch's rules whose every action does nothing now (None: ask each)."""
+                   quiet: frozenset[Rule] | None = None,
+                   attached: dict[Any, Any] | None = None) -> Outcome:
+        """`quiet`: the batch's rules whose every action does nothing now (None: ask each);
+        `attached`: the logs read already (by spec), as `_attach` keeps them."""
         now = self._clock()
         outcome = Outcome(event=event)
         per_event: dict[tuple[str, str], ActionJob] = {}
@@ -416,7 +482,8 @@ class Engine:
         self_caused = bool(event.get("caused_by_eventd"))
         object_kinds = self._object_kinds
         base: dict[str, Any] | None = None  # the template context, built once per event
-        attached: dict[Any, Any] = {}  # logs and history, read once per event (per spec)
+        if attached is None:
+            attached = {}  # logs and history, read once per event (per spec)
         for rule in matched:
             if self_caused and not rule.allow_self_caused \
                     and not object_kinds.isdisjoint(rule.kinds):
@@ -586,6 +653,214 @@ class Engine:
             log.info("rule %s (shadow) would run %s %s for event %s", rule.name, spec.kind,
                      _brief(options), outcome.event.get("uuid", "?"))
 
+    # -- waiting for logs off this thread ---------------------------------------------
+    def park_logs(self, journal: ParkedJournal, wake: Callable[[], object]) -> None:
+        """Wait for containers' logs (`enrich: logs`) off this thread: an event whose logs are
+        not read yet is kept in `journal` and set aside, the events after it go on, and it is
+        processed (its `when`, throttle, actions) once its logs are in, from `resume_parked()`,
+        which `wake` makes the engine's thread call. Events of one object stay in order: a
+        later event of an object that has one set aside waits behind it. Call before events
+        come (and `recover_parked()` first)."""
+        self._journal = journal
+        self._wake = wake
+
+    def _logs_rules_of(self, rules: Rules) -> frozenset[Rule]:
+        """The rules of this rule set that read logs into their context."""
+        seen, found = self._logs_rules
+        if seen is not rules:
+            found = frozenset(rule for rule in getattr(rules, "rules", ())
+                              if rule.enrichment is not None and rule.enrichment.logs is not None
+                              and not rule.plain)
+            self._logs_rules = (rules, found)
+        return found
+
+    def _logs_specs(self, matched: Sequence[Rule],
+                    quiet: frozenset[Rule] | None) -> list[LogsSpec]:
+        """The log caps the matched rules read (each once; none for a quiet rule)."""
+        logs_rules = self._logs_rules_of(self.rules)
+        specs: list[LogsSpec] = []
+        for rule in matched:
+            if rule in logs_rules and (quiet is None or rule not in quiet) \
+                    and rule.enrichment is not None and rule.enrichment.logs is not None \
+                    and rule.enrichment.logs not in specs:
+                specs.append(rule.enrichment.logs)
+        return specs
+
+    def _park(self, received: Received, event: Event, matched: Sequence[Rule],
+              quiet: frozenset[Rule] | None) -> Any:
+        """Set the event aside if it waits for logs (or its object has an event set aside):
+        _PARKED; else the logs read already (for `_run_rules`), or None."""
+        logs_rules = self._logs_rules_of(self.rules)
+        parked = self._parked_objects
+        if not parked and logs_rules.isdisjoint(matched):
+            return None
+        obj = _object_of(event)
+        specs = self._logs_specs(matched, quiet)
+        if not specs and obj not in parked:
+            return None
+        assert self._attacher is not None
+        waits = {spec: self._attacher.logs_started(event, spec) for spec in specs}
+        if obj not in parked and all(future.done() for future in waits.values()):
+            return {("logs", spec): future.result() for spec, future in waits.items()}
+        while len(self._parked) >= MAX_PARKED:  # bounded: wait for the oldest
+            head = self._parked[0]
+            wait_futures(list(head.waits.values()), timeout=LOGS_BUDGET * 2)
+            if not self._resume_ready(None):
+                break
+        entry = _Parked(f"{self._park_prefix}-{next(self._park_ids)}", obj, received, event,
+                        matched, quiet, waits)
+        self._parked.append(entry)
+        parked[obj] += 1
+        self._to_journal.append(entry)
+        self.parked_total += 1
+        self._metrics.logs_waited.inc()
+        self._metrics.logs_waiting.inc()
+        wake = self._wake
+        if wake is not None and waits:
+            last = list(waits.values())[-1]
+            last.add_done_callback(lambda _: wake())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event %s waits for logs off the engine thread (%d waiting)",
+                      event.get("uuid", "?"), len(self._parked))
+        return _PARKED
+
+    def _resume_ready(self, show: Callable[[Processed], object] | None) -> int:
+        """Process the events set aside whose logs are in (each after the earlier ones of its
+        object); how many."""
+        blocked: set[str] = set()
+        kept: deque[_Parked] = deque()
+        shown: list[Processed] = []
+        resumed = 0
+        for entry in self._parked:
+            if entry.obj in blocked or not entry.ready():
+                blocked.add(entry.obj)
+                kept.append(entry)
+                continue
+            resumed += 1
+            self._metrics.logs_waiting.dec()
+            self._parked_objects[entry.obj] -= 1
+            if not self._parked_objects[entry.obj]:
+                del self._parked_objects[entry.obj]
+            self._unjournal.append(entry.key)
+            try:
+                attached = {("logs", spec): future.result()
+                            for spec, future in entry.waits.items()}
+                outcome = self._run_rules(entry.received, entry.event, entry.matched,
+                                          entry.quiet, attached)
+                if show is not None:
+                    show((entry.event, outcome.rules, outcome.decisions))
+                elif hooks.processing:
+                    shown.append((entry.event, outcome.rules, outcome.decisions))
+            except Exception as exc:  # noqa: BLE001 - as in the batch's loop
+                report_internal_error("engine", exc, self._metrics)
+        self._parked = kept
+        if shown:
+            hooks.on_processed_batch(shown)
+        return resumed
+
+    @property
+    def waiting(self) -> int:
+        """Events set aside now, waiting for their logs."""
+        return len(self._parked)
+
+    def resume_parked(self) -> None:
+        """Process the events set aside whose logs are in now (the engine's thread, woken)."""
+        if self._parked or self._to_journal or self._unjournal:
+            self.process_batch(_NO_EVENTS)
+
+    def settle_parked(self, timeout: float) -> int:
+        """At shutdown: wait up to `timeout` for the logs still awaited and process those
+        events; how many stay set aside (kept in the journal for the next start)."""
+        deadline = time.monotonic() + timeout
+        while self._parked and time.monotonic() < deadline:
+            waits = [f for entry in self._parked for f in entry.waits.values() if not f.done()]
+            if waits:
+                wait_futures(waits, timeout=max(0.0, deadline - time.monotonic()))
+            before = len(self._parked)
+            self.process_batch(_NO_EVENTS)
+            if len(self._parked) == before and not waits:
+                break
+        if self._to_journal or self._unjournal:
+            self._write_journal()
+        return len(self._parked)
+
+    def recover_parked(self) -> int:
+        """At start: process the events a crash left set aside, oldest first, with the rules
+        in force now and the logs read now (what the Engine still holds; none, and one
+        warning, for a container removed since); how many. Their logs are asked all at once
+        (MAX_PARKED events at a time, on the attacher's waiting threads), then each event is
+        processed in order with its own."""
+        journal = self._journal
+        if journal is None:
+            return 0
+        items = journal.parked_list()
+        for first in range(0, len(items), MAX_PARKED):
+            chunk = items[first:first + MAX_PARKED]
+            started = [self._recovering(record) for _, record in chunk]
+            wait_futures([future for begun in started if begun is not None
+                          for future in begun[3].values()], timeout=LOGS_BUDGET * 2)
+            for (key, _), begun in zip(chunk, started, strict=True):
+                if begun is not None:
+                    received, event, matched, waits = begun
+                    attached = {("logs", spec): future.result() if future.done() else []
+                                for spec, future in waits.items()}
+                    self._held = []
+                    try:
+                        self._run_rules(received, event, matched, None, attached)
+                    except Exception as exc:  # noqa: BLE001 - one bad record never stops the rest
+                        report_internal_error("engine", exc, self._metrics)
+                    finally:
+                        held, self._held = self._held, None
+                        if held:
+                            self._submit_many(held)
+                journal.parked_done([key])
+        if items:
+            log.info("%d event(s) left waiting for logs by the last run processed", len(items))
+        return len(items)
+
+    def _recovering(self, record: dict[str, Any]) -> tuple[
+            Received, Event, Sequence[Rule], dict[LogsSpec, Future[list[str]]]] | None:
+        """A kept event to process again, its logs asked already; None when no rule matches
+        it now (or the record is not one)."""
+        event = record.get("event")
+        at = record.get("received_at")
+        try:
+            if not isinstance(event, dict):
+                return None
+            received = Received(event, float(at) if isinstance(at, (int, float))
+                                else self._clock())
+            matched = self.rules.matched(event)
+            if not matched:
+                return None
+            attacher = self._attacher
+            waits = {spec: attacher.logs_started(event, spec)
+                     for spec in self._logs_specs(matched, None)} if attacher is not None else {}
+        except Exception as exc:  # noqa: BLE001 - one bad record never stops the rest
+            report_internal_error("engine", exc, self._metrics)
+            return None
+        return received, event, matched, waits
+
+    def _write_journal(self) -> None:
+        """Keep this batch's new events set aside, forget those processed (their actions are
+        spooled by now). One set aside and processed in the same batch is neither."""
+        assert self._journal is not None
+        new, self._to_journal = self._to_journal, []
+        done, self._unjournal = self._unjournal, []
+        gone = set(done)
+        keep = [(entry.key, {"event": entry.event, "received_at": entry.received.received_at})
+                for entry in new if entry.key not in gone]
+        added = {entry.key for entry in new}
+        forget = [key for key in done if key not in added]
+        try:
+            if keep:
+                self._journal.parked_add(keep)
+            if forget:
+                self._journal.parked_done(forget)
+        except Exception as exc:  # noqa: BLE001 - the store away: wait for those here instead
+            report_internal_error("engine", exc, self._metrics)
+            if keep:
+                self.settle_parked(LOGS_BUDGET * 2)
+
     # -- helpers ---------------------------------------------------------------------
     def _quiet(self, rule: Rule) -> bool:
         """True when every action of the rule is inactive right now (checked per event:
@@ -713,11 +988,21 @@ def _never(event: Event) -> bool:
 
 
 _NONE: frozenset[int] = frozenset()
+_NO_EVENTS: list[Received] = []
+_PARKED: Any = object()  # _park's answer: the event was set aside
 _NO_RULES: frozenset[Rule] = frozenset()
 _NO_CONTEXT: Mapping[str, Any] = {}  # what a constant action's options are rendered with
 _EVENT = attrgetter("event")
 _INTERNAL = attrgetter("internal")
 _TYPE = itemgetter("type")
+
+
+def _object_of(event: Event) -> str:
+    """What keeps events in order while one waits: the object they are about."""
+    uri = event.get("resource_uri")
+    if isinstance(uri, str) and uri:
+        return uri
+    return f"{event.get('type')}/{event.get('id')}"
 
 
 def _type_label(kind: Any) -> tuple[str, ...]:

@@ -67,6 +67,8 @@ class Pipeline:
     silences: SilenceBook | None = None
     #: what `enrich: resource` and `enrich: logs` read from (the source's), or None
     enricher: Any = None
+    #: what attaches logs and history (its threads that wait for logs close with it)
+    attacher: Attacher | None = None
 
     def use_rules(self, ruleset: Any) -> None:
         """Let the gate admit what these rules can produce (at start and on every reload)."""
@@ -95,6 +97,7 @@ class Pipeline:
         close_part(self.rest, self.metrics)
         if hasattr(self.enricher, "close"):  # the Engine's keeps clients open
             close_part(self.enricher, self.metrics)
+        close_part(self.attacher, self.metrics)
         self.dedupe.close()
         close_part(self.store, self.metrics)
         return left
@@ -153,7 +156,7 @@ def build_pipeline(settings: Settings, *, metrics: Metrics, credentials: Credent
         store.close()
         raise
     return Pipeline(settings, metrics, store, dedupe, context, built, dispatcher, engine, rest,
-                    loop_guard, action_waiter, gate, alerts, silences, enricher)
+                    loop_guard, action_waiter, gate, alerts, silences, enricher, attacher)
 
 
 def build_gate(settings: Settings, metrics: Metrics, credentials: Credentials | None,

@@ -266,6 +266,8 @@ class SocketProxy:
     `cut()` closes every connection through it and refuses new ones (the socket file stays,
     connections are reset), as a lost link between eventd and the Engine would; the Engine
     itself keeps running and keeps its events. `restore()` lets connections through again.
+    `hold(path)` keeps the answers to requests for that path from the client (the Engine slow
+    to give a container's logs) until `release()` (or `release(path)`: that hold alone).
     """
 
     def __init__(self, target: Path, path: Path) -> None:
@@ -278,6 +280,9 @@ class SocketProxy:
         self._lock = threading.Lock()
         self._open: list[Any] = []
         self._cut = False
+        #: requests whose answers wait for release(), each with the event release sets
+        self._holds: dict[bytes, Any] = {}
+        self.held = 0  # requests held so far
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(path))
         self._server.listen(64)
@@ -310,12 +315,41 @@ class SocketProxy:
                     client.close()
                     continue
                 self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            held: list[Any] = []  # the release this connection waits for (what it asked)
+            threading.Thread(target=self._pipe, args=(client, upstream, held, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, held, False),
+                             daemon=True).start()
 
-    def _pipe(self, source: Any, destination: Any) -> None:
+    def hold(self, path: bytes) -> None:
+        """Answer no request whose first line holds `path` (its answer waits, the connection
+        open) until `release()`: a log stream that the Engine is slow to give."""
+        import threading
+
+        self._holds[path] = threading.Event()
+
+    def release(self, path: bytes | None = None) -> None:
+        """Let the held answers through (those of `path` alone if given)."""
+        for key in [path] if path is not None else list(self._holds):
+            released = self._holds.pop(key, None)
+            if released is not None:
+                released.set()
+
+    def _pipe(self, source: Any, destination: Any, held: Any = None,
+              asking: bool = False) -> None:
         try:
             while data := source.recv(65536):
+                if asking and held is not None:
+                    line = data.split(b"\r\n", 1)[0]
+                    matched = [released for path, released in list(self._holds.items())
+                               if path in line]
+                    if matched:
+                        held += matched
+                        with self._lock:
+                            self.held += 1
+                if not asking and held:
+                    for released in list(held):
+                        released.wait(60)
                 destination.sendall(data)
         except OSError:
             pass

@@ -29,7 +29,7 @@ from eventd.ruleset.loader import load_rules
 from eventd.settings import Settings
 from eventd.sources.docker.enrich import DockerEnricher, Prefetching, _as_started, _text
 from eventd.sources.docker.follow import FrameTail, could_match
-from tests.docker_engine import DockerEngine, SocketProxy
+from tests.docker_engine import IMAGE, DockerEngine, SocketProxy
 from tests.receiver import WebhookReceiver
 from tests.test_docker_enrich import _started_daemon, exited
 from tests.waiting import wait_until
@@ -189,10 +189,54 @@ def test_a_follow_stream_that_breaks_falls_back_to_reading(docker_engine: Docker
         shutil.rmtree(where, ignore_errors=True)
 
 
-def test_a_stream_that_does_not_end_leaves_half_the_budget_to_read(docker_engine: DockerEngine):
+def test_a_stream_that_ends_late_in_the_budget_gives_the_tail(docker_engine: DockerEngine):
+    """The Engine ends a follower's stream 0.75 s into its die's 1 s budget (its clean-up
+    under load) and would answer a read at die later still: the tail comes from the
+    follower. (Before, the wait stopped at half the budget, dropped the follower and read
+    instead: no logs.) The slow Engine is a proxy holding its answers."""
+    where = Path(tempfile.mkdtemp(prefix="fe", dir="/tmp"))
+    proxy = SocketProxy(docker_engine.socket, where / "p.sock")
+    name = "fol-late-end"
+    released: threading.Timer | None = None
+    try:
+        with docker_engine.client() as client:
+            cid = str(client.create_container(
+                IMAGE, ["sh", "-c", FIFTY_THEN_WAIT.format(wait=1)], name=name,
+                host_config=client.create_host_config(network_mode="none"))["Id"])
+            follow = f"/containers/{cid}/logs?follow=1".encode()
+            proxy.hold(follow)  # the follow stream, and its end, come when released
+            proxy.hold(f"/containers/{cid}/logs?stdout=1".encode())  # a read: not in time
+            client.start(cid)
+        enricher = _enricher(proxy.host)
+        try:
+            enricher.follow_logs(_start(cid), (20, 16384))
+            wait_until(lambda: proxy.held == 1, 10, message="the follow request is in")
+            wait_until(lambda: exited(docker_engine, name), 10, message="exited")
+            followers = enricher.followers
+            enricher.prefetch(_die(cid), resource=False, logs=[(20, 16384)])
+            released = threading.Timer(0.75, proxy.release, (follow,))
+            released.start()
+            began = time.monotonic()
+            assert enricher.logs(_die(cid), 20, 16384, LOGS_BUDGET)[-1] == "line 50"
+            assert time.monotonic() - began < LOGS_BUDGET
+            assert followers.counts["taken"] == 1 and followers.counts["not_ended"] == 1
+            assert proxy.held == 2  # the read beside it, after half the budget
+        finally:
+            enricher.close()
+    finally:
+        if released is not None:
+            released.cancel()
+        proxy.release()
+        proxy.close()
+        shutil.rmtree(where, ignore_errors=True)
+        docker_engine.remove(name)
+
+
+def test_a_stream_that_does_not_end_is_read_beside_after_half_the_budget(
+        docker_engine: DockerEngine):
     """A die claims a follower whose stream does not end (here: the container still runs, as
-    with an Engine whose follow stream outlives the container's log): the engine thread
-    waits half the budget for it, then reads with the other half."""
+    with an Engine whose follow stream outlives the container's log): after half the budget
+    the logs are read beside it, and that read's answer is taken."""
     with _followed(docker_engine, "fol-endless", 60) as (cid, enricher):
         followers = enricher.followers
         enricher.prefetch(_die(cid), resource=False, logs=[(20, 16384)])

@@ -266,3 +266,24 @@ def test_health_and_close(store) -> None:
     assert info.value.op == "spool_add"
     with pytest.raises(StoreError):
         store.deadletter_list()
+
+
+def test_events_waiting_for_logs_are_kept_in_order_across_reopen(store_and_reopen) -> None:
+    """The engine keeps an event whose logs it awaits off its thread until its actions are
+    spooled: a restart finds what is left, oldest first (Redis keeps none: the engine waits
+    for logs on its own thread there)."""
+    from eventd.stores.base import ParkedEvents
+
+    store, reopen = store_and_reopen
+    if not isinstance(store, ParkedEvents):
+        pytest.skip(f"the {store.name} store keeps no events waiting for logs")
+    events = [{"type": "container", "id": f"c{n}", "timeNano": 10**18 + n} for n in range(4)]
+    store.parked_add([(f"k{n}", {"event": event, "received_at": 1.5})
+                      for n, event in enumerate(events)])
+    store.parked_add([("k1", {"event": {"replaced": True}})])  # kept already: left as is
+    store.parked_done(["k0", "k2", "no-such-key"])
+    store = reopen(store)
+    assert store.parked_list() == [("k1", {"event": events[1], "received_at": 1.5}),
+                                   ("k3", {"event": events[3], "received_at": 1.5})]
+    store.parked_done(["k1", "k3"])
+    assert store.parked_list() == []

@@ -385,6 +385,13 @@ class Metrics:
         self.enrich_seconds = Histogram(
             "eventd_enrich_duration_seconds", "Time reading one event's logs took, by what (logs)",
             ["what"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+        self.logs_waiting = Gauge(
+            "eventd_enrich_logs_waiting", "Events set aside while their containers' logs are "
+            "awaited off the engine's thread (kept in the store until their actions are "
+            "spooled)", registry=r)
+        self.logs_waited = Counter(
+            "eventd_enrich_logs_waited", "Events that waited for their containers' logs off "
+            "the engine's thread (the events after them went on meanwhile)", registry=r)
         for what in ("logs", "history"):
             self.enrich_failures.labels(what=what)
         self.enrich_seconds.labels(what="logs")

@@ -211,6 +211,28 @@ class EventHistory(Protocol):
         ...
 
 
+@runtime_checkable
+class ParkedEvents(Protocol):
+    """Events whose actions wait for a container's logs off the engine's thread (eventd.engine):
+    each kept, under its key, from before it waits until its actions are spooled, so that a
+    crash while waiting loses none (the next start processes what is left, oldest first).
+
+    An event is JSON-ready; a key is unique per event and rule set turn (the engine's).
+    """
+
+    def parked_add(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Keep each `(key, event)`, durably on return (a key kept already is left as is)."""
+        ...
+
+    def parked_done(self, keys: list[str]) -> None:
+        """Forget these keys (their actions are spooled, or decided)."""
+        ...
+
+    def parked_list(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every kept `(key, event)`, oldest first."""
+        ...
+
+
 class Silences(Protocol):
     """Silences (eventd.silences): JSON-ready records kept by their `id`, shared by every
     process on the store; each holds `ends_at` (POSIX time), by which the store prunes.

@@ -59,6 +59,7 @@ class MemoryStore:
         self._groups: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()  # key -> (meta, events)
         self._silences: dict[str, str] = {}  # id -> record (JSON)
         self._history: dict[str, list[tuple[float, str]]] = {}  # key -> [(at, record)]
+        self._parked: dict[str, str] = {}  # key -> event (JSON), oldest first
         self._closed = False
 
     def _check(self, op: str) -> None:
@@ -321,6 +322,25 @@ class MemoryStore:
         with self._lock:
             rows = list(self._history.get(key, []))
         return [dict(json.loads(r)) for at, r in rows if at >= since]
+
+    def parked_add(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Keep events waiting for logs (until the process ends)."""
+        with self._lock:
+            self._check("parked_add")
+            for key, event in items:
+                self._parked.setdefault(key, json.dumps(event, separators=(",", ":"),
+                                                        default=str))
+
+    def parked_done(self, keys: list[str]) -> None:
+        """Forget events whose actions are spooled."""
+        with self._lock:
+            for key in keys:
+                self._parked.pop(key, None)
+
+    def parked_list(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every event still waiting, oldest first."""
+        with self._lock:
+            return [(key, dict(json.loads(data))) for key, data in self._parked.items()]
 
     def silence_put(self, record: dict[str, Any]) -> None:
         """Keep (or replace) a silence."""

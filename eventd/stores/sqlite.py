@@ -86,6 +86,11 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_key ON history (key, seq);
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
+CREATE TABLE IF NOT EXISTS parked (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    data TEXT NOT NULL
+);
 """
 
 P = ParamSpec("P")
@@ -610,6 +615,28 @@ class SqliteStore:
             rows = self._db.execute("SELECT data FROM history WHERE key = ? AND at >= ? "
                                     "ORDER BY seq", (key, since)).fetchall()
         return [dict(json.loads(row[0])) for row in rows]
+
+    # -- events waiting for logs ----------------------------------------------------------------
+    @_converted
+    def parked_add(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Keep events waiting for logs, in one transaction (committed on return)."""
+        rows = [(key, json.dumps(event, separators=(",", ":"), default=str))
+                for key, event in items]
+        with self._lock, self._transaction():
+            self._db.executemany("INSERT OR IGNORE INTO parked (key, data) VALUES (?, ?)", rows)
+
+    @_converted
+    def parked_done(self, keys: list[str]) -> None:
+        """Forget events whose actions are spooled."""
+        with self._lock, self._transaction():
+            self._db.executemany("DELETE FROM parked WHERE key = ?", [(key,) for key in keys])
+
+    @_converted
+    def parked_list(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every event still waiting, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, data FROM parked ORDER BY seq").fetchall()
+        return [(str(key), dict(json.loads(data))) for key, data in rows]
 
     @_converted
     def silence_put(self, record: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ import docker
 import docker.errors
 import requests
 
-from eventd.attachments import LOGS_BUDGET
+from eventd.attachments import LOG_WAITERS, LOGS_BUDGET
 from eventd.clients.docker import describe_failure
 from eventd.events import Received
 from eventd.ruleset.model import Rule
@@ -91,6 +91,9 @@ class DockerEnricher:
         self._pending: dict[tuple[str, str], Future[dict[str, Any] | None]] = {}
         self._workers = max(1, workers)
         self._pool: ThreadPoolExecutor | None = None  # made on the first prefetch
+        #: reads beside a follower whose stream has not ended (`_read_beside`): threads of
+        #: their own, never queued behind the prefetches (at most one per thread that waits)
+        self._beside: ThreadPoolExecutor | None = None
         self._idle: list[docker.APIClient] = []  # open clients nobody is using now
         self._closed = False
         self.lookups = 0  # Engine calls made (tests and debugging)
@@ -342,12 +345,15 @@ class DockerEnricher:
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
+            beside, self._beside = self._beside, None
             idle, self._idle = self._idle, []
             self.logs_dropped += len(self._log_reads)
             self._log_reads.clear()
         self.followers.close()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        if beside is not None:
+            beside.shutdown(wait=False, cancel_futures=True)
         for client in idle:
             client.close()
 
@@ -366,7 +372,21 @@ class DockerEnricher:
         uuid = event.get("uuid", "?")
         key: LogKey = (object_id, str(uuid), lines, max_bytes, budget)
         began = time.monotonic()
-        followed = self.followers.take(object_id, str(uuid), lines, max_bytes, budget)
+        followed = self.followers.take(object_id, str(uuid), lines, max_bytes, budget,
+                                       lambda left: self._read_beside(key, uuid, left))
+        if isinstance(followed, Future):  # its stream had not ended: read beside it
+            try:
+                result = followed.result(timeout=max(0.0, began + budget - time.monotonic()))
+            except FutureTimeout:
+                raise TimeoutError(f"the logs of {object_id[:12]} took more than {budget} s") \
+                    from None
+            except CancelledError:  # closing
+                return None
+            if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
+                logger.debug("logs of container %s for event %s in %.1f ms (follower not "
+                             "ended: read beside it)", object_id[:12], uuid,
+                             (time.monotonic() - began) * 1000)
+            return result
         if followed is not None:
             if logger.isEnabledFor(logging.DEBUG):  # bench/docker_latency.py's breakdown
                 logger.debug("logs of container %s for event %s in %.1f ms (followed)",
@@ -413,6 +433,23 @@ class DockerEnricher:
             logger.debug("logs of container %s for event %s in %.1f ms (%s)", object_id[:12],
                          uuid, (time.monotonic() - began) * 1000, how)
         return result
+
+    def _read_beside(self, key: LogKey, uuid: object, left: float
+                     ) -> Future[list[str] | None]:
+        """A read of the container's logs within `left` s, beside a follower whose stream
+        has not ended, started now (cancelled at once when closing)."""
+        with self._lock:
+            if not self._closed:
+                if self._beside is None:
+                    self._beside = ThreadPoolExecutor(LOG_WAITERS,
+                                                      thread_name_prefix="eventd-logs-beside")
+                try:
+                    return self._beside.submit(self._read_logs, key, uuid, False, left)
+                except RuntimeError:  # shut down meanwhile
+                    pass
+        closing: Future[list[str] | None] = Future()
+        closing.cancel()
+        return closing
 
     def _read_logs(self, key: LogKey, uuid: object, early: bool,
                    budget: float | None = None) -> list[str] | None:

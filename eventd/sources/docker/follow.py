@@ -9,9 +9,10 @@ closes the container's log driver, tens of milliseconds before a read asked at `
 answered (measured: bench/docker_latency.py `--command live`). So for every container a rule
 with `enrich: logs` could match (its conditions known at start: type, id, name, image,
 labels), a follower thread holds the last bytes the container wrote; at `die` the reader
-claims it, and the engine thread waits for its end (within the logs budget) and takes its
-tail. When there is none (not followed, follower cap reached, stream failed, bytes cap
-reached) the enricher reads as before.
+claims it, and the thread that waits for the die's logs waits for its end (within the logs
+budget; after half of it a read is started beside it, for a stream that outlives the
+container's log) and takes its tail. When there is none (not followed, follower cap reached,
+stream failed, bytes cap reached) the enricher reads as before.
 
 Bounds: at most `max_followers` followers (one thread and one connection each), at most
 `max_bytes` held by each (its rule's cap) and `max_held` by all; a follower is dropped at its
@@ -28,6 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -157,6 +159,7 @@ class Follower:
     counted: int = 0  # its bytes in LogFollowers' held total
     answered_ns: int = 0  # when the Engine answered the follow request (time.time_ns)
     ended_ns: int = 0  # when its stream ended (time.time_ns)
+    watchers: list[threading.Event] = field(default_factory=list)  # set when it ends
     _socket: Any = None
     _stop: bool = False
 
@@ -272,11 +275,14 @@ class LogFollowers:
 
     # -- the engine thread's side -------------------------------------------------------------
 
-    def take(self, container: str, uuid: str, lines: int, max_bytes: int,
-             budget: float) -> list[str] | None:
-        """The claimed tail of the container's end, waiting for its stream to end within half
-        of `budget` s (the other half is the caller's, to read instead if it does not); None
-        when there is none to take."""
+    def take(self, container: str, uuid: str, lines: int, max_bytes: int, budget: float,
+             read: Callable[[float], Future[list[str] | None]] | None = None
+             ) -> list[str] | Future[list[str] | None] | None:
+        """The claimed tail of the container's end, waiting for its stream to end within
+        `budget` s; None when there is none to take. When the stream has not ended within
+        half of `budget`, `read(left)` starts a read of the container's logs beside it (a
+        stream that outlives the container's log): the tail if the stream ends first within
+        the budget, else that read's future (done, or the caller waits what is left)."""
         with self._lock:
             entry = self._claimed.get((container, uuid))
             if entry is None:
@@ -286,21 +292,44 @@ class LogFollowers:
                 del self._claimed[(container, uuid)]
             else:
                 self._claimed[(container, uuid)] = (follower, uses - 1, when)
+        deadline = time.monotonic() + budget
+        instead: Future[list[str] | None] | None = None
         if not follower.ended.wait(budget / 2):
             with self._lock:
                 self.counts["not_ended"] += 1
-                self._claimed.pop((container, uuid), None)
-                self._release_locked(follower)
-            follower.stop()
-            return None
+            if read is not None:
+                instead = read(max(0.0, deadline - time.monotonic()))
+            self._wait_either(follower, instead, deadline)
+        if follower.ended.is_set():
+            with self._lock:
+                if follower.complete and not follower.broken:
+                    self.counts["taken"] += 1
+                    tail = follower.tail.lines(lines, min(max_bytes, follower.max_bytes))
+                    if (container, uuid) not in self._claimed:  # the last use
+                        self._release_locked(follower)
+                    if instead is not None:
+                        instead.cancel()  # not started yet: never asked
+                    return tail
         with self._lock:
-            if not follower.complete or follower.broken:
-                return None
-            self.counts["taken"] += 1
-            tail = follower.tail.lines(lines, min(max_bytes, follower.max_bytes))
-            if (container, uuid) not in self._claimed:  # the last use
-                self._release_locked(follower)
-            return tail
+            self._claimed.pop((container, uuid), None)
+            self._release_locked(follower)
+        follower.stop()
+        return instead
+
+    def _wait_either(self, follower: Follower, read: Future[Any] | None,
+                     deadline: float) -> None:
+        """Until the follower's stream ends, the read is done, or the deadline."""
+        either = threading.Event()
+        if read is not None:
+            read.add_done_callback(lambda _: either.set())
+        with self._lock:
+            follower.watchers.append(either)
+        while True:
+            either.clear()
+            left = deadline - time.monotonic()
+            if follower.ended.is_set() or (read is not None and read.done()) or left <= 0:
+                return
+            either.wait(left)
 
     def _release_locked(self, follower: Follower) -> None:
         """The follower is dropped: its thread stops feeding it, its bytes no longer count."""
@@ -376,6 +405,10 @@ class LogFollowers:
                 follower.ended_at = self._clock()
                 follower.ended_ns = time.time_ns()
             follower.ended.set()
+            with self._lock:  # one added before ended was set is in this copy
+                watchers = list(follower.watchers)
+            for watcher in watchers:
+                watcher.set()
 
     @property
     def held(self) -> int:

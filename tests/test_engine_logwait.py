@@ -1,0 +1,137 @@
+"""Logs awaited off the engine's thread (Engine.park_logs): whatever order containers' logs
+come in, every event is processed exactly once, each object's events in their order, the
+counters as if each had been processed where it came, and nothing stays set aside."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventd.actions.log import LogAction
+from eventd.attachments import Attacher
+from eventd.engine import Engine
+from eventd.events import Received
+from eventd.ops.metrics import Metrics
+from eventd.ruleset.loader import load_rules
+from eventd.stores.memory import MemoryStore
+from tests.daemon_helpers import write_rules
+
+RULES = """
+    rules:
+      - name: died
+        match: {type: container, action: die}
+        enrich: {logs: {lines: 5}}
+        actions: [{log: {message: "{{ event.uuid }} {{ logs | join(',') }}", level: warning}}]
+      - name: any
+        match: {type: container}
+        actions: [{log: {message: "{{ event.uuid }}", level: warning}}]
+"""
+CONTAINERS = ["c0", "c1", "c2"]
+
+
+class HeldLogs:
+    """A log reader whose answers for a container wait until the test releases it."""
+
+    def __init__(self) -> None:
+        self.released = {cid: threading.Event() for cid in CONTAINERS}
+
+    def logs(self, event: dict[str, Any], lines: int, max_bytes: int,
+             budget: float) -> list[str]:
+        self.released[event["id"]].wait(10)
+        return [f"{event['id']} last"]
+
+
+EVENTS = st.lists(st.tuples(st.sampled_from(CONTAINERS), st.sampled_from(["start", "die"])),
+                  min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=EVENTS, cuts=st.lists(st.integers(0, 20), max_size=4),
+       order=st.permutations(CONTAINERS))
+def test_each_object_s_events_are_processed_once_in_order_whatever_the_logs_order(
+        tmp_path_factory, events, cuts, order):
+    rules = load_rules([write_rules(tmp_path_factory.mktemp("rules"), RULES)], {})
+    metrics = Metrics()
+    jobs: list = []
+    reader = HeldLogs()
+    store = MemoryStore()
+    engine = Engine(rules, jobs.append, {"log": LogAction()}, None, metrics,
+                    attacher=Attacher(reader, None, metrics))
+    woken = threading.Event()
+    engine.park_logs(store, woken.set)
+    received = [Received({"type": "container", "action": action, "id": cid,
+                          "resource_uri": f"/docker/container/{cid}/",
+                          "uuid": f"u{n}"}, 0.0) for n, (cid, action) in enumerate(events)]
+    bounds = sorted({0, len(received), *(min(c, len(received)) for c in cuts)})
+    releases = iter(order)
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        engine.process_batch(received[start:end])
+        cid = next(releases, None)  # one container's logs come between two batches
+        if cid is not None:
+            reader.released[cid].set()
+    for cid in CONTAINERS:
+        reader.released[cid].set()
+    assert engine.settle_parked(10) == 0
+    assert store.parked_list() == []
+    # Exactly once: one job per (event, rule) that matched; in order per container.
+    expected = [(f"u{n}", rule) for n, (_, action) in enumerate(events)
+                for rule in (["died", "any"] if action == "die" else ["any"])]
+    assert sorted((job.event["uuid"], job.rule) for job in jobs) == sorted(expected)
+    per_object: dict[str, list[int]] = defaultdict(list)
+    for job in jobs:
+        per_object[job.event["id"]].append(int(job.event["uuid"][1:]))
+    assert all(numbers == sorted(numbers) for numbers in per_object.values()), per_object
+    # A die whose container's logs were not released before its batch waited for them.
+    held = [cid for k, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False))
+            for cid, action in events[start:end] if action == "die" and cid not in order[:k]]
+    assert engine.parked_total >= len(held)
+    assert all(job.options["message"].endswith(f"{job.event['id']} last")
+               for job in jobs if job.rule == "died")
+    dies = sum(action == "die" for _, action in events)
+    assert metrics.registry.get_sample_value(
+        "eventd_rule_matches_total", {"rule": "died"}) == (dies or None)
+    assert metrics.registry.get_sample_value(
+        "eventd_rule_matches_total", {"rule": "any"}) == len(events)
+    assert metrics.registry.get_sample_value("eventd_enrich_logs_waiting") == 0
+    assert engine.processed == len(events)
+
+
+class TogetherLogs:
+    """A log reader whose reads answer only once `count` of them are under way at once."""
+
+    def __init__(self, count: int) -> None:
+        self.barrier = threading.Barrier(count, timeout=5)
+
+    def logs(self, event: dict[str, Any], lines: int, max_bytes: int,
+             budget: float) -> list[str]:
+        self.barrier.wait()  # broken (no logs) if the others are not asked meanwhile
+        return [f"{event['id']} last"]
+
+
+def test_events_left_waiting_by_a_crash_have_their_logs_asked_together(tmp_path):
+    """At start, the dies a crash left waiting for logs have their logs asked all at once,
+    then are processed in order, each with its own logs. (Before, one at a time: each read
+    waited for the one before, here for ever: none had its logs.)"""
+    rules = load_rules([write_rules(tmp_path, RULES)], {})
+    metrics = Metrics()
+    store = MemoryStore()
+    store.parked_add([(f"k{n}", {"event": {"type": "container", "action": "die", "id": cid,
+                                           "resource_uri": f"/docker/container/{cid}/",
+                                           "uuid": f"u{n}"}, "received_at": 1.0})
+                      for n, cid in enumerate(CONTAINERS)])
+    jobs: list = []
+    attacher = Attacher(TogetherLogs(len(CONTAINERS)), None, metrics)
+    engine = Engine(rules, jobs.append, {"log": LogAction()}, None, metrics, attacher=attacher)
+    engine.park_logs(store, lambda: None)
+    try:
+        assert engine.recover_parked() == len(CONTAINERS)
+    finally:
+        attacher.close()
+    assert [(job.event["uuid"], job.rule, job.options["message"]) for job in jobs] == [
+        (f"u{n}", rule, f"u{n} {cid} last" if rule == "died" else f"u{n}")
+        for n, cid in enumerate(CONTAINERS) for rule in ("died", "any")]
+    assert store.parked_list() == []
