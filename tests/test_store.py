@@ -275,8 +275,9 @@ def test_events_waiting_for_logs_are_kept_in_order_across_reopen(store_and_reope
     from eventd.stores.base import ParkedEvents
 
     store, reopen = store_and_reopen
-    if not isinstance(store, ParkedEvents):
-        pytest.skip(f"the {store.name} store keeps no events waiting for logs")
+    if not isinstance(store, ParkedEvents):  # the daemon then waits on the engine's thread
+        assert store.name == "redis", f"the {store.name} store keeps no events waiting for logs"
+        return
     events = [{"type": "container", "id": f"c{n}", "timeNano": 10**18 + n} for n in range(4)]
     store.parked_add([(f"k{n}", {"event": event, "received_at": 1.5})
                       for n, event in enumerate(events)])
