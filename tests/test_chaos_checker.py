@@ -162,6 +162,31 @@ def test_a_gap_event_accepted_after_its_replicas_next_connection_covers_its_own_
     assert not check(without_datetime).verdict("gaps announced").ok  # the mapping it fixes
 
 
+def test_a_gap_starts_after_the_last_event_read_off_a_connection_the_keepalive_ended():
+    # Chaos seed 11 (t+24): r3's reader, held up in its sink by a stalled spool, answered no
+    # ping after 24.33; the server closed it at 25.83, and r3 read what its socket kept:
+    # every event sent up to 25.82 was accepted by r3. The next holder announced its gap from
+    # 25.6; dated from the last pong, the gap looked uncovered though nothing was missed.
+    read = [event(f"e{i}", 3.0 + i / 10) for i in range(10)]  # 3.0 .. 3.9, read by r1
+    gap_job = "g" * 32
+    history = base(
+        connections=[conn("acme", "r1", 0, 4.0, "keepalive", last_pong=2.5),
+                     conn("acme", "r2", 5.0, None)],
+        emitted=read,
+        requests=[gap_request("acme", "r2", 5.2, 1.5, gap_job)],  # announced [3.5, 5]
+        redis=[r for i, e in enumerate(read) for r in accept(forward_id(e), 4.5, i + 1, "r1")]
+        + accept(gap_job, 5.05, 20, "r2"),
+        rest_calls=[backfill("r2", 5.1, iso(3.0))])
+    verdict = check(history).verdict("gaps announced")
+    assert verdict.ok, [v.what for v in verdict.violations]
+    assert abs(verdict.figures["longest_gap_s"] - 1.1) < 1e-6  # from 3.9, the last read
+    # Read by another host (or not at all), they are no sign of r1's connection
+    history.redis = [r for i, e in enumerate(read) for r in accept(forward_id(e), 4.5, i + 1,
+                                                                   "r3")] \
+        + accept(gap_job, 5.05, 20, "r2")
+    assert not check(history).verdict("gaps announced").ok
+
+
 def test_a_gap_longer_than_the_ttl_plus_5_s_fails_and_so_does_no_consumer_at_the_end():
     long_gap = base(connections=[conn("acme", "r1", 0, 1.0), conn("acme", "r2", 9.0, None)],
                     requests=[gap_request("acme", "r2", 9.1, 8.0, "g" * 32)],

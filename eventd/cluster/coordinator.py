@@ -581,6 +581,8 @@ class Coordinator:
         reason = "takeover" if progress.holder not in (None, self.replica_id) \
             and not progress.released else "acquired"
         lease = Lease(name, token, sent + self.ttl * VALID_SHARE)
+        # Until this tenure's gap marker is accepted, the stream stays where it was left
+        self._tracker.begin(name, since)
         with self._held_lock:
             self._held[name] = lease
             self._handed.discard(name)
@@ -646,7 +648,9 @@ class Coordinator:
         them after a failover) come after it: if this replica dies before it runs them, they
         are in the gap the next holder announces, not lost unannounced (chaos seeds 11, 12:
         250-270 such events, a rebalance during a failover's stall, then a kill). Run here,
-        their jobs are still accepted (the lease was handed over on purpose)."""
+        their jobs are still accepted (the lease was handed over on purpose). Before the
+        engine finished an event of this tenure (its gap marker first), where the tenure
+        began: the gap is announced by nobody yet (the tracker's `begin`)."""
         return self._tracker.last_processed(name) or self._tracker.last_received(name)
 
     def _abort(self, names: list[str]) -> None:

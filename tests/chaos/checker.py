@@ -10,7 +10,9 @@ REST calls, the receiver's requests, Redis' commands, the store after the run) a
 2. gaps announced: every interval without a consumer is followed by a gap event (the
    `connected` event with `gap_seconds`, forwarded to the receiver) whose announced gap
    covers it, and by a backfill (GET of the action list since no later than the gap's start);
-   no gap is longer than the lease TTL + 5 s.
+   no gap is longer than the lease TTL + 5 s. Here a connection the keepalive ended was alive
+   until its last pong or, if later, the last event its replica read off it and accepted (a
+   reader held up in its sink answers no ping, then reads what the socket kept).
 3. events lost only in gaps: an emitted event whose action was never accepted lies inside an
    announced gap.
 4. accepted delivered: every job accepted in the spool (Redis ran its HSET) reached its server
@@ -166,7 +168,7 @@ def check(history: History) -> Report:
             if violation.size:
                 worst = f"{verdict.name} max s"
                 figures[worst] = max(figures.get(worst, 0.0), violation.size)
-    for kind, figures in gap_figures(history, faults).items():
+    for kind, figures in gap_figures(history, faults, jobs).items():
         per_fault[kind].update(figures)
     for verdict in verdicts:
         for kind, figures in verdict.by_fault.items():
@@ -214,7 +216,7 @@ def gaps_announced(history: History, faults: Faults, ttl: float, window: list[fl
     # interval after it. The backfill's date filter has whole seconds.
     interval = float((history.meta.get("keepalive") or [0.5])[0])
     tolerance = interval + 0.1
-    gaps = find_gaps(history, window)
+    gaps = find_gaps(history, window, jobs)
     longest = 0.0
     for namespace, start, end in gaps:
         length = end - start
@@ -244,12 +246,12 @@ def gaps_announced(history: History, faults: Faults, ttl: float, window: list[fl
     return verdict
 
 
-def gap_figures(history: History, faults: Faults) -> dict[str, dict[str, float]]:
+def gap_figures(history: History, faults: Faults, jobs: Jobs) -> dict[str, dict[str, float]]:
     """Longest gap per fault kind."""
     window = history.meta.get("window") or [history.meta.get("started", 0.0),
                                             history.meta.get("ended", float("inf"))]
     out: dict[str, dict[str, float]] = defaultdict(dict)
-    for _namespace, start, end in find_gaps(history, window):
+    for _namespace, start, end in find_gaps(history, window, jobs):
         kind = faults.at(start)
         out[kind]["longest gap s"] = max(out[kind].get("longest gap s", 0.0), end - start)
     return out

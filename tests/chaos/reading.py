@@ -81,15 +81,23 @@ def iso_seconds(value: str) -> float | None:
         return None
 
 
-def alive_intervals(history: History) -> dict[str, list[tuple[str, float, float]]]:
-    """Per namespace, (host, from, to) in which a stream connection was alive."""
+def alive_intervals(history: History, read: dict[tuple[str, str], list[float]] | None = None,
+                    ) -> dict[str, list[tuple[str, float, float]]]:
+    """Per namespace, (host, from, to) in which a stream connection was alive. `read`: per
+    (namespace, host), when the events its host read off a connection were sent (sorted):
+    one the keepalive ended was alive until its last pong, or its last such event if later
+    (a reader held up in its sink answers no ping, then reads what the socket kept)."""
     end_of_run = history.meta.get("ended") or max(
         (c["closed"] or c["opened"] for c in history.connections), default=0.0)
     out: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
     for conn in history.connections:
         closed = conn["closed"] if conn["closed"] is not None else end_of_run
         if conn.get("ended") == "keepalive":
-            closed = max(conn["opened"], conn.get("last_pong") or conn["opened"])
+            alive = max(conn["opened"], conn.get("last_pong") or conn["opened"])
+            sent = (read or {}).get((conn["ns"], conn["host"]), [])
+            last = bisect.bisect_right(sent, closed) - 1
+            closed = max(alive, sent[last]) if last >= 0 and sent[last] >= conn["opened"] \
+                else alive
         out[conn["ns"]].append((conn["host"], conn["opened"], closed))
     for intervals in out.values():
         intervals.sort(key=lambda i: i[1])
@@ -125,12 +133,15 @@ def shown_from(history: History) -> float:
     return float(window[0] if window else history.meta.get("started") or 0.0)
 
 
-def find_gaps(history: History, window: list[float]) -> list[tuple[str, float, float]]:
+def find_gaps(history: History, window: list[float], jobs: Jobs | None = None,
+              ) -> list[tuple[str, float, float]]:
     """(namespace, start, end) of every interval without an alive consumer, after the first
-    consumer of the window; a namespace left unconsumed at the end gives a gap to the end."""
+    consumer of the window; a namespace left unconsumed at the end gives a gap to the end.
+    With `jobs`, a connection was alive as long as its host read events off it (`read_off`)."""
     gaps = []
     end_of_window = window[1]
-    for namespace, intervals in alive_intervals(history).items():
+    read = read_off(history, jobs) if jobs is not None else None
+    for namespace, intervals in alive_intervals(history, read).items():
         reach = None
         for _host, start, end in intervals:
             if reach is not None and start > reach:
@@ -139,6 +150,21 @@ def find_gaps(history: History, window: list[float]) -> list[tuple[str, float, f
         if reach is not None and reach < end_of_window - 1.0 and end_of_window != float("inf"):
             gaps.append((namespace, reach, end_of_window))
     return [g for g in gaps if g[2] >= window[0]]
+
+
+def read_off(history: History, jobs: Jobs) -> dict[tuple[str, str], list[float]]:
+    """Per (namespace, host), when each emitted event was sent whose forward job that host
+    accepted first (sorted): the events it read off its stream (a backfilled copy has
+    another uuid, so another job)."""
+    out: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for event in history.emitted:
+        forward = job_id(FORWARD, {"uuid": event["uuid"], "resource_uri": event["uri"]}, 0)
+        host = jobs.acceptor.get(forward)
+        if host is not None:
+            out[(event["ns"], host)].append(event["at"])
+    for times in out.values():
+        times.sort()
+    return dict(out)
 
 
 def gap_events(history: History, jobs: Jobs) -> dict[str, list[tuple[float, float]]]:
