@@ -25,8 +25,13 @@ log = logging.getLogger(__name__)
 
 #: the most time one log read may take (a waiting thread of logs_started, or the engine's)
 LOGS_BUDGET = 1.0
+#: the most time one log read may take on a waiting thread (`logs_started`): a wait there
+#: holds up only its own container's events, and a burst of dies makes the Engine's clean-up,
+#: which a read at die waits for, slower than LOGS_BUDGET (at 16 dying at once, 2 to 4 in 100
+#: went without logs within 1 s)
+LOGS_BUDGET_AWAY = 3.0
 #: threads that wait for containers' logs for the engine (`logs_started`): a burst of dies
-#: waits on this many at once, each for at most LOGS_BUDGET
+#: waits on this many at once, each for at most LOGS_BUDGET_AWAY
 LOG_WAITERS = 16
 
 
@@ -51,15 +56,16 @@ class Attacher:
         self._pool: ThreadPoolExecutor | None = None  # made on the first logs_started
         self._pool_lock = threading.Lock()
 
-    def logs(self, event: Event, spec: LogsSpec) -> list[str]:
-        """The redacted last lines; [] when there are none or they cannot be read."""
+    def logs(self, event: Event, spec: LogsSpec, budget: float = LOGS_BUDGET) -> list[str]:
+        """The redacted last lines, read within `budget` seconds; [] when there are none or
+        they cannot be read."""
         if self._reader is None:
             self._once("no-reader", "enrich: logs: this source cannot read container logs; "
                                     "rules see no logs")
             return []
         started = time.monotonic()
         try:
-            raw = self._reader.logs(event, spec.lines, spec.max_bytes, LOGS_BUDGET)
+            raw = self._reader.logs(event, spec.lines, spec.max_bytes, budget)
         except Exception as exc:  # noqa: BLE001 - a failed read must not stop the event
             self._metrics.enrich_failures.labels(what="logs").inc()
             log.warning("enrich: logs of %s not read (%s: %s); the event goes on without them",
@@ -71,14 +77,15 @@ class Attacher:
         return spec.redact(raw) if raw else []
 
     def logs_started(self, event: Event, spec: LogsSpec) -> Future[list[str]]:
-        """`logs(event, spec)` on one of LOG_WAITERS threads: the engine goes on with other
-        events meanwhile (a closed attacher reads on the caller's thread instead)."""
+        """`logs(event, spec)` on one of LOG_WAITERS threads, within LOGS_BUDGET_AWAY: the
+        engine goes on with other events meanwhile (a closed attacher reads on the caller's
+        thread instead, within LOGS_BUDGET)."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(LOG_WAITERS, thread_name_prefix="eventd-logs")
             pool = self._pool
         try:
-            return pool.submit(self.logs, event, spec)
+            return pool.submit(self.logs, event, spec, LOGS_BUDGET_AWAY)
         except RuntimeError:  # shut down meanwhile
             done: Future[list[str]] = Future()
             done.set_result(self.logs(event, spec))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
-from eventd.attachments import LOGS_BUDGET, Attacher
+from eventd.attachments import LOGS_BUDGET, LOGS_BUDGET_AWAY, Attacher
 from eventd.dedupe import DedupeWindow
 from eventd.errors import TemplateError
 from eventd.events import (
@@ -704,7 +704,7 @@ class Engine:
             return {("logs", spec): future.result() for spec, future in waits.items()}
         while len(self._parked) >= MAX_PARKED:  # bounded: wait for the oldest
             head = self._parked[0]
-            wait_futures(list(head.waits.values()), timeout=LOGS_BUDGET * 2)
+            wait_futures(list(head.waits.values()), timeout=LOGS_BUDGET_AWAY * 2)
             if not self._resume_ready(None):
                 break
         entry = _Parked(f"{self._park_prefix}-{next(self._park_ids)}", obj, received, event,
@@ -798,7 +798,7 @@ class Engine:
             chunk = items[first:first + MAX_PARKED]
             started = [self._recovering(record) for _, record in chunk]
             wait_futures([future for begun in started if begun is not None
-                          for future in begun[3].values()], timeout=LOGS_BUDGET * 2)
+                          for future in begun[3].values()], timeout=LOGS_BUDGET_AWAY * 2)
             for (key, _), begun in zip(chunk, started, strict=True):
                 if begun is not None:
                     received, event, matched, waits = begun
