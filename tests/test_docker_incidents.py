@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from eventd.attachments import LOGS_BUDGET_AWAY
 from eventd.daemon import Daemon
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
@@ -184,7 +185,9 @@ def test_a_100_mb_log_costs_at_most_the_cap(docker_engine: DockerEngine, run_dae
         registry = daemon.metrics.registry
         count = registry.get_sample_value("eventd_enrich_duration_seconds_count", {"what": "logs"})
         took = registry.get_sample_value("eventd_enrich_duration_seconds_sum", {"what": "logs"})
-        assert count == 1 and took is not None and took <= 1.5  # the 1 s budget, and a client
+        # the budget (3 s off the engine's thread, where the daemon waits for a die's logs),
+        # and a client
+        assert count == 1 and took is not None and took <= LOGS_BUDGET_AWAY + 0.5
         # The reader itself, on the same 100 MB log: at most the cap, within the budget.
         from functools import partial
 

@@ -165,6 +165,25 @@ def test_frames_split_across_reads_at_every_byte(server, client):
     assert read_messages(reader, 4) == frames
 
 
+def test_a_read_says_whether_it_filled_its_room(server, client):
+    """`filled`: the socket may hold more (the stream dates such a read as found waiting,
+    however long the scheduler kept it); a read that took less than its room drained it."""
+    frames = [b"e" * 100] * 400
+    data = b"".join(encode_frame(OP_TEXT, f) for f in frames)  # ~41 KiB: several 8 KiB reads
+    server.send(data)
+    wait_until(lambda: len(client.sock.recv(len(data), socket.MSG_PEEK)) == len(data), 5,
+               message="all of it in the socket")
+    reader = FrameReader(client.sock, chunk_size=8192)
+    got = reader.read()
+    assert reader.filled
+    filled = [True]
+    while len(got) < len(frames):
+        got += reader.read()
+        filled.append(reader.filled)
+    assert got == frames
+    assert filled[-1] is False and all(filled[:-1])  # the last read drained the socket
+
+
 def test_message_larger_than_the_buffer_grows_it(server, client):
     big = b'{"type":"x","pad":"' + b"a" * 1_000_000 + b'"}'
     server.send(encode_frame(OP_TEXT, big) + encode_frame(OP_TEXT, b"after"))

@@ -83,6 +83,9 @@ class FrameReader:
         self.close_frame: tuple[int | None, str] | None = None
         #: the protocol violation that ends the stream, once found
         self.broken: FramingError | None = None
+        #: the last read filled all the room it offered: the socket may hold more (a read of
+        #: data already waiting, however long the scheduler kept it, waited for nothing)
+        self.filled = False
 
     def read(self) -> list[bytes | memoryview]:
         """Receive once (blocking up to the socket's timeout) and return every complete message
@@ -100,9 +103,11 @@ class FrameReader:
         if len(self._buf) - end < _MIN_FREE:
             self._make_room()
             end = self._end
-        count = self._sock.recv_into(self._view[end:])
+        room = self._view[end:]
+        count = self._sock.recv_into(room)
         if not count:
             raise ConnectionEnded("connection closed by peer")
+        self.filled = count == len(room)
         self._end = end + count
         messages: list[bytes | memoryview] = []
         try:

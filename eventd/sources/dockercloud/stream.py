@@ -367,8 +367,10 @@ class StreamConsumer(ConsumerLoop):
                 # t+420: the second read after a 10 s hold dated the loss after 16 events the
                 # server sent into no connection): dated from before the hold until a read
                 # waits for its data again (the socket drained).
+                # A read that filled its room found its data waiting, however long it took
+                # (a busy machine's scheduler, not the socket, kept it: CI, load 10+)
                 heard = monotonic()
-                if heard - asked >= _WAITED:
+                if heard - asked >= _WAITED and not reader.filled:
                     held_from = None
                     self._last_heard = heard
                 else:
