@@ -380,6 +380,7 @@ class StreamConsumer(ConsumerLoop):
                 else:
                     lived = returned if held_from is None else held_from
                 self._last_heard = lived
+                self._heard_late = 0.0
                 returned = heard
                 if messages:
                     self._sink_since = heard  # held_for(): a sink that blocks holds us up
@@ -389,9 +390,9 @@ class StreamConsumer(ConsumerLoop):
                     # delivers what it held after a partition heals): the server sent the
                     # newest event at its `datetime`, and sent nothing we read after that
                     # (chaos seed 11, t+134: read 0.7 s late, then closed by the server's
-                    # keepalive; the events sent between fell in no gap).
-                    if stale and heard - stale < lived:
-                        self._last_heard = heard - stale
+                    # keepalive; the events sent between fell in no gap). The gap begins
+                    # then; a read without events (a pong) is dated from its arrival.
+                    self._heard_late = max(0.0, lived - (heard - stale))
                 now = last_data = monotonic()
                 if held_from is None and now - heard >= _HELD:
                     held_from = self._last_heard
