@@ -10,16 +10,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventd.clients.dockercloud.auth import Credentials
 from eventd.clients.dockercloud.rest import RestClient
 from eventd.emulator import Emulator
 from eventd.errors import AuthRejected
-from eventd.events import Batch, Received, events_of
+from eventd.events import Batch, Received, events_of, parse_datetime
 from eventd.ops.metrics import Metrics
 from eventd.settings import Settings
 from eventd.sources.dockercloud.backfill import Backfiller
@@ -410,6 +413,112 @@ def test_a_silent_loss_counts_as_down_from_the_last_frame_heard(emulator, metric
     assert noticed_at - silent_at >= 2.0
     assert down_for >= time.monotonic() - silent_at - 0.5, (down_for, noticed_at - silent_at)
     emulator.faults.clear()
+
+
+def _held_event(state: str, stamp: object = None, *, with_datetime: bool = True) -> str:
+    """A container event as a raw frame, with `datetime` set to `stamp` (any JSON value)."""
+    event: dict[str, Any] = {
+        "type": "container", "action": "update", "parents": [],
+        "resource_uri": "/api/app/v1/user/container/6a1f0e52-7c1e-4d8e-9a55-0b9c3f1e2a01/",
+        "state": state, "uuid": f"uuid-{time.monotonic_ns()}"}
+    if with_datetime:
+        event["datetime"] = stamp
+    return json.dumps(event)
+
+
+def _losses(run: Run) -> list[float]:
+    """When each `disconnected` marker says its connection was lost (POSIX time)."""
+    return [r.received_at for r in run.received()
+            if r.internal and r.event["type"] == "eventd" and r.event["state"] == "disconnected"]
+
+
+def test_events_read_late_date_the_loss_from_their_datetime_not_their_arrival(
+        emulator, metrics, start):
+    # Chaos seed 11, t+134: a replica cut off for 1.1 s read, after the heal, what TCP had held
+    # (events sent 0.7 s before), then found the connection closed by the server's keepalive.
+    # The loss was dated from that late read, so the events the server sent between the held
+    # ones and its close fell in no gap. The newest event's `datetime` says when the server
+    # sent it: the gap (its marker and the replay) begins no later than that.
+    since: list[float] = []
+    run = start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60, backfill=since.append)
+    wait_until(connected(run))
+    stamp = datetime.fromtimestamp(int(time.time()) - 2, timezone.utc)
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")  # ~2 s before it arrives, as held data is
+    for _ in range(3):
+        emulator.emit(_held_event("Held", text))
+    wait_until(lambda: len(run.events()) == 3)
+    arrived = max(r.received_at for r in run.received() if not r.internal)
+    emulator.faults.drop_connections()  # then the server's close
+    wait_until(connected(run, 2), timeout=10)
+    wait_until(lambda: since, timeout=5)
+    lost_at = _losses(run)[0]
+    assert arrived - stamp.timestamp() >= 2.0
+    assert lost_at <= stamp.timestamp() + 0.01, (lost_at - stamp.timestamp())
+    assert since == [lost_at]
+
+
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6)
+_ZONES = st.sampled_from(["Z", "", "+00:00", "+23:59", "-23:59", "+05:30", "-01:00"])
+_DATETIMES = st.builds(
+    lambda moment, zone, sep: moment.isoformat(sep=sep) + zone,
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    _ZONES, st.sampled_from(["T", " "]))
+_NEAR = st.builds(  # within a minute of now, either side: past, future, the keepalive window
+    lambda offset: datetime.fromtimestamp(int(time.time() + offset), timezone.utc)
+    .strftime("%Y-%m-%dT%H:%M:%SZ"), st.floats(-60.0, 60.0))
+_MISSING = object()
+#: what a hostile or broken server may put in `datetime`, or leave out
+HOSTILE_DATETIMES = st.one_of(st.just(_MISSING), _ANY_JSON, _DATETIMES, _NEAR)
+
+
+@given(value=HOSTILE_DATETIMES, now=st.floats(0.0, 4e9))
+@settings(max_examples=2000, deadline=None)
+def test_any_datetime_moves_a_reads_date_back_by_a_keepalive_window_at_most(value, now):
+    # Hostile input: whatever `datetime` says, a read is dated no later than its arrival and
+    # at most ping interval + pong timeout before it; nothing raises.
+    consumer = StreamConsumer(
+        url="ws://127.0.0.1:9/", credentials=Credentials(header="Basic eDp5", source="test"),
+        sink=lambda batch: None, metrics=Metrics(), stopping=threading.Event(),
+        options=StreamOptions(ping_interval=3.0, pong_timeout=4.0))
+    event = {} if value is _MISSING else {"datetime": value}
+    stale = consumer._staleness(event, now)
+    assert 0.0 <= stale <= 7.0
+    # longer than any datetime the stream sends: not parsed
+    sent = parse_datetime(value) if isinstance(value, str) and len(value) <= 40 else None
+    if sent is not None and sent < now:  # a real one is believed, up to the window
+        assert stale == min(now - sent, 7.0)
+    else:
+        assert stale == 0.0
+
+
+def test_any_datetime_on_the_wire_keeps_the_gap_start_within_a_keepalive_window(
+        emulator, metrics, start):
+    # The same through a real connection: an event carrying any `datetime` is read, then the
+    # server drops the connection; the gap begins no later than the event's arrival, no more
+    # than the keepalive window (10 s) before it, and the consumer reconnects each time.
+    run = start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
+    wait_until(connected(run))
+
+    @given(value=HOSTILE_DATETIMES)
+    @settings(max_examples=15, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    def one_loss(value: object) -> None:
+        seen, lost = len(run.events()), len(_losses(run))
+        emulator.emit(_held_event("Odd", value, with_datetime=value is not _MISSING))
+        wait_until(lambda: len(run.events()) == seen + 1)
+        arrived = [r.received_at for r in run.received() if not r.internal][-1]
+        emulator.faults.drop_connections()
+        wait_until(lambda: len(_losses(run)) == lost + 1 and run.consumer.connected, timeout=10)
+        lost_at = _losses(run)[-1]
+        assert arrived - 10.0 - run.consumer.options.tick - 0.05 <= lost_at <= arrived + 0.01
+
+    one_loss()
+    assert run.error is None and run.thread.is_alive()
 
 
 def test_idle_watchdog_reconnects_when_no_frame_arrives(emulator, metrics, start):

@@ -150,6 +150,10 @@ class ConsumerLoop(ABC):
         #: monotonic time the current connection last gave a sign of life (a frame, a pong):
         #: a connection that died silently was lost then, not when its loss was noticed
         self._last_heard: float | None = None
+        #: how long before `_last_heard` the server sent the newest data read then, by its own
+        #: word (the stream's `datetime`): what TCP held through a partition comes in late, and
+        #: the gap begins when it was sent; `down_for` still counts from the read
+        self._heard_late = 0.0
         self._connected_at: float | None = None  # monotonic time of the current connection
         #: monotonic time since when no connection is open (from the start: none yet)
         self._down_since: float | None = time.monotonic()
@@ -289,6 +293,7 @@ class ConsumerLoop(ABC):
         self.connect()
         began = time.monotonic()
         self._last_heard = began if self.tracks_liveness else None
+        self._heard_late = 0.0
         now = self._clock()
         gap_start = self._gap_start
         gap = None if gap_start is None else max(0.0, now - gap_start)
@@ -318,7 +323,8 @@ class ConsumerLoop(ABC):
         # The gap began with the last sign of life, not when the loss was noticed (a ping
         # interval and a pong timeout later): the events in between are in the gap too.
         heard = self._last_heard
-        silent = max(0.0, time.monotonic() - heard) if heard is not None else 0.0
+        silent = max(0.0, time.monotonic() - heard) + self._heard_late if heard is not None \
+            else 0.0
         lost_at = self._clock() - silent
         self._gap_start = lost_at
         self._sink([Received(stream_event("disconnected", lost_at), lost_at, None, True)])

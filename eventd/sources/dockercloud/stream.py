@@ -27,7 +27,7 @@ from eventd.backoff import Backoff, Rng
 from eventd.clients.dockercloud.auth import Credentials
 from eventd.clients.http import parse_retry_after
 from eventd.errors import AuthRejected, MalformedEvent
-from eventd.events import Batch, Received, parse_event
+from eventd.events import Batch, Received, parse_datetime, parse_event
 from eventd.ops.internal import report_internal_error
 from eventd.ops.metrics import Metrics
 from eventd.outbound import FENCING_HEADER
@@ -70,6 +70,8 @@ _HELD = 0.25
 #: `type` values that need a second look: none (parse_event says why), or a message that is
 #: not an event (`auth`, `error`)
 _NOT_EVENT = frozenset({"", "auth", "error"})
+#: longer than any `datetime` the stream sends (ISO 8601, whole seconds): not parsed
+_DATETIME_MAX = 40
 _TYPE = itemgetter("type")
 
 
@@ -169,6 +171,10 @@ class StreamConsumer(ConsumerLoop):
         self._close_sent = False
         self._fencing = fencing
         self._on_refused = on_refused
+        #: how much earlier than its arrival a read of events may be dated (by their
+        #: `datetime`): a keepalive window, so a false one moves a gap's start that much at most
+        self._stale_cap = self.options.ping_interval + self.options.pong_timeout
+        self._sent: tuple[str, float | None] = ("", None)  # the last `datetime` parsed
 
     def describe(self) -> str:
         """The stream URL without credentials or query."""
@@ -372,14 +378,23 @@ class StreamConsumer(ConsumerLoop):
                 heard = monotonic()
                 if heard - asked >= _WAITED and not reader.filled:
                     held_from = None
-                    self._last_heard = heard
+                    lived = heard
                 else:
-                    self._last_heard = returned if held_from is None else held_from
+                    lived = returned if held_from is None else held_from
+                self._last_heard = lived
+                self._heard_late = 0.0
                 returned = heard
                 if messages:
                     self._sink_since = heard  # held_for(): a sink that blocks holds us up
-                    deliver(messages)
+                    stale = deliver(messages)
                     self._sink_since = None
+                    # Data that comes in after a silence may have been sent long before (TCP
+                    # delivers what it held after a partition heals): the server sent the
+                    # newest event at its `datetime`, and sent nothing we read after that
+                    # (chaos seed 11, t+134: read 0.7 s late, then closed by the server's
+                    # keepalive; the events sent between fell in no gap). The gap begins
+                    # then; a read without events (a pong) is dated from its arrival.
+                    self._heard_late = max(0.0, lived - (heard - stale))
                 now = last_data = monotonic()
                 if held_from is None and now - heard >= _HELD:
                     held_from = self._last_heard
@@ -398,8 +413,9 @@ class StreamConsumer(ConsumerLoop):
                     except (OSError, websocket.WebSocketException):
                         return "dropped"
 
-    def _deliver(self, messages: list[bytes | memoryview]) -> None:
-        """Parse one read's frames and hand the good ones to the sink as one batch.
+    def _deliver(self, messages: list[bytes | memoryview]) -> float:
+        """Parse one read's frames and hand the good ones to the sink as one batch; return
+        how long before now the server sent the newest of them (`_staleness`).
 
         `messages` may be views into the reader's buffer: nothing here keeps one (the
         recorder's frames are copied)."""
@@ -424,7 +440,9 @@ class StreamConsumer(ConsumerLoop):
         else:
             batch, auth_error = self._parse_each(messages, now)
         self._metrics.stream_last_event.set(now)
+        stale = 0.0
         if batch:
+            stale = self._staleness(batch.events[-1], now)
             if batch.raws is not None and self._recorder is not None:
                 try:
                     self._recorder.write_batch(batch.raws)
@@ -433,6 +451,24 @@ class StreamConsumer(ConsumerLoop):
             self._sink(batch)
         if auth_error is not None:
             raise auth_error
+        return stale
+
+    def _staleness(self, event: dict[str, Any], now: float) -> float:
+        """How long before `now` (POSIX time) the server sent `event`, by its `datetime`:
+        0 when it names no time or a later one, at most a keepalive window (`_stale_cap`).
+
+        One parse per read (the newest event's), and one per distinct value: a read's
+        events mostly share their second with the read's before."""
+        value = event.get("datetime")
+        if type(value) is not str:
+            return 0.0
+        text, sent = self._sent
+        if value != text:
+            sent = parse_datetime(value) if len(value) <= _DATETIME_MAX else None
+            self._sent = (value, sent)
+        if sent is None or sent >= now:
+            return 0.0
+        return min(now - sent, self._stale_cap)
 
     def _parse_each(self, messages: list[bytes | memoryview],
                     now: float) -> tuple[Batch, AuthRejected | None]:
