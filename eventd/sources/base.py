@@ -150,10 +150,6 @@ class ConsumerLoop(ABC):
         #: monotonic time the current connection last gave a sign of life (a frame, a pong):
         #: a connection that died silently was lost then, not when its loss was noticed
         self._last_heard: float | None = None
-        #: how long before `_last_heard` the server sent the newest data read then, by its own
-        #: word (the stream's `datetime`): what TCP held through a partition comes in late, and
-        #: the gap begins when it was sent; `down_for` still counts from the read
-        self._heard_late = 0.0
         self._connected_at: float | None = None  # monotonic time of the current connection
         #: monotonic time since when no connection is open (from the start: none yet)
         self._down_since: float | None = time.monotonic()
@@ -263,6 +259,13 @@ class ConsumerLoop(ABC):
         since = self._sink_since
         return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
+    def _heard_late(self) -> float:
+        """How long before `_last_heard` the server sent the newest data read then, by its own
+        word (the stream's `datetime`): what TCP held through a partition comes in late, and
+        the gap begins when it was sent. Asked once, at a loss; `down_for` still counts from
+        the read. None here: a source with no such word."""
+        return 0.0
+
     @property
     def replay_threads(self) -> list[threading.Thread]:
         """Replay threads started so far (so a caller can join them at shutdown)."""
@@ -293,7 +296,6 @@ class ConsumerLoop(ABC):
         self.connect()
         began = time.monotonic()
         self._last_heard = began if self.tracks_liveness else None
-        self._heard_late = 0.0
         now = self._clock()
         gap_start = self._gap_start
         gap = None if gap_start is None else max(0.0, now - gap_start)
@@ -323,7 +325,7 @@ class ConsumerLoop(ABC):
         # The gap began with the last sign of life, not when the loss was noticed (a ping
         # interval and a pong timeout later): the events in between are in the gap too.
         heard = self._last_heard
-        silent = max(0.0, time.monotonic() - heard) + self._heard_late if heard is not None \
+        silent = max(0.0, time.monotonic() - heard) + self._heard_late() if heard is not None \
             else 0.0
         lost_at = self._clock() - silent
         self._gap_start = lost_at

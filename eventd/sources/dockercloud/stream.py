@@ -175,6 +175,10 @@ class StreamConsumer(ConsumerLoop):
         #: `datetime`): a keepalive window, so a false one moves a gap's start that much at most
         self._stale_cap = self.options.ping_interval + self.options.pong_timeout
         self._sent: tuple[str, float | None] = ("", None)  # the last `datetime` parsed
+        #: the last read of events: (when it is dated, when it came in; monotonic), and its
+        #: newest event with the wall time it came in; judged only at a loss (`_heard_late`)
+        self._late: tuple[float, float] | None = None
+        self._newest: tuple[dict[str, Any], float] | None = None
 
     def describe(self) -> str:
         """The stream URL without credentials or query."""
@@ -341,6 +345,7 @@ class StreamConsumer(ConsumerLoop):
         now = monotonic()
         last_data = returned = now
         held_from: float | None = None  # the reader was held up in the sink since then
+        self._late = self._newest = None  # nothing read on this connection yet
         next_ping = now + ping_interval
         pong_due: float | None = None
         pongs = 0
@@ -382,19 +387,20 @@ class StreamConsumer(ConsumerLoop):
                 else:
                     lived = returned if held_from is None else held_from
                 self._last_heard = lived
-                self._heard_late = 0.0
                 returned = heard
                 if messages:
                     self._sink_since = heard  # held_for(): a sink that blocks holds us up
-                    stale = deliver(messages)
+                    deliver(messages)
                     self._sink_since = None
                     # Data that comes in after a silence may have been sent long before (TCP
                     # delivers what it held after a partition heals): the server sent the
                     # newest event at its `datetime`, and sent nothing we read after that
                     # (chaos seed 11, t+134: read 0.7 s late, then closed by the server's
                     # keepalive; the events sent between fell in no gap). The gap begins
-                    # then; a read without events (a pong) is dated from its arrival.
-                    self._heard_late = max(0.0, lived - (heard - stale))
+                    # then (`_heard_late`, judged at the loss: nothing parsed per read).
+                    self._late = (lived, heard)
+                else:  # a read without events (a pong) is dated from its arrival
+                    self._late = None
                 now = last_data = monotonic()
                 if held_from is None and now - heard >= _HELD:
                     held_from = self._last_heard
@@ -413,9 +419,9 @@ class StreamConsumer(ConsumerLoop):
                     except (OSError, websocket.WebSocketException):
                         return "dropped"
 
-    def _deliver(self, messages: list[bytes | memoryview]) -> float:
-        """Parse one read's frames and hand the good ones to the sink as one batch; return
-        how long before now the server sent the newest of them (`_staleness`).
+    def _deliver(self, messages: list[bytes | memoryview]) -> None:
+        """Parse one read's frames and hand the good ones to the sink as one batch; keep the
+        newest of them, with when it came in, for `_heard_late`.
 
         `messages` may be views into the reader's buffer: nothing here keeps one (the
         recorder's frames are copied)."""
@@ -440,9 +446,8 @@ class StreamConsumer(ConsumerLoop):
         else:
             batch, auth_error = self._parse_each(messages, now)
         self._metrics.stream_last_event.set(now)
-        stale = 0.0
+        self._newest = (batch.events[-1], now) if batch else None
         if batch:
-            stale = self._staleness(batch.events[-1], now)
             if batch.raws is not None and self._recorder is not None:
                 try:
                     self._recorder.write_batch(batch.raws)
@@ -451,7 +456,17 @@ class StreamConsumer(ConsumerLoop):
             self._sink(batch)
         if auth_error is not None:
             raise auth_error
-        return stale
+
+    def _heard_late(self) -> float:
+        """How long before the last read's date the server sent its newest event (by its
+        `datetime`, at most a keepalive window): the gap begins then. 0 when the last read
+        held no event."""
+        late, newest = self._late, self._newest
+        if late is None or newest is None:
+            return 0.0
+        lived, heard = late
+        stale = self._staleness(*newest)
+        return max(0.0, lived - (heard - stale))
 
     def _staleness(self, event: dict[str, Any], now: float) -> float:
         """How long before `now` (POSIX time) the server sent `event`, by its `datetime`:
