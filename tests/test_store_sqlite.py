@@ -3,6 +3,7 @@ driver errors as StoreError, and state directories written by an older eventd st
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventd.dedupe import DedupeWindow
 from eventd.errors import StateDirError, StoreError
@@ -250,3 +253,41 @@ def test_what_orjson_cannot_write_or_read_round_trips_as_before(tmp_path, value)
             assert back.event == {"v": expected}
     finally:
         store.close()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.text(max_size=40) | st.binary(max_size=40) | st.integers()
+       | st.sampled_from(["[1]", '"abc"', "null", "{", '[["a", 1]]', "1e999"]))
+def test_a_parked_row_that_is_no_event_is_dropped_with_a_warning_not_a_failed_start(
+        tmp_path_factory, data, caplog) -> None:
+    """The state directory is data: a row of the events-waiting-for-logs table that is not a
+    JSON object (a hand edit, another version, a torn disk) must not stop the next start,
+    which processes that table first; the good rows around it stay, in order."""
+    state = tmp_path_factory.mktemp("parked")
+    store = SqliteStore(state)
+    store.parked_add([("k0", {"event": {"id": "a"}})])
+    store.close()
+    db = sqlite3.connect(state / DB_NAME)
+    db.execute("INSERT INTO parked (key, data) VALUES (?, ?)", ("bad", data))
+    db.commit()
+    db.close()
+    store = SqliteStore(state)
+    try:
+        store.parked_add([("k2", {"event": {"id": "b"}})])
+        good = [("k0", {"event": {"id": "a"}}), ("k2", {"event": {"id": "b"}})]
+        if isinstance(data, str) and data.startswith("{") and _is_object(data):
+            return  # a JSON object: kept, the engine judges its fields
+        with caplog.at_level("WARNING", logger="eventd.stores.sqlite"):
+            assert store.parked_list() == good
+        assert "not an event" in caplog.text
+        assert store.parked_list() == good  # dropped: warned once
+    finally:
+        store.close()
+
+
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False

@@ -633,10 +633,29 @@ class SqliteStore:
 
     @_converted
     def parked_list(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every event still waiting, oldest first."""
+        """Every event still waiting, oldest first. The state directory is data: a row that is
+        not a JSON object (a hand edit, a torn disk) is dropped with one warning, so that the
+        start which processes this table first is not stopped by it."""
         with self._lock:
             rows = self._db.execute("SELECT key, data FROM parked ORDER BY seq").fetchall()
-        return [(str(key), dict(json.loads(data))) for key, data in rows]
+        kept: list[tuple[str, dict[str, Any]]] = []
+        bad: list[str] = []
+        for key, data in rows:
+            try:
+                record = json.loads(data)
+            except (TypeError, ValueError):
+                record = None
+            if isinstance(record, dict):
+                kept.append((str(key), record))
+            else:
+                bad.append(str(key))
+        if bad:
+            logger.warning("%d event(s) waiting for logs in %s are not an event (not a JSON "
+                           "object) and are dropped: %s", len(bad), self.path,
+                           ", ".join(repr(key[:40]) for key in bad[:5]))
+            with self._lock, self._transaction():
+                self._db.executemany("DELETE FROM parked WHERE key = ?", [(k,) for k in bad])
+        return kept
 
     @_converted
     def silence_put(self, record: dict[str, Any]) -> None:
