@@ -192,3 +192,103 @@ def test_a_kill_9_while_logs_are_awaited_loses_no_action(
                 running.terminate()
                 running.communicate(timeout=15)
         docker_engine.remove("lw-killed")
+
+
+INSPECTED = """
+rules:
+  - name: crashed
+    match: {type: container, action: die, attributes.exitCode: {not: "0"}}
+    enrich: resource
+    actions:
+      - webhook:
+          url: "${ALERT_WEBHOOK_URL}"
+          json: {name: "{{ event.name }}", restarts: "{{ resource.RestartCount }}",
+                 code: "{{ resource.State.ExitCode }}"}
+"""
+
+
+def test_a_container_whose_inspect_is_slow_does_not_hold_back_the_others(
+        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
+        tmp_path: Path):
+    """`enrich: resource`: one container dies whose inspect the Engine holds, then 8 more: the
+    8 are delivered, each with its own resource, while the first's inspect is still held;
+    it is delivered once the Engine answers. (Before, the engine thread waited for that
+    inspect, and every later die waited behind it: none came while it was held.)"""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(INSPECTED)
+    daemon = _daemon(rules, proxy.host, webhook_receiver, tmp_path / "state")
+    slow = "li-slow"
+    fast = [f"li-fast-{i}" for i in range(8)]
+    try:
+        wait_until(lambda: daemon.consumer.connected, 10, message="eventd connected")
+        held = f"/containers/{_created(docker_engine, slow, ['sh', '-c', 'exit 3'])}/json"
+        proxy.hold(held.encode())
+        for name in fast:
+            _created(docker_engine, name, ["sh", "-c", "exit 4"])
+        _start(docker_engine, slow)
+        wait_until(lambda: proxy.held >= 1, 10, message="the slow one's inspect is held")
+        held_at = time.monotonic()
+        _start_together(docker_engine, fast)
+        wait_until(lambda: len(webhook_receiver.requests) >= len(fast), 20,
+                   message="the others' webhooks while the slow inspect is held")
+        assert {r.json()["name"]: r.json() for r in webhook_receiver.requests} == {
+            name: {"name": name, "restarts": "0", "code": "4"} for name in fast}
+        # Well before the held inspect gives up (API_TIMEOUT, 10 s): before, they came only
+        # once it had, all at once.
+        late = [round(r.at - held_at, 2) for r in webhook_receiver.requests]
+        assert max(late) < 8.0, late
+        assert daemon.engine.waiting == 1
+        proxy.release(held.encode())
+        wait_until(lambda: len(webhook_receiver.requests) == len(fast) + 1, 20,
+                   message="the slow one's webhook once its inspect is answered")
+        assert webhook_receiver.requests[-1].json() == {"name": slow, "restarts": "0",
+                                                        "code": "3"}
+        assert daemon.wait_idle(5)
+        registry = daemon.metrics.registry
+        assert registry.get_sample_value("eventd_enrich_logs_waiting") == 0
+        assert daemon.store.parked_list() == []  # forgotten once its webhook was spooled
+    finally:
+        daemon.stop(timeout=5)
+        docker_engine.remove(slow, *fast)
+
+
+def test_a_kill_9_while_an_inspect_is_awaited_loses_no_action(
+        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
+        tmp_path: Path):
+    """eventd is killed (SIGKILL) while a die's inspect is held by the Engine: the event was
+    kept in the state directory before the wait, so the next start delivers its webhook,
+    with the container inspected then. (Before, the engine thread waited for the inspect
+    with the event only in memory: lost.)"""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(INSPECTED)
+    state = tmp_path / "state"
+    port = free_port()
+    process = _eventd(rules, proxy.host, webhook_receiver, state, port)
+    second: subprocess.Popen[str] | None = None
+    try:
+        wait_until(lambda: _metric(port, "eventd_stream_connected") == 1.0, 20,
+                   message="eventd connected")
+        cid = _created(docker_engine, "li-killed", ["sh", "-c", "exit 5"])
+        proxy.hold(f"/containers/{cid}/json".encode())
+        _start(docker_engine, "li-killed")
+        wait_until(lambda: proxy.held >= 1, 20, message="the die waits for its inspect")
+        wait_until(lambda: _metric(port, "eventd_enrich_logs_waiting") == 1.0, 20,
+                   message="the die set aside (kept in the state directory)")
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+        assert webhook_receiver.requests == []
+        proxy.release()
+        port = free_port()
+        second = _eventd(rules, proxy.host, webhook_receiver, state, port)
+        wait_until(lambda: len(webhook_receiver.requests) >= 1, 30,
+                   message="the webhook after the restart")
+        assert [r.json() for r in webhook_receiver.requests] == [
+            {"name": "li-killed", "restarts": "0", "code": "5"}]
+        wait_until(lambda: _metric(port, "eventd_enrich_logs_waiting") == 0.0, 10,
+                   message="nothing waits")
+    finally:
+        for running in (process, second):
+            if running is not None and running.poll() is None:
+                running.terminate()
+                running.communicate(timeout=15)
+        docker_engine.remove("li-killed")
