@@ -292,3 +292,66 @@ def test_a_kill_9_while_an_inspect_is_awaited_loses_no_action(
                 running.terminate()
                 running.communicate(timeout=15)
         docker_engine.remove("li-killed")
+
+
+VERSIONED = """
+rules:
+  - name: crashed
+    match: {type: container, action: die, attributes.exitCode: {not: "@CODE@"}}
+    enrich: {logs: {lines: 20}, resource: true}
+    actions:
+      - webhook:
+          url: "${ALERT_WEBHOOK_URL}"
+          json: {name: "{{ event.name }}", last: "{{ logs[-1] if logs else '' }}",
+                 code: "{{ resource.State.ExitCode }}", rules: "@VERSION@"}
+"""
+
+
+def _versioned(version: str, code: str) -> str:
+    """A rule with `enrich: logs` and `resource`, its match on exit codes other than `code`
+    (another match: the followers start anew on reload), its webhook saying which version
+    of the rules sent it."""
+    return VERSIONED.replace("@CODE@", code).replace("@VERSION@", version)
+
+
+def test_a_reload_while_a_die_is_set_aside_delivers_it_once_by_the_rules_it_matched(
+        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
+        tmp_path: Path):
+    """A die waits for its logs (the Engine holds them) when the rules are reloaded with
+    another match (every follower stops and starts anew) and another webhook: a die after
+    the reload goes by the new rules at once; the one set aside is delivered once its logs
+    come, once, by the rules it matched when it came (the rule set changes between two
+    events, never in the middle of one), with its logs and resource; nothing stays kept."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_versioned("1", "0"))
+    daemon = _daemon(rules, proxy.host, webhook_receiver, tmp_path / "state")
+    try:
+        wait_until(lambda: daemon.consumer.connected, 10, message="eventd connected")
+        held = f"/containers/{_created(docker_engine, 'lr-held', ['sh', '-c', FIFTY])}/logs"
+        proxy.hold(held.encode())
+        _created(docker_engine, "lr-after", ["sh", "-c", FIFTY])
+        _start(docker_engine, "lr-held")
+        wait_until(lambda: daemon.engine.waiting == 1, 20, message="the die set aside")
+        assert [key for key, _ in daemon.store.parked_list()] != []
+        rules.write_text(_versioned("2", "9"))
+        assert daemon.reload()
+        _start(docker_engine, "lr-after")
+        wait_until(lambda: len(webhook_receiver.requests) >= 1, 20,
+                   message="the die after the reload, by the new rules")
+        assert [r.json() for r in webhook_receiver.requests] == [
+            {"name": "lr-after", "last": "line 50", "code": "3", "rules": "2"}]
+        assert daemon.engine.waiting == 1
+        proxy.release()
+        wait_until(lambda: len(webhook_receiver.requests) >= 2, 20,
+                   message="the die set aside, once its logs came")
+        assert daemon.wait_idle(5)
+        bodies = sorted((r.json() for r in webhook_receiver.requests), key=str)
+        assert bodies == sorted([
+            {"name": "lr-after", "last": "line 50", "code": "3", "rules": "2"},
+            {"name": "lr-held", "last": "line 50", "code": "3", "rules": "1"}], key=str)
+        assert daemon.engine.waiting == 0
+        assert daemon.store.parked_list() == []
+        assert daemon.metrics.registry.get_sample_value("eventd_enrich_logs_waiting") == 0
+    finally:
+        daemon.stop(timeout=5)
+        docker_engine.remove("lr-held", "lr-after")
