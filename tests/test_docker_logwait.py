@@ -152,38 +152,36 @@ def _eventd(rules: Path, host: str, receiver: WebhookReceiver, state: Path,
         env=env, cwd=state.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_kill_9_while_logs_are_awaited_loses_no_action(
-        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
-        tmp_path: Path):
-    """eventd is killed (SIGKILL) while a die's logs are awaited (the Engine holds them): the
-    event was kept in the state directory before the wait, so the next start delivers its
-    webhook, with the logs read then (the container is still there). Before, the event was
-    only in memory: lost, and the Engine's stream resumes from the new start."""
+def _kill_9_while_held(engine: DockerEngine, proxy: SocketProxy, receiver: WebhookReceiver,
+                       tmp_path: Path, rules_text: str, name: str, command: str,
+                       held: tuple[str, int], expected: dict[str, str]) -> None:
+    """eventd killed (SIGKILL) once the container `name` died and its die is set aside for
+    an answer the Engine holds (`held`: the request path's end, and how many such requests
+    to wait for); the Engine answers again, eventd starts again: one webhook, `expected`."""
     rules = tmp_path / "rules.yaml"
-    rules.write_text(LOGGED)
+    rules.write_text(rules_text)
     state = tmp_path / "state"
     port = free_port()
-    process = _eventd(rules, proxy.host, webhook_receiver, state, port)
+    process = _eventd(rules, proxy.host, receiver, state, port)
     second: subprocess.Popen[str] | None = None
     try:
         wait_until(lambda: _metric(port, "eventd_stream_connected") == 1.0, 20,
                    message="eventd connected")
-        cid = _created(docker_engine, "lw-killed", ["sh", "-c", FIFTY])
-        proxy.hold(f"/containers/{cid}/logs".encode())
-        _start(docker_engine, "lw-killed")
-        # The follow request at start, then the read at die (the follower's stream did not
-        # end): the die's logs are awaited now.
-        wait_until(lambda: proxy.held >= 2, 20, message="the die waits for its logs")
+        cid = _created(engine, name, ["sh", "-c", command])
+        proxy.hold(f"/containers/{cid}/{held[0]}".encode())
+        _start(engine, name)
+        wait_until(lambda: proxy.held >= held[1], 20, message=f"the die waits for {held[0]}")
+        wait_until(lambda: _metric(port, "eventd_enrich_logs_waiting") == 1.0, 20,
+                   message="the die set aside (kept in the state directory)")
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=10)
-        assert webhook_receiver.requests == []
-        proxy.release()  # the Engine answers again: the logs are there to read
+        assert receiver.requests == []
+        proxy.release()  # the Engine answers again
         port = free_port()
-        second = _eventd(rules, proxy.host, webhook_receiver, state, port)
-        wait_until(lambda: len(webhook_receiver.requests) >= 1, 30,
+        second = _eventd(rules, proxy.host, receiver, state, port)
+        wait_until(lambda: len(receiver.requests) >= 1, 30,
                    message="the webhook after the restart")
-        assert [r.json() for r in webhook_receiver.requests] == [
-            {"name": "lw-killed", "last": "line 50", "lines": "20"}]
+        assert [r.json() for r in receiver.requests] == [expected]
         wait_until(lambda: _metric(port, "eventd_enrich_logs_waiting") == 0.0, 10,
                    message="nothing waits")
     finally:
@@ -191,8 +189,20 @@ def test_a_kill_9_while_logs_are_awaited_loses_no_action(
             if running is not None and running.poll() is None:
                 running.terminate()
                 running.communicate(timeout=15)
-        docker_engine.remove("lw-killed")
+        engine.remove(name)
 
+
+def test_a_kill_9_while_logs_are_awaited_loses_no_action(
+        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
+        tmp_path: Path):
+    """eventd is killed (SIGKILL) while a die's logs are awaited (the Engine holds them): the
+    event was kept in the state directory before the wait, so the next start delivers its
+    webhook, with the logs read then (the container is still there). Before, the event was
+    only in memory: lost, and the Engine's stream resumes from the new start. (Held: the
+    follow request at start, then the read at die, the follower's stream not ended.)"""
+    _kill_9_while_held(docker_engine, proxy, webhook_receiver, tmp_path, LOGGED, "lw-killed",
+                       FIFTY, ("logs", 2), {"name": "lw-killed", "last": "line 50",
+                                            "lines": "20"})
 
 INSPECTED = """
 rules:
@@ -259,40 +269,9 @@ def test_a_kill_9_while_an_inspect_is_awaited_loses_no_action(
     kept in the state directory before the wait, so the next start delivers its webhook,
     with the container inspected then. (Before, the engine thread waited for the inspect
     with the event only in memory: lost.)"""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(INSPECTED)
-    state = tmp_path / "state"
-    port = free_port()
-    process = _eventd(rules, proxy.host, webhook_receiver, state, port)
-    second: subprocess.Popen[str] | None = None
-    try:
-        wait_until(lambda: _metric(port, "eventd_stream_connected") == 1.0, 20,
-                   message="eventd connected")
-        cid = _created(docker_engine, "li-killed", ["sh", "-c", "exit 5"])
-        proxy.hold(f"/containers/{cid}/json".encode())
-        _start(docker_engine, "li-killed")
-        wait_until(lambda: proxy.held >= 1, 20, message="the die waits for its inspect")
-        wait_until(lambda: _metric(port, "eventd_enrich_logs_waiting") == 1.0, 20,
-                   message="the die set aside (kept in the state directory)")
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=10)
-        assert webhook_receiver.requests == []
-        proxy.release()
-        port = free_port()
-        second = _eventd(rules, proxy.host, webhook_receiver, state, port)
-        wait_until(lambda: len(webhook_receiver.requests) >= 1, 30,
-                   message="the webhook after the restart")
-        assert [r.json() for r in webhook_receiver.requests] == [
-            {"name": "li-killed", "restarts": "0", "code": "5"}]
-        wait_until(lambda: _metric(port, "eventd_enrich_logs_waiting") == 0.0, 10,
-                   message="nothing waits")
-    finally:
-        for running in (process, second):
-            if running is not None and running.poll() is None:
-                running.terminate()
-                running.communicate(timeout=15)
-        docker_engine.remove("li-killed")
-
+    _kill_9_while_held(docker_engine, proxy, webhook_receiver, tmp_path, INSPECTED,
+                       "li-killed", "exit 5", ("json", 1),
+                       {"name": "li-killed", "restarts": "0", "code": "5"})
 
 VERSIONED = """
 rules:
