@@ -25,6 +25,11 @@ is often gone before its start event reaches eventd.
 `--engine-floor` runs no eventd: a bare reader asks the Engine for each dead container's
 logs (and, beside it, lists the container, which does not wait for the container's lock), from
 the die's timeNano to the answer: the least die -> webhook can take with `enrich: logs`.
+`--with-floor` runs that floor after each run of eventd (and of `--baseline`) on the same
+Engine, so that both see the same Engine and load, alternately; with `--enrich resource` the
+floor also inspects each dead container (as that rule does). `--row PARALLEL:COMMAND:ENRICH`
+(repeated) measures several rows one after the other on one Engine, in one sitting, instead
+of `--parallel`, `--command` and `--enrich`; with either, a table of every row ends the run.
 
 `--breakdown` runs eventd with `--log-level DEBUG --log-format json` and says where the time
 goes, from the stage lines eventd logs at DEBUG for each event (each stage's p50/p90/p99 in ms):
