@@ -267,18 +267,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _followed(port: int, outcome: str = "taken") -> float:
-    """eventd_docker_log_follows_total{outcome} from eventd's /metrics (nan when that eventd
-    has no followers: an older tree)."""
+def _metric_value(port: int, sample: str) -> float:
+    """One sample of eventd's /metrics (`name` or `name{labels}`); nan when eventd does not
+    answer (yet) or has no such sample (an older tree)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             text = answer.read().decode()
     except OSError:
         return float("nan")
     for line in text.splitlines():
-        if line.startswith(f'eventd_docker_log_follows_total{{outcome="{outcome}"}}'):
+        if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return float("nan")
+
+
+def _followed(port: int, outcome: str = "taken") -> float:
+    """eventd_docker_log_follows_total{outcome} from eventd's /metrics (nan when that eventd
+    has no followers: an older tree)."""
+    return _metric_value(port, f'eventd_docker_log_follows_total{{outcome="{outcome}"}}')
 
 
 def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, count: int,
@@ -306,7 +312,12 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
              str(workdir / f"state-{tag}"), "--metrics-addr", f"127.0.0.1:{port}", *level],
             env=env, stderr=log, cwd=source)
         try:
-            time.sleep(2.0)  # connected (a bench, not a test: no readiness probe needed here)
+            # connected: under load a start can take longer than the 2 s once slept here,
+            # and the dies before it were lost (the Engine's stream starts at the connect)
+            deadline = time.monotonic() + 60
+            while _metric_value(port, "eventd_stream_connected") != 1.0 \
+                    and time.monotonic() < deadline and eventd.poll() is None:
+                time.sleep(0.1)
 
             def one(name: str) -> None:
                 engine.run(name, COMMANDS[command])
