@@ -13,7 +13,8 @@ in the store, set aside, and processed once its logs and resource are in, while 
 after it go on. Events of one object stay in order (a later
 one waits behind one set aside); jobs of other objects' events may be spooled, and so
 delivered, before the jobs of one that waits for its logs. A crash while it waits loses
-nothing: the next start processes what the store still holds, the logs read then.
+nothing: the next start processes what the store still holds, the logs read (and the object
+inspected) then.
 """
 
 from __future__ import annotations
