@@ -296,7 +296,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
     rules.write_text(rules_text(receiver.url, enrich))
     log_path = workdir / f"eventd-{tag}.log"
     level = ["--log-level", "DEBUG", "--log-format", "json"] if breakdown else [
-        "--log-level", "WARNING"]
+        "--log-level", "WARNING", "--log-format", "json"]
     env = dict(os.environ, DOCKER_HOST=engine.host, EVENTD_SOURCE="docker")
     if source is not None:  # `python -m eventd` finds that tree's package first
         env["PYTHONPATH"] = str(source)
