@@ -25,6 +25,11 @@ is often gone before its start event reaches eventd.
 `--engine-floor` runs no eventd: a bare reader asks the Engine for each dead container's
 logs (and, beside it, lists the container, which does not wait for the container's lock), from
 the die's timeNano to the answer: the least die -> webhook can take with `enrich: logs`.
+`--with-floor` runs that floor after each run of eventd (and of `--baseline`) on the same
+Engine, so that both see the same Engine and load, alternately; with `--enrich resource` the
+floor also inspects each dead container (as that rule does). `--row PARALLEL:COMMAND:ENRICH`
+(repeated) measures several rows one after the other on one Engine, in one sitting, instead
+of `--parallel`, `--command` and `--enrich`; with either, a table of every row ends the run.
 
 `--breakdown` runs eventd with `--log-level DEBUG --log-format json` and says where the time
 goes, from the stage lines eventd logs at DEBUG for each event (each stage's p50/p90/p99 in ms):
@@ -262,18 +267,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _followed(port: int, outcome: str = "taken") -> float:
-    """eventd_docker_log_follows_total{outcome} from eventd's /metrics (nan when that eventd
-    has no followers: an older tree)."""
+def _metric_value(port: int, sample: str) -> float:
+    """One sample of eventd's /metrics (`name` or `name{labels}`); nan when eventd does not
+    answer (yet) or has no such sample (an older tree)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             text = answer.read().decode()
     except OSError:
         return float("nan")
     for line in text.splitlines():
-        if line.startswith(f'eventd_docker_log_follows_total{{outcome="{outcome}"}}'):
+        if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return float("nan")
+
+
+def _followed(port: int, outcome: str = "taken") -> float:
+    """eventd_docker_log_follows_total{outcome} from eventd's /metrics (nan when that eventd
+    has no followers: an older tree)."""
+    return _metric_value(port, f'eventd_docker_log_follows_total{{outcome="{outcome}"}}')
 
 
 def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, count: int,
@@ -285,7 +296,7 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
     rules.write_text(rules_text(receiver.url, enrich))
     log_path = workdir / f"eventd-{tag}.log"
     level = ["--log-level", "DEBUG", "--log-format", "json"] if breakdown else [
-        "--log-level", "WARNING"]
+        "--log-level", "WARNING", "--log-format", "json"]
     env = dict(os.environ, DOCKER_HOST=engine.host, EVENTD_SOURCE="docker")
     if source is not None:  # `python -m eventd` finds that tree's package first
         env["PYTHONPATH"] = str(source)
@@ -301,7 +312,12 @@ def run_once(engine: DockerEngine, receiver: Stamping, workdir: Path, tag: str, 
              str(workdir / f"state-{tag}"), "--metrics-addr", f"127.0.0.1:{port}", *level],
             env=env, stderr=log, cwd=source)
         try:
-            time.sleep(2.0)  # connected (a bench, not a test: no readiness probe needed here)
+            # connected: under load a start can take longer than the 2 s once slept here,
+            # and the dies before it were lost (the Engine's stream starts at the connect)
+            deadline = time.monotonic() + 60
+            while _metric_value(port, "eventd_stream_connected") != 1.0 \
+                    and time.monotonic() < deadline and eventd.poll() is None:
+                time.sleep(0.1)
 
             def one(name: str) -> None:
                 engine.run(name, COMMANDS[command])
@@ -356,24 +372,28 @@ class EngineFloor:
     view, not the container under its lock): from the die's timeNano to each answer. The logs'
     figure is the least die -> webhook can take with `enrich: logs` on this Engine and load."""
 
-    def __init__(self, engine: DockerEngine, workers: int = 16) -> None:
+    def __init__(self, engine: DockerEngine, workers: int = 16, inspect: bool = False) -> None:
         self.logs: dict[int, int] = {}  # timeNano -> time.time_ns when the logs were read
         self.listed: dict[int, int] = {}  # timeNano -> time.time_ns when the list answered
-        self._clients = [engine.client() for _ in range(2 * workers)]
+        self.inspected: dict[int, int] = {}  # timeNano -> time.time_ns when inspected
+        self._inspect = inspect
+        self._clients = [engine.client() for _ in range(3 * workers)]
         self._free = list(self._clients)
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(2 * workers)
+        self._pool = ThreadPoolExecutor(3 * workers)
         self._events = engine.client()
         self._stream = self._events.events(decode=True, filters={"event": "die"})
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
-    def _call(self, into: dict[int, int], nano: int, cid: str, logs: bool) -> None:
+    def _call(self, into: dict[int, int], nano: int, cid: str, what: str) -> None:
         with self._lock:
             client = self._free.pop()
         try:
-            if logs:
+            if what == "logs":
                 client.logs(cid, stdout=True, stderr=True, tail=20)
+            elif what == "inspected":
+                client.inspect_container(cid)
             else:
                 client.containers(all=True, filters={"id": cid})
             into[nano] = time.time_ns()
@@ -385,8 +405,10 @@ class EngineFloor:
         try:
             for raw in self._stream:
                 nano, cid = int(raw.get("timeNano", 0)), raw.get("id", "")
-                self._pool.submit(self._call, self.logs, nano, cid, True)
-                self._pool.submit(self._call, self.listed, nano, cid, False)
+                self._pool.submit(self._call, self.logs, nano, cid, "logs")
+                self._pool.submit(self._call, self.listed, nano, cid, "listed")
+                if self._inspect:
+                    self._pool.submit(self._call, self.inspected, nano, cid, "inspected")
         except Exception:  # noqa: BLE001, S110 - closed at the end of the run
             pass
 
@@ -399,10 +421,17 @@ class EngineFloor:
             client.close()
 
 
+def floor_answers(floor: EngineFloor, inspect: bool) -> list[tuple[str, dict[int, int]]]:
+    """The floor's answers, by name: the logs, the list (and the inspect when asked)."""
+    whats = [("logs", floor.logs), ("listed", floor.listed)]
+    return whats + [("inspected", floor.inspected)] if inspect else whats
+
+
 def floor_once(engine: DockerEngine, tag: str, count: int, parallel: int,
-               command: str = "false") -> dict[str, Any]:
-    """One run of --engine-floor: die -> logs read and die -> listed, in milliseconds."""
-    floor = EngineFloor(engine)
+               command: str = "false", inspect: bool = False) -> dict[str, Any]:
+    """One run of --engine-floor: die -> logs read and die -> listed (and, with `inspect`,
+    die -> inspected), in milliseconds."""
+    floor = EngineFloor(engine, inspect=inspect)
     names = [f"flo-{tag}-{i}" for i in range(count)]
     try:
         began = time.monotonic()
@@ -416,7 +445,7 @@ def floor_once(engine: DockerEngine, tag: str, count: int, parallel: int,
         floor.close()
         engine.remove(*names)
     figures: dict[str, Any] = {"seconds": elapsed, "expected": count}
-    for what, seen in (("logs", floor.logs), ("listed", floor.listed)):
+    for what, seen in floor_answers(floor, inspect):
         latencies = [(at - nano) / 1e6 for nano, at in seen.items()]
         figures[what] = {"count": len(latencies), "expected": count, "seconds": elapsed,
                          "p50_ms": _percentile(latencies, 0.50),
@@ -457,6 +486,57 @@ def breakdown_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _row(text: str) -> tuple[int, str, str]:
+    """`--row 16:false:logs` as (parallel, command, enrich)."""
+    parallel, command, enrich = text.split(":")
+    if command not in COMMANDS or enrich not in ENRICH:
+        raise argparse.ArgumentTypeError(f"{text}: PARALLEL:{'|'.join(COMMANDS)}:"
+                                         f"{'|'.join(ENRICH)}")
+    return int(parallel), command, enrich
+
+
+def _median_of(done: list[dict[str, Any]], keys: tuple[str, ...], count: int) -> dict[str, Any]:
+    median = {key: statistics.median(run[key] for run in done) for key in keys}
+    median["expected"] = count
+    return median
+
+
+FIGURES = ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+
+
+def measure_row(engine: DockerEngine, receiver: Stamping, workdir: Path, args: argparse.Namespace,
+                row: tuple[int, str, str], variants: list[tuple[str, Path | None]]
+                ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """One row's runs on `engine`: each run the variants in turn, then (--with-floor) a floor
+    run, so that eventd and the floor see the same Engine and load, alternately."""
+    parallel, command, enrich = row
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in variants}
+    floors: list[dict[str, Any]] = []
+    what = f"{parallel} at a time, enrich {enrich}, command {command}"
+    for number in range(args.runs):
+        for index, (label, source) in enumerate(variants):
+            figures = run_once(engine, receiver, workdir,
+                               f"{parallel}{command[0]}{enrich[0]}{number}-{index}",
+                               args.count, parallel, enrich, args.breakdown, source, command)
+            runs[label].append(figures)
+            warned = figures.get("warnings", [])
+            for line in warned[:3]:
+                print(f"  eventd warned: {line[:300]}", flush=True)
+            if len(warned) > 3:
+                print(f"  eventd warned {len(warned)} times in all", flush=True)
+            print(report(figures, f"{label}, run {number + 1} ({what})"), flush=True)
+        if args.with_floor:
+            figures = floor_once(engine, f"{parallel}{command[0]}{enrich[0]}{number}",
+                                 args.count, parallel, command, inspect=enrich == "resource")
+            floors.append(figures)
+            for answer in ("logs", "listed", "inspected"):
+                if answer in figures:
+                    print(report(figures[answer], f"engine floor, run {number + 1} ({what}): "
+                                                  f"die -> {answer}").replace(
+                        "die -> webhook over", "over"), flush=True)
+    return runs, floors
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100)
@@ -474,46 +554,69 @@ def main() -> int:
     parser.add_argument("--engine-floor", action="store_true",
                         help="no eventd: how long the Engine takes to give a dead container's "
                              "logs (the least die -> webhook can take with enrich: logs)")
+    parser.add_argument("--with-floor", action="store_true",
+                        help="after each run of eventd (and --baseline), a run of the engine "
+                             "floor on the same Engine (with --enrich resource it inspects too)")
+    parser.add_argument("--row", type=_row, action="append", default=None,
+                        metavar="PARALLEL:COMMAND:ENRICH",
+                        help="measure this row (repeat for more), one after the other on one "
+                             "Engine; instead of --parallel, --command and --enrich")
     args = parser.parse_args()
     if args.engine_floor:
         return engine_floor(args.count, args.parallel, args.runs, args.command)
+    rows = args.row or [(args.parallel, args.command, args.enrich)]
     variants: list[tuple[str, Path | None]] = [("this tree", None)]
     if args.baseline is not None:
         variants.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
     workdir = Path(tempfile.mkdtemp(prefix="dkb", dir="/tmp"))
     receiver = Stamping()
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in variants}
+    measured: list[tuple[tuple[int, str, str], dict[str, list[dict[str, Any]]],
+                         list[dict[str, Any]]]] = []
     try:
         with DockerEngine(workdir / "e") as engine:
-            for number in range(args.runs):
-                for index, (label, source) in enumerate(variants):
-                    figures = run_once(engine, receiver, workdir, f"{number}-{index}",
-                                       args.count, args.parallel, args.enrich, args.breakdown,
-                                       source, args.command)
-                    runs[label].append(figures)
-                    warned = figures.get("warnings", [])
-                    for line in warned[:3]:
-                        print(f"  eventd warned: {line[:300]}", flush=True)
-                    if len(warned) > 3:
-                        print(f"  eventd warned {len(warned)} times in all", flush=True)
-                    print(report(figures, f"{label}, run {number + 1} ({args.parallel} at a "
-                                          f"time, enrich {args.enrich}, command "
-                                          f"{args.command})"), flush=True)
+            for row in rows:
+                print(f"# row {row[0]}:{row[1]}:{row[2]}, load average "
+                      f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+                measured.append((row, *measure_row(engine, receiver, workdir, args, row,
+                                                   variants)))
     finally:
         receiver.server.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-    for label, done in runs.items():
-        if len(done) > 1:
-            median = {key: statistics.median(run[key] for run in done)
-                      for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms",
-                                  "logs_unread", "followed", "in_time", "not_ended")}
-            median["expected"] = args.count
-            print(report(median, f"{label}, median of {len(done)} runs"))
-        if args.breakdown:
-            print(f"{label}:")
-            print(breakdown_table(done))
-    every = [run for done in runs.values() for run in done]
+    keys = (*FIGURES, "logs_unread", "followed", "in_time", "not_ended")
+    for (parallel, command, enrich), runs, floors in measured:
+        what = f"{parallel} at a time, enrich {enrich}, command {command}"
+        for label, done in runs.items():
+            if len(done) > 1:
+                print(report(_median_of(done, keys, args.count),
+                             f"{label}, median of {len(done)} runs ({what})"))
+            if args.breakdown:
+                print(f"{label} ({what}):")
+                print(breakdown_table(done))
+        for answer in ("logs", "listed", "inspected"):
+            if floors and answer in floors[0]:
+                median = _median_of([run[answer] for run in floors], FIGURES, args.count)
+                print(report(median, f"engine floor, median of {len(floors)} runs ({what}): "
+                                     f"die -> {answer}").replace("die -> webhook over", "over"))
+    if args.with_floor or len(rows) > 1:
+        print(summary_table(measured, args.count))
+    every = [run for _, runs, _ in measured for done in runs.values() for run in done]
     return 0 if all(run["count"] == run["expected"] for run in every) else 1
+
+
+def summary_table(measured: list[Any], count: int) -> str:
+    """One line per row and variant (and floor answer): p50 / p90 / p99 ms, medians of runs."""
+    lines = ["| row | what | p50 / p90 / p99 ms |", "|---|---|---|"]
+    for (parallel, command, enrich), runs, floors in measured:
+        name = f"p{parallel} {command} {enrich}"
+        cells = [(f"eventd {label}", _median_of(done, FIGURES, count))
+                 for label, done in runs.items()]
+        cells += [(f"floor: die -> {answer}",
+                   _median_of([run[answer] for run in floors], FIGURES, count))
+                  for answer in ("logs", "listed", "inspected") if floors and answer in floors[0]]
+        for label, median in cells:
+            lines.append(f"| {name} | {label} | {median['p50_ms']:.0f} / {median['p90_ms']:.0f} / "
+                         f"{median['p99_ms']:.0f} |")
+    return "\n".join(lines)
 
 
 def engine_floor(count: int, parallel: int, runs: int, command: str = "false") -> int:

@@ -5,13 +5,16 @@ It de-duplicates, marks events eventd caused itself, matches rules, enriches, ap
 a printer in `replay --dry-run`). It runs on one thread; the rule set is swapped between
 two events, never in the middle of one.
 
-With the Engine's source (`park_logs`), an event whose rules read its container's logs does
-not hold that thread while the logs come (a follower's stream ending after the die, or a read
-at die, up to the 1 s budget): it is kept in the store, set aside, and processed once its
-logs are in, while the events after it go on. Events of one object stay in order (a later
+With the Engine's source (`park_logs`), an event whose rules read its container's logs, or
+inspect it (`enrich: resource`) while that inspect is still under way, does not hold that
+thread while the answer comes (a follower's stream ending after the die, or a read or inspect
+at die, which the Engine answers only once it has cleaned up after the container): it is kept
+in the store, set aside, and processed once its logs and resource are in, while the events
+after it go on. Events of one object stay in order (a later
 one waits behind one set aside); jobs of other objects' events may be spooled, and so
 delivered, before the jobs of one that waits for its logs. A crash while it waits loses
-nothing: the next start processes what the store still holds, the logs read then.
+nothing: the next start processes what the store still holds, the logs read (and the object
+inspected) then.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ class Rules(Protocol):
 
 
 class Enricher(Protocol):
-    """Reads the object an event is about (`enrich: resource`)."""
+    """Reads the object an event is about (`enrich: resource`). One whose inspects can be
+    under way before the engine asks (the Engine's: started by the reader) also has
+    `resource_started(event)`: that inspect's future, or None (see `park_logs`)."""
 
     def resource(self, event: Event) -> Any: ...
 
@@ -128,8 +133,9 @@ class ParkedJournal(Protocol):
 
 @dataclass
 class _Parked:
-    """One event whose rules wait for its container's logs (and every later event of the same
-    object, behind it): processed once each wait is done, in order per object."""
+    """One event whose rules wait for its container's logs or resource (and every later event
+    of the same object, behind it): processed once each wait is done, in order per object.
+    `waits` holds a future per logs spec, and the resource's under the key _RESOURCE."""
 
     key: str  # its journal key
     obj: str  # the object it is about (its resource URI)
@@ -137,10 +143,19 @@ class _Parked:
     event: Event
     matched: Sequence[Rule]
     quiet: frozenset[Rule] | None
-    waits: dict[LogsSpec, Future[list[str]]]
+    waits: dict[Any, Future[Any]]
 
     def ready(self) -> bool:
         return all(future.done() for future in self.waits.values())
+
+    def wake_when_ready(self, wake: Callable[[], object]) -> None:
+        """Call `wake` once every wait is done (by the last to end; maybe twice)."""
+        def done(_: Future[Any]) -> None:
+            if self.ready():
+                wake()
+
+        for future in self.waits.values():
+            future.add_done_callback(done)
 
 
 class EngineStore(Protocol):
@@ -236,7 +251,11 @@ class Engine:
         self._unjournal: list[str] = []
         self._park_ids = itertools.count()
         self._park_prefix = f"{time.time_ns():x}"
-        self._logs_rules: tuple[Any, frozenset[Rule]] = (None, frozenset())
+        #: a rule set, its rules that read logs, and those that wait (logs, or an inspect
+        #: under way: with an enricher that starts them early)
+        self._logs_rules: tuple[Any, frozenset[Rule], frozenset[Rule]] = (
+            None, frozenset(), frozenset())
+        self._resource_started: Callable[[Event], Future[Any] | None] | None = None
         self.parked_total = 0  # events that waited for logs off this thread (tests, metrics)
 
     # -- the rule set ----------------------------------------------------------------
@@ -504,7 +523,9 @@ class Engine:
                                                       "inactive"))
                 continue
             if rule.enrich and resource is _UNSET:
-                resource = self._enrich(event)
+                resource = attached.pop(_RESOURCE, _UNSET)  # awaited off this thread
+                if resource is _UNSET:
+                    resource = self._enrich(event)
                 if base is not None:
                     base["resource"] = resource
             context: dict[str, Any] | None = None
@@ -655,24 +676,49 @@ class Engine:
 
     # -- waiting for logs off this thread ---------------------------------------------
     def park_logs(self, journal: ParkedJournal, wake: Callable[[], object]) -> None:
-        """Wait for containers' logs (`enrich: logs`) off this thread: an event whose logs are
-        not read yet is kept in `journal` and set aside, the events after it go on, and it is
-        processed (its `when`, throttle, actions) once its logs are in, from `resume_parked()`,
-        which `wake` makes the engine's thread call. Events of one object stay in order: a
-        later event of an object that has one set aside waits behind it. Call before events
-        come (and `recover_parked()` first)."""
+        """Wait for containers' logs (`enrich: logs`) off this thread, and for inspects under
+        way (`enrich: resource`, with an enricher that starts them early: `resource_started`):
+        an event whose logs or resource are not in yet is kept in `journal` and set aside,
+        the events after it go on, and it is processed (its `when`, throttle, actions) once
+        they are in, from `resume_parked()`, which `wake` makes the engine's thread call.
+        Events of one object stay in order: a later event of an object that has one set aside
+        waits behind it. Call before events come (and `recover_parked()` first)."""
         self._journal = journal
         self._wake = wake
+        self._resource_started = getattr(self._enricher, "resource_started", None)
 
     def _logs_rules_of(self, rules: Rules) -> frozenset[Rule]:
         """The rules of this rule set that read logs into their context."""
-        seen, found = self._logs_rules
+        return self._waiting_rules(rules)[0]
+
+    def _waiting_rules(self, rules: Rules) -> tuple[frozenset[Rule], frozenset[Rule]]:
+        """The rules of this rule set that read logs into their context, and those that may
+        wait off this thread (those, and the ones that inspect when inspects start early)."""
+        seen, found, waiting = self._logs_rules
         if seen is not rules:
-            found = frozenset(rule for rule in getattr(rules, "rules", ())
+            every = getattr(rules, "rules", ())
+            found = frozenset(rule for rule in every
                               if rule.enrichment is not None and rule.enrichment.logs is not None
                               and not rule.plain)
-            self._logs_rules = (rules, found)
-        return found
+            waiting = found | frozenset(rule for rule in every if rule.enrich) \
+                if self._resource_started is not None else found
+            self._logs_rules = (rules, found, waiting)
+        return found, waiting
+
+    def _inspect_under_way(self, event: Event, matched: Sequence[Rule],
+                           quiet: frozenset[Rule] | None) -> Future[Any] | None:
+        """The inspect a matched rule with `enrich: resource` (not quiet) will wait for, while
+        it is under way; None when none will (or it is done: `resource` answers at once)."""
+        started = self._resource_started
+        if started is None or not any(rule.enrich and (quiet is None or rule not in quiet)
+                                      for rule in matched):
+            return None
+        try:
+            future = started(event)
+        except Exception as exc:  # noqa: BLE001 - then the engine thread inspects, as before
+            report_internal_error("enrich", exc, self._metrics)
+            return None
+        return None if future is None or future.done() else future
 
     def _logs_specs(self, matched: Sequence[Rule],
                     quiet: frozenset[Rule] | None) -> list[LogsSpec]:
@@ -688,20 +734,25 @@ class Engine:
 
     def _park(self, received: Received, event: Event, matched: Sequence[Rule],
               quiet: frozenset[Rule] | None) -> Any:
-        """Set the event aside if it waits for logs (or its object has an event set aside):
-        _PARKED; else the logs read already (for `_run_rules`), or None."""
-        logs_rules = self._logs_rules_of(self.rules)
+        """Set the event aside if it waits for logs or an inspect under way (or its object has
+        an event set aside): _PARKED; else the logs read already (for `_run_rules`), or
+        None."""
+        waiting = self._waiting_rules(self.rules)[1]
         parked = self._parked_objects
-        if not parked and logs_rules.isdisjoint(matched):
+        if not parked and waiting.isdisjoint(matched):
             return None
         obj = _object_of(event)
         specs = self._logs_specs(matched, quiet)
-        if not specs and obj not in parked:
+        inspect = self._inspect_under_way(event, matched, quiet)
+        if not specs and inspect is None and obj not in parked:
             return None
         assert self._attacher is not None
-        waits = {spec: self._attacher.logs_started(event, spec) for spec in specs}
+        waits: dict[Any, Future[Any]] = {
+            spec: self._attacher.logs_started(event, spec) for spec in specs}
+        if inspect is not None:
+            waits[_RESOURCE] = inspect
         if obj not in parked and all(future.done() for future in waits.values()):
-            return {("logs", spec): future.result() for spec, future in waits.items()}
+            return _attached(waits)
         while len(self._parked) >= MAX_PARKED:  # bounded: wait for the oldest
             head = self._parked[0]
             wait_futures(list(head.waits.values()), timeout=LOGS_BUDGET_AWAY * 2)
@@ -717,11 +768,12 @@ class Engine:
         self._metrics.logs_waiting.inc()
         wake = self._wake
         if wake is not None and waits:
-            last = list(waits.values())[-1]
-            last.add_done_callback(lambda _: wake())
+            entry.wake_when_ready(wake)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("event %s waits for logs off the engine thread (%d waiting)",
-                      event.get("uuid", "?"), len(self._parked))
+            log.debug("event %s waits for %s off the engine thread (%d waiting)",
+                      event.get("uuid", "?"),
+                      " and ".join(["logs"] * bool(specs) + ["resource"] * (inspect is not None)
+                                   ) or "the one before it", len(self._parked))
         return _PARKED
 
     def _resume_ready(self, show: Callable[[Processed], object] | None) -> int:
@@ -743,8 +795,7 @@ class Engine:
                 del self._parked_objects[entry.obj]
             self._unjournal.append(entry.key)
             try:
-                attached = {("logs", spec): future.result()
-                            for spec, future in entry.waits.items()}
+                attached = _attached(entry.waits)
                 outcome = self._run_rules(entry.received, entry.event, entry.matched,
                                           entry.quiet, attached)
                 if show is not None:
@@ -990,6 +1041,22 @@ def _never(event: Event) -> bool:
 _NONE: frozenset[int] = frozenset()
 _NO_EVENTS: list[Received] = []
 _PARKED: Any = object()  # _park's answer: the event was set aside
+_RESOURCE: Any = object()  # the key of the resource awaited, among the logs in `attached`
+
+
+def _attached(waits: Mapping[Any, Future[Any]]) -> dict[Any, Any]:
+    """What the done waits of an event brought, as `_run_rules` takes them: the logs by
+    ("logs", spec), the resource (None when its inspect was cancelled: eventd closing)."""
+    attached: dict[Any, Any] = {}
+    for key, future in waits.items():
+        if key is _RESOURCE:
+            try:
+                attached[_RESOURCE] = future.result()
+            except Exception:  # noqa: BLE001 - cancelled: closing; the rules see no resource
+                attached[_RESOURCE] = None
+        else:
+            attached["logs", key] = future.result()
+    return attached
 _NO_RULES: frozenset[Rule] = frozenset()
 _NO_CONTEXT: Mapping[str, Any] = {}  # what a constant action's options are rendered with
 _EVENT = attrgetter("event")

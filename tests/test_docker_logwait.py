@@ -152,38 +152,36 @@ def _eventd(rules: Path, host: str, receiver: WebhookReceiver, state: Path,
         env=env, cwd=state.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_kill_9_while_logs_are_awaited_loses_no_action(
-        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
-        tmp_path: Path):
-    """eventd is killed (SIGKILL) while a die's logs are awaited (the Engine holds them): the
-    event was kept in the state directory before the wait, so the next start delivers its
-    webhook, with the logs read then (the container is still there). Before, the event was
-    only in memory: lost, and the Engine's stream resumes from the new start."""
+def _kill_9_while_held(engine: DockerEngine, proxy: SocketProxy, receiver: WebhookReceiver,
+                       tmp_path: Path, rules_text: str, name: str, command: str,
+                       held: tuple[str, int], expected: dict[str, str]) -> None:
+    """eventd killed (SIGKILL) once the container `name` died and its die is set aside for
+    an answer the Engine holds (`held`: the request path's end, and how many such requests
+    to wait for); the Engine answers again, eventd starts again: one webhook, `expected`."""
     rules = tmp_path / "rules.yaml"
-    rules.write_text(LOGGED)
+    rules.write_text(rules_text)
     state = tmp_path / "state"
     port = free_port()
-    process = _eventd(rules, proxy.host, webhook_receiver, state, port)
+    process = _eventd(rules, proxy.host, receiver, state, port)
     second: subprocess.Popen[str] | None = None
     try:
         wait_until(lambda: _metric(port, "eventd_stream_connected") == 1.0, 20,
                    message="eventd connected")
-        cid = _created(docker_engine, "lw-killed", ["sh", "-c", FIFTY])
-        proxy.hold(f"/containers/{cid}/logs".encode())
-        _start(docker_engine, "lw-killed")
-        # The follow request at start, then the read at die (the follower's stream did not
-        # end): the die's logs are awaited now.
-        wait_until(lambda: proxy.held >= 2, 20, message="the die waits for its logs")
+        cid = _created(engine, name, ["sh", "-c", command])
+        proxy.hold(f"/containers/{cid}/{held[0]}".encode())
+        _start(engine, name)
+        wait_until(lambda: proxy.held >= held[1], 20, message=f"the die waits for {held[0]}")
+        wait_until(lambda: _metric(port, "eventd_enrich_logs_waiting") == 1.0, 20,
+                   message="the die set aside (kept in the state directory)")
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=10)
-        assert webhook_receiver.requests == []
-        proxy.release()  # the Engine answers again: the logs are there to read
+        assert receiver.requests == []
+        proxy.release()  # the Engine answers again
         port = free_port()
-        second = _eventd(rules, proxy.host, webhook_receiver, state, port)
-        wait_until(lambda: len(webhook_receiver.requests) >= 1, 30,
+        second = _eventd(rules, proxy.host, receiver, state, port)
+        wait_until(lambda: len(receiver.requests) >= 1, 30,
                    message="the webhook after the restart")
-        assert [r.json() for r in webhook_receiver.requests] == [
-            {"name": "lw-killed", "last": "line 50", "lines": "20"}]
+        assert [r.json() for r in receiver.requests] == [expected]
         wait_until(lambda: _metric(port, "eventd_enrich_logs_waiting") == 0.0, 10,
                    message="nothing waits")
     finally:
@@ -191,4 +189,148 @@ def test_a_kill_9_while_logs_are_awaited_loses_no_action(
             if running is not None and running.poll() is None:
                 running.terminate()
                 running.communicate(timeout=15)
-        docker_engine.remove("lw-killed")
+        engine.remove(name)
+
+
+def test_a_kill_9_while_logs_are_awaited_loses_no_action(
+        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
+        tmp_path: Path):
+    """eventd is killed (SIGKILL) while a die's logs are awaited (the Engine holds them): the
+    event was kept in the state directory before the wait, so the next start delivers its
+    webhook, with the logs read then (the container is still there). Before, the event was
+    only in memory: lost, and the Engine's stream resumes from the new start. (Held: the
+    follow request at start, then the read at die, the follower's stream not ended.)"""
+    _kill_9_while_held(docker_engine, proxy, webhook_receiver, tmp_path, LOGGED, "lw-killed",
+                       FIFTY, ("logs", 2), {"name": "lw-killed", "last": "line 50",
+                                            "lines": "20"})
+
+INSPECTED = """
+rules:
+  - name: crashed
+    match: {type: container, action: die, attributes.exitCode: {not: "0"}}
+    enrich: resource
+    actions:
+      - webhook:
+          url: "${ALERT_WEBHOOK_URL}"
+          json: {name: "{{ event.name }}", restarts: "{{ resource.RestartCount }}",
+                 code: "{{ resource.State.ExitCode }}"}
+"""
+
+
+def test_a_container_whose_inspect_is_slow_does_not_hold_back_the_others(
+        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
+        tmp_path: Path):
+    """`enrich: resource`: one container dies whose inspect the Engine holds, then 8 more: the
+    8 are delivered, each with its own resource, while the first's inspect is still held;
+    it is delivered once the Engine answers. (Before, the engine thread waited for that
+    inspect, and every later die waited behind it: none came while it was held.)"""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(INSPECTED)
+    daemon = _daemon(rules, proxy.host, webhook_receiver, tmp_path / "state")
+    slow = "li-slow"
+    fast = [f"li-fast-{i}" for i in range(8)]
+    try:
+        wait_until(lambda: daemon.consumer.connected, 10, message="eventd connected")
+        held = f"/containers/{_created(docker_engine, slow, ['sh', '-c', 'exit 3'])}/json"
+        proxy.hold(held.encode())
+        for name in fast:
+            _created(docker_engine, name, ["sh", "-c", "exit 4"])
+        _start(docker_engine, slow)
+        wait_until(lambda: proxy.held >= 1, 10, message="the slow one's inspect is held")
+        held_at = time.monotonic()
+        _start_together(docker_engine, fast)
+        wait_until(lambda: len(webhook_receiver.requests) >= len(fast), 20,
+                   message="the others' webhooks while the slow inspect is held")
+        assert {r.json()["name"]: r.json() for r in webhook_receiver.requests} == {
+            name: {"name": name, "restarts": "0", "code": "4"} for name in fast}
+        # Well before the held inspect gives up (API_TIMEOUT, 10 s): before, they came only
+        # once it had, all at once.
+        late = [round(r.at - held_at, 2) for r in webhook_receiver.requests]
+        assert max(late) < 8.0, late
+        assert daemon.engine.waiting == 1
+        proxy.release(held.encode())
+        wait_until(lambda: len(webhook_receiver.requests) == len(fast) + 1, 20,
+                   message="the slow one's webhook once its inspect is answered")
+        assert webhook_receiver.requests[-1].json() == {"name": slow, "restarts": "0",
+                                                        "code": "3"}
+        assert daemon.wait_idle(5)
+        registry = daemon.metrics.registry
+        assert registry.get_sample_value("eventd_enrich_logs_waiting") == 0
+        assert daemon.store.parked_list() == []  # forgotten once its webhook was spooled
+    finally:
+        daemon.stop(timeout=5)
+        docker_engine.remove(slow, *fast)
+
+
+def test_a_kill_9_while_an_inspect_is_awaited_loses_no_action(
+        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
+        tmp_path: Path):
+    """eventd is killed (SIGKILL) while a die's inspect is held by the Engine: the event was
+    kept in the state directory before the wait, so the next start delivers its webhook,
+    with the container inspected then. (Before, the engine thread waited for the inspect
+    with the event only in memory: lost.)"""
+    _kill_9_while_held(docker_engine, proxy, webhook_receiver, tmp_path, INSPECTED,
+                       "li-killed", "exit 5", ("json", 1),
+                       {"name": "li-killed", "restarts": "0", "code": "5"})
+
+VERSIONED = """
+rules:
+  - name: crashed
+    match: {type: container, action: die, attributes.exitCode: {not: "@CODE@"}}
+    enrich: {logs: {lines: 20}, resource: true}
+    actions:
+      - webhook:
+          url: "${ALERT_WEBHOOK_URL}"
+          json: {name: "{{ event.name }}", last: "{{ logs[-1] if logs else '' }}",
+                 code: "{{ resource.State.ExitCode }}", rules: "@VERSION@"}
+"""
+
+
+def _versioned(version: str, code: str) -> str:
+    """A rule with `enrich: logs` and `resource`, its match on exit codes other than `code`
+    (another match: the followers start anew on reload), its webhook saying which version
+    of the rules sent it."""
+    return VERSIONED.replace("@CODE@", code).replace("@VERSION@", version)
+
+
+def test_a_reload_while_a_die_is_set_aside_delivers_it_once_by_the_rules_it_matched(
+        docker_engine: DockerEngine, proxy: SocketProxy, webhook_receiver: WebhookReceiver,
+        tmp_path: Path):
+    """A die waits for its logs (the Engine holds them) when the rules are reloaded with
+    another match (every follower stops and starts anew) and another webhook: a die after
+    the reload goes by the new rules at once; the one set aside is delivered once its logs
+    come, once, by the rules it matched when it came (the rule set changes between two
+    events, never in the middle of one), with its logs and resource; nothing stays kept."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_versioned("1", "0"))
+    daemon = _daemon(rules, proxy.host, webhook_receiver, tmp_path / "state")
+    try:
+        wait_until(lambda: daemon.consumer.connected, 10, message="eventd connected")
+        held = f"/containers/{_created(docker_engine, 'lr-held', ['sh', '-c', FIFTY])}/logs"
+        proxy.hold(held.encode())
+        _created(docker_engine, "lr-after", ["sh", "-c", FIFTY])
+        _start(docker_engine, "lr-held")
+        wait_until(lambda: daemon.engine.waiting == 1, 20, message="the die set aside")
+        assert [key for key, _ in daemon.store.parked_list()] != []
+        rules.write_text(_versioned("2", "9"))
+        assert daemon.reload()
+        _start(docker_engine, "lr-after")
+        wait_until(lambda: len(webhook_receiver.requests) >= 1, 20,
+                   message="the die after the reload, by the new rules")
+        assert [r.json() for r in webhook_receiver.requests] == [
+            {"name": "lr-after", "last": "line 50", "code": "3", "rules": "2"}]
+        assert daemon.engine.waiting == 1
+        proxy.release()
+        wait_until(lambda: len(webhook_receiver.requests) >= 2, 20,
+                   message="the die set aside, once its logs came")
+        assert daemon.wait_idle(5)
+        bodies = sorted((r.json() for r in webhook_receiver.requests), key=str)
+        assert bodies == sorted([
+            {"name": "lr-after", "last": "line 50", "code": "3", "rules": "2"},
+            {"name": "lr-held", "last": "line 50", "code": "3", "rules": "1"}], key=str)
+        assert daemon.engine.waiting == 0
+        assert daemon.store.parked_list() == []
+        assert daemon.metrics.registry.get_sample_value("eventd_enrich_logs_waiting") == 0
+    finally:
+        daemon.stop(timeout=5)
+        docker_engine.remove("lr-held", "lr-after")

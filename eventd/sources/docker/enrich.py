@@ -276,6 +276,16 @@ class DockerEnricher:
                 self._pending.pop(key, None)
         return value
 
+    def resource_started(self, event: dict[str, Any]) -> Future[dict[str, Any] | None] | None:
+        """The inspect `prefetch` started for the event's object, while it is under way (the
+        engine waits for it off its thread, then `resource` would answer from the cache);
+        None when there is none."""
+        key = self._key(event)
+        if key is None:
+            return None
+        with self._lock:
+            return self._pending.get(key)
+
     def resource(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event's object as the Engine shows it now, or None if it cannot be had."""
         key = self._key(event)
