@@ -40,6 +40,9 @@ too (WAIT 1, at most `WAIT_MS`; else StoreError and the engine tries again), sin
 replicates asynchronously and a failover keeps only what the promoted replica had (measured:
 without WAIT a failover under a writer lost thousands of accepted jobs). When Sentinel knows
 no replica that is up (the last one died), a lone primary accepts alone, and says so in the log.
+The store asks Sentinel which server is the primary every `PRIMARY_CHECK` s (a thread of its
+own, as the cluster's coordinator does each tick): a failover while it makes no call leaves
+no pooled connection on the old primary, which answers as one until Sentinel demotes it.
 
 Each multi-key step runs as one Lua script (atomic for every replica): accept, finish,
 dead-letter, take back, throttle (two replicas never both acquire a key in its window), the
