@@ -372,6 +372,59 @@ def test_a_job_is_accepted_unless_another_replica_holds_its_lease(cluster):
         store.close()
 
 
+def test_a_job_is_refused_only_by_a_holder_with_a_larger_token_than_its_replica_s_last(cluster):
+    # A failover lost the writes after b's holding (b's release, a's take): the promoted
+    # replica shows b's older lease. a's jobs are accepted (nothing newer can be ahead of
+    # them); a newer holder's lease still refuses them, and without a token any other does.
+    store = opened(cluster.url, cluster.name)
+    key = Keys(cluster.name).lease("acme")
+
+    def job(n: int) -> ActionJob:
+        return ActionJob(id=f"j{n}", rule="r", kind="webhook", options={},
+                         event={"uuid": f"u{n}"}, target="webhook:t", created_at=float(n))
+
+    try:
+        cluster.client.set(key, "b:1796561294342")
+        assert store.spool_add(job(1), lease=(key, "a:", "1796561296546"))
+        with pytest.raises(LeaseLost):  # no token: another holder is a newer one
+            store.spool_add(job(2), lease=(key, "a:"))
+        cluster.client.set(key, "b:1796561299941")  # a newer holder
+        with pytest.raises(LeaseLost):
+            store.spool_add(job(3), lease=(key, "a:", "1796561296546"))
+        cluster.client.set(key, "b:x")  # a holding no replica wrote: refused
+        with pytest.raises(LeaseLost):
+            store.spool_add(job(4), lease=(key, "a:", "1796561296546"))
+        assert [j.id for j in store.spool_pending()] == ["j1"]
+    finally:
+        store.close()
+
+
+def test_a_lease_lost_to_an_older_holding_a_failover_brought_back_keeps_its_jobs(cluster):
+    # The CI flake of the failover test under load: b handed globex over, a took it (token
+    # 546), then Sentinel promoted a replica that had neither write: globex reads b's older
+    # lease (342) until it expires. a's renewal fails ("taken over") and drops the stream, but
+    # the event a read before that tick was refused where its job landed and lost; the next
+    # holder's gap marker covers it, yet a container event is not recovered by the backfill
+    # (actions only): the test's event after the failover was never delivered.
+    coordinator, streams, _ = _lone_coordinator(cluster, ("globex",))
+    store = opened(cluster.url, cluster.name)
+    keys = Keys(cluster.name)
+    event = {"uuid": "after", "namespace": "globex"}
+    job = ActionJob(id="after", rule="r", kind="webhook", options={}, event=event,
+                    target="webhook:t", created_at=1.0)
+    try:
+        coordinator._tick()
+        token = coordinator._held["globex"].token
+        cluster.client.set(keys.lease("globex"), f"b:{token - 1000}", px=2000)  # b's, older
+        coordinator._tick()  # the renewal fails: dropped as taken over
+        assert coordinator.held() == []
+        assert store.spool_add(job, lease=coordinator.job_lease(job))  # accepted, not lost
+        assert [j.id for j in store.spool_pending()] == ["after"]  # for globex's next holder
+    finally:
+        streams.stop_all(2)
+        store.close()
+
+
 def test_a_holder_s_job_behind_a_late_one_of_a_handed_over_stream_hears_so(cluster):
     # a handed acme over (rebalance); b holds it now. The events a's engine still held are
     # accepted late, after b's first ones: b's jobs for that target accepted while such a
@@ -513,18 +566,20 @@ def test_a_job_is_fenced_by_its_lease_unless_the_lease_was_handed_over_on_purpos
     jobs = {ns: ActionJob(id=ns, rule="r", kind="webhook", options={},
                           event={"uuid": ns, "namespace": ns}, target="t", created_at=1.0)
             for ns in ("acme", "globex")}
+    keys = Keys(cluster.name)
     try:
         coordinator._tick()
         assert coordinator.held() == ["acme", "globex"]
-        assert coordinator.job_lease(jobs["acme"]) == (Keys(cluster.name).lease("acme"), "a:")
+        acme, globex = (str(coordinator._held[ns].token) for ns in ("acme", "globex"))
+        assert coordinator.job_lease(jobs["acme"]) == (keys.lease("acme"), "a:", acme)
         coordinator._give_back("globex")
         assert coordinator.job_lease(jobs["globex"]) == (  # handed over: accepted whoever
-            Keys(cluster.name).lease("globex"), "a:", "any")  # holds it, named late to it
-        coordinator._drop("acme", "lost")  # lost: the store refuses it if another holds it
-        assert coordinator.job_lease(jobs["acme"]) == (Keys(cluster.name).lease("acme"), "a:")
-        coordinator._tick()  # took globex again: fenced again
-        assert coordinator.job_lease(jobs["globex"]) == (Keys(cluster.name).lease("globex"),
-                                                          "a:")
+            keys.lease("globex"), "a:", "any")  # holds it, named late to it
+        coordinator._drop("acme", "lost")  # lost: refused if a newer holder has it
+        assert coordinator.job_lease(jobs["acme"]) == (keys.lease("acme"), "a:", acme)
+        coordinator._tick()  # took globex again: fenced again, by its new token
+        globex = str(coordinator._held["globex"].token)
+        assert coordinator.job_lease(jobs["globex"]) == (keys.lease("globex"), "a:", globex)
         assert coordinator.job_lease(ActionJob(id="own", rule="r", kind="webhook", options={},
                                                event={"uuid": "x"}, target="t",
                                                created_at=1.0)) is None  # no leased namespace

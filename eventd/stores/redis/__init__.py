@@ -150,8 +150,10 @@ class RedisStore(AlertRoles, SilenceRoles):
         finished in the last `GONE_SECONDS` (an add repeated after an unconfirmed write).
         `lease`: (key, `<replica>:`) of a cluster replica's job of a leased namespace: if
         another replica holds that lease where the write lands, LeaseLost, nothing written;
-        (key, `<replica>:`, "any") for a stream that replica handed over: accepted whoever
-        holds it (see `spool_add_fenced`)."""
+        (key, `<replica>:`, "<token>"), that replica's last token of it: refused only if the
+        other's token is larger (a newer holder; a smaller one is an older holding a failover
+        brought back); (key, `<replica>:`, "any") for a stream that replica handed over:
+        accepted whoever holds it (see `spool_add_fenced`)."""
         return self.spool_add_fenced(job, lease)[0]
 
     @converted_as("spool_add")
