@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventd.actions.webhook import WebhookAction
 from eventd.clients.dockercloud.namespaces import OWN, in_namespace, label, tagging
@@ -378,6 +382,37 @@ def test_a_job_is_accepted_unless_another_replica_holds_its_lease(cluster):
         with pytest.raises(LeaseLost):
             store.spool_add(job(7), lease=(key, "a:", "9"))
         assert [j.id for j in store.spool_pending()] == ["j1", "j2", "j3", "j5"]
+    finally:
+        store.close()
+
+
+_HOLDINGS = st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda replica, token: f"{replica}:{token}", st.text(max_size=12),
+              st.one_of(st.integers(min_value=-5, max_value=10**30).map(str),
+                        st.text(alphabet="0123456789e+-. ", max_size=30))))
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(holding=_HOLDINGS)
+def test_whatever_a_lease_holds_a_job_is_accepted_only_before_no_newer_holder(cluster, holding):
+    """The lease's value is data anyone with access to Redis can write: the accept reads a
+    token from it only as `<replica>:<digits>`, and takes the job only if the holding is its
+    replica's or an older one than its replica's last (1000); never an error."""
+    store = opened(cluster.url, cluster.name)
+    key = Keys(cluster.name).lease("acme")
+    cluster.client.set(key, holding)
+    found = re.fullmatch(r"(?s).*:([0-9]+)", holding)
+    ours = holding.startswith("a:") or (found is not None and int(found[1]) < 1000)
+    job = ActionJob(id=uuid.uuid4().hex, rule="r", kind="webhook", options={},
+                    event={"uuid": "u"}, target="webhook:t", created_at=1.0)
+    try:
+        if ours:
+            assert store.spool_add(job, lease=(key, "a:", "1000"))
+        else:
+            with pytest.raises(LeaseLost):
+                store.spool_add(job, lease=(key, "a:", "1000"))
     finally:
         store.close()
 
