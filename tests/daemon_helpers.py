@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,13 @@ def write_rules(directory: Path, text: str, name: str = "rules.yaml") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def forward_rules(tmp_path: Path, url: str) -> Path:
+    """Rule `forward`: every container event's uuid to the webhook receiver's /hook."""
+    webhook = {"url": f"{url}/hook", "json": {"uuid": "{{ event.uuid }}"}}
+    rule = {"name": "forward", "match": {"type": "container"}, "actions": [{"webhook": webhook}]}
+    return write_rules(tmp_path / "rules", json.dumps({"rules": [rule]}))  # YAML reads JSON
 
 
 def start_daemon(emu: Any, rules: Path, state_dir: Path, env: dict[str, str] | None = None,

@@ -13,7 +13,7 @@ import pytest
 
 from eventd.emulator import Emulator
 from tests.cluster_helpers import Cluster, Replica, cluster_fixture, replicas_fixture
-from tests.daemon_helpers import emulator_env, free_port, is_ready, write_rules
+from tests.daemon_helpers import emulator_env, forward_rules, free_port, is_ready, write_rules
 from tests.waiting import wait_until
 
 
@@ -31,18 +31,6 @@ def replicas() -> Iterator[list[Replica]]:
 def emu() -> Iterator[Emulator]:
     with Emulator(tick=0.02) as emulator:
         yield emulator
-
-
-def forward_rules(tmp_path: Path, url: str) -> Path:
-    return write_rules(tmp_path / "rules", f"""
-        rules:
-          - name: forward
-            match: {{type: container}}
-            actions:
-              - webhook:
-                  url: "{url}/hook"
-                  json: {{uuid: "{{{{ event.uuid }}}}"}}
-        """)
 
 
 HOSTILE_NAMESPACES = ([1, 2], {"a": 1}, 5, None, True, "x" * 5000)

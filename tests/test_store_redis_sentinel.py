@@ -8,16 +8,19 @@ A primary, a replica and one `redis-server --sentinel` are started in a temporar
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from pathlib import Path
 
 import pytest
+import redis
 
 from eventd.errors import StoreError
 from eventd.records import ActionJob
 from eventd.settings import Settings
 from eventd.stores import open_store
 from eventd.stores.backpressure import until_stored
+from eventd.stores.redis.client import PRIMARY_CHECK
 from tests.redis_server import SentinelSet
 from tests.waiting import wait_until
 
@@ -131,9 +134,44 @@ def test_after_a_failover_the_next_try_goes_to_the_new_primary_not_the_old_one_s
                 with pytest.raises(StoreError):
                     store.spool_add(job(n))
             assert old.info("replication")["role"] == "master"  # still: the demotion is later
-            assert old.hget("moved:spool", job(1).id) is not None  # the first try went there
+            # the first try went there, unless the store's own check of the primary (once a
+            # second, while idle) moved it to the new one first
+            assert old.hget("moved:spool", job(1).id) is not None \
+                or new.hget("moved:spool", job(1).id) is not None
             assert old.hget("moved:spool", job(2).id) is None
             assert new.hget("moved:spool", job(2).id) is not None
+        finally:
+            store.close()
+            old.close()
+            new.close()
+
+
+def _store_connections(client: redis.Redis, name: str) -> int:
+    return sum(1 for c in client.client_list() if c.get("name") == name)
+
+
+def test_an_idle_store_follows_a_failover_before_its_next_call(tmp_path: Path) -> None:
+    """Sentinel fails over while the store makes no call: its pooled connections leave the old
+    primary (a primary until Sentinel demotes it, ~10 s) within a check's period, so the next
+    call, a read or a write without WAIT, goes to the new one rather than the old one."""
+    with SentinelSet(tmp_path / "sentinel") as redis_set:
+        store = open_store(Settings(store=redis_set.url, cluster="idle"))
+        old, new = redis_set.primary.client(), redis_set.replica.client()
+        name = f"eventd-idle-{os.getpid()}"
+        try:
+            wait_until(lambda: new.info("replication").get("master_link_status") == "up", 20,
+                       0.05, "the replica to be in sync")
+            assert store.spool_add(job(0)) and store.healthy()
+            assert _store_connections(old, name) == 2  # the calls' pool and the health check's
+            redis_set.failover()
+            new.hset("idle:spool", "written-after", "{}")  # on the new primary only
+            wait_until(lambda: _store_connections(old, name) == 0, 2 * PRIMARY_CHECK + 3, 0.05,
+                       "the idle store's connections to leave the old primary")
+            assert store.spool_count() == 2  # read where the job written after is
+            assert store.lease_acquire("lane:t1", "r1", 10.0) > 0
+            assert new.hget("idle:lease:lane:t1", "owner") == "r1"
+            assert not old.exists("idle:lease:lane:t1")
+            assert store.healthy() and _store_connections(new, name) == 2
         finally:
             store.close()
             old.close()

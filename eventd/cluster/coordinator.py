@@ -116,6 +116,7 @@ class Coordinator:
         self._ignored: set[str] = set()  # replicas whose heartbeat was said to be ignored
         self._refused: set[str] = set()  # leases whose token a server refused as stale
         self._handed: set[str] = set()  # leases given back on purpose since last held here
+        self._tokens: dict[str, int] = {}  # each lease's token in its last tenure here
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -201,13 +202,18 @@ class Coordinator:
         target then go out after them (through the spool), not before. None for a job of no
         leased namespace, or of eventd's own gap marker (the announcement of a gap must land
         whoever holds the stream by then: refused, the events it covers would be lost
-        unannounced)."""
+        unannounced). Once held here, also its last tenure's token: only a holder with a
+        larger one is newer (a failover can bring an older holding back, its successor's take
+        lost with the old primary: the test of a failover under a running cluster, loaded)."""
         name = self._name_of(job)
         if name not in self._names or _announces_gap(job):
             return None
         if name in self._handed and name not in self._held:
             return self._keys.lease(name), f"{self.replica_id}:", "any"
-        return self._keys.lease(name), f"{self.replica_id}:"
+        token = self._tokens.get(name)
+        if token is None:
+            return self._keys.lease(name), f"{self.replica_id}:"
+        return self._keys.lease(name), f"{self.replica_id}:", str(token)
 
     def _name_of(self, job: ActionJob) -> str:
         namespace = job.event.get("namespace") if isinstance(job.event, dict) else None
@@ -586,6 +592,7 @@ class Coordinator:
         with self._held_lock:
             self._held[name] = lease
             self._handed.discard(name)
+            self._tokens[name] = token
         if self._on_takeover is not None:
             # What earlier holders (another replica, or this one before it lost the lease)
             # accepted and left in the spool: the dispatcher pages in this namespace's jobs

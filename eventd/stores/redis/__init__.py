@@ -40,6 +40,9 @@ too (WAIT 1, at most `WAIT_MS`; else StoreError and the engine tries again), sin
 replicates asynchronously and a failover keeps only what the promoted replica had (measured:
 without WAIT a failover under a writer lost thousands of accepted jobs). When Sentinel knows
 no replica that is up (the last one died), a lone primary accepts alone, and says so in the log.
+The store asks Sentinel which server is the primary every `PRIMARY_CHECK` s (a thread of its
+own, as the cluster's coordinator does each tick): a failover while it makes no call leaves
+no pooled connection on the old primary, which answers as one until Sentinel demotes it.
 
 Each multi-key step runs as one Lua script (atomic for every replica): accept, finish,
 dead-letter, take back, throttle (two replicas never both acquire a key in its window), the
@@ -147,8 +150,10 @@ class RedisStore(AlertRoles, SilenceRoles):
         finished in the last `GONE_SECONDS` (an add repeated after an unconfirmed write).
         `lease`: (key, `<replica>:`) of a cluster replica's job of a leased namespace: if
         another replica holds that lease where the write lands, LeaseLost, nothing written;
-        (key, `<replica>:`, "any") for a stream that replica handed over: accepted whoever
-        holds it (see `spool_add_fenced`)."""
+        (key, `<replica>:`, "<token>"), that replica's last token of it: refused only if the
+        other's token is larger (a newer holder; a smaller one is an older holding a failover
+        brought back); (key, `<replica>:`, "any") for a stream that replica handed over:
+        accepted whoever holds it (see `spool_add_fenced`)."""
         return self.spool_add_fenced(job, lease)[0]
 
     @converted_as("spool_add")

@@ -36,6 +36,8 @@ LANE_LEASE_RENEW = 5.0
 WAIT_MS = 1000
 #: behind Sentinel, the waits between a call's tries (redis-py's were 0.1 s, then 0.2 s)
 RETRY_BACKOFF = Backoff(initial=0.1, maximum=0.5)
+#: behind Sentinel, how often an idle store asks which server is the primary (off the calls)
+PRIMARY_CHECK = 1.0
 
 
 class NotReplicated(redis.RedisError):
@@ -132,7 +134,12 @@ class RedisClient:
         self._calls = 0
         self._delivery_stop = threading.Event()
         self._delivery_thread: threading.Thread | None = None
-        self._closing = threading.Event()  # ends a call's retries
+        self._closing = threading.Event()  # ends a call's retries (and the primary's watch)
+        self._watch_thread: threading.Thread | None = None
+        if self._sentinel is not None:
+            self._watch_thread = threading.Thread(target=self._watch_primary, daemon=True,
+                                                  name="store-sentinel")
+            self._watch_thread.start()
 
     def _attempts(self, call: Callable[[], R]) -> R:
         """One store call. Behind Sentinel, redis-py retries nothing: its retry reconnects to
@@ -156,6 +163,21 @@ class RedisClient:
             self._db.connection_pool.get_master_address()
         except redis.RedisError:  # Sentinel does not answer: the next try says so
             pass
+
+    def _watch_primary(self) -> None:
+        """Behind Sentinel, ask every PRIMARY_CHECK s which server is the primary, for both
+        pools (calls and health check), as the cluster's `follow_primary` does each tick. A
+        failover while the store is idle would otherwise leave its pooled connections on the
+        old primary, which answers as one until Sentinel demotes it (~10 s): a write without
+        WAIT (a lease, a throttle, a finished job) lands there and is thrown away with its
+        demotion, and a read answers from the old data. On a thread of its own, never on a
+        call's path."""
+        while not self._closing.wait(PRIMARY_CHECK):
+            for client in (self._db, self._health):
+                try:
+                    client.connection_pool.get_master_address()
+                except redis.RedisError:  # Sentinel does not answer: the calls say so if needed
+                    pass
 
     def _run(self, script: str, *args: str | int) -> Any:
         return self._scripts[script](args=[self.prefix, *args])
@@ -301,6 +323,8 @@ class RedisClient:
             except StoreError as exc:
                 logger.warning("could not give the delivery lease up (it ends by itself): %s", exc)
         self._closed = True
+        if self._watch_thread is not None:
+            self._watch_thread.join(timeout=1.0)  # a Sentinel that hangs: it ends by itself
         for client in (self._db, self._health):
             try:
                 client.close()

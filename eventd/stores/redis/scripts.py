@@ -50,6 +50,10 @@ GONE_SECONDS = 600
 # if another replica holds that lease now, 3 and nothing written: a replica cut off from Redis
 # while it held the stream must not add its jobs behind the ones its successor accepted since
 # (they would go out of order). Free, or this replica's (again): accepted, in order.
+# ARGV[9] a number: the fencing token of this replica's last tenure of the lease; another
+# replica's holding with a smaller token is not a newer holder but an older one that a failover
+# brought back (the writes after it, this replica's take among them, lost with the old
+# primary): nothing newer can be ahead of the job, accepted as if the lease were free.
 # ARGV[9] 'any' (a stream this replica handed over on purpose): accepted whoever holds the
 # lease; if another replica does, the job is late (older than what the holder accepts now) and
 # `spool:late` names it for the holder's lease and target. The holder's own accept that finds
@@ -66,6 +70,11 @@ local late, behind = nil, false
 if ARGV[7] then
   local holder = redis.call('GET', ARGV[7])
   local other = holder and string.sub(holder, 1, string.len(ARGV[8])) ~= ARGV[8]
+  local mine = tonumber(ARGV[9] or '')
+  if other and mine then
+    local held = tonumber(string.match(holder, ':(%d+)$') or '')
+    if held and held < mine then other = false end
+  end
   late = ARGV[7] .. '|' .. target
   if other and ARGV[9] ~= 'any' then return 3 end
   if other then
