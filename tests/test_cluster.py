@@ -539,10 +539,11 @@ def test_a_job_is_fenced_by_its_lease_unless_the_lease_was_handed_over_on_purpos
         streams.stop_all(2)
 
 
-def _lone_coordinator(cluster, namespaces: tuple[str, ...],
-                     tracker: Any = None) -> tuple[Any, Any, list[_Consumer]]:
-    """A coordinator of replica "a" alone (TTL 30 s) whose streams are `_Consumer`s: the
-    coordinator, its Streams and the consumers made so far, in order."""
+def _lone_coordinator(cluster, namespaces: tuple[str, ...], tracker: Any = None,
+                     store_waiting: Any = None, ttl: float = 30,
+                     ) -> tuple[Any, Any, list[_Consumer]]:
+    """A coordinator of replica "a" alone (TTL 30 s unless `ttl`) whose streams are
+    `_Consumer`s: the coordinator, its Streams and the consumers made so far, in order."""
     from eventd.cluster.coordinator import Coordinator
     from eventd.cluster.metrics import ClusterMetrics
     from eventd.cluster.progress import Tracker
@@ -558,10 +559,10 @@ def _lone_coordinator(cluster, namespaces: tuple[str, ...],
 
     streams = Streams(consumer, lambda running: running.run())
     coordinator = Coordinator(
-        cluster.client, cluster=cluster.name, namespaces=namespaces, ttl=30, streams=streams,
+        cluster.client, cluster=cluster.name, namespaces=namespaces, ttl=ttl, streams=streams,
         tracker=tracker or Tracker(), metrics=metrics,
         cluster_metrics=ClusterMetrics(metrics.registry, list(namespaces)), info=dict,
-        max_gap=900, replica_id="a")
+        max_gap=900, replica_id="a", store_waiting=store_waiting)
     return coordinator, streams, consumers
 
 
@@ -810,6 +811,49 @@ def test_a_stalled_reader_is_not_handed_over_while_every_other_replica_is_stalle
         assert coordinator.held() == [] and consumers[0].stopped.is_set()
     finally:
         streams.stop_all(2)
+
+
+def test_a_replica_whose_engine_waits_on_the_store_takes_no_free_stream_while_another_can(
+        cluster, tmp_path):
+    # Chaos seed 15 (t+124, and t+143 in a later run): a replica took a free stream while its
+    # engine had waited 7-11 s on a spool_add (a store unreachable, a write no Redis replica
+    # confirmed); its reader was held up at once, the stream server dropped it, and its
+    # lease kept the stream from a replica that could read it (a gap of 12.3 s). Its engine
+    # held waiting here by a real store that does not answer.
+    from eventd.errors import StoreError
+    from eventd.stores.backpressure import until_stored, waiting_for
+    from tests.cluster_helpers import PrivateRedis
+
+    stopping = threading.Event()
+    coordinator, streams, consumers = _lone_coordinator(
+        cluster, ("acme",), store_waiting=lambda: waiting_for(stopping), ttl=3)
+    other = Membership(cluster.client, Keys(cluster.name), "b", ttl=30)
+    server = PrivateRedis(tmp_path).start()
+    down = opened(server.url, cluster.name)
+    server.stop()  # the engine's store: unreachable from now on
+    job = ActionJob(id="j1", rule="r", kind="webhook", options={}, event={"uuid": "u1"},
+                    target="webhook:t", created_at=1.0)
+    engine = threading.Thread(target=lambda: pytest.raises(
+        StoreError, until_stored, lambda: down.spool_add(job), stopping, "spool_add"))
+    try:
+        other.heartbeat({})  # b can read
+        engine.start()
+        wait_until(lambda: waiting_for(stopping) > 3 / 3 + 0.1, 15)
+        coordinator._tick()
+        assert coordinator.held() == [] and consumers == []  # left for b
+        said = other.live()["a"]
+        assert said.get("standby") is True and said.get("stalled") is True
+        assert quota("b", other.live(), 1, 0) == 1  # b takes a's share at once
+        other.heartbeat({"stalled": True})  # b's store is stalled too (a failover): a takes
+        coordinator._tick()
+        assert coordinator.held() == ["acme"]
+    finally:
+        stopping.set()
+        engine.join(5)
+        streams.stop_all(2)
+        down.close()
+        server.stop()
+    assert waiting_for(stopping) == 0.0
 
 
 def test_a_stream_given_back_is_left_at_the_last_event_processed_not_the_last_received(
