@@ -348,6 +348,45 @@ def test_a_job_accepted_after_its_lease_moved_on_is_refused_where_it_lands(
         store.close()
 
 
+def test_a_job_accepted_after_older_ones_were_left_in_the_spool_goes_out_after_them(
+        cluster, metrics, webhook_receiver):
+    # Chaos seed 1 (t+183): r1's engine, held up by a Redis restart, accepted its last
+    # events' jobs while its lease had run out (free: accepted, in order); its lane, finding
+    # the lease not held, left them in the spool. r1 took the lease again and accepted a
+    # newer job 26 ms later: it went straight to the lane and out first (49 jobs out of
+    # order), the older ones waiting for a page-in.
+    store = opened(cluster.url, cluster.name)
+    keys = Keys(cluster.name)
+    context = make_context(metrics)
+    hook = WebhookAction(context)
+    dispatcher = Dispatcher(context, store, {"webhook": hook}, initial_wait=0.02,
+                            max_wait=0.1)
+    dispatcher.start(resume=False)
+    held = threading.Event()
+    dispatcher.use_fence(lambda job: "chaos/acme:7" if held.is_set() else None, sweep=0.3,
+                         lease=lambda job: (keys.lease("acme"), "a:"))
+
+    def job(uuid: str) -> ActionJob:
+        return make_job(hook, {"url": webhook_receiver.url + "/hook", "json": {"n": uuid}},
+                        event={"uuid": uuid, "namespace": "acme"})
+    try:
+        older = [job("o1"), job("o2"), job("o3")]
+        for one in older:  # the lease is free: accepted, but not ours to send
+            assert dispatcher.submit(one)
+        # the first is left; what queued behind it goes back to the spool's order with it
+        wait_until(lambda: sample(metrics, "eventd_actions_total", kind="webhook",
+                                  outcome="left") >= 1, 5)
+        assert webhook_receiver.requests == []
+        held.set()  # the lease is ours again; the next job is accepted at once
+        assert dispatcher.submit(job("new"))
+        wait_until(lambda: len(webhook_receiver.requests) == 4, 10)
+        assert [r.json()["n"] for r in webhook_receiver.requests] == ["o1", "o2", "o3", "new"]
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
+        store.close()
+
+
 def test_a_job_is_accepted_unless_another_replica_holds_its_lease(cluster):
     store = opened(cluster.url, cluster.name)
     key = Keys(cluster.name).lease("acme")
