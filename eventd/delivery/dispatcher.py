@@ -320,17 +320,24 @@ class Dispatcher:
                 if job.id in lane.known:
                     return
                 if lane.spilled or behind or len(lane.backlog) >= lane.size:
-                    if not lane.spilled and not behind:
+                    if not lane.spilled and not behind and not lane.left:
                         logger.info("queue for %s holds %d actions; further ones wait in the "
                                     "spool and are paged in as it drains", lane.target, lane.size)
                     lane.spilled = True
                     lane.spills += 1
-                    self.overflowed += not behind
+                    self.overflowed += not behind and not lane.left
+                    left = self._fence is not None and self._fence(job) is None
+                    if left:  # its lease is not held here: the holder's, as if sent and left
+                        lane.left.add(job.id)
                 else:
                     lane.backlog.append(job)
                     lane.known.add(job.id)
+                    lane.cond.notify_all()
+                    return
                 lane.cond.notify_all()
-                return
+            if left:
+                self._finished()
+            return
 
     def _submit_blocking(self, target: str, jobs: list[ActionJob]) -> bool:
         while True:
@@ -768,21 +775,15 @@ class Dispatcher:
         """Not ours to send any more (the lease of its namespace moved): it stays in the
         spool, where the lease's holder pages it in; nothing was sent, or what was sent was
         reset when the lease ended (Attempts.abort). The lane stays spilled while it is
-        there, and what its backlog holds goes back to the spool's order: a job accepted
-        next (this replica's lease back, chaos seed 1: 49 jobs) would otherwise go out at
-        once, before it."""
+        there: a job accepted next (this replica's lease back, chaos seed 1: 49 jobs) goes
+        through the spool after it, not out at once before it."""
         self._count("left", job.kind)
         logger.debug("%s for rule %s left in the spool: its namespace's lease is another "
                      "replica's", job.kind, job.rule)
         with lane.cond:
             lane.left.add(job.id)
             lane.spilled = True
-            queued = [queued.id for queued in lane.backlog]
-            lane.backlog.clear()
-            lane.known.difference_update(queued)
-            lane.cond.notify_all()
-        # still pending in the spool (whoever delivers them counts them done)
-        self._finished_many(1 + len(queued))
+        self._finished()  # still pending in the spool (whoever delivers it counts it done)
 
     def _left(self, job: ActionJob) -> None:
         logger.info("%s for rule %s interrupted by shutdown; it stays in the spool",
