@@ -308,6 +308,16 @@ def opened(url: str, name: str) -> RedisStore:
     return store
 
 
+def _dispatcher_on(cluster, metrics) -> tuple[RedisStore, Keys, WebhookAction, Dispatcher]:
+    """A started dispatcher (webhooks, fast retries) on the cluster's shared store."""
+    store = opened(cluster.url, cluster.name)
+    hook = WebhookAction(make_context(metrics))
+    dispatcher = Dispatcher(hook.context, store, {"webhook": hook}, initial_wait=0.02,
+                            max_wait=0.1)
+    dispatcher.start(resume=False)
+    return store, Keys(cluster.name), hook, dispatcher
+
+
 # -- a stale holder's late accept (issue 25: redis-partition-long, per-target order) ------------
 def test_a_job_accepted_after_its_lease_moved_on_is_refused_where_it_lands(
         cluster, metrics, webhook_receiver):
@@ -317,12 +327,7 @@ def test_a_job_accepted_after_its_lease_moved_on_is_refused_where_it_lands(
     # old leader's adds land: before the fix they went into the spool behind the newer ones
     # (later seq, sent after them: out of per-target order). Now the accept is fenced in
     # Redis: refused, dropped and counted; the event lies in the gap the new holder announced.
-    store = opened(cluster.url, cluster.name)
-    keys = Keys(cluster.name)
-    context = make_context(metrics)
-    hook = WebhookAction(context)
-    old = Dispatcher(context, store, {"webhook": hook}, initial_wait=0.02, max_wait=0.1)
-    old.start(resume=False)
+    store, keys, hook, old = _dispatcher_on(cluster, metrics)
     # old held acme with token 1 (its local view: still valid); the lease is b's, token 2
     cluster.client.set(keys.lease("acme"), "b:2")
     old.use_fence(lambda job: "chaos/acme:1", lease=lambda job: (keys.lease("acme"), "a:"))
@@ -355,13 +360,7 @@ def test_a_job_accepted_after_older_ones_were_left_in_the_spool_goes_out_after_t
     # the lease not held, left them in the spool. r1 took the lease again and accepted a
     # newer job 26 ms later: it went straight to the lane and out first (49 jobs out of
     # order), the older ones waiting for a page-in.
-    store = opened(cluster.url, cluster.name)
-    keys = Keys(cluster.name)
-    context = make_context(metrics)
-    hook = WebhookAction(context)
-    dispatcher = Dispatcher(context, store, {"webhook": hook}, initial_wait=0.02,
-                            max_wait=0.1)
-    dispatcher.start(resume=False)
+    store, keys, hook, dispatcher = _dispatcher_on(cluster, metrics)
     held = threading.Event()
     dispatcher.use_fence(lambda job: "chaos/acme:7" if held.is_set() else None,
                          lease=lambda job: (keys.lease("acme"), "a:"))
