@@ -112,6 +112,7 @@ class Coordinator:
         #: resets the requests still on their way under a lease's tokens (the dispatcher)
         self._abort_requests = abort
         self._store_waiting = store_waiting
+        self._engine_was_held = False  # said once per change (a log line)
         self._leases = Leases(client, self._keys, self.replica_id, ttl)
         #: signs this replica's heartbeat and checks the others' (None: neither, as before)
         self._mac = mac
@@ -350,8 +351,18 @@ class Coordinator:
         if joined:
             self._membership.announce(f"joined {self.replica_id}")
         want = quota(self.replica_id, live, len(self._names), len(self._held))
+        engine_held = self._engine_held() and self._others_unheld(live)
+        if engine_held != self._engine_was_held:
+            self._engine_was_held = engine_held
+            if engine_held:
+                logger.warning("cluster: this replica's engine has waited %.1f s on the store; "
+                               "taking no free stream while another replica can read it",
+                               self._store_waiting() if self._store_waiting else 0.0)
+            else:
+                logger.info("cluster: taking free streams again (engine not waiting on the "
+                            "store, or no other replica can read them)")
         try:
-            self._balance(want, self._engine_held() and self._others_unheld(live))
+            self._balance(want, engine_held)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return
