@@ -684,6 +684,11 @@ def test_a_replica_cut_off_from_the_stream_hands_its_lease_over_and_stands_by(cl
         assert quota("b", other.live(), 1, 0) == 1  # b counts itself alone
         coordinator._tick()  # free, but a stands by
         assert coordinator.held() == [] and len(consumers) == 1
+        # b stands by too (cut off, or its reader held up): a tries rather than leave acme
+        # unconsumed until its own standby ends (chaos seed 15: a 12.7 s gap)
+        other.heartbeat({"standby": True})
+        coordinator._tick()
+        assert coordinator.held() == ["acme"] and len(consumers) == 2
     finally:
         streams.stop_all(2)
 

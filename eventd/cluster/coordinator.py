@@ -351,7 +351,8 @@ class Coordinator:
         if joined:
             self._membership.announce(f"joined {self.replica_id}")
         want = quota(self.replica_id, live, len(self._names), len(self._held))
-        engine_held = self._engine_held() and self._others_unheld(live)
+        others_read = self._others_unheld(live)
+        engine_held = self._engine_held() and others_read
         if engine_held != self._engine_was_held:
             self._engine_was_held = engine_held
             if engine_held:
@@ -362,7 +363,7 @@ class Coordinator:
                 logger.info("cluster: taking free streams again (engine not waiting on the "
                             "store, or no other replica can read them)")
         try:
-            self._balance(want, engine_held)
+            self._balance(want, engine_held, others_read)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return
@@ -569,9 +570,10 @@ class Coordinator:
             if at is not None:
                 self._leases.record(name, lease.token, at)
 
-    def _balance(self, want: int, engine_held: bool = False) -> None:
+    def _balance(self, want: int, engine_held: bool = False, others_read: bool = True) -> None:
         """Give back what is above `want`, take free streams up to it; none while the
-        `engine_held` (waiting on the store, and another replica's engine is not)."""
+        `engine_held` (waiting on the store, and another replica's engine is not), nor while
+        standing by if `others_read` (another replica can take them and read them)."""
         others = [name for name in self._names if name not in self._held]
         left = self._leases.time_left(others) if others else {}
         # A few ms after the earliest of them ends: if its holder died, take over right then
@@ -588,7 +590,11 @@ class Coordinator:
             self._watch_until = min(self._watch_until or float("inf"),
                                     time.monotonic() + grace + 0.02)
             return
-        if self._standing_by():  # cut off from the stream server, or its store stalled
+        if self._standing_by() and others_read:
+            # cut off from the stream server, or its store stalled: another replica reads
+            # them. If none can (all stand by or are held up: chaos seed 15, t+74 to t+87, r1
+            # stood by 15 s after a 2.5 s partition while the others' readers were held up
+            # or cut off), trying costs nothing: the stream is unconsumed either way.
             return
         if engine_held:  # its reader would be held up at once: a replica that reads takes it
             return
