@@ -56,6 +56,7 @@ from eventd.sources.base import ConsumerLoop
 from eventd.sources.dockercloud.backfill import Backfiller, backfill_backoff
 from eventd.sources.dockercloud.recorder import Recorder
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
+from eventd.stores.backpressure import waiting_for
 
 if TYPE_CHECKING:
     from eventd.cluster.coordinator import Coordinator
@@ -268,7 +269,7 @@ class Daemon:
             info=self._replica_info, max_gap=settings.max_event_age,
             on_takeover=self.dispatcher.resume, on_fatal=self._fatal,
             mac=self._heartbeat_mac(), quiesce=self.dispatcher.quiesce,
-            abort=self.dispatcher.abort)
+            abort=self.dispatcher.abort, store_waiting=lambda: waiting_for(self.stopping))
         # Before the first lease: only jobs of namespaces held here are sent, fenced.
         self.dispatcher.use_fence(self.coordinator.job_token, sweep=settings.lease_ttl / 3,
                                   lease=self.coordinator.job_lease)

@@ -342,6 +342,31 @@ def test_a_write_after_the_lease_expired_with_no_new_holder_is_expired_and_a_tak
     assert taken.figures["taken_over"] == 1 and "it never held the lease" in taken.violations[0].what
 
 
+def test_the_lease_timeline_is_read_off_the_primary_sentinel_named():
+    # redis2 is named primary from 2.0 (SLAVEOF NO ONE sent at 1.5); redis1, the old primary
+    # restarted, takes writes until Sentinel demotes it: r3 sets the lease there at 3.5 (no
+    # one else can see it), while r1 renews its own on redis2 and sends at 4.0 under it.
+    e = event("e1", 1.0)
+    named = [{"at": 0.0, "server": "redis1"},
+             {"at": T0 + 2.0, "server": "redis2", "from": T0 + 1.5}]
+    on_new = [{**record, "server": "redis2"} for record in
+              (lease("acme", 1.8, 11, 5), renew("acme", 3.0), renew("acme", 4.5))]
+    redis = on_new + [lease("acme", 3.5, 13, 2)] + \
+        [{**record, "server": "redis2"} for record in accept(forward_id(e), 1.9, 1, "r1")]
+
+    def history(host: str) -> History:
+        return base(emitted=[e], redis=redis, primaries=named,
+                    requests=[hook(e, 4.0, host)])
+    held = check(history("r1")).verdict("no request without the lease")
+    assert held.ok, held.violations
+    # r3's write under its lease on the demoted primary is one without the lease
+    stray = check(history("r3")).verdict("no request without the lease")
+    assert stray.figures["stale"] == 1 and "token 5 is r1's" in stray.violations[0].what
+    # without Sentinel (no primaries), every server's writes count, as before
+    alone = base(emitted=[e], redis=redis, requests=[hook(e, 4.0, "r1")])
+    assert not check(alone).verdict("no request without the lease").ok
+
+
 def test_lease_timeline_follows_renewals_releases_and_replacements():
     records = [lease("acme", 0.0, 11, 1), renew("acme", 1.5),
                {"op": "DEL", "key": "cluster:lease:acme", "args": [], "at": T0 + 2.0,

@@ -312,6 +312,16 @@ def opened(url: str, name: str) -> RedisStore:
     return store
 
 
+def _dispatcher_on(cluster, metrics) -> tuple[RedisStore, Keys, WebhookAction, Dispatcher]:
+    """A started dispatcher (webhooks, fast retries) on the cluster's shared store."""
+    store = opened(cluster.url, cluster.name)
+    hook = WebhookAction(make_context(metrics))
+    dispatcher = Dispatcher(hook.context, store, {"webhook": hook}, initial_wait=0.02,
+                            max_wait=0.1)
+    dispatcher.start(resume=False)
+    return store, Keys(cluster.name), hook, dispatcher
+
+
 # -- a stale holder's late accept (issue 25: redis-partition-long, per-target order) ------------
 def test_a_job_accepted_after_its_lease_moved_on_is_refused_where_it_lands(
         cluster, metrics, webhook_receiver):
@@ -321,12 +331,7 @@ def test_a_job_accepted_after_its_lease_moved_on_is_refused_where_it_lands(
     # old leader's adds land: before the fix they went into the spool behind the newer ones
     # (later seq, sent after them: out of per-target order). Now the accept is fenced in
     # Redis: refused, dropped and counted; the event lies in the gap the new holder announced.
-    store = opened(cluster.url, cluster.name)
-    keys = Keys(cluster.name)
-    context = make_context(metrics)
-    hook = WebhookAction(context)
-    old = Dispatcher(context, store, {"webhook": hook}, initial_wait=0.02, max_wait=0.1)
-    old.start(resume=False)
+    store, keys, hook, old = _dispatcher_on(cluster, metrics)
     # old held acme with token 1 (its local view: still valid); the lease is b's, token 2
     cluster.client.set(keys.lease("acme"), "b:2")
     old.use_fence(lambda job: "chaos/acme:1", lease=lambda job: (keys.lease("acme"), "a:"))
@@ -349,6 +354,40 @@ def test_a_job_accepted_after_its_lease_moved_on_is_refused_where_it_lands(
         assert webhook_receiver.requests == []  # nothing sent by the old holder
     finally:
         old.close(2)
+        store.close()
+
+
+def test_a_job_accepted_after_older_ones_were_left_in_the_spool_goes_out_after_them(
+        cluster, metrics, webhook_receiver):
+    # Chaos seed 1 (t+183): r1's engine, held up by a Redis restart, accepted its last
+    # events' jobs while its lease had run out (free: accepted, in order); its lane, finding
+    # the lease not held, left them in the spool. r1 took the lease again and accepted a
+    # newer job 26 ms later: it went straight to the lane and out first (49 jobs out of
+    # order), the older ones waiting for a page-in.
+    store, keys, hook, dispatcher = _dispatcher_on(cluster, metrics)
+    held = threading.Event()
+    dispatcher.use_fence(lambda job: "chaos/acme:7" if held.is_set() else None,
+                         lease=lambda job: (keys.lease("acme"), "a:"))
+
+    def job(uuid: str) -> ActionJob:
+        return make_job(hook, {"url": webhook_receiver.url + "/hook", "json": {"n": uuid}},
+                        event={"uuid": uuid, "namespace": "acme"})
+    try:
+        older = [job("o1"), job("o2"), job("o3")]
+        for one in older:  # the lease is free: accepted, but not ours to send
+            assert dispatcher.submit(one)
+        assert dispatcher.wait_idle(5)  # each left in the spool (none is this replica's)
+        assert sample(metrics, "eventd_actions_total", kind="webhook", outcome="left") >= 1
+        assert webhook_receiver.requests == []
+        held.set()  # the lease is ours again; the next job is accepted at once
+        assert dispatcher.submit(job("new"))
+        wait_until(lambda: webhook_receiver.requests, 10)
+        dispatcher.resume()  # the takeover's page-in (or the sweep) finds the rest
+        wait_until(lambda: len(webhook_receiver.requests) == 4, 10)
+        assert [r.json()["n"] for r in webhook_receiver.requests] == ["o1", "o2", "o3", "new"]
+        assert dispatcher.wait_idle(5)
+    finally:
+        dispatcher.close(2)
         store.close()
 
 
@@ -612,10 +651,11 @@ def test_a_job_is_fenced_by_its_lease_unless_the_lease_was_handed_over_on_purpos
         streams.stop_all(2)
 
 
-def _lone_coordinator(cluster, namespaces: tuple[str, ...],
-                     tracker: Any = None) -> tuple[Any, Any, list[_Consumer]]:
-    """A coordinator of replica "a" alone (TTL 30 s) whose streams are `_Consumer`s: the
-    coordinator, its Streams and the consumers made so far, in order."""
+def _lone_coordinator(cluster, namespaces: tuple[str, ...], tracker: Any = None,
+                     store_waiting: Any = None, ttl: float = 30,
+                     ) -> tuple[Any, Any, list[_Consumer]]:
+    """A coordinator of replica "a" alone (TTL 30 s unless `ttl`) whose streams are
+    `_Consumer`s: the coordinator, its Streams and the consumers made so far, in order."""
     from eventd.cluster.coordinator import Coordinator
     from eventd.cluster.metrics import ClusterMetrics
     from eventd.cluster.progress import Tracker
@@ -631,10 +671,10 @@ def _lone_coordinator(cluster, namespaces: tuple[str, ...],
 
     streams = Streams(consumer, lambda running: running.run())
     coordinator = Coordinator(
-        cluster.client, cluster=cluster.name, namespaces=namespaces, ttl=30, streams=streams,
+        cluster.client, cluster=cluster.name, namespaces=namespaces, ttl=ttl, streams=streams,
         tracker=tracker or Tracker(), metrics=metrics,
         cluster_metrics=ClusterMetrics(metrics.registry, list(namespaces)), info=dict,
-        max_gap=900, replica_id="a")
+        max_gap=900, replica_id="a", store_waiting=store_waiting)
     return coordinator, streams, consumers
 
 
@@ -717,6 +757,11 @@ def test_a_replica_cut_off_from_the_stream_hands_its_lease_over_and_stands_by(cl
         assert quota("b", other.live(), 1, 0) == 1  # b counts itself alone
         coordinator._tick()  # free, but a stands by
         assert coordinator.held() == [] and len(consumers) == 1
+        # b stands by too (cut off, or its reader held up): a tries rather than leave acme
+        # unconsumed until its own standby ends (chaos seed 15: a 12.7 s gap)
+        other.heartbeat({"standby": True})
+        coordinator._tick()
+        assert coordinator.held() == ["acme"] and len(consumers) == 2
     finally:
         streams.stop_all(2)
 
@@ -883,6 +928,49 @@ def test_a_stalled_reader_is_not_handed_over_while_every_other_replica_is_stalle
         assert coordinator.held() == [] and consumers[0].stopped.is_set()
     finally:
         streams.stop_all(2)
+
+
+def test_a_replica_whose_engine_waits_on_the_store_takes_no_free_stream_while_another_can(
+        cluster, tmp_path):
+    # Chaos seed 15 (t+124, and t+143 in a later run): a replica took a free stream while its
+    # engine had waited 7-11 s on a spool_add (a store unreachable, a write no Redis replica
+    # confirmed); its reader was held up at once, the stream server dropped it, and its
+    # lease kept the stream from a replica that could read it (a gap of 12.3 s). Its engine
+    # held waiting here by a real store that does not answer.
+    from eventd.errors import StoreError
+    from eventd.stores.backpressure import until_stored, waiting_for
+    from tests.cluster_helpers import PrivateRedis
+
+    stopping = threading.Event()
+    coordinator, streams, consumers = _lone_coordinator(
+        cluster, ("acme",), store_waiting=lambda: waiting_for(stopping), ttl=3)
+    other = Membership(cluster.client, Keys(cluster.name), "b", ttl=30)
+    server = PrivateRedis(tmp_path).start()
+    down = opened(server.url, cluster.name)
+    server.stop()  # the engine's store: unreachable from now on
+    job = ActionJob(id="j1", rule="r", kind="webhook", options={}, event={"uuid": "u1"},
+                    target="webhook:t", created_at=1.0)
+    engine = threading.Thread(target=lambda: pytest.raises(
+        StoreError, until_stored, lambda: down.spool_add(job), stopping, "spool_add"))
+    try:
+        other.heartbeat({})  # b can read
+        engine.start()
+        wait_until(lambda: waiting_for(stopping) > 3 / 3 + 0.1, 15)
+        coordinator._tick()
+        assert coordinator.held() == [] and consumers == []  # left for b
+        said = other.live()["a"]
+        assert said.get("standby") is True and said.get("stalled") is True
+        assert quota("b", other.live(), 1, 0) == 1  # b takes a's share at once
+        other.heartbeat({"stalled": True})  # b's store is stalled too (a failover): a takes
+        coordinator._tick()
+        assert coordinator.held() == ["acme"]
+    finally:
+        stopping.set()
+        engine.join(5)
+        streams.stop_all(2)
+        down.close()
+        server.stop()
+    assert waiting_for(stopping) == 0.0
 
 
 def test_a_stream_given_back_is_left_at_the_last_event_processed_not_the_last_received(

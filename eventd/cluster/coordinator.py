@@ -53,7 +53,9 @@ CUT_OFF_TTLS = 5
 #: it meanwhile, and the stream server drops the silent connection
 HELD_SHARE = 1.0
 #: ...if another replica's reader is not held up too: one held this share of a TTL says so in
-#: its heartbeat (`stalled`), and a store stalled for every replica (a failover) moves nothing
+#: its heartbeat (`stalled`), and a store stalled for every replica (a failover) moves nothing.
+#: The same share of a TTL of its engine waiting on the store (`until_stored`) makes a replica
+#: stand by: it takes no free stream while another replica can, whose engine is not held
 STALLED_SHARE = 1 / 3
 
 
@@ -81,11 +83,14 @@ class Coordinator:
                  on_fatal: Callable[[str], object] | None = None,
                  mac: Mac | None = None,
                  quiesce: Callable[[str, float], bool] | None = None,
-                 abort: Callable[[str], object] | None = None) -> None:
+                 abort: Callable[[str], object] | None = None,
+                 store_waiting: Callable[[], float] | None = None) -> None:
         """`on_takeover` is called when this replica takes a stream another one held (dead or
         stopped): it delivers what that one left in the shared spool. `quiesce` waits until
         the requests sent under a lease are answered; `abort` resets those still on their
-        way once the lease is no longer this replica's (the dispatcher's)."""
+        way once the lease is no longer this replica's (the dispatcher's). `store_waiting`:
+        seconds this replica's engine has been held waiting for the store (a write no Redis
+        replica confirms): a stream taken then would not be read."""
         self.replica_id = replica_id or new_replica_id()
         self.ttl = ttl
         self.interval = ttl / 3
@@ -106,6 +111,8 @@ class Coordinator:
         self._quiesce = quiesce
         #: resets the requests still on their way under a lease's tokens (the dispatcher)
         self._abort_requests = abort
+        self._store_waiting = store_waiting
+        self._engine_was_held = False  # said once per change (a log line)
         self._leases = Leases(client, self._keys, self.replica_id, ttl)
         #: signs this replica's heartbeat and checks the others' (None: neither, as before)
         self._mac = mac
@@ -350,8 +357,19 @@ class Coordinator:
         if joined:
             self._membership.announce(f"joined {self.replica_id}")
         want = quota(self.replica_id, live, len(self._names), len(self._held))
+        others_read = self._others_unheld(live)
+        engine_held = self._engine_held() and others_read
+        if engine_held != self._engine_was_held:
+            self._engine_was_held = engine_held
+            if engine_held:
+                logger.warning("cluster: this replica's engine has waited %.1f s on the store; "
+                               "taking no free stream while another replica can read it",
+                               self._store_waiting() if self._store_waiting else 0.0)
+            else:
+                logger.info("cluster: taking free streams again (engine not waiting on the "
+                            "store, or no other replica can read them)")
         try:
-            self._balance(want)
+            self._balance(want, engine_held, others_read)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return
@@ -362,11 +380,26 @@ class Coordinator:
         from the stream server): the others' quotas leave it out, so they take its share
         instead of handing streams over to it."""
         info = self._info()
-        if self._standing_by():
+        engine_held = self._engine_held()
+        if self._standing_by() or engine_held:
             info = {**info, "standby": True}
-        if self._reader_stalled():
+        if self._reader_stalled() or engine_held:
             info = {**info, "stalled": True}
         return info
+
+    def _engine_held(self) -> bool:
+        """Whether this replica's engine has been waiting on the store for STALLED_SHARE of a
+        TTL (chaos seed 15: r3 took globex while its engine had waited 11 s on a spool_add
+        after a failover; its reader was held up at once, and the gap lasted 12.3 s)."""
+        return self._store_waiting is not None \
+            and self._store_waiting() > self.ttl * STALLED_SHARE
+
+    def _others_unheld(self, live: dict[str, dict[str, Any]]) -> bool:
+        """Whether another live replica can take a stream and read it (neither standing by
+        nor held up by its store): else a held engine takes what is free as before (a store
+        stalled for every replica, a failover: nobody could read it sooner)."""
+        return any(r != self.replica_id and not info.get("standby") and not info.get("stalled")
+                   for r, info in live.items())
 
     def _hand_over_unconnected(self, live: dict[str, dict[str, Any]]) -> None:
         """Give back each lease whose stream has had no connection for 2/3 TTL, if another
@@ -543,7 +576,10 @@ class Coordinator:
             if at is not None:
                 self._leases.record(name, lease.token, at)
 
-    def _balance(self, want: int) -> None:
+    def _balance(self, want: int, engine_held: bool = False, others_read: bool = True) -> None:
+        """Give back what is above `want`, take free streams up to it; none while the
+        `engine_held` (waiting on the store, and another replica's engine is not), nor while
+        standing by if `others_read` (another replica can take them and read them)."""
         others = [name for name in self._names if name not in self._held]
         left = self._leases.time_left(others) if others else {}
         # A few ms after the earliest of them ends: if its holder died, take over right then
@@ -560,7 +596,13 @@ class Coordinator:
             self._watch_until = min(self._watch_until or float("inf"),
                                     time.monotonic() + grace + 0.02)
             return
-        if self._standing_by():  # cut off from the stream server, or its store stalled
+        if self._standing_by() and others_read:
+            # cut off from the stream server, or its store stalled: another replica reads
+            # them. If none can (all stand by or are held up: chaos seed 15, t+74 to t+87, r1
+            # stood by 15 s after a 2.5 s partition while the others' readers were held up
+            # or cut off), trying costs nothing: the stream is unconsumed either way.
+            return
+        if engine_held:  # its reader would be held up at once: a replica that reads takes it
             return
         free_ticks, self._free_ticks = self._free_ticks, {}
         for name in sorted(self._names):

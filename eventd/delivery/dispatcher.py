@@ -320,17 +320,24 @@ class Dispatcher:
                 if job.id in lane.known:
                     return
                 if lane.spilled or behind or len(lane.backlog) >= lane.size:
-                    if not lane.spilled and not behind:
+                    if not lane.spilled and not behind and not lane.left:
                         logger.info("queue for %s holds %d actions; further ones wait in the "
                                     "spool and are paged in as it drains", lane.target, lane.size)
                     lane.spilled = True
                     lane.spills += 1
-                    self.overflowed += not behind
+                    self.overflowed += not behind and not lane.left
+                    left = self._fence is not None and self._fence(job) is None
+                    if left:  # its lease is not held here: the holder's, as if sent and left
+                        lane.left.add(job.id)
                 else:
                     lane.backlog.append(job)
                     lane.known.add(job.id)
+                    lane.cond.notify_all()
+                    return
                 lane.cond.notify_all()
-                return
+            if left:
+                self._finished()
+            return
 
     def _submit_blocking(self, target: str, jobs: list[ActionJob]) -> bool:
         while True:
@@ -465,6 +472,8 @@ class Dispatcher:
             lane.page_in(mine, limit, held)
             if len(jobs) + held >= scan:  # more beyond what was read (the worker waits)
                 lane.spilled = True
+            if lane.left:
+                _still_left(lane, jobs, mine, truncated=len(jobs) + held >= scan)
         if moved:
             lane.spilled = True
         return moved
@@ -765,10 +774,15 @@ class Dispatcher:
     def _leave(self, lane: Lane, job: ActionJob) -> None:
         """Not ours to send any more (the lease of its namespace moved): it stays in the
         spool, where the lease's holder pages it in; nothing was sent, or what was sent was
-        reset when the lease ended (Attempts.abort)."""
+        reset when the lease ended (Attempts.abort). The lane stays spilled while it is
+        there: a job accepted next (this replica's lease back, chaos seed 1: 49 jobs) goes
+        through the spool after it, not out at once before it."""
         self._count("left", job.kind)
         logger.debug("%s for rule %s left in the spool: its namespace's lease is another "
                      "replica's", job.kind, job.rule)
+        with lane.cond:
+            lane.left.add(job.id)
+            lane.spilled = True
         self._finished()  # still pending in the spool (whoever delivers it counts it done)
 
     def _left(self, job: ActionJob) -> None:
@@ -823,3 +837,15 @@ def _batch_size(kind: ActionKind | None, job: ActionJob) -> int:
         return max(1, int(batch_size(job.options)))
     except Exception:  # noqa: BLE001 - a kind that cannot say sends one at a time
         return 1
+
+
+def _still_left(lane: Lane, read: list[ActionJob], mine: list[ActionJob],
+                truncated: bool) -> None:
+    """After a fenced page-in (caller holds lane.cond): the lane's left jobs that are still
+    in the spool and not paged in now; while there are some, the lane stays spilled."""
+    seen = {job.id for job in read}
+    paged = {job.id for job in mine}
+    lane.left = {job_id for job_id in lane.left
+                 if job_id not in paged and (truncated or job_id in seen)}
+    if lane.left:
+        lane.spilled = True

@@ -28,6 +28,10 @@ class Lane:
         self.known: set[str] = set()  # ids in the backlog, running, or being followed
         self.leaving: set[str] = set()  # finished, known until their spool rows are gone
         self.spilled = False  # the spool holds jobs of this lane that are not in the backlog
+        #: jobs left in the spool (their lease was not held here when their turn came): until
+        #: they are paged in here or gone from the spool, the lane stays spilled, so that a
+        #: newer job goes out after them, through the spool, not at once
+        self.left: set[str] = set()
         self.spills = 0  # jobs left in the spool only (or spool takeovers) so far
         self.thread: threading.Thread | None = None
         self.retired = False  # closed to keep the number of lanes bounded; its worker exits

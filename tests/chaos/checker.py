@@ -28,7 +28,9 @@ REST calls, the receiver's requests, Redis' commands, the store after the run) a
    that namespace's lease holder when the server receives it: `stale` (a newer token was
    issued: a fencing server would refuse it), `expired` (its lease ended, no newer holder) or
    `unleased` (it never held it). A request the server refused (409) for its stale fencing
-   token made no write: counted as `refused`, not a violation.
+   token made no write: counted as `refused`, not a violation. Who held a lease is read off
+   the server Sentinel named primary then (as for acceptance): a lease written on a restarted
+   old primary, before Sentinel demotes it, is nobody's.
 
 Violations are attributed to the fault active when they happened (or that ended within the
 settle time before), so figures come per fault kind.
@@ -58,6 +60,7 @@ from tests.chaos.reading import (
     iso_seconds,
     job_writes,
     lease_timeline,
+    primary_at,
     replica_hosts,
     shown_from,
 )
@@ -355,7 +358,7 @@ def delivery_order(history: History, faults: Faults, jobs: Jobs) -> Verdict:
 def no_request_without_lease(history: History, faults: Faults, ttl: float,
                              jobs: Jobs) -> Verdict:
     verdict = Verdict("no request without the lease")
-    timeline = lease_timeline(history.redis, ttl)
+    timeline = lease_timeline(history.redis, ttl, primary_at(history.primaries))
     by_pid = replica_hosts(history)
     counts = {"stale": 0, "expired": 0, "own_job": 0, "taken_over": 0, "leftover": 0,
               "refused": 0}

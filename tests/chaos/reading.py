@@ -33,13 +33,21 @@ class Tenure:
     how: str = "expired"
 
 
-def lease_timeline(redis_records: list[dict[str, Any]],
-                   default_ttl: float = 10.0) -> dict[str, list[Tenure]]:
-    """Per namespace, the tenures in order, from the lease scripts' SET/PEXPIRE/DEL."""
+def lease_timeline(redis_records: list[dict[str, Any]], default_ttl: float = 10.0,
+                   named: Callable[[float], set[str]] | None = None,
+                   ) -> dict[str, list[Tenure]]:
+    """Per namespace, the tenures in order, from the lease scripts' SET/PEXPIRE/DEL. With
+    `named` (`primary_at`), only the writes on a server Sentinel named primary then: a
+    restarted old primary is a second one until Sentinel demotes it, and a lease set or
+    renewed there is one no replica can see on the named primary (nor will keep: the resync
+    flushes it), as the acceptance of a job (`Jobs`) is judged."""
     timeline: dict[str, list[Tenure]] = defaultdict(list)
     for record in sorted(redis_records, key=lambda r: r["at"]):
         key = record["key"]
         if not key.startswith("cluster:lease:"):
+            continue
+        if named is not None and "server" in record \
+                and record["server"] not in (named(record["at"]) or {record["server"]}):
             continue
         namespace, at, op, args = key.rpartition(":")[2], record["at"], record["op"], record["args"]
         tenures = timeline[namespace]
