@@ -270,6 +270,7 @@ class Engine:
             internal = list(map(_INTERNAL, batch))
         self._count_received(events, types)
         matches = self._matches
+        counted = matches.get  # the engine's own Counter: folded only at a batch's end
         waiter, guard = self._action_waiter, self._loop_guard
         # The marks are live (the engine's own record() adds to them in the middle of a
         # batch): asked for each event, but only while there is one.
@@ -322,10 +323,10 @@ class Engine:
                             show((event, (), ()))
                         continue
                     if quiet.issuperset(matched):  # every action of each does nothing now
-                        if len(matched) == 1:
-                            matches[matched[0].name] += 1
-                        else:
-                            matches[tuple(matched)] += 1  # one count for them all
+                        # one count for them all; get(), as a Counter's subscript goes
+                        # through CPython's generic slot (a lookup and a wrapper call)
+                        key = matched[0].name if len(matched) == 1 else tuple(matched)
+                        matches[key] = counted(key, 0) + 1
                         if show is not None:
                             show((event, matched, ()))
                         continue
