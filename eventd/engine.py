@@ -62,6 +62,7 @@ class Rules(Protocol):
 
     def match(self, event: Event) -> list[Rule]: ...
     def matched(self, event: Event) -> Sequence[Rule]: ...  # as match(), maybe shared: read only
+    def matched_each(self, events: Sequence[Event]) -> list[Sequence[Rule]]: ...  # each's matched()
     def __len__(self) -> int: ...
 
 
@@ -276,8 +277,16 @@ class Engine:
         # batch): asked for each event, but only while there is one.
         marks, self_caused = (guard.marks(), guard.is_self_caused) if guard is not None \
             else ((), _never)
-        match = self.rules.matched  # read once: a reload takes effect at the next batch
+        rules = self.rules  # read once: a reload takes effect at the next batch
+        match = rules.matched
         repeated = self.dedupe.repeated(batch) or _NONE  # by uuid, the whole batch at once
+        # Every event's rules in one call (a call per event cost ~20% of the rest); if one
+        # raises, each event is asked alone in its turn, so that one is reported as before.
+        answers: list[Sequence[Rule]] | _AskEach
+        try:
+            answers = rules.matched_each(events)
+        except Exception:  # noqa: BLE001 - reported at the event, by its own match below
+            answers = _AskEach(events, match)
         parking = self._journal is not None and self._attacher is not None
         duplicates = len(repeated)
         # the console's Live page listens (on by default with the metrics port); read once.
@@ -317,7 +326,9 @@ class Engine:
                                 defer = None
                     if marks and self_caused(event):
                         event["caused_by_eventd"] = True
-                    matched = match(event)
+                        matched = match(event)  # as marked: a rule may read the mark
+                    else:
+                        matched = answers[index]
                     if not matched:
                         if show is not None:
                             show((event, (), ()))
@@ -981,6 +992,23 @@ class _QuietPlan:
                                                                           strict=True)
                                     if verdict for rule in members)
         return self._quiet
+
+
+class _AskEach:
+    """A batch's answers when its one-call match raised: each event's own matched(), asked
+    in its turn (the event that raises is reported where it was, the others answered)."""
+
+    __slots__ = ("_events", "_match")
+
+    def __init__(self, events: Sequence[Event], match: Callable[[Event], Sequence[Rule]]) -> None:
+        self._events = events
+        self._match = match
+
+    def __getitem__(self, index: int) -> Sequence[Rule]:
+        return self._match(self._events[index])
+
+    def __len__(self) -> int:
+        return len(self._events)
 
 
 def _never(event: Event) -> bool:

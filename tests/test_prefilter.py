@@ -476,3 +476,25 @@ def test_many_candidates_the_index_decides_alone_are_answered_as_is() -> None:
     event = {"type": "service", "action": "update", "state": "Running"}
     assert len(rules.matched(event)) == 10
     assert [type(v) for v in rules._memo.values()] == [_Fixed]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.composite(hostile_event)(), min_size=1, max_size=12),
+       st.lists(EVENT_TYPES, max_size=4))
+def test_a_batchs_answers_in_one_call_are_each_events_full_scan(
+        seed: int, events: list[dict], kinds: list) -> None:
+    """matched_each (the engine's one call per batch) answers each event as the full scan
+    does, in order, whatever the values (the memo and the plans' cache filled within the
+    batch itself: an event seen, kept, then answered from memory in the same call)."""
+    rng = random.Random(seed)
+    rules = RuleSet([make_rule(f"r{i}", random_match(rng)) for i in range(rng.randrange(1, 60))]
+                    + [make_rule("list", {"type": "container", "parents": [PARENTS[0], 7]}),
+                       make_rule("node", {"type": "node", "state": "Running"})])
+    batch = [dict(event, type=kind) if kind != "missing" else
+             {k: v for k, v in event.items() if k != "type"}
+             for event, kind in zip(events, kinds, strict=False)] + events
+    expected = [[r.name for r in rules.rules if r.compiled.predicate(e)] for e in batch]
+    for _ in range(3):
+        answers = rules.matched_each(batch * 2)
+        assert [[r.name for r in a] for a in answers] == expected * 2
+        assert [[r.name for r in rules.matched(e)] for e in batch] == expected
