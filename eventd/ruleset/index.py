@@ -59,6 +59,9 @@ class RuleSet:
         self._live_types: frozenset[str] | None = None if any(self._other_row.values()) \
             else frozenset(self._table)
         self._memo: dict[tuple[Any, Any, Any], Candidates | Plan | _Equals | _Fixed] = {}
+        #: the same by type, then action, then state (strings or None): matched_each's
+        #: lookup, which builds no key tuple
+        self._known: dict[str | None, dict[str | None, dict[str | None, Any]]] = {}
         #: one Plan per distinct candidate tuple: the (type, action, state) keys whose
         #: candidates are the same rules share its remembered answers (fewer misses)
         self._plans: dict[Candidates, Plan] = {}
@@ -111,7 +114,7 @@ class RuleSet:
         stops the answers there, as matched() of it would raise."""
         answers: list[Sequence[Rule]] = []
         answer = answers.append
-        live, memo = self._live_types, self._memo
+        live, known = self._live_types, self._known
         for event in events:
             if live is not None:  # most events of a small rule set: a type no rule names
                 try:
@@ -122,16 +125,10 @@ class RuleSet:
                     if type(kind) is str and kind not in live:
                         answer(())
                         continue
-            try:
-                key = _KEY(event)  # one C call; an event without one of them is rare
-            except KeyError:
-                key = (event.get("type"), event.get("action"), event.get("state"))
-            try:
-                candidates: Any = memo[key]
-            except KeyError:
-                candidates = self._remember(key)
-            except TypeError:  # an unhashable type/action/state: no index, check every rule
-                candidates = None
+            try:  # three string lookups: no key tuple to build, hash, compare and free
+                candidates: Any = known[event["type"]][event["action"]][event["state"]]
+            except (KeyError, TypeError):  # a field missing, not hashable; or not known yet
+                candidates = self._candidates_of(event)
             if candidates is None:  # no index for this event: every rule's own predicate
                 answer([r for r in self.rules if r.compiled.predicate(event)])
                 continue
@@ -203,6 +200,20 @@ class RuleSet:
                     if residual is None or residual(event)])
         return answers
 
+    def _candidates_of(self, event: Mapping[str, Any]) -> Any:
+        """The candidates by the (type, action, state) key (an absent field read as None);
+        None when one of them is neither a string nor None (no index for the event)."""
+        try:
+            key = _KEY(event)  # one C call; an event without one of them is rare
+        except KeyError:
+            key = (event.get("type"), event.get("action"), event.get("state"))
+        try:
+            return self._memo[key]
+        except KeyError:
+            return self._remember(key)
+        except TypeError:  # an unhashable type/action/state: no index, check every rule
+            return None
+
     def _remember(self, key: tuple[Any, Any, Any]) -> Any:
         """The candidates of a (type, action, state) not seen yet (a Plan, _Equals, _Fixed or
         a tuple of (rule, residual or None)), kept while the memo has room; None when the key
@@ -228,4 +239,6 @@ class RuleSet:
                                for rule, residual in found)
         if kept:  # type/action/state vocabularies are small
             self._memo[key] = candidates
+            kind, action, state = key
+            self._known.setdefault(kind, {}).setdefault(action, {})[state] = candidates
         return candidates
