@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence, Sized
+from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -55,6 +55,9 @@ DEFAULT_MAX_EVENT_AGE = 900.0
 #: events held at once while their containers' logs are awaited off the engine's thread;
 #: past that the engine waits for the oldest (backpressure, as a full queue is)
 MAX_PARKED = 256
+#: the matched answers whose quiet verdict the engine keeps (the index's kept tuples: a
+#: few hundred distinct sets of rules at most in practice)
+QUIET_KEYS = 4096
 
 
 class Rules(Protocol):
@@ -226,6 +229,10 @@ class Engine:
         self._duplicates = metrics.events_duplicate.counts()
         self._matches = metrics.rule_matches.counts(rule_labels)
         self._quiet_plan: _QuietPlan | None = None
+        #: by a matched answer: its count's key when all its rules are quiet, else None
+        #: (for the quiet rules `_quiet_keys_of`; at most QUIET_KEYS answers)
+        self._quiet_keys: dict[Sequence[Rule], Hashable | None] = {}
+        self._quiet_keys_of: frozenset[Rule] | None = None
         self.processed = 0
         # Waiting for logs off this thread (park_logs): the events held, oldest first, how
         # many each object has held, the new ones still to journal, the done ones to forget.
@@ -270,6 +277,9 @@ class Engine:
             events = list(map(_EVENT, batch))
             internal = list(map(_INTERNAL, batch))
         self._count_received(events, types)
+        if quiet is not self._quiet_keys_of:  # other quiet rules: every verdict afresh
+            self._quiet_keys, self._quiet_keys_of = {}, quiet
+        quiet_keys = self._quiet_keys
         matches = self._matches
         counted = matches.get  # the engine's own Counter: folded only at a batch's end
         waiter, guard = self._action_waiter, self._loop_guard
@@ -333,10 +343,15 @@ class Engine:
                         if show is not None:
                             show((event, (), ()))
                         continue
-                    if quiet.issuperset(matched):  # every action of each does nothing now
+                    try:  # the index hands out the same tuples: their verdict kept
+                        key = quiet_keys[matched]
+                    except KeyError:
+                        key = self._quiet_key(matched, quiet, quiet_keys)
+                    except TypeError:  # a list (a scan's answer): asked each time
+                        key = _count_key(matched, quiet)
+                    if key is not None:  # every action of each does nothing now
                         # one count for them all; get(), as a Counter's subscript goes
                         # through CPython's generic slot (a lookup and a wrapper call)
-                        key = matched[0].name if len(matched) == 1 else tuple(matched)
                         matches[key] = counted(key, 0) + 1
                         if show is not None:
                             show((event, matched, ()))
@@ -410,6 +425,16 @@ class Engine:
         counts.update(kinds)
         if len(counts) > len(KNOWN_TYPES) + 1:  # types nobody documented: keep memory flat
             self._received = self._metrics.events_received.fold(counts, _type_label)
+
+    @staticmethod
+    def _quiet_key(matched: Sequence[Rule], quiet: frozenset[Rule],
+                   keys: dict[Sequence[Rule], Hashable | None]) -> Hashable | None:
+        """_count_key of an answer not seen yet under these quiet rules, kept while there
+        is room."""
+        key = _count_key(matched, quiet)
+        if len(keys) < QUIET_KEYS:
+            keys[matched] = key
+        return key
 
     def _quiet_rules(self) -> frozenset[Rule]:
         """The active rules whose every action does nothing now (asked once per batch)."""
@@ -1009,6 +1034,14 @@ class _AskEach:
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+def _count_key(matched: Sequence[Rule], quiet: frozenset[Rule]) -> Hashable | None:
+    """What a match counts under, when every rule matched is quiet (a rule's name, or the
+    rules' tuple for several: one count for them all); None when one is not."""
+    if not quiet.issuperset(matched):
+        return None
+    return matched[0].name if len(matched) == 1 else tuple(matched)
 
 
 def _never(event: Event) -> bool:
