@@ -82,7 +82,9 @@ def run(events: int, rules: int, work: Path, wall: bool = False) -> int:
         engine._action_waiter = None
     if "match" in stub:
         engine.rules.match = lambda event: []  # type: ignore[method-assign]
-        engine.rules.matched = lambda event: ()  # type: ignore[method-assign]  # the engine's
+        engine.rules.matched = lambda event: ()  # type: ignore[method-assign]
+        engine.rules.matched_each = (  # type: ignore[method-assign]  # the engine's
+            lambda events: [()] * len(events))
     if "engine" in stub:
         engine.process_batch = lambda batch: None  # type: ignore[method-assign]
     cached = work.parent / f"ingest-stream-{events}.bin"  # built outside the count

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence, Sized
+from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -58,6 +58,9 @@ DEFAULT_MAX_EVENT_AGE = 900.0
 #: events held at once while their containers' logs are awaited off the engine's thread;
 #: past that the engine waits for the oldest (backpressure, as a full queue is)
 MAX_PARKED = 256
+#: the matched answers whose quiet verdict the engine keeps (the index's kept tuples: a
+#: few hundred distinct sets of rules at most in practice)
+QUIET_KEYS = 4096
 
 
 class Rules(Protocol):
@@ -65,6 +68,7 @@ class Rules(Protocol):
 
     def match(self, event: Event) -> list[Rule]: ...
     def matched(self, event: Event) -> Sequence[Rule]: ...  # as match(), maybe shared: read only
+    def matched_each(self, events: Sequence[Event]) -> list[Sequence[Rule]]: ...  # each's matched()
     def __len__(self) -> int: ...
 
 
@@ -240,6 +244,10 @@ class Engine:
         self._duplicates = metrics.events_duplicate.counts()
         self._matches = metrics.rule_matches.counts(rule_labels)
         self._quiet_plan: _QuietPlan | None = None
+        #: by a matched answer: its count's key when all its rules are quiet, else None
+        #: (for the quiet rules `_quiet_keys_of`; at most QUIET_KEYS answers)
+        self._quiet_keys: dict[Sequence[Rule], Hashable | None] = {}
+        self._quiet_keys_of: frozenset[Rule] | None = None
         self.processed = 0
         # Waiting for logs off this thread (park_logs): the events held, oldest first, how
         # many each object has held, the new ones still to journal, the done ones to forget.
@@ -288,14 +296,26 @@ class Engine:
             events = list(map(_EVENT, batch))
             internal = list(map(_INTERNAL, batch))
         self._count_received(events, types)
+        if quiet is not self._quiet_keys_of:  # other quiet rules: every verdict afresh
+            self._quiet_keys, self._quiet_keys_of = {}, quiet
+        quiet_keys = self._quiet_keys
         matches = self._matches
+        counted = matches.get  # the engine's own Counter: folded only at a batch's end
         waiter, guard = self._action_waiter, self._loop_guard
         # The marks are live (the engine's own record() adds to them in the middle of a
         # batch): asked for each event, but only while there is one.
         marks, self_caused = (guard.marks(), guard.is_self_caused) if guard is not None \
             else ((), _never)
-        match = self.rules.matched  # read once: a reload takes effect at the next batch
+        rules = self.rules  # read once: a reload takes effect at the next batch
+        match = rules.matched
         repeated = self.dedupe.repeated(batch) or _NONE  # by uuid, the whole batch at once
+        # Every event's rules in one call (a call per event cost ~20% of the rest); if one
+        # raises, each event is asked alone in its turn, so that one is reported as before.
+        answers: list[Sequence[Rule]] | _AskEach
+        try:
+            answers = rules.matched_each(events)
+        except Exception:  # noqa: BLE001 - reported at the event, by its own match below
+            answers = _AskEach(events, match)
         parking = self._journal is not None and self._attacher is not None
         duplicates = len(repeated)
         # the console's Live page listens (on by default with the metrics port); read once.
@@ -335,16 +355,23 @@ class Engine:
                                 defer = None
                     if marks and self_caused(event):
                         event["caused_by_eventd"] = True
-                    matched = match(event)
+                        matched = match(event)  # as marked: a rule may read the mark
+                    else:
+                        matched = answers[index]
                     if not matched:
                         if show is not None:
                             show((event, (), ()))
                         continue
-                    if quiet.issuperset(matched):  # every action of each does nothing now
-                        if len(matched) == 1:
-                            matches[matched[0].name] += 1
-                        else:
-                            matches[tuple(matched)] += 1  # one count for them all
+                    try:  # the index hands out the same tuples: their verdict kept
+                        key = quiet_keys[matched]
+                    except KeyError:
+                        key = self._quiet_key(matched, quiet, quiet_keys)
+                    except TypeError:  # a list (a scan's answer): asked each time
+                        key = _count_key(matched, quiet)
+                    if key is not None:  # every action of each does nothing now
+                        # one count for them all; get(), as a Counter's subscript goes
+                        # through CPython's generic slot (a lookup and a wrapper call)
+                        matches[key] = counted(key, 0) + 1
                         if show is not None:
                             show((event, matched, ()))
                         continue
@@ -417,6 +444,16 @@ class Engine:
         counts.update(kinds)
         if len(counts) > len(KNOWN_TYPES) + 1:  # types nobody documented: keep memory flat
             self._received = self._metrics.events_received.fold(counts, _type_label)
+
+    @staticmethod
+    def _quiet_key(matched: Sequence[Rule], quiet: frozenset[Rule],
+                   keys: dict[Sequence[Rule], Hashable | None]) -> Hashable | None:
+        """_count_key of an answer not seen yet under these quiet rules, kept while there
+        is room."""
+        key = _count_key(matched, quiet)
+        if len(keys) < QUIET_KEYS:
+            keys[matched] = key
+        return key
 
     def _quiet_rules(self) -> frozenset[Rule]:
         """The active rules whose every action does nothing now (asked once per batch)."""
@@ -1031,6 +1068,31 @@ class _QuietPlan:
                                                                           strict=True)
                                     if verdict for rule in members)
         return self._quiet
+
+
+class _AskEach:
+    """A batch's answers when its one-call match raised: each event's own matched(), asked
+    in its turn (the event that raises is reported where it was, the others answered)."""
+
+    __slots__ = ("_events", "_match")
+
+    def __init__(self, events: Sequence[Event], match: Callable[[Event], Sequence[Rule]]) -> None:
+        self._events = events
+        self._match = match
+
+    def __getitem__(self, index: int) -> Sequence[Rule]:
+        return self._match(self._events[index])
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
+def _count_key(matched: Sequence[Rule], quiet: frozenset[Rule]) -> Hashable | None:
+    """What a match counts under, when every rule matched is quiet (a rule's name, or the
+    rules' tuple for several: one count for them all); None when one is not."""
+    if not quiet.issuperset(matched):
+        return None
+    return matched[0].name if len(matched) == 1 else tuple(matched)
 
 
 def _never(event: Event) -> bool:

@@ -14,6 +14,8 @@ from collections import Counter as Tallied
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -342,3 +344,47 @@ def test_a_stream_batch_counts_and_matches_as_its_received_do(tmp_path, internal
 def samples_named(metrics, name):
     return {tuple(sorted(s.labels.items())): s.value for family in metrics.registry.collect()
             for s in family.samples if s.name == name}
+
+
+QUIET_RULES = """
+    rules:
+      - name: debug-containers
+        match: {type: container}
+        actions: [{log: {message: "d {{ event.state }}", level: debug}}]
+      - name: info-all
+        match: {}
+        actions: [{log: {message: "i {{ event.type }}", level: info}}]
+      - name: debug-services
+        match: {type: service, state: Running}
+        actions: [{log: {message: "s", level: debug}}]
+      - name: warning-nodes
+        match: {type: node}
+        actions: [{log: {message: "n", level: warning}}]
+"""
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING,
+                                           logging.ERROR]),
+                          st.lists(st.tuples(st.sampled_from(["container", "service", "node"]),
+                                             st.sampled_from(["Running", "Stopped"])),
+                                   max_size=6)),
+                min_size=1, max_size=6))
+def test_quiet_verdicts_kept_by_answer_follow_the_level_as_each_event_alone_does(
+        tmp_path_factory, log_level, batches) -> None:
+    """The batch path keeps each matched answer's quiet verdict while the quiet rules stay
+    the same: with the level changed between batches (quiet, loud, quiet again), its counts
+    and its jobs are those of the plain path, process() of each event (no shortcut)."""
+    tmp_path = tmp_path_factory.mktemp("quiet")
+    batched, alone = Collected(), Collected()
+    engine, metrics = engine_for(tmp_path / "a", QUIET_RULES, batched)
+    plain, plain_metrics = engine_for(tmp_path / "b", QUIET_RULES, alone)
+    for level, kinds in batches:
+        log_level(level)
+        events = [event(kind, state) for kind, state in kinds]
+        engine.process_batch(events)
+        for received in events:
+            plain.process(received)
+        assert [(j.rule, j.options["message"]) for j in batched.jobs] == \
+            [(j.rule, j.options["message"]) for j in alone.jobs]
+    assert metrics.rule_matches.totals() == plain_metrics.rule_matches.totals()

@@ -476,3 +476,34 @@ def test_many_candidates_the_index_decides_alone_are_answered_as_is() -> None:
     event = {"type": "service", "action": "update", "state": "Running"}
     assert len(rules.matched(event)) == 10
     assert [type(v) for v in rules._memo.values()] == [_Fixed]
+
+
+KEY_VALUES = st.sampled_from(["update", "create", "Running", "Stopped", "", None, "missing", 1,
+                               True, 1.0, ["update"]])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.composite(hostile_event)(), min_size=1, max_size=12),
+       st.lists(st.tuples(EVENT_TYPES, KEY_VALUES, KEY_VALUES), max_size=6))
+def test_a_batchs_answers_in_one_call_are_each_events_full_scan(
+        seed: int, events: list[dict], keys: list) -> None:
+    """matched_each (the engine's one call per batch) answers each event as the full scan
+    does, in order, whatever the values: a type, action or state absent, None, a number,
+    True beside 1, a list (the lookup by type, then action, then state finds only what a
+    (type, action, state) key would), the memo and the plans' cache filled within the
+    batch itself (an event seen, kept, then answered from memory in the same call)."""
+    rng = random.Random(seed)
+    rules = RuleSet([make_rule(f"r{i}", random_match(rng)) for i in range(rng.randrange(1, 60))]
+                    + [make_rule("list", {"type": "container", "parents": [PARENTS[0], 7]}),
+                       make_rule("node", {"type": "node", "state": "Running"}),
+                       make_rule("created", {"type": "container", "action": "create"}),
+                       make_rule("running", {"state": "Running"})])
+    batch = list(events)
+    for event, (kind, action, state) in zip(events, keys, strict=False):
+        event = dict(event, type=kind, action=action, state=state)
+        batch.append({k: v for k, v in event.items() if v != "missing"})
+    expected = [[r.name for r in rules.rules if r.compiled.predicate(e)] for e in batch]
+    for _ in range(3):
+        answers = rules.matched_each(batch * 2)
+        assert [[r.name for r in a] for a in answers] == expected * 2
+        assert [[r.name for r in rules.matched(e)] for e in batch] == expected
