@@ -230,7 +230,10 @@ class LogFollowers:
             follower.thread = thread
             self._live[container] = follower
             self.counts["started"] += 1
-        thread.start()
+            # started under the lock: `close` (which takes it) never sees a follower whose
+            # thread is not started yet (joining one raises RuntimeError). start() returns
+            # once the thread runs, before `_run` asks for the lock.
+            thread.start()
         return True
 
     def claim(self, container: str, uuid: str, uses: int, died_ns: int | None = None) -> bool:
