@@ -24,7 +24,8 @@ is often gone before its start event reaches eventd.
 
 `--engine-floor` runs no eventd: a bare reader asks the Engine for each dead container's
 logs (and, beside it, lists the container, which does not wait for the container's lock), from
-the die's timeNano to the answer: the least die -> webhook can take with `enrich: logs`.
+the die's timeNano to the answer: the least die -> webhook can take with `enrich: logs`;
+`heard` is when the die itself reached that reader, the least any rule can take.
 `--with-floor` runs that floor after each run of eventd (and of `--baseline`) on the same
 Engine, so that both see the same Engine and load, alternately; with `--enrich resource` the
 floor also inspects each dead container (as that rule does). `--row PARALLEL:COMMAND:ENRICH`
@@ -376,6 +377,9 @@ class EngineFloor:
         self.logs: dict[int, int] = {}  # timeNano -> time.time_ns when the logs were read
         self.listed: dict[int, int] = {}  # timeNano -> time.time_ns when the list answered
         self.inspected: dict[int, int] = {}  # timeNano -> time.time_ns when inspected
+        #: timeNano -> time.time_ns when the die reached this reader (the least any rule's
+        #: die -> webhook can take, whatever its enrichment: `heard`)
+        self.heard: dict[int, int] = {}
         self._inspect = inspect
         self._clients = [engine.client() for _ in range(3 * workers)]
         self._free = list(self._clients)
@@ -405,6 +409,7 @@ class EngineFloor:
         try:
             for raw in self._stream:
                 nano, cid = int(raw.get("timeNano", 0)), raw.get("id", "")
+                self.heard[nano] = time.time_ns()
                 self._pool.submit(self._call, self.logs, nano, cid, "logs")
                 self._pool.submit(self._call, self.listed, nano, cid, "listed")
                 if self._inspect:
@@ -423,7 +428,7 @@ class EngineFloor:
 
 def floor_answers(floor: EngineFloor, inspect: bool) -> list[tuple[str, dict[int, int]]]:
     """The floor's answers, by name: the logs, the list (and the inspect when asked)."""
-    whats = [("logs", floor.logs), ("listed", floor.listed)]
+    whats = [("heard", floor.heard), ("logs", floor.logs), ("listed", floor.listed)]
     return whats + [("inspected", floor.inspected)] if inspect else whats
 
 
@@ -529,7 +534,7 @@ def measure_row(engine: DockerEngine, receiver: Stamping, workdir: Path, args: a
             figures = floor_once(engine, f"{parallel}{command[0]}{enrich[0]}{number}",
                                  args.count, parallel, command, inspect=enrich == "resource")
             floors.append(figures)
-            for answer in ("logs", "listed", "inspected"):
+            for answer in ("heard", "logs", "listed", "inspected"):
                 if answer in figures:
                     print(report(figures[answer], f"engine floor, run {number + 1} ({what}): "
                                                   f"die -> {answer}").replace(
@@ -592,7 +597,7 @@ def main() -> int:
             if args.breakdown:
                 print(f"{label} ({what}):")
                 print(breakdown_table(done))
-        for answer in ("logs", "listed", "inspected"):
+        for answer in ("heard", "logs", "listed", "inspected"):
             if floors and answer in floors[0]:
                 median = _median_of([run[answer] for run in floors], FIGURES, args.count)
                 print(report(median, f"engine floor, median of {len(floors)} runs ({what}): "
@@ -612,7 +617,7 @@ def summary_table(measured: list[Any], count: int) -> str:
                  for label, done in runs.items()]
         cells += [(f"floor: die -> {answer}",
                    _median_of([run[answer] for run in floors], FIGURES, count))
-                  for answer in ("logs", "listed", "inspected") if floors and answer in floors[0]]
+                  for answer in ("heard", "logs", "listed", "inspected") if floors and answer in floors[0]]
         for label, median in cells:
             lines.append(f"| {name} | {label} | {median['p50_ms']:.0f} / {median['p90_ms']:.0f} / "
                          f"{median['p99_ms']:.0f} |")
@@ -628,14 +633,14 @@ def engine_floor(count: int, parallel: int, runs: int, command: str = "false") -
             for number in range(runs):
                 figures = floor_once(engine, str(number), count, parallel, command)
                 done.append(figures)
-                for what in ("logs", "listed"):
+                for what in ("heard", "logs", "listed"):
                     print(report(figures[what], f"engine floor, run {number + 1} ({parallel} at "
                                                 f"a time): die -> {what}").replace(
                         "die -> webhook over", "over"), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if runs > 1:
-        for what in ("logs", "listed"):
+        for what in ("heard", "logs", "listed"):
             median = {key: statistics.median(run[what][key] for run in done)
                       for key in ("count", "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms")}
             median["expected"] = count
