@@ -40,16 +40,9 @@ def write_rules(directory: Path, text: str, name: str = "rules.yaml") -> Path:
 
 def forward_rules(tmp_path: Path, url: str) -> Path:
     """Rule `forward`: every container event's uuid to the webhook receiver's /hook."""
-    # block YAML, so that a test can append more rules to the list (test_robust does)
-    return write_rules(tmp_path / "rules", f"""
-        rules:
-          - name: forward
-            match: {{type: container}}
-            actions:
-              - webhook:
-                  url: {json.dumps(f"{url}/hook")}
-                  json: {{uuid: "{{{{ event.uuid }}}}"}}
-        """)
+    webhook = {"url": f"{url}/hook", "json": {"uuid": "{{ event.uuid }}"}}
+    rule = {"name": "forward", "match": {"type": "container"}, "actions": [{"webhook": webhook}]}
+    return write_rules(tmp_path / "rules", json.dumps({"rules": [rule]}))  # YAML reads JSON
 
 
 def start_daemon(emu: Any, rules: Path, state_dir: Path, env: dict[str, str] | None = None,

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from eventd.emulator import Emulator
 from tests.cluster_helpers import Cluster, Replica, cluster_fixture, replicas_fixture
@@ -394,20 +395,22 @@ def _delivers_or_exits_cleanly(replica: Replica, emu, receiver, what: str) -> st
 def test_a_hostile_store_never_leaves_a_replica_alive_and_silent(
         emu, cluster, replicas, tmp_path, webhook_receiver, wrong_types):
     rules = forward_rules(tmp_path, webhook_receiver.url)
-    with rules.open("a") as more:  # more of the keyspace: a spooled job, a throttle, a group
-        more.write(textwrap.indent(textwrap.dedent(f"""
-            - name: down
-              match: {{type: container}}
-              throttle: {{key: "{{{{ event.state }}}}", window: 1h}}
-              actions:
-                - webhook: {{url: "http://127.0.0.1:{free_port()}/down"}}
-            - name: digest
-              match: {{type: container}}
-              actions:
-                - webhook:
-                    url: "{webhook_receiver.url}/digest"
-                    group: {{by: "{{{{ event.state }}}}", wait: 1h}}
-            """), "  "))
+    doc = yaml.safe_load(rules.read_text())
+    # more of the keyspace: a spooled job, a throttle, a group
+    doc["rules"] += yaml.safe_load(textwrap.dedent(f"""
+        - name: down
+          match: {{type: container}}
+          throttle: {{key: "{{{{ event.state }}}}", window: 1h}}
+          actions:
+            - webhook: {{url: "http://127.0.0.1:{free_port()}/down"}}
+        - name: digest
+          match: {{type: container}}
+          actions:
+            - webhook:
+                url: "{webhook_receiver.url}/digest"
+                group: {{by: "{{{{ event.state }}}}", wait: 1h}}
+        """))
+    rules.write_text(yaml.safe_dump(doc))
     replica = Replica(emu, rules, tmp_path, "r1", cluster).start()
     replicas.append(replica)
     wait_until(lambda: replica.readyz()[0] == 200 and sum(emu.namespace_counts().values()) == 1,
