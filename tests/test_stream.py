@@ -7,6 +7,7 @@ import json
 import logging
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -393,6 +394,60 @@ def test_a_loss_while_the_sink_held_the_reader_up_is_dated_from_before_the_hold(
                if r.internal and r.event["state"] == "disconnected"][0]
     assert lost_at <= dropped_at + 0.05, (lost_at - dropped_at)
     assert lost not in run.events()
+    reconnected_at = [r.received_at for r in run.received()
+                      if r.internal and r.event["state"] == "connected"][1]
+    assert gaps[2]["gap_seconds"] >= reconnected_at - dropped_at - 0.05
+
+
+def test_a_loss_after_a_hold_is_dated_from_before_it_while_other_threads_keep_the_gil(
+        emulator, metrics, start):
+    # Chaos seed 1 (20261206, t+126, umbrella on r3): the reader sat seconds in a stalled
+    # store's sink, the server's keepalive closed the connection meanwhile; a read after the
+    # hold that did not fill its room found the rest waiting but took over 2 ms (here: the
+    # GIL, taken by busy threads while it was in recv), so it was judged to have waited for
+    # its data and dated from its arrival; the keepalive window (1.5 s) capped the
+    # `datetime` correction: the gap was announced from 0.9 s after the last event read,
+    # past 20 events sent into nobody's connection. A short keepalive, as there. Without the
+    # fix this fails in about half the runs (whether a spinner wins the GIL during recv).
+    run = start(ping_interval=0.5, pong_timeout=1.0, idle_timeout=60)
+    gate = _hold_after(run, "Hold")
+    spinning = threading.Event()
+
+    def spin() -> None:  # a busy thread: a read waits for the GIL, not for data
+        while not spinning.is_set():
+            pass
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(4)]
+    switching = sys.getswitchinterval()
+    try:
+        wait_until(connected(run))
+        emulator.emit_event(state="Hold")
+        wait_until(lambda: [e["state"] for e in run.events()] == ["Hold"])
+        for _ in range(150):  # in the socket, unread while the sink holds
+            emulator.emit_event(state="Buffered")
+        wait_until(lambda: sum(c.frames for c in emulator.stream_connections()) >= 152)
+        dropped_at = time.time()
+        emulator.faults.drop_connections()
+        wait_until(lambda: emulator.connection_count == 0)
+        lost = emulator.emit_event(state="Lost")  # sent while nobody is connected
+        wait_until(lambda: time.time() - dropped_at >= 3.0, timeout=6)  # past the 1.5 s cap
+        sys.setswitchinterval(0.02)  # a thread that loses the GIL waits this long for it
+        for spinner in spinners:
+            spinner.start()
+        gate.set()
+        wait_until(connected(run, 2), timeout=10)
+    finally:
+        spinning.set()
+        sys.setswitchinterval(switching)
+        gate.set()
+    for spinner in spinners:
+        spinner.join(5)
+    lost_at = [r.received_at for r in run.received()
+               if r.internal and r.event["state"] == "disconnected"][0]
+    assert [e["state"] for e in run.events()][:2] == ["Hold", "Buffered"]
+    assert lost_at <= dropped_at + 0.05, (lost_at - dropped_at)
+    assert lost not in run.events()
+    gaps = run.gaps()
     reconnected_at = [r.received_at for r in run.received()
                       if r.internal and r.event["state"] == "connected"][1]
     assert gaps[2]["gap_seconds"] >= reconnected_at - dropped_at - 0.05

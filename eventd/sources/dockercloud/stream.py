@@ -67,6 +67,12 @@ _WAITED = 0.002
 #: a sink that held the reader up this long (a stalled store): until a read waits again, the
 #: data found waiting is dated from before the hold, however many reads it takes
 _HELD = 0.25
+#: for this long after a hold, no read counts as having waited for its data: draining what
+#: the socket kept takes a few reads, and one may take more than `_WAITED` with the data
+#: there all along (other threads held the GIL: chaos seed 1, 20261206, t+126, a read of 19
+#: events 34 ms long in the test; dated from its arrival, it moved the gap's start 0.9 s
+#: past 20 events the server sent into no connection)
+_DRAINED = 1.0
 #: `type` values that need a second look: none (parse_event says why), or a message that is
 #: not an event (`auth`, `error`)
 _NOT_EVENT = frozenset({"", "auth", "error"})
@@ -345,6 +351,8 @@ class StreamConsumer(ConsumerLoop):
         now = monotonic()
         last_data = returned = now
         held_from: float | None = None  # the reader was held up in the sink since then
+        held_until = now  # when the last hold ended
+        waited = _WAITED
         self._late = self._newest = None  # nothing read on this connection yet
         next_ping = now + ping_interval
         pong_due: float | None = None
@@ -381,7 +389,8 @@ class StreamConsumer(ConsumerLoop):
                 # A read that filled its room found its data waiting, however long it took
                 # (a busy machine's scheduler, not the socket, kept it: CI, load 10+)
                 heard = monotonic()
-                if heard - asked >= _WAITED and not reader.filled:
+                if heard - asked >= waited and not reader.filled and (
+                        held_from is None or heard - held_until >= _DRAINED):
                     held_from = None
                     lived = heard
                 else:
@@ -402,8 +411,10 @@ class StreamConsumer(ConsumerLoop):
                 else:  # a read without events (a pong) is dated from its arrival
                     self._late = None
                 now = last_data = monotonic()
-                if held_from is None and now - heard >= _HELD:
-                    held_from = self._last_heard
+                if now - heard >= _HELD:
+                    held_until = now
+                    if held_from is None:
+                        held_from = self._last_heard
                 if reader.pongs != pongs:
                     self.pongs += reader.pongs - pongs
                     pongs = reader.pongs
