@@ -7,7 +7,8 @@ it on real histories).
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,8 +16,9 @@ from hypothesis import strategies as st
 from eventd.engine import job_id
 from tests.chaos.checker import check
 from tests.chaos.history import History
+from tests.chaos.netns import Network
 from tests.chaos.reading import FORWARD, GAP, RESTART, lease_timeline
-from tests.chaos.recorder import interesting, parse_monitor_line, sentinel_primaries
+from tests.chaos.recorder import RedisMonitor, interesting, parse_monitor_line, sentinel_primaries
 
 T0 = 1_800_000_000.0
 TTL = 2.0
@@ -283,6 +285,60 @@ def test_a_job_written_on_a_server_sentinel_did_not_name_primary_is_not_accepted
                      base(emitted=[e], redis=stale, primaries=promoting),
                      base(emitted=[e], redis=stale)):  # no Sentinel: every write counts
         assert check(on_named).verdict("accepted delivered").figures["lost"] == 1
+
+
+def copy(job: str, at: float, server: str = "redis2") -> dict[str, Any]:
+    """A replica's MONITOR line of its primary's spool write (what WAIT waits for)."""
+    return {"op": "HSET", "key": "spool", "args": [job], "at": T0 + at, "server": server,
+            "client": "10.250.0.11:6379", "by": None, "copy": True}
+
+
+def test_a_spool_write_no_replica_received_was_never_accepted():
+    # CI, test_fault[redis-restart-accepted_delivered]: r1's spool_add ran its script on
+    # redis1, just restarted and still the primary Sentinel named; no replica got the write,
+    # WAIT said so, and the retry found the lease another's: the event lay in the gap.
+    e = event("e1", 5.0)
+    job = forward_id(e)
+    named = [{"at": 0.0, "server": "redis1"}]
+    meta = {"ttl": TTL, "started": T0, "ended": T0 + 30, "window": [T0, T0 + 30],
+            "replicas": ["r1", "r2", "r3"], "keepalive": [0.5, 1.0], "copies": True}
+    unacknowledged = base(emitted=[e], redis=accept(job, 5.0, 9, "r1"), primaries=named,
+                          meta=meta)
+    verdict = check(unacknowledged).verdict("accepted delivered")
+    assert verdict.ok and verdict.figures["accepted"] == 0
+    assert any("no replica received" in note for note in verdict.notes)
+    # Not accepted, so its event must lie in an announced gap
+    assert "events lost only in gaps" in names(unacknowledged)
+    # A replica had it (even late): accepted, and lost
+    copied = base(emitted=[e], redis=accept(job, 5.0, 9, "r1") + [copy(job, 6.5)],
+                  primaries=named, meta=meta)
+    assert check(copied).verdict("accepted delivered").figures["lost"] == 1
+    # A replica's MONITOR was blind then: its copy may have gone unseen, so accepted
+    blind = base(emitted=[e], redis=accept(job, 5.0, 9, "r1"), primaries=named, meta=meta,
+                 store={"spool": [], "dead": {}, "blind": [["redis3", T0 + 4.0, T0 + 5.5]]})
+    assert check(blind).verdict("accepted delivered").figures["lost"] == 1
+    # The primary's own MONITOR blind (it restarted) hides no replica's copy
+    own = base(emitted=[e], redis=accept(job, 5.0, 9, "r1"), primaries=named, meta=meta,
+               store={"spool": [], "dead": {}, "blind": [["redis1", T0 + 4.0, T0 + 5.5]]})
+    assert check(own).verdict("accepted delivered").figures["accepted"] == 0
+    # Delivered: accepted whatever the feeds show (eventd sends only what it accepted)
+    delivered = base(emitted=[e], redis=accept(job, 5.0, 9, "r1"), primaries=named,
+                     meta=meta, requests=[hook(e, 6.0, "r1")])
+    assert check(delivered).verdict("accepted delivered").figures["delivered"] == 1
+    # A history recorded before copies were kept: every write on the named primary counts
+    old = base(emitted=[e], redis=accept(job, 5.0, 9, "r1"), primaries=named)
+    assert check(old).verdict("accepted delivered").figures["lost"] == 1
+
+
+def test_a_replica_s_copy_of_a_spool_write_is_kept_as_a_copy():
+    servers = {"redis1": "10.250.0.11", "redis2": "10.250.0.12"}
+    monitor = RedisMonitor(cast(Network, SimpleNamespace(hosts={})), servers, "eventd")
+    monitor.keep("redis2", '1796571852.861637 [0 10.250.0.11:6379] "HSET" "eventd:spool" '
+                           '"j1" "{}"')
+    monitor.keep("redis2", '1796571852.861640 [0 10.250.0.11:6379] "SET" '
+                           '"eventd:cluster:lease:acme" "vm:1" "PX" "10000"')
+    assert [(r["server"], r["args"], r.get("copy")) for r in monitor.snapshot()[0]] == \
+        [("redis2", ["j1"], True)]
 
 
 def test_the_primaries_sentinel_named_are_read_off_its_log():

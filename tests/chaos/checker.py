@@ -15,8 +15,10 @@ REST calls, the receiver's requests, Redis' commands, the store after the run) a
    reader held up in its sink answers no ping, then reads what the socket kept).
 3. events lost only in gaps: an emitted event whose action was never accepted lies inside an
    announced gap.
-4. accepted delivered: every job accepted in the spool (Redis ran its HSET) reached its server
-   (the receiver answered 2xx with its Idempotency-Key; the emulator answered its REST call).
+4. accepted delivered: every job accepted in the spool (Redis ran its HSET on the primary
+   Sentinel named, and a replica had its copy: what `spool_add`'s WAIT waits for) reached its
+   server (the receiver answered 2xx with its Idempotency-Key; the emulator answered its REST
+   call).
 5. order: per target and namespace, first deliveries follow acceptance order: when Redis ran
    the accepting script (the spool's seq orders jobs accepted in the same second); repeats of
    a key are counted (a receiver drops them by key), not failed. Not the seq alone: a
@@ -307,6 +309,9 @@ def accepted_delivered(history: History, faults: Faults, jobs: Jobs, window: lis
     if ghosts:
         verdict.notes.append(f"{len(ghosts)} delivered job(s) still in the spool after the "
                              "drain (their removal was lost): the next takeover sends them again")
+    if jobs.unacknowledged:
+        verdict.notes.append(f"{len(jobs.unacknowledged)} job(s) written on the primary that no "
+                             "replica received (WAIT never acknowledged them): not accepted")
     unnamed = jobs.unnamed - set(jobs.accepted)
     if unnamed:
         verdict.notes.append(f"{len(unnamed)} job(s) written only on a server Sentinel did not "

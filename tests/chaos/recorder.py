@@ -3,9 +3,12 @@
 `RedisMonitor` keeps, from each Redis server's MONITOR feed, the cluster's commands that tell
 its history: the lease scripts' inner SET/PEXPIRE/DEL (who held which stream, until when, as
 Redis saw it) and the spool's HSET/ZADD/HDEL (which job was accepted, in which order, and
-finished). A replica's MONITOR shows only its own clients' commands, not what it replicates,
-so the union over every server is what each one ran. A server that restarts leaves a blind
-moment until the monitor reconnects: it is measured and kept with the history.
+finished). A replica's MONITOR shows its own clients' commands and, from its primary's
+address, what it replicates: the union of the clients' commands over every server is what each
+one ran, and a spool write's copy on a replica (kept as `copy`) is what the primary's WAIT
+waits for, so the checker tells an acknowledged acceptance from a write no replica ever had.
+A server that restarts leaves a blind moment until the monitor reconnects: it is measured and
+kept with the history.
 
 `Load` emits container events at a steady rate, round-robin over the namespaces, and
 journals each one (a share are `Stopped`, which the REST rule acts on).
@@ -155,7 +158,7 @@ class RedisMonitor:
                 ready.set()
                 while not self._stop.is_set():
                     if connection.can_read(0.5):  # (a timed-out read would drop the connection)
-                        self._keep(role, str(connection.read_response()))
+                        self.keep(role, str(connection.read_response()))
             except (redis.RedisError, OSError):
                 if lost_at is None:
                     lost_at = time.time()
@@ -166,14 +169,20 @@ class RedisMonitor:
             with self._lock:
                 self.blind.append([role, lost_at, time.time()])
 
-    def _keep(self, role: str, line: str) -> None:
+    def keep(self, role: str, line: str) -> None:
+        """Keep what the history needs of server `role`'s MONITOR `line`."""
         parsed = parse_monitor_line(line)
         if parsed is None:
             return
         at, client, args = parsed
         address = client.rpartition(":")[0]
-        if address in self._nodes:
-            return  # a replica's copy of its primary's writes: the primary's feed has them
+        if address in self._nodes:  # a replica's copy of its primary's writes
+            copied = interesting(self.cluster, args)
+            if copied is not None and copied["key"] == "spool" and copied["op"] == "HSET":
+                copied.update(at=at, server=role, client=client, by=None, copy=True)
+                with self._lock:
+                    self.records.append(copied)
+            return  # the rest: the primary's feed has them
         if client != "lua" and args and args[0].upper() in ("EVALSHA", "EVAL"):
             self._caller[role] = self._hosts.get(address, address)
             return

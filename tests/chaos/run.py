@@ -391,7 +391,8 @@ class ChaosCluster:
                 "namespaces": list(self.settings.namespaces), "cluster": CLUSTER,
                 "replicas": list(self.roles), "hosts": hosts, "rate": self.settings.rate,
                 "sentinel": self.settings.sentinel, "started": self.started,
-                "ended": time.time(), "fences": fences, "keepalive": list(KEEPALIVE)}
+                "ended": time.time(), "fences": fences, "keepalive": list(KEEPALIVE),
+                "copies": True}  # the replicas' copies of spool writes are recorded
         return History(meta=meta, connections=connections, handshakes=handshakes,
                        rest_calls=rest_calls, requests=requests, emitted=emitted,
                        redis=redis_records, processes=processes, faults=faults,
