@@ -266,6 +266,31 @@ def test_order_is_acceptance_order_even_where_a_failover_handed_a_seq_out_again(
         [f"webhook/acme: job {forward_id(b)[:8]}"]
 
 
+def test_a_job_delivered_before_its_first_seen_acceptance_is_judged_by_its_bounds():
+    # Main 7bc92d3, 10 minutes, t+96: r3 wrote job x on redis2 just before a restart killed
+    # it (that record never reached the recorder: the feed was blind); r1, holding globex,
+    # sent x from the restarted redis2 at t+92.8; r3's retry wrote x again on redis1 at
+    # t+94.7, the one acceptance seen. r1's own jobs a1, a2, accepted at t+93.3 and sent
+    # after x, were called late behind it (57 jobs). x was accepted before it was sent.
+    x, a1, a2 = event("x", 1.0), event("a1", 2.0), event("a2", 2.1)
+    redis = accept(forward_id(a1), 5.0, 10, "r1") + accept(forward_id(a2), 5.05, 11, "r1") \
+        + accept(forward_id(x), 6.0, 20, "r3")
+    requests = [hook(x, 4.8, "r1"), hook(a1, 7.0, "r1"), hook(a2, 7.1, "r1"),
+                hook(x, 7.2, "r1")]
+    store = {"spool": [], "dead": {}, "blind": [["redis2", T0 + 3.9, T0 + 4.5]]}
+    history = base(emitted=[x, a1, a2], redis=redis, requests=requests, store=store)
+    verdict = check(history).verdict("per-target order")
+    assert verdict.ok, [v.what for v in verdict.violations]
+    assert any("before the first acceptance MONITOR saw" in note for note in verdict.notes)
+    # A job accepted before x's event and sent after x is late whenever x was accepted
+    early = event("e0", 0.5)
+    late = base(emitted=[early, x, a1, a2], redis=accept(forward_id(early), 0.6, 5, "r1")
+                + redis, requests=requests + [hook(early, 7.3, "r1")], store=store)
+    verdict = check(late).verdict("per-target order")
+    assert [v.what.split(" (")[0] for v in verdict.violations] == \
+        [f"webhook/acme: job {forward_id(early)[:8]}"]
+
+
 def test_a_job_written_on_a_server_sentinel_did_not_name_primary_is_not_accepted():
     # Chaos seed 15, t+167: redis1, killed and started again without --replicaof, was a
     # second primary for ~10 s; r3's spool_add ran its script there (WAIT found no replica,
