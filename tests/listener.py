@@ -1,6 +1,7 @@
 """Bare TCP servers for tests about what reached a port: a listener that records every byte
-(proving nothing reached "the other port"), and an HTTP server that never answers (a request
-held on its way)."""
+(proving nothing reached "the other port"), an HTTP server that never answers (a request
+held on its way), and a proxy that holds what clients send and lets it through later (a
+partition that drops packets silently, then heals)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,92 @@ class HoldingServer(_Acceptor):
                 data += chunk
                 if b"\r\n\r\n" in data and data not in self.requests:
                     self.requests.append(data)
+
+
+class DelayingProxy(_Acceptor):
+    """A TCP proxy to a server on 127.0.0.1 that delays what clients send as a silent
+    partition does: while `holding`, each connection's bytes are kept (the sender's kernel
+    keeps what was not acknowledged and sends it again), and `release()` sends them on, as
+    TCP does once the partition heals, also for a connection its client closed meanwhile (a
+    closed socket's unsent data still goes). `settled()`: every released connection whose
+    client had gone has had the server's answer and its close."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.holding = False
+        self._lock = threading.Lock()
+        self._held: dict[socket.socket, bytearray] = {}  # upstream -> bytes kept
+        self._gone: set[socket.socket] = set()  # upstreams whose client closed
+        self._released: set[socket.socket] = set()  # let through after their client went
+        super().__init__()
+
+    def _accepted(self, conn: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        for pump in (self._forward, self._answer):
+            thread = threading.Thread(target=pump, args=(conn, upstream), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _forward(self, conn: socket.socket, upstream: socket.socket) -> None:
+        conn.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                chunk = b""
+            with self._lock:
+                kept = upstream in self._held
+                if chunk and (self.holding or kept):  # in order: behind what is kept
+                    self._held.setdefault(upstream, bytearray()).extend(chunk)
+                    continue
+                if not chunk:
+                    self._gone.add(upstream)
+            if not chunk:
+                if not kept:
+                    _shut(upstream)
+                return
+            upstream.sendall(chunk)
+
+    def _answer(self, conn: socket.socket, upstream: socket.socket) -> None:
+        upstream.settimeout(0.1)
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = upstream.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                if upstream not in self._gone:
+                    conn.sendall(data)
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._released.discard(upstream)
+            for sock in (conn, upstream):
+                sock.close()
+
+    def release(self) -> None:
+        """Stop holding and send every connection's kept bytes on to the server."""
+        with self._lock:
+            self.holding = False
+            held, self._held = self._held, {}
+            for upstream, data in held.items():
+                upstream.sendall(data)
+                if upstream in self._gone:
+                    self._released.add(upstream)
+                    _shut(upstream)
+
+    def settled(self) -> bool:
+        with self._lock:
+            return not self._released
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass

@@ -25,11 +25,13 @@ from eventd.events import Received, parse_datetime, stream_event
 from eventd.records import ActionJob
 from eventd.settings import Settings, parse_namespaces
 from eventd.stores import open_store
+from eventd.stores.backpressure import until_stored, waiting_for
 from eventd.stores.redis import RedisStore
+from eventd.stores.redis.connect import parse
 from tests.actions import make_context, make_job, sample
 from tests.cluster_helpers import Cluster, cluster_fixture
 from tests.daemon_helpers import emulator_env, start_daemon, write_rules
-from tests.listener import HoldingServer
+from tests.listener import DelayingProxy, HoldingServer
 from tests.waiting import wait_until
 
 
@@ -423,6 +425,53 @@ def test_a_job_is_accepted_unless_another_replica_holds_its_lease(cluster):
         assert [j.id for j in store.spool_pending()] == ["j1", "j2", "j3", "j5"]
     finally:
         store.close()
+
+
+def test_a_refused_accept_sent_again_once_a_partition_heals_writes_nothing(cluster):
+    # Main 7bc92d3, 10 minutes, t+559.7: r1, cut off from everything while it held globex,
+    # was accepting the job of an event it had read. Its try timed out, the request still in
+    # its socket's send queue; a try after the heal was refused (r3 held globex by then) and
+    # the engine dropped the event, in the gap r3 announced. r1 took globex again, and 4.9 s
+    # after the refusal the kernel's last retransmission of the first try reached Redis,
+    # which accepted the job then: r1's sweep found it and sent it after newer jobs.
+    location = parse(cluster.url)
+    [(_, port)] = location.hosts
+    proxy = DelayingProxy(port)
+    store = opened(f"redis://127.0.0.1:{proxy.port}/{location.db}", cluster.name)
+    key = Keys(cluster.name).lease("acme")
+    stopping = threading.Event()
+    outcome: list[object] = []
+
+    def job(n: int) -> ActionJob:
+        return ActionJob(id=f"j{n}", rule="r", kind="webhook", options={},
+                         event={"uuid": f"u{n}"}, target="webhook:t", created_at=float(n))
+
+    def accept() -> None:  # the engine's accept of its event: it waits while Redis is away
+        try:
+            outcome.append(until_stored(lambda: store.spool_add(job(2), lease=(key, "a:", "4")),
+                                        stopping, "spool_add"))
+        except LeaseLost:
+            outcome.append("refused")
+
+    try:
+        cluster.client.set(key, "a:4")
+        assert store.spool_add(job(1), lease=(key, "a:", "4"))  # a connection, the script
+        proxy.holding = True  # the partition
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        cluster.client.set(key, "b:5")  # b took the stream meanwhile
+        wait_until(lambda: waiting_for(stopping) > 0, 20, 0.01, "the accept's tries timed out")
+        proxy.holding = False  # healed: the next try goes through; the held ones are on their way
+        thread.join(20)
+        assert outcome == ["refused"]
+        cluster.client.set(key, "a:6")  # a holds the lease again
+        proxy.release()  # the held tries reach Redis, as the kernel sends them again
+        wait_until(proxy.settled, 10, 0.05, "Redis answered the held tries")
+        assert [j.id for j in store.spool_pending()] == ["j1"]
+    finally:
+        stopping.set()
+        store.close()
+        proxy.close()
 
 
 _HOLDINGS = st.one_of(

@@ -199,7 +199,7 @@ def test_a_job_finished_lately_is_not_accepted_again_by_a_retry_or_another_repli
         assert a.spool_add(first)
         assert [j.id for j in b.spool_pending()] == ["id-1"]
         b.spool_done("id-1")  # delivered by b
-        a._unsure_adds.add("id-1")  # a's first try raised after Redis had run it
+        a._unsure_adds["id-1"] = "a-call-1"  # a's first try raised after Redis had run it
         assert a.spool_add(first) is False  # the retry: accepted already, and finished
         assert b.spool_add(job(1)) is False  # the other side of a split brain
         assert a.spool_count() == 0 and a.spool_pending() == []

@@ -12,6 +12,8 @@ one Redis. What lives where:
                         (an add retried after an unconfirmed write, both sides of a split brain)
     spool:late          HASH  "<lease key>|<target>" -> the last job accepted for a stream handed
                         over after another replica took it: the holder's jobs go behind it
+    spool:refused       ZSET  a spool_add call refused (lease lost) in the last 10 min, by when:
+                        a copy of it landing later (sent again after a partition) is refused
     dead, dead:order    HASH  id -> {job, reason, at};  ZSET id by seq
     throttle            HASH  key -> "acquired at|by call";  throttle:until  ZSET key by expiry
     marks               ZSET  loop-guard key by "until"
@@ -163,28 +165,31 @@ class RedisStore(AlertRoles, SilenceRoles):
         target that the replica which handed the stream over accepted after the holder took
         it (events its engine still held), still spooled. Such a job must go out through the
         spool, after the late one, not at once."""
+        # A try whose answer was lost may still land (its request was sent again by the
+        # kernel once a partition healed): every later try of the job is the same call, so
+        # that whichever copy lands first decides and the others hear the same answer.
+        call = self._unsure_adds.get(job.id) or self._call_token()
         try:
-            added = self._spool_add(job, lease)
+            added = self._spool_add(job, lease, call)
         except redis.RedisError:
-            self._unsure_adds.add(job.id)
+            self._unsure_adds[job.id] = call
             raise
+        unsure = self._unsure_adds.pop(job.id, None) is not None
         if added == 3:
-            self._unsure_adds.discard(job.id)
             raise LeaseLost(f"job {job.id} not accepted: the lease {lease[0] if lease else ''} "
                             "is another replica's now")
         if added == 2:  # finished lately (this call's earlier try accepted it, or another's)
-            self._unsure_adds.discard(job.id)
             return False, False
-        if job.id in self._unsure_adds:
-            self._unsure_adds.discard(job.id)
+        if unsure:
             return True, added == 4  # the earlier call (answer lost) or this one accepted it
         return bool(added), added == 4
 
-    def _spool_add(self, job: ActionJob, lease: tuple[str, ...] | None = None) -> int:
+    def _spool_add(self, job: ActionJob, lease: tuple[str, ...] | None, call: str) -> int:
         """The script's answer: 1 added (by this call), 0 spooled already, 2 finished lately,
-        3 refused (another replica holds the `lease`), 4 added behind a late job."""
+        3 refused (another replica holds the `lease`, or this call was refused before), 4
+        added behind a late job."""
         args: list[str | int] = [self.prefix, job.id, job.target, _dump(job), job.attempts,
-                                 self._call_token(), *(lease or ())]
+                                 call, *(lease or ())]
         if not self._replicas or (self._alone and not self._recheck_alone()):
             return int(self._scripts["SPOOL_ADD"](args=args))
         # Behind Sentinel, a job is accepted once a replica has it too: a failover promotes

@@ -128,7 +128,8 @@ class RedisClient:
         self._state_lock = threading.Lock()
         self._on_error: Callable[[str], None] | None = None
         self._on_state: Callable[[bool], None] | None = None
-        self._unsure_adds: set[str] = set()  # spool_add calls whose answer was lost
+        #: job id -> the spool_add call whose answer was lost (its next try is that call)
+        self._unsure_adds: dict[str, str] = {}
         self._unsure_throttles: dict[str, str] = {}  # key -> `now` of a call whose answer was lost
         self._marks_written = 0
         self._calls = 0
@@ -183,7 +184,8 @@ class RedisClient:
         return self._scripts[script](args=[self.prefix, *args])
 
     def _call_token(self) -> str:
-        """A name for one call, the same in each of redis-py's retries of it."""
+        """A name for one call, the same in each of redis-py's retries of it (and, for a
+        `spool_add` whose answer was lost, in each later try of it: `spool_add_fenced`)."""
         with self._state_lock:
             self._calls += 1
             return f"{self.owner}:{self._calls}"

@@ -4,7 +4,7 @@ Keys are built from the prefix (ARGV[1]) inside the scripts where the target of 
 known from Redis, so the store runs on one Redis (standalone or Sentinel), not Redis Cluster.
 Layout under `<cluster>:` (see the package docstring for what each holds):
     seq  spool  spool:att  spool:target  spool:by  spool:order  spool:t:<target>  spool:targets
-    spool:gone  spool:late
+    spool:gone  spool:late  spool:refused
     dead  dead:order  throttle  throttle:until  marks  dedupe  limit:<key>  lease:<name>
 """
 
@@ -59,8 +59,15 @@ GONE_SECONDS = 600
 # `spool:late` names it for the holder's lease and target. The holder's own accept that finds
 # such a late job still spooled answers 4 (accepted, behind it): it goes through the spool,
 # after the late job, rather than at once.
-SPOOL_ADD = """
+# A call refused (3) is remembered GONE_SECONDS in `spool:refused`, and every copy of it that
+# lands later is refused too: a try whose answer was lost (a socket timeout in a partition)
+# stays in its connection's send queue, and the kernel sends it again when the partition
+# heals, after the call's next try was refused (main 7bc92d3, 10 minutes, t+559.7 to t+572.8:
+# r1's accept of a job its engine then dropped ran 4.9 s after that refusal, once r1 held the
+# lease again, and the job went out after newer ones).
+SPOOL_ADD = f"""
 local p, id, target = ARGV[1], ARGV[2], ARGV[3]
+if ARGV[6] and redis.call('ZSCORE', p .. 'spool:refused', ARGV[6]) then return 3 end
 if redis.call('HEXISTS', p .. 'spool', id) == 1 then
   if redis.call('HGET', p .. 'spool:by', id) == ARGV[6] then return 1 end
   return 0
@@ -76,7 +83,15 @@ if ARGV[7] then
     if held and held < mine then other = false end
   end
   late = ARGV[7] .. '|' .. target
-  if other and ARGV[9] ~= 'any' then return 3 end
+  if other and ARGV[9] ~= 'any' then
+    if ARGV[6] then
+      local now = tonumber(redis.call('TIME')[1])
+      redis.call('ZADD', p .. 'spool:refused', now, ARGV[6])
+      redis.call('ZREMRANGEBYSCORE', p .. 'spool:refused', '-inf', now - {GONE_SECONDS})
+      redis.call('EXPIRE', p .. 'spool:refused', {GONE_SECONDS})
+    end
+    return 3
+  end
   if other then
     redis.call('HSET', p .. 'spool:late', late, id)
   else
