@@ -838,12 +838,18 @@ def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(c
                        >= parse_datetime(before["datetime"]) - 0.05, 3 * ttl)
             held = emu.emit_event(state="Hold", namespace="acme")  # a's sink blocks on it
             held_at = time.monotonic()
-            wait_until(lambda: cluster.holder("acme") == "b" and b["consumers"]
-                       and b["consumers"][-1].connected, timeout=4 * ttl + 3)
+            wait_until(lambda: not a["coordinator"].holds("acme"), timeout=4 * ttl + 3)
+            given_at = time.monotonic()
+            wait_until(lambda: cluster.holder("acme") == "b", timeout=4 * ttl)
+            # freed with the hand-over, not left to run out (2/3 TTL or more after it)
+            assert time.monotonic() - given_at < ttl / 2, time.monotonic() - given_at
+            wait_until(lambda: b["consumers"] and b["consumers"][-1].connected, timeout=5)
             taken_after = time.monotonic() - held_at
             assert cluster.holder("acme") == "b"
             assert not a["coordinator"].holds("acme")
             wait_until(lambda: emu.namespace_counts() == {"acme": 1}, 5)  # a's connection closed
+            first, *_, last = emu.stream_connections()  # a's, then b's
+            assert first.closed is not None and first.closed <= last.opened, (first, last)
             # b announces the gap from the last event a processed, so the held one is in it
             marker = next(r.event for r in b["received"]
                           if r.internal and r.event["state"] == "connected")
@@ -862,6 +868,62 @@ def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(c
             hold.set()
             a["coordinator"].stop(3)
             b["coordinator"].stop(3)
+
+
+def test_a_stalled_reader_s_stream_is_freed_at_once_unless_its_connection_may_be_open(cluster):
+    # Chaos seed 1 (10 minutes, 7bc92d3), t+191.6: r1's reader of initech was held up a TTL
+    # by its engine's backlog after a 30 s stalled spool_add; r1 handed it over and let its
+    # lease run out (a TTL after the last renewal). A Redis restart and a failover came
+    # meanwhile, and with the grace after them r2 took it at t+198.7: a 10.1 s gap, where
+    # globex, which r1 freed at the same tick (cut off), was taken 11 ms later. The held
+    # reader's socket is shut by the close: the lease is freed there and then, at the last
+    # event processed. It is left to expire when the reader let go and has not stopped (its
+    # connection may still be open).
+    from eventd.cluster.progress import Tracker
+
+    tracker = Tracker(["acme"])
+    coordinator, streams, consumers = _lone_coordinator(cluster, ("acme",), tracker)
+    other = Membership(cluster.client, Keys(cluster.name), "b", ttl=30)
+    leases = Leases(cluster.client, Keys(cluster.name), "b", ttl=30)
+    processed = time.time() - 5
+
+    def batch(at: float) -> list[Received]:
+        return [Received({"type": "container", "namespace": "acme", "uuid": str(at)}, at)]
+
+    try:
+        coordinator._tick()  # alone: it takes acme
+        assert coordinator.held() == ["acme"]
+        tracker.received(batch(processed))
+        tracker.processed(batch(processed))
+        tracker.received(batch(processed + 3))  # the batch its held reader is in
+        consumers[0].held = 31.0  # held up in its sink for more than a TTL
+        other.heartbeat({})  # b can read
+        coordinator._tick()
+        assert coordinator.held() == [] and consumers[0].stopped.is_set()
+        assert cluster.holder("acme") is None  # freed, not left to expire for 30 s
+        progress = leases.progress("acme")
+        assert progress.released and progress.at == pytest.approx(processed, abs=0.01)
+        assert other.live()["a"].get("standby") is True  # said before the others look
+        # Taken again; this time its reader leaves the sink as it is told to stop and reads on
+        # (a close handshake under way): its connection may be open, the lease expires
+        cluster.client.delete(f"{cluster.name}:cluster:lease:acme")
+        coordinator._cut_off_until = 0.0
+        other.heartbeat({"standby": True})
+        coordinator._tick()
+        assert coordinator.held() == ["acme"] and len(consumers) == 2
+        reading = consumers[1]
+        reading.held = 31.0
+        reading.close = lambda: setattr(reading, "held", 0.0)  # type: ignore[method-assign]
+        other.heartbeat({})
+        coordinator._tick()
+        assert coordinator.held() == [] and not reading.stopped.is_set()
+        assert cluster.holder("acme") == "a"  # left to expire
+        progress = leases.progress("acme")
+        assert not progress.released and progress.at == pytest.approx(processed, abs=0.01)
+    finally:
+        for consumer in consumers:
+            consumer.stopped.set()
+        streams.stop_all(2)
 
 
 def test_a_request_on_its_way_when_the_lease_is_lost_is_reset_and_left_for_the_next_holder(
