@@ -766,6 +766,34 @@ def test_a_replica_cut_off_from_the_stream_hands_its_lease_over_and_stands_by(cl
         streams.stop_all(2)
 
 
+def test_a_replica_cut_off_from_the_stream_hands_it_to_one_only_its_store_holds_up(cluster):
+    # Chaos seed 1 (10 minutes, 7bc92d3), t+414: r2, cut off from the stream server, held
+    # acme and umbrella for 8.1 s while every other replica's engine waited on a spool_add
+    # after a failover (until the old primary had resynced as a replica); their readers read
+    # on, but with their engines held they stood by, and r2 handed nothing over until r3's
+    # store answered. A replica that stands by only for its store says `reading`: a stream
+    # that nobody reads here goes to it (it takes a free stream when no other can).
+    coordinator, streams, consumers = _lone_coordinator(cluster, ("acme",))
+    other = Membership(cluster.client, Keys(cluster.name), "b", ttl=30)
+    try:
+        coordinator._tick()  # alone: it takes acme
+        assert coordinator.held() == ["acme"]
+        consumers[0].down = 31.0  # no connection for more than a TTL
+        # b stands by and its reader is held up (or it is cut off and its store holds it)
+        other.heartbeat({"standby": True, "stalled": True})
+        coordinator._tick()
+        assert coordinator.held() == ["acme"] and not consumers[0].stopped.is_set()
+        other.heartbeat({"standby": True, "stalled": True, "reading": True})
+        coordinator._tick()
+        assert coordinator.held() == [] and consumers[0].stopped.is_set()
+        assert cluster.holder("acme") is None
+        assert Leases(cluster.client, Keys(cluster.name), "b", ttl=30).progress("acme").released
+        coordinator._tick()  # a stands by and b can read it: a does not take it back
+        assert coordinator.held() == [] and len(consumers) == 1
+    finally:
+        streams.stop_all(2)
+
+
 # -- a stalled reader, requests on their way when the lease ends (chaos seed 14) ----------------
 def _leased_replica(cluster, emu: Emulator, replica_id: str, ttl: float,
                     hold: threading.Event | None) -> dict[str, Any]:
@@ -1022,10 +1050,15 @@ def test_a_replica_whose_engine_waits_on_the_store_takes_no_free_stream_while_an
         assert coordinator.held() == [] and consumers == []  # left for b
         said = other.live()["a"]
         assert said.get("standby") is True and said.get("stalled") is True
+        assert said.get("reading") is True  # held by its store alone: a cut-off one hands to it
         assert quota("b", other.live(), 1, 0) == 1  # b takes a's share at once
         other.heartbeat({"stalled": True})  # b's store is stalled too (a failover): a takes
         coordinator._tick()
         assert coordinator.held() == ["acme"]
+        consumers[0].held = 2.0  # its reader held up past a third of the TTL: not reading
+        coordinator._tick()
+        said = other.live()["a"]
+        assert said.get("stalled") is True and not said.get("reading")
     finally:
         stopping.set()
         engine.join(5)

@@ -368,8 +368,11 @@ class Coordinator:
             else:
                 logger.info("cluster: taking free streams again (engine not waiting on the "
                             "store, or no other replica can read them)")
+        # A replica standing by (cut off) leaves free streams to one its store alone holds too
+        reading = others_read or any(r != self.replica_id and info.get("reading")
+                                     for r, info in live.items())
         try:
-            self._balance(want, engine_held, others_read)
+            self._balance(want, engine_held, reading)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return
@@ -381,10 +384,15 @@ class Coordinator:
         instead of handing streams over to it."""
         info = self._info()
         engine_held = self._engine_held()
-        if self._standing_by() or engine_held:
+        standing_by, reader_stalled = self._standing_by(), self._reader_stalled()
+        if standing_by or engine_held:
             info = {**info, "standby": True}
-        if self._reader_stalled() or engine_held:
+        if reader_stalled or engine_held:
             info = {**info, "stalled": True}
+        if engine_held and not standing_by and not reader_stalled:
+            # Held by its store alone: its readers read on (into the engine's queue), so it
+            # can take a stream that a replica cut off from the stream server cannot read
+            info = {**info, "reading": True}
         return info
 
     def _engine_held(self) -> bool:
@@ -405,8 +413,13 @@ class Coordinator:
         """Give back each lease whose stream has had no connection for 2/3 TTL, if another
         replica could take it: this one is cut off from the stream server (a partition, a
         handshake that hangs), and holding on would leave the stream unconsumed until the
-        partition heals. The next holder announces and backfills the gap."""
-        others = [r for r, info in live.items() if r != self.replica_id and not info.get("standby")]
+        partition heals. The next holder announces and backfills the gap. A replica standing
+        by only because its engine waits on the store (`reading`) could take it too: it
+        takes a free stream when no other can, and reads it (chaos seed 1, t+414: r2, cut
+        off, held acme and umbrella for 8 s while every other replica's engine waited on a
+        spool_add after a failover, their readers reading on)."""
+        others = [r for r, info in live.items() if r != self.replica_id
+                  and (not info.get("standby") or info.get("reading"))]
         if not others:
             return
         with self._held_lock:
