@@ -796,10 +796,13 @@ def test_a_replica_cut_off_from_the_stream_hands_it_to_one_only_its_store_holds_
 
 # -- a stalled reader, requests on their way when the lease ends (chaos seed 14) ----------------
 def _leased_replica(cluster, emu: Emulator, replica_id: str, ttl: float,
-                    hold: threading.Event | None) -> dict[str, Any]:
+                    hold: threading.Event | None, stream_url: str | None = None,
+                    store_waiting: Any = None) -> dict[str, Any]:
     """A coordinator with real stream consumers of `emu` (namespace acme); `hold`: its sink
     blocks on an event whose state is `Hold` until that is set (a store that no Redis replica
-    confirms a write to). What its sink let through is in `received`."""
+    confirms a write to). What its sink let through is in `received`. `stream_url`: the
+    stream server's address as this replica reaches it (a proxy that can cut it off);
+    `store_waiting`: how long its engine has waited on the store."""
     from eventd.clients.dockercloud.auth import Credentials
     from eventd.cluster.coordinator import Coordinator
     from eventd.cluster.metrics import ClusterMetrics
@@ -824,7 +827,7 @@ def _leased_replica(cluster, emu: Emulator, replica_id: str, ttl: float,
         sink = fenced(tagging(record, ns), fence, lambda: coordinator.lease_lost(label(ns)),
                       metrics)
         made = StreamConsumer(
-            url=Settings.from_env({"DOCKERCLOUD_STREAM_HOST": emu.stream_url,
+            url=Settings.from_env({"DOCKERCLOUD_STREAM_HOST": stream_url or emu.stream_url,
                                    "DOCKERCLOUD_NAMESPACE": ns}).stream_url,
             credentials=Credentials(header=emu.auth_header, source="test"), sink=sink,
             metrics=metrics, stopping=threading.Event(),
@@ -839,7 +842,7 @@ def _leased_replica(cluster, emu: Emulator, replica_id: str, ttl: float,
         cluster.client, cluster=cluster.name, namespaces=("acme",), ttl=ttl, streams=streams,
         tracker=tracker, metrics=metrics,
         cluster_metrics=ClusterMetrics(metrics.registry, ["acme"]), info=dict, max_gap=900,
-        replica_id=replica_id)
+        replica_id=replica_id, store_waiting=store_waiting)
     return replica
 
 
@@ -952,6 +955,57 @@ def test_a_stalled_reader_s_stream_is_freed_at_once_unless_its_connection_may_be
         for consumer in consumers:
             consumer.stopped.set()
         streams.stop_all(2)
+
+
+def test_a_stream_cut_off_goes_to_a_replica_whose_engine_alone_waits_and_is_read(
+        cluster, tmp_path):
+    # Chaos seed 1 (10 minutes, 7bc92d3), t+414, with real consumers: a is cut off from the
+    # stream server (a proxy that drops every connection and refuses new ones) while b's
+    # engine waits on a store that does not answer. b stands by (its engine held), yet reads:
+    # a hands the stream over, b takes it and is connected, well before a's cut heals.
+    from eventd.errors import StoreError
+    from eventd.stores.backpressure import until_stored, waiting_for
+    from tests.bus_servers import TcpProxy
+    from tests.cluster_helpers import PrivateRedis
+
+    ttl = 1.5
+    stopping = threading.Event()
+    server = PrivateRedis(tmp_path).start()
+    down = opened(server.url, cluster.name)
+    server.stop()  # b's engine's store: unreachable from now on
+    job = ActionJob(id="j1", rule="r", kind="webhook", options={}, event={"uuid": "u1"},
+                    target="webhook:t", created_at=1.0)
+    engine = threading.Thread(target=lambda: pytest.raises(
+        StoreError, until_stored, lambda: down.spool_add(job), stopping, "spool_add"))
+    with Emulator(tick=0.02, namespaces=("acme",)) as emu:
+        proxy = TcpProxy(emu.stream_port)
+        a = _leased_replica(cluster, emu, "a", ttl, None,
+                            stream_url=f"ws://127.0.0.1:{proxy.port}")
+        b = _leased_replica(cluster, emu, "b", ttl, None,
+                            store_waiting=lambda: waiting_for(stopping))
+        members = Membership(cluster.client, Keys(cluster.name), "c", ttl=ttl)
+        try:
+            a["coordinator"].start()  # alone: it takes acme
+            wait_until(lambda: emu.namespace_counts() == {"acme": 1}, 10)
+            engine.start()
+            wait_until(lambda: waiting_for(stopping) > ttl / 3 + 0.1, 15)
+            b["coordinator"].start()
+            wait_until(lambda: members.live().get("b", {}).get("standby") is True, 3 * ttl)
+            proxy.cut()
+            cut_at = time.monotonic()
+            wait_until(lambda: cluster.holder("acme") == "b" and b["consumers"]
+                       and b["consumers"][-1].connected, timeout=6 * ttl)
+            assert time.monotonic() - cut_at < 2 * ttl + 1.5, time.monotonic() - cut_at
+            emu.emit_event(state="After", namespace="acme")
+            wait_until(lambda: any(r.event.get("state") == "After" for r in b["received"]), 5)
+        finally:
+            stopping.set()
+            a["coordinator"].stop(3)
+            b["coordinator"].stop(3)
+            proxy.close()
+            engine.join(5)
+            down.close()
+            server.stop()
 
 
 def test_a_request_on_its_way_when_the_lease_is_lost_is_reset_and_left_for_the_next_holder(
