@@ -470,8 +470,8 @@ class Coordinator:
         stalled = [name for name, hold in holds.items() if hold > self.ttl * HELD_SHARE]
         if not stalled:
             return
-        # A TTL at least (the lease's end in Redis, for another to take it), then for as long
-        # as the held reader is held
+        # A TTL at least (for another to take it, or the lease's end in Redis if it is left to
+        # run out), then for as long as the held reader is held
         self._cut_off_until = max(self._cut_off_until, time.monotonic() + self.ttl)
         with self._held_lock:  # first: the sink's fence lets no batch through from now on
             leases = {name: self._held.pop(name) for name in stalled if name in self._held}
