@@ -815,12 +815,43 @@ def test_a_replica_cut_off_from_the_stream_hands_its_lease_over_and_stands_by(cl
         streams.stop_all(2)
 
 
+def test_a_replica_cut_off_from_the_stream_hands_it_to_one_only_its_store_holds_up(cluster):
+    # Chaos seed 1 (10 minutes, 7bc92d3), t+414: r2, cut off from the stream server, held
+    # acme and umbrella for 8.1 s while every other replica's engine waited on a spool_add
+    # after a failover (until the old primary had resynced as a replica); their readers read
+    # on, but with their engines held they stood by, and r2 handed nothing over until r3's
+    # store answered. A replica that stands by only for its store says `reading`: a stream
+    # that nobody reads here goes to it (it takes a free stream when no other can).
+    coordinator, streams, consumers = _lone_coordinator(cluster, ("acme",))
+    other = Membership(cluster.client, Keys(cluster.name), "b", ttl=30)
+    try:
+        coordinator._tick()  # alone: it takes acme
+        assert coordinator.held() == ["acme"]
+        consumers[0].down = 31.0  # no connection for more than a TTL
+        # b stands by and its reader is held up (or it is cut off and its store holds it)
+        other.heartbeat({"standby": True, "stalled": True})
+        coordinator._tick()
+        assert coordinator.held() == ["acme"] and not consumers[0].stopped.is_set()
+        other.heartbeat({"standby": True, "stalled": True, "reading": True})
+        coordinator._tick()
+        assert coordinator.held() == [] and consumers[0].stopped.is_set()
+        assert cluster.holder("acme") is None
+        assert Leases(cluster.client, Keys(cluster.name), "b", ttl=30).progress("acme").released
+        coordinator._tick()  # a stands by and b can read it: a does not take it back
+        assert coordinator.held() == [] and len(consumers) == 1
+    finally:
+        streams.stop_all(2)
+
+
 # -- a stalled reader, requests on their way when the lease ends (chaos seed 14) ----------------
 def _leased_replica(cluster, emu: Emulator, replica_id: str, ttl: float,
-                    hold: threading.Event | None) -> dict[str, Any]:
+                    hold: threading.Event | None, stream_url: str | None = None,
+                    store_waiting: Any = None) -> dict[str, Any]:
     """A coordinator with real stream consumers of `emu` (namespace acme); `hold`: its sink
     blocks on an event whose state is `Hold` until that is set (a store that no Redis replica
-    confirms a write to). What its sink let through is in `received`."""
+    confirms a write to). What its sink let through is in `received`. `stream_url`: the
+    stream server's address as this replica reaches it (a proxy that can cut it off);
+    `store_waiting`: how long its engine has waited on the store."""
     from eventd.clients.dockercloud.auth import Credentials
     from eventd.cluster.coordinator import Coordinator
     from eventd.cluster.metrics import ClusterMetrics
@@ -845,7 +876,7 @@ def _leased_replica(cluster, emu: Emulator, replica_id: str, ttl: float,
         sink = fenced(tagging(record, ns), fence, lambda: coordinator.lease_lost(label(ns)),
                       metrics)
         made = StreamConsumer(
-            url=Settings.from_env({"DOCKERCLOUD_STREAM_HOST": emu.stream_url,
+            url=Settings.from_env({"DOCKERCLOUD_STREAM_HOST": stream_url or emu.stream_url,
                                    "DOCKERCLOUD_NAMESPACE": ns}).stream_url,
             credentials=Credentials(header=emu.auth_header, source="test"), sink=sink,
             metrics=metrics, stopping=threading.Event(),
@@ -860,7 +891,7 @@ def _leased_replica(cluster, emu: Emulator, replica_id: str, ttl: float,
         cluster.client, cluster=cluster.name, namespaces=("acme",), ttl=ttl, streams=streams,
         tracker=tracker, metrics=metrics,
         cluster_metrics=ClusterMetrics(metrics.registry, ["acme"]), info=dict, max_gap=900,
-        replica_id=replica_id)
+        replica_id=replica_id, store_waiting=store_waiting)
     return replica
 
 
@@ -887,12 +918,18 @@ def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(c
                        >= parse_datetime(before["datetime"]) - 0.05, 3 * ttl)
             held = emu.emit_event(state="Hold", namespace="acme")  # a's sink blocks on it
             held_at = time.monotonic()
-            wait_until(lambda: cluster.holder("acme") == "b" and b["consumers"]
-                       and b["consumers"][-1].connected, timeout=4 * ttl + 3)
+            wait_until(lambda: not a["coordinator"].holds("acme"), timeout=4 * ttl + 3)
+            given_at = time.monotonic()
+            wait_until(lambda: cluster.holder("acme") == "b", timeout=4 * ttl)
+            # freed with the hand-over, not left to run out (2/3 TTL or more after it)
+            assert time.monotonic() - given_at < ttl / 2, time.monotonic() - given_at
+            wait_until(lambda: b["consumers"] and b["consumers"][-1].connected, timeout=5)
             taken_after = time.monotonic() - held_at
             assert cluster.holder("acme") == "b"
             assert not a["coordinator"].holds("acme")
             wait_until(lambda: emu.namespace_counts() == {"acme": 1}, 5)  # a's connection closed
+            first, *_, last = emu.stream_connections()  # a's, then b's
+            assert first.closed is not None and first.closed <= last.opened, (first, last)
             # b announces the gap from the last event a processed, so the held one is in it
             marker = next(r.event for r in b["received"]
                           if r.internal and r.event["state"] == "connected")
@@ -911,6 +948,113 @@ def test_a_replica_whose_reader_a_stalled_store_holds_up_hands_its_stream_over(c
             hold.set()
             a["coordinator"].stop(3)
             b["coordinator"].stop(3)
+
+
+def test_a_stalled_reader_s_stream_is_freed_at_once_unless_its_connection_may_be_open(cluster):
+    # Chaos seed 1 (10 minutes, 7bc92d3), t+191.6: r1's reader of initech was held up a TTL
+    # by its engine's backlog after a 30 s stalled spool_add; r1 handed it over and let its
+    # lease run out (a TTL after the last renewal). A Redis restart and a failover came
+    # meanwhile, and with the grace after them r2 took it at t+198.7: a 10.1 s gap, where
+    # globex, which r1 freed at the same tick (cut off), was taken 11 ms later. The held
+    # reader's socket is shut by the close: the lease is freed there and then, at the last
+    # event processed. It is left to expire when the reader let go and has not stopped (its
+    # connection may still be open).
+    from eventd.cluster.progress import Tracker
+
+    tracker = Tracker(["acme"])
+    coordinator, streams, consumers = _lone_coordinator(cluster, ("acme",), tracker)
+    other = Membership(cluster.client, Keys(cluster.name), "b", ttl=30)
+    leases = Leases(cluster.client, Keys(cluster.name), "b", ttl=30)
+    processed = time.time() - 5
+
+    def batch(at: float) -> list[Received]:
+        return [Received({"type": "container", "namespace": "acme", "uuid": str(at)}, at)]
+
+    try:
+        coordinator._tick()  # alone: it takes acme
+        assert coordinator.held() == ["acme"]
+        tracker.received(batch(processed))
+        tracker.processed(batch(processed))
+        tracker.received(batch(processed + 3))  # the batch its held reader is in
+        consumers[0].held = 31.0  # held up in its sink for more than a TTL
+        other.heartbeat({})  # b can read
+        coordinator._tick()
+        assert coordinator.held() == [] and consumers[0].stopped.is_set()
+        assert cluster.holder("acme") is None  # freed, not left to expire for 30 s
+        progress = leases.progress("acme")
+        assert progress.released and progress.at == pytest.approx(processed, abs=0.01)
+        assert other.live()["a"].get("standby") is True  # said before the others look
+        # Taken again; this time its reader leaves the sink as it is told to stop and reads on
+        # (a close handshake under way): its connection may be open, the lease expires
+        cluster.client.delete(f"{cluster.name}:cluster:lease:acme")
+        coordinator._cut_off_until = 0.0
+        other.heartbeat({"standby": True})
+        coordinator._tick()
+        assert coordinator.held() == ["acme"] and len(consumers) == 2
+        reading = consumers[1]
+        reading.held = 31.0
+        reading.close = lambda: setattr(reading, "held", 0.0)  # type: ignore[method-assign]
+        other.heartbeat({})
+        coordinator._tick()
+        assert coordinator.held() == [] and not reading.stopped.is_set()
+        assert cluster.holder("acme") == "a"  # left to expire
+        progress = leases.progress("acme")
+        assert not progress.released and progress.at == pytest.approx(processed, abs=0.01)
+    finally:
+        for consumer in consumers:
+            consumer.stopped.set()
+        streams.stop_all(2)
+
+
+def test_a_stream_cut_off_goes_to_a_replica_whose_engine_alone_waits_and_is_read(
+        cluster, tmp_path):
+    # Chaos seed 1 (10 minutes, 7bc92d3), t+414, with real consumers: a is cut off from the
+    # stream server (a proxy that drops every connection and refuses new ones) while b's
+    # engine waits on a store that does not answer. b stands by (its engine held), yet reads:
+    # a hands the stream over, b takes it and is connected, well before a's cut heals.
+    from eventd.errors import StoreError
+    from eventd.stores.backpressure import until_stored, waiting_for
+    from tests.bus_servers import TcpProxy
+    from tests.cluster_helpers import PrivateRedis
+
+    ttl = 1.5
+    stopping = threading.Event()
+    server = PrivateRedis(tmp_path).start()
+    down = opened(server.url, cluster.name)
+    server.stop()  # b's engine's store: unreachable from now on
+    job = ActionJob(id="j1", rule="r", kind="webhook", options={}, event={"uuid": "u1"},
+                    target="webhook:t", created_at=1.0)
+    engine = threading.Thread(target=lambda: pytest.raises(
+        StoreError, until_stored, lambda: down.spool_add(job), stopping, "spool_add"))
+    with Emulator(tick=0.02, namespaces=("acme",)) as emu:
+        proxy = TcpProxy(emu.stream_port)
+        a = _leased_replica(cluster, emu, "a", ttl, None,
+                            stream_url=f"ws://127.0.0.1:{proxy.port}")
+        b = _leased_replica(cluster, emu, "b", ttl, None,
+                            store_waiting=lambda: waiting_for(stopping))
+        members = Membership(cluster.client, Keys(cluster.name), "c", ttl=ttl)
+        try:
+            a["coordinator"].start()  # alone: it takes acme
+            wait_until(lambda: emu.namespace_counts() == {"acme": 1}, 10)
+            engine.start()
+            wait_until(lambda: waiting_for(stopping) > ttl / 3 + 0.1, 15)
+            b["coordinator"].start()
+            wait_until(lambda: members.live().get("b", {}).get("standby") is True, 3 * ttl)
+            proxy.cut()
+            cut_at = time.monotonic()
+            wait_until(lambda: cluster.holder("acme") == "b" and b["consumers"]
+                       and b["consumers"][-1].connected, timeout=6 * ttl)
+            assert time.monotonic() - cut_at < 2 * ttl + 1.5, time.monotonic() - cut_at
+            emu.emit_event(state="After", namespace="acme")
+            wait_until(lambda: any(r.event.get("state") == "After" for r in b["received"]), 5)
+        finally:
+            stopping.set()
+            a["coordinator"].stop(3)
+            b["coordinator"].stop(3)
+            proxy.close()
+            engine.join(5)
+            down.close()
+            server.stop()
 
 
 def test_a_request_on_its_way_when_the_lease_is_lost_is_reset_and_left_for_the_next_holder(
@@ -1009,10 +1153,15 @@ def test_a_replica_whose_engine_waits_on_the_store_takes_no_free_stream_while_an
         assert coordinator.held() == [] and consumers == []  # left for b
         said = other.live()["a"]
         assert said.get("standby") is True and said.get("stalled") is True
+        assert said.get("reading") is True  # held by its store alone: a cut-off one hands to it
         assert quota("b", other.live(), 1, 0) == 1  # b takes a's share at once
         other.heartbeat({"stalled": True})  # b's store is stalled too (a failover): a takes
         coordinator._tick()
         assert coordinator.held() == ["acme"]
+        consumers[0].held = 2.0  # its reader held up past a third of the TTL: not reading
+        coordinator._tick()
+        said = other.live()["a"]
+        assert said.get("stalled") is True and not said.get("reading")
     finally:
         stopping.set()
         engine.join(5)

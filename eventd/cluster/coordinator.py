@@ -368,8 +368,11 @@ class Coordinator:
             else:
                 logger.info("cluster: taking free streams again (engine not waiting on the "
                             "store, or no other replica can read them)")
+        # A replica standing by (cut off) leaves free streams to one its store alone holds too
+        reading = others_read or any(r != self.replica_id and info.get("reading")
+                                     for r, info in live.items())
         try:
-            self._balance(want, engine_held, others_read)
+            self._balance(want, engine_held, reading)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return
@@ -381,10 +384,15 @@ class Coordinator:
         instead of handing streams over to it."""
         info = self._info()
         engine_held = self._engine_held()
-        if self._standing_by() or engine_held:
+        standing_by, reader_stalled = self._standing_by(), self._reader_stalled()
+        if standing_by or engine_held:
             info = {**info, "standby": True}
-        if self._reader_stalled() or engine_held:
+        if reader_stalled or engine_held:
             info = {**info, "stalled": True}
+        if engine_held and not standing_by and not reader_stalled:
+            # Held by its store alone: its readers read on (into the engine's queue), so it
+            # can take a stream that a replica cut off from the stream server cannot read
+            info = {**info, "reading": True}
         return info
 
     def _engine_held(self) -> bool:
@@ -405,8 +413,13 @@ class Coordinator:
         """Give back each lease whose stream has had no connection for 2/3 TTL, if another
         replica could take it: this one is cut off from the stream server (a partition, a
         handshake that hangs), and holding on would leave the stream unconsumed until the
-        partition heals. The next holder announces and backfills the gap."""
-        others = [r for r, info in live.items() if r != self.replica_id and not info.get("standby")]
+        partition heals. The next holder announces and backfills the gap. A replica standing
+        by only because its engine waits on the store (`reading`) could take it too: it
+        takes a free stream when no other can, and reads it (chaos seed 1, t+414: r2, cut
+        off, held acme and umbrella for 8 s while every other replica's engine waited on a
+        spool_add after a failover, their readers reading on)."""
+        others = [r for r, info in live.items() if r != self.replica_id
+                  and (not info.get("standby") or info.get("reading"))]
         if not others:
             return
         with self._held_lock:
@@ -431,12 +444,18 @@ class Coordinator:
         self._membership.announce("released")
 
     def _hand_over_stalled(self, live: dict[str, dict[str, Any]]) -> None:
-        """Stop renewing each lease whose reader has been held up in its sink for a TTL, if
+        """Give back each lease whose reader has been held up in its sink for a TTL, if
         another replica could take it: a store write no Redis replica confirms (a failover
         resyncing) held the reader for 36 s in a chaos run while the lease was renewed and
         nobody read the stream (a 17 s gap). Its connection is closed, the requests sent
-        under it are reset, and the lease expires (the reader still holds a batch: it is not
-        freed); the next holder announces and backfills the gap from the progress saved now.
+        under it are reset, and the lease is freed, saying where the stream was left (the
+        last event processed): the next holder announces and backfills the gap from there.
+        The reader still holds a batch, but the close shut its socket. Left to run out (a
+        TTL after the last renewal), the lease kept the stream from the others: chaos seed 1,
+        t+191.6, a Redis restart and a failover came meanwhile, and with the grace after
+        them a 10.1 s gap (globex, freed by the same replica at the same tick, was taken
+        11 ms later). It still expires if the connection may be open (the reader left the
+        sink and has not stopped) or a request sent under it is not answered.
         This replica stands by (takes no stream) for a TTL, and on until its held reader lets
         go. Nothing moves
         while every other replica's reader is held up too (`stalled` in its heartbeat): a
@@ -447,31 +466,48 @@ class Coordinator:
             return
         with self._held_lock:
             held = list(self._held)
-        stalled = [name for name in held if self._streams.held_for(name) > self.ttl * HELD_SHARE]
+        holds = {name: self._streams.held_for(name) for name in held}
+        stalled = [name for name, hold in holds.items() if hold > self.ttl * HELD_SHARE]
         if not stalled:
             return
-        # A TTL at least (the lease's end in Redis, for another to take it), then for as long
-        # as the held reader is held
+        # A TTL at least (for another to take it, or the lease's end in Redis if it is left to
+        # run out), then for as long as the held reader is held
         self._cut_off_until = max(self._cut_off_until, time.monotonic() + self.ttl)
+        with self._held_lock:  # first: the sink's fence lets no batch through from now on
+            leases = {name: self._held.pop(name) for name in stalled if name in self._held}
         self._streams.close(stalled)
+        # Held since before the close: the close shut the socket, the connection is gone
+        shut = {name for name in stalled if self._streams.held_for(name) >= holds[name]}
         for name in stalled:
             logger.warning("the reader of %s has been held up for %.1f s (a stalled store): "
                            "handing its stream over and taking no stream until it lets go",
-                           name, self._streams.held_for(name))
-            lease = self._held.get(name)
-            at = self._tracker.last_processed(name)
-            if lease is not None and at is not None and lease.valid(time.monotonic()):
-                try:  # where the next holder's gap begins (else at the last tick's mark)
-                    self._leases.record(name, lease.token, at)
-                except redis.RedisError:
-                    pass
-        with self._held_lock:
-            for name in stalled:
-                self._held.pop(name, None)
+                           name, holds[name])
         self._abort(stalled)
         for name in stalled:
-            self._streams.stop(name, 0.1)  # its reader lets go when the sink does
+            if self._streams.stop(name, 0.1):  # its reader lets go when the sink does
+                shut.add(name)
             self._cluster_metrics.follow(name, "stalled")
+        deadline = time.monotonic() + min(1.0, self.interval)
+        freed = [name for name, lease in leases.items()
+                 if self._leave_stalled(name, lease, name in shut, deadline)]
+        if freed:
+            self._membership.heartbeat(self._heartbeat())  # standing by: out of the quotas
+            self._membership.announce("released")
+
+    def _leave_stalled(self, name: str, lease: Lease, shut: bool, deadline: float) -> bool:
+        """Free a stalled stream's lease at its last processed event (True), or save that
+        mark and let the lease expire: its connection may still be open, or a request sent
+        under it is unanswered (reset just before). Without a mark the last tick's stands."""
+        at = self._tracker.last_processed(name)
+        if at is None or not lease.valid(time.monotonic()):
+            return False
+        try:
+            if shut and self._quiet([name], max(0.0, deadline - time.monotonic())):
+                return self._leases.release(name, lease.token, at)
+            self._leases.record(name, lease.token, at)
+        except redis.RedisError:
+            pass
+        return False
 
     def _reader_stalled(self) -> bool:
         """Whether a reader of this replica has been held up in its sink for STALLED_SHARE of
