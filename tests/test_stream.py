@@ -91,8 +91,7 @@ class Run:
         return [r.event for r in self.received() if r.internal and r.event.get("backfilled")]
 
 
-@pytest.fixture
-def start(emulator: Emulator, metrics: Metrics) -> Iterator[Callable[..., Run]]:
+def _starter(emulator: Emulator, metrics: Metrics) -> Iterator[Callable[..., Run]]:
     runs: list[Run] = []
 
     def make(credentials: Credentials | None = None, url: str | None = None, **kwargs: Any) -> Run:
@@ -105,6 +104,33 @@ def start(emulator: Emulator, metrics: Metrics) -> Iterator[Callable[..., Run]]:
     emulator.faults.clear()
     for run in runs:
         run.stop(timeout=5)
+
+
+@pytest.fixture
+def start(emulator: Emulator, metrics: Metrics) -> Iterator[Callable[..., Run]]:
+    yield from _starter(emulator, metrics)
+
+
+#: the chaos test's stream keepalive: a ping every 0.5 s, the connection ended without a pong
+#: within 1 s
+CHAOS_KEEPALIVE = (0.5, 1.0)
+
+
+@pytest.fixture
+def keepalive_emulator() -> Iterator[Emulator]:
+    """The emulator with its keepalive on, as in the chaos test."""
+    emu = Emulator(tick=0.02, keepalive=CHAOS_KEEPALIVE)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def kept_start(keepalive_emulator: Emulator, metrics: Metrics) -> Iterator[Callable[..., Run]]:
+    """`start` against the keepalive emulator."""
+    yield from _starter(keepalive_emulator, metrics)
 
 
 def stream_url(emu: Emulator, host: str | None = None, namespace: str | None = None) -> str:
@@ -940,6 +966,168 @@ def test_close_while_the_sink_holds_the_reader_up_ends_the_connection_at_once(em
         gate.set()
     run.thread.join(2)
     assert not run.thread.is_alive() and run.error is None
+
+
+# -- a sink that holds the reader up: the read-ahead --------------------------------------------
+
+def _send_over(emu: Emulator, states: list[str], seconds: float) -> list[tuple[dict[str, Any], float]]:
+    """Emit one event per state, spread over `seconds` (the server keeps sending), each with
+    the time (POSIX) just before it was sent."""
+    sent = []
+    began = time.monotonic()
+    for i, state in enumerate(states):
+        due = began + seconds * i / len(states)
+        wait_until(lambda: time.monotonic() >= due, timeout=seconds + 5)  # noqa: B023
+        at = time.time()
+        sent.append((emu.emit_event(state=state), at))
+    return sent
+
+
+def _is_held(run: Run) -> Callable[[], bool]:
+    return lambda: [e["state"] for e in run.events()] == ["Hold"] and run.consumer.held_for() > 0
+
+
+def test_a_sink_held_past_the_servers_pong_timeout_keeps_the_connection_and_every_event(
+        keepalive_emulator, metrics, kept_start):
+    # Chaos seed 11, t+22.8: a failover's stalled `spool_add` held a reader 10 s in its sink;
+    # it answered no ping, the server's keepalive (a ping every 0.5 s, a pong within 1 s)
+    # dropped the connection 1.5 s in, and what the server sent meanwhile fell into a 10.4 s
+    # gap (announced and backfilled, but a gap). While the sink holds the reader, the
+    # read-ahead reads the connection (the pings answered) and the events wait for the sink.
+    emu = keepalive_emulator
+    run = kept_start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
+    gate = _hold_after(run, "Hold")
+    try:
+        wait_until(connected(run))
+        hold = emu.emit_event(state="Hold")
+        wait_until(_is_held(run))
+        held_at = time.monotonic()
+        sent = [event for event, _ in _send_over(emu, [f"E{i}" for i in range(50)], 5.0)]
+        wait_until(lambda: time.monotonic() - held_at >= 5.0, timeout=10)
+        # held_for() still says the engine takes none of this stream's events (the cluster
+        # hands over a stream held a TTL), though the connection is kept
+        assert run.consumer.held_for() >= 4.9
+        assert run.events() == [hold]
+        gate.set()
+        wait_until(lambda: len(run.events()) == 51, timeout=5)
+    finally:
+        gate.set()
+    assert run.events() == [hold, *sent]
+    (conn,) = emu.stream_connections()  # one connection: not dropped, not made again
+    assert conn.closed is None and conn.ended is None
+    assert conn.last_pong is not None and conn.last_pong >= held_at + 4.0  # answered meanwhile
+    assert [e["state"] for e in run.gaps()] == ["connected"]
+
+
+def test_a_sink_held_past_what_the_read_ahead_keeps_is_dropped_and_the_gap_dated_right(
+        keepalive_emulator, metrics, kept_start):
+    # The read-ahead is bounded: full, it reads no more, the pings go unanswered and the
+    # server drops the connection, as before the read-ahead. What it stashed is delivered
+    # and dated when it was read (not from before the hold: it was read then), what the
+    # socket kept after it is dated from the last stashed read, and the gap begins there,
+    # before every event the server sent into no connection.
+    emu = keepalive_emulator
+    since: list[float] = []
+    run = kept_start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60, read_ahead_events=10,
+                     backfill=since.append)
+    gate = _hold_after(run, "Hold")
+    try:
+        wait_until(connected(run))
+        emu.emit_event(state="Hold")
+        wait_until(_is_held(run))
+        sent = _send_over(emu, [f"E{i}" for i in range(40)], 4.0)  # the stash is full in 1 s
+        wait_until(lambda: emu.connection_count == 0, timeout=5)
+        gate.set()
+        wait_until(connected(run, 2), timeout=10)
+        wait_until(lambda: since, timeout=5)
+    finally:
+        gate.set()
+    first = emu.stream_connections()[0]
+    assert first.ended == "keepalive"
+    assert [e["state"] for e in run.gaps()] == ["connected", "disconnected", "connected"]
+    got = [e for e in run.events() if e["state"] != "Hold"]
+    assert got == [event for event, _ in sent[:len(got)]]  # in order, none twice, none skipped
+    assert len(got) >= 10  # what the read-ahead kept, at least
+    lost_at = _losses(run)[0]
+    assert since == [lost_at]
+    if len(got) < len(sent):
+        assert lost_at <= sent[len(got)][1], (lost_at - sent[len(got)][1])
+    # dated from the read-ahead's reads, well after the hold began (E7 was sent 0.7 s in)
+    assert lost_at >= sent[7][1], (lost_at - sent[7][1])
+
+
+def test_a_close_while_the_read_ahead_keeps_a_held_reader_ends_the_connection_at_once(
+        keepalive_emulator, kept_start):
+    # The cluster hands a stream over while its reader is held (a TTL in the sink): the
+    # socket is shut at once, though the read-ahead is reading it; the held thread ends when
+    # its sink lets go, delivering nothing more.
+    emu = keepalive_emulator
+    run = kept_start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
+    gate = _hold_after(run, "Hold")
+    try:
+        wait_until(connected(run))
+        emu.emit_event(state="Hold")
+        wait_until(_is_held(run))
+        held_at = time.monotonic()
+        (conn,) = emu.stream_connections()
+        # the read-ahead answers the server's pings past its pong timeout
+        wait_until(lambda: (conn.last_pong or 0.0) > held_at + 1.2, timeout=5)
+        emu.emit_event(state="Stashed")
+        run.consumer.close()
+        assert emu.wait_for_connections(0, timeout=1.0)
+        assert conn.ended == "client"
+        assert run.thread.is_alive()  # still held: the connection ended without it
+    finally:
+        gate.set()
+    run.thread.join(2)
+    assert not run.thread.is_alive() and run.error is None
+    assert [e["state"] for e in run.events()] == ["Hold"]
+
+
+_STEPS = st.lists(st.tuples(st.integers(1, 30),  # events sent at once
+                            st.sampled_from([0.0, 0.0, 0.05, 0.15, 1.6]),  # a sink call holds
+                            st.sampled_from([0.0, 0.05, 0.3])),  # then the server pauses
+                  min_size=1, max_size=4)
+
+
+def test_any_interleaving_of_reads_and_holds_delivers_every_event_once_in_order(
+        keepalive_emulator, metrics, kept_start):
+    # Sink calls that hold the reader up or not (1.6 s: past the server's keepalive window),
+    # the server sending in bursts and pauses: every event arrives once, in order, on the one
+    # connection, and no gap is announced.
+    emu = keepalive_emulator
+    run = kept_start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
+    holds: list[float] = []  # what the next sink calls of stream events hold, in turn
+    inner = run.consumer._sink
+
+    def holding_sink(batch):
+        inner(batch)
+        if holds and events_of(batch):
+            threading.Event().wait(holds.pop(0))  # a stalled store, that long
+
+    run.consumer._sink = holding_sink
+    wait_until(connected(run))
+
+    @given(steps=_STEPS)
+    @settings(max_examples=8, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    def interleaving(steps: list[tuple[int, float, float]]) -> None:
+        seen = len(run.events())
+        sent = []
+        for count, hold, pause in steps:
+            holds.append(hold)
+            sent += [emu.emit_event(state="Step") for _ in range(count)]
+            resume = time.monotonic() + pause
+            wait_until(lambda: time.monotonic() >= resume)  # noqa: B023
+        wait_until(lambda: len(run.events()) >= seen + len(sent),
+                   timeout=sum(hold for _, hold, _ in steps) + 5)
+        holds.clear()
+        assert run.events()[seen:] == sent
+
+    interleaving()
+    assert [e["state"] for e in run.gaps()] == ["connected"]
+    (conn,) = emu.stream_connections()
+    assert conn.closed is None
 
 
 # -- secrets ------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class FrameReader:
         self.pongs = 0
         #: set once a close frame arrived: (code, reason); reading stops there
         self.close_frame: tuple[int | None, str] | None = None
-        #: the protocol violation that ends the stream, once found
+        #: the protocol violation that ends the stream, once found (every later read raises it)
         self.broken: FramingError | None = None
         #: the last read filled all the room it offered: the socket may hold more (a read of
         #: data already waiting, however long the scheduler kept it, waited for nothing)
@@ -113,9 +113,11 @@ class FrameReader:
         try:
             self._parse(messages)
         except FramingError as exc:
+            # Raised by every later read too (whoever reads next: the stream's read-ahead may
+            # be the one that finds it); first the messages that came whole before it.
+            self.broken = exc
             if not messages:
                 raise
-            self.broken = exc  # raised by the next read: first the messages that came whole
         return messages if self._views else list(map(bytes, messages))
 
     @property

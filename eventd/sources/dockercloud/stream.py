@@ -4,7 +4,8 @@ The loop itself (stop, backoff, gap events, backfill thread, credentials policy)
 `eventd.sources.base.ConsumerLoop`. Here: the websocket handshake (credentials, redirects
 kept on the configured host, 401/403 and the other statuses), the hot read loop with
 `framing.FrameReader` (many frames per socket read), pings, the pong deadline and the idle
-watchdog, `auth`/`error` messages, the recorder, and the close handshake.
+watchdog, `auth`/`error` messages, the recorder, and the close handshake. While a sink holds the
+reader up, `readahead`'s keeper reads the connection in its place (pings answered).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from eventd.settings import (
 from eventd.sources.base import ConsumerLoop, Disconnected, LoopOptions
 from eventd.sources.dockercloud.dial import Dial
 from eventd.sources.dockercloud.framing import ConnectionEnded, FrameReader, FramingError
+from eventd.sources.dockercloud.readahead import KEEPER, ReadAhead
 
 if TYPE_CHECKING:
     from eventd.settings import Settings
@@ -64,8 +66,9 @@ _CLOSE_WAIT = 0.25  # how long a graceful stop waits for the server's close fram
 #: a read that took this long waited for its data (it came in then); a faster one found it
 #: waiting, come in at some time since the read before
 _WAITED = 0.002
-#: a sink that held the reader up this long (a stalled store): until a read waits again, the
-#: data found waiting is dated from before the hold, however many reads it takes
+#: a socket nobody read this long (a sink held the reader up, and the read-ahead did not
+#: read in its place, or stopped, full): until a read waits again, the data found waiting is
+#: dated from before the hold, however many reads it takes
 _HELD = 0.25
 #: for this long after a hold, no read counts as having waited for its data: draining what
 #: the socket kept takes a few reads, and one may take more than `_WAITED` with the data
@@ -97,6 +100,10 @@ class StreamOptions:
     handshake_timeout: float = 10.0
     #: longest blocking socket read, so that stopping and deadlines are checked this often
     read_tick: float = 0.5
+    #: what the read-ahead keeps while a sink holds the reader up (messages, bytes); past
+    #: that nobody reads the connection until the sink lets go (the server may drop it)
+    read_ahead_events: int = 4096
+    read_ahead_bytes: int = 4 * 1024 * 1024
     tls: TlsOptions = TlsOptions()
 
     def __post_init__(self) -> None:
@@ -173,6 +180,7 @@ class StreamConsumer(ConsumerLoop):
         self._ws: websocket.WebSocket | None = None
         self._dial: Dial | None = None  # the connection being made (abortable)
         self._reader: FrameReader | None = None
+        self._ahead: ReadAhead | None = None  # the connection's read-ahead (kept by KEEPER)
         self._lock = threading.Lock()
         self._close_sent = False
         self._fencing = fencing
@@ -263,8 +271,14 @@ class StreamConsumer(ConsumerLoop):
             raise Disconnected("stopped", detail="stopped during the handshake")
         # A failed pong write is left for the next read to notice as a dead socket.
         assert ws.sock is not None  # connect() succeeded
-        self._reader = FrameReader(ws.sock, views=True,  # decoded by _deliver before the next read
-                                   on_ping=lambda payload: _quietly(lambda: ws.pong(payload)))
+        self._reader = reader = FrameReader(
+            ws.sock, views=True,  # decoded by _deliver before the next read
+            on_ping=lambda payload: _quietly(lambda: ws.pong(payload)))
+        # Watched from now: the sink may hold the reader up from the `connected` marker on.
+        self._ahead = ahead = ReadAhead(
+            reader, ws.sock, lambda: self._sink_since, self.stopped, self._clock,
+            self.options.read_ahead_events, self.options.read_ahead_bytes)
+        KEEPER.watch(ahead)
 
     def _failed(self, reason: str, detail: str) -> Disconnected:
         self._not_found = 0
@@ -337,9 +351,13 @@ class StreamConsumer(ConsumerLoop):
 
     # -- read -------------------------------------------------------------------------------------
     def consume(self) -> str:
-        """The hot loop: read, deliver, keep the link checked; return why it ended."""
-        ws, reader = self._ws, self._reader
-        assert ws is not None and reader is not None
+        """The hot loop: read, deliver, keep the link checked; return why it ended.
+
+        It reads under the read-ahead's lock and lets go of it while the sink has a batch: a
+        sink that holds it up gets the connection read by the keeper meanwhile, whose reads
+        come here first, in order, as if this loop had made them."""
+        ws, reader, ahead = self._ws, self._reader, self._ahead
+        assert ws is not None and reader is not None and ahead is not None
         opts = self.options
         ping_interval, pong_timeout, idle_timeout = (
             opts.ping_interval, opts.pong_timeout, opts.idle_timeout)
@@ -348,95 +366,125 @@ class StreamConsumer(ConsumerLoop):
         ws.settimeout(opts.tick)
         read = reader.read
         deliver = self._deliver
-        now = monotonic()
-        last_data = returned = now
-        held_from: float | None = None  # the reader was held up in the sink since then
-        held_until = now  # when the last hold ended
-        waited = _WAITED
-        self._late = self._newest = None  # nothing read on this connection yet
-        next_ping = now + ping_interval
-        pong_due: float | None = None
-        pongs = 0
-        while True:
-            if stopping.is_set() or self._close_requested:
-                return "stopped"
-            asked = monotonic()
-            try:
-                messages = read()
-            except TimeoutError:
-                # The socket is drained: only now do missing pongs or data mean anything.
-                now = monotonic()
-                if pong_due is not None and now >= pong_due:
-                    return "pong_timeout"
-                if now - last_data >= idle_timeout:
-                    return "idle"
-            except ConnectionEnded:
-                return "dropped" if reader.close_frame is None else "closed"
-            except FramingError as exc:
-                logger.warning("stream protocol error from %s: %s", self._safe_url, exc)
-                return "protocol_error"
-            except (OSError, websocket.WebSocketException):
-                return "dropped"
-            else:
-                # What a read finds already waiting may have come in any time since the last
-                # read returned: a sink that held this loop up for seconds (a stalled store)
-                # while the server gave up on us must not move the gap's start past the
-                # events the server sent into nobody's connection meanwhile.
-                # More than one read's worth may have come in during a hold (chaos seed 1,
-                # t+420: the second read after a 10 s hold dated the loss after 16 events the
-                # server sent into no connection): dated from before the hold until a read
-                # waits for its data again (the socket drained).
-                # A read that filled its room found its data waiting, however long it took
-                # (a busy machine's scheduler, not the socket, kept it: CI, load 10+)
-                heard = monotonic()
-                if heard - asked >= waited and not reader.filled and (
-                        held_from is None or heard - held_until >= _DRAINED):
-                    held_from = None
-                    lived = heard
+        stash, take, watched = ahead.stash, ahead.take, ahead.end_hold
+        acquire, release = ahead.lock.acquire, ahead.lock.release
+        acquire()
+        try:
+            now = last_data = monotonic()
+            # when the socket was last being read (or waited on) by anyone: the keeper may
+            # have read it already (the sink held the `connected` marker up)
+            returned = free = stash[0][0] if stash else now
+            held_from: float | None = None  # nobody read the socket for a while before then
+            held_until = now  # when the last such while ended
+            waited = _WAITED
+            self._late = self._newest = None  # nothing read on this connection yet
+            next_ping = now + ping_interval
+            pong_due: float | None = None
+            pongs = 0
+            while True:
+                if stopping.is_set() or self._close_requested:
+                    return "stopped"
+                try:
+                    if stash:  # read by the keeper while the sink held us up
+                        asked, heard, filled, wall, messages = take()[:5]
+                        if messages is None:  # the keeper waited on the socket until `heard`
+                            free = heard
+                            continue
+                    else:
+                        wall = None
+                        asked = monotonic()
+                        messages = read()
+                        heard = monotonic()
+                        filled = reader.filled
+                except TimeoutError:
+                    # The socket is drained: only now do missing pongs or data mean anything.
+                    now = free = monotonic()
+                    if pong_due is not None and now >= pong_due:
+                        return "pong_timeout"
+                    if now - last_data >= idle_timeout:
+                        return "idle"
+                except ConnectionEnded:
+                    return "dropped" if reader.close_frame is None else "closed"
+                except FramingError as exc:
+                    logger.warning("stream protocol error from %s: %s", self._safe_url, exc)
+                    return "protocol_error"
+                except (OSError, websocket.WebSocketException):
+                    return "dropped"
                 else:
-                    lived = returned if held_from is None else held_from
-                self._last_heard = lived
-                returned = heard
-                if messages:
-                    self._sink_since = heard  # held_for(): a sink that blocks holds us up
-                    deliver(messages)
-                    self._sink_since = None
-                    # Data that comes in after a silence may have been sent long before (TCP
-                    # delivers what it held after a partition heals): the server sent the
-                    # newest event at its `datetime`, and sent nothing we read after that
-                    # (chaos seed 11, t+134: read 0.7 s late, then closed by the server's
-                    # keepalive; the events sent between fell in no gap). The gap begins
-                    # then (`_heard_late`, judged at the loss: nothing parsed per read).
-                    self._late = (lived, heard)
-                else:  # a read without events (a pong) is dated from its arrival
-                    self._late = None
-                now = last_data = monotonic()
-                if now - heard >= _HELD:
-                    held_until = now
-                    if held_from is None:
-                        held_from = self._last_heard
-                if reader.pongs != pongs:
-                    self.pongs += reader.pongs - pongs
-                    pongs = reader.pongs
-                    pong_due = None
-                if reader.close_frame is not None:
-                    return "closed"
-            if now >= next_ping:
-                next_ping = now + ping_interval
-                if pong_due is None:
-                    pong_due = now + pong_timeout
-                    try:
-                        ws.ping()
-                    except (OSError, websocket.WebSocketException):
-                        return "dropped"
+                    # What a read finds already waiting may have come in any time since the
+                    # last read returned; after a while nobody read the socket (a sink that
+                    # held this loop up for seconds, a stalled store, with the read-ahead
+                    # full or not yet reading) anything since the read before that while,
+                    # the server meanwhile perhaps giving up on us: the gap's start must not
+                    # move past the events it sent into nobody's connection then.
+                    # More than one read's worth may have come in during such a while (chaos
+                    # seed 1, t+420: the second read after a 10 s hold dated the loss after
+                    # 16 events the server sent into no connection): dated from before it
+                    # until a read waits for its data again (the socket drained).
+                    # A read that filled its room found its data waiting, however long it took
+                    # (a busy machine's scheduler, not the socket, kept it: CI, load 10+).
+                    # The keeper's reads count as reads (its waits as waits): a hold it
+                    # covered is no while without a reader.
+                    if asked - free >= _HELD:
+                        held_until = asked
+                        if held_from is None:
+                            held_from = self._last_heard
+                    if heard - asked >= waited and not filled and (
+                            held_from is None or heard - held_until >= _DRAINED):
+                        held_from = None
+                        lived = heard
+                    else:
+                        lived = returned if held_from is None else held_from
+                    self._last_heard = lived
+                    returned = free = heard
+                    if messages:
+                        # held_for(): a sink that blocks holds us up (from its call, for a
+                        # read the keeper made)
+                        self._sink_since = heard if wall is None else monotonic()
+                        release()
+                        try:
+                            deliver(messages, wall)
+                        finally:
+                            acquire()
+                        self._sink_since = None
+                        if ahead.watched is not None:
+                            watched()
+                        # Data that comes in after a silence may have been sent long before
+                        # (TCP delivers what it held after a partition heals): the server sent
+                        # the newest event at its `datetime`, and sent nothing we read after
+                        # that (chaos seed 11, t+134: read 0.7 s late, then closed by the
+                        # server's keepalive; the events sent between fell in no gap). The
+                        # gap begins then (`_heard_late`, judged at the loss: nothing parsed
+                        # per read).
+                        self._late = (lived, heard)
+                    else:  # a read without events (a pong) is dated from its arrival
+                        self._late = None
+                    now = last_data = monotonic()
+                    if reader.pongs != pongs:
+                        self.pongs += reader.pongs - pongs
+                        pongs = reader.pongs
+                        pong_due = None
+                    if reader.close_frame is not None and not stash:
+                        return "closed"
+                if now >= next_ping:
+                    next_ping = now + ping_interval
+                    if pong_due is None:
+                        pong_due = now + pong_timeout
+                        try:
+                            ws.ping()
+                        except (OSError, websocket.WebSocketException):
+                            return "dropped"
+        finally:
+            release()
 
-    def _deliver(self, messages: list[bytes | memoryview]) -> None:
+    def _deliver(self, messages: list[bytes | memoryview], wall: float | None = None) -> None:
         """Parse one read's frames and hand the good ones to the sink as one batch; keep the
         newest of them, with when it came in, for `_heard_late`.
 
         `messages` may be views into the reader's buffer: nothing here keeps one (the
-        recorder's frames are copied)."""
-        now = self._clock()
+        recorder's frames are copied). `wall`: when they came in (POSIX time), for a read the
+        keeper stashed; else now."""
+        now = self._clock() if wall is None else wall
         auth_error: AuthRejected | None = None
         try:
             # The usual read, in C calls over the whole batch: every frame an object with a
@@ -531,8 +579,11 @@ class StreamConsumer(ConsumerLoop):
     # -- let go -----------------------------------------------------------------------------------
     def disconnect(self, reason: str) -> None:
         """Close frame and a brief wait when stopping; echo a close; else just shut the socket."""
-        ws, reader = self._ws, self._reader
-        self._reader = None
+        ws, reader, ahead = self._ws, self._reader, self._ahead
+        self._reader = self._ahead = None
+        if ahead is not None:  # before reading here: the keeper reads it no more
+            ahead.shut()
+            KEEPER.forget(ahead)
         if ws is None:
             return
         if reason == "stopped" and reader is not None:
