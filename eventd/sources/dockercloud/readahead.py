@@ -19,7 +19,6 @@ only while a hold lasts, polling the held sockets together. Nothing is signalled
 
 from __future__ import annotations
 
-import logging
 import select
 import socket
 import ssl
@@ -30,9 +29,8 @@ from collections.abc import Callable
 
 from websocket import WebSocketException
 
+from eventd.ops.internal import report_internal_error
 from eventd.sources.dockercloud.framing import ConnectionEnded, FrameReader, FramingError
-
-logger = logging.getLogger(__name__)
 
 #: a delivery that held the reader up this long gets its connection read by the keeper
 #: (a fraction of any keepalive: the chaos test's server pings every 0.5 s, wants a pong in
@@ -185,12 +183,15 @@ class Keeper:
                 if not watched:
                     self._thread = None
                     return
-            now = monotonic()
-            due = [ahead for ahead in watched if ahead.due(now)]
-            if due:
-                self._read(due)
-            else:
-                sleep(TICK)
+            try:
+                now = monotonic()
+                due = [ahead for ahead in watched if ahead.due(now)]
+                if due:
+                    self._read(due)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - the keeper must not die unseen
+                report_internal_error("readahead", exc)
+            sleep(TICK)
 
     @staticmethod
     def _read(due: list[ReadAhead]) -> None:

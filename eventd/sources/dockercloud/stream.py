@@ -11,6 +11,7 @@ reader up, `readahead`'s keeper reads the connection in its place (pings answere
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -212,6 +213,11 @@ class StreamConsumer(ConsumerLoop):
             if self._sink_since is not None:
                 # Held up in the sink, the reader cannot finish the close handshake, and the
                 # server counts the connection open (beside the next holder's) until TCP closes.
+                # Shut before closing: a read the keeper has under way (a partial TLS record)
+                # would hold a bare close back until it returns.
+                sock = ws.sock
+                if sock is not None:
+                    _quietly(lambda: sock.shutdown(socket.SHUT_RDWR))
                 _quietly(ws.shutdown)
         else:
             _quietly(ws.shutdown)
@@ -371,9 +377,9 @@ class StreamConsumer(ConsumerLoop):
         acquire()
         try:
             now = last_data = monotonic()
-            # when the socket was last being read (or waited on) by anyone: the keeper may
-            # have read it already (the sink held the `connected` marker up)
-            returned = free = stash[0][0] if stash else now
+            # when the socket was last being read (or waited on) by anyone: if the keeper has
+            # read it already (the sink held the `connected` marker up), nobody before it
+            returned = free = (self._last_heard or now) if stash else now
             held_from: float | None = None  # nobody read the socket for a while before then
             held_until = now  # when the last such while ended
             waited = _WAITED
