@@ -119,12 +119,8 @@ CHAOS_KEEPALIVE = (0.5, 1.0)
 @pytest.fixture
 def keepalive_emulator() -> Iterator[Emulator]:
     """The emulator with its keepalive on, as in the chaos test."""
-    emu = Emulator(tick=0.02, keepalive=CHAOS_KEEPALIVE)
-    emu.start()
-    try:
+    with Emulator(tick=0.02, keepalive=CHAOS_KEEPALIVE) as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture
