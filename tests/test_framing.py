@@ -293,6 +293,21 @@ def test_messages_before_a_violation_are_returned_first(server, client):
         reader.read()
 
 
+def test_a_violation_is_raised_again_by_every_later_read_without_waiting_for_data(server,
+                                                                                  client):
+    # Whoever reads after the violation (the stream's read-ahead may have found it while the
+    # sink held the consumer up) learns it at once, not after a socket read that may wait.
+    server.send(RESERVED_BITS)
+    reader = FrameReader(client.sock)
+    client.sock.settimeout(5.0)
+    with pytest.raises(FramingError) as first:
+        read_messages(reader, 1)
+    for _ in range(2):
+        with pytest.raises(FramingError) as again:
+            reader.read()  # before: another recv, waiting up to the 5 s timeout for data
+        assert again.value is first.value
+
+
 def test_the_stream_drops_a_connection_that_sets_reserved_bits_counts_it_and_reconnects():
     """A real raw-socket server sends the RFC's bad frames (an event with RSV1 set first), then
     serves a good event on the next connection."""
