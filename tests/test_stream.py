@@ -25,7 +25,7 @@ from eventd.emulator import Emulator
 from eventd.errors import AuthRejected
 from eventd.events import Batch, Received, events_of, parse_datetime
 from eventd.ops.metrics import Metrics
-from eventd.settings import Settings
+from eventd.settings import Settings, TlsOptions
 from eventd.sources.dockercloud.backfill import Backfiller
 from eventd.sources.dockercloud.recorder import Recorder
 from eventd.sources.dockercloud.stream import StreamConsumer, StreamOptions
@@ -117,9 +117,11 @@ CHAOS_KEEPALIVE = (0.5, 1.0)
 
 
 @pytest.fixture
-def keepalive_emulator() -> Iterator[Emulator]:
-    """The emulator with its keepalive on, as in the chaos test."""
-    with Emulator(tick=0.02, keepalive=CHAOS_KEEPALIVE) as emu:
+def keepalive_emulator(request: pytest.FixtureRequest, tmp_path) -> Iterator[Emulator]:
+    """The emulator with its keepalive on, as in the chaos test (`wss` as a param: over TLS)."""
+    tls = getattr(request, "param", "ws") == "wss"
+    with Emulator(tick=0.02, keepalive=CHAOS_KEEPALIVE, tls=tls,
+                  tls_dir=tmp_path / "tls" if tls else None) as emu:
         yield emu
 
 
@@ -983,6 +985,7 @@ def _is_held(run: Run) -> Callable[[], bool]:
     return lambda: [e["state"] for e in run.events()] == ["Hold"] and run.consumer.held_for() > 0
 
 
+@pytest.mark.parametrize("keepalive_emulator", ["ws", "wss"], indirect=True)
 def test_a_sink_held_past_the_servers_pong_timeout_keeps_the_connection_and_every_event(
         keepalive_emulator, metrics, kept_start):
     # Chaos seed 11, t+22.8: a failover's stalled `spool_add` held a reader 10 s in its sink;
@@ -991,7 +994,8 @@ def test_a_sink_held_past_the_servers_pong_timeout_keeps_the_connection_and_ever
     # gap (announced and backfilled, but a gap). While the sink holds the reader, the
     # read-ahead reads the connection (the pings answered) and the events wait for the sink.
     emu = keepalive_emulator
-    run = kept_start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60)
+    tls = TlsOptions(ca_file=emu.ca_file) if emu.certificate is not None else TlsOptions()
+    run = kept_start(ping_interval=5.0, pong_timeout=5.0, idle_timeout=60, tls=tls)
     gate = _hold_after(run, "Hold")
     try:
         wait_until(connected(run))
@@ -1078,6 +1082,22 @@ def test_a_close_while_the_read_ahead_keeps_a_held_reader_ends_the_connection_at
     run.thread.join(2)
     assert not run.thread.is_alive() and run.error is None
     assert [e["state"] for e in run.events()] == ["Hold"]
+
+
+def _keepers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "eventd-keeper" and t.is_alive()]
+
+
+def test_one_keeper_thread_runs_while_streams_are_connected_and_none_after(emulator, start):
+    # One thread for every consumer of the process (a wake-up a tick for all of them), and
+    # nothing left behind once no stream is connected.
+    runs = [start(), start()]
+    for run in runs:
+        wait_until(connected(run))
+    assert len(_keepers()) == 1
+    for run in runs:
+        run.stop()
+    wait_until(lambda: not _keepers(), timeout=2)
 
 
 _STEPS = st.lists(st.tuples(st.integers(1, 30),  # events sent at once
