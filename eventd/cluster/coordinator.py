@@ -658,7 +658,7 @@ class Coordinator:
                 self._take(name, token, sent)
 
     def _take(self, name: str, token: int, sent: float) -> None:
-        progress = self._leases.progress(name)
+        progress = self._leases.begin(name, token)
         since = progress.at
         if since is not None and time.time() - since > self._max_gap:
             since = None  # too old to fill: start afresh, as a single process does
