@@ -5,8 +5,12 @@ Two `eventd run` replicas on one Redis (REDIS_URL, default redis://127.0.0.1:637
 cluster name of its own, deleted at the end) consume one namespace of the emulator, which
 emits a container event every 20 ms. Each run kills the leader, times until the other
 replica's `eventd_rule_matches_total` moves, then starts the killed one again as the standby.
+`--settle S`: the standby has been up S seconds at least when the leader is killed (a replica
+in its first TTL leaves a stream whose holder did not release it for the rest of that TTL).
+`--alone`: one replica, killed and started again at once (a restarted pod): until the new
+process has processed an event.
 
-    python bench/failover.py [--runs 5] [--lease-ttl 10s]
+    python bench/failover.py [--runs 5] [--lease-ttl 10s] [--settle 0] [--alone]
 """
 
 from __future__ import annotations
@@ -67,8 +71,10 @@ class Replica:
                     "DOCKERCLOUD_USER": "user", "DOCKERCLOUD_APIKEY": "apikey",
                     "DOCKERCLOUD_NAMESPACE": NAMESPACE}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
 
     def start(self) -> None:
+        self.started = time.monotonic()
         log = (self.work / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -114,26 +120,38 @@ def wait(condition: Any, timeout: float, what: str) -> Any:
     raise SystemExit(f"failover bench: {what} did not happen within {timeout:.0f} s")
 
 
-def one_run(replicas: list[Replica], ttl: float) -> float:
-    """Kill the leader; seconds until the standby processed an event; restart the killed one."""
+def one_run(replicas: list[Replica], ttl: float, settle: float) -> tuple[float, float]:
+    """Kill the leader; seconds until the standby processed an event (and how long the standby
+    had been up at the kill); restart the killed one. Alone: until the restarted one did."""
     leader = wait(lambda: next((r for r in replicas if r.leads()), None), 60, "a leader")
-    other = next(r for r in replicas if r is not leader)
-    wait(lambda: other.sample("eventd_stream_leader", namespace=NAMESPACE) == 0.0, 60,
-         "the standby up")
+    other = next((r for r in replicas if r is not leader), None)
+    if other is not None:
+        wait(lambda: other.sample("eventd_stream_leader", namespace=NAMESPACE) == 0.0, 60,
+             "the standby up")
+        wait(lambda: time.monotonic() - other.started >= settle, settle + 1, "the settling")
     wait(lambda: leader.matches() > 0, 30, "events processed by the leader")
-    before = other.matches()
+    before = other.matches() if other is not None else 0.0
     killed = time.monotonic()
+    age = killed - other.started if other is not None else 0.0
     leader.kill()
+    if other is None:
+        leader.start()
+        wait(lambda: leader.matches() > 0, ttl + 30, "the restarted replica's first event")
+        return time.monotonic() - killed, age
     wait(lambda: other.matches() > before, ttl + 30, "the takeover")
     took = time.monotonic() - killed
     leader.start()
-    return took
+    return took, age
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--lease-ttl", default="10s")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds the standby has been up at least at the kill")
+    parser.add_argument("--alone", action="store_true",
+                        help="one replica, killed and started again at once")
     args = parser.parse_args()
     ttl = parse_duration(args.lease_ttl, "--lease-ttl")
     store = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -144,7 +162,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, Emulator(tick=0.05, namespaces=(NAMESPACE,)) as emu:
         work = Path(tmp)
         (work / "rules.yaml").write_text(RULES)
-        replicas = [Replica(n, emu, work, store, cluster, args.lease_ttl) for n in ("a", "b")]
+        replicas = [Replica(n, emu, work, store, cluster, args.lease_ttl)
+                    for n in (("a",) if args.alone else ("a", "b"))]
         stop = threading.Event()
 
         def emit() -> None:
@@ -157,10 +176,10 @@ def main() -> int:
                 replica.start()
             emitter.start()
             for run in range(1, args.runs + 1):
-                took = one_run(replicas, ttl)
+                took, age = one_run(replicas, ttl, args.settle)
                 figures.append(took)
                 say(f"run {run}: SIGKILL of the leader -> first event on the new leader "
-                    f"{took:.2f} s")
+                    f"{took:.2f} s" + ("" if args.alone else f" (standby up {age:.2f} s)"))
         finally:
             stop.set()
             for replica in replicas:

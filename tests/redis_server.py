@@ -157,13 +157,18 @@ class RedisServer:
 
 
 class SentinelSet:
-    """A primary, a replica of it and one Sentinel monitoring them as `mymaster` (quorum 1)."""
+    """A primary, a replica of it and one Sentinel monitoring them as `mymaster` (quorum 1);
+    started once the replica is in sync (a write can be confirmed by it: WAIT)."""
 
     SERVICE = "mymaster"
+    #: a replica's first sync starts at once (Redis' default waits 5 s for more replicas)
+    _SYNC_NOW = ("--repl-diskless-sync-delay", "0")
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, down_after_ms: int = 1000) -> None:
+        """`down_after_ms`: how long a server answers nothing before Sentinel counts it down."""
         self.directory = directory
-        self.primary = RedisServer(directory / "primary")
+        self.down_after_ms = down_after_ms
+        self.primary = RedisServer(directory / "primary", *self._SYNC_NOW)
         self.replica = RedisServer(directory / "replica")
         self.sentinel_port = free_port()
         self.sentinel: subprocess.Popen[bytes] | None = None
@@ -187,14 +192,15 @@ class SentinelSet:
 
     def start(self) -> Self:
         self.primary.start()
-        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica.extra = (*self._SYNC_NOW, "--replicaof", "127.0.0.1",
+                              str(self.primary.port))
         self.replica.start()
         config = self.directory / "sentinel.conf"
         config.write_text(
             f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.directory}\n"
             f"logfile {self.directory / 'sentinel.log'}\n"
             f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1\n"
-            f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.SERVICE} 5000\n"
             f"sentinel parallel-syncs {self.SERVICE} 1\n")
         self.sentinel = subprocess.Popen(
@@ -203,17 +209,32 @@ class SentinelSet:
         wait_until(lambda: self.master_port() == self.primary.port, 15.0, 0.05,
                    "the sentinel to report the primary")
 
-        def replica_known() -> bool:
+        def replica_known() -> bool:  # connected, and its INFO read: one it can promote
             client = self.sentinel_client()
             try:
-                return bool(client.execute_command("SENTINEL", "replicas", self.SERVICE))
+                return any(r.get("flags") == "slave" and r.get("runid") for r in
+                           client.execute_command("SENTINEL", "replicas", self.SERVICE))
             except redis.RedisError:
                 return False
             finally:
                 client.close()
 
+        self.wait_in_sync()
         wait_until(replica_known, 20.0, 0.1, "the sentinel to discover the replica")
         return self
+
+    def wait_in_sync(self, timeout: float = 20.0) -> None:
+        """Until the replica has finished its sync with the primary (its link is up)."""
+        def in_sync() -> bool:
+            client = self.replica.client()
+            try:
+                return client.info("replication").get("master_link_status") == "up"
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+
+        wait_until(in_sync, timeout, 0.05, "the replica to be in sync")
 
     def failover(self) -> None:
         """Promote the replica (SENTINEL FAILOVER) and wait until Sentinel names it."""

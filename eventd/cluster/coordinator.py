@@ -133,9 +133,12 @@ class Coordinator:
         self.reachable = False
         self._unreachable_logged = False
         #: the Redis primary seen last (Sentinel's address, the server's run id), and until
-        #: when no free lease is taken after it changed (see _watch_primary)
+        #: when no free lease is taken after it changed (`_grace_all`), or, in this replica's
+        #: first TTL, none whose last holder did not release it (see _watch_primary)
         self._primary: tuple[object, object] | None = None
         self._grace_until = 0.0
+        self._grace_all = False
+        self._held_back: set[str] = set()  # streams said to wait for the grace (a log line)
         #: until when this replica takes no stream: one it held could not connect for a TTL
         self._cut_off_until = 0.0
 
@@ -535,14 +538,19 @@ class Coordinator:
         restarted: a new run id). Until a lease TTL after this replica saw it, it takes no
         free lease: another replica may hold one on the old primary (taken or renewed while
         Sentinel still named it, or lost from a restarted primary's last second of AOF), in
-        use until its local end, which is within a TTL of the old primary's last answer."""
+        use until its local end, which is within a TTL of the old primary's last answer.
+        The first primary a replica sees may be such a new one too: for a TTL from then it
+        takes no free lease that its last holder left to expire (`_left_cleanly`)."""
         if self._primary is not None and address is None:
             address = self._primary[0]  # Sentinel did not answer: nothing known to change
         primary = (address, run_id)
         if primary == self._primary:
             return
+        self._grace_until = time.monotonic() + self.ttl
+        # The first primary seen: one a failover may have just promoted, without the last
+        # renewal of a lease in use. Streams released or never held are taken at once.
+        self._grace_all = self._primary is not None
         if self._primary is not None:
-            self._grace_until = time.monotonic() + self.ttl
             logger.warning("cluster: a new Redis primary (%s); taking no free stream for %.1f "
                            "s, while a lease taken on the old one may still be in use",
                            "restarted" if address == self._primary[0] else "failover",
@@ -628,9 +636,8 @@ class Coordinator:
             self._membership.announce("released")
             return
         grace = self._grace_until - time.monotonic()
-        if grace > 0:  # a new primary: a lease on the old one may still be in use
-            self._watch_until = min(self._watch_until or float("inf"),
-                                    time.monotonic() + grace + 0.02)
+        if grace > 0 and self._grace_all:  # a new primary: a lease on the old one may be in use
+            self._watch_grace(grace)
             return
         if self._standing_by() and others_read:
             # cut off from the stream server, or its store stalled: another replica reads
@@ -651,14 +658,40 @@ class Coordinator:
                 self._free_ticks[name] = free_ticks.get(name, 0) + 1
                 if self._free_ticks[name] < ORPHAN_TICKS:
                     continue
+            if grace > 0 and (name in left or not self._left_cleanly(name)):
+                self._watch_grace(grace)  # held a moment ago, or may still be in use
+                continue
             sent = time.monotonic()
             token = self._leases.acquire(name)
             if token is not None:
                 self._free_ticks.pop(name, None)
                 self._take(name, token, sent)
 
-    def _take(self, name: str, token: int, sent: float) -> None:
+    def _watch_grace(self, grace: float) -> None:
+        """Look again a few ms after the grace ends: what it held back is taken then."""
+        self._watch_until = min(self._watch_until or float("inf"),
+                                time.monotonic() + grace + 0.02)
+
+    def _left_cleanly(self, name: str) -> bool:
+        """In this replica's first TTL: whether a free stream was released by its last
+        holder, or never held (a new cluster). A lease that expired instead may have done so
+        only on a primary a failover promoted before this replica started, which lacks the
+        holder's last renewal: the holder consumes on until its local end, up to a renewal
+        interval later (chaos: two consumers for 61 ms). The replicas that saw the old
+        primary wait a TTL after the change; this one waits out its first TTL."""
         progress = self._leases.progress(name)
+        if progress.left_cleanly:
+            return True
+        if name not in self._held_back:
+            self._held_back.add(name)
+            logger.info("cluster: the stream of %s was left to expire by %s, not released; "
+                        "taking it once this replica has been up %.1f s (its holder may still "
+                        "consume it, on the other side of a failover)", name,
+                        (progress.holder or "")[:80], self.ttl)
+        return False
+
+    def _take(self, name: str, token: int, sent: float) -> None:
+        progress = self._leases.begin(name, token)
         since = progress.at
         if since is not None and time.time() - since > self._max_gap:
             since = None  # too old to fill: start afresh, as a single process does

@@ -6,12 +6,18 @@ holder in a stream's history has a larger token than the one before, even across
 or a restart that lost the counter's last steps; renewing, releasing and recording progress
 are done only while the key still holds the caller's own `<replica>:<token>` (the fence): a
 replica whose lease expired cannot extend it, free it or move the stream's progress any more.
+
+A stream's progress record says who held it last and whether that holder released it (a clean
+hand-over) or not (it died, or still consumes on the other side of a failover): a new holder
+marks it as held, not released, as soon as it took the lease (`begin`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -54,6 +60,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_BEGIN = """
+local was = redis.call('HGETALL', KEYS[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'holder', ARGV[2], 'released', '0')
+end
+return was
+"""
 _PROGRESS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('HSET', KEYS[2], 'at', ARGV[2], 'holder', ARGV[3], 'released', '0')
@@ -84,6 +97,13 @@ class Progress:
     holder: str | None
     released: bool
 
+    @property
+    def left_cleanly(self) -> bool:
+        """Whether no earlier holder can still be consuming the stream: released, or never
+        held (a new cluster). Else its lease expired: its holder died, or is on the other
+        side of a failover that lost its last renewal, and consumes until its local end."""
+        return self.released or self.holder is None
+
 
 class Leases:
     """The lease operations of one replica on one cluster's keys."""
@@ -97,6 +117,7 @@ class Leases:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._progress = client.register_script(_PROGRESS)
+        self._begin = client.register_script(_BEGIN)
 
     def _value(self, token: int) -> str:
         return f"{self.replica_id}:{token}"
@@ -125,6 +146,16 @@ class Leases:
         return bool(self._progress(keys=[keys.lease(namespace), keys.progress(namespace)],
                                    args=[self._value(token), repr(at), self.replica_id]))
 
+    def begin(self, namespace: str, token: int) -> Progress:
+        """Where the previous holders left the stream (as `progress`), marking it held by us
+        and not released from now on, while the lease is ours: a replica just started must
+        not count a stream cleanly left whose holder since took it and consumes it, quiet
+        streams too (their holder records no progress of its own)."""
+        keys = self._keys
+        raw = self._begin(keys=[keys.lease(namespace), keys.progress(namespace)],
+                          args=[self._value(token), self.replica_id])
+        return _parse_progress(dict(zip(raw[::2], raw[1::2], strict=True)))
+
     def holder(self, namespace: str) -> tuple[str, int] | None:
         """Who holds the stream now and with which token (None if free)."""
         value = self._client.get(self._keys.lease(namespace))
@@ -148,15 +179,19 @@ class Leases:
 
     def progress(self, namespace: str) -> Progress:
         """Where the stream was left by its previous holders."""
-        raw = self._client.hgetall(self._keys.progress(namespace))
-        values = {_text(k): _text(v) for k, v in raw.items()}
-        try:
-            at: float | None = float(values.get("at") or 0) or None
-        except ValueError:  # not what a replica wrote: no known position, take the max gap
-            at = None
-        if at is not None and not math.isfinite(at):
-            at = None
-        return Progress(at, values.get("holder") or None, values.get("released") == "1")
+        return _parse_progress(self._client.hgetall(self._keys.progress(namespace)))
+
+
+def _parse_progress(raw: Mapping[Any, Any]) -> Progress:
+    """A progress record as Redis holds it (a HASH, possibly empty)."""
+    values = {_text(k): _text(v) for k, v in raw.items()}
+    try:
+        at: float | None = float(values.get("at") or 0) or None
+    except ValueError:  # not what a replica wrote: no known position, take the max gap
+        at = None
+    if at is not None and not math.isfinite(at):
+        at = None
+    return Progress(at, values.get("holder") or None, values.get("released") == "1")
 
 
 def parse_holder(value: object) -> tuple[str, int] | None:
