@@ -459,7 +459,10 @@ def test_a_loss_after_a_hold_is_dated_from_before_it_while_other_threads_keep_th
         for spinner in spinners:
             spinner.start()
         gate.set()
-        wait_until(connected(run, 2), timeout=10)
+        # The read-ahead stashed the 150 events a read each, delivered one batch a read: with
+        # four spinners and 20 ms turns each batch waits for the GIL several times (about
+        # 10 s in all on a loaded CI machine)
+        wait_until(connected(run, 2), timeout=30)
     finally:
         spinning.set()
         sys.setswitchinterval(switching)
