@@ -19,6 +19,8 @@ from eventd.commands import deadletter as deadletter_cli
 from eventd.delivery.breaker import CircuitBreaker
 from eventd.delivery.dispatcher import Dispatcher
 from eventd.delivery.retry import RetryPolicy
+from eventd.settings import Settings
+from eventd.stores import open_store
 from eventd.stores.sqlite import SqliteStore
 from tests.actions import make_context, make_job, sample
 from tests.receiver import WebhookReceiver
@@ -572,6 +574,50 @@ def test_a_fenced_dispatcher_finds_a_job_of_its_lease_another_replica_spooled_la
         wait_until(lambda: store.spool_count() == 0)
     finally:
         dispatcher.close(2)
+
+
+def test_a_fenced_page_in_from_redis_while_another_replica_finishes_jobs_keeps_the_order(
+        metrics, redis_url, redis_cluster, fenced_receiver, monkeypatch):
+    # Chaos seed 1 (10 minutes, t+514.2): r1's lane paged in from a shared spool ~1100 jobs
+    # deep, most of them other replicas' (a slow receiver had held every lane up). It read
+    # the oldest ids (a full scan: more beyond), r2 and r3 finished some of theirs before it
+    # read the jobs, so the page came back short and the lane took it for the spool's end:
+    # the job it accepted next went out at once, before 19 older ones past the ids it read.
+    store = open_store(Settings(store=redis_url, cluster=redis_cluster))
+    other = open_store(Settings(store=redis_url, cluster=redis_cluster))  # another replica
+    dispatcher, hook = build(metrics, store, queue_size=2)  # a fenced read: 4 x 2 jobs
+    dispatcher.use_fence(lambda job: "chaos/acme:3" if job.event["namespace"] == "acme"
+                         else None)
+
+    def made(namespace: str, n: int):
+        return make_job(hook, {"url": fenced_receiver.url + "/hook", "json": {"n": n}},
+                        event={"uuid": f"{namespace}-{n}", "namespace": namespace})
+
+    theirs = [made("globex", n) for n in range(7)]
+    mine = [made("acme", n) for n in range(4)]
+    read_jobs = store._jobs
+    finished: list[str] = []
+
+    def finished_meanwhile(ids):
+        if theirs[0].id in ids and mine[0].id in ids and not finished:
+            finished.append(theirs[0].id)
+            other.spool_done(theirs[0].id)  # between this replica's two reads
+        return read_jobs(ids)
+
+    try:
+        for job in theirs + mine[:3]:  # spooled, the lane not told (left, taken over)
+            assert other.spool_add(job)
+        monkeypatch.setattr(store, "_jobs", finished_meanwhile)
+        dispatcher.resume()
+        wait_until(lambda: keys(fenced_receiver)[:1] == [mine[0].id], 10)
+        assert finished == [theirs[0].id]
+        dispatcher.submit(mine[3])
+        wait_until(lambda: mine[3].id in keys(fenced_receiver), 10)
+        assert keys(fenced_receiver) == [job.id for job in mine]
+    finally:
+        dispatcher.close(2)
+        store.close()
+        other.close()
 
 
 def test_a_409_to_a_token_this_replica_still_holds_is_retried_not_dead_lettered(

@@ -210,6 +210,37 @@ def test_a_job_finished_lately_is_not_accepted_again_by_a_retry_or_another_repli
         b.close()
 
 
+def test_a_page_of_the_spool_is_full_though_another_replica_finishes_jobs_while_it_is_read(
+        redis_url: str, redis_cluster: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lane reads a full page as "more in the spool" and a short one as its end. Chaos seed
+    # 1 (10 minutes, t+514.2): r1 read the ids of a target's oldest 1028 jobs, r2 and r3
+    # finished some of theirs before it read the jobs, the page came back short, and r1's lane
+    # sent its next accepted jobs at once, ahead of the 19 older ones past those ids.
+    a, b = opened(redis_url, redis_cluster), opened(redis_url, redis_cluster)
+    try:
+        for n in range(6):
+            assert a.spool_add(job(n, target="t1"))
+        read_jobs = a._jobs
+        finished: list[str] = []
+
+        def finished_meanwhile(ids: list[str]) -> list[ActionJob]:
+            if ids and not finished:  # b finishes the oldest between a's two reads
+                finished.append(ids[0])
+                b.spool_done(ids[0])
+            return read_jobs(ids)
+
+        monkeypatch.setattr(a, "_jobs", finished_meanwhile)
+        assert [j.id for j in a.spool_pending(target="t1", limit=4)] == [
+            "id-1", "id-2", "id-3", "id-4"]
+        assert finished == ["id-0"]
+        assert [j.id for j in a.spool_pending(target="t1", limit=9)] == [
+            "id-1", "id-2", "id-3", "id-4", "id-5"]  # the end of the spool: a short page
+        assert a.spool_pending(target="t1", limit=0) == []
+    finally:
+        a.close()
+        b.close()
+
+
 def test_the_rest_limit_holds_across_replicas(redis_url: str, redis_cluster: str) -> None:
     a, b = opened(redis_url, redis_cluster), opened(redis_url, redis_cluster)
     try:
