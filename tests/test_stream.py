@@ -1318,3 +1318,36 @@ def test_a_batch_reads_as_the_received_it_stands_for() -> None:
     assert recorded[0].raw == b"a" and recorded[0].event is events[0]
     assert events_of(plain) is events and events_of(list(plain)) == events
     assert not Batch([], 1.0)
+
+
+def test_an_error_in_the_read_ahead_keeper_is_logged_counted_and_it_keeps_keeping(
+        internal_errors):
+    from eventd.sources.dockercloud.framing import FrameReader
+    from eventd.sources.dockercloud.readahead import KEEPER, ReadAhead
+
+    metrics = Metrics()
+    broken = threading.Event()
+    broken.set()
+
+    def held_since() -> float | None:  # a bug in what the keeper asks of a consumer
+        if broken.is_set():
+            raise RuntimeError("a bug")
+        return None
+
+    ours, theirs = socket.socketpair()
+    ahead = ReadAhead(FrameReader(ours), ours, held_since, lambda: False, time.time, 10,
+                      1 << 20, metrics)
+    KEEPER.watch(ahead)
+    try:
+        wait_until(lambda: (metrics.registry.get_sample_value(
+            "eventd_internal_errors_total", {"where": "readahead"}) or 0) >= 1, 5)
+        wait_until(lambda: (metrics.registry.get_sample_value(  # it went on after the first
+            "eventd_internal_errors_total", {"where": "readahead"}) or 0) >= 2, 5)
+        assert any(t.name == "eventd-keeper" and t.is_alive() for t in threading.enumerate())
+        broken.clear()
+    finally:
+        KEEPER.forget(ahead)
+        ours.close()
+        theirs.close()
+    assert {where for where, _ in internal_errors} == {"readahead"}
+    internal_errors.clear()

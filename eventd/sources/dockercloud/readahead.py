@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from websocket import WebSocketException
 
@@ -54,8 +55,11 @@ class ReadAhead:
 
     def __init__(self, reader: FrameReader, sock: socket.socket,
                  held_since: Callable[[], float | None], stopped: Callable[[], bool],
-                 clock: Callable[[], float], max_events: int, max_bytes: int) -> None:
-        """`held_since`: since when (monotonic) the consumer has been in its sink, or None."""
+                 clock: Callable[[], float], max_events: int, max_bytes: int,
+                 metrics: Any = None) -> None:
+        """`held_since`: since when (monotonic) the consumer has been in its sink, or None;
+        `metrics`: where the keeper counts an unexpected error of its own."""
+        self.metrics = metrics
         #: held by whoever reads the connection: the consumer, except while it delivers
         self.lock = threading.Lock()
         #: reads the keeper made, oldest first (taken by the consumer, under `lock`)
@@ -190,7 +194,8 @@ class Keeper:
                     self._read(due)
                     continue
             except Exception as exc:  # noqa: BLE001 - the keeper must not die unseen
-                report_internal_error("readahead", exc)
+                metrics = next((a.metrics for a in watched if a.metrics is not None), None)
+                report_internal_error("readahead", exc, metrics)
             sleep(TICK)
 
     @staticmethod

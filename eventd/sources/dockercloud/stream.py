@@ -283,7 +283,7 @@ class StreamConsumer(ConsumerLoop):
         # Watched from now: the sink may hold the reader up from the `connected` marker on.
         self._ahead = ahead = ReadAhead(
             reader, ws.sock, lambda: self._sink_since, self.stopped, self._clock,
-            self.options.read_ahead_events, self.options.read_ahead_bytes)
+            self.options.read_ahead_events, self.options.read_ahead_bytes, self._metrics)
         KEEPER.watch(ahead)
 
     def _failed(self, reason: str, detail: str) -> Disconnected:
