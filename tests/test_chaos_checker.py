@@ -18,7 +18,13 @@ from tests.chaos.checker import check
 from tests.chaos.history import History
 from tests.chaos.netns import Network
 from tests.chaos.reading import FORWARD, GAP, RESTART, lease_timeline
-from tests.chaos.recorder import RedisMonitor, interesting, parse_monitor_line, sentinel_primaries
+from tests.chaos.recorder import (
+    RedisMonitor,
+    interesting,
+    parse_monitor_line,
+    replica_links,
+    sentinel_primaries,
+)
 
 T0 = 1_800_000_000.0
 TTL = 2.0
@@ -353,6 +359,82 @@ def test_a_spool_write_no_replica_received_was_never_accepted():
     # A history recorded before copies were kept: every write on the named primary counts
     old = base(emitted=[e], redis=accept(job, 5.0, 9, "r1"), primaries=named)
     assert check(old).verdict("accepted delivered").figures["lost"] == 1
+
+
+def link(replica: str, primary: str, synced: float, lost: float | None) -> dict[str, Any]:
+    """A time `replica` held `primary`'s data (its log: synced, then lost)."""
+    return {"replica": replica, "primary": primary, "synced": T0 + synced,
+            "lost": None if lost is None else T0 + lost}
+
+
+def test_a_copy_goes_unseen_only_where_a_replica_was_linked_to_the_writer():
+    # CI, test_fault[redis-restart-accepted_delivered], t+2.84: redis1, killed and started
+    # again, took r3's spool write; redis2 had lost its link to redis1 at the kill and never
+    # made a new one (Sentinel promoted it 0.1 s later), so WAIT found no replica. redis2's
+    # MONITOR was blind 23 ms at the promotion: the old rule (any other feed blind) called the
+    # job accepted, and lost.
+    e = event("e1", 5.0)
+    job = forward_id(e)
+    named = [{"at": 0.0, "server": "redis1"}]
+    meta = {"ttl": TTL, "started": T0, "ended": T0 + 30, "window": [T0, T0 + 30],
+            "replicas": ["r1", "r2", "r3"], "keepalive": [0.5, 1.0], "copies": True,
+            "links": True}
+    blind = {"spool": [], "dead": {}, "blind": [["redis2", T0 + 5.1, T0 + 5.2]]}
+
+    def lost(links: list[dict[str, Any]], store: dict[str, Any] = blind) -> int:
+        history = base(emitted=[e], redis=accept(job, 5.0, 9, "r3"), primaries=named,
+                       meta=meta, store=store, links=links)
+        return int(check(history).verdict("accepted delivered").figures["lost"])
+
+    # redis2 linked to redis1 until the kill at 3.0, never again: no replica had the write
+    assert lost([link("redis2", "redis1", 0.0, 3.0)]) == 0
+    # Linked through the write, its feed blind meanwhile: the copy may have gone unseen
+    assert lost([link("redis2", "redis1", 0.0, None)]) == 1
+    # Linked, its feed seeing everything: a copy would show, none did
+    assert lost([link("redis2", "redis1", 0.0, None)],
+                {"spool": [], "dead": {}, "blind": []}) == 0
+    # A sync that began after the write carries it in its RDB, unseen by any feed
+    assert lost([link("redis2", "redis1", 3.0, 3.5), link("redis2", "redis1", 7.0, None)],
+                {"spool": [], "dead": {}, "blind": []}) == 1
+    # ... but not one made too long after (WAIT gives up after a second)
+    assert lost([link("redis2", "redis1", 20.0, None)]) == 0
+    # A link to another primary says nothing of redis1's writes
+    assert lost([link("redis1", "redis2", 0.0, None)]) == 0
+    # An older history, without links: any other server's blind feed stands for a copy
+    older = {key: value for key, value in meta.items() if key != "links"}
+    history = base(emitted=[e], redis=accept(job, 5.0, 9, "r3"), primaries=named, meta=older,
+                   store=blind)
+    assert check(history).verdict("accepted delivered").figures["lost"] == 1
+
+
+def test_a_replica_s_links_are_read_off_its_log():
+    roles = {"10.250.0.11": "redis1", "10.250.0.12": "redis2"}
+    log = "\n".join([  # redis2 in the CI run above, its AOF rewrite child's lines among them
+        "9590:S 06 Dec 2026 18:54:17.694 * Connecting to MASTER 10.250.0.11:6379",
+        "9590:S 06 Dec 2026 18:54:17.695 * Full resync from master: 544d31:0",
+        "9590:S 06 Dec 2026 18:54:17.696 * MASTER <-> REPLICA sync: Finished with success",
+        "9596:C 06 Dec 2026 18:54:17.795 * DB saved on disk",
+        "9590:S 06 Dec 2026 18:54:20.281 # Connection with master lost.",
+        "9590:S 06 Dec 2026 18:54:20.281 * Reconnecting to MASTER 10.250.0.11:6379",
+        "9590:S 06 Dec 2026 18:54:20.281 # Error condition on socket for SYNC: Connection refused",
+        "9590:M 06 Dec 2026 18:54:21.502 * MASTER MODE enabled (user request from 'id=8')",
+        "garbage", "9590:S 99 Foo 2026 18:54:22.000 * Successful partial resynchronization",
+        "9590:S 06 Dec 2026 18:54:30.000 * Connecting to MASTER 10.250.0.11:6379",
+        "9590:S 06 Dec 2026 18:54:30.100 * MASTER <-> REPLICA sync: Master accepted a Partial "
+        "Resynchronization.",
+        "9590:S 06 Dec 2026 18:54:30.100 * Successful partial resynchronization with master.",
+        "9590:S 06 Dec 2026 18:54:31.000 * Connecting to MASTER 10.250.0.99:6379",  # moved on
+        "9590:S 06 Dec 2026 18:54:31.500 * MASTER <-> REPLICA sync: Finished with success",
+        "9777:M 06 Dec 2026 18:54:40.000 * Server initialized",  # restarted: the link ended
+    ])
+    links = replica_links(log, "redis2", roles)
+    assert [(x["primary"], x["replica"]) for x in links] == \
+        [("redis1", "redis2"), ("redis1", "redis2"), ("10.250.0.99", "redis2")]
+    spans = [(x["synced"] - links[0]["synced"],
+              None if x["lost"] is None else x["lost"] - links[0]["synced"]) for x in links]
+    expected = [(0.0, 2.585), (12.404, 13.304), (13.804, 22.304)]
+    assert all(abs(a - b) < 1e-3 and abs(c - d) < 1e-3
+               for (a, c), (b, d) in zip(spans, expected, strict=True)), spans
 
 
 def test_a_replica_s_copy_of_a_spool_write_is_kept_as_a_copy():

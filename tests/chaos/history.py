@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 FILES = ("meta", "connections", "handshakes", "rest_calls", "requests", "emitted", "redis",
-         "processes", "faults", "store", "primaries")
+         "processes", "faults", "store", "primaries", "links")
 
 
 @dataclass
@@ -47,6 +47,9 @@ class History:
     #: the server Sentinel named primary from `at` on (its log: +promoted-slave, +switch-master);
     #: empty without Sentinel (one server: every write is on the primary)
     primaries: list[dict[str, Any]] = field(default_factory=list)
+    #: each time a Redis server was a replica holding a primary's data (their logs):
+    #: replica, primary, synced, lost (None: still linked)
+    links: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, directory: Path) -> Path:
         """Write one JSON file per source into `directory` (made if missing)."""
@@ -83,7 +86,8 @@ class History:
             faults=[f for f in self.faults if overlaps(f["start"], f["end"])],
             store={**self.store, "blind": [b for b in self.store.get("blind", [])
                                            if overlaps(b[1], b[2])]},
-            primaries=list(self.primaries))
+            primaries=list(self.primaries),
+            links=[link for link in self.links if link["synced"] <= end])
 
 
 class Journal:

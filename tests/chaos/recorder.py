@@ -41,6 +41,64 @@ _NAMED = re.compile(r'^\d+:X (?P<when>\d+ \w+ \d+ [\d:.]+) [#*] (?:(?P<event>\+p
                     r'\+switch-master \S+ \S+ \d+ (?P<switched>\S+) \d+)')
 
 
+#: a Redis server's log line: `9590:S 06 Dec 2026 18:54:21.502 * MASTER MODE enabled (...)`
+#: (the server's own lines, M or S; not those of its forked children, C)
+_SERVER_LINE = re.compile(r'^(?P<pid>\d+):[MS] (?P<when>\d+ \w+ \d+ [\d:.]+) [.*#-] (?P<text>.*)$')
+#: its replication, as a replica tells it: the primary it follows (`Connecting to MASTER
+#: 10.0.0.1:6379`, `Reconnecting to MASTER ...`), when it holds the primary's data (a full
+#: sync loaded, a partial one accepted) and when that ends (the link lost, made a primary)
+_FOLLOWS = re.compile(r'(?:Re)?[Cc]onnecting to MASTER (?P<address>[^\s:]+):\d+')
+_SYNCED = ("MASTER <-> REPLICA sync: Finished with success",
+           "MASTER <-> REPLICA sync: Master accepted a Partial Resynchronization",
+           "Successful partial resynchronization with master")
+_UNLINKED = ("Connection with master lost", "MASTER MODE enabled")
+
+
+def _log_time(when: str) -> float | None:
+    """POSIX seconds of a Redis or Sentinel log's local time `06 Dec 2026 18:54:21.502`."""
+    stamp, _, fraction = when.partition(".")
+    try:
+        return time.mktime(time.strptime(stamp, "%d %b %Y %H:%M:%S")) + float(f"0.{fraction}")
+    except ValueError:
+        return None
+
+
+def replica_links(log: str, server: str, roles: dict[str, str]) -> list[dict[str, Any]]:
+    """From Redis server `server`'s log, each time it was a replica holding a primary's data:
+    [{replica, primary, synced, lost}] (`primary` by `roles`, address -> role; `lost` None if
+    linked at the log's end). While linked, a write on that primary reaches it as a command
+    its MONITOR shows; the sync that begins a link carries earlier writes unseen (its RDB).
+    A new process (a new pid) ends its predecessor's link: that one was killed, at the
+    latest then."""
+    links: list[dict[str, Any]] = []
+    linked: dict[str, Any] | None = None
+    primary: str | None = None
+    pid = None
+    for line in log.splitlines():
+        match = _SERVER_LINE.match(line)
+        at = _log_time(match["when"]) if match else None
+        if match is None or at is None:
+            continue
+        text = match["text"]
+        ends = match["pid"] != pid or text.startswith(_UNLINKED)
+        follows = _FOLLOWS.match(text)
+        if follows is not None and roles.get(follows["address"], follows["address"]) != primary:
+            ends = True
+        if ends and linked is not None:
+            linked["lost"] = at
+            linked = None
+        if match["pid"] != pid:
+            pid, primary = match["pid"], None
+        if follows is not None:
+            primary = roles.get(follows["address"], follows["address"])
+        elif text.startswith(_UNLINKED[1]):
+            primary = None
+        elif text.startswith(_SYNCED) and primary is not None and linked is None:
+            linked = {"replica": server, "primary": primary, "synced": at, "lost": None}
+            links.append(linked)
+    return links
+
+
 def parse_monitor_line(line: str) -> tuple[float, str, list[str]] | None:
     """(time, client, args) of one MONITOR line; None if it is not one. Arguments keep
     Redis' escapes (`\\"`, `\\xNN`): the keys and ids read here never hold any."""
@@ -84,10 +142,8 @@ def sentinel_primaries(log: str, roles: dict[str, str]) -> list[dict[str, Any]]:
         match = _NAMED.match(line)
         if match is None:
             continue
-        when, _, fraction = match["when"].partition(".")
-        try:
-            at = time.mktime(time.strptime(when, "%d %b %Y %H:%M:%S")) + float(f"0.{fraction}")
-        except ValueError:
+        at = _log_time(match["when"])
+        if at is None:
             continue
         address = match["promoted"] or match["switched"]
         if match["event"] == "+failover-state-send-slaveof-noone":

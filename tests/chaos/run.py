@@ -34,7 +34,7 @@ from tests.chaos.checker import Report, check
 from tests.chaos.history import History, Journal
 from tests.chaos.hosts import FAST_FLAGS, OBSERVER, RedisNode, Replica, Sentinel
 from tests.chaos.netns import Network
-from tests.chaos.recorder import Load, RedisMonitor, sentinel_primaries
+from tests.chaos.recorder import Load, RedisMonitor, replica_links, sentinel_primaries
 from tests.daemon_helpers import emulator_env
 from tests.receiver import WebhookReceiver
 from tests.waiting import wait_until
@@ -392,12 +392,22 @@ class ChaosCluster:
                 "replicas": list(self.roles), "hosts": hosts, "rate": self.settings.rate,
                 "sentinel": self.settings.sentinel, "started": self.started,
                 "ended": time.time(), "fences": fences, "keepalive": list(KEEPALIVE),
-                "copies": True}  # the replicas' copies of spool writes are recorded
+                "copies": True,  # the replicas' copies of spool writes are recorded
+                "links": True}  # and when each server was a synced replica of which
         return History(meta=meta, connections=connections, handshakes=handshakes,
                        rest_calls=rest_calls, requests=requests, emitted=emitted,
                        redis=redis_records, processes=processes, faults=faults,
                        store={**self.store_contents(), "blind": blind},
-                       primaries=self.primaries(hosts))
+                       primaries=self.primaries(hosts), links=self.links(hosts))
+
+    def links(self, hosts: dict[str, str]) -> list[dict[str, Any]]:
+        """When each Redis server was a synced replica of which primary (their logs)."""
+        out = []
+        for node in self.redis_nodes:
+            log = node.directory / "redis.log"
+            if log.exists():
+                out += replica_links(log.read_text(errors="replace"), node.role, hosts)
+        return out
 
     def primaries(self, hosts: dict[str, str]) -> list[dict[str, Any]]:
         """Who Sentinel named primary, from when (the first node from the start; then its
