@@ -169,6 +169,11 @@ class DelayingProxy(_Acceptor):
                     self._released.add(upstream)
                     _shut(upstream)
 
+    def held(self) -> int:
+        """How many connections have bytes kept (sent while holding, not released)."""
+        with self._lock:
+            return sum(1 for data in self._held.values() if data)
+
     def settled(self) -> bool:
         with self._lock:
             return not self._released

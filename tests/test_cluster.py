@@ -393,6 +393,39 @@ def test_a_job_accepted_after_older_ones_were_left_in_the_spool_goes_out_after_t
         store.close()
 
 
+def test_the_jobs_behind_one_reset_as_its_lease_ended_go_out_after_it_when_the_lease_is_back(
+        cluster, metrics, webhook_receiver):
+    # make chaos on 2ffd87c, t+100: r3 took initech over and paged r2's leftover jobs into its
+    # REST lane; a partition cut its lease short while it sent the oldest, whose request was
+    # reset (left in the spool), and r3 held the lease again at once. The 7 jobs behind it in
+    # the lane's window went out at once, the oldest after them, paged in again.
+    proxy = DelayingProxy(webhook_receiver.port)
+    store, keys, hook, dispatcher = _dispatcher_on(cluster, metrics)
+    dispatcher.use_fence(lambda job: "chaos/acme:7", lease=lambda job: (keys.lease("acme"), "a:"))
+
+    def job(uuid: str) -> ActionJob:
+        return make_job(hook, {"url": f"http://127.0.0.1:{proxy.port}/hook", "json": {"n": uuid},
+                               "timeout": 30}, event={"uuid": uuid, "namespace": "acme"})
+    try:
+        proxy.holding = True  # the partition: the first request goes nowhere
+        for uuid in ("o1", "o2", "o3", "o4"):
+            assert dispatcher.submit(job(uuid))
+        wait_until(lambda: proxy.held() == 1, 10, message="o1's request on its way, held")
+        proxy.holding = False  # what is sent next goes through; o1's bytes stay held
+        # The lease ended here (the coordinator resets what was sent under it) and is held
+        # again at once: the fence still says ours
+        wait_until(lambda: dispatcher.abort("chaos/acme:") >= 1, 10, message="o1 reset")
+        wait_until(lambda: len(webhook_receiver.requests) >= 4, 15,
+                   message="every job delivered")
+        assert [r.json()["n"] for r in webhook_receiver.requests] == ["o1", "o2", "o3", "o4"]
+        assert dispatcher.wait_idle(5)
+        assert store.spool_pending() == []
+    finally:
+        dispatcher.close(2)
+        store.close()
+        proxy.close()
+
+
 def test_a_job_is_accepted_unless_another_replica_holds_its_lease(cluster):
     store = opened(cluster.url, cluster.name)
     key = Keys(cluster.name).lease("acme")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -776,14 +777,31 @@ class Dispatcher:
         spool, where the lease's holder pages it in; nothing was sent, or what was sent was
         reset when the lease ended (Attempts.abort). The lane stays spilled while it is
         there: a job accepted next (this replica's lease back, chaos seed 1: 49 jobs) goes
-        through the spool after it, not out at once before it."""
+        through the spool after it, not out at once before it. So do the jobs of the same
+        lease behind it in the lane's window (the fence says the same of them): they are
+        left too, and paged in again after it (make chaos on 2ffd87c, t+100: r3's request
+        for the oldest of r2's leftover jobs was reset as a partition cut its lease short, r3
+        held the lease again at once, and the 7 jobs behind it went out before it)."""
         self._count("left", job.kind)
         logger.debug("%s for rule %s left in the spool: its namespace's lease is another "
                      "replica's", job.kind, job.rule)
+        fence = self._fence
         with lane.cond:
             lane.left.add(job.id)
             lane.spilled = True
-        self._finished()  # still pending in the spool (whoever delivers it counts it done)
+            behind: list[ActionJob] = []
+            if fence is not None and lane.durable and lane.backlog:
+                lease, kept = fence(job), deque[ActionJob]()
+                for other in lane.backlog:
+                    (behind if fence(other) == lease else kept).append(other)
+                lane.backlog = kept
+                for other in behind:
+                    lane.known.discard(other.id)
+                    lane.left.add(other.id)
+        for other in behind:
+            self._count("left", other.kind)
+        self._finished_many(1 + len(behind))  # still pending in the spool (whoever
+        # delivers them counts them done)
 
     def _left(self, job: ActionJob) -> None:
         logger.info("%s for rule %s interrupted by shutdown; it stays in the spool",
