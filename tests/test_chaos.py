@@ -161,7 +161,7 @@ def test_settle_ends_once_the_redis_nodes_agree_with_sentinel(cluster: ChaosClus
     old.kill()
     wait_until(lambda: sentinel.master() not in (None, old.address), 30,
                message="Sentinel to promote the replica")
-    old.start()  # a primary of its own, as a restarted old primary is
+    old.start(primary=True)  # a primary of its own, as a restarted old primary is
     cluster.settle(Nemesis(cluster))
     named = sentinel.master()
     assert [node.role for node in cluster.redis_nodes if not node.follows(named)] == []

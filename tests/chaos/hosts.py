@@ -60,10 +60,15 @@ class RedisNode:
     def url(self) -> str:
         return f"redis://{self.address}:{REDIS_PORT}/0"
 
-    def start(self) -> RedisNode:
+    def start(self, primary: bool = False) -> RedisNode:
+        """Start it; `primary`: as a primary, whatever it followed at first. A node Sentinel
+        promoted comes back so after a restart: Sentinel rewrote its config file. (Started
+        as a replica of the node it followed at first, which by then followed it, the two
+        were each other's replica: no primary, and no replica Sentinel could promote, for
+        good; make chaos on 2d06cba, from t+388.)"""
         self.directory.mkdir(parents=True, exist_ok=True)
         follow = ("--replicaof", self.replica_of.address, str(REDIS_PORT)) \
-            if self.replica_of is not None else ()
+            if self.replica_of is not None and not primary else ()
         self._log = (self.directory / "stdout.log").open("ab")
         self.process = self.net.popen(self.role, [
             redis_binary(), "--port", str(REDIS_PORT), "--bind", "0.0.0.0",

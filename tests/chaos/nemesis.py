@@ -13,7 +13,7 @@ fault a violation belongs to. Kinds (`KINDS`):
 - `pause`: SIGSTOP, then SIGCONT at the heal (a stalled VM, a long GC pause).
 - `kill`: SIGKILL, then a new process at the heal.
 - `redis-restart`: SIGKILL of the primary Redis, started again at the heal (its append-only
-  file keeps what it acknowledged).
+  file keeps what it acknowledged), a primary still, as the config Sentinel rewrote says.
 - `failover`: SENTINEL FAILOVER (the replica becomes primary; instantaneous, no heal).
 - `slow-receiver`: the webhook receiver takes 0.2 s per answer, so deliveries queue up in
   the replicas (a pause or a partition then finds work in flight).
@@ -108,7 +108,7 @@ class Nemesis:
             node = cluster.primary()
             target = node.role
             node.kill()
-            heal = node.start
+            heal = lambda: node.start(primary=True)  # noqa: E731 - as its config says
         elif kind == "slow-receiver":
             target = "recv"
             cluster.receiver_delay = SLOW_ANSWER
